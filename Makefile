@@ -1,0 +1,50 @@
+# sparsekit: one-command set-up on a fresh machine.
+#   make demo   virtualenv + torch + build + the main job (prune, convert, time against dense)
+#   make test   the same set-up, then the C++ tests (ASan + UBSan) and the whole Python suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.14.1
+export MAX_JOBS ?= 2
+
+.PHONY: all venv install build demo test test-py test-cpp bench wheel clean
+
+all: install
+
+$(VENV)/.deps-ready: Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=23" 2>/dev/null || true
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" numpy "setuptools>=64" wheel ninja \
+		pytest pytest-benchmark hypothesis safetensors
+	touch $@
+
+venv: $(VENV)/.deps-ready
+
+# Builds sparsekit._C (CPU kernels; CUDA kernels too when nvcc is found) into the source tree.
+install: venv
+	$(PY) -m pip install -q --no-build-isolation -e .
+	$(PY) -m sparsekit info
+
+build: install
+
+demo: install
+	$(PY) -m sparsekit bench
+
+test: install test-cpp test-py
+
+test-py:
+	$(PY) -m pytest tests
+
+test-cpp:
+	cmake -S . -B build/cmake-san -DSPARSEKIT_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
+	cmake --build build/cmake-san -j 2
+	ctest --test-dir build/cmake-san --output-on-failure
+
+bench: install
+	$(PY) bench/run_cpu.py
+
+wheel: venv
+	$(PY) -m pip wheel --no-build-isolation --no-deps -w dist .
+
+clean:
+	rm -rf build dist *.egg-info sparsekit/_C*.so .pytest_cache

@@ -1,0 +1,110 @@
+"""Build of sparsekit and its compiled extension sparsekit._C.
+
+Environment switches (all optional):
+  SPARSEKIT_NO_EXTENSION=1   build a pure-Python package (the PyTorch references serve every op)
+  SPARSEKIT_CPU_ONLY=1       build the CPU kernels only, even where CUDA could be built
+  SPARSEKIT_CUDA_ARCH_LIST   CUDA architectures, default "8.0;9.0a" (sm_90a: Hopper-only instructions)
+  SPARSEKIT_PTXAS_VERBOSE=1  print ptxas register / spill reports for every CUDA kernel
+  MAX_JOBS                   parallel compile jobs (default 2)
+  CUDA_HOME                  the CUDA toolkit (default: /usr/local/cuda where it exists)
+
+CUDA is built when torch is a CUDA build and nvcc is found; no GPU is needed or asked for.
+"""
+import os
+import re
+import shutil
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).resolve().parent
+
+
+def read_version():
+    text = (ROOT / "sparsekit" / "_version.py").read_text()
+    return re.search(r'__version__ = "([^"]+)"', text).group(1)
+
+
+def env_flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def sources(kind):
+    """The compiled sources of one kind, from csrc/sources.txt (the list CMake reads too)."""
+    out = []
+    for line in (ROOT / "csrc" / "sources.txt").read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == kind:
+            out.append(parts[1])
+    return out
+
+
+def find_cuda_home():
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if not home and Path("/usr/local/cuda/bin/nvcc").exists():
+        home = "/usr/local/cuda"
+    if not home:
+        nvcc = shutil.which("nvcc")
+        if nvcc:
+            home = str(Path(nvcc).resolve().parent.parent)
+    if home and Path(home, "bin", "nvcc").exists():
+        return home
+    return None
+
+
+def extensions():
+    """Returns (ext_modules, cmdclass, install_requires)."""
+    if env_flag("SPARSEKIT_NO_EXTENSION"):
+        print("sparsekit: SPARSEKIT_NO_EXTENSION set: building without the compiled extension")
+        return [], {}, ["torch>=2.5"]
+
+    cuda_home = find_cuda_home()
+    if cuda_home:
+        os.environ["CUDA_HOME"] = cuda_home  # read when torch.utils.cpp_extension is imported
+    import torch
+    from torch.utils import cpp_extension
+
+    os.environ.setdefault("MAX_JOBS", "2")
+    with_cuda = (
+        not env_flag("SPARSEKIT_CPU_ONLY") and torch.version.cuda is not None and cuda_home is not None
+    )
+    archs = os.environ.get("SPARSEKIT_CUDA_ARCH_LIST", "8.0;9.0a")
+    print(
+        f"sparsekit: torch {torch.__version__} (CUDA {torch.version.cuda}), nvcc at {cuda_home}; "
+        f"building {'CPU and CUDA' if with_cuda else 'CPU'} kernels" + (f" for {archs}" if with_cuda else "")
+    )
+
+    define = [("SPARSEKIT_CUDA_ARCHS", f'"{archs if with_cuda else ""}"')]
+    cxx = ["-O3", "-fvisibility=hidden", "-Wall", "-Wno-unused-parameter", "-Wno-psabi"]
+    srcs = sources("core") + sources("torch")
+    kwargs = dict(include_dirs=[str(ROOT / "csrc")])
+    if with_cuda:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+        define.append(("SPARSEKIT_WITH_CUDA", None))
+        srcs += sources("cuda_core") + sources("torch_cuda")
+        nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+        if env_flag("SPARSEKIT_PTXAS_VERBOSE"):
+            nvcc.append("-Xptxas=-v")
+        ext = cpp_extension.CUDAExtension(
+            "sparsekit._C", srcs, define_macros=define, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs
+        )
+    else:
+        ext = cpp_extension.CppExtension(
+            "sparsekit._C", srcs, define_macros=define, extra_compile_args={"cxx": cxx}, **kwargs
+        )
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    # An extension is tied to the torch it was compiled against.
+    requires = [f"torch=={major}.{minor}.*"]
+    cmdclass = {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+    return [ext], cmdclass, requires
+
+
+ext_modules, cmdclass, install_requires = extensions()
+
+setup(
+    version=read_version(),
+    packages=find_packages(include=["sparsekit", "sparsekit.*"]),
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    install_requires=install_requires + ["numpy"],
+)

@@ -1,0 +1,25 @@
+"""sparsekit: pruning front-ends, sparse and int8 kernels, and conversion that make pruned
+PyTorch models run faster.
+
+    import sparsekit
+    masks = sparsekit.prune(model, sparsity=0.9)          # bool masks, applied in place
+    sparsekit.convert(model, sparsekit.SparseConfig("csr"))  # nn.Linear -> SparseLinear
+"""
+from ._version import __version__
+from . import ops  # defines the ops (schemas, fake kernels, reference fallbacks) before kernels register
+from . import _ext
+
+_ext._load()
+
+from . import formats, nn, prune as _prune_pkg  # noqa: E402
+from .convert import SparseConfig, convert  # noqa: E402
+from .prune import apply_masks, prune  # noqa: E402
+
+__all__ = ["__version__", "ops", "formats", "nn", "prune", "apply_masks", "convert", "SparseConfig", "info"]
+
+
+def info() -> dict:
+    """Versions, build and backends; what `python -m sparsekit info` prints."""
+    from ._info import collect
+
+    return collect()

@@ -1,0 +1,145 @@
+"""SparseLinear: an nn.Linear whose weight is held in a sparse format."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import torch
+from torch import nn
+
+from .. import formats as _formats
+
+FORMAT_VERSION = 1
+
+
+class SparseLinear(nn.Module):
+    """Drop-in replacement for ``nn.Linear`` with the weight packed in a sparse format.
+
+    The format's tensors are buffers named after the format (for CSR: ``crow_indices``,
+    ``col_indices``, ``values``), so ``state_dict()``, ``torch.save`` and safetensors keep them;
+    the extra state records the format, its layout version and the shape, and loading checks it.
+    Inputs may have any leading dimensions, as with ``nn.Linear``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, format: str = "csr",
+                 device=None, dtype=None):
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.format = format
+        self._format_cls = _formats.get(format)
+        dtype = dtype or torch.get_default_dtype()
+        # An empty weight (all zeros) until loaded or built by from_linear.
+        empty = self._format_cls.from_dense(torch.zeros(out_features, in_features, dtype=dtype, device=device))
+        for name, t in empty.buffers().items():
+            self.register_buffer(name, t)
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device))
+        else:
+            self.register_parameter("bias", None)
+
+    # ---------------------------------------------------------------------------------- build
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, mask: torch.Tensor | None = None, format: str = "csr") -> "SparseLinear":
+        """Pack ``linear.weight`` (where ``mask`` is True; default: its non-zeros) into ``format``."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"SparseLinear.from_linear: expected an nn.Linear, got {type(linear).__name__}")
+        w = linear.weight.detach()
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.format = format
+        self._format_cls = _formats.get(format)
+        packed = self._format_cls.from_dense(w, mask)
+        for name, t in packed.buffers().items():
+            self.register_buffer(name, t)
+        if linear.bias is not None:
+            self.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
+        else:
+            self.register_parameter("bias", None)
+        return self
+
+    @property
+    def weight_format(self) -> _formats.SparseFormat:
+        """The packed weight as a format object (sharing this module's buffers)."""
+        return self._format_cls.from_buffers(
+            {n: getattr(self, n) for n in self._format_cls.buffer_names}, (self.out_features, self.in_features)
+        )
+
+    def to_dense(self) -> torch.Tensor:
+        return self.weight_format.to_dense()
+
+    def to_linear(self) -> nn.Linear:
+        """An ``nn.Linear`` with the same (dense) weight and bias."""
+        w = self.to_dense()
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    # ---------------------------------------------------------------------------------- run
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1:] != (self.in_features,):
+            raise ValueError(
+                f"SparseLinear: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}"
+            )
+        bufs = [self._buffers[n] for n in self._format_cls.buffer_names]
+        return self._format_cls.apply(x, (self.out_features, self.in_features), self.bias, *bufs)
+
+    # ---------------------------------------------------------------------------------- save / load
+    def get_extra_state(self) -> Dict[str, Any]:
+        return {
+            "format": self.format,
+            "format_version": self._format_cls.version,
+            "module_version": FORMAT_VERSION,
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+        }
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        if not isinstance(state, dict) or "format" not in state:
+            raise RuntimeError(f"SparseLinear: unrecognised saved state {state!r}")
+        if state["format"] != self.format:
+            raise RuntimeError(
+                f"SparseLinear: the saved layer is in format {state['format']!r}, this module is {self.format!r}; "
+                "convert the model with the same format before loading"
+            )
+        if state.get("format_version") != self._format_cls.version:
+            raise RuntimeError(
+                f"SparseLinear: saved {self.format} layout version {state.get('format_version')}, this sparsekit "
+                f"reads version {self._format_cls.version}"
+            )
+        if (state.get("in_features"), state.get("out_features")) != (self.in_features, self.out_features):
+            raise RuntimeError(
+                f"SparseLinear: saved shape ({state.get('out_features')}, {state.get('in_features')}) does not match "
+                f"({self.out_features}, {self.in_features})"
+            )
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # The number of kept values differs between weights: take the saved buffers' sizes.
+        for name in self._format_cls.buffer_names:
+            key = prefix + name
+            if key in state_dict:
+                saved = state_dict[key]
+                cur = self._buffers[name]
+                if not isinstance(saved, torch.Tensor) or saved.dtype != cur.dtype and not cur.is_floating_point():
+                    error_msgs.append(f"{key}: expected a tensor of dtype {cur.dtype}, got {getattr(saved, 'dtype', type(saved))}")
+                    continue
+                if saved.shape != cur.shape:
+                    self._buffers[name] = torch.empty(saved.shape, dtype=cur.dtype, device=cur.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if not error_msgs:
+            try:
+                self.weight_format.check()
+            except (ValueError, TypeError) as e:
+                error_msgs.append(f"{prefix[:-1] or 'SparseLinear'}: inconsistent sparse buffers: {e}")
+
+    def extra_repr(self) -> str:
+        nnz = self._buffers["values"].numel() if "values" in self._buffers else None
+        total = self.in_features * self.out_features
+        sp = f", sparsity={1 - nnz / total:.3f}" if nnz is not None and total else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, format={self.format}{sp}")

@@ -1,0 +1,210 @@
+"""The CSR x dense op: kernels against the float64 reference, odd sizes, strides, opcheck,
+torch.compile, bad inputs."""
+import pytest
+import torch
+
+import sparsekit
+from sparsekit import ops
+from sparsekit.ops import reference
+
+from conftest import devices, requires_ext, requires_gpu
+from helpers import assert_close_to_ref, random_csr
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def run_and_check(N, K, M, density, dtype, device="cpu", bias=True, empty_rows=(3,)):
+    w, mask, csr = random_csr(N, K, density, dtype, device, empty_rows)
+    x = torch.randn(M, K).to(dtype).to(device)
+    b = torch.randn(N).to(dtype).to(device) if bias else None
+    y = csr.matmul(x, b)
+    assert y.shape == (M, N) and y.dtype == dtype and y.device == x.device
+    wm = (w * mask).to(device)
+    ref = reference.csr_mm(x.double(), csr.crow_indices, csr.col_indices, csr.values.double(), N,
+                           None if b is None else b.double())
+    assert_close_to_ref(y.cpu(), ref.cpu(), x.cpu(), wm.cpu(), dtype)
+    return y
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M", [1, 2, 3, 7, 8, 9, 17, 24, 33, 70])
+@pytest.mark.parametrize("N,K", [(37, 61), (13, 203), (1, 1), (64, 8)])
+def test_matches_reference(cpu_isa, dtype, M, N, K):
+    run_and_check(N, K, M, 0.3, dtype)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.02, 0.5, 1.0])
+@pytest.mark.parametrize("bias", [True, False])
+def test_sparsity_extremes_and_bias(cpu_isa, density, bias):
+    y = run_and_check(29, 45, 5, density, torch.float32, bias=bias, empty_rows=(0, 3, 28))
+    if density == 0.0 and not bias:
+        assert torch.count_nonzero(y) == 0
+
+
+def test_large_rows_and_threads(cpu_isa):
+    # enough work to be split across threads, with rows of very different lengths
+    N, K = 300, 1000
+    w = torch.randn(N, K)
+    mask = torch.rand(N, K) < torch.linspace(0, 1, N)[:, None]
+    csr = sparsekit.formats.CSRWeight.from_dense(w, mask)
+    for M in (1, 16, 40):
+        x = torch.randn(M, K)
+        ref = x.double() @ (w * mask).double().T
+        assert_close_to_ref(csr.matmul(x), ref, x, w * mask, torch.float32)
+
+
+def test_zero_sizes():
+    _, _, csr = random_csr(5, 7, 0.5)
+    assert csr.matmul(torch.randn(0, 7)).shape == (0, 5)
+    empty_k = sparsekit.formats.CSRWeight.from_dense(torch.zeros(5, 0))
+    b = torch.randn(5)
+    torch.testing.assert_close(empty_k.matmul(torch.randn(3, 0), b), b.expand(3, 5))
+    empty_n = sparsekit.formats.CSRWeight.from_dense(torch.zeros(0, 7))
+    assert empty_n.matmul(torch.randn(3, 7)).shape == (3, 0)
+
+
+def test_strided_and_batched_inputs(cpu_isa):
+    w, mask, csr = random_csr(21, 40, 0.4)
+    wm = w * mask
+    base = torch.randn(40, 30)
+    for x in (base.t(), base.t()[::3], torch.randn(6, 80)[:, ::2], torch.randn(1, 40).expand(4, 40)):
+        assert not x.is_contiguous() or x.stride(0) == 0
+        assert_close_to_ref(csr.matmul(x), x.double() @ wm.double().T, x, wm, torch.float32)
+    x3 = torch.randn(2, 3, 40)
+    y3 = csr.matmul(x3)
+    assert y3.shape == (2, 3, 21)
+    torch.testing.assert_close(y3, csr.matmul(x3.reshape(6, 40)).reshape(2, 3, 21))
+    x1 = torch.randn(40)
+    torch.testing.assert_close(csr.matmul(x1), csr.matmul(x1[None])[0])
+
+
+def test_nan_and_inf_propagate(cpu_isa):
+    w = torch.ones(4, 6)
+    mask = torch.zeros(4, 6, dtype=torch.bool)
+    mask[0, 2] = mask[1, 2] = mask[2, 5] = True
+    csr = sparsekit.formats.CSRWeight.from_dense(w, mask)
+    for bad in (float("nan"), float("inf")):
+        for M in (1, 3):
+            x = torch.zeros(M, 6)
+            x[:, 2] = bad
+            y = csr.matmul(x)
+            # rows that keep a weight in column 2 see the value; the others do not multiply it
+            assert not torch.isfinite(y[:, :2]).any()
+            assert torch.isfinite(y[:, 2:]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_opcheck(dtype):
+    w, mask, csr = random_csr(19, 33, 0.4, dtype)
+    for M, bias in ((1, True), (5, False), (17, True)):
+        x = torch.randn(M, 33).to(dtype)
+        b = torch.randn(19).to(dtype) if bias else None
+        torch.library.opcheck(torch.ops.sparsekit.csr_mm, (x, csr.crow_indices, csr.col_indices, csr.values, 19, b))
+
+
+def test_opcheck_with_grad():
+    _, _, csr = random_csr(9, 12, 0.5)
+    x = torch.randn(4, 12, requires_grad=True)
+    b = torch.randn(9, requires_grad=True)
+    torch.library.opcheck(torch.ops.sparsekit.csr_mm, (x, csr.crow_indices, csr.col_indices, csr.values, 9, b))
+
+
+def test_grad_matches_dense():
+    w, mask, csr = random_csr(9, 12, 0.5)
+    x = torch.randn(4, 12, dtype=torch.float32, requires_grad=True)
+    b = torch.randn(9, requires_grad=True)
+    y = csr.matmul(x, b)
+    y.square().sum().backward()
+    x2 = x.detach().clone().requires_grad_()
+    b2 = b.detach().clone().requires_grad_()
+    torch.nn.functional.linear(x2, w * mask, b2).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(b.grad, b2.grad)
+
+
+def test_grad_of_values_is_refused():
+    _, _, csr = random_csr(9, 12, 0.5)
+    v = csr.values.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="gradients with respect to the sparse values"):
+        ops.csr_mm(torch.randn(2, 12), csr.crow_indices, csr.col_indices, v, 9)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(backend):
+    torch._dynamo.reset()
+    w, mask, csr = random_csr(24, 40, 0.3)
+    b = torch.randn(24)
+
+    def f(x):
+        return torch.relu(csr.matmul(x, b)) * 2
+
+    cf = torch.compile(f, fullgraph=True, backend=backend)
+    for M in (1, 5, 9):
+        x = torch.randn(M, 40)
+        torch.testing.assert_close(cf(x), f(x))
+
+
+# ---------------------------------------------------------------------------------- bad input
+def _args(**over):
+    _, _, csr = random_csr(6, 10, 0.5)
+    a = dict(x=torch.randn(3, 10), crow_indices=csr.crow_indices, col_indices=csr.col_indices, values=csr.values,
+             out_features=6, bias=torch.randn(6))
+    a.update(over)
+    return a
+
+
+BAD = [
+    (dict(x=torch.randint(0, 5, (3, 10))), TypeError, "expected x of dtype float32 or bfloat16 or float16, got int64"),
+    (dict(x=torch.randn(3, 10).double()), TypeError, "got float64"),
+    (dict(x=torch.randn(3, 10).bfloat16()), TypeError, "expected values of the same dtype as x"),
+    (dict(crow_indices=torch.zeros(7, dtype=torch.int64)), TypeError, "crow_indices of dtype int32"),
+    (dict(crow_indices=torch.zeros(5, dtype=torch.int32)), ValueError, "crow_indices of length out_features"),
+    (dict(values=torch.randn(2)), ValueError, "col_indices and values of the same length"),
+    (dict(bias=torch.randn(5)), ValueError, r"expected bias of shape \(6,\)"),
+    (dict(bias=torch.randn(6).half()), TypeError, "expected bias of dtype float32"),
+    (dict(bias=torch.randn(6, device="meta")), ValueError, "expected bias on cpu"),
+]
+
+
+@pytest.mark.parametrize("over,exc,msg", BAD)
+def test_bad_inputs_wrapper(over, exc, msg):
+    with pytest.raises(exc, match=msg):
+        ops.csr_mm(**_args(**over))
+
+
+@pytest.mark.parametrize("over,exc,msg", BAD)
+def test_bad_inputs_raw_op(over, exc, msg):
+    # the compiled kernel checks too, with the same exception and message: a direct
+    # torch.ops call must not read out of bounds
+    with pytest.raises(exc, match=msg):
+        torch.ops.sparsekit.csr_mm(*_args(**over).values())
+
+
+@requires_ext
+def test_raw_op_checks_crow_against_nnz():
+    a = _args()
+    crow = a["crow_indices"].clone()
+    crow[-1] += 5
+    with pytest.raises(ValueError, match=r"crow_indices\[-1\] == nnz"):
+        torch.ops.sparsekit.csr_mm(a["x"], crow, a["col_indices"], a["values"], 6, None)
+
+
+def test_bad_x_rank():
+    a = _args(x=torch.tensor(1.0))
+    with pytest.raises(ValueError, match="0-d tensor"):
+        ops.csr_mm(**a)
+
+
+# ---------------------------------------------------------------------------------- GPU
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M", [1, 3, 8, 17, 33])
+def test_cuda_matches_reference(dtype, M):
+    run_and_check(45, 77, M, 0.3, dtype, device="cuda")
+
+
+@requires_gpu
+def test_cuda_opcheck():
+    _, _, csr = random_csr(19, 33, 0.4, torch.float16, "cuda")
+    x = torch.randn(5, 33, device="cuda", dtype=torch.float16)
+    torch.library.opcheck(torch.ops.sparsekit.csr_mm, (x, csr.crow_indices, csr.col_indices, csr.values, 19, None))

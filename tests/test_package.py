@@ -1,0 +1,125 @@
+"""The package around the kernels: fallback without the extension, `python -m sparsekit`, the
+installed wheel in a fresh virtual environment."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import sparsekit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(code, env=None, cwd="/", timeout=600, python=sys.executable):
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([python, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=e, cwd=cwd,
+                          timeout=timeout)
+
+
+def test_import_without_extension_falls_back_to_reference():
+    out = _run(
+        """
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import sparsekit
+            import sparsekit.formats
+        msgs = [str(w.message) for w in caught if "compiled kernels are not available" in str(w.message)]
+        assert len(msgs) == 1, msgs
+        assert "SPARSEKIT_DISABLE_EXTENSION" in msgs[0]
+        import torch
+        assert not sparsekit._ext.available()
+        w = torch.randn(8, 16) * (torch.rand(8, 16) > 0.5)
+        c = sparsekit.formats.CSRWeight.from_dense(w)
+        x = torch.randn(3, 16)
+        torch.testing.assert_close(c.matmul(x), x @ w.T)
+        print(sparsekit.info()["backends"])
+        """,
+        env={"SPARSEKIT_DISABLE_EXTENSION": "1"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "'cpu (compiled C++)': False" in out.stdout
+
+
+def test_cli_info():
+    out = subprocess.run([sys.executable, "-m", "sparsekit", "info"], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0, out.stderr
+    for key in ("sparsekit:", "torch:", "triton:", "compiled_cuda_archs:", "cusparselt_linked:", "cuda_devices:",
+                "backends:"):
+        assert key in out.stdout
+    if sparsekit._ext.available() and sparsekit._ext.C.with_cuda:
+        assert "9.0a" in out.stdout or os.environ.get("SPARSEKIT_CUDA_ARCH_LIST")
+
+
+def test_cli_bench_layer_writes_records(tmp_path):
+    path = tmp_path / "r.jsonl"
+    out = subprocess.run(
+        [sys.executable, "-m", "sparsekit", "bench", "layer", "--shapes", "48x80", "--m", "1,3", "--sparsity",
+         "0.5,0.9", "--quick", "--json", str(path)],
+        capture_output=True, text=True, cwd="/", timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "| 48x80 | 3 | 90% | sparsekit-csr |" in out.stdout
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    impls = {r["impl"] for r in recs}
+    assert {"dense", "sparsekit-csr", "torch-csr"} <= impls
+    assert all("env" in r and r["env"]["torch"] == torch.__version__ for r in recs)
+
+
+def test_cli_bench_model_small():
+    out = subprocess.run(
+        [sys.executable, "-c",
+         "from sparsekit.bench.model import bench_model; import torch;"
+         "r = bench_model([1, 4], [0.5], torch.float32, torch.device('cpu'), 64, 96, 2, min_run_time=0.05);"
+         "assert len(r) == 2 and all(x['rel_error'] < 1e-3 for x in r), r; print('ok')"],
+        capture_output=True, text=True, cwd="/", timeout=300,
+    )
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("SPARSEKIT_SKIP_WHEEL_TEST") == "1", reason="SPARSEKIT_SKIP_WHEEL_TEST=1")
+def test_wheel_installs_and_works_in_a_fresh_venv(tmp_path):
+    """pip wheel builds a wheel; a new virtualenv installs it (torch from the index) and runs it
+    from outside the source tree."""
+    wheels = tmp_path / "wheels"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-w", str(wheels), str(ROOT)],
+        capture_output=True, text=True, timeout=1800,
+    )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    (wheel,) = list(wheels.glob("sparsekit-*.whl"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    py = str(venv / "bin" / "python")
+    # the wheel pins the torch it was built against: install that one
+    inst = subprocess.run([py, "-m", "pip", "install", "-q", str(wheel), f"torch=={torch.__version__.split('+')[0]}"],
+                          capture_output=True, text=True, timeout=1800)
+    assert inst.returncode == 0, inst.stdout[-3000:] + inst.stderr[-3000:]
+    out = _run(
+        """
+        import warnings; warnings.simplefilter("error", UserWarning)
+        import os, torch, sparsekit
+        assert os.path.realpath(sparsekit.__file__).startswith(os.path.realpath(os.environ["VENV"])), sparsekit.__file__
+        assert sparsekit._ext.available(), sparsekit._ext.load_error
+        model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+        sparsekit.prune(model, sparsity=0.8)
+        x = torch.randn(5, 64)
+        ref = model(x)
+        sparsekit.convert(model)
+        torch.testing.assert_close(model(x), ref)
+        print("smoke ok", sparsekit.__version__, sparsekit.info()["cpu_isa"])
+        """,
+        env={"VENV": str(venv), "PYTHONPATH": ""},
+        cwd=str(tmp_path),
+        python=py,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "smoke ok" in out.stdout
+    cli = subprocess.run([str(venv / "bin" / "sparsekit"), "info"], capture_output=True, text=True, cwd=str(tmp_path))
+    assert cli.returncode == 0 and "compiled_extension:     True" in cli.stdout, cli.stdout + cli.stderr
