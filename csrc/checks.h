@@ -75,3 +75,100 @@ inline void check_csr_mm_args(const at::Tensor& x, const at::Tensor& crow, const
 }
 
 }  // namespace sparsekit
+
+namespace sparsekit {
+
+inline void check_same_device(const char* op, const at::Tensor& x, const char* what, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.device() == x.device(), op, ": expected ", what, " on ", x.device(), " like x, got ",
+                    t.device());
+}
+
+inline void check_float_x_and_values(const char* op, const at::Tensor& x, const at::Tensor& values) {
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": expected x of shape (M, in_features), got shape ", shape_str(x.sizes()));
+  TORCH_CHECK_TYPE(is_float_type(x.scalar_type()), op, ": expected x of dtype float32 or bfloat16 or float16, got ",
+                   dtype_name(x.scalar_type()));
+  TORCH_CHECK_TYPE(values.scalar_type() == x.scalar_type(), op, ": expected values of the same dtype as x (",
+                   dtype_name(x.scalar_type()), "), got ", dtype_name(values.scalar_type()));
+}
+
+inline void check_int32(const char* op, const char* what, const at::Tensor& t) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, op, ": expected ", what, " of dtype int32, got ",
+                   dtype_name(t.scalar_type()));
+}
+
+inline void check_bias(const char* op, const std::optional<at::Tensor>& bias, int64_t n, at::ScalarType dtype,
+                       const at::Tensor& x) {
+  if (!bias.has_value()) return;
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->numel() == n, op, ": expected bias of shape (", n, ",), got ",
+                    shape_str(bias->sizes()));
+  TORCH_CHECK_TYPE(bias->scalar_type() == dtype, op, ": expected bias of dtype ", dtype_name(dtype),
+                   " like the output, got ", dtype_name(bias->scalar_type()));
+  check_same_device(op, x, "bias", *bias);
+}
+
+inline void check_bsr_mm_args(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
+                              const at::Tensor& values, int64_t out_features, const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "sparsekit.bsr_mm";
+  check_float_x_and_values(op, x, values);
+  check_int32(op, "crow_indices", crow);
+  check_int32(op, "col_indices", col);
+  TORCH_CHECK_VALUE(values.dim() == 3, op, ": expected values of shape (nblocks, R, C), got shape ",
+                    shape_str(values.sizes()));
+  const int64_t R = values.size(1), C = values.size(2);
+  TORCH_CHECK_VALUE(R > 0 && C > 0, op, ": expected blocks of positive size, got ", R, "x", C);
+  TORCH_CHECK_VALUE(out_features % R == 0 && x.size(1) % C == 0, op,
+                    ": expected out_features and in_features divisible by the block ", R, "x", C, ", got ",
+                    out_features, " and ", x.size(1));
+  TORCH_CHECK_VALUE(crow.dim() == 1 && crow.numel() == out_features / R + 1, op,
+                    ": expected crow_indices of length out_features / R + 1 = ", out_features / R + 1, ", got ",
+                    crow.numel());
+  TORCH_CHECK_VALUE(col.dim() == 1 && col.numel() == values.size(0), op,
+                    ": expected col_indices of length nblocks = ", values.size(0), ", got ", col.numel());
+  check_same_device(op, x, "crow_indices", crow);
+  check_same_device(op, x, "col_indices", col);
+  check_same_device(op, x, "values", values);
+  check_bias(op, bias, out_features, x.scalar_type(), x);
+}
+
+inline void check_bitmap_mm_args(const at::Tensor& x, const at::Tensor& bitmap, const at::Tensor& word_offsets,
+                                 const at::Tensor& values, const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "sparsekit.bitmap_mm";
+  check_float_x_and_values(op, x, values);
+  check_int32(op, "bitmap", bitmap);
+  check_int32(op, "word_offsets", word_offsets);
+  const int64_t words = (x.size(1) + 31) / 32;
+  TORCH_CHECK_VALUE(bitmap.dim() == 2 && bitmap.size(1) == words, op,
+                    ": expected bitmap of shape (out_features, ceil(in_features / 32) = ", words, "), got ",
+                    shape_str(bitmap.sizes()));
+  TORCH_CHECK_VALUE(word_offsets.sizes() == bitmap.sizes(), op, ": expected word_offsets of the bitmap's shape ",
+                    shape_str(bitmap.sizes()), ", got ", shape_str(word_offsets.sizes()));
+  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() <= std::numeric_limits<int32_t>::max(), op,
+                    ": expected 1-d values with nnz < 2**31, got shape ", shape_str(values.sizes()));
+  check_same_device(op, x, "bitmap", bitmap);
+  check_same_device(op, x, "word_offsets", word_offsets);
+  check_same_device(op, x, "values", values);
+  check_bias(op, bias, bitmap.size(0), x.scalar_type(), x);
+}
+
+inline void check_meta(const char* op, const at::Tensor& meta, int64_t rows, int64_t cols) {
+  TORCH_CHECK_TYPE(meta.scalar_type() == at::kByte, op, ": expected meta of dtype uint8, got ",
+                   dtype_name(meta.scalar_type()));
+  TORCH_CHECK_VALUE(cols % 4 == 0, op, ": expected in_features divisible by 4 for 2:4, got ", cols);
+  TORCH_CHECK_VALUE(meta.dim() == 2 && meta.size(0) == rows && meta.size(1) == (cols + 7) / 8, op,
+                    ": expected meta of shape (", rows, ", ", (cols + 7) / 8, "), got ", shape_str(meta.sizes()));
+}
+
+inline void check_sparse24_mm_args(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                                   const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "sparsekit.sparse24_mm";
+  check_float_x_and_values(op, x, values);
+  TORCH_CHECK_VALUE(values.dim() == 2 && values.size(1) * 2 == x.size(1), op,
+                    ": expected values of shape (out_features, in_features / 2 = ", x.size(1) / 2, "), got ",
+                    shape_str(values.sizes()));
+  check_meta(op, meta, values.size(0), x.size(1));
+  check_same_device(op, x, "values", values);
+  check_same_device(op, x, "meta", meta);
+  check_bias(op, bias, values.size(0), x.scalar_type(), x);
+}
+
+}  // namespace sparsekit

@@ -13,9 +13,11 @@ _ext._load()
 
 from . import formats, nn, prune as _prune_pkg  # noqa: E402
 from .convert import SparseConfig, convert  # noqa: E402
+from .serialization import load_safetensors, save_safetensors  # noqa: E402
 from .prune import apply_masks, prune  # noqa: E402
 
-__all__ = ["__version__", "ops", "formats", "nn", "prune", "apply_masks", "convert", "SparseConfig", "info"]
+__all__ = ["__version__", "ops", "formats", "nn", "prune", "apply_masks", "convert", "SparseConfig", "info",
+           "save_safetensors", "load_safetensors"]
 
 
 def info() -> dict:

@@ -1,8 +1,8 @@
 """Swap pruned nn.Linear layers for sparsekit.nn.SparseLinear, in place (the shape of torchao's quantize_)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -17,17 +17,38 @@ __all__ = ["SparseConfig", "convert"]
 class SparseConfig:
     """How to convert a layer.
 
-    format: a name from ``sparsekit.formats.names()``.
-    min_sparsity: layers whose kept fraction is higher than ``1 - min_sparsity`` stay dense.
+    format: a name from ``sparsekit.formats.names()`` ("csr", "bsr", "bitmap", "2:4", "int8",
+        "int8-wo", "2:4+int8").
+    blocksize: (R, C) for "bsr".
+    min_sparsity: layers whose sparsity is below it stay dense (int8 formats: ignored).
+    overrides: {fqn: SparseConfig or dict of fields} for single layers; {"format": "dense"} keeps one dense.
     """
 
     format: str = "csr"
+    blocksize: Tuple[int, int] = (16, 16)
     min_sparsity: float = 0.0
+    overrides: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        formats.get(self.format)  # raises for an unknown name
+        if self.format != "dense":
+            formats.get(self.format)  # raises for an unknown name
         if not 0.0 <= self.min_sparsity <= 1.0:
             raise ValueError(f"SparseConfig: expected min_sparsity in [0, 1], got {self.min_sparsity}")
+        if isinstance(self.blocksize, int):
+            self.blocksize = (self.blocksize, self.blocksize)
+
+    def for_layer(self, fqn: str) -> "SparseConfig":
+        o = self.overrides.get(fqn)
+        if o is None:
+            return self
+        if isinstance(o, SparseConfig):
+            return o
+        fields = dict(format=self.format, blocksize=self.blocksize, min_sparsity=self.min_sparsity)
+        fields.update(o)
+        return SparseConfig(**fields)
+
+    def format_options(self) -> Dict[str, Any]:
+        return {"blocksize": tuple(self.blocksize)} if self.format == "bsr" else {}
 
 
 def _mask_of(module: nn.Linear) -> torch.Tensor:
@@ -56,13 +77,16 @@ def convert(
     for fqn, module in model.named_modules():
         if not isinstance(module, nn.Linear) or (filter_fn is not None and not filter_fn(module, fqn)):
             continue
+        cfg = config.for_layer(fqn)
+        if cfg.format == "dense":
+            continue
         mask = masks[fqn] if masks is not None and fqn in masks else _mask_of(module)
         sparsity = 1.0 - mask.sum().item() / max(mask.numel(), 1)
-        if sparsity < config.min_sparsity:
+        if sparsity < cfg.min_sparsity and cfg.format not in ("int8", "int8-wo"):
             continue
-        targets.append((fqn, module, mask))
-    for fqn, module, mask in targets:
-        new = SparseLinear.from_linear(module, mask=mask, format=config.format)
+        targets.append((fqn, module, mask, cfg))
+    for fqn, module, mask, cfg in targets:
+        new = SparseLinear.from_linear(module, mask=mask, format=cfg.format, **cfg.format_options())
         parent_name, _, child = fqn.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)

@@ -9,19 +9,7 @@ namespace core {
 namespace SK_ISA_NS {
 namespace {
 
-// SIMD registers in GCC/Clang vector extensions: SK_VEC_FLOATS lanes (4 = SSE in the
-// generic build, 8 = AVX in the AVX2 build). A tile of 8 activation rows is 8 / lanes of them.
-#ifndef SK_VEC_FLOATS
-#define SK_VEC_FLOATS 4
-#endif
-constexpr int kLanes = SK_VEC_FLOATS;
-typedef float vf __attribute__((vector_size(4 * SK_VEC_FLOATS)));
-
-inline vf loadv(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
+#include "tile_common_impl.h"
 
 // One row of W against a tile of 8 * NV activation rows, accumulated in registers.
 // U independent accumulator sets hide the latency of the FMA chain (one kept value
@@ -110,10 +98,7 @@ inline float row_dot(const CsrSpmmArgs& a, int64_t n) {
 
 template <DType OD>
 inline void store_tile(const CsrSpmmArgs& a, int64_t n, int64_t m0, int mt, const float* acc) {
-  using O = typename Elem<OD>::storage;
-  O* y = static_cast<O*>(a.y);
-  const float b = a.bias ? Elem<OD>::load(static_cast<const O*>(a.bias), n) : 0.f;
-  for (int mm = 0; mm < mt; ++mm) Elem<OD>::store(y, (m0 + mm) * a.ldy + n, acc[mm] + b);
+  store_column<OD>(a.y, a.ldy, a.bias, n, m0, mt, acc);
 }
 
 template <DType VD, DType OD, int NV>

@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <vector>
 
 #include "checks.h"
 #include "core/csr_spmm.h"
+#include "core/spmm_formats.h"
 #include "cpu/ops_cpu.h"
 
 namespace sparsekit {
@@ -26,7 +28,37 @@ core::DType to_core(at::ScalarType t) {
   }
 }
 
-// Splits rows into chunks of about equal nnz, so that threads finish together.
+// The activation staged as float32, transposed (K x ldxt, padded to vectors of 8): one kept
+// weight then reads M contiguous floats. For M == 1, x itself as float32.
+struct Staged {
+  at::Tensor xt;
+  int64_t ld;
+};
+
+Staged stage_x(const at::Tensor& x) {
+  const int64_t M = x.size(0), K = x.size(1);
+  if (M == 1) return {x.reshape({K}).to(at::kFloat).contiguous(), 1};
+  const int64_t ldxt = core::csr_spmm_ldxt(M);
+  auto xt = at::empty({K, ldxt}, x.options().dtype(at::kFloat));
+  if (ldxt > M) xt.narrow(1, M, ldxt - M).zero_();
+  xt.narrow(1, 0, M).copy_(x.t());
+  return {xt, ldxt};
+}
+
+core::DenseIo dense_io(const at::Tensor& x, const Staged& st, const at::Tensor& b, at::Tensor& y) {
+  core::DenseIo io;
+  io.M = x.size(0); io.N = y.size(1); io.K = x.size(1);
+  io.xt = st.xt.data_ptr<float>(); io.ldxt = st.ld;
+  io.bias = b.defined() ? b.data_ptr() : nullptr;
+  io.y = y.data_ptr(); io.ldy = y.size(1);
+  io.out_dtype = to_core(y.scalar_type());
+  return io;
+}
+
+core::Isa current_isa() { return static_cast<core::Isa>(g_isa.load(std::memory_order_relaxed)); }
+
+// Splits rows into chunks of about equal nnz, so that threads finish together. `crow` gives
+// each row's start (N + 1 entries, non-decreasing).
 template <typename F>
 void parallel_rows_by_nnz(const int32_t* crow, int64_t N, int64_t work_per_nnz, F&& fn) {
   const int64_t nnz = crow[N];
@@ -61,17 +93,7 @@ at::Tensor csr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const
   const int32_t* crow_p = crow.data_ptr<int32_t>();
   TORCH_CHECK_VALUE(crow_p[0] == 0 && crow_p[N] == vals.numel(), "sparsekit.csr_mm: expected crow_indices[0] == 0 and ",
               "crow_indices[-1] == nnz == ", vals.numel(), ", got ", crow_p[0], " and ", crow_p[N]);
-  // Stage the activation as float32, transposed (K x ldxt, padded to vectors of 8): one kept
-  // weight then reads M contiguous floats.
-  const int64_t ldxt = core::csr_spmm_ldxt(M);
-  at::Tensor xt;
-  if (M == 1) {
-    xt = x.reshape({K}).to(at::kFloat).contiguous();
-  } else {
-    xt = at::empty({K, ldxt}, x.options().dtype(at::kFloat));
-    if (ldxt > M) xt.narrow(1, M, ldxt - M).zero_();
-    xt.narrow(1, 0, M).copy_(x.t());
-  }
+  const Staged st = stage_x(x);
   at::Tensor b;
   if (bias.has_value()) b = bias->contiguous();
 
@@ -81,14 +103,93 @@ at::Tensor csr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const
   a.col = col.data_ptr<int32_t>();
   a.values = vals.data_ptr();
   a.value_dtype = to_core(vals.scalar_type());
-  a.xt = xt.data_ptr<float>();
-  a.ldxt = ldxt;
+  a.xt = st.xt.data_ptr<float>();
+  a.ldxt = st.ld;
   a.bias = b.defined() ? b.data_ptr() : nullptr;
   a.y = y.data_ptr();
   a.ldy = N;
   a.out_dtype = to_core(y.scalar_type());
-  const auto isa = static_cast<core::Isa>(g_isa.load(std::memory_order_relaxed));
+  const auto isa = current_isa();
   parallel_rows_by_nnz(crow_p, N, M, [&](int64_t r0, int64_t r1) { core::csr_spmm_rows(a, r0, r1, isa); });
+  return y;
+}
+
+at::Tensor bsr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const at::Tensor& col_indices,
+                      const at::Tensor& values, int64_t out_features, const std::optional<at::Tensor>& bias) {
+  check_bsr_mm_args(x, crow_indices, col_indices, values, out_features, bias);
+  const int64_t M = x.size(0), N = out_features;
+  auto y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  const auto crow = crow_indices.contiguous();
+  const auto col = col_indices.contiguous();
+  const auto vals = values.contiguous();
+  const int64_t R = vals.size(1), C = vals.size(2), NB = N / R;
+  const int32_t* crow_p = crow.data_ptr<int32_t>();
+  TORCH_CHECK_VALUE(crow_p[0] == 0 && crow_p[NB] == vals.size(0), "sparsekit.bsr_mm: expected crow_indices[0] == 0 ",
+                    "and crow_indices[-1] == nblocks == ", vals.size(0), ", got ", crow_p[0], " and ", crow_p[NB]);
+  const Staged st = stage_x(x);
+  at::Tensor b;
+  if (bias.has_value()) b = bias->contiguous();
+  core::BsrArgs a;
+  a.io = dense_io(x, st, b, y);
+  a.R = R; a.C = C;
+  a.crow = crow_p; a.col = col.data_ptr<int32_t>();
+  a.values = vals.data_ptr(); a.value_dtype = to_core(vals.scalar_type());
+  const auto isa = current_isa();
+  parallel_rows_by_nnz(crow_p, NB, M * R * C, [&](int64_t r0, int64_t r1) { core::bsr_spmm_rows(a, r0, r1, isa); });
+  return y;
+}
+
+at::Tensor bitmap_mm_cpu(const at::Tensor& x, const at::Tensor& bitmap, const at::Tensor& word_offsets,
+                         const at::Tensor& values, const std::optional<at::Tensor>& bias) {
+  check_bitmap_mm_args(x, bitmap, word_offsets, values, bias);
+  const int64_t M = x.size(0), N = bitmap.size(0), words = bitmap.size(1);
+  auto y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  const auto bm = bitmap.contiguous();
+  const auto wo = word_offsets.contiguous();
+  const auto vals = values.contiguous();
+  // Row starts for load balance (and a cheap consistency check of the last row).
+  std::vector<int32_t> starts(N + 1);
+  const int32_t* wo_p = wo.data_ptr<int32_t>();
+  for (int64_t n = 0; n < N; ++n) starts[n] = words ? wo_p[n * words] : 0;
+  starts[N] = static_cast<int32_t>(vals.numel());
+  for (int64_t n = 0; n < N; ++n)
+    TORCH_CHECK_VALUE(starts[n] >= 0 && starts[n] <= starts[n + 1], "sparsekit.bitmap_mm: word_offsets of row ", n,
+                      " are out of order or past nnz = ", vals.numel());
+  const Staged st = stage_x(x);
+  at::Tensor b;
+  if (bias.has_value()) b = bias->contiguous();
+  core::BitmapArgs a;
+  a.io = dense_io(x, st, b, y);
+  a.bitmap = reinterpret_cast<const uint32_t*>(bm.data_ptr<int32_t>());
+  a.word_offsets = wo_p;
+  a.values = vals.data_ptr(); a.value_dtype = to_core(vals.scalar_type());
+  const auto isa = current_isa();
+  parallel_rows_by_nnz(starts.data(), N, M + 1, [&](int64_t r0, int64_t r1) {
+    core::bitmap_spmm_rows(a, r0, r1, isa);
+  });
+  return y;
+}
+
+at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                           const std::optional<at::Tensor>& bias) {
+  check_sparse24_mm_args(x, values, meta, bias);
+  const int64_t M = x.size(0), N = values.size(0), K = x.size(1);
+  auto y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  const auto vals = values.contiguous();
+  const auto mt = meta.contiguous();
+  const Staged st = stage_x(x);
+  at::Tensor b;
+  if (bias.has_value()) b = bias->contiguous();
+  core::Sparse24Args a;
+  a.io = dense_io(x, st, b, y);
+  a.values = vals.data_ptr(); a.value_dtype = to_core(vals.scalar_type());
+  a.meta = mt.data_ptr<uint8_t>();
+  const auto isa = current_isa();
+  const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(K / 2 * M, 1));
+  at::parallel_for(0, N, grain, [&](int64_t r0, int64_t r1) { core::sparse24_spmm_rows(a, r0, r1, isa); });
   return y;
 }
 
@@ -104,4 +205,9 @@ const char* active_isa_name() { return core::isa_name(core::resolve_isa(static_c
 }  // namespace cpu
 }  // namespace sparsekit
 
-TORCH_LIBRARY_IMPL(sparsekit, CPU, m) { m.impl("csr_mm", &sparsekit::cpu::csr_mm_cpu); }
+TORCH_LIBRARY_IMPL(sparsekit, CPU, m) {
+  m.impl("csr_mm", &sparsekit::cpu::csr_mm_cpu);
+  m.impl("bsr_mm", &sparsekit::cpu::bsr_mm_cpu);
+  m.impl("bitmap_mm", &sparsekit::cpu::bitmap_mm_cpu);
+  m.impl("sparse24_mm", &sparsekit::cpu::sparse24_mm_cpu);
+}

@@ -18,6 +18,8 @@ class SparseFormat:
     buffer_names: ClassVar[Tuple[str, ...]]
     #: bumped whenever the meaning or layout of the buffers changes
     version: ClassVar[int] = 1
+    #: buffers that stay float32 when a module is cast to another dtype (scales)
+    float32_buffers: ClassVar[Tuple[str, ...]] = ()
 
     shape: Tuple[int, int]
 

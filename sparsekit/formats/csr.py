@@ -13,22 +13,8 @@ import torch
 
 from .. import ops
 from ..ops._checks import INT32_MAX
+from ._common import check_weight_and_mask as _check_weight_and_mask
 from .base import SparseFormat, register
-
-
-def _check_weight_and_mask(weight: torch.Tensor, mask: torch.Tensor | None, what: str) -> torch.Tensor:
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
-        raise ValueError(f"{what}: expected a 2-d weight (out_features, in_features), got {shape}")
-    if not weight.is_floating_point():
-        raise TypeError(f"{what}: expected a floating-point weight, got {weight.dtype}")
-    if mask is None:
-        return weight != 0
-    if mask.shape != weight.shape:
-        raise ValueError(f"{what}: expected a mask of the weight's shape {tuple(weight.shape)}, got {tuple(mask.shape)}")
-    if mask.dtype != torch.bool:
-        raise TypeError(f"{what}: expected a bool mask, got {mask.dtype}")
-    return mask.to(weight.device)
 
 
 @register

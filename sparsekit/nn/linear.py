@@ -21,7 +21,7 @@ class SparseLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, format: str = "csr",
-                 device=None, dtype=None):
+                 device=None, dtype=None, **format_options):
         super().__init__()
         self.in_features = int(in_features)
         self.out_features = int(out_features)
@@ -29,7 +29,8 @@ class SparseLinear(nn.Module):
         self._format_cls = _formats.get(format)
         dtype = dtype or torch.get_default_dtype()
         # An empty weight (all zeros) until loaded or built by from_linear.
-        empty = self._format_cls.from_dense(torch.zeros(out_features, in_features, dtype=dtype, device=device))
+        empty = self._format_cls.from_dense(torch.zeros(out_features, in_features, dtype=dtype, device=device),
+                                            **format_options)
         for name, t in empty.buffers().items():
             self.register_buffer(name, t)
         if bias:
@@ -39,8 +40,10 @@ class SparseLinear(nn.Module):
 
     # ---------------------------------------------------------------------------------- build
     @classmethod
-    def from_linear(cls, linear: nn.Linear, mask: torch.Tensor | None = None, format: str = "csr") -> "SparseLinear":
-        """Pack ``linear.weight`` (where ``mask`` is True; default: its non-zeros) into ``format``."""
+    def from_linear(cls, linear: nn.Linear, mask: torch.Tensor | None = None, format: str = "csr",
+                    **format_options) -> "SparseLinear":
+        """Pack ``linear.weight`` (where ``mask`` is True; default: its non-zeros) into ``format``
+        (options such as ``blocksize=(16, 16)`` for "bsr" go to the format's ``from_dense``)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"SparseLinear.from_linear: expected an nn.Linear, got {type(linear).__name__}")
         w = linear.weight.detach()
@@ -49,7 +52,7 @@ class SparseLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.format = format
         self._format_cls = _formats.get(format)
-        packed = self._format_cls.from_dense(w, mask)
+        packed = self._format_cls.from_dense(w, mask, **format_options)
         for name, t in packed.buffers().items():
             self.register_buffer(name, t)
         if linear.bias is not None:
@@ -77,6 +80,16 @@ class SparseLinear(nn.Module):
             if self.bias is not None:
                 lin.bias.copy_(self.bias)
         return lin
+
+    def _apply(self, fn, *args, **kwargs):
+        # Scales stay float32 when the module is cast (.half(), .to(torch.bfloat16)); only their device follows.
+        keep = {n: self._buffers[n] for n in self._format_cls.float32_buffers if n in self._buffers}
+        out = super()._apply(fn, *args, **kwargs)
+        for n, old in keep.items():
+            new = self._buffers[n]
+            if new.dtype != old.dtype:
+                self._buffers[n] = old.to(device=new.device)
+        return out
 
     # ---------------------------------------------------------------------------------- run
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,8 +151,7 @@ class SparseLinear(nn.Module):
                 error_msgs.append(f"{prefix[:-1] or 'SparseLinear'}: inconsistent sparse buffers: {e}")
 
     def extra_repr(self) -> str:
-        nnz = self._buffers["values"].numel() if "values" in self._buffers else None
         total = self.in_features * self.out_features
-        sp = f", sparsity={1 - nnz / total:.3f}" if nnz is not None and total else ""
+        sp = f", sparsity={self.weight_format.sparsity:.3f}" if total and self.format != "int8" else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, format={self.format}{sp}")

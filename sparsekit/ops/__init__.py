@@ -1,62 +1,123 @@
 """sparsekit ops: documented wrappers over torch.ops.sparsekit.*.
 
-Each op has its schema in `_schemas.py`, a fake kernel here (so torch.compile traces it),
-its pure-PyTorch reference in `reference.py` (registered as the CompositeExplicitAutograd
-fallback, so it serves wherever no compiled or Triton kernel is registered), and kernels
-registered per device by the backends.
+Each op has its schema in `_schemas.py`, input checks in `_checks.py` (shared by the fake
+kernel, the fallback and, with the same messages, the compiled kernels), a fake kernel here
+(so torch.compile traces it), its pure-PyTorch reference in `reference.py` (registered as the
+CompositeExplicitAutograd fallback, so it serves wherever no compiled or Triton kernel is
+registered), and kernels registered per device by the backends.
 """
 from __future__ import annotations
 
 import torch
 
+from . import _checks as C
 from . import _schemas  # noqa: F401  (defines the ops)
 from . import reference
-from ._checks import check_csr_mm
 
-__all__ = ["csr_mm", "reference"]
+__all__ = ["csr_mm", "bsr_mm", "bitmap_mm", "sparse24_mm", "int8_gemm_i32", "quantize_per_token", "int8_mm",
+           "int8_weight_only_mm", "sparse24_int8_mm", "reference"]
 
 _lib = torch.library.Library("sparsekit", "IMPL")
 
 
-# ---------------------------------------------------------------------------------------- csr_mm
-@torch.library.register_fake("sparsekit::csr_mm")
-def _csr_mm_fake(x, crow_indices, col_indices, values, out_features, bias=None):
-    check_csr_mm(x, crow_indices, col_indices, values, out_features, bias)
-    return x.new_empty((x.shape[0], out_features))
+def _register(name, check, ref, fake):
+    """Fake kernel (checks + shapes) and the checked reference as the last fallback."""
+    schema_args = getattr(torch.ops.sparsekit, name).default._schema.arguments
+
+    def full(args, kwargs):
+        # Python kernels receive what the caller passed: fill in the schema's defaults.
+        out = list(args)
+        for a in schema_args[len(args):]:
+            out.append(kwargs[a.name] if a.name in kwargs else a.default_value)
+        return out
+
+    def fallback(*args, **kwargs):
+        args = full(args, kwargs)
+        check(*args)
+        return ref(*args)
+
+    def fake_kernel(*args, **kwargs):
+        args = full(args, kwargs)
+        check(*args)
+        return fake(*args)
+
+    torch.library.register_fake(f"sparsekit::{name}")(fake_kernel)
+    _lib.impl(name, fallback, "CompositeExplicitAutograd")
 
 
-def _csr_mm_fallback(x, crow_indices, col_indices, values, out_features, bias=None):
-    check_csr_mm(x, crow_indices, col_indices, values, out_features, bias)
-    return reference.csr_mm(x, crow_indices, col_indices, values, out_features, bias)
+def _register_linear_autograd(name, weight_of, bias_index, weight_args, extra_args=(), x_index=0):
+    """Gradients to the input (through the dense weight) and the bias; none to the packed weight.
+
+    weight_of(in_features, *inputs[weight_args], *inputs[extra_args]) rebuilds the dense weight.
+    """
+
+    def setup_context(ctx, inputs, output):
+        for i in weight_args:
+            t = inputs[i]
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                raise RuntimeError(
+                    f"sparsekit.{name}: gradients with respect to the sparse values are not supported; "
+                    "train the dense weight with its mask (sparsekit.prune) and convert afterwards"
+                )
+        ctx.save_for_backward(*[inputs[i] for i in weight_args])
+        ctx.extra = [inputs[i] for i in extra_args]
+        ctx.in_features = inputs[x_index].shape[1]
+        ctx.nargs = len(inputs)
+        ctx.has_bias = bias_index is not None and inputs[bias_index] is not None
+
+    def backward(ctx, grad):
+        grads = [None] * ctx.nargs
+        if ctx.needs_input_grad[x_index]:
+            w = weight_of(ctx.in_features, *ctx.saved_tensors, *ctx.extra)
+            grads[x_index] = grad @ w.to(grad.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[bias_index]:
+            grads[bias_index] = grad.sum(0)
+        return tuple(grads)
+
+    torch.library.register_autograd(f"sparsekit::{name}", backward, setup_context=setup_context)
 
 
-_lib.impl("csr_mm", _csr_mm_fallback, "CompositeExplicitAutograd")
+def _out(x, n, dtype=None):
+    return x.new_empty((x.shape[0], n), dtype=dtype or x.dtype)
 
 
-def _csr_mm_setup_context(ctx, inputs, output):
-    x, crow_indices, col_indices, values, out_features, bias = inputs
-    if values.requires_grad:
-        raise RuntimeError(
-            "sparsekit.csr_mm: gradients with respect to the sparse values are not supported; "
-            "train the dense weight with its mask (sparsekit.prune) and convert afterwards"
-        )
-    ctx.save_for_backward(crow_indices, col_indices, values)
-    ctx.in_features = x.shape[1]
-    ctx.out_features = out_features
-    ctx.has_bias = bias is not None
+_register("csr_mm", C.check_csr_mm, reference.csr_mm, lambda x, cr, ci, v, n, b: _out(x, n))
+_register("bsr_mm", C.check_bsr_mm, reference.bsr_mm, lambda x, cr, ci, v, n, b: _out(x, n))
+_register("bitmap_mm", C.check_bitmap_mm, reference.bitmap_mm, lambda x, bm, wo, v, b: _out(x, bm.shape[0]))
+_register("sparse24_mm", C.check_sparse24_mm, reference.sparse24_mm, lambda x, v, m, b: _out(x, v.shape[0]))
+_register("int8_gemm_i32", C.check_int8_gemm_i32, reference.int8_gemm_i32,
+          lambda a, b: _out(a, b.shape[0], torch.int32))
+_register("quantize_per_token", lambda x, sym: C.check_quantize_per_token(x), reference.quantize_per_token,
+          lambda x, sym: (x.new_empty(x.shape, dtype=torch.int8), x.new_empty((x.shape[0],), dtype=torch.float32),
+                          x.new_empty((x.shape[0],), dtype=torch.int32)))
+_register("int8_mm", C.check_int8_mm, reference.int8_mm,
+          lambda xq, xs, xz, wq, ws, b, od: _out(xq, wq.shape[0], od))
+_register("int8_weight_only_mm", C.check_int8_weight_only_mm, reference.int8_weight_only_mm,
+          lambda x, wq, ws, b: _out(x, wq.shape[0]))
+_register("sparse24_int8_mm", C.check_sparse24_int8_mm, reference.sparse24_int8_mm,
+          lambda xq, xs, xz, v, m, ws, b, od: _out(xq, v.shape[0], od))
+
+_register_linear_autograd("csr_mm", lambda k, crow, col, val, n: reference.csr_to_dense(crow, col, val, (n, k)),
+                          bias_index=5, weight_args=(1, 2, 3), extra_args=(4,))
+_register_linear_autograd("bsr_mm", lambda k, crow, col, val, n: reference.bsr_to_dense(crow, col, val, (n, k)),
+                          bias_index=5, weight_args=(1, 2, 3), extra_args=(4,))
+_register_linear_autograd(
+    "bitmap_mm", lambda k, bm, wo, val: reference.bitmap_to_dense(bm, wo, val, (bm.shape[0], k)),
+    bias_index=4, weight_args=(1, 2, 3))
+_register_linear_autograd("sparse24_mm", lambda k, val, meta: reference.sparse24_to_dense(val, meta, k),
+                          bias_index=3, weight_args=(1, 2))
+_register_linear_autograd("int8_weight_only_mm", lambda k, wq, ws: wq.float() * ws[:, None], bias_index=3,
+                          weight_args=(1, 2))
 
 
-def _csr_mm_backward(ctx, grad):
-    crow_indices, col_indices, values = ctx.saved_tensors
-    grad_x = None
-    if ctx.needs_input_grad[0]:
-        w = reference.csr_to_dense(crow_indices, col_indices, values, (ctx.out_features, ctx.in_features))
-        grad_x = grad @ w.to(grad.dtype)
-    grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[5] else None
-    return grad_x, None, None, None, None, grad_bias
+def _as_2d(x, op):
+    if x.dim() == 0:
+        raise ValueError(f"sparsekit.{op}: expected x of shape (..., in_features), got a 0-d tensor")
+    return x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
 
 
-torch.library.register_autograd("sparsekit::csr_mm", _csr_mm_backward, setup_context=_csr_mm_setup_context)
+def _restore(y, x):
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 def csr_mm(x, crow_indices, col_indices, values, out_features: int, bias=None) -> torch.Tensor:
@@ -76,9 +137,53 @@ def csr_mm(x, crow_indices, col_indices, values, out_features: int, bias=None) -
     Raises:
         TypeError: a dtype other than the above. ValueError: a shape, length or device mismatch.
     """
-    if x.dim() == 0:
-        raise ValueError("sparsekit.csr_mm: expected x of shape (..., in_features), got a 0-d tensor")
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
-    y = torch.ops.sparsekit.csr_mm(x2, crow_indices, col_indices, values, out_features, bias)
-    return y.reshape(*lead, out_features) if x.dim() != 2 else y
+    y = torch.ops.sparsekit.csr_mm(_as_2d(x, "csr_mm"), crow_indices, col_indices, values, out_features, bias)
+    return _restore(y, x)
+
+
+def bsr_mm(x, crow_indices, col_indices, values, out_features: int, bias=None) -> torch.Tensor:
+    """``x @ W.T + bias`` for W in BSR with blocks (R, C) = values.shape[1:] (see formats/LAYOUTS.md).
+
+    x: (..., in_features) float32 / bfloat16 / float16; out_features and in_features divisible by R and C.
+    """
+    y = torch.ops.sparsekit.bsr_mm(_as_2d(x, "bsr_mm"), crow_indices, col_indices, values, out_features, bias)
+    return _restore(y, x)
+
+
+def bitmap_mm(x, bitmap, word_offsets, values, bias=None) -> torch.Tensor:
+    """``x @ W.T + bias`` for W in the bitmap format (one bit per weight + the kept values)."""
+    return _restore(torch.ops.sparsekit.bitmap_mm(_as_2d(x, "bitmap_mm"), bitmap, word_offsets, values, bias), x)
+
+
+def sparse24_mm(x, values, meta, bias=None) -> torch.Tensor:
+    """``x @ W.T + bias`` for W in the 2:4 format (values (N, K/2) + 2-bit positions in meta)."""
+    return _restore(torch.ops.sparsekit.sparse24_mm(_as_2d(x, "sparse24_mm"), values, meta, bias), x)
+
+
+def int8_gemm_i32(a, b) -> torch.Tensor:
+    """Exact ``a @ b.T`` for int8 a (M, K) and b (N, K), accumulated and returned in int32."""
+    return torch.ops.sparsekit.int8_gemm_i32(a, b)
+
+
+def quantize_per_token(x, symmetric: bool = True):
+    """Dynamic per-row int8 quantization of x (..., K): returns (q int8, scale float32, zero_point int32)
+    with x ~= (q - zero_point) * scale; symmetric keeps zero_point = 0 and q in [-127, 127]."""
+    q, s, z = torch.ops.sparsekit.quantize_per_token(_as_2d(x, "quantize_per_token"), symmetric)
+    if x.dim() != 2:
+        q, s, z = q.reshape(x.shape), s.reshape(x.shape[:-1]), z.reshape(x.shape[:-1])
+    return q, s, z
+
+
+def int8_mm(x_q, x_scale, x_zero, w_q, w_scale, bias=None, out_dtype=torch.float32) -> torch.Tensor:
+    """W8A8: ``((x_q - x_zero) @ w_q.T) * x_scale[:, None] * w_scale + bias`` in out_dtype, int32 accumulation."""
+    return torch.ops.sparsekit.int8_mm(x_q, x_scale, x_zero, w_q, w_scale, bias, out_dtype)
+
+
+def int8_weight_only_mm(x, w_q, w_scale, bias=None) -> torch.Tensor:
+    """W8A16: ``x @ (w_q * w_scale[:, None]).T + bias`` in x's dtype."""
+    return _restore(torch.ops.sparsekit.int8_weight_only_mm(_as_2d(x, "int8_weight_only_mm"), w_q, w_scale, bias), x)
+
+
+def sparse24_int8_mm(x_q, x_scale, x_zero, values, meta, w_scale, bias=None, out_dtype=torch.float32):
+    """W8A8 with a 2:4 int8 weight (values (N, K/2) int8, meta as sparse24_mm)."""
+    return torch.ops.sparsekit.sparse24_int8_mm(x_q, x_scale, x_zero, values, meta, w_scale, bias, out_dtype)

@@ -66,3 +66,156 @@ def check_csr_mm(x, crow_indices, col_indices, values, out_features, bias) -> No
             raise TypeError(f"{op}: expected bias of dtype {_name(x.dtype)} like x, got {_name(bias.dtype)}")
         if bias.device != x.device:
             raise ValueError(f"{op}: expected bias on {x.device} like x, got {bias.device}")
+
+
+def _same_device(op, x, **tensors):
+    for what, t in tensors.items():
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{op}: expected {what} on {x.device} like x, got {t.device}")
+
+
+def _check_x2d(op, x, what="x"):
+    expect(x.dim() == 2, op, f"expected {what} of shape (M, in_features), got shape {tuple(x.shape)}")
+
+
+def _check_bias(op, bias, out_features, dtype, device):
+    if bias is None:
+        return
+    expect(bias.dim() == 1 and bias.numel() == out_features, op,
+           f"expected bias of shape ({out_features},), got {tuple(bias.shape)}")
+    if bias.dtype != dtype:
+        raise TypeError(f"{op}: expected bias of dtype {_name(dtype)} like the output, got {_name(bias.dtype)}")
+    if bias.device != device:
+        raise ValueError(f"{op}: expected bias on {device} like x, got {bias.device}")
+
+
+def check_bsr_mm(x, crow_indices, col_indices, values, out_features, bias) -> None:
+    op = "sparsekit.bsr_mm"
+    _check_x2d(op, x)
+    expect_dtype(op, "x", x, FLOAT_DTYPES)
+    if values.dtype != x.dtype:
+        raise TypeError(f"{op}: expected values of the same dtype as x ({_name(x.dtype)}), got {_name(values.dtype)}")
+    expect_dtype(op, "crow_indices", crow_indices, (torch.int32,))
+    expect_dtype(op, "col_indices", col_indices, (torch.int32,))
+    expect(values.dim() == 3, op, f"expected values of shape (nblocks, R, C), got shape {tuple(values.shape)}")
+    R, C = values.shape[1], values.shape[2]
+    expect(R > 0 and C > 0, op, f"expected blocks of positive size, got {R}x{C}")
+    expect(out_features % R == 0 and x.shape[1] % C == 0, op,
+           f"expected out_features and in_features divisible by the block {R}x{C}, got {out_features} and {x.shape[1]}")
+    expect(crow_indices.dim() == 1 and crow_indices.numel() == out_features // R + 1, op,
+           f"expected crow_indices of length out_features / R + 1 = {out_features // R + 1}, got {crow_indices.numel()}")
+    expect(col_indices.dim() == 1 and col_indices.numel() == values.shape[0], op,
+           f"expected col_indices of length nblocks = {values.shape[0]}, got {col_indices.numel()}")
+    _same_device(op, x, crow_indices=crow_indices, col_indices=col_indices, values=values)
+    _check_bias(op, bias, out_features, x.dtype, x.device)
+
+
+def check_bitmap_mm(x, bitmap, word_offsets, values, bias) -> None:
+    op = "sparsekit.bitmap_mm"
+    _check_x2d(op, x)
+    expect_dtype(op, "x", x, FLOAT_DTYPES)
+    if values.dtype != x.dtype:
+        raise TypeError(f"{op}: expected values of the same dtype as x ({_name(x.dtype)}), got {_name(values.dtype)}")
+    expect_dtype(op, "bitmap", bitmap, (torch.int32,))
+    expect_dtype(op, "word_offsets", word_offsets, (torch.int32,))
+    words = (x.shape[1] + 31) // 32
+    expect(bitmap.dim() == 2 and bitmap.shape[1] == words, op,
+           f"expected bitmap of shape (out_features, ceil(in_features / 32) = {words}), got {tuple(bitmap.shape)}")
+    expect(word_offsets.shape == bitmap.shape, op,
+           f"expected word_offsets of the bitmap's shape {tuple(bitmap.shape)}, got {tuple(word_offsets.shape)}")
+    expect(values.dim() == 1 and values.numel() <= INT32_MAX, op,
+           f"expected 1-d values with nnz < 2**31, got shape {tuple(values.shape)}")
+    _same_device(op, x, bitmap=bitmap, word_offsets=word_offsets, values=values)
+    _check_bias(op, bias, bitmap.shape[0], x.dtype, x.device)
+
+
+def _check_meta(op, meta, rows, cols):
+    expect_dtype(op, "meta", meta, (torch.uint8,))
+    expect(cols % 4 == 0, op, f"expected in_features divisible by 4 for 2:4, got {cols}")
+    expect(meta.dim() == 2 and meta.shape[0] == rows and meta.shape[1] == (cols + 7) // 8, op,
+           f"expected meta of shape ({rows}, {(cols + 7) // 8}), got {tuple(meta.shape)}")
+
+
+def check_sparse24_mm(x, values, meta, bias) -> None:
+    op = "sparsekit.sparse24_mm"
+    _check_x2d(op, x)
+    expect_dtype(op, "x", x, FLOAT_DTYPES)
+    if values.dtype != x.dtype:
+        raise TypeError(f"{op}: expected values of the same dtype as x ({_name(x.dtype)}), got {_name(values.dtype)}")
+    expect(values.dim() == 2 and values.shape[1] * 2 == x.shape[1], op,
+           f"expected values of shape (out_features, in_features / 2 = {x.shape[1] // 2}), got {tuple(values.shape)}")
+    _check_meta(op, meta, values.shape[0], x.shape[1])
+    _same_device(op, x, values=values, meta=meta)
+    _check_bias(op, bias, values.shape[0], x.dtype, x.device)
+
+
+def check_int8_gemm_i32(a, b) -> None:
+    op = "sparsekit.int8_gemm_i32"
+    expect_dtype(op, "a", a, (torch.int8,))
+    expect_dtype(op, "b", b, (torch.int8,))
+    expect(a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[1], op,
+           f"expected a (M, K) and b (N, K), got {tuple(a.shape)} and {tuple(b.shape)}")
+    _same_device(op, a, b=b)
+
+
+def check_quantize_per_token(x) -> None:
+    op = "sparsekit.quantize_per_token"
+    _check_x2d(op, x)
+    expect_dtype(op, "x", x, FLOAT_DTYPES)
+
+
+def _check_x_quant(op, x_q, x_scale, x_zero):
+    expect_dtype(op, "x_q", x_q, (torch.int8,))
+    _check_x2d(op, x_q, "x_q")
+    expect_dtype(op, "x_scale", x_scale, (torch.float32,))
+    expect(x_scale.shape == (x_q.shape[0],), op, f"expected x_scale of shape ({x_q.shape[0]},), got {tuple(x_scale.shape)}")
+    if x_zero is not None:
+        expect_dtype(op, "x_zero", x_zero, (torch.int32,))
+        expect(x_zero.shape == (x_q.shape[0],), op, f"expected x_zero of shape ({x_q.shape[0]},), got {tuple(x_zero.shape)}")
+
+
+def _check_out_dtype(op, out_dtype):
+    if out_dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: expected out_dtype float32 or bfloat16 or float16, got {_name(out_dtype)}")
+
+
+def _check_w_scale(op, w_scale, rows):
+    expect_dtype(op, "w_scale", w_scale, (torch.float32,))
+    expect(w_scale.shape == (rows,), op, f"expected w_scale of shape ({rows},), got {tuple(w_scale.shape)}")
+
+
+def check_int8_mm(x_q, x_scale, x_zero, w_q, w_scale, bias, out_dtype) -> None:
+    op = "sparsekit.int8_mm"
+    _check_x_quant(op, x_q, x_scale, x_zero)
+    expect_dtype(op, "w_q", w_q, (torch.int8,))
+    expect(w_q.dim() == 2 and w_q.shape[1] == x_q.shape[1], op,
+           f"expected w_q of shape (out_features, {x_q.shape[1]}), got {tuple(w_q.shape)}")
+    _check_w_scale(op, w_scale, w_q.shape[0])
+    _check_out_dtype(op, out_dtype)
+    _same_device(op, x_q, x_scale=x_scale, x_zero=x_zero, w_q=w_q, w_scale=w_scale)
+    _check_bias(op, bias, w_q.shape[0], out_dtype, x_q.device)
+
+
+def check_int8_weight_only_mm(x, w_q, w_scale, bias) -> None:
+    op = "sparsekit.int8_weight_only_mm"
+    _check_x2d(op, x)
+    expect_dtype(op, "x", x, FLOAT_DTYPES)
+    expect_dtype(op, "w_q", w_q, (torch.int8,))
+    expect(w_q.dim() == 2 and w_q.shape[1] == x.shape[1], op,
+           f"expected w_q of shape (out_features, {x.shape[1]}), got {tuple(w_q.shape)}")
+    _check_w_scale(op, w_scale, w_q.shape[0])
+    _same_device(op, x, w_q=w_q, w_scale=w_scale)
+    _check_bias(op, bias, w_q.shape[0], x.dtype, x.device)
+
+
+def check_sparse24_int8_mm(x_q, x_scale, x_zero, values, meta, w_scale, bias, out_dtype) -> None:
+    op = "sparsekit.sparse24_int8_mm"
+    _check_x_quant(op, x_q, x_scale, x_zero)
+    expect_dtype(op, "values", values, (torch.int8,))
+    expect(values.dim() == 2 and values.shape[1] * 2 == x_q.shape[1], op,
+           f"expected values of shape (out_features, in_features / 2 = {x_q.shape[1] // 2}), got {tuple(values.shape)}")
+    _check_meta(op, meta, values.shape[0], x_q.shape[1])
+    _check_w_scale(op, w_scale, values.shape[0])
+    _check_out_dtype(op, out_dtype)
+    _same_device(op, x_q, x_scale=x_scale, x_zero=x_zero, values=values, meta=meta, w_scale=w_scale)
+    _check_bias(op, bias, values.shape[0], out_dtype, x_q.device)

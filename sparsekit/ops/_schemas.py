@@ -2,7 +2,8 @@
 
 Backends only register implementations: C++ through TORCH_LIBRARY_IMPL(sparsekit, CPU|CUDA)
 in csrc/, Triton through torch.library in sparsekit/triton/, and the pure-PyTorch reference
-as the CompositeExplicitAutograd fallback (sparsekit/ops/__init__.py).
+as the CompositeExplicitAutograd fallback (sparsekit/ops/__init__.py). The buffer layouts are
+documented in sparsekit/formats/LAYOUTS.md.
 """
 import torch
 
@@ -13,6 +14,33 @@ SCHEMAS = {
     # int32 col_indices and values (nnz). x is (M, K); values, bias and y share x's dtype.
     "csr_mm": "csr_mm(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, "
     "int out_features, Tensor? bias=None) -> Tensor",
+    # BSR with blocks (R, C) = values.shape[1:]: crow_indices (out_features / R + 1) and
+    # col_indices (nblocks, block-column numbers) int32; values (nblocks, R, C) in x's dtype.
+    "bsr_mm": "bsr_mm(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, "
+    "int out_features, Tensor? bias=None) -> Tensor",
+    # Bitmap: bitmap int32 (N, ceil(K / 32)), bit b of word w <-> column 32 w + b; word_offsets
+    # int32 (N, ceil(K / 32)), index in values of the word's first kept value; values (nnz,) row-major.
+    "bitmap_mm": "bitmap_mm(Tensor x, Tensor bitmap, Tensor word_offsets, Tensor values, "
+    "Tensor? bias=None) -> Tensor",
+    # 2:4: values (N, K / 2) in x's dtype, two per group of four; meta uint8 (N, ceil(K / 8)),
+    # a nibble per group (low nibble = even group): bits 0-1 and 2-3 are the two kept positions.
+    "sparse24_mm": "sparse24_mm(Tensor x, Tensor values, Tensor meta, Tensor? bias=None) -> Tensor",
+    # Exact int8 GEMM: a (M, K) int8, b (N, K) int8 -> (M, N) int32 = a @ b.T.
+    "int8_gemm_i32": "int8_gemm_i32(Tensor a, Tensor b) -> Tensor",
+    # Dynamic per-token (per-row) int8 quantization of x (M, K) float: returns (q int8 (M, K),
+    # scale float32 (M,), zero_point int32 (M,)); symmetric: zero_point = 0 and q in [-127, 127];
+    # asymmetric: q in [-128, 127]. x ~= (q - zero_point) * scale.
+    "quantize_per_token": "quantize_per_token(Tensor x, bool symmetric=True) -> (Tensor, Tensor, Tensor)",
+    # W8A8: y = ((x_q - x_zero) @ w_q.T) * x_scale[:, None] * w_scale[None, :] + bias, in out_dtype.
+    # x_q int8 (M, K), x_scale float32 (M,), x_zero int32 (M,) or None, w_q int8 (N, K), w_scale float32 (N,),
+    # bias (N,) in out_dtype or None.
+    "int8_mm": "int8_mm(Tensor x_q, Tensor x_scale, Tensor? x_zero, Tensor w_q, Tensor w_scale, Tensor? bias, "
+    "ScalarType out_dtype) -> Tensor",
+    # W8A16 (weight-only): y = x @ (w_q * w_scale[:, None]).T + bias in x's dtype; x float (M, K).
+    "int8_weight_only_mm": "int8_weight_only_mm(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias=None) -> Tensor",
+    # 2:4 + int8, W8A8: as int8_mm with the weight in 2:4 layout (values int8 (N, K / 2), meta as sparse24_mm).
+    "sparse24_int8_mm": "sparse24_int8_mm(Tensor x_q, Tensor x_scale, Tensor? x_zero, Tensor values, Tensor meta, "
+    "Tensor w_scale, Tensor? bias, ScalarType out_dtype) -> Tensor",
 }
 
 LIB = torch.library.Library(NAMESPACE, "DEF")

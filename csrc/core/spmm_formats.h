@@ -1,0 +1,66 @@
+// BSR, bitmap and 2:4 sparse weight x dense activation, torch-free kernel cores.
+//
+// Same contract as the CSR core (csr_spmm.h): y[m, n] = sum_k W[n, k] x[m, k] (+ bias[n]) for the
+// rows [row_begin, row_end) of W; the activation is staged as float32 xt (K x ldxt, transposed,
+// ldxt = csr_spmm_ldxt(M), padding readable), accumulation in float32, y of out_dtype (M x ldy).
+// Buffer layouts: sparsekit/formats/LAYOUTS.md.
+#pragma once
+#include <cstdint>
+
+#include "csr_spmm.h"
+
+namespace sparsekit {
+namespace core {
+
+struct DenseIo {
+  int64_t M = 0, N = 0, K = 0;
+  const float* xt = nullptr;   // K x ldxt float32 (for M == 1: x itself, ldxt == 1)
+  int64_t ldxt = 0;
+  const void* bias = nullptr;  // N of out_dtype, or null
+  void* y = nullptr;           // M x ldy of out_dtype
+  int64_t ldy = 0;
+  DType out_dtype = DType::f32;
+};
+
+struct BsrArgs {
+  DenseIo io;
+  int64_t R = 0, C = 0;             // block shape; N % R == 0, K % C == 0
+  const int32_t* crow = nullptr;    // N / R + 1
+  const int32_t* col = nullptr;     // nblocks, block-column numbers
+  const void* values = nullptr;     // nblocks x R x C of value_dtype
+  DType value_dtype = DType::f32;
+};
+
+struct BitmapArgs {
+  DenseIo io;
+  const uint32_t* bitmap = nullptr;       // N x words, words = ceil(K / 32)
+  const int32_t* word_offsets = nullptr;  // N x words
+  const void* values = nullptr;           // nnz of value_dtype
+  DType value_dtype = DType::f32;
+};
+
+struct Sparse24Args {
+  DenseIo io;                      // K % 4 == 0
+  const void* values = nullptr;    // N x K/2 of value_dtype
+  const uint8_t* meta = nullptr;   // N x ceil(K / 8)
+  DType value_dtype = DType::f32;
+};
+
+// For BSR the range counts block rows: rows [block_row_begin * R, block_row_end * R).
+void bsr_spmm_rows(const BsrArgs& a, int64_t block_row_begin, int64_t block_row_end, Isa isa = Isa::kAuto);
+void bitmap_spmm_rows(const BitmapArgs& a, int64_t row_begin, int64_t row_end, Isa isa = Isa::kAuto);
+void sparse24_spmm_rows(const Sparse24Args& a, int64_t row_begin, int64_t row_end, Isa isa = Isa::kAuto);
+
+namespace generic {
+void bsr_spmm_rows(const BsrArgs& a, int64_t r0, int64_t r1);
+void bitmap_spmm_rows(const BitmapArgs& a, int64_t r0, int64_t r1);
+void sparse24_spmm_rows(const Sparse24Args& a, int64_t r0, int64_t r1);
+}  // namespace generic
+namespace avx2 {
+void bsr_spmm_rows(const BsrArgs& a, int64_t r0, int64_t r1);
+void bitmap_spmm_rows(const BitmapArgs& a, int64_t r0, int64_t r1);
+void sparse24_spmm_rows(const Sparse24Args& a, int64_t r0, int64_t r1);
+}  // namespace avx2
+
+}  // namespace core
+}  // namespace sparsekit

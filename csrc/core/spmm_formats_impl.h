@@ -1,0 +1,295 @@
+// Bodies of the BSR, bitmap and 2:4 cores. Included once per instruction set by
+// spmm_formats_<isa>.cpp, which defines SK_ISA_NS (and SK_VEC_FLOATS) first.
+#ifndef SK_ISA_NS
+#error "define SK_ISA_NS before including spmm_formats_impl.h"
+#endif
+
+namespace sparsekit {
+namespace core {
+namespace SK_ISA_NS {
+namespace {
+
+#include "tile_common_impl.h"
+
+// The tiles of activation rows: 32, 24, 16 or 8 wide, never reading past round_up(M, 8).
+template <class Body>
+inline void for_each_m_tile(int64_t M, Body&& body) {
+  for (int64_t m0 = 0; m0 < M;) {
+    const int64_t padded = (M - m0 + 7) / 8 * 8;
+    const int nv = padded >= 32 ? 4 : static_cast<int>(padded / 8);
+    body(m0, nv);
+    m0 += 8 * nv;
+  }
+}
+
+template <DType OD>
+inline void store_io(const DenseIo& io, int64_t n, int64_t m0, int mt, const float* acc) {
+  store_column<OD>(io.y, io.ldy, io.bias, n, m0, mt, acc);
+}
+
+// Two accumulator sets (a, b) hide the FMA latency; R registers each cover the tile.
+template <int NV>
+struct Acc {
+  static constexpr int R = 8 * NV / kLanes;
+  vf a[R], b[R];
+  Acc() {
+    for (int i = 0; i < R; ++i) a[i] = b[i] = vf{};
+  }
+  inline void add_a(float v, const float* xr) {
+    for (int i = 0; i < R; ++i) a[i] += v * loadv(xr + kLanes * i);
+  }
+  inline void add_b(float v, const float* xr) {
+    for (int i = 0; i < R; ++i) b[i] += v * loadv(xr + kLanes * i);
+  }
+  inline void out(float* o) {
+    for (int i = 0; i < R; ++i) a[i] += b[i];
+    std::memcpy(o, a, sizeof a);
+  }
+};
+
+// ------------------------------------------------------------------------------------ BSR
+template <DType VD, DType OD, int NV>
+void bsr_tile(const BsrArgs& a, int64_t br0, int64_t br1, int64_t m0) {
+  using V = typename Elem<VD>::storage;
+  const V* vals = static_cast<const V*>(a.values);
+  const DenseIo& io = a.io;
+  const int mt = static_cast<int>(io.M - m0 < 8 * NV ? io.M - m0 : 8 * NV);
+  alignas(64) float out[8 * NV];
+  for (int64_t br = br0; br < br1; ++br) {
+    for (int64_t r = 0; r < a.R; ++r) {
+      Acc<NV> acc;
+      for (int64_t j = a.crow[br]; j < a.crow[br + 1]; ++j) {
+        const V* v = vals + (j * a.R + r) * a.C;
+        const float* xb = io.xt + (static_cast<int64_t>(a.col[j]) * a.C) * io.ldxt + m0;
+        int64_t c = 0;
+        for (; c + 2 <= a.C; c += 2) {
+          acc.add_a(Elem<VD>::load(v, c), xb + c * io.ldxt);
+          acc.add_b(Elem<VD>::load(v, c + 1), xb + (c + 1) * io.ldxt);
+        }
+        if (c < a.C) acc.add_a(Elem<VD>::load(v, c), xb + c * io.ldxt);
+      }
+      acc.out(out);
+      store_io<OD>(io, br * a.R + r, m0, mt, out);
+    }
+  }
+}
+
+template <DType VD, DType OD>
+void bsr_m1(const BsrArgs& a, int64_t br0, int64_t br1) {
+  using V = typename Elem<VD>::storage;
+  const V* vals = static_cast<const V*>(a.values);
+  const float* x = a.io.xt;
+  for (int64_t br = br0; br < br1; ++br) {
+    for (int64_t r = 0; r < a.R; ++r) {
+      vf s0{}, s1{};
+      float tail = 0.f;
+      for (int64_t j = a.crow[br]; j < a.crow[br + 1]; ++j) {
+        const V* v = vals + (j * a.R + r) * a.C;
+        const float* xb = x + static_cast<int64_t>(a.col[j]) * a.C;
+        int64_t c = 0;
+        for (; c + 2 * kLanes <= a.C; c += 2 * kLanes) {
+          vf w0, w1;
+          for (int i = 0; i < kLanes; ++i) {
+            w0[i] = Elem<VD>::load(v, c + i);
+            w1[i] = Elem<VD>::load(v, c + kLanes + i);
+          }
+          s0 += w0 * loadv(xb + c);
+          s1 += w1 * loadv(xb + c + kLanes);
+        }
+        for (; c < a.C; ++c) tail += Elem<VD>::load(v, c) * xb[c];
+      }
+      const float acc = hsum(s0 + s1) + tail;
+      store_io<OD>(a.io, br * a.R + r, 0, 1, &acc);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------ bitmap
+template <DType VD, DType OD, int NV>
+void bitmap_tile(const BitmapArgs& a, int64_t r0, int64_t r1, int64_t m0) {
+  using V = typename Elem<VD>::storage;
+  const V* vals = static_cast<const V*>(a.values);
+  const DenseIo& io = a.io;
+  const int64_t words = (io.K + 31) / 32;
+  const int mt = static_cast<int>(io.M - m0 < 8 * NV ? io.M - m0 : 8 * NV);
+  alignas(64) float out[8 * NV];
+  for (int64_t n = r0; n < r1; ++n) {
+    Acc<NV> acc;
+    const uint32_t* bm = a.bitmap + n * words;
+    int64_t off = words ? a.word_offsets[n * words] : 0;
+    for (int64_t w = 0; w < words; ++w) {
+      uint32_t bits = bm[w];
+      const float* xw = io.xt + (w * 32) * io.ldxt + m0;
+      while (bits) {
+        const int b0 = __builtin_ctz(bits);
+        bits &= bits - 1;
+        acc.add_a(Elem<VD>::load(vals, off++), xw + b0 * io.ldxt);
+        if (!bits) break;
+        const int b1 = __builtin_ctz(bits);
+        bits &= bits - 1;
+        acc.add_b(Elem<VD>::load(vals, off++), xw + b1 * io.ldxt);
+      }
+    }
+    acc.out(out);
+    store_io<OD>(io, n, m0, mt, out);
+  }
+}
+
+template <DType VD, DType OD>
+void bitmap_m1(const BitmapArgs& a, int64_t r0, int64_t r1) {
+  using V = typename Elem<VD>::storage;
+  const V* vals = static_cast<const V*>(a.values);
+  const float* x = a.io.xt;
+  const int64_t words = (a.io.K + 31) / 32;
+  for (int64_t n = r0; n < r1; ++n) {
+    const uint32_t* bm = a.bitmap + n * words;
+    int64_t off = words ? a.word_offsets[n * words] : 0;
+    float s0 = 0.f, s1 = 0.f;
+    for (int64_t w = 0; w < words; ++w) {
+      uint32_t bits = bm[w];
+      const float* xw = x + w * 32;
+      while (bits) {
+        s0 += Elem<VD>::load(vals, off++) * xw[__builtin_ctz(bits)];
+        bits &= bits - 1;
+        if (!bits) break;
+        s1 += Elem<VD>::load(vals, off++) * xw[__builtin_ctz(bits)];
+        bits &= bits - 1;
+      }
+    }
+    const float acc = s0 + s1;
+    store_io<OD>(a.io, n, 0, 1, &acc);
+  }
+}
+
+// ------------------------------------------------------------------------------------ 2:4
+template <DType VD, DType OD, int NV>
+void sparse24_tile(const Sparse24Args& a, int64_t r0, int64_t r1, int64_t m0) {
+  using V = typename Elem<VD>::storage;
+  const DenseIo& io = a.io;
+  const int64_t groups = io.K / 4, mbytes = (io.K + 7) / 8;
+  const int mt = static_cast<int>(io.M - m0 < 8 * NV ? io.M - m0 : 8 * NV);
+  alignas(64) float out[8 * NV];
+  for (int64_t n = r0; n < r1; ++n) {
+    const V* v = static_cast<const V*>(a.values) + n * (io.K / 2);
+    const uint8_t* meta = a.meta + n * mbytes;
+    Acc<NV> acc;
+    for (int64_t g = 0; g < groups; ++g) {
+      const unsigned nib = (meta[g >> 1] >> ((g & 1) * 4)) & 0xFu;
+      const float* xg = io.xt + (4 * g) * io.ldxt + m0;
+      acc.add_a(Elem<VD>::load(v, 2 * g), xg + (nib & 3u) * io.ldxt);
+      acc.add_b(Elem<VD>::load(v, 2 * g + 1), xg + (nib >> 2) * io.ldxt);
+    }
+    acc.out(out);
+    store_io<OD>(io, n, m0, mt, out);
+  }
+}
+
+template <DType VD, DType OD>
+void sparse24_m1(const Sparse24Args& a, int64_t r0, int64_t r1) {
+  using V = typename Elem<VD>::storage;
+  const float* x = a.io.xt;
+  const int64_t K = a.io.K, groups = K / 4, mbytes = (K + 7) / 8;
+  for (int64_t n = r0; n < r1; ++n) {
+    const V* v = static_cast<const V*>(a.values) + n * (K / 2);
+    const uint8_t* meta = a.meta + n * mbytes;
+    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+    int64_t g = 0;
+    for (; g + 2 <= groups; g += 2) {  // one meta byte: two groups
+      const unsigned byte = meta[g >> 1];
+      const float* xg = x + 4 * g;
+      s0 += Elem<VD>::load(v, 2 * g) * xg[byte & 3u];
+      s1 += Elem<VD>::load(v, 2 * g + 1) * xg[(byte >> 2) & 3u];
+      s2 += Elem<VD>::load(v, 2 * g + 2) * xg[4 + ((byte >> 4) & 3u)];
+      s3 += Elem<VD>::load(v, 2 * g + 3) * xg[4 + (byte >> 6)];
+    }
+    if (g < groups) {
+      const unsigned nib = meta[g >> 1] & 0xFu;
+      s0 += Elem<VD>::load(v, 2 * g) * x[4 * g + (nib & 3u)];
+      s1 += Elem<VD>::load(v, 2 * g + 1) * x[4 * g + (nib >> 2)];
+    }
+    const float acc = (s0 + s1) + (s2 + s3);
+    store_io<OD>(a.io, n, 0, 1, &acc);
+  }
+}
+
+// ------------------------------------------------------------------------------------ dispatch
+#define SK_DISPATCH_VD_OD(vd, od, CALL)                                      \
+  switch (vd) {                                                               \
+    case DType::f32: SK_DISPATCH_OD(DType::f32, od, CALL); break;             \
+    case DType::bf16: SK_DISPATCH_OD(DType::bf16, od, CALL); break;           \
+    case DType::f16: SK_DISPATCH_OD(DType::f16, od, CALL); break;             \
+  }
+#define SK_DISPATCH_OD(VDc, od, CALL)                      \
+  switch (od) {                                            \
+    case DType::f32: CALL(VDc, DType::f32); break;         \
+    case DType::bf16: CALL(VDc, DType::bf16); break;       \
+    case DType::f16: CALL(VDc, DType::f16); break;         \
+  }
+
+template <DType VD, DType OD>
+void bsr_run(const BsrArgs& a, int64_t r0, int64_t r1) {
+  if (a.io.M == 1) return bsr_m1<VD, OD>(a, r0, r1);
+  for_each_m_tile(a.io.M, [&](int64_t m0, int nv) {
+    switch (nv) {
+      case 4: bsr_tile<VD, OD, 4>(a, r0, r1, m0); break;
+      case 3: bsr_tile<VD, OD, 3>(a, r0, r1, m0); break;
+      case 2: bsr_tile<VD, OD, 2>(a, r0, r1, m0); break;
+      default: bsr_tile<VD, OD, 1>(a, r0, r1, m0); break;
+    }
+  });
+}
+
+template <DType VD, DType OD>
+void bitmap_run(const BitmapArgs& a, int64_t r0, int64_t r1) {
+  if (a.io.M == 1) return bitmap_m1<VD, OD>(a, r0, r1);
+  for_each_m_tile(a.io.M, [&](int64_t m0, int nv) {
+    switch (nv) {
+      case 4: bitmap_tile<VD, OD, 4>(a, r0, r1, m0); break;
+      case 3: bitmap_tile<VD, OD, 3>(a, r0, r1, m0); break;
+      case 2: bitmap_tile<VD, OD, 2>(a, r0, r1, m0); break;
+      default: bitmap_tile<VD, OD, 1>(a, r0, r1, m0); break;
+    }
+  });
+}
+
+template <DType VD, DType OD>
+void sparse24_run(const Sparse24Args& a, int64_t r0, int64_t r1) {
+  if (a.io.M == 1) return sparse24_m1<VD, OD>(a, r0, r1);
+  for_each_m_tile(a.io.M, [&](int64_t m0, int nv) {
+    switch (nv) {
+      case 4: sparse24_tile<VD, OD, 4>(a, r0, r1, m0); break;
+      case 3: sparse24_tile<VD, OD, 3>(a, r0, r1, m0); break;
+      case 2: sparse24_tile<VD, OD, 2>(a, r0, r1, m0); break;
+      default: sparse24_tile<VD, OD, 1>(a, r0, r1, m0); break;
+    }
+  });
+}
+
+}  // namespace
+
+#define SK_CALL_BSR(VDc, ODc) bsr_run<VDc, ODc>(a, r0, r1)
+#define SK_CALL_BITMAP(VDc, ODc) bitmap_run<VDc, ODc>(a, r0, r1)
+#define SK_CALL_24(VDc, ODc) sparse24_run<VDc, ODc>(a, r0, r1)
+
+void bsr_spmm_rows(const BsrArgs& a, int64_t r0, int64_t r1) {
+  if (a.io.M <= 0 || r0 >= r1) return;
+  SK_DISPATCH_VD_OD(a.value_dtype, a.io.out_dtype, SK_CALL_BSR)
+}
+void bitmap_spmm_rows(const BitmapArgs& a, int64_t r0, int64_t r1) {
+  if (a.io.M <= 0 || r0 >= r1) return;
+  SK_DISPATCH_VD_OD(a.value_dtype, a.io.out_dtype, SK_CALL_BITMAP)
+}
+void sparse24_spmm_rows(const Sparse24Args& a, int64_t r0, int64_t r1) {
+  if (a.io.M <= 0 || r0 >= r1) return;
+  SK_DISPATCH_VD_OD(a.value_dtype, a.io.out_dtype, SK_CALL_24)
+}
+
+#undef SK_CALL_BSR
+#undef SK_CALL_BITMAP
+#undef SK_CALL_24
+#undef SK_DISPATCH_VD_OD
+#undef SK_DISPATCH_OD
+
+}  // namespace SK_ISA_NS
+}  // namespace core
+}  // namespace sparsekit

@@ -1,0 +1,181 @@
+// BSR, bitmap and 2:4 cores against a float64 dense reference, every ISA the CPU runs,
+// odd M, all value/output types; runs under ASan + UBSan in CI (out-of-bounds reads fail).
+#include <cmath>
+#include <functional>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "core/spmm_formats.h"
+
+using namespace sparsekit::core;
+
+static int g_fail = 0;
+
+struct Dense {
+  int64_t N, K;
+  std::vector<float> w;  // N x K, pruned positions 0
+  std::vector<char> keep;
+};
+
+static uint16_t to16(DType d, float v) { return d == DType::bf16 ? f32_to_bf16(v) : f32_to_f16(v); }
+static float from16(DType d, uint16_t h) { return d == DType::bf16 ? bf16_to_f32(h) : f16_to_f32(h); }
+
+// Values of a packed buffer in the chosen dtype; w is rounded to it so the reference sees the same numbers.
+struct Vals {
+  DType d;
+  std::vector<float> f;
+  std::vector<uint16_t> h;
+  void push(float v) {
+    if (d == DType::f32) f.push_back(v);
+    else h.push_back(to16(d, v));
+  }
+  float round(float v) const { return d == DType::f32 ? v : from16(d, to16(d, v)); }
+  const void* data() const { return d == DType::f32 ? static_cast<const void*>(f.data()) : h.data(); }
+};
+
+static void check_run(const char* what, Isa isa, const Dense& W, const Vals& vals, int64_t M, DType od,
+                      bool bias, const std::function<void(DenseIo&)>& run, std::mt19937& rng) {
+  std::uniform_real_distribution<float> U(-1, 1);
+  const int64_t ldxt = csr_spmm_ldxt(M), ldy = W.N + 3;
+  std::vector<float> xt(std::max<int64_t>(W.K * ldxt, 1));
+  for (auto& v : xt) v = U(rng);
+  std::vector<float> bf(W.N);
+  std::vector<uint16_t> bh(W.N);
+  for (int64_t n = 0; n < W.N; ++n) {
+    bf[n] = U(rng);
+    if (od != DType::f32) { bh[n] = to16(od, bf[n]); bf[n] = from16(od, bh[n]); }
+  }
+  std::vector<float> yf(std::max<int64_t>(M * ldy, 1), 7.f);
+  std::vector<uint16_t> yh(yf.size(), 0x1234);
+  DenseIo io;
+  io.M = M; io.N = W.N; io.K = W.K; io.xt = xt.data(); io.ldxt = M == 1 ? 1 : ldxt;
+  io.bias = !bias ? nullptr : (od == DType::f32 ? static_cast<const void*>(bf.data()) : bh.data());
+  io.y = od == DType::f32 ? static_cast<void*>(yf.data()) : yh.data();
+  io.ldy = ldy; io.out_dtype = od;
+  run(io);
+  const double tol = od == DType::f32 ? 1e-4 : (od == DType::bf16 ? 1.6e-2 : 2e-3);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < W.N; ++n) {
+      double ref = bias ? bf[n] : 0.0, mag = std::fabs(ref);
+      for (int64_t k = 0; k < W.K; ++k) {
+        const double t = double(vals.round(W.w[n * W.K + k])) * xt[k * io.ldxt + m];
+        ref += t; mag += std::fabs(t);
+      }
+      const size_t i = m * ldy + n;
+      const double got = od == DType::f32 ? yf[i] : from16(od, yh[i]);
+      if (!(std::fabs(got - ref) <= tol * (mag + 1.0))) {
+        std::fprintf(stderr, "FAILED %s isa=%s M=%lld N=%lld K=%lld vd=%d od=%d m=%lld n=%lld got=%g ref=%g\n", what,
+                     isa_name(isa), (long long)M, (long long)W.N, (long long)W.K, int(vals.d), int(od), (long long)m,
+                     (long long)n, got, ref);
+        ++g_fail;
+        return;
+      }
+    }
+}
+
+static Dense random_dense(int64_t N, int64_t K, double density, std::mt19937& rng) {
+  std::uniform_real_distribution<float> U(-1, 1);
+  std::bernoulli_distribution B(density);
+  Dense d{N, K, std::vector<float>(N * K, 0.f), std::vector<char>(N * K, 0)};
+  for (int64_t i = 0; i < N * K; ++i)
+    if (B(rng)) { d.keep[i] = 1; d.w[i] = U(rng); }
+  return d;
+}
+
+int main() {
+  std::mt19937 rng(7);
+  const Isa isas[] = {Isa::kGeneric, Isa::kAvx2};
+  const DType types[] = {DType::f32, DType::bf16, DType::f16};
+  const int64_t Ms[] = {0, 1, 2, 5, 8, 17, 33, 40};
+  int cases = 0;
+  for (Isa isa : isas) {
+    if (resolve_isa(isa) != isa) continue;
+    for (DType vd : types)
+      for (DType od : types)
+        for (int64_t M : Ms) {
+          const bool bias = (M % 2) == 1;
+          // ---- BSR, blocks 4x8 and 8x16 (and 3x5: odd blocks)
+          for (auto rc : {std::pair<int, int>{4, 8}, {8, 16}, {3, 5}}) {
+            const int R = rc.first, C = rc.second;
+            Dense W = random_dense(R * 5, C * 7, 0.05, rng);
+            std::vector<int32_t> crow{0}, col;
+            Vals vals{vd, {}, {}};
+            for (int64_t br = 0; br < W.N / R; ++br) {
+              for (int64_t bc = 0; bc < W.K / C; ++bc) {
+                bool any = false;
+                for (int r = 0; r < R; ++r)
+                  for (int c = 0; c < C; ++c) any |= W.keep[(br * R + r) * W.K + bc * C + c];
+                if (!any && (br + bc) % 3) continue;  // also keep some all-zero blocks
+                col.push_back(int32_t(bc));
+                for (int r = 0; r < R; ++r)
+                  for (int c = 0; c < C; ++c) vals.push(W.w[(br * R + r) * W.K + bc * C + c]);
+              }
+              crow.push_back(int32_t(col.size()));
+            }
+            check_run("bsr", isa, W, vals, M, od, bias, [&](DenseIo& io) {
+              BsrArgs a; a.io = io; a.R = R; a.C = C; a.crow = crow.data(); a.col = col.data();
+              a.values = vals.data(); a.value_dtype = vd;
+              bsr_spmm_rows(a, 0, 2, isa);
+              bsr_spmm_rows(a, 2, W.N / R, isa);
+            }, rng);
+            ++cases;
+          }
+          // ---- bitmap, K not a multiple of 32, densities from empty rows to full
+          for (double density : {0.0, 0.3, 1.0}) {
+            Dense W = random_dense(11, 77, density, rng);
+            const int64_t words = (W.K + 31) / 32;
+            std::vector<uint32_t> bm(W.N * words, 0);
+            std::vector<int32_t> off(W.N * words, 0);
+            Vals vals{vd, {}, {}};
+            int32_t count = 0;
+            for (int64_t n = 0; n < W.N; ++n)
+              for (int64_t w = 0; w < words; ++w) {
+                off[n * words + w] = count;
+                for (int b = 0; b < 32 && w * 32 + b < W.K; ++b)
+                  if (W.keep[n * W.K + w * 32 + b]) {
+                    bm[n * words + w] |= 1u << b;
+                    vals.push(W.w[n * W.K + w * 32 + b]);
+                    ++count;
+                  }
+              }
+            check_run("bitmap", isa, W, vals, M, od, bias, [&](DenseIo& io) {
+              BitmapArgs a; a.io = io; a.bitmap = bm.data(); a.word_offsets = off.data(); a.values = vals.data();
+              a.value_dtype = vd;
+              bitmap_spmm_rows(a, 0, 4, isa);
+              bitmap_spmm_rows(a, 4, W.N, isa);
+            }, rng);
+            ++cases;
+          }
+          // ---- 2:4 with K = 4 * odd groups (a padded last meta nibble)
+          {
+            Dense W = random_dense(9, 4 * 13, 0.0, rng);
+            std::uniform_int_distribution<int> P(0, 3);
+            std::uniform_real_distribution<float> U(-1, 1);
+            const int64_t groups = W.K / 4, mbytes = (W.K + 7) / 8;
+            std::vector<uint8_t> meta(W.N * mbytes, 0);
+            Vals vals{vd, {}, {}};
+            for (int64_t n = 0; n < W.N; ++n)
+              for (int64_t g = 0; g < groups; ++g) {
+                int i0 = P(rng), i1 = P(rng);
+                while (i1 == i0) i1 = P(rng);
+                if (i0 > i1) std::swap(i0, i1);
+                for (int i : {i0, i1}) {
+                  const float v = (n + g) % 5 ? U(rng) : 0.f;
+                  W.w[n * W.K + 4 * g + i] = v;
+                  vals.push(v);
+                }
+                meta[n * mbytes + g / 2] |= uint8_t((i0 | (i1 << 2)) << ((g & 1) * 4));
+              }
+            check_run("2:4", isa, W, vals, M, od, bias, [&](DenseIo& io) {
+              Sparse24Args a; a.io = io; a.values = vals.data(); a.meta = meta.data(); a.value_dtype = vd;
+              sparse24_spmm_rows(a, 0, 3, isa);
+              sparse24_spmm_rows(a, 3, W.N, isa);
+            }, rng);
+            ++cases;
+          }
+        }
+  }
+  std::printf("test_spmm_formats: %d cases, %d failures\n", cases, g_fail);
+  return g_fail ? 1 : 0;
+}

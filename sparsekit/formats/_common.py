@@ -1,0 +1,26 @@
+"""Checks shared by the format packers."""
+from __future__ import annotations
+
+import torch
+
+
+def check_weight_and_mask(weight: torch.Tensor, mask: torch.Tensor | None, what: str) -> torch.Tensor:
+    """Validates a 2-d float weight and its bool mask (default: weight != 0); returns the mask."""
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"{what}: expected a 2-d weight (out_features, in_features), got {shape}")
+    if not weight.is_floating_point():
+        raise TypeError(f"{what}: expected a floating-point weight, got {weight.dtype}")
+    if mask is None:
+        return weight != 0
+    if not isinstance(mask, torch.Tensor) or mask.shape != weight.shape:
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"{what}: expected a mask of the weight's shape {tuple(weight.shape)}, got {got}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{what}: expected a bool mask, got {mask.dtype}")
+    return mask.to(weight.device)
+
+
+def check_int32_range(n: int, what: str) -> None:
+    if n > 2**31 - 1:
+        raise ValueError(f"{what} {n} exceeds the int32 index range")

@@ -1,0 +1,79 @@
+"""int8 weights, symmetric per output channel: W8A8 (activations quantized per token at run
+time) as "int8", weight-only (W8A16) as "int8-wo"."""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+
+from .. import ops
+from ._common import check_weight_and_mask
+from .base import SparseFormat, register
+
+
+def quantize_rows(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(q int8, scale float32 (rows,)): q = round_half_even(w / scale) with scale = max|w_row| / 127."""
+    wf = w.detach().float()
+    amax = wf.abs().amax(dim=1) if wf.shape[1] else wf.new_zeros(wf.shape[0])
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    q = torch.round(wf / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.contiguous(), scale.contiguous()
+
+
+class _Int8Base(SparseFormat):
+    buffer_names = ("qweight", "scale")
+    float32_buffers = ("scale",)
+
+    def __init__(self, qweight, scale, shape, check: bool = True):
+        self.qweight, self.scale = qweight, scale
+        self.shape = (int(shape[0]), int(shape[1]))
+        if check:
+            self.check()
+
+    @classmethod
+    def from_dense(cls, weight, mask=None):
+        mask = check_weight_and_mask(weight, mask, f"{cls.__name__}.from_dense")
+        w = torch.where(mask, weight.detach(), torch.zeros((), dtype=weight.dtype, device=weight.device))
+        q, scale = quantize_rows(w)
+        return cls(q, scale, tuple(weight.shape), check=False)
+
+    @classmethod
+    def from_buffers(cls, buffers: Dict[str, torch.Tensor], shape):
+        return cls(buffers["qweight"], buffers["scale"], shape)
+
+    def check(self) -> None:
+        N, K = self.shape
+        if self.qweight.dtype != torch.int8 or self.qweight.shape != (N, K):
+            raise ValueError(f"{type(self).__name__}: expected int8 qweight of shape ({N}, {K}), got "
+                             f"{self.qweight.dtype} {tuple(self.qweight.shape)}")
+        if self.scale.dtype != torch.float32 or self.scale.shape != (N,):
+            raise ValueError(f"{type(self).__name__}: expected float32 scale of shape ({N},), got "
+                             f"{self.scale.dtype} {tuple(self.scale.shape)}")
+
+    def to_dense(self) -> torch.Tensor:
+        return self.qweight.float() * self.scale[:, None]
+
+    @property
+    def nnz(self) -> int:
+        return int(torch.count_nonzero(self.qweight))
+
+
+@register
+class Int8Weight(_Int8Base):
+    name = "int8"
+
+    @staticmethod
+    def apply(x, shape, bias, qweight, scale):
+        x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+        q, s, _ = ops.quantize_per_token(x2, True)
+        y = ops.int8_mm(q, s, None, qweight, scale, bias, x.dtype)
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+@register
+class Int8WeightOnly(_Int8Base):
+    name = "int8-wo"
+
+    @staticmethod
+    def apply(x, shape, bias, qweight, scale):
+        return ops.int8_weight_only_mm(x, qweight, scale, bias)

@@ -1,0 +1,143 @@
+"""2:4 (semi-structured): two kept values in every group of four along the input dimension,
+with their 2-bit positions. Also the int8 variant (2:4+int8)."""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+
+from .. import ops
+from ._common import check_weight_and_mask
+from .base import SparseFormat, register
+from .int8 import quantize_rows
+
+
+def pack_24(weight: torch.Tensor, mask: torch.Tensor, what: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(values (N, K/2), meta uint8 (N, ceil(K/8))) of a weight whose mask keeps <= 2 of every 4."""
+    N, K = weight.shape
+    if K % 4:
+        raise ValueError(f"{what}: 2:4 needs in_features divisible by 4, got {K}")
+    groups = K // 4
+    mg = mask.reshape(N, groups, 4)
+    kept = mg.sum(-1)
+    if bool((kept > 2).any()):
+        r, g = (kept > 2).nonzero()[0].tolist()
+        raise ValueError(
+            f"{what}: the mask is not 2:4: row {r}, columns {4 * g}..{4 * g + 3} keep {int(kept[r, g])} of 4 "
+            "(prune with pattern='2:4' first)"
+        )
+    pos = torch.arange(4, device=mask.device)
+    # kept positions first, then the lowest free ones; the first two, ascending
+    key = (~mg).to(torch.int64) * 4 + pos
+    sel = torch.sort(torch.argsort(key, dim=-1, stable=True)[..., :2], dim=-1).values  # (N, groups, 2)
+    w = torch.where(mask, weight.detach(), torch.zeros((), dtype=weight.dtype, device=weight.device))
+    values = torch.gather(w.reshape(N, groups, 4), 2, sel).reshape(N, 2 * groups)
+    nib = (sel[..., 0] | (sel[..., 1] << 2)).to(torch.int32)  # (N, groups)
+    if groups % 2:
+        nib = torch.cat([nib, torch.zeros(N, 1, dtype=nib.dtype, device=nib.device)], dim=1)
+    meta = (nib[:, 0::2] | (nib[:, 1::2] << 4)).to(torch.uint8)
+    return values.contiguous(), meta.contiguous()
+
+
+def _check_meta(meta, N, K, what):
+    if meta.dtype != torch.uint8 or meta.shape != (N, (K + 7) // 8):
+        raise ValueError(f"{what}: expected uint8 meta of shape ({N}, {(K + 7) // 8}), got {meta.dtype} "
+                         f"{tuple(meta.shape)}")
+    m = meta.to(torch.int32)
+    nib = torch.stack([m & 0xF, m >> 4], dim=-1).reshape(N, -1)
+    groups = K // 4
+    used, pad = nib[:, :groups], nib[:, groups:]
+    if bool(((used & 3) >= (used >> 2)).any()):
+        raise ValueError(f"{what}: every group's two positions must be distinct and ascending")
+    if pad.numel() and bool((pad != 0).any()):
+        raise ValueError(f"{what}: the unused last nibble of meta must be 0")
+
+
+@register
+class Sparse24Weight(SparseFormat):
+    name = "2:4"
+    buffer_names = ("values", "meta")
+
+    def __init__(self, values, meta, shape, check: bool = True):
+        self.values, self.meta = values, meta
+        self.shape = (int(shape[0]), int(shape[1]))
+        if check:
+            self.check()
+
+    @classmethod
+    def from_dense(cls, weight, mask=None) -> "Sparse24Weight":
+        mask = check_weight_and_mask(weight, mask, "Sparse24Weight.from_dense")
+        values, meta = pack_24(weight, mask, "Sparse24Weight.from_dense")
+        return cls(values, meta, tuple(weight.shape), check=False)
+
+    @classmethod
+    def from_buffers(cls, buffers: Dict[str, torch.Tensor], shape) -> "Sparse24Weight":
+        return cls(buffers["values"], buffers["meta"], shape)
+
+    def check(self) -> None:
+        N, K = self.shape
+        if K % 4 or self.values.shape != (N, K // 2):
+            raise ValueError(f"Sparse24Weight: expected values of shape ({N}, {K // 2}) and K % 4 == 0, got "
+                             f"{tuple(self.values.shape)} for K = {K}")
+        _check_meta(self.meta, N, K, "Sparse24Weight")
+
+    def to_dense(self) -> torch.Tensor:
+        return ops.reference.sparse24_to_dense(self.values, self.meta, self.shape[1])
+
+    @staticmethod
+    def apply(x, shape, bias, values, meta):
+        return ops.sparse24_mm(x, values, meta, bias)
+
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
+
+
+@register
+class Sparse24Int8Weight(SparseFormat):
+    """2:4 with int8 values and a float32 scale per output channel; activations quantized per
+    token at run time (W8A8)."""
+
+    name = "2:4+int8"
+    buffer_names = ("values", "meta", "scale")
+    float32_buffers = ("scale",)
+
+    def __init__(self, values, meta, scale, shape, check: bool = True):
+        self.values, self.meta, self.scale = values, meta, scale
+        self.shape = (int(shape[0]), int(shape[1]))
+        if check:
+            self.check()
+
+    @classmethod
+    def from_dense(cls, weight, mask=None) -> "Sparse24Int8Weight":
+        mask = check_weight_and_mask(weight, mask, "Sparse24Int8Weight.from_dense")
+        values, meta = pack_24(weight, mask, "Sparse24Int8Weight.from_dense")
+        q, scale = quantize_rows(values)
+        return cls(q, meta, scale, tuple(weight.shape), check=False)
+
+    @classmethod
+    def from_buffers(cls, buffers, shape) -> "Sparse24Int8Weight":
+        return cls(buffers["values"], buffers["meta"], buffers["scale"], shape)
+
+    def check(self) -> None:
+        N, K = self.shape
+        if self.values.dtype != torch.int8 or self.values.shape != (N, K // 2) or K % 4:
+            raise ValueError(f"Sparse24Int8Weight: expected int8 values of shape ({N}, {K // 2}), got "
+                             f"{self.values.dtype} {tuple(self.values.shape)}")
+        if self.scale.dtype != torch.float32 or self.scale.shape != (N,):
+            raise ValueError(f"Sparse24Int8Weight: expected float32 scale of shape ({N},)")
+        _check_meta(self.meta, N, K, "Sparse24Int8Weight")
+
+    def to_dense(self) -> torch.Tensor:
+        return ops.reference.sparse24_to_dense(self.values.float() * self.scale[:, None], self.meta, self.shape[1])
+
+    @staticmethod
+    def apply(x, shape, bias, values, meta, scale):
+        x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+        q, s, _ = ops.quantize_per_token(x2, True)
+        y = ops.sparse24_int8_mm(q, s, None, values, meta, scale, bias, x.dtype)
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
+
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
