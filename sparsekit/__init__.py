@@ -14,10 +14,12 @@ _ext._load()
 from . import formats, nn, prune as _prune_pkg  # noqa: E402
 from .convert import SparseConfig, convert  # noqa: E402
 from .serialization import load_safetensors, save_safetensors  # noqa: E402
+from .auto import explain  # noqa: E402
+from . import quant  # noqa: E402
 from .prune import apply_masks, prune  # noqa: E402
 
 __all__ = ["__version__", "ops", "formats", "nn", "prune", "apply_masks", "convert", "SparseConfig", "info",
-           "save_safetensors", "load_safetensors"]
+           "save_safetensors", "load_safetensors", "explain", "quant"]
 
 
 def info() -> dict:

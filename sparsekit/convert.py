@@ -18,7 +18,9 @@ class SparseConfig:
     """How to convert a layer.
 
     format: a name from ``sparsekit.formats.names()`` ("csr", "bsr", "bitmap", "2:4", "int8",
-        "int8-wo", "2:4+int8").
+        "int8-wo", "2:4+int8"), "dense" (leave the layer), or "auto": per layer, the fastest of
+        the formats the mask's structure allows, measured on the layer's device at `batch_size`
+        rows; dense when nothing is faster. `sparsekit.explain(model)` shows the choices.
     blocksize: (R, C) for "bsr".
     min_sparsity: layers whose sparsity is below it stay dense (int8 formats: ignored).
     overrides: {fqn: SparseConfig or dict of fields} for single layers; {"format": "dense"} keeps one dense.
@@ -28,9 +30,11 @@ class SparseConfig:
     blocksize: Tuple[int, int] = (16, 16)
     min_sparsity: float = 0.0
     overrides: Dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 1
+    dtype: Optional[torch.dtype] = None  # "auto": the activation dtype to time with (default: the weight's)
 
     def __post_init__(self):
-        if self.format != "dense":
+        if self.format not in ("dense", "auto"):
             formats.get(self.format)  # raises for an unknown name
         if not 0.0 <= self.min_sparsity <= 1.0:
             raise ValueError(f"SparseConfig: expected min_sparsity in [0, 1], got {self.min_sparsity}")
@@ -43,7 +47,8 @@ class SparseConfig:
             return self
         if isinstance(o, SparseConfig):
             return o
-        fields = dict(format=self.format, blocksize=self.blocksize, min_sparsity=self.min_sparsity)
+        fields = dict(format=self.format, blocksize=self.blocksize, min_sparsity=self.min_sparsity,
+                      batch_size=self.batch_size, dtype=self.dtype)
         fields.update(o)
         return SparseConfig(**fields)
 
@@ -86,7 +91,17 @@ def convert(
             continue
         targets.append((fqn, module, mask, cfg))
     for fqn, module, mask, cfg in targets:
-        new = SparseLinear.from_linear(module, mask=mask, format=cfg.format, **cfg.format_options())
+        if cfg.format == "auto":
+            from .auto import choose
+
+            choice = choose(module, mask, cfg)
+            if choice["format"] == "dense":
+                module._sparsekit_choice = choice
+                continue
+            new = SparseLinear.from_linear(module, mask=mask, format=choice["format"], **choice["options"])
+            new._sparsekit_choice = choice
+        else:
+            new = SparseLinear.from_linear(module, mask=mask, format=cfg.format, **cfg.format_options())
         parent_name, _, child = fqn.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)

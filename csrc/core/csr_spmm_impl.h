@@ -50,50 +50,11 @@ template <DType VD>
 inline float row_dot(const CsrSpmmArgs& a, int64_t n) {
   using V = typename Elem<VD>::storage;
   const V* vals = static_cast<const V*>(a.values);
-  const float* x = a.xt;
-  const int64_t ld = a.ldxt;
-  int64_t j = a.crow[n];
-  const int64_t end = a.crow[n + 1];
-#ifdef SK_HAVE_AVX2
-  if (ld == 1 && end - j >= 8) {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    for (; j + 16 <= end; j += 16) {
-      const __m256i i0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.col + j));
-      const __m256i i1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.col + j + 8));
-      __m256 v0, v1;
-      if constexpr (VD == DType::f32) {
-        v0 = _mm256_loadu_ps(reinterpret_cast<const float*>(vals) + j);
-        v1 = _mm256_loadu_ps(reinterpret_cast<const float*>(vals) + j + 8);
-      } else if constexpr (VD == DType::bf16) {
-        const __m128i h0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(vals + j));
-        const __m128i h1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(vals + j + 8));
-        v0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h0), 16));
-        v1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h1), 16));
-      } else {
-        v0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vals + j)));
-        v1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vals + j + 8)));
-      }
-      acc0 = _mm256_fmadd_ps(v0, _mm256_i32gather_ps(x, i0, 4), acc0);
-      acc1 = _mm256_fmadd_ps(v1, _mm256_i32gather_ps(x, i1, 4), acc1);
-    }
-    acc0 = _mm256_add_ps(acc0, acc1);
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc0), _mm256_extractf128_ps(acc0, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    float sum = _mm_cvtss_f32(s);
-    for (; j < end; ++j) sum += Elem<VD>::load(vals, j) * x[a.col[j]];
-    return sum;
-  }
-#endif
-  float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
-  for (; j + 4 <= end; j += 4) {
-    s0 += Elem<VD>::load(vals, j + 0) * x[static_cast<int64_t>(a.col[j + 0]) * ld];
-    s1 += Elem<VD>::load(vals, j + 1) * x[static_cast<int64_t>(a.col[j + 1]) * ld];
-    s2 += Elem<VD>::load(vals, j + 2) * x[static_cast<int64_t>(a.col[j + 2]) * ld];
-    s3 += Elem<VD>::load(vals, j + 3) * x[static_cast<int64_t>(a.col[j + 3]) * ld];
-  }
-  for (; j < end; ++j) s0 += Elem<VD>::load(vals, j) * x[static_cast<int64_t>(a.col[j]) * ld];
-  return (s0 + s1) + (s2 + s3);
+  const int64_t j = a.crow[n], end = a.crow[n + 1];
+  if (a.ldxt == 1) return gather_dot<VD>(vals + j, a.col + j, end - j, a.xt);
+  float s = 0.f;
+  for (int64_t i = j; i < end; ++i) s += Elem<VD>::load(vals, i) * a.xt[static_cast<int64_t>(a.col[i]) * a.ldxt];
+  return s;
 }
 
 template <DType OD>

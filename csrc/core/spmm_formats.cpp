@@ -4,6 +4,57 @@
 namespace sparsekit {
 namespace core {
 
+namespace {
+struct BytePositions {
+  uint8_t t[256][8];
+  constexpr BytePositions() : t{} {
+    for (int b = 0; b < 256; ++b) {
+      int c = 0;
+      for (int i = 0; i < 8; ++i)
+        if (b & (1 << i)) t[b][c++] = static_cast<uint8_t>(i);
+    }
+  }
+};
+constexpr BytePositions kTable{};
+
+struct Perm24 {
+  int32_t t[256][8];
+  constexpr Perm24() : t{} {
+    for (int b = 0; b < 256; ++b) {
+      const int32_t p[4] = {b & 3, (b >> 2) & 3, 4 + ((b >> 4) & 3), 4 + ((b >> 6) & 3)};
+      for (int i = 0; i < 8; ++i) t[b][i] = p[i & 3];
+    }
+  }
+};
+constexpr Perm24 kPermTable{};
+}  // namespace
+
+alignas(32) const int32_t kPerm24[256][8] = {
+#define SK_ROW(b) {kPermTable.t[b][0], kPermTable.t[b][1], kPermTable.t[b][2], kPermTable.t[b][3], \
+                   kPermTable.t[b][4], kPermTable.t[b][5], kPermTable.t[b][6], kPermTable.t[b][7]}
+#define SK_R4(b) SK_ROW(b), SK_ROW(b + 1), SK_ROW(b + 2), SK_ROW(b + 3)
+#define SK_R16(b) SK_R4(b), SK_R4(b + 4), SK_R4(b + 8), SK_R4(b + 12)
+#define SK_R64(b) SK_R16(b), SK_R16(b + 16), SK_R16(b + 32), SK_R16(b + 48)
+    SK_R64(0), SK_R64(64), SK_R64(128), SK_R64(192)
+#undef SK_R64
+#undef SK_R16
+#undef SK_R4
+#undef SK_ROW
+};
+
+const uint8_t kBytePositions[256][8] = {
+#define SK_ROW(b) {kTable.t[b][0], kTable.t[b][1], kTable.t[b][2], kTable.t[b][3], \
+                   kTable.t[b][4], kTable.t[b][5], kTable.t[b][6], kTable.t[b][7]}
+#define SK_R4(b) SK_ROW(b), SK_ROW(b + 1), SK_ROW(b + 2), SK_ROW(b + 3)
+#define SK_R16(b) SK_R4(b), SK_R4(b + 4), SK_R4(b + 8), SK_R4(b + 12)
+#define SK_R64(b) SK_R16(b), SK_R16(b + 16), SK_R16(b + 32), SK_R16(b + 48)
+    SK_R64(0), SK_R64(64), SK_R64(128), SK_R64(192)
+#undef SK_R64
+#undef SK_R16
+#undef SK_R4
+#undef SK_ROW
+};
+
 void bsr_spmm_rows(const BsrArgs& a, int64_t r0, int64_t r1, Isa isa) {
   if (resolve_isa(isa) == Isa::kAvx2) avx2::bsr_spmm_rows(a, r0, r1);
   else generic::bsr_spmm_rows(a, r0, r1);

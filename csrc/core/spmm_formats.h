@@ -46,6 +46,12 @@ struct Sparse24Args {
   DType value_dtype = DType::f32;
 };
 
+// kBytePositions[b][i]: the position of the i-th set bit of byte b (0 past the popcount).
+extern const uint8_t kBytePositions[256][8];
+// kPerm24[b]: for a 2:4 meta byte b (two groups of four columns), the positions of its four
+// kept values within those eight columns, repeated in lanes 0-3 and 4-7.
+extern const int32_t kPerm24[256][8];
+
 // For BSR the range counts block rows: rows [block_row_begin * R, block_row_end * R).
 void bsr_spmm_rows(const BsrArgs& a, int64_t block_row_begin, int64_t block_row_end, Isa isa = Isa::kAuto);
 void bitmap_spmm_rows(const BitmapArgs& a, int64_t row_begin, int64_t row_end, Isa isa = Isa::kAuto);

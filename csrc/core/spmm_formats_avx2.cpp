@@ -2,11 +2,15 @@
 #include <cstdint>
 #include <cstring>
 
+#include <vector>
+
 #include "spmm_formats.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
+#define SK_HAVE_AVX2 1
 #define SK_VEC_FLOATS 8
 #define SK_ISA_NS avx2
 #include "spmm_formats_impl.h"

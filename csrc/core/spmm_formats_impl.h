@@ -105,8 +105,26 @@ void bsr_m1(const BsrArgs& a, int64_t br0, int64_t br1) {
 }
 
 // ------------------------------------------------------------------------------------ bitmap
+// A row's bitmap is first decoded, branch-free, into its kept columns (a byte at a time: eight
+// positions from a table, advance by the byte's popcount), then runs as a CSR row. Bit-by-bit
+// loops mispredict on every word.
+inline int64_t decode_row(const uint32_t* bm, int64_t words, int32_t* cols) {
+  int64_t cnt = 0;
+  for (int64_t w = 0; w < words; ++w) {
+    const uint32_t word = bm[w];
+    for (int byte = 0; byte < 4; ++byte) {
+      const unsigned b = (word >> (8 * byte)) & 0xFFu;
+      const int32_t base = static_cast<int32_t>(w * 32 + 8 * byte);
+      const uint8_t* pos = kBytePositions[b];
+      for (int i = 0; i < 8; ++i) cols[cnt + i] = base + pos[i];  // slack of 8 past the end
+      cnt += __builtin_popcount(b);
+    }
+  }
+  return cnt;
+}
+
 template <DType VD, DType OD, int NV>
-void bitmap_tile(const BitmapArgs& a, int64_t r0, int64_t r1, int64_t m0) {
+void bitmap_tile(const BitmapArgs& a, int64_t r0, int64_t r1, int64_t m0, int32_t* cols) {
   using V = typename Elem<VD>::storage;
   const V* vals = static_cast<const V*>(a.values);
   const DenseIo& io = a.io;
@@ -114,49 +132,28 @@ void bitmap_tile(const BitmapArgs& a, int64_t r0, int64_t r1, int64_t m0) {
   const int mt = static_cast<int>(io.M - m0 < 8 * NV ? io.M - m0 : 8 * NV);
   alignas(64) float out[8 * NV];
   for (int64_t n = r0; n < r1; ++n) {
+    const int64_t cnt = decode_row(a.bitmap + n * words, words, cols);
+    const V* v = vals + (words ? a.word_offsets[n * words] : 0);
     Acc<NV> acc;
-    const uint32_t* bm = a.bitmap + n * words;
-    int64_t off = words ? a.word_offsets[n * words] : 0;
-    for (int64_t w = 0; w < words; ++w) {
-      uint32_t bits = bm[w];
-      const float* xw = io.xt + (w * 32) * io.ldxt + m0;
-      while (bits) {
-        const int b0 = __builtin_ctz(bits);
-        bits &= bits - 1;
-        acc.add_a(Elem<VD>::load(vals, off++), xw + b0 * io.ldxt);
-        if (!bits) break;
-        const int b1 = __builtin_ctz(bits);
-        bits &= bits - 1;
-        acc.add_b(Elem<VD>::load(vals, off++), xw + b1 * io.ldxt);
-      }
+    int64_t j = 0;
+    for (; j + 2 <= cnt; j += 2) {
+      acc.add_a(Elem<VD>::load(v, j), io.xt + static_cast<int64_t>(cols[j]) * io.ldxt + m0);
+      acc.add_b(Elem<VD>::load(v, j + 1), io.xt + static_cast<int64_t>(cols[j + 1]) * io.ldxt + m0);
     }
+    if (j < cnt) acc.add_a(Elem<VD>::load(v, j), io.xt + static_cast<int64_t>(cols[j]) * io.ldxt + m0);
     acc.out(out);
     store_io<OD>(io, n, m0, mt, out);
   }
 }
 
 template <DType VD, DType OD>
-void bitmap_m1(const BitmapArgs& a, int64_t r0, int64_t r1) {
+void bitmap_m1(const BitmapArgs& a, int64_t r0, int64_t r1, int32_t* cols) {
   using V = typename Elem<VD>::storage;
   const V* vals = static_cast<const V*>(a.values);
-  const float* x = a.io.xt;
   const int64_t words = (a.io.K + 31) / 32;
   for (int64_t n = r0; n < r1; ++n) {
-    const uint32_t* bm = a.bitmap + n * words;
-    int64_t off = words ? a.word_offsets[n * words] : 0;
-    float s0 = 0.f, s1 = 0.f;
-    for (int64_t w = 0; w < words; ++w) {
-      uint32_t bits = bm[w];
-      const float* xw = x + w * 32;
-      while (bits) {
-        s0 += Elem<VD>::load(vals, off++) * xw[__builtin_ctz(bits)];
-        bits &= bits - 1;
-        if (!bits) break;
-        s1 += Elem<VD>::load(vals, off++) * xw[__builtin_ctz(bits)];
-        bits &= bits - 1;
-      }
-    }
-    const float acc = s0 + s1;
+    const int64_t cnt = decode_row(a.bitmap + n * words, words, cols);
+    const float acc = gather_dot<VD>(vals + (words ? a.word_offsets[n * words] : 0), cols, cnt, a.io.xt);
     store_io<OD>(a.io, n, 0, 1, &acc);
   }
 }
@@ -194,6 +191,39 @@ void sparse24_m1(const Sparse24Args& a, int64_t r0, int64_t r1) {
     const uint8_t* meta = a.meta + n * mbytes;
     float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
     int64_t g = 0;
+#ifdef SK_HAVE_AVX2
+    // Four groups (16 columns, 8 kept values) at a time: two loads of x, a permutation per meta
+    // byte picks the kept columns, one FMA with the eight values.
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (; g + 8 <= groups; g += 8) {
+      for (int h = 0; h < 2; ++h) {
+        const int64_t gg = g + 4 * h;
+        const float* xg = x + 4 * gg;
+        const __m256i i0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPerm24[meta[gg >> 1]]));
+        const __m256i i1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPerm24[meta[(gg >> 1) + 1]]));
+        const __m256 xs = _mm256_blend_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(xg), i0),
+                                          _mm256_permutevar8x32_ps(_mm256_loadu_ps(xg + 8), i1), 0xF0);
+        __m256 w;
+        if constexpr (VD == DType::f32) {
+          w = _mm256_loadu_ps(reinterpret_cast<const float*>(v) + 2 * gg);
+        } else if constexpr (VD == DType::bf16) {
+          const __m128i hv = _mm_loadu_si128(reinterpret_cast<const __m128i*>(v + 2 * gg));
+          w = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(hv), 16));
+        } else {
+          w = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + 2 * gg)));
+        }
+        if (h == 0) acc0 = _mm256_fmadd_ps(w, xs, acc0);
+        else acc1 = _mm256_fmadd_ps(w, xs, acc1);
+      }
+    }
+    {
+      vf t;
+      std::memcpy(&t, &acc0, sizeof t);
+      vf u;
+      std::memcpy(&u, &acc1, sizeof u);
+      s0 = hsum(t + u);
+    }
+#endif
     for (; g + 2 <= groups; g += 2) {  // one meta byte: two groups
       const unsigned byte = meta[g >> 1];
       const float* xg = x + 4 * g;
@@ -241,13 +271,15 @@ void bsr_run(const BsrArgs& a, int64_t r0, int64_t r1) {
 
 template <DType VD, DType OD>
 void bitmap_run(const BitmapArgs& a, int64_t r0, int64_t r1) {
-  if (a.io.M == 1) return bitmap_m1<VD, OD>(a, r0, r1);
+  std::vector<int32_t> buf(static_cast<size_t>((a.io.K + 31) / 32 * 32 + 8));
+  int32_t* cols = buf.data();
+  if (a.io.M == 1) return bitmap_m1<VD, OD>(a, r0, r1, cols);
   for_each_m_tile(a.io.M, [&](int64_t m0, int nv) {
     switch (nv) {
-      case 4: bitmap_tile<VD, OD, 4>(a, r0, r1, m0); break;
-      case 3: bitmap_tile<VD, OD, 3>(a, r0, r1, m0); break;
-      case 2: bitmap_tile<VD, OD, 2>(a, r0, r1, m0); break;
-      default: bitmap_tile<VD, OD, 1>(a, r0, r1, m0); break;
+      case 4: bitmap_tile<VD, OD, 4>(a, r0, r1, m0, cols); break;
+      case 3: bitmap_tile<VD, OD, 3>(a, r0, r1, m0, cols); break;
+      case 2: bitmap_tile<VD, OD, 2>(a, r0, r1, m0, cols); break;
+      default: bitmap_tile<VD, OD, 1>(a, r0, r1, m0, cols); break;
     }
   });
 }

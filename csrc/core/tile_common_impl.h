@@ -29,3 +29,49 @@ inline void store_column(void* y_, int64_t ldy, const void* bias, int64_t n, int
   const float b = bias ? Elem<OD>::load(static_cast<const O*>(bias), n) : 0.f;
   for (int mm = 0; mm < mt; ++mm) Elem<OD>::store(y, (m0 + mm) * ldy + n, acc[mm] + b);
 }
+
+// sum_j vals[j] * x[cols[j]] for j < count (contiguous x: the M == 1 paths).
+template <DType VD>
+inline float gather_dot(const typename Elem<VD>::storage* vals, const int32_t* cols, int64_t count, const float* x) {
+  int64_t j = 0;
+#ifdef SK_HAVE_AVX2
+  if (count >= 16) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (; j + 16 <= count; j += 16) {
+      const __m256i i0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cols + j));
+      const __m256i i1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cols + j + 8));
+      __m256 v0, v1;
+      if constexpr (VD == DType::f32) {
+        v0 = _mm256_loadu_ps(reinterpret_cast<const float*>(vals) + j);
+        v1 = _mm256_loadu_ps(reinterpret_cast<const float*>(vals) + j + 8);
+      } else if constexpr (VD == DType::bf16) {
+        const __m128i h0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(vals + j));
+        const __m128i h1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(vals + j + 8));
+        v0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h0), 16));
+        v1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h1), 16));
+      } else {
+        v0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vals + j)));
+        v1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vals + j + 8)));
+      }
+      acc0 = _mm256_fmadd_ps(v0, _mm256_i32gather_ps(x, i0, 4), acc0);
+      acc1 = _mm256_fmadd_ps(v1, _mm256_i32gather_ps(x, i1, 4), acc1);
+    }
+    acc0 = _mm256_add_ps(acc0, acc1);
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc0), _mm256_extractf128_ps(acc0, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    float sum = _mm_cvtss_f32(s);
+    for (; j < count; ++j) sum += Elem<VD>::load(vals, j) * x[cols[j]];
+    return sum;
+  }
+#endif
+  float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+  for (; j + 4 <= count; j += 4) {
+    s0 += Elem<VD>::load(vals, j + 0) * x[cols[j + 0]];
+    s1 += Elem<VD>::load(vals, j + 1) * x[cols[j + 1]];
+    s2 += Elem<VD>::load(vals, j + 2) * x[cols[j + 2]];
+    s3 += Elem<VD>::load(vals, j + 3) * x[cols[j + 3]];
+  }
+  for (; j < count; ++j) s0 += Elem<VD>::load(vals, j) * x[cols[j]];
+  return (s0 + s1) + (s2 + s3);
+}

@@ -11,6 +11,8 @@ from typing import Dict, List, Sequence
 import torch
 import torch.nn.functional as F
 
+import warnings
+
 from .. import formats
 from ..prune import masks as _masks
 from .timing import time_ms
@@ -35,17 +37,56 @@ def parse_shapes(spec: str) -> List[tuple]:
     return out
 
 
-def _check(name, got, ref, dtype):
-    tol = 2e-2 if dtype != torch.float32 else 1e-3
+def _check(name, got, ref, dtype, tol=None):
+    tol = tol or (2e-2 if dtype != torch.float32 else 1e-3)
     err = ((got.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12)).item()
     if not err <= tol:
         raise AssertionError(f"{name}: relative error {err:.3g} > {tol} against the reference; not timed")
 
 
+FORMATS = ("csr", "bitmap", "bsr:16", "bsr:32", "bsr:64", "2:4", "int8", "int8-wo", "2:4+int8")
+
+
+def _mask_for(fmt: str, w: torch.Tensor, sparsity: float) -> torch.Tensor:
+    score = w.abs().float()
+    if fmt.startswith("bsr"):
+        b = int(fmt.split(":")[1])
+        N, K = w.shape
+        bscore = score.reshape(N // b, b, K // b, b).sum(dim=(1, 3))
+        bm = _masks.unstructured(bscore, sparsity)
+        return bm.repeat_interleave(b, 0).repeat_interleave(b, 1)
+    if fmt in ("2:4", "2:4+int8"):
+        N, K = w.shape
+        g = score.reshape(N, K // 4, 4)
+        keep = torch.zeros_like(g, dtype=torch.bool)
+        keep.scatter_(2, g.topk(2, dim=-1).indices, True)
+        return keep.reshape(N, K)
+    if fmt in ("int8", "int8-wo"):
+        return torch.ones_like(w, dtype=torch.bool)
+    return _masks.unstructured(score, sparsity)
+
+
+def _pack(fmt: str, w: torch.Tensor, mask: torch.Tensor):
+    if fmt.startswith("bsr"):
+        b = int(fmt.split(":")[1])
+        return formats.BSRWeight.from_dense(w, mask, blocksize=(b, b))
+    return formats.get(fmt).from_dense(w, mask)
+
+
 def bench_layer(N: int, K: int, Ms: Sequence[int], sparsities: Sequence[float], dtype: torch.dtype,
-                device: torch.device, peers: bool = True, seed: int = 0, min_run_time: float = 0.3) -> List[Dict]:
+                device: torch.device, peers: bool = True, seed: int = 0, min_run_time: float = 0.3,
+                fmts: Sequence[str] = ("csr",)) -> List[Dict]:
+    """Dense baselines, then every format at every sparsity (2:4 and int8 formats: their own
+    sparsity, once), and PyTorch's CSR beside unstructured CSR."""
     g = torch.Generator().manual_seed(seed)
     w = (torch.randn(N, K, generator=g) / K**0.5).to(device=device, dtype=dtype)
+    packed = {}
+    for fmt in fmts:
+        fixed = fmt in ("2:4", "int8", "int8-wo", "2:4+int8")
+        for sp in ([None] if fixed else sparsities):
+            mask = _mask_for(fmt, w, sp or 0.0)
+            wm = w * mask
+            packed[(fmt, sp)] = (_pack(fmt, w, mask), wm, mask)
     records = []
     for M in Ms:
         x = torch.randn(M, K, generator=g).to(device=device, dtype=dtype)
@@ -57,27 +98,25 @@ def bench_layer(N: int, K: int, Ms: Sequence[int], sparsities: Sequence[float], 
         base, dense_bytes = dense[base_name]
         for name, (t, nbytes) in dense.items():
             records.append(_record(N, K, M, 0.0, dtype, device, name, t, base, base_name, nbytes, dense_bytes))
-        for sp in sparsities:
-            mask = _masks.unstructured(w.abs().float(), sp)
-            wm = w * mask
+        for (fmt, sp), (pk, wm, mask) in packed.items():
+            spv = 1.0 - mask.float().mean().item() if sp is None else sp
             ref = F.linear(x.float(), wm.float())
-            csr = formats.CSRWeight.from_dense(wm, mask)
-            y = csr.matmul(x)
-            _check("sparsekit csr", y, ref, dtype)
-            t = time_ms(lambda: csr.matmul(x), device, min_run_time)
-            records.append(_record(N, K, M, sp, dtype, device, "sparsekit-csr", t, base, base_name, csr.nbytes,
+            tol = 0.05 if "int8" in fmt else None
+            _check(f"sparsekit {fmt}", pk.matmul(x), ref, dtype, tol)
+            t = time_ms(lambda: pk.matmul(x), device, min_run_time)
+            records.append(_record(N, K, M, spv, dtype, device, f"sparsekit-{fmt}", t, base, base_name, pk.nbytes,
                                    dense_bytes))
-            if peers:
+            if peers and fmt == "csr":
                 try:
                     wt = wm.to_sparse_csr()
                     xt = x.t().contiguous()
                     _check("torch csr", torch.sparse.mm(wt, xt).t(), ref, dtype)
                     t = time_ms(lambda: torch.sparse.mm(wt, xt), device, min_run_time)
                     nb = wt.values().numel() * wt.values().element_size() + wt.col_indices().numel() * 8
-                    records.append(_record(N, K, M, sp, dtype, device, "torch-csr", t, base, base_name, nb,
+                    records.append(_record(N, K, M, spv, dtype, device, "torch-csr", t, base, base_name, nb,
                                            dense_bytes))
                 except (RuntimeError, NotImplementedError) as e:  # a dtype PyTorch's path lacks
-                    records.append({"N": N, "K": K, "M": M, "sparsity": sp, "impl": "torch-csr",
+                    records.append({"N": N, "K": K, "M": M, "sparsity": spv, "impl": "torch-csr",
                                     "error": str(e).splitlines()[0][:200]})
     return records
 
