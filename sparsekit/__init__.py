@@ -16,9 +16,9 @@ from .convert import SparseConfig, convert  # noqa: E402
 from .serialization import load_safetensors, save_safetensors  # noqa: E402
 from .auto import explain  # noqa: E402
 from . import quant  # noqa: E402
-from .prune import apply_masks, prune  # noqa: E402
+from .prune import apply_masks, calibrate, prune  # noqa: E402
 
-__all__ = ["__version__", "ops", "formats", "nn", "prune", "apply_masks", "convert", "SparseConfig", "info",
+__all__ = ["__version__", "ops", "formats", "nn", "prune", "apply_masks", "calibrate", "convert", "SparseConfig", "info",
            "save_safetensors", "load_safetensors", "explain", "quant"]
 
 

@@ -44,7 +44,10 @@ def test_nan_score_and_bad_names():
     with pytest.raises(TypeError, match="floating-point"):
         masks.unstructured(torch.ones(3, 3, dtype=torch.int64), 0.5)
     with pytest.raises(ValueError, match="unknown pattern"):
-        sparsekit.prune(nn.Linear(3, 3), 0.5, pattern="3:7")
+        sparsekit.prune(nn.Linear(3, 3), 0.5, pattern="diagonal")
+    # "3:7" is a valid N:M pattern now, but in_features=3 is not a multiple of M=7
+    with pytest.raises(ValueError, match="not a multiple of M=7"):
+        sparsekit.prune(nn.Linear(3, 3), pattern="3:7")
     with pytest.raises(ValueError, match="unknown criterion"):
         sparsekit.prune(nn.Linear(3, 3), 0.5, criterion="psychic")
 
