@@ -14,7 +14,7 @@ all: install
 $(VENV)/.deps-ready: Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23" 2>/dev/null || true
-	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" numpy "setuptools>=64" wheel ninja \
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" triton numpy "setuptools>=64" wheel ninja \
 		pytest pytest-benchmark hypothesis safetensors scikit-learn matplotlib
 	touch $@
 

@@ -11,6 +11,10 @@ from . import _ext
 
 _ext._load()
 
+from .triton import register as _register_triton  # noqa: E402
+
+_register_triton()  # Triton kernels as the CUDA implementations of their ops (no-op without triton)
+
 from . import formats, nn, prune as _prune_pkg  # noqa: E402
 from .convert import SparseConfig, convert  # noqa: E402
 from .serialization import load_safetensors, save_safetensors  # noqa: E402

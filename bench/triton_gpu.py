@@ -1,0 +1,296 @@
+"""The Triton kernels on a GPU against dense cuBLAS and PyTorch's own sparse / int8 paths.
+
+For each LLaMA-7B layer shape (N x K = out x in features) and each M it times, by the rules of
+/work/shared/BENCHMARKING.md (medians, L2 flushed, dense baseline in the same process):
+
+  dense       F.linear (cuBLAS), fp16 (--dtype)
+  bsr         sparsekit bsr_mm (Triton), blocks --bsr-blocks at --bsr-density kept blocks
+  bsr_torch   torch.sparse._triton_ops.bsr_dense_mm on the same BSR weight (peer)
+  bitmap      sparsekit bitmap_mm (Triton) at each --bitmap-sparsity (fraction pruned)
+  csr_torch   torch.sparse.mm with the same weight in CSR (cuSPARSE, peer)
+  w8a8        sparsekit quantize_per_token + int8_mm (the quantization included)
+  w8a8_gemm   sparsekit int8_mm alone (activations already quantized)
+  int_mm      torch._int_mm (int8 x int8 -> int32, no scales; peer; needs M > 16)
+  w8a16       sparsekit int8_weight_only_mm
+
+each eagerly (triton.testing.do_bench) and in a CUDA graph (do_bench_cudagraph). Every candidate
+is first checked against the reference; a wrong one is recorded and not timed. Every kernel is
+called once before timing, so its autotuning (see sparsekit/triton/autotune.py) is never timed.
+Records go to bench/results/triton_gpu_<device>.jsonl (one JSON object per configuration, with the
+environment) and a markdown table to bench/results/triton_gpu_<device>.md.
+
+    python bench/triton_gpu.py                    # everything (about 10-20 minutes on an H100)
+    python bench/triton_gpu.py --quick            # 4096x4096, M in {1, 16, 2048}
+    python bench/triton_gpu.py --kernels bsr,w8a16 --m 1,2,4,8,16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+OUT = Path(__file__).resolve().parent / "results"
+SHAPES = "4096x4096,11008x4096,4096x11008"
+MS = "1,2,4,8,16,32,64,128,512,2048,8192"
+KERNELS = ("dense", "bsr", "bsr_torch", "bitmap", "csr_torch", "w8a8", "w8a8_gemm", "int_mm", "w8a16")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default=SHAPES, help=f"N x K list (default {SHAPES})")
+    p.add_argument("--m", default=MS, help=f"M list (default {MS})")
+    p.add_argument("--dtype", default="fp16", choices=sorted(DTYPES))
+    p.add_argument("--kernels", default=",".join(KERNELS), help="subset of " + ",".join(KERNELS))
+    p.add_argument("--bsr-blocks", default="64", help="BSR block sizes (square), e.g. 16,32,64")
+    p.add_argument("--bsr-density", type=float, default=0.1, help="fraction of blocks kept (default 0.1)")
+    p.add_argument("--bitmap-sparsity", default="0.5,0.7,0.9", help="fractions of weights pruned")
+    p.add_argument("--no-graphs", action="store_true", help="eager timings only")
+    p.add_argument("--rep", type=int, default=100, help="milliseconds of timing per measurement")
+    p.add_argument("--quick", action="store_true", help="4096x4096 and M in {1, 16, 2048}")
+    p.add_argument("--out", default=str(OUT), help="output folder (default bench/results)")
+    p.add_argument("--name", default=None, help="file stem (default triton_gpu_<device>)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--check-only", action="store_true", help="check correctness, time nothing")
+    p.add_argument("--device", default="cuda", help="cuda (default); cpu only with --check-only (a dry run of "
+                   "this script's plumbing: the ops then run their CPU / reference kernels, not Triton)")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.shapes, a.m = "4096x4096", "1,16,2048"
+    a.shape_list = [tuple(int(v) for v in s.lower().split("x")) for s in a.shapes.split(",") if s]
+    a.m_list = [int(m) for m in a.m.split(",") if m]
+    a.kernel_list = [k for k in a.kernels.split(",") if k]
+    bad = [k for k in a.kernel_list if k not in KERNELS]
+    if bad:
+        p.error(f"unknown kernels {bad}; choose from {','.join(KERNELS)}")
+    a.block_list = [int(b) for b in a.bsr_blocks.split(",") if b]
+    a.sparsity_list = [float(s) for s in a.bitmap_sparsity.split(",") if s]
+    if a.device != "cuda" and not a.check_only:
+        p.error("--device other than cuda needs --check-only")
+    return a
+
+
+# ------------------------------------------------------------------------------------ timing
+def bench(fn, graphs: bool, rep: int):
+    """(eager median ms, graph median ms or None). fn has been called (and tuned) before."""
+    import triton.testing as tt
+
+    torch.cuda.synchronize()
+    eager = float(tt.do_bench(fn, warmup=25, rep=rep, return_mode="median"))
+    graph = None
+    if graphs:
+        try:
+            graph = float(tt.do_bench_cudagraph(fn, rep=rep, return_mode="median"))
+        except Exception as e:  # a peer that cannot be captured
+            warnings.warn(f"CUDA graph timing failed: {type(e).__name__}: {e}")
+    return eager, graph
+
+
+def environment() -> dict:
+    try:
+        from sparsekit.bench.timing import environment as env
+
+        return env(torch.device("cuda"))
+    except Exception:
+        import triton
+
+        return {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+                "triton": triton.__version__}
+
+
+def close(got, ref, dtype) -> tuple:
+    """(ok, max error scaled by the result's magnitude)."""
+    got, ref = got.float(), ref.float()
+    err = ((got - ref).abs() / (ref.abs().amax() + 1e-6)).max().item()
+    return bool(err <= 4 * TOL[dtype] and math.isfinite(err)), err
+
+
+# ------------------------------------------------------------------------------------ weights
+def block_mask(N, K, b, density, device, gen):
+    keep = torch.rand(N // b, K // b, generator=gen, device=device) < density
+    return keep.repeat_interleave(b, 0).repeat_interleave(b, 1)
+
+
+def make_cases(N, K, M, dtype, a, gen, dev):
+    """Yields (kernel, params, fn, reference fn, bytes moved by the candidate)."""
+    import sparsekit
+    from sparsekit import ops
+    from sparsekit.formats import BitmapWeight, BSRWeight, Int8Weight
+
+    w = (torch.randn(N, K, generator=gen, device=dev) * 0.02).to(dtype)
+    x = torch.randn(M, K, generator=gen, device=dev).to(dtype)
+    io = (M * K + M * N) * x.element_size()
+    ks = set(a.kernel_list)
+
+    yield "dense", {}, (lambda: F.linear(x, w)), (lambda: F.linear(x, w)), N * K * 2 + io
+
+    for b in a.block_list:
+        if N % b or K % b:
+            continue
+        mask = block_mask(N, K, b, a.bsr_density, dev, gen)
+        wm = w * mask
+        ref = (lambda wm=wm: F.linear(x.float(), wm.float()))
+        params = {"block": b, "density": a.bsr_density}
+        if "bsr" in ks:
+            W = BSRWeight.from_dense(w, mask, (b, b))
+            yield ("bsr", params, (lambda W=W: ops.bsr_mm(x, W.crow_indices, W.col_indices, W.values, N)), ref,
+                   W.nbytes + io)
+        if "bsr_torch" in ks:
+            from torch.sparse._triton_ops import bsr_dense_mm
+
+            Wt = wm.to_sparse_bsr((b, b))
+            xt = x.t().contiguous()
+            nb = Wt.values().numel() * 2 + Wt.col_indices().numel() * 8 + Wt.crow_indices().numel() * 8
+            yield "bsr_torch", params, (lambda Wt=Wt, xt=xt: bsr_dense_mm(Wt, xt)), (lambda r=ref: r().t()), nb + io
+
+    for s in a.sparsity_list:
+        mask = torch.rand(N, K, generator=gen, device=dev) >= s
+        wm = w * mask
+        ref = (lambda wm=wm: F.linear(x.float(), wm.float()))
+        params = {"sparsity": s}
+        if "bitmap" in ks:
+            B = BitmapWeight.from_dense(w, mask)
+            yield ("bitmap", params, (lambda B=B: ops.bitmap_mm(x, B.bitmap, B.word_offsets, B.values)), ref,
+                   B.nbytes + io)
+        if "csr_torch" in ks:
+            Wc = wm.to_sparse_csr()
+            nb = Wc.values().numel() * 2 + Wc.col_indices().numel() * 8 + Wc.crow_indices().numel() * 8
+            yield ("csr_torch", params, (lambda Wc=Wc: torch.sparse.mm(Wc, x.t())), (lambda r=ref: r().t()), nb + io)
+
+    if ks & {"w8a8", "w8a8_gemm", "int_mm", "w8a16"}:
+        I = Int8Weight.from_dense(w)
+        wnb = N * K + N * 4
+        q, s, _ = sparsekit.ops.reference.quantize_per_token(x)
+        ref8 = (lambda: sparsekit.ops.reference.int8_mm(q, s, None, I.qweight, I.scale, None, torch.float32))
+        if "w8a8" in ks:
+            def w8a8():
+                xq, xs, _ = ops.quantize_per_token(x)
+                return ops.int8_mm(xq, xs, None, I.qweight, I.scale, None, dtype)
+            yield "w8a8", {}, w8a8, ref8, wnb + io + M * K
+        if "w8a8_gemm" in ks:
+            yield ("w8a8_gemm", {}, (lambda: ops.int8_mm(q, s, None, I.qweight, I.scale, None, dtype)), ref8,
+                   wnb + M * K + M * N * x.element_size())
+        if "int_mm" in ks and M > 16 and K % 8 == 0 and N % 8 == 0:
+            wt = I.qweight.t()  # column-major (K, N), as _int_mm wants
+            yield ("int_mm", {}, (lambda: torch._int_mm(q, wt)),
+                   (lambda: sparsekit.ops.reference.int8_gemm_i32(q, I.qweight)), N * K + M * K + M * N * 4)
+        if "w8a16" in ks:
+            refwo = (lambda: F.linear(x.float(), I.qweight.float() * I.scale[:, None]))
+            yield ("w8a16", {}, (lambda: ops.int8_weight_only_mm(x, I.qweight, I.scale)), refwo, wnb + io)
+
+
+# ------------------------------------------------------------------------------------ report
+def markdown(records, env) -> str:
+    lines = [f"# Triton kernels on {env.get('device')}", "",
+             f"torch {env.get('torch')}, CUDA {env.get('cuda')}, triton {env.get('triton')}, "
+             f"driver {env.get('driver')}. Speedup = dense F.linear ms / candidate ms in the same process "
+             "(eager do_bench / CUDA graph do_bench_cudagraph, medians, L2 flushed). cap = dense bytes / "
+             "candidate bytes.", ""]
+    by_shape = {}
+    for r in records:
+        by_shape.setdefault((r["N"], r["K"]), []).append(r)
+    for (N, K), rs in by_shape.items():
+        lines += [f"## {N} x {K}", "",
+                  "| kernel | params | M | ms eager | ms graph | speedup eager | speedup graph | cap | GB/s "
+                  "| TFLOP/s |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in sorted(rs, key=lambda r: (r["kernel"], json.dumps(r["params"]), r["M"])):
+            def f(v, d=3):
+                return "-" if v is None else f"{v:.{d}f}"
+            if not r["ok"]:
+                lines.append(f"| {r['kernel']} | {json.dumps(r['params'])} | {r['M']} | "
+                             f"wrong or failed: {r.get('error', '')} "
+                             "| | | | | | |")
+                continue
+            lines.append(f"| {r['kernel']} | {json.dumps(r['params'])} | {r['M']} | {f(r['ms'], 4)} | "
+                         f"{f(r['graph_ms'], 4)} | {f(r['speedup'], 2)} | {f(r['speedup_graph'], 2)} | "
+                         f"{f(r['cap'], 2)} | {f(r['gbps'], 0)} | {f(r['tflops'], 1)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    dev = torch.device(a.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        print("bench/triton_gpu.py needs a CUDA device; nothing to do here.", file=sys.stderr)
+        return 2
+    import sparsekit
+    import sparsekit.triton
+
+    if not sparsekit.triton.register():
+        print(f"the Triton kernels are not available: {sparsekit.triton.why_not()}", file=sys.stderr)
+        return 2
+    warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+    warnings.filterwarnings("ignore", message=".*Sparse BSR tensor support is in beta.*")
+    dtype = DTYPES[a.dtype]
+    env = environment() if dev.type == "cuda" else {"device": "cpu-dry-run", "torch": torch.__version__}
+    name = a.name or "triton_gpu_" + re.sub(r"[^A-Za-z0-9]+", "_", env.get("device", "gpu")).strip("_")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jpath, mpath = out / f"{name}.jsonl", out / f"{name}.md"
+    jpath.unlink(missing_ok=True)
+    gen = torch.Generator(device=dev)
+    records = []
+    t0 = time.time()
+    for N, K in a.shape_list:
+        for M in a.m_list:
+            gen.manual_seed(a.seed)
+            dense = None
+            for kernel, params, fn, ref, nbytes in make_cases(N, K, M, dtype, a, gen, dev):
+                rec = {"kernel": kernel, "params": params, "N": N, "K": K, "M": M, "dtype": a.dtype, "ok": False,
+                       "ms": None, "graph_ms": None, "speedup": None, "speedup_graph": None, "bytes": nbytes,
+                       "cap": None, "gbps": None, "tflops": None}
+                if kernel != "dense" and kernel not in a.kernel_list:
+                    continue
+                try:
+                    got = fn()  # compiles and tunes, outside any timed region
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize()
+                    want = ref()
+                    if got.dtype == torch.int32:
+                        rec["ok"], rec["max_err"] = bool(torch.equal(got, want)), 0.0
+                    else:
+                        rec["ok"], rec["max_err"] = close(got, want, dtype)
+                    if not rec["ok"]:
+                        rec["error"] = f"max scaled error {rec['max_err']:.3g}"
+                except Exception as e:  # e.g. a peer that does not support this M
+                    rec["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                if rec["ok"] and not a.check_only:
+                    rec["ms"], rec["graph_ms"] = bench(fn, not a.no_graphs, a.rep)
+                    if kernel == "dense":
+                        dense = rec
+                    if dense is not None:
+                        rec["speedup"] = dense["ms"] / rec["ms"]
+                        if dense["graph_ms"] and rec["graph_ms"]:
+                            rec["speedup_graph"] = dense["graph_ms"] / rec["graph_ms"]
+                        rec["cap"] = dense["bytes"] / nbytes
+                    rec["gbps"] = nbytes / (rec["ms"] * 1e-3) / 1e9
+                    rec["tflops"] = 2.0 * M * N * K / (rec["ms"] * 1e-3) / 1e12
+                rec["env"] = env
+                records.append(rec)
+                with open(jpath, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                sp = "-" if rec["speedup"] is None else f"{rec['speedup']:.2f}x"
+                spg = "-" if rec["speedup_graph"] is None else f"{rec['speedup_graph']:.2f}x"
+                print(f"[{time.time() - t0:6.0f}s] {N}x{K} M={M:5d} {kernel:10s} {json.dumps(params):32s} "
+                      f"{'ok ' if rec['ok'] else 'BAD'} eager {sp:>7s} graph {spg:>7s} "
+                      f"{rec.get('error', '')}", flush=True)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    mpath.write_text(markdown(records, env) + "\n")
+    print(f"wrote {jpath} and {mpath}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
