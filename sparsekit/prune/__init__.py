@@ -30,6 +30,7 @@ __all__ = [
     "GradualPruner", "sparsity_schedule", "finetune", "distillation_loss", "l1_penalty", "threshold_masks",
     "shrink_linear_pair", "shrink_sequential", "shrink_pairs", "sequential_pairs", "neuron_scores",
     "to_torch_prune", "from_torch_prune", "save_masks", "load_masks",
+    "GramCollector", "collect_grams", "sparsegpt", "sparsegpt_layer", "HybridResult", "hybrid",
 ]
 
 FilterFn = Callable[[nn.Module, str], bool]
@@ -294,4 +295,6 @@ from .l1 import l1_penalty, threshold_masks  # noqa: E402
 from .neurons import neuron_scores, sequential_pairs, shrink_linear_pair, shrink_pairs, shrink_sequential  # noqa: E402
 from .recovery import distillation_loss, finetune  # noqa: E402
 from .schedule import GradualPruner, sparsity_schedule  # noqa: E402
+from .second_order import GramCollector, collect_grams, sparsegpt, sparsegpt_layer  # noqa: E402
+from .hybrid import HybridResult, hybrid  # noqa: E402
 
