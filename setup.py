@@ -75,9 +75,11 @@ def extensions():
     )
 
     define = [("SPARSEKIT_CUDA_ARCHS", f'"{archs if with_cuda else ""}"')]
-    cxx = ["-O3", "-fvisibility=hidden", "-Wall", "-Wno-unused-parameter", "-Wno-psabi"]
+    # -fopenmp: at::parallel_for is inline header code that runs in parallel only where the
+    # calling file is compiled with OpenMP (torch's backend); it links torch's own libgomp.
+    cxx = ["-O3", "-fopenmp", "-fvisibility=hidden", "-Wall", "-Wno-unused-parameter", "-Wno-psabi"]
     srcs = sources("core") + sources("torch")
-    kwargs = dict(include_dirs=[str(ROOT / "csrc")])
+    kwargs = dict(include_dirs=[str(ROOT / "csrc")], extra_link_args=["-fopenmp"])
     if with_cuda:
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
         define.append(("SPARSEKIT_WITH_CUDA", None))

@@ -71,6 +71,10 @@ def choose(linear: nn.Linear, mask: torch.Tensor, cfg) -> Dict:
             "bytes": dense_bytes, "backend": "torch", "tried": {"dense": dense_ms}}
     for cand in candidates(mask):
         packed = formats.get(cand["format"]).from_dense(wd, mask, **cand["options"])
+        if packed.nbytes >= dense_bytes:
+            # no fewer bytes and no less work than dense: a faster time would only say that one
+            # kernel beats another on the same job, not that the sparsity pays
+            continue
         ms = _time_ms(lambda: packed.matmul(x, bias), device)
         best["tried"][cand["format"]] = ms
         if ms * MARGIN < dense_ms and ms < best["ms"]:
