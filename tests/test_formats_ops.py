@@ -298,3 +298,46 @@ def test_convert_overrides_and_blocksize():
     assert m[0].format == "bsr" and m[0].values.shape[1:] == (16, 16)
     assert m[2].format == "2:4"
     torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def _int8_op_args():
+    torch.manual_seed(3)
+    M, N, K = 5, 7, 44
+    x = torch.randn(M, K)
+    q, s, z = ops.quantize_per_token(x, symmetric=False)
+    wq, ws = formats.quantize_rows(torch.randn(N, K))
+    f24 = formats.Sparse24Int8Weight.from_dense(torch.randn(N, K), mask_24(N, K))
+    b = torch.randn(N)
+    return {
+        "int8_gemm_i32": (q, wq),
+        "quantize_per_token": (x, False),
+        "int8_mm": (q, s, z, wq, ws, b, torch.float32),
+        "int8_weight_only_mm": (x, wq, ws, b),
+        "sparse24_int8_mm": (q, s, None, f24.values, f24.meta, f24.scale, b.bfloat16(), torch.bfloat16),
+    }
+
+
+@pytest.mark.parametrize("name", ["int8_gemm_i32", "quantize_per_token", "int8_mm", "int8_weight_only_mm",
+                                  "sparse24_int8_mm"])
+def test_int8_ops_opcheck_and_compile(name):
+    args = _int8_op_args()[name]
+    op = getattr(torch.ops.sparsekit, name)
+    torch.library.opcheck(op, args)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *a: op(*a), fullgraph=True, backend="aot_eager")
+    got, want = compiled(*args), op(*args)
+    for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+        assert torch.equal(g, w)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int8-wo", "2:4+int8"])
+def test_int8_formats_compile_fullgraph_inductor(fmt):
+    torch._dynamo.reset()
+    lin = nn.Linear(64, 32)
+    mask = _layer_mask(fmt, 32, 64)
+    with torch.no_grad():
+        lin.weight.mul_(mask)
+    sl = SparseLinear.from_linear(lin, mask, format=fmt)
+    x = torch.randn(3, 64)
+    cf = torch.compile(sl, fullgraph=True)
+    torch.testing.assert_close(cf(x), sl(x), rtol=1e-5, atol=1e-5)
