@@ -19,8 +19,9 @@ PyObject* set_cpu_isa(PyObject*, PyObject* arg) {
   if (!std::strcmp(name, "auto")) isa = 0;
   else if (!std::strcmp(name, "generic")) isa = 1;
   else if (!std::strcmp(name, "avx2")) isa = 2;
+  else if (!std::strcmp(name, "avx512")) isa = 3;
   else {
-    PyErr_Format(PyExc_ValueError, "expected one of 'auto', 'generic', 'avx2', got '%s'", name);
+    PyErr_Format(PyExc_ValueError, "expected one of 'auto', 'generic', 'avx2', 'avx512', got '%s'", name);
     return nullptr;
   }
   sparsekit::cpu::set_isa(isa);
@@ -30,7 +31,7 @@ PyObject* set_cpu_isa(PyObject*, PyObject* arg) {
 PyObject* cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(sparsekit::cpu::active_isa_name()); }
 
 PyMethodDef methods[] = {
-    {"set_cpu_isa", set_cpu_isa, METH_O, "Force the CPU kernels' instruction set: 'auto', 'generic' or 'avx2'."},
+    {"set_cpu_isa", set_cpu_isa, METH_O, "Force the CPU kernels' instruction set: 'auto', 'generic', 'avx2' or 'avx512'."},
     {"cpu_isa", cpu_isa, METH_NOARGS, "The instruction set the CPU kernels use now."},
     {nullptr, nullptr, 0, nullptr}};
 

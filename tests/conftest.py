@@ -16,7 +16,7 @@ def cpu_isas():
         return ["reference"]
     C = sparsekit._ext.C
     out = []
-    for isa in ("generic", "avx2"):
+    for isa in ("generic", "avx2", "avx512"):
         C.set_cpu_isa(isa)
         if C.cpu_isa() == isa:
             out.append(isa)

@@ -4,26 +4,24 @@
 namespace sparsekit {
 namespace core {
 
+namespace {
+#if defined(__x86_64__) || defined(_M_X64)
+bool has_avx2() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+bool has_avx512() { return has_avx2() && __builtin_cpu_supports("avx512f"); }
+#else
+bool has_avx2() { return false; }
+bool has_avx512() { return false; }
+#endif
+}  // namespace
+
 Isa resolve_isa(Isa requested) {
-  if (requested != Isa::kAuto) {
-#if defined(__x86_64__) || defined(_M_X64)
-    if (requested == Isa::kAvx2 && !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                                     __builtin_cpu_supports("f16c")))
-      return Isa::kGeneric;
-    return requested;
-#else
-    return Isa::kGeneric;
-#endif
-  }
-#if defined(__x86_64__) || defined(_M_X64)
-  static const Isa best = (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                           __builtin_cpu_supports("f16c"))
-                              ? Isa::kAvx2
-                              : Isa::kGeneric;
-  return best;
-#else
-  return Isa::kGeneric;
-#endif
+  static const bool avx2 = has_avx2(), avx512 = has_avx512();
+  const Isa best = avx512 ? Isa::kAvx512 : (avx2 ? Isa::kAvx2 : Isa::kGeneric);
+  if (requested == Isa::kAuto) return best;
+  // a forced level the CPU lacks falls back to the best level below it
+  return static_cast<int>(requested) <= static_cast<int>(best) ? requested : best;
 }
 
 const char* isa_name(Isa isa) {
@@ -31,12 +29,13 @@ const char* isa_name(Isa isa) {
     case Isa::kAuto: return "auto";
     case Isa::kGeneric: return "generic";
     case Isa::kAvx2: return "avx2";
+    case Isa::kAvx512: return "avx512";
   }
   return "?";
 }
 
 void csr_spmm_rows(const CsrSpmmArgs& a, int64_t row_begin, int64_t row_end, Isa isa) {
-  if (resolve_isa(isa) == Isa::kAvx2) {
+  if (resolve_isa(isa) >= Isa::kAvx2) {
     avx2::csr_spmm_rows(a, row_begin, row_end);
   } else {
     generic::csr_spmm_rows(a, row_begin, row_end);

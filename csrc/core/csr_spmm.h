@@ -32,8 +32,10 @@ struct CsrSpmmArgs {
   DType out_dtype = DType::f32;
 };
 
-// Instruction sets a core was compiled for; kAuto picks the best the CPU supports.
-enum class Isa : int { kAuto = 0, kGeneric = 1, kAvx2 = 2 };
+// Instruction sets a core was compiled for; kAuto picks the best the CPU supports. kAvx512
+// means AVX2 everywhere plus the AVX-512 paths that exist (bitmap at M == 1); forcing kAvx2
+// keeps AVX-512 out.
+enum class Isa : int { kAuto = 0, kGeneric = 1, kAvx2 = 2, kAvx512 = 3 };
 
 // Computes the rows [row_begin, row_end) of y.
 void csr_spmm_rows(const CsrSpmmArgs& a, int64_t row_begin, int64_t row_end, Isa isa = Isa::kAuto);

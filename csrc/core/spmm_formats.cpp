@@ -56,15 +56,17 @@ const uint8_t kBytePositions[256][8] = {
 };
 
 void bsr_spmm_rows(const BsrArgs& a, int64_t r0, int64_t r1, Isa isa) {
-  if (resolve_isa(isa) == Isa::kAvx2) avx2::bsr_spmm_rows(a, r0, r1);
+  if (resolve_isa(isa) >= Isa::kAvx2) avx2::bsr_spmm_rows(a, r0, r1);
   else generic::bsr_spmm_rows(a, r0, r1);
 }
 void bitmap_spmm_rows(const BitmapArgs& a, int64_t r0, int64_t r1, Isa isa) {
-  if (resolve_isa(isa) == Isa::kAvx2) avx2::bitmap_spmm_rows(a, r0, r1);
+  const Isa level = resolve_isa(isa);
+  if (level == Isa::kAvx512 && a.io.M == 1 && a.value_dtype == DType::f32) avx512::bitmap_m1_f32(a, r0, r1);
+  else if (level >= Isa::kAvx2) avx2::bitmap_spmm_rows(a, r0, r1);
   else generic::bitmap_spmm_rows(a, r0, r1);
 }
 void sparse24_spmm_rows(const Sparse24Args& a, int64_t r0, int64_t r1, Isa isa) {
-  if (resolve_isa(isa) == Isa::kAvx2) avx2::sparse24_spmm_rows(a, r0, r1);
+  if (resolve_isa(isa) >= Isa::kAvx2) avx2::sparse24_spmm_rows(a, r0, r1);
   else generic::sparse24_spmm_rows(a, r0, r1);
 }
 

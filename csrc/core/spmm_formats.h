@@ -67,6 +67,10 @@ void bsr_spmm_rows(const BsrArgs& a, int64_t r0, int64_t r1);
 void bitmap_spmm_rows(const BitmapArgs& a, int64_t r0, int64_t r1);
 void sparse24_spmm_rows(const Sparse24Args& a, int64_t r0, int64_t r1);
 }  // namespace avx2
+namespace avx512 {
+// M == 1 (y row 0 only), float32 values; the io's y has ldy irrelevant (one row).
+void bitmap_m1_f32(const BitmapArgs& a, int64_t r0, int64_t r1);
+}  // namespace avx512
 
 }  // namespace core
 }  // namespace sparsekit

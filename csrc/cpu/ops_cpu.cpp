@@ -196,7 +196,7 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
 }  // namespace
 
 void set_isa(int isa) {
-  TORCH_CHECK(isa >= 0 && isa <= 2, "sparsekit: unknown CPU instruction set ", isa);
+  TORCH_CHECK(isa >= 0 && isa <= 3, "sparsekit: unknown CPU instruction set ", isa);
   g_isa.store(isa);
 }
 int get_isa() { return g_isa.load(); }

@@ -131,7 +131,7 @@ static void test_conversions() {
 int main() {
   test_conversions();
   std::mt19937 rng(1234);
-  const Isa isas[] = {Isa::kGeneric, Isa::kAvx2};
+  const Isa isas[] = {Isa::kGeneric, Isa::kAvx2, Isa::kAvx512};
   const DType types[] = {DType::f32, DType::bf16, DType::f16};
   const int64_t Ms[] = {0, 1, 2, 3, 5, 17, 33, 70};
   int cases = 0;

@@ -85,7 +85,7 @@ static Dense random_dense(int64_t N, int64_t K, double density, std::mt19937& rn
 
 int main() {
   std::mt19937 rng(7);
-  const Isa isas[] = {Isa::kGeneric, Isa::kAvx2};
+  const Isa isas[] = {Isa::kGeneric, Isa::kAvx2, Isa::kAvx512};
   const DType types[] = {DType::f32, DType::bf16, DType::f16};
   const int64_t Ms[] = {0, 1, 2, 5, 8, 17, 33, 40};
   int cases = 0;

@@ -109,6 +109,10 @@ _register_linear_autograd("sparse24_mm", lambda k, val, meta: reference.sparse24
 _register_linear_autograd("int8_weight_only_mm", lambda k, wq, ws: wq.float() * ws[:, None], bias_index=3,
                           weight_args=(1, 2))
 
+from . import packing  # noqa: E402
+
+packing.register()
+
 
 def _as_2d(x, op):
     if x.dim() == 0:

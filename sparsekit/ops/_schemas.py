@@ -41,6 +41,12 @@ SCHEMAS = {
     # 2:4 + int8, W8A8: as int8_mm with the weight in 2:4 layout (values int8 (N, K / 2), meta as sparse24_mm).
     "sparse24_int8_mm": "sparse24_int8_mm(Tensor x_q, Tensor x_scale, Tensor? x_zero, Tensor values, Tensor meta, "
     "Tensor w_scale, Tensor? bias, ScalarType out_dtype) -> Tensor",
+    # Packers (sparsekit/ops/packing.py): the buffers of a format from a weight (N, K) and its bool mask
+    # (default: weight != 0), bit for bit what sparsekit.formats.*.from_dense produces (LAYOUTS.md).
+    "pack_sparse24": "pack_sparse24(Tensor weight, Tensor? mask=None) -> (Tensor, Tensor)",
+    "pack_bitmap": "pack_bitmap(Tensor weight, Tensor? mask=None) -> (Tensor, Tensor, Tensor)",
+    "pack_csr": "pack_csr(Tensor weight, Tensor? mask=None) -> (Tensor, Tensor, Tensor)",
+    "pack_bsr": "pack_bsr(Tensor weight, Tensor? mask=None, int[2] blocksize=[16, 16]) -> (Tensor, Tensor, Tensor)",
 }
 
 LIB = torch.library.Library(NAMESPACE, "DEF")

@@ -1,0 +1,292 @@
+"""GPU benchmark of the CUDA format kernels (csrc/cuda) by the rules of /work/shared/BENCHMARKING.md.
+
+For each weight shape (LLaMA-7B-like and Mistral-like N x K), activation rows M and format it checks the
+result against the float64 reference first, then times with triton.testing.do_bench (median, L2 flushed)
+and do_bench_cudagraph (graph replays), beside, in the same process, same shapes and dtype:
+  dense       F.linear (cuBLAS) in fp16 - the baseline of every speedup
+  2:4         sparsekit sparse24_mm (CUDA) and torch.sparse.to_sparse_semi_structured (cuSPARSELt / CUTLASS)
+  bitmap      sparsekit bitmap_mm (the CUDA kernel; the Triton one too when it imports)
+  bsr         sparsekit bsr_mm (the CUDA kernel; the Triton one too when it imports)
+  csr         sparsekit csr_mm (CUDA) and torch.sparse.mm on a CSR tensor (cuSPARSE)
+Each record carries the bytes the format must move, the cap (dense bytes / format bytes: the best a
+memory-bound kernel can gain), the achieved GB/s and the speedup over dense. `--pack` also times the GPU
+packers against the CPU from_dense and extrapolates to a 7B-parameter model.
+
+Writes bench/results/cuda_layers_<device>.jsonl (one JSON record per configuration, with the
+environment) and a markdown table beside it.
+
+    python bench/cuda_gpu.py                      # the full sweep (tens of minutes)
+    python bench/cuda_gpu.py --quick              # 2 shapes, M in {1, 16}, fewer formats
+    python bench/cuda_gpu.py --pack               # also the packers
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "results"
+SHAPES = "4096x4096,11008x4096,4096x11008,14336x4096,4096x14336"
+MS = "1,2,3,4,7,8,16,32,33,64,128,512,2048"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default=SHAPES, help="N x K weight shapes, comma separated (default: %(default)s)")
+    p.add_argument("--m", default=MS, help="activation rows M (default: %(default)s)")
+    p.add_argument("--formats", default="2:4,bitmap,bsr,csr", help="formats to time (default: %(default)s)")
+    p.add_argument("--bitmap-density", default="0.5,0.3,0.1", help="bitmap densities (default: %(default)s)")
+    p.add_argument("--bsr", default="16:0.3,64:0.1", help="BSR block:density pairs (default: %(default)s)")
+    p.add_argument("--csr-density", default="0.1", help="CSR densities (default: %(default)s)")
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
+    p.add_argument("--quick", action="store_true", help="2 shapes, M in {1, 16}, one density per format")
+    p.add_argument("--pack", action="store_true", help="also time the GPU packers against the CPU from_dense")
+    p.add_argument("--name", default="cuda_layers", help="results file stem (the device name is appended)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", s).strip("_").lower()
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    import torch
+    import torch.nn.functional as F
+
+    if not torch.cuda.is_available():
+        print("bench/cuda_gpu.py: no CUDA device; nothing to measure", file=sys.stderr)
+        return 2
+    import triton.testing as tt
+
+    import sparsekit
+    from sparsekit import formats
+    from sparsekit.bench.timing import environment, markdown_table
+
+    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+    warnings.filterwarnings("ignore", message=".*semi-structured sparsity.*")
+    torch.manual_seed(a.seed)
+    dev = torch.device("cuda")
+    dtype = getattr(torch, a.dtype)
+    env = environment(dev)
+    for op in ("sparse24_mm", "bitmap_mm", "bsr_mm", "csr_mm"):
+        line = [ln for ln in torch._C._dispatch_dump(f"sparsekit::{op}").splitlines() if ln.startswith("CUDA:")]
+        env[f"{op}_cuda_kernel"] = line[0].split("registered at ", 1)[1].split(" ::")[0] if line else None
+    triton_ok = False
+    try:
+        import sparsekit.triton as skt
+
+        triton_ok = skt.available()
+    except Exception:
+        pass
+    shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
+    ms = [int(m) for m in a.m.split(",")]
+    fmts = a.formats.split(",")
+    bm_dens = [float(d) for d in a.bitmap_density.split(",")]
+    bsr_cfg = [(int(b.split(":")[0]), float(b.split(":")[1])) for b in a.bsr.split(",")]
+    csr_dens = [float(d) for d in a.csr_density.split(",")]
+    if a.quick:
+        shapes, ms, bm_dens, bsr_cfg, csr_dens = shapes[:2], [1, 16], bm_dens[:1], bsr_cfg[:1], csr_dens[:1]
+    OUT.mkdir(exist_ok=True)
+    stem = f"{a.name}_{slug(env['device'])}"
+    jpath, mpath = OUT / f"{stem}.jsonl", OUT / f"{stem}.md"
+    jpath.unlink(missing_ok=True)
+    esz = torch.finfo(dtype).bits // 8
+
+    def bench(fn):
+        fn()
+        torch.cuda.synchronize()
+        eager = tt.do_bench(fn, return_mode="median")
+        try:
+            graph = tt.do_bench_cudagraph(fn, return_mode="median")
+        except Exception:
+            graph = None
+        return float(eager), None if graph is None else float(graph)
+
+    def rel_err(y, ref):
+        y = y.double()
+        return float((y - ref).norm() / ref.norm().clamp_min(1e-30))
+
+    tol = {torch.float16: 5e-3, torch.bfloat16: 2e-2}[dtype]
+    records = []
+
+    def emit(rec):
+        rec = dict(rec, env=env)
+        records.append(rec)
+        with open(jpath, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        sp = rec.get("speedup")
+        sg = rec.get("speedup_graph")
+        print(f"{rec['shape']:>12} M={rec['M']:<5} {rec['impl']:<34} "
+              f"{'%.4f' % rec['ms'] if rec.get('ms') else '-':>8} ms  "
+              f"{'%.4f' % rec['graph_ms'] if rec.get('graph_ms') else '-':>8} ms(g)  "
+              f"x{sp if sp is None else round(sp, 2)} x{sg if sg is None else round(sg, 2)}(g)  "
+              f"cap x{rec.get('cap') and round(rec['cap'], 2)}  {rec.get('status', 'ok')}", flush=True)
+
+    for N, K in shapes:
+        w = torch.randn(N, K, device=dev, dtype=dtype)
+        # the weights and packed formats of this shape
+        cands = {}
+        if "2:4" in fmts:
+            score = torch.rand(N, K // 4, 4, device=dev)
+            m24 = torch.zeros_like(score, dtype=torch.bool).scatter_(2, score.topk(2, -1).indices, True).reshape(N, K)
+            cands["2:4"] = (m24, formats.Sparse24Weight.from_dense(w, m24))
+        if "bitmap" in fmts:
+            for d in bm_dens:
+                m = torch.rand(N, K, device=dev) < d
+                cands[f"bitmap d={d}"] = (m, formats.BitmapWeight.from_dense(w, m))
+        if "bsr" in fmts:
+            for b, d in bsr_cfg:
+                bm = torch.rand(N // b, K // b, device=dev) < d
+                m = bm.repeat_interleave(b, 0).repeat_interleave(b, 1)
+                cands[f"bsr {b}x{b} d={d}"] = (m, formats.BSRWeight.from_dense(w, m, (b, b)))
+        if "csr" in fmts:
+            for d in csr_dens:
+                m = torch.rand(N, K, device=dev) < d
+                cands[f"csr d={d}"] = (m, formats.CSRWeight.from_dense(w, m))
+        for M in ms:
+            x = torch.randn(M, K, device=dev, dtype=dtype)
+            io_bytes = (M * K + M * N) * esz
+            dense_bytes = N * K * esz + io_bytes
+            base = dict(shape=f"{N}x{K}", N=N, K=K, M=M, dtype=a.dtype)
+            d_ms, d_g = bench(lambda: F.linear(x, w))
+            emit(dict(base, impl="dense F.linear (cuBLAS)", fmt="dense", ms=d_ms, graph_ms=d_g, speedup=1.0,
+                      speedup_graph=1.0, bytes=dense_bytes, cap=1.0, gbps=dense_bytes / d_ms / 1e6,
+                      tflops=2 * M * N * K / d_ms / 1e9))
+            for key, (mask, f) in cands.items():
+                wm = (w * mask)
+                ref = x.double() @ wm.double().T
+                fmt_bytes = f.nbytes + io_bytes
+                impls = []
+                if key == "2:4":
+                    impls.append(("sparsekit sparse24_mm (CUDA)", lambda f=f: sparsekit.ops.sparse24_mm(x, f.values, f.meta)))
+                    try:
+                        from torch.sparse import to_sparse_semi_structured
+
+                        ws = to_sparse_semi_structured(wm)
+                        impls.append(("torch to_sparse_semi_structured", lambda ws=ws: F.linear(x, ws)))
+                    except Exception as e:  # not supported on this device / shape
+                        emit(dict(base, impl="torch to_sparse_semi_structured", fmt=key, status=f"unsupported: {e}"[:200]))
+                elif key.startswith("bitmap"):
+                    impls.append((f"sparsekit bitmap_mm ({env['bitmap_mm_cuda_kernel']})",
+                                  lambda f=f: sparsekit.ops.bitmap_mm(x, f.bitmap, f.word_offsets, f.values)))
+                    if triton_ok:
+                        from sparsekit.triton import bitmap as tbm
+
+                        impls.append(("sparsekit triton bitmap_mm",
+                                      lambda f=f: tbm.bitmap_mm(x, f.bitmap, f.word_offsets, f.values, None)))
+                elif key.startswith("bsr"):
+                    impls.append((f"sparsekit bsr_mm ({env['bsr_mm_cuda_kernel']})",
+                                  lambda f=f: sparsekit.ops.bsr_mm(x, f.crow_indices, f.col_indices, f.values, N)))
+                    if triton_ok:
+                        from sparsekit.triton import bsr as tbs
+
+                        impls.append(("sparsekit triton bsr_mm",
+                                      lambda f=f: tbs.bsr_mm(x, f.crow_indices, f.col_indices, f.values, N, None)))
+                else:
+                    impls.append(("sparsekit csr_mm (CUDA)",
+                                  lambda f=f: sparsekit.ops.csr_mm(x, f.crow_indices, f.col_indices, f.values, N)))
+                    try:
+                        wc = torch.sparse_csr_tensor(f.crow_indices.long(), f.col_indices.long(), f.values, (N, K))
+                        xt = x.T.contiguous()
+                        torch.sparse.mm(wc, xt)
+                        impls.append(("torch.sparse.mm CSR (cuSPARSE)", lambda wc=wc, xt=xt: torch.sparse.mm(wc, xt).T))
+                    except Exception as e:
+                        emit(dict(base, impl="torch.sparse.mm CSR (cuSPARSE)", fmt=key, status=f"unsupported: {e}"[:200]))
+                for name, fn in impls:
+                    rec = dict(base, impl=name, fmt=key, bytes=fmt_bytes, cap=dense_bytes / fmt_bytes)
+                    try:
+                        err = rel_err(fn(), ref)  # correctness first
+                    except Exception as e:
+                        emit(dict(rec, status=f"error: {type(e).__name__}: {e}"[:200]))
+                        continue
+                    rec["rel_err"] = err
+                    if not err <= tol or math.isnan(err):
+                        emit(dict(rec, status=f"WRONG: relative error {err:.3g} > {tol}"))
+                        continue
+                    t, g = bench(fn)
+                    emit(dict(rec, ms=t, graph_ms=g, speedup=d_ms / t, speedup_graph=(d_g / g) if (g and d_g) else None,
+                              gbps=fmt_bytes / t / 1e6))
+        del cands
+        torch.cuda.empty_cache()
+
+    if a.pack:
+        pack_records(a, env, jpath, records, dtype)
+
+    rows = []
+    for r in records:
+        if "ms" not in r or r.get("fmt") == "pack":
+            continue
+        rows.append([r["shape"], r["M"], r["impl"], r["fmt"], f"{r['ms']:.4f}",
+                     "-" if r.get("graph_ms") is None else f"{r['graph_ms']:.4f}", f"{r['speedup']:.2f}",
+                     "-" if r.get("speedup_graph") is None else f"{r['speedup_graph']:.2f}", f"{r['cap']:.2f}",
+                     f"{r['gbps']:.0f}"])
+    md = [f"# CUDA format kernels on {env['device']}", "",
+          f"torch {env['torch']}, CUDA {env['cuda']}, driver {env.get('driver')}, triton {env.get('triton')}; "
+          f"{a.dtype}; medians of triton.testing.do_bench (L2 flushed) and do_bench_cudagraph (g). "
+          "speedup = dense F.linear ms / ms in the same process; cap = dense bytes / format bytes.", "",
+          markdown_table(["N x K", "M", "impl", "format", "ms", "ms (g)", "speedup", "speedup (g)", "cap", "GB/s"], rows)]
+    pk = [r for r in records if r.get("fmt") == "pack"]
+    if pk:
+        md += ["", "## Packers (GPU op vs CPU from_dense)", "",
+               markdown_table(["format", "N x K", "GPU ms", "CPU ms", "7B model GPU s", "7B model CPU s"],
+                              [[r["impl"], r["shape"], f"{r['ms']:.3f}", f"{r['cpu_ms']:.1f}", f"{r['model_7b_s']:.2f}",
+                                f"{r['model_7b_cpu_s']:.1f}"] for r in pk])]
+    mpath.write_text("\n".join(md) + "\n")
+    print(f"wrote {jpath} and {mpath}")
+    return 0
+
+
+def pack_records(a, env, jpath, records, dtype):
+    """GPU pack ops vs CPU from_dense on 4096x4096 and 11008x4096, extrapolated to LLaMA-7B (32 layers of
+    4 x 4096^2 + 3 x 11008 x 4096 weights)."""
+    import torch
+
+    from sparsekit import formats
+    from sparsekit.ops import packing
+
+    if not hasattr(torch.ops.sparsekit, "pack_sparse24"):
+        print("the pack ops are not defined (sparsekit/ops/_schemas.py); skipping --pack")
+        return
+    layers = {(4096, 4096): 4 * 32, (11008, 4096): 3 * 32}
+    for (N, K), count in layers.items():
+        w = torch.randn(N, K, dtype=dtype)
+        score = torch.rand(N, K // 4, 4)
+        m24 = torch.zeros_like(score, dtype=torch.bool).scatter_(2, score.topk(2, -1).indices, True).reshape(N, K)
+        mu = torch.rand(N, K) < 0.3
+        for fmt, mask, cpu in [("2:4", m24, lambda w, m: formats.Sparse24Weight.from_dense(w, m)),
+                               ("bitmap", mu, lambda w, m: formats.BitmapWeight.from_dense(w, m)),
+                               ("csr", mu, lambda w, m: formats.CSRWeight.from_dense(w, m)),
+                               ("bsr", mu, lambda w, m: formats.BSRWeight.from_dense(w, m, (16, 16)))]:
+            wg, mg = w.cuda(), mask.cuda()
+            packing.pack(fmt, wg, mg)  # warm-up
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            reps = 5
+            for _ in range(reps):
+                got = packing.pack(fmt, wg, mg)
+            torch.cuda.synchronize()
+            g_ms = (time.perf_counter() - t0) / reps * 1e3  # includes the op's own nnz sync, as a user sees it
+            t0 = time.perf_counter()
+            want = cpu(w, mask)
+            c_ms = (time.perf_counter() - t0) * 1e3
+            same = all(torch.equal(x.cpu().view(torch.uint8) if x.dtype.is_floating_point else x.cpu(),
+                                   y.view(torch.uint8) if y.dtype.is_floating_point else y)
+                       for x, y in zip(got.buffers().values(), want.buffers().values()))
+            rec = dict(fmt="pack", impl=fmt, shape=f"{N}x{K}", M=0, ms=g_ms, cpu_ms=c_ms, bit_identical=same,
+                       model_7b_s=sum(c * g_ms for c in layers.values()) / 1e3,
+                       model_7b_cpu_s=sum(c * c_ms for c in layers.values()) / 1e3, env=env)
+            records.append(rec)
+            with open(jpath, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            print(f"pack {fmt:7} {N}x{K}: GPU {g_ms:.3f} ms, CPU {c_ms:.1f} ms, bit-identical {same}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,346 @@
+// Bitmap x dense for small M: one warp per weight row at a time, x staged once per block in shared
+// memory (the same transposed tile as the 2:4 kernel), float32 accumulation, no atomics.
+//
+// A row is walked in tiles of 32 bitmap words (1024 columns), one word per lane (coalesced 4-byte loads,
+// the next tile's word prefetched). The kept values of a tile are one contiguous run of `values`; its
+// start is the row's word_offsets entry at the chunk start plus the running count, so word_offsets is
+// read once per row (not once per word): a warp inclusive scan of the words' popcounts gives each
+// word's place in the run. The run is read with 16-byte loads (8 fp16/bf16 or 4 fp32 values per lane,
+// the load window aligned down to 16 bytes; the few values of neighbouring tiles it covers are masked
+// off) issued right after the scan; while they are in flight each lane writes the tile-relative
+// columns of its word's kept values into a per-warp shared list at their place in the run (a compaction,
+// so that lanes then share the kept values evenly whatever the density). Each lane then takes a 16-byte
+// chunk of values and the matching 8 or 4 list entries (one shared vector load) and does the FMAs with
+// the x columns from the tile. Warp reduce-scatter and split-K as in sparse24_kernel.cu.
+#include "cuda/bitmap_kernel.cuh"
+
+#include "cuda/decode_common.cuh"
+
+namespace sparsekit {
+namespace cuda {
+namespace {
+
+using namespace decode;
+
+constexpr int kSpan = 32;             // x tile span: one bitmap word
+constexpr int64_t kChunkAlign = 32;   // K chunks are whole words
+constexpr int kTileCols = 1024;       // a warp tile: 32 words
+constexpr int kListLen = kTileCols + 16;  // + the alignment shift (< 8) and the last chunk's round-up
+constexpr int kListBytes = kListLen * 2;
+constexpr int kPre = 4;               // value chunks per lane loaded before the list is built
+
+struct BmParams {
+  int64_t M = 0, N = 0, K = 0;
+  int64_t m_begin = 0;
+  int64_t Kc = 0;
+  const int32_t* bitmap = nullptr;
+  const int32_t* word_offsets = nullptr;
+  const void* values = nullptr;
+  int64_t nnz = 0;
+  const void* x = nullptr;
+  int64_t ldx = 0;
+  Output out;
+};
+
+// 16 bytes of values from index gi0 (kV = 16 / sizeof(T) of them; zeros past nnz).
+template <typename T, bool kVecLoads>
+__device__ __forceinline__ uint4 load_chunk(const Bits<T>* vbits, int64_t nnz, int64_t gi0) {
+  constexpr int kV = 16 / static_cast<int>(sizeof(T));
+  if (kVecLoads && gi0 + kV <= nnz) return __ldg(reinterpret_cast<const uint4*>(vbits + gi0));
+  uint32_t b[kV];
+#pragma unroll
+  for (int r = 0; r < kV; ++r) b[r] = gi0 + r < nnz ? static_cast<uint32_t>(vbits[gi0 + r]) : 0u;
+  if constexpr (kV == 8) {
+    return make_uint4(b[0] | (b[1] << 16), b[2] | (b[3] << 16), b[4] | (b[5] << 16), b[6] | (b[7] << 16));
+  } else {
+    return make_uint4(b[0], b[1], b[2], b[3]);
+  }
+}
+
+// FMAs of one 16-byte chunk q of the tile's run: entries j = q * kV + r in [shift, shift + total) are
+// the run's; their tile-relative columns are list[j].
+template <typename T, int MT>
+__device__ __forceinline__ void consume_chunk(const uint4& chunk, int q, const uint16_t* list, int shift, int total,
+                                              unsigned ctile, const unsigned char* xs, float (&acc)[MT]) {
+  using Tile = XTile<T, MT, kSpan>;
+  constexpr int kV = 16 / static_cast<int>(sizeof(T));
+  uint32_t w4[4];
+  split_uint4(chunk, w4);
+  float vals[kV];
+  words_to_float<T, 4>(w4, vals);
+  uint32_t cw[kV / 2];
+  if constexpr (kV == 8) {
+    const uint4 c = *reinterpret_cast<const uint4*>(list + q * kV);
+    cw[0] = c.x; cw[1] = c.y; cw[2] = c.z; cw[3] = c.w;
+  } else {
+    const uint2 c = *reinterpret_cast<const uint2*>(list + q * kV);
+    cw[0] = c.x; cw[1] = c.y;
+  }
+#pragma unroll
+  for (int r = 0; r < kV; ++r) {
+    const int j = q * kV + r;
+    if (j >= shift && j < shift + total) {
+      const unsigned col = ctile + ((cw[r >> 1] >> (16 * (r & 1))) & 0xffffu);
+      float xv[MT];
+      Tile::load(xs, col, xv);
+#pragma unroll
+      for (int m = 0; m < MT; ++m) acc[m] = fmaf(vals[r], xv[m], acc[m]);
+    }
+  }
+}
+
+template <typename T, int MT, bool kVecLoads>
+__global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_kernel(const BmParams p) {
+  using Tile = XTile<T, MT, kSpan>;
+  constexpr int kV = 16 / static_cast<int>(sizeof(T));  // values per 16-byte chunk
+  extern __shared__ __align__(16) unsigned char smem[];
+
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int nwarps = blockDim.x >> 5;
+  const int splits = gridDim.y;
+  const int split = blockIdx.y;
+  const int64_t k0 = split * p.Kc;
+  const int kc = static_cast<int>(imin<int64_t>(p.Kc, p.K - k0));
+  const int64_t m0 = p.m_begin + static_cast<int64_t>(blockIdx.z) * MT;
+  const int mrows = static_cast<int>(imin<int64_t>(MT, p.M - m0));
+  const int64_t words = (p.K + 31) / 32;
+  const int64_t w0 = k0 / 32;
+  const int64_t w1 = (k0 + kc + 31) / 32;
+
+  unsigned char* xs = smem;
+  uint16_t* list = reinterpret_cast<uint16_t*>(smem + Tile::bytes(p.Kc) + warp * kListBytes);
+  const Bits<T>* vbits = static_cast<const Bits<T>*>(p.values);
+
+  int64_t n = static_cast<int64_t>(blockIdx.x) * nwarps + warp;
+  const int64_t n_stride = static_cast<int64_t>(gridDim.x) * nwarps;
+
+  // The first row's first word and offset are loaded before x is staged.
+  uint32_t next_word = 0;
+  int64_t base = 0;
+  if (n < p.N && w0 < w1) {
+    next_word = w0 + lane < w1 ? static_cast<uint32_t>(p.bitmap[n * words + w0 + lane]) : 0u;
+    base = p.word_offsets[n * words + w0];
+  }
+
+  Tile::stage(xs, static_cast<const T*>(p.x) + m0 * p.ldx, p.ldx, mrows, k0, kc,
+              static_cast<int>(round_up<int64_t>(kc, kSpan)));
+  __syncthreads();
+
+  bool first = true;
+  for (; n < p.N; n += n_stride) {
+    float acc[MT];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) acc[m] = 0.f;
+    if (!first && w0 < w1) {
+      next_word = w0 + lane < w1 ? static_cast<uint32_t>(p.bitmap[n * words + w0 + lane]) : 0u;
+      base = p.word_offsets[n * words + w0];
+    }
+    first = false;
+    const int32_t* brow = p.bitmap + n * words;
+
+    for (int64_t t0 = w0; t0 < w1; t0 += 32) {
+      uint32_t word = next_word;
+      next_word = t0 + 32 + lane < w1 ? static_cast<uint32_t>(brow[t0 + 32 + lane]) : 0u;
+
+      // The tile's run of values: [base, base + total); this word's part starts at base + excl.
+      const int cnt = __popc(word);
+      int incl = cnt;
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const int t = __shfl_up_sync(kFullMask, incl, o);
+        if (lane >= o) incl += t;
+      }
+      const int total = __shfl_sync(kFullMask, incl, 31);
+      const int excl = incl - cnt;
+      const int64_t start = base;
+      base += total;
+      const int64_t aligned = start & ~static_cast<int64_t>(kV - 1);
+      const int shift = static_cast<int>(start - aligned);
+      const int nq = (shift + total + kV - 1) / kV;  // 16-byte chunks covering the run
+
+      uint4 raw[kPre];
+#pragma unroll
+      for (int i = 0; i < kPre; ++i) {
+        const int q = lane + 32 * i;
+        raw[i] = q < nq ? load_chunk<T, kVecLoads>(vbits, p.nnz, aligned + static_cast<int64_t>(q) * kV) : make_uint4(0u, 0u, 0u, 0u);
+      }
+
+      __syncwarp();  // the previous tile's reads of the list are done
+      int pos = shift + excl;
+      const unsigned colbase = static_cast<unsigned>(lane) * 32u;
+      while (word) {
+        const int b = __ffs(static_cast<int>(word)) - 1;
+        list[pos++] = static_cast<uint16_t>(colbase + b);
+        word &= word - 1;
+      }
+      __syncwarp();
+
+      const unsigned ctile = static_cast<unsigned>((t0 - w0) * 32);
+#pragma unroll
+      for (int i = 0; i < kPre; ++i) {
+        const int q = lane + 32 * i;
+        if (q < nq) consume_chunk<T, MT>(raw[i], q, list, shift, total, ctile, xs, acc);
+      }
+      for (int q = lane + 32 * kPre; q < nq; q += 32)
+        consume_chunk<T, MT>(load_chunk<T, kVecLoads>(vbits, p.nnz, aligned + static_cast<int64_t>(q) * kV), q, list,
+                             shift, total, ctile, xs, acc);
+    }
+
+    const float r = warp_reduce_scatter<MT>(acc, lane);
+    const int m = reduce_scatter_row<MT>(lane);
+    if (reduce_scatter_writer<MT>(lane) && m < mrows) write_out<T>(p.out, splits, split, m0 + m, n, r);
+  }
+}
+
+struct Plan {
+  Chunking ch;
+  bool vec = false;
+  int64_t ws_rows = 0;
+  size_t ws_bytes = 0;
+};
+
+template <typename T>
+size_t tile_bytes_for(int mt, int64_t cols) {
+  switch (mt) {
+    case 1: return XTile<T, 1, kSpan>::bytes(cols);
+    case 2: return XTile<T, 2, kSpan>::bytes(cols);
+    case 4: return XTile<T, 4, kSpan>::bytes(cols);
+    case 8: return XTile<T, 8, kSpan>::bytes(cols);
+    default: return XTile<T, 16, kSpan>::bytes(cols);
+  }
+}
+
+template <typename T>
+void make_plan(const BitmapMmLaunch& a, const DevInfo& d, Plan* plan) {
+  Plan p;
+  const int mt_max = tile_m_for(a.M);
+  p.ch = choose_chunking(a.K, kChunkAlign, kListBytes, d, [&](int64_t cols) { return tile_bytes_for<T>(mt_max, cols); });
+  p.vec = reinterpret_cast<uintptr_t>(a.values) % 16 == 0;
+  if (p.ch.splits > 1) {
+    p.ws_rows = imin<int64_t>(a.M, kWorkspaceRows);
+    p.ws_bytes = static_cast<size_t>(p.ch.splits) * p.ws_rows * a.N * sizeof(float);
+  }
+  *plan = p;
+}
+
+template <typename T, int MT, bool kVec>
+cudaError_t launch_tiles(const BitmapMmLaunch& a, const Plan& plan, const DevInfo& d, const Output& out,
+                         int64_t m_begin, int64_t tiles, cudaStream_t stream) {
+  if (tiles <= 0) return cudaSuccess;
+  const auto kernel = bitmap_decode_kernel<T, MT, kVec>;
+  const size_t smem = XTile<T, MT, kSpan>::bytes(plan.ch.Kc) + static_cast<size_t>(plan.ch.threads / 32) * kListBytes;
+  int per_sm = 0;
+  cudaError_t e = blocks_per_sm(reinterpret_cast<const void*>(kernel), d.device, plan.ch.threads, smem, &per_sm);
+  if (e != cudaSuccess) return e;
+  const int64_t warps = plan.ch.threads / 32;
+  BmParams p;
+  p.M = a.M; p.N = a.N; p.K = a.K;
+  p.Kc = plan.ch.Kc;
+  p.bitmap = a.bitmap; p.word_offsets = a.word_offsets; p.values = a.values; p.nnz = a.nnz;
+  p.x = a.x; p.ldx = a.ldx;
+  p.out = out;
+  for (int64_t t = 0; t < tiles; t += 65535) {
+    const int64_t tz = imin<int64_t>(tiles - t, 65535);
+    const int64_t resident = static_cast<int64_t>(per_sm) * d.sms;
+    const int64_t gx = imax<int64_t>(1, imin<int64_t>(ceil_div<int64_t>(resident, plan.ch.splits * tz),
+                                                      ceil_div<int64_t>(a.N, warps)));
+    p.m_begin = m_begin + t * MT;
+    const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(plan.ch.splits), static_cast<unsigned>(tz));
+    kernel<<<grid, plan.ch.threads, smem, stream>>>(p);
+    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+template <typename T, bool kVec>
+cudaError_t launch_rows(const BitmapMmLaunch& a, const Plan& plan, const DevInfo& d, const Output& out,
+                        int64_t m_begin, int64_t rows, cudaStream_t stream) {
+  const int64_t full = rows / 16;
+  cudaError_t e = launch_tiles<T, 16, kVec>(a, plan, d, out, m_begin, full, stream);
+  if (e != cudaSuccess) return e;
+  const int64_t rest = rows - full * 16;
+  if (rest == 0) return cudaSuccess;
+  const int64_t mb = m_begin + full * 16;
+  switch (tile_m_for(rest)) {
+    case 1: return launch_tiles<T, 1, kVec>(a, plan, d, out, mb, 1, stream);
+    case 2: return launch_tiles<T, 2, kVec>(a, plan, d, out, mb, 1, stream);
+    case 4: return launch_tiles<T, 4, kVec>(a, plan, d, out, mb, 1, stream);
+    case 8: return launch_tiles<T, 8, kVec>(a, plan, d, out, mb, 1, stream);
+    default: return launch_tiles<T, 16, kVec>(a, plan, d, out, mb, 1, stream);
+  }
+}
+
+template <typename T>
+cudaError_t run(const BitmapMmLaunch& a, void* workspace, cudaStream_t stream) {
+  if (a.M == 0 || a.N == 0) return cudaSuccess;
+  if (a.M < 0 || a.N < 0 || a.K < 0 || a.nnz < 0) return cudaErrorInvalidValue;
+  Output out;
+  out.M = a.M; out.N = a.N; out.bias = a.bias; out.y = a.y; out.ldy = a.ldy;
+  if (a.K == 0) {
+    out.ws_m0 = 0;
+    out.ws_rows = a.M;
+    return launch_finish<T>(out, 0, stream);
+  }
+  DevInfo d;
+  cudaError_t e = dev_info(&d);
+  if (e != cudaSuccess) return e;
+  Plan plan;
+  make_plan<T>(a, d, &plan);
+  if (plan.ch.splits == 1) {
+    out.ws_m0 = 0;
+    out.ws_rows = a.M;
+    return plan.vec ? launch_rows<T, true>(a, plan, d, out, 0, a.M, stream)
+                    : launch_rows<T, false>(a, plan, d, out, 0, a.M, stream);
+  }
+  if (workspace == nullptr || reinterpret_cast<uintptr_t>(workspace) % 16 != 0) return cudaErrorInvalidValue;
+  out.ws = static_cast<float*>(workspace);
+  for (int64_t m = 0; m < a.M; m += plan.ws_rows) {
+    out.ws_m0 = m;
+    out.ws_rows = imin<int64_t>(plan.ws_rows, a.M - m);
+    e = plan.vec ? launch_rows<T, true>(a, plan, d, out, m, out.ws_rows, stream)
+                 : launch_rows<T, false>(a, plan, d, out, m, out.ws_rows, stream);
+    if (e != cudaSuccess) return e;
+    if ((e = launch_finish<T>(out, plan.ch.splits, stream)) != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+template <typename T>
+size_t workspace_bytes(const BitmapMmLaunch& a, cudaError_t* err) {
+  if (err) *err = cudaSuccess;
+  if (a.M <= 0 || a.N <= 0 || a.K <= 0) return 0;
+  DevInfo d;
+  cudaError_t e = dev_info(&d);
+  if (e != cudaSuccess) {
+    if (err) *err = e;
+    return 0;
+  }
+  Plan plan;
+  make_plan<T>(a, d, &plan);
+  return plan.ws_bytes;
+}
+
+}  // namespace
+
+size_t bitmap_mm_workspace_bytes(const BitmapMmLaunch& a, cudaError_t* err) {
+  switch (a.dtype) {
+    case DType::f32: return workspace_bytes<float>(a, err);
+    case DType::f16: return workspace_bytes<__half>(a, err);
+    case DType::bf16: return workspace_bytes<__nv_bfloat16>(a, err);
+  }
+  if (err) *err = cudaErrorInvalidValue;
+  return 0;
+}
+
+cudaError_t bitmap_mm(const BitmapMmLaunch& a, void* workspace, cudaStream_t stream) {
+  switch (a.dtype) {
+    case DType::f32: return run<float>(a, workspace, stream);
+    case DType::f16: return run<__half>(a, workspace, stream);
+    case DType::bf16: return run<__nv_bfloat16>(a, workspace, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace sparsekit

@@ -1,0 +1,108 @@
+// One warp per output column n (weight row n = block row n / R, row r = n % R inside its blocks) and
+// tile of up to kTileM activation rows. The lanes share out the (block, c) pairs of the block row
+// flattened, so that any C keeps all 32 lanes busy and consecutive lanes read consecutive values of a
+// block row and consecutive columns of x; float32 accumulation in registers, a warp reduction, no
+// atomics. x is read through the caches (L1/L2), not staged.
+#include "cuda/bsr_kernel.cuh"
+
+#include "cuda/decode_common.cuh"
+
+namespace sparsekit {
+namespace cuda {
+namespace {
+
+using namespace decode;
+
+constexpr int kTileM = 8;
+constexpr int kWarpsPerBlock = 4;
+
+struct BsrParams {
+  int64_t M = 0, N = 0, K = 0;
+  int64_t m_begin = 0;
+  int R = 1, C = 1;
+  const int32_t* crow = nullptr;
+  const int32_t* col = nullptr;
+  const void* values = nullptr;
+  const void* x = nullptr;
+  int64_t ldx = 0;
+  const void* bias = nullptr;
+  void* y = nullptr;
+  int64_t ldy = 0;
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32) bsr_mm_kernel(const BsrParams p) {
+  const int lane = threadIdx.x & 31;
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  const int64_t m0 = p.m_begin + static_cast<int64_t>(blockIdx.y) * kTileM;
+  if (n >= p.N) return;  // the whole warp
+  const int mt = static_cast<int>(imin<int64_t>(kTileM, p.M - m0));
+  const int64_t br = n / p.R;
+  const int r = static_cast<int>(n - br * p.R);
+  const int64_t b0 = p.crow[br];
+  const int64_t b1 = p.crow[br + 1];
+  const unsigned C = static_cast<unsigned>(p.C);
+  const unsigned count = static_cast<unsigned>((b1 - b0) * p.C);  // <= K < 2**31 for a valid BSR
+  const T* vals = static_cast<const T*>(p.values);
+  const T* x = static_cast<const T*>(p.x) + m0 * p.ldx;
+  const int64_t block_elems = static_cast<int64_t>(p.R) * p.C;
+
+  float acc[kTileM];
+#pragma unroll
+  for (int i = 0; i < kTileM; ++i) acc[i] = 0.f;
+  for (unsigned i = lane; i < count; i += 32) {
+    const unsigned bi = i / C;
+    const unsigned c = i - bi * C;
+    const int64_t b = b0 + bi;
+    const float v = to_f(vals[b * block_elems + static_cast<int64_t>(r) * p.C + c]);
+    const int64_t k = static_cast<int64_t>(p.col[b]) * p.C + c;
+#pragma unroll
+    for (int m = 0; m < kTileM; ++m)
+      if (m < mt) acc[m] = fmaf(v, to_f(x[m * p.ldx + k]), acc[m]);
+  }
+  const float s = warp_reduce_scatter<kTileM>(acc, lane);
+  const int m = reduce_scatter_row<kTileM>(lane);
+  if (reduce_scatter_writer<kTileM>(lane) && m < mt) {
+    float out = s;
+    if (p.bias) out += to_f(static_cast<const T*>(p.bias)[n]);
+    static_cast<T*>(p.y)[(m0 + m) * p.ldy + n] = from_f<T>(out);
+  }
+}
+
+template <typename T>
+cudaError_t launch(const BsrMmLaunch& a, cudaStream_t stream) {
+  if (a.M == 0 || a.N == 0) return cudaSuccess;
+  if (a.R <= 0 || a.C <= 0 || a.N % a.R || a.K % a.C || a.K > 2147483647LL || a.R > 2147483647LL)
+    return cudaErrorInvalidValue;
+  BsrParams p;
+  p.M = a.M; p.N = a.N; p.K = a.K;
+  p.R = static_cast<int>(a.R); p.C = static_cast<int>(a.C);
+  p.crow = a.crow; p.col = a.col; p.values = a.values;
+  p.x = a.x; p.ldx = a.ldx; p.bias = a.bias; p.y = a.y; p.ldy = a.ldy;
+  const int64_t blocks_n = ceil_div<int64_t>(a.N, kWarpsPerBlock);
+  const int64_t tiles = ceil_div<int64_t>(a.M, kTileM);
+  if (blocks_n > 2147483647LL) return cudaErrorInvalidConfiguration;
+  for (int64_t t = 0; t < tiles; t += 65535) {
+    const int64_t ty = imin<int64_t>(tiles - t, 65535);
+    p.m_begin = t * kTileM;
+    const dim3 grid(static_cast<unsigned>(blocks_n), static_cast<unsigned>(ty));
+    bsr_mm_kernel<T><<<grid, kWarpsPerBlock * 32, 0, stream>>>(p);
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace
+
+cudaError_t bsr_mm(const BsrMmLaunch& a, cudaStream_t stream) {
+  switch (a.dtype) {
+    case DType::f32: return launch<float>(a, stream);
+    case DType::f16: return launch<__half>(a, stream);
+    case DType::bf16: return launch<__nv_bfloat16>(a, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace sparsekit

@@ -1,0 +1,32 @@
+// Torch-free CUDA BSR x dense kernel: y = x @ W.T + bias with W in BSR (blocks R x C, layout of
+// sparsekit/formats/LAYOUTS.md). A simple, correct kernel for any R, C and M; the Triton kernel
+// (sparsekit/triton/bsr.py) is the fast path for large blocks and M.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/csr_spmm_kernel.cuh"  // DType
+
+namespace sparsekit {
+namespace cuda {
+
+struct BsrMmLaunch {
+  int64_t M = 0, N = 0, K = 0;   // N % R == 0, K % C == 0
+  int64_t R = 1, C = 1;          // block rows, block columns
+  const int32_t* crow = nullptr; // (N / R + 1)
+  const int32_t* col = nullptr;  // (nblocks), block-column numbers
+  const void* values = nullptr;  // (nblocks, R, C) contiguous, dtype
+  const void* x = nullptr;       // (M, K), row stride ldx, unit column stride
+  int64_t ldx = 0;
+  const void* bias = nullptr;    // (N,) or null
+  void* y = nullptr;             // (M, N), row stride ldy
+  int64_t ldy = 0;
+  DType dtype = DType::f32;
+};
+
+// Enqueues the kernel on `stream`; returns the launch error, if any.
+cudaError_t bsr_mm(const BsrMmLaunch& a, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace sparsekit

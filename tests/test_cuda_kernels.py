@@ -1,0 +1,481 @@
+"""The CUDA format kernels (csrc/cuda: sparse24_mm, bitmap_mm, bsr_mm) and GPU packers (pack_*) against
+the references and the CPU packers.
+
+* GPU tests (skipped without a CUDA device): the compiled kernels against the float64 reference for odd M,
+  every dtype, unaligned K, empty rows, 0% / 100% density, non-contiguous and misaligned inputs, split-K
+  sizes; every output element written (the allocator is poisoned with NaN first); CUDA graph capture;
+  opcheck; the packers bit for bit equal to the CPU ``from_dense``; the CUDA kernel, not the fallback,
+  being the one that runs.
+* CPU tests (always): the packers' references (sparsekit/ops/packing.py) against ``from_dense``, their
+  checks and, where the pack ops are defined, the ops through the fallback.
+
+`bench/cuda_sanitize.sh` runs this file under compute-sanitizer.
+"""
+import os
+
+import pytest
+import torch
+
+import sparsekit
+from sparsekit import formats
+from sparsekit.ops import packing, reference
+
+from helpers import assert_close_to_ref
+
+HAS_CUDA = torch.cuda.is_available()
+gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+HAS_PACK_OPS = hasattr(torch.ops.sparsekit, "pack_sparse24")
+pack_ops = pytest.mark.skipif(not HAS_PACK_OPS, reason="the pack ops' schemas are not in sparsekit/ops/_schemas.py")
+
+FLOATS = [torch.float32, torch.float16, torch.bfloat16]
+DTYPE_ID = lambda d: str(d).replace("torch.", "")  # noqa: E731  (test ids "float16", ...)
+MS = [1, 3, 8, 16, 17, 33]
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def mask_24(N, K, drop=0.15, g=None):
+    score = torch.rand(N, K // 4, 4, generator=g)
+    keep = torch.zeros_like(score, dtype=torch.bool)
+    keep.scatter_(2, score.topk(2, dim=-1).indices, True)
+    keep &= ~(torch.rand(N, K // 4, 4, generator=g) < drop)  # some groups keep fewer than two
+    return keep.reshape(N, K)
+
+
+def block_mask(N, K, R, C, density):
+    bm = torch.rand(N // R, K // C) < density
+    if N // R > 1:
+        bm[1] = False  # an empty block row
+    return bm.repeat_interleave(R, 0).repeat_interleave(C, 1) & (torch.rand(N, K) < 0.9)
+
+
+def cuda_kernel_source(op):
+    """The file that registered the active CUDA kernel of sparsekit::<op> (None if none)."""
+    for line in torch._C._dispatch_dump(f"sparsekit::{op}").splitlines():
+        if line.startswith("CUDA:"):
+            return line.split("registered at ", 1)[1].split(":", 1)[0]
+    return None
+
+
+def require_cpp_kernel(op):
+    if not sparsekit._ext.available():
+        pytest.skip(f"the compiled extension is not loaded: {sparsekit._ext.load_error}")
+    src = cuda_kernel_source(op)
+    if src is None or "ops_cuda_formats.cpp" not in src:
+        pytest.skip(f"the CUDA kernel of sparsekit::{op} in this process is not the C++ one (registered at {src})")
+
+
+def poison_allocator(nbytes=64 << 20):
+    """Fill what the caching allocator will hand out next with NaN, so that an unwritten output shows.
+    (Without the caching allocator, under compute-sanitizer, initcheck finds unwritten outputs instead.)"""
+    if os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1":
+        return
+    t = torch.full((nbytes // 4,), float("nan"), device="cuda")
+    del t
+
+
+def ref_mm(x, w_masked, bias):
+    ref = x.double() @ w_masked.double().T
+    return ref + bias.double() if bias is not None else ref
+
+
+def check(y, x, w_masked, bias, dtype):
+    assert y.dtype == dtype and y.shape == (x.shape[0], w_masked.shape[0])
+    assert torch.isfinite(y).all(), "an output element is NaN / inf: not written?"
+    assert_close_to_ref(y.cpu(), ref_mm(x.cpu(), w_masked.cpu(), None if bias is None else bias.cpu()), x.cpu(),
+                        w_masked.cpu(), dtype)
+
+
+def make_x(M, K, dtype, layout):
+    if layout == "contiguous":
+        return torch.randn(M, K, device="cuda").to(dtype)
+    if layout == "row-stride":  # a column slice: row stride > K, unit column stride
+        return torch.randn(M, K + 5, device="cuda").to(dtype)[:, 2:K + 2]
+    return torch.randn(K, M, device="cuda").to(dtype).T  # transposed: the binding makes it contiguous
+
+
+# ------------------------------------------------------------------------------------------ dispatch
+@gpu
+@pytest.mark.parametrize("op", ["sparse24_mm", "bitmap_mm", "bsr_mm"])
+def test_cuda_kernel_is_registered(op):
+    if not sparsekit._ext.available():
+        pytest.skip(f"the compiled extension is not loaded: {sparsekit._ext.load_error}")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"sparsekit::{op}", "CUDA")
+    dump = torch._C._dispatch_dump(f"sparsekit::{op}")
+    assert "ops_cuda_formats.cpp" in dump, dump  # registered (maybe overridden by Triton: see require_cpp_kernel)
+
+
+def cuda_kernels_run(fn):
+    """Names of the CUDA kernels fn() launches."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events()]
+
+
+@gpu
+def test_the_cuda_kernels_run_not_the_fallback():
+    """The ops launch the kernels of csrc/cuda (the reference fallback would launch dense matmuls instead)."""
+    w = torch.randn(16, 64)
+    x = torch.randn(2, 64, device="cuda")
+    f24 = formats.Sparse24Weight.from_dense(w, mask_24(16, 64))
+    fbm = formats.BitmapWeight.from_dense(w, torch.rand(16, 64) < 0.4)
+    fbs = formats.BSRWeight.from_dense(w, block_mask(16, 64, 4, 8, 0.5), (4, 8))
+    cases = [("sparse24_mm", "sparse24_decode_kernel",
+              lambda: sparsekit.ops.sparse24_mm(x, f24.values.cuda(), f24.meta.cuda())),
+             ("bitmap_mm", "bitmap_decode_kernel",
+              lambda: sparsekit.ops.bitmap_mm(x, fbm.bitmap.cuda(), fbm.word_offsets.cuda(), fbm.values.cuda())),
+             ("bsr_mm", "bsr_mm_kernel",
+              lambda: sparsekit.ops.bsr_mm(x, fbs.crow_indices.cuda(), fbs.col_indices.cuda(), fbs.values.cuda(), 16))]
+    if HAS_PACK_OPS:
+        cases.append(("pack_sparse24", "pack24_kernel", lambda: packing.pack_sparse24(w.cuda(), mask_24(16, 64).cuda())))
+        cases.append(("pack_csr", "scatter_kept_kernel", lambda: packing.pack_csr(w.cuda())))
+    for op, kernel, fn in cases:
+        require_cpp_kernel(op)
+        names = cuda_kernels_run(fn)
+        assert any(kernel in n for n in names), (op, names)
+
+
+@gpu
+@pytest.mark.parametrize("op", ["pack_sparse24", "pack_bitmap", "pack_csr", "pack_bsr"])
+def test_pack_cuda_kernel_is_registered(op):
+    if not HAS_PACK_OPS:
+        pytest.skip("the pack ops' schemas are not in sparsekit/ops/_schemas.py")
+    require_cpp_kernel(op)
+
+
+# ------------------------------------------------------------------------------------------ 2:4
+S24_SHAPES = [(37, 256), (21, 52), (9, 4), (13, 384), (64, 4224), (5, 8320), (4, 8196)]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", FLOATS, ids=DTYPE_ID)
+@pytest.mark.parametrize("N,K", S24_SHAPES)
+@pytest.mark.parametrize("M", MS)
+def test_sparse24_mm(dtype, N, K, M):
+    require_cpp_kernel("sparse24_mm")
+    w = torch.randn(N, K).to(dtype)
+    mask = mask_24(N, K)
+    mask[min(2, N - 1)] = False  # an empty row
+    f = formats.Sparse24Weight.from_dense(w, mask)
+    x = make_x(M, K, dtype, "row-stride" if M == 3 else "contiguous")
+    b = torch.randn(N, device="cuda").to(dtype) if M % 2 else None
+    poison_allocator()
+    y = sparsekit.ops.sparse24_mm(x, f.values.cuda(), f.meta.cuda(), b)
+    check(y, x, f.to_dense().cuda(), b, dtype)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", FLOATS, ids=DTYPE_ID)
+@pytest.mark.parametrize("M", [1, 8, 16, 40])
+def test_sparse24_mm_split_k(dtype, M):
+    """K long enough that x's tile does not fit in shared memory: K is split and the partial sums finished."""
+    require_cpp_kernel("sparse24_mm")
+    N, K = 48, 16384 if dtype == torch.float32 else 32768
+    w = torch.randn(N, K).to(dtype)
+    f = formats.Sparse24Weight.from_dense(w, mask_24(N, K))
+    x = torch.randn(M, K, device="cuda").to(dtype)
+    b = torch.randn(N, device="cuda").to(dtype)
+    poison_allocator()
+    check(sparsekit.ops.sparse24_mm(x, f.values.cuda(), f.meta.cuda(), b), x, f.to_dense().cuda(), b, dtype)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", FLOATS, ids=DTYPE_ID)
+def test_sparse24_mm_layouts_and_alignment(dtype):
+    """Transposed x, and values / meta views that are not 16-byte aligned (the general path)."""
+    require_cpp_kernel("sparse24_mm")
+    N, K, M = 19, 512, 5
+    w = torch.randn(N, K).to(dtype)
+    f = formats.Sparse24Weight.from_dense(w, mask_24(N, K))
+    x = make_x(M, K, dtype, "transposed")
+    y = sparsekit.ops.sparse24_mm(x, f.values.cuda(), f.meta.cuda())
+    check(y, x, f.to_dense().cuda(), None, dtype)
+    vbuf = torch.empty(N * K // 2 + 1, dtype=dtype, device="cuda")
+    mbuf = torch.empty(N * K // 8 + 1, dtype=torch.uint8, device="cuda")
+    vals = vbuf[1:].view(N, K // 2)
+    meta = mbuf[1:].view(N, K // 8)
+    vals.copy_(f.values)
+    meta.copy_(f.meta)
+    assert vals.data_ptr() % 16 and meta.data_ptr() % 16
+    check(sparsekit.ops.sparse24_mm(x, vals, meta), x, f.to_dense().cuda(), None, dtype)
+
+
+@gpu
+def test_sparse24_mm_edge_sizes():
+    require_cpp_kernel("sparse24_mm")
+    for M, N, K in [(0, 8, 16), (3, 0, 16), (2, 5, 0)]:
+        x = torch.randn(M, K, device="cuda")
+        vals = torch.randn(N, K // 2, device="cuda")
+        meta = torch.full((N, (K + 7) // 8), 0x44, dtype=torch.uint8, device="cuda")  # positions 0 and 1
+        b = torch.randn(N, device="cuda")
+        y = torch.ops.sparsekit.sparse24_mm(x, vals, meta, b)
+        assert y.shape == (M, N)
+        if M and N:
+            assert torch.equal(y, b.expand(M, N))  # K == 0: the bias
+
+
+# ------------------------------------------------------------------------------------------ bitmap
+BITMAP_CASES = [(37, 77, 0.3), (5, 32, 1.0), (6, 40, 0.0), (19, 2100, 0.5), (11, 1, 0.5), (23, 1500, 0.05),
+                (7, 1024, 0.97), (64, 4096, 0.5)]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", FLOATS, ids=DTYPE_ID)
+@pytest.mark.parametrize("N,K,density", BITMAP_CASES)
+@pytest.mark.parametrize("M", MS)
+def test_bitmap_mm(dtype, N, K, density, M):
+    require_cpp_kernel("bitmap_mm")
+    w = torch.randn(N, K).to(dtype)
+    mask = torch.rand(N, K) < density
+    mask[min(2, N - 1)] = False
+    f = formats.BitmapWeight.from_dense(w, mask)
+    x = make_x(M, K, dtype, "row-stride" if M == 3 else "contiguous")
+    b = torch.randn(N, device="cuda").to(dtype) if M % 2 else None
+    poison_allocator()
+    y = sparsekit.ops.bitmap_mm(x, f.bitmap.cuda(), f.word_offsets.cuda(), f.values.cuda(), b)
+    check(y, x, f.to_dense().cuda(), b, dtype)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", FLOATS, ids=DTYPE_ID)
+@pytest.mark.parametrize("M", [1, 16, 40])
+def test_bitmap_mm_split_k_and_misaligned(dtype, M):
+    require_cpp_kernel("bitmap_mm")
+    N, K = 40, 30000 if dtype == torch.float32 else 60000
+    w = torch.randn(N, K).to(dtype)
+    f = formats.BitmapWeight.from_dense(w, torch.rand(N, K) < 0.3)
+    x = torch.randn(M, K, device="cuda").to(dtype)
+    b = torch.randn(N, device="cuda").to(dtype)
+    check(sparsekit.ops.bitmap_mm(x, f.bitmap.cuda(), f.word_offsets.cuda(), f.values.cuda(), b), x,
+          f.to_dense().cuda(), b, dtype)
+    buf = torch.empty(f.values.numel() + 1, dtype=dtype, device="cuda")
+    vals = buf[1:]
+    vals.copy_(f.values)
+    assert vals.data_ptr() % 16
+    check(sparsekit.ops.bitmap_mm(x, f.bitmap.cuda(), f.word_offsets.cuda(), vals, b), x, f.to_dense().cuda(), b, dtype)
+
+
+# ------------------------------------------------------------------------------------------ BSR
+@gpu
+@pytest.mark.parametrize("dtype", FLOATS, ids=DTYPE_ID)
+@pytest.mark.parametrize("N,K,R,C", [(24, 40, 4, 8), (32, 48, 16, 16), (9, 10, 3, 5), (5, 7, 1, 1), (128, 192, 64, 64),
+                                     (64, 4096, 16, 16)])
+@pytest.mark.parametrize("M", MS)
+def test_bsr_mm(dtype, N, K, R, C, M):
+    require_cpp_kernel("bsr_mm")
+    w = torch.randn(N, K).to(dtype)
+    f = formats.BSRWeight.from_dense(w, block_mask(N, K, R, C, 0.4), (R, C))
+    x = make_x(M, K, dtype, "row-stride" if M == 3 else "transposed" if M == 8 else "contiguous")
+    b = torch.randn(N, device="cuda").to(dtype) if M % 2 else None
+    poison_allocator()
+    y = sparsekit.ops.bsr_mm(x, f.crow_indices.cuda(), f.col_indices.cuda(), f.values.cuda(), N, b)
+    check(y, x, f.to_dense().cuda(), b, dtype)
+
+
+@gpu
+@pytest.mark.parametrize("density", [0.0, 1.0])
+def test_bsr_mm_empty_and_full(density):
+    require_cpp_kernel("bsr_mm")
+    N, K, R, C = 32, 64, 8, 8
+    w = torch.randn(N, K)
+    f = formats.BSRWeight.from_dense(w, torch.full((N, K), density > 0), (R, C))
+    x = torch.randn(5, K, device="cuda")
+    check(sparsekit.ops.bsr_mm(x, f.crow_indices.cuda(), f.col_indices.cuda(), f.values.cuda(), N), x,
+          f.to_dense().cuda(), None, torch.float32)
+
+
+# ------------------------------------------------------------------------------------------ graphs, opcheck
+@gpu
+def test_cuda_graph_capture():
+    """No host sync or allocation outside the caching allocator on the launch path: graphs capture it."""
+    require_cpp_kernel("sparse24_mm")
+    N, K, M = 256, 4096, 4
+    w = torch.randn(N, K, dtype=torch.float16)
+    f = formats.Sparse24Weight.from_dense(w, mask_24(N, K, 0.0))
+    vals, meta = f.values.cuda(), f.meta.cuda()
+    x = torch.randn(M, K, device="cuda", dtype=torch.float16)
+    fn = lambda: sparsekit.ops.sparse24_mm(x, vals, meta)  # noqa: E731
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()  # warm-up: attributes and caches
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = fn()
+    x.copy_(torch.randn(M, K, device="cuda", dtype=torch.float16))
+    g.replay()
+    torch.cuda.synchronize()
+    check(y, x, f.to_dense().cuda(), None, torch.float16)
+
+
+@gpu
+def test_opcheck_cuda():
+    require_cpp_kernel("sparse24_mm")
+    w = torch.randn(16, 64)
+    f = formats.Sparse24Weight.from_dense(w, mask_24(16, 64))
+    x = torch.randn(3, 64, device="cuda")
+    torch.library.opcheck(torch.ops.sparsekit.sparse24_mm, (x, f.values.cuda(), f.meta.cuda(), torch.randn(16, device="cuda")))
+    fb = formats.BitmapWeight.from_dense(w, torch.rand(16, 64) < 0.4)
+    torch.library.opcheck(torch.ops.sparsekit.bitmap_mm, (x, fb.bitmap.cuda(), fb.word_offsets.cuda(), fb.values.cuda(), None))
+
+
+# ------------------------------------------------------------------------------------------ packers
+PACK_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def special_weights(w):
+    """-0.0, tiny and inf among the weights: their bits must survive packing. (NaN payloads are not
+    compared: the CPU torch.where canonicalises bf16 NaNs.)"""
+    flat = w.view(-1)
+    if flat.numel() >= 8:
+        flat[0], flat[3], flat[5] = -0.0, 1e-30, float("-inf")
+    return w
+
+
+def bits(t):
+    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def assert_same_bits(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape, (g.dtype, w.dtype, g.shape, w.shape)
+        assert g.is_contiguous()
+        assert torch.equal(bits(g.cpu()), bits(w.cpu()))
+
+
+def pack_cases(fmt, dtype):
+    out = []
+    for (N, K) in [(7, 36), (16, 64), (3, 4), (5, 132), (33, 96), (12, 40)]:
+        w = special_weights(torch.randn(N, K).to(dtype))
+        if fmt == "2:4":
+            mask = mask_24(N, K, 0.3)
+        elif fmt == "bsr":
+            mask = None if N % 4 or K % 4 else block_mask(N, K, 4, 4, 0.5)
+            if mask is None:
+                continue
+        else:
+            mask = torch.rand(N, K) < 0.4
+        out.append((w, mask))
+        out.append((torch.where(mask, w, torch.zeros((), dtype=dtype)), None))  # default mask: weight != 0
+    if fmt in ("bitmap", "csr"):
+        out += [(torch.randn(4, 40).to(dtype), torch.zeros(4, 40, dtype=torch.bool)),
+                (torch.randn(5, 33).to(dtype), torch.ones(5, 33, dtype=torch.bool)),
+                (torch.randn(3, 1).to(dtype), torch.tensor([[True], [False], [True]]))]
+    return out
+
+
+def cpu_pack(fmt, w, mask, blocksize=(4, 4)):
+    if fmt == "2:4":
+        f = formats.Sparse24Weight.from_dense(w, mask)
+    elif fmt == "bitmap":
+        f = formats.BitmapWeight.from_dense(w, mask)
+    elif fmt == "csr":
+        f = formats.CSRWeight.from_dense(w, mask)
+    else:
+        f = formats.BSRWeight.from_dense(w, mask, blocksize)
+    return tuple(f.buffers().values())
+
+
+REFS = {"2:4": lambda w, m: packing.reference_pack_sparse24(w, m), "bitmap": packing.reference_pack_bitmap,
+        "csr": packing.reference_pack_csr, "bsr": lambda w, m: packing.reference_pack_bsr(w, m, (4, 4))}
+OPS = {"2:4": lambda w, m: packing.pack_sparse24(w, m), "bitmap": packing.pack_bitmap, "csr": packing.pack_csr,
+       "bsr": lambda w, m: packing.pack_bsr(w, m, (4, 4))}
+
+
+@pytest.mark.parametrize("fmt", ["2:4", "bitmap", "csr", "bsr"])
+@pytest.mark.parametrize("dtype", PACK_DTYPES, ids=DTYPE_ID)
+def test_pack_references_equal_from_dense(fmt, dtype):
+    for w, mask in pack_cases(fmt, dtype):
+        assert_same_bits(REFS[fmt](w, mask), cpu_pack(fmt, w, mask))
+
+
+@pack_ops
+@pytest.mark.parametrize("fmt", ["2:4", "bitmap", "csr", "bsr"])
+def test_pack_ops_cpu_fallback(fmt):
+    assert packing.registered()
+    for w, mask in pack_cases(fmt, torch.float32):
+        assert_same_bits(OPS[fmt](w, mask), cpu_pack(fmt, w, mask))
+        assert packing.pack(fmt, w, mask, (4, 4)).to_dense().equal(cpu_pack_dense(fmt, w, mask))
+
+
+def cpu_pack_dense(fmt, w, mask):
+    cls = {"2:4": formats.Sparse24Weight, "bitmap": formats.BitmapWeight, "csr": formats.CSRWeight,
+           "bsr": formats.BSRWeight}[fmt]
+    return (cls.from_dense(w, mask, (4, 4)) if fmt == "bsr" else cls.from_dense(w, mask)).to_dense()
+
+
+@pytest.mark.parametrize("bad,exc,msg", [
+    ((torch.randn(3),), ValueError, "expected a 2-d weight"),
+    ((torch.randint(0, 3, (4, 4)),), TypeError, "expected a floating-point weight, got torch.int64"),
+    ((torch.randn(4, 8), torch.ones(4, 8, dtype=torch.int32)), TypeError, "expected a bool mask, got torch.int32"),
+    ((torch.randn(4, 8), torch.ones(4, 4, dtype=torch.bool)), ValueError, "expected a mask of the weight's shape (4, 8)"),
+    ((torch.randn(4, 6),), ValueError, "2:4 needs in_features divisible by 4, got 6"),
+])
+def test_pack_checks(bad, exc, msg):
+    with pytest.raises(exc, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        packing.check_pack_sparse24(*(bad + (None,) * (2 - len(bad))))
+    if HAS_PACK_OPS:
+        with pytest.raises(exc, match=msg.replace("(", r"\(").replace(")", r"\)")):
+            packing.pack_sparse24(*bad)
+
+
+def test_pack_bsr_checks():
+    with pytest.raises(ValueError, match="the block 3x8 does not tile the weight 8x32"):
+        packing.check_pack_bsr(torch.randn(8, 32), None, (3, 8))
+
+
+def test_pack_sparse24_reference_rejects_non_24_masks():
+    w = torch.randn(4, 16)
+    m = mask_24(4, 16, 0.0)
+    m[2, 4:7] = True
+    with pytest.raises(ValueError, match=r"sparsekit.pack_sparse24: the mask is not 2:4: row 2, columns 4..7 keep 3 of 4"):
+        packing.reference_pack_sparse24(w, m)
+
+
+@gpu
+@pack_ops
+@pytest.mark.parametrize("fmt", ["2:4", "bitmap", "csr", "bsr"])
+@pytest.mark.parametrize("dtype", PACK_DTYPES, ids=DTYPE_ID)
+def test_gpu_packers_bit_identical_to_cpu(fmt, dtype):
+    require_cpp_kernel({"2:4": "pack_sparse24", "bitmap": "pack_bitmap", "csr": "pack_csr", "bsr": "pack_bsr"}[fmt])
+    for w, mask in pack_cases(fmt, dtype):
+        got = OPS[fmt](w.cuda(), None if mask is None else mask.cuda())
+        assert all(t.is_cuda for t in got)
+        assert_same_bits(got, cpu_pack(fmt, w, mask))
+    # a mask on the CPU with a CUDA weight is moved, as from_dense does
+    w, mask = pack_cases(fmt, dtype)[0]
+    assert_same_bits(OPS[fmt](w.cuda(), mask), cpu_pack(fmt, w, mask))
+
+
+@gpu
+@pack_ops
+def test_gpu_packers_large_and_edge_shapes():
+    require_cpp_kernel("pack_csr")
+    w = torch.randn(1024, 4096, dtype=torch.bfloat16)
+    mask = torch.rand(1024, 4096) < 0.3
+    for fmt in ("bitmap", "csr", "bsr"):
+        assert_same_bits(OPS[fmt](w.cuda(), mask.cuda()), cpu_pack(fmt, w, mask))
+    m24 = mask_24(1024, 4096)
+    assert_same_bits(OPS["2:4"](w.cuda(), m24.cuda()), cpu_pack("2:4", w, m24))
+    for N, K in [(0, 8), (4, 0)]:
+        w = torch.randn(N, K)
+        for fmt in ("bitmap", "csr", "2:4"):
+            assert_same_bits(OPS[fmt](w.cuda(), None), cpu_pack(fmt, w, None))
+
+
+@gpu
+@pack_ops
+def test_gpu_pack_sparse24_rejects_non_24_masks_like_the_cpu():
+    require_cpp_kernel("pack_sparse24")
+    w = torch.randn(6, 40)
+    m = mask_24(6, 40, 0.0)
+    m[3, 12:16] = True
+    m[4, 0:3] = True
+    with pytest.raises(ValueError) as gpu_err:
+        packing.pack_sparse24(w.cuda(), m.cuda())
+    with pytest.raises(ValueError) as cpu_err:
+        packing.reference_pack_sparse24(w, m)
+    assert str(cpu_err.value) in str(gpu_err.value)
+    assert "row 3, columns 12..15 keep 4 of 4" in str(gpu_err.value)
