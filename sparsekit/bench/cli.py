@@ -61,9 +61,12 @@ def run(args) -> int:
                            min_run_time=min_run_time)
         print(f"model: {recs[0]['model']}, {recs[0]['params'] / 1e6:.1f} M weights, pruned by magnitude "
               f"(unstructured, per layer) and converted to {recs[0]['format']}\n")
-        rows = [[f"{r['sparsity']:.0%}", r["M"], f"{r['dense_ms']:.3f}", f"{r['ms']:.3f}", f"{r['speedup']:.2f}x",
-                 f"{r['dense_weight_bytes'] / 2**20:.1f}", f"{r['weight_bytes'] / 2**20:.1f}"] for r in recs]
-        print(markdown_table(["sparsity", "M", "dense ms", "sparse ms", "speedup", "dense MiB", "sparse MiB"], rows))
+        rows = [[f"{r['sparsity']:.0%}", r["M"], f"{r['dense_ms']:.3f} ({r['dense_dtype']})", f"{r['ms']:.3f}",
+                 f"{r['speedup']:.2f}x", f"{r['dense_weight_bytes'] / 2**20:.1f}", f"{r['weight_bytes'] / 2**20:.1f}"]
+                for r in recs]
+        print(markdown_table(["sparsity", "M", "best dense ms", "sparse ms", "speedup", "dense MiB", "sparse MiB"],
+                             rows))
+        print("\nbest dense: the faster of float32 and bfloat16 on the CPU; the sparse model keeps float32 weights")
     else:
         from .layer import FORMATS, bench_layer, parse_shapes
 
