@@ -479,3 +479,18 @@ def test_gpu_pack_sparse24_rejects_non_24_masks_like_the_cpu():
         packing.reference_pack_sparse24(w, m)
     assert str(cpu_err.value) in str(gpu_err.value)
     assert "row 3, columns 12..15 keep 4 of 4" in str(gpu_err.value)
+
+
+@pytest.mark.parametrize("op,extra", [("pack_csr", ()), ("pack_bitmap", ()), ("pack_sparse24", ()),
+                                      ("pack_bsr", ([8, 8],))])
+def test_pack_ops_opcheck_cpu(op, extra):
+    torch.manual_seed(0)
+    w = torch.randn(16, 32)
+    if op == "pack_sparse24":
+        g = w.abs().reshape(16, 8, 4)
+        keep = torch.zeros_like(g, dtype=torch.bool)
+        keep.scatter_(2, g.topk(2, dim=-1).indices, True)
+        mask = keep.reshape(16, 32)
+    else:
+        mask = torch.rand(16, 32) < 0.4
+    torch.library.opcheck(getattr(torch.ops.sparsekit, op), (w, mask, *extra))
