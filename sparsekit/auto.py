@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from . import formats
+from .prune.masks import is_valid
 
 #: block sizes tried for BSR when the mask is block-structured
 BSR_BLOCKS = (64, 32, 16)
@@ -15,17 +16,12 @@ MARGIN = 1.05
 
 
 def _is_24(mask: torch.Tensor) -> bool:
-    N, K = mask.shape
-    return K % 4 == 0 and bool((mask.reshape(N, K // 4, 4).sum(-1) <= 2).all())
+    return mask.shape[1] % 4 == 0 and is_valid(mask, "2:4")
 
 
 def _blocks_of(mask: torch.Tensor, b: int) -> bool:
     N, K = mask.shape
-    if N % b or K % b:
-        return False
-    blk = mask.reshape(N // b, b, K // b, b)
-    anyk, allk = blk.any(dim=3).any(dim=1), blk.all(dim=3).all(dim=1)
-    return bool((anyk == allk).all())
+    return N % b == 0 and K % b == 0 and is_valid(mask, f"{b}x{b}")
 
 
 def candidates(mask: torch.Tensor) -> List[Dict]:

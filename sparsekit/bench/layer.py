@@ -48,19 +48,13 @@ FORMATS = ("csr", "bitmap", "bsr:16", "bsr:32", "bsr:64", "2:4", "int8", "int8-w
 
 
 def _mask_for(fmt: str, w: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """A magnitude mask with the structure `fmt` runs (sparsekit.prune.masks)."""
     score = w.abs().float()
     if fmt.startswith("bsr"):
         b = int(fmt.split(":")[1])
-        N, K = w.shape
-        bscore = score.reshape(N // b, b, K // b, b).sum(dim=(1, 3))
-        bm = _masks.unstructured(bscore, sparsity)
-        return bm.repeat_interleave(b, 0).repeat_interleave(b, 1)
+        return _masks.block(score, sparsity, (b, b))
     if fmt in ("2:4", "2:4+int8"):
-        N, K = w.shape
-        g = score.reshape(N, K // 4, 4)
-        keep = torch.zeros_like(g, dtype=torch.bool)
-        keep.scatter_(2, g.topk(2, dim=-1).indices, True)
-        return keep.reshape(N, K)
+        return _masks.n_m(score, 2, 4)
     if fmt in ("int8", "int8-wo"):
         return torch.ones_like(w, dtype=torch.bool)
     return _masks.unstructured(score, sparsity)
