@@ -193,153 +193,45 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_kernel(const BmP
   }
 }
 
-struct Plan {
-  Chunking ch;
-  bool vec = false;
-  int64_t ws_rows = 0;
-  size_t ws_bytes = 0;
+struct BitmapDecode {
+  using Launch = BitmapMmLaunch;
+
+  static bool valid(const Launch& a) { return a.nnz >= 0; }
+
+  template <typename T>
+  static cudaError_t make_plan(const Launch& a, const DevInfo& d, Plan* plan) {
+    Plan p;
+    const int mt_max = tile_m_for(a.M);
+    p.ch = choose_chunking(a.K, kChunkAlign, kListBytes, d, [&](int64_t cols) { return xtile_bytes<T, kSpan>(mt_max, cols); });
+    p.vec = reinterpret_cast<uintptr_t>(a.values) % 16 == 0;
+    plan_workspace(&p, a.M, a.N);
+    *plan = p;
+    return cudaSuccess;
+  }
+
+  template <typename T, int MT, bool kVec>
+  static cudaError_t launch_tiles(const Launch& a, const Plan& plan, const DevInfo& d, const Output& out,
+                                  int64_t m_begin, int64_t tiles, cudaStream_t stream) {
+    const auto kernel = bitmap_decode_kernel<T, MT, kVec>;
+    const size_t smem = XTile<T, MT, kSpan>::bytes(plan.ch.Kc) + static_cast<size_t>(plan.ch.threads / 32) * kListBytes;
+    BmParams p;
+    p.M = a.M; p.N = a.N; p.K = a.K;
+    p.Kc = plan.ch.Kc;
+    p.bitmap = a.bitmap; p.word_offsets = a.word_offsets; p.values = a.values; p.nnz = a.nnz;
+    p.x = a.x; p.ldx = a.ldx;
+    p.out = out;
+    return launch_decode_grid<MT>(kernel, p, plan, d, smem, a.N, m_begin, tiles, stream);
+  }
 };
-
-template <typename T>
-size_t tile_bytes_for(int mt, int64_t cols) {
-  switch (mt) {
-    case 1: return XTile<T, 1, kSpan>::bytes(cols);
-    case 2: return XTile<T, 2, kSpan>::bytes(cols);
-    case 4: return XTile<T, 4, kSpan>::bytes(cols);
-    case 8: return XTile<T, 8, kSpan>::bytes(cols);
-    default: return XTile<T, 16, kSpan>::bytes(cols);
-  }
-}
-
-template <typename T>
-void make_plan(const BitmapMmLaunch& a, const DevInfo& d, Plan* plan) {
-  Plan p;
-  const int mt_max = tile_m_for(a.M);
-  p.ch = choose_chunking(a.K, kChunkAlign, kListBytes, d, [&](int64_t cols) { return tile_bytes_for<T>(mt_max, cols); });
-  p.vec = reinterpret_cast<uintptr_t>(a.values) % 16 == 0;
-  if (p.ch.splits > 1) {
-    p.ws_rows = imin<int64_t>(a.M, kWorkspaceRows);
-    p.ws_bytes = static_cast<size_t>(p.ch.splits) * p.ws_rows * a.N * sizeof(float);
-  }
-  *plan = p;
-}
-
-template <typename T, int MT, bool kVec>
-cudaError_t launch_tiles(const BitmapMmLaunch& a, const Plan& plan, const DevInfo& d, const Output& out,
-                         int64_t m_begin, int64_t tiles, cudaStream_t stream) {
-  if (tiles <= 0) return cudaSuccess;
-  const auto kernel = bitmap_decode_kernel<T, MT, kVec>;
-  const size_t smem = XTile<T, MT, kSpan>::bytes(plan.ch.Kc) + static_cast<size_t>(plan.ch.threads / 32) * kListBytes;
-  int per_sm = 0;
-  cudaError_t e = blocks_per_sm(reinterpret_cast<const void*>(kernel), d.device, plan.ch.threads, smem, &per_sm);
-  if (e != cudaSuccess) return e;
-  const int64_t warps = plan.ch.threads / 32;
-  BmParams p;
-  p.M = a.M; p.N = a.N; p.K = a.K;
-  p.Kc = plan.ch.Kc;
-  p.bitmap = a.bitmap; p.word_offsets = a.word_offsets; p.values = a.values; p.nnz = a.nnz;
-  p.x = a.x; p.ldx = a.ldx;
-  p.out = out;
-  for (int64_t t = 0; t < tiles; t += 65535) {
-    const int64_t tz = imin<int64_t>(tiles - t, 65535);
-    const int64_t resident = static_cast<int64_t>(per_sm) * d.sms;
-    const int64_t gx = imax<int64_t>(1, imin<int64_t>(ceil_div<int64_t>(resident, plan.ch.splits * tz),
-                                                      ceil_div<int64_t>(a.N, warps)));
-    p.m_begin = m_begin + t * MT;
-    const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(plan.ch.splits), static_cast<unsigned>(tz));
-    kernel<<<grid, plan.ch.threads, smem, stream>>>(p);
-    if ((e = cudaGetLastError()) != cudaSuccess) return e;
-  }
-  return cudaSuccess;
-}
-
-template <typename T, bool kVec>
-cudaError_t launch_rows(const BitmapMmLaunch& a, const Plan& plan, const DevInfo& d, const Output& out,
-                        int64_t m_begin, int64_t rows, cudaStream_t stream) {
-  const int64_t full = rows / 16;
-  cudaError_t e = launch_tiles<T, 16, kVec>(a, plan, d, out, m_begin, full, stream);
-  if (e != cudaSuccess) return e;
-  const int64_t rest = rows - full * 16;
-  if (rest == 0) return cudaSuccess;
-  const int64_t mb = m_begin + full * 16;
-  switch (tile_m_for(rest)) {
-    case 1: return launch_tiles<T, 1, kVec>(a, plan, d, out, mb, 1, stream);
-    case 2: return launch_tiles<T, 2, kVec>(a, plan, d, out, mb, 1, stream);
-    case 4: return launch_tiles<T, 4, kVec>(a, plan, d, out, mb, 1, stream);
-    case 8: return launch_tiles<T, 8, kVec>(a, plan, d, out, mb, 1, stream);
-    default: return launch_tiles<T, 16, kVec>(a, plan, d, out, mb, 1, stream);
-  }
-}
-
-template <typename T>
-cudaError_t run(const BitmapMmLaunch& a, void* workspace, cudaStream_t stream) {
-  if (a.M == 0 || a.N == 0) return cudaSuccess;
-  if (a.M < 0 || a.N < 0 || a.K < 0 || a.nnz < 0) return cudaErrorInvalidValue;
-  Output out;
-  out.M = a.M; out.N = a.N; out.bias = a.bias; out.y = a.y; out.ldy = a.ldy;
-  if (a.K == 0) {
-    out.ws_m0 = 0;
-    out.ws_rows = a.M;
-    return launch_finish<T>(out, 0, stream);
-  }
-  DevInfo d;
-  cudaError_t e = dev_info(&d);
-  if (e != cudaSuccess) return e;
-  Plan plan;
-  make_plan<T>(a, d, &plan);
-  if (plan.ch.splits == 1) {
-    out.ws_m0 = 0;
-    out.ws_rows = a.M;
-    return plan.vec ? launch_rows<T, true>(a, plan, d, out, 0, a.M, stream)
-                    : launch_rows<T, false>(a, plan, d, out, 0, a.M, stream);
-  }
-  if (workspace == nullptr || reinterpret_cast<uintptr_t>(workspace) % 16 != 0) return cudaErrorInvalidValue;
-  out.ws = static_cast<float*>(workspace);
-  for (int64_t m = 0; m < a.M; m += plan.ws_rows) {
-    out.ws_m0 = m;
-    out.ws_rows = imin<int64_t>(plan.ws_rows, a.M - m);
-    e = plan.vec ? launch_rows<T, true>(a, plan, d, out, m, out.ws_rows, stream)
-                 : launch_rows<T, false>(a, plan, d, out, m, out.ws_rows, stream);
-    if (e != cudaSuccess) return e;
-    if ((e = launch_finish<T>(out, plan.ch.splits, stream)) != cudaSuccess) return e;
-  }
-  return cudaSuccess;
-}
-
-template <typename T>
-size_t workspace_bytes(const BitmapMmLaunch& a, cudaError_t* err) {
-  if (err) *err = cudaSuccess;
-  if (a.M <= 0 || a.N <= 0 || a.K <= 0) return 0;
-  DevInfo d;
-  cudaError_t e = dev_info(&d);
-  if (e != cudaSuccess) {
-    if (err) *err = e;
-    return 0;
-  }
-  Plan plan;
-  make_plan<T>(a, d, &plan);
-  return plan.ws_bytes;
-}
 
 }  // namespace
 
 size_t bitmap_mm_workspace_bytes(const BitmapMmLaunch& a, cudaError_t* err) {
-  switch (a.dtype) {
-    case DType::f32: return workspace_bytes<float>(a, err);
-    case DType::f16: return workspace_bytes<__half>(a, err);
-    case DType::bf16: return workspace_bytes<__nv_bfloat16>(a, err);
-  }
-  if (err) *err = cudaErrorInvalidValue;
-  return 0;
+  return Driver<BitmapDecode>::workspace_bytes(a, err);
 }
 
 cudaError_t bitmap_mm(const BitmapMmLaunch& a, void* workspace, cudaStream_t stream) {
-  switch (a.dtype) {
-    case DType::f32: return run<float>(a, workspace, stream);
-    case DType::f16: return run<__half>(a, workspace, stream);
-    case DType::bf16: return run<__nv_bfloat16>(a, workspace, stream);
-  }
-  return cudaErrorInvalidValue;
+  return Driver<BitmapDecode>::run(a, workspace, stream);
 }
 
 }  // namespace cuda

@@ -394,6 +394,165 @@ inline int tile_m_for(int64_t rows) {
   return t;
 }
 
+// ------------------------------------------------------------------------------------ host driver
+// What one decode call runs: the K chunks, whether the 16-byte load path applies, and the workspace
+// the split-K partial sums need.
+struct Plan {
+  Chunking ch;
+  bool vec = false;
+  int64_t ws_rows = 0;  // activation rows whose partial sums the workspace holds at once
+  size_t ws_bytes = 0;
+};
+
+// Sizes the split-K workspace of `p` for an (M, N) output (none when K is not split).
+inline void plan_workspace(Plan* p, int64_t M, int64_t N) {
+  if (p->ch.splits > 1) {
+    p->ws_rows = imin<int64_t>(M, kWorkspaceRows);
+    p->ws_bytes = static_cast<size_t>(p->ch.splits) * p->ws_rows * N * sizeof(float);
+  }
+}
+
+// Shared bytes of an x tile of `cols` columns for the M tile mt in {1, 2, 4, 8, 16}.
+template <typename T, int kSpan>
+size_t xtile_bytes(int mt, int64_t cols) {
+  switch (mt) {
+    case 1: return XTile<T, 1, kSpan>::bytes(cols);
+    case 2: return XTile<T, 2, kSpan>::bytes(cols);
+    case 4: return XTile<T, 4, kSpan>::bytes(cols);
+    case 8: return XTile<T, 8, kSpan>::bytes(cols);
+    default: return XTile<T, 16, kSpan>::bytes(cols);
+  }
+}
+
+// Launches a decode kernel over `tiles` M tiles of MT rows from m_begin: grid.z = the tiles (at most
+// 65535 a launch), grid.y = the K chunks, grid.x = about as many blocks as fit on the GPU at once
+// (each warp then strides over the weight rows), but no more than the N rows need. Params must have
+// an `m_begin` field, the first activation row of a launch.
+template <int MT, typename Params>
+cudaError_t launch_decode_grid(void (*kernel)(Params), Params p, const Plan& plan, const DevInfo& d, size_t smem,
+                               int64_t N, int64_t m_begin, int64_t tiles, cudaStream_t stream) {
+  if (tiles <= 0) return cudaSuccess;
+  int per_sm = 0;
+  cudaError_t e = blocks_per_sm(reinterpret_cast<const void*>(kernel), d.device, plan.ch.threads, smem, &per_sm);
+  if (e != cudaSuccess) return e;
+  const int64_t warps = plan.ch.threads / 32;
+  const int64_t resident = static_cast<int64_t>(per_sm) * d.sms;
+  for (int64_t t = 0; t < tiles; t += 65535) {
+    const int64_t tz = imin<int64_t>(tiles - t, 65535);
+    const int64_t gx = imax<int64_t>(1, imin<int64_t>(ceil_div<int64_t>(resident, plan.ch.splits * tz),
+                                                      ceil_div<int64_t>(N, warps)));
+    p.m_begin = m_begin + t * MT;
+    const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(plan.ch.splits), static_cast<unsigned>(tz));
+    kernel<<<grid, plan.ch.threads, smem, stream>>>(p);
+    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+// The host side shared by the decode kernels. Op is the kernel family:
+//   using Launch = ...;                                   the launch arguments (M, N, K, y, ldy, bias, dtype)
+//   static bool valid(const Launch&);                     sizes the kernel accepts
+//   template <typename T> static cudaError_t make_plan(const Launch&, const DevInfo&, Plan*);
+//   template <typename T, int MT, bool kVec> static cudaError_t launch_tiles(const Launch&, const Plan&,
+//       const DevInfo&, const Output&, int64_t m_begin, int64_t tiles, cudaStream_t);
+template <typename Op>
+struct Driver {
+  using Launch = typename Op::Launch;
+
+  // Rows [m_begin, m_begin + rows): full tiles of 16, then one smaller tile for the rest.
+  template <typename T, bool kVec>
+  static cudaError_t launch_rows(const Launch& a, const Plan& plan, const DevInfo& d, const Output& out,
+                                 int64_t m_begin, int64_t rows, cudaStream_t stream) {
+    const int64_t full = rows / 16;
+    cudaError_t e = Op::template launch_tiles<T, 16, kVec>(a, plan, d, out, m_begin, full, stream);
+    if (e != cudaSuccess) return e;
+    const int64_t rest = rows - full * 16;
+    if (rest == 0) return cudaSuccess;
+    const int64_t mb = m_begin + full * 16;
+    switch (tile_m_for(rest)) {
+      case 1: return Op::template launch_tiles<T, 1, kVec>(a, plan, d, out, mb, 1, stream);
+      case 2: return Op::template launch_tiles<T, 2, kVec>(a, plan, d, out, mb, 1, stream);
+      case 4: return Op::template launch_tiles<T, 4, kVec>(a, plan, d, out, mb, 1, stream);
+      case 8: return Op::template launch_tiles<T, 8, kVec>(a, plan, d, out, mb, 1, stream);
+      default: return Op::template launch_tiles<T, 16, kVec>(a, plan, d, out, mb, 1, stream);
+    }
+  }
+
+  template <typename T>
+  static cudaError_t dispatch_rows(const Launch& a, const Plan& plan, const DevInfo& d, const Output& out,
+                                   int64_t m_begin, int64_t rows, cudaStream_t stream) {
+    return plan.vec ? launch_rows<T, true>(a, plan, d, out, m_begin, rows, stream)
+                    : launch_rows<T, false>(a, plan, d, out, m_begin, rows, stream);
+  }
+
+  template <typename T>
+  static cudaError_t run_typed(const Launch& a, void* workspace, cudaStream_t stream) {
+    if (a.M == 0 || a.N == 0) return cudaSuccess;
+    if (a.M < 0 || a.N < 0 || a.K < 0 || !Op::valid(a)) return cudaErrorInvalidValue;
+    Output out;
+    out.M = a.M; out.N = a.N; out.bias = a.bias; out.y = a.y; out.ldy = a.ldy;
+    if (a.K == 0) {  // y = bias (or 0)
+      out.ws_m0 = 0;
+      out.ws_rows = a.M;
+      return launch_finish<T>(out, 0, stream);
+    }
+    DevInfo d;
+    cudaError_t e = dev_info(&d);
+    if (e != cudaSuccess) return e;
+    Plan plan;
+    if ((e = Op::template make_plan<T>(a, d, &plan)) != cudaSuccess) return e;
+    if (plan.ch.splits == 1) {
+      out.ws_m0 = 0;
+      out.ws_rows = a.M;
+      return dispatch_rows<T>(a, plan, d, out, 0, a.M, stream);
+    }
+    if (workspace == nullptr || reinterpret_cast<uintptr_t>(workspace) % 16 != 0) return cudaErrorInvalidValue;
+    out.ws = static_cast<float*>(workspace);
+    for (int64_t m = 0; m < a.M; m += plan.ws_rows) {
+      out.ws_m0 = m;
+      out.ws_rows = imin<int64_t>(plan.ws_rows, a.M - m);
+      if ((e = dispatch_rows<T>(a, plan, d, out, m, out.ws_rows, stream)) != cudaSuccess) return e;
+      if ((e = launch_finish<T>(out, plan.ch.splits, stream)) != cudaSuccess) return e;
+    }
+    return cudaSuccess;
+  }
+
+  template <typename T>
+  static size_t workspace_bytes_typed(const Launch& a, cudaError_t* err) {
+    if (err) *err = cudaSuccess;
+    if (a.M <= 0 || a.N <= 0 || a.K <= 0) return 0;
+    DevInfo d;
+    Plan plan;
+    cudaError_t e = dev_info(&d);
+    if (e == cudaSuccess) e = Op::template make_plan<T>(a, d, &plan);
+    if (e != cudaSuccess) {
+      if (err) *err = e;
+      return 0;
+    }
+    return plan.ws_bytes;
+  }
+
+  // The entry points, dispatched on the launch's dtype.
+  static cudaError_t run(const Launch& a, void* workspace, cudaStream_t stream) {
+    switch (a.dtype) {
+      case DType::f32: return run_typed<float>(a, workspace, stream);
+      case DType::f16: return run_typed<__half>(a, workspace, stream);
+      case DType::bf16: return run_typed<__nv_bfloat16>(a, workspace, stream);
+    }
+    return cudaErrorInvalidValue;
+  }
+
+  static size_t workspace_bytes(const Launch& a, cudaError_t* err) {
+    switch (a.dtype) {
+      case DType::f32: return workspace_bytes_typed<float>(a, err);
+      case DType::f16: return workspace_bytes_typed<__half>(a, err);
+      case DType::bf16: return workspace_bytes_typed<__nv_bfloat16>(a, err);
+    }
+    if (err) *err = cudaErrorInvalidValue;
+    return 0;
+  }
+};
+
 }  // namespace decode
 }  // namespace cuda
 }  // namespace sparsekit
