@@ -30,7 +30,7 @@ import sparsekit
 from sparsekit.prune import finetune, sparsity_report
 
 OUT = Path(__file__).resolve().parent / "results"
-STRUCTURES = ["unstructured", "2:4", "1x8", "8x8", "rows", "columns"]
+STRUCTURES = ["unstructured", "row-balanced", "2:4", "1x8", "8x8", "rows", "columns"]
 CRITERIA = ["magnitude", "gradient", "taylor", "activation", "random"]
 SPARSITIES = [0.5, 0.7, 0.9]
 HIDDEN = ("0", "2")  # the pruned layers; "4" (the head) stays dense

@@ -13,7 +13,7 @@ from sparsekit.prune import Calibration, criteria, is_valid, masks_from_scores, 
 
 from conftest import devices
 
-STRUCTURES = ["unstructured", "2:4", "4:8", "16x16", "1x8", "4x4", "rows", "columns"]
+STRUCTURES = ["unstructured", "row-balanced", "2:4", "4:8", "16x16", "1x8", "4x4", "rows", "columns"]
 CRITERIA = ["magnitude", "gradient", "taylor", "activation", "random"]
 
 
@@ -220,6 +220,8 @@ def test_prune_contract_every_structure_and_criterion(calibrated, structure, cri
         pruned = int((~m).sum())
         if p.kind == "unstructured":
             assert pruned == round(0.6 * R * K)
+        elif p.kind == "row_balanced":
+            assert torch.all((~m).sum(1) == round(0.6 * K))
         elif p.kind == "nm":
             assert abs(pruned - (1 - p.n / p.m) * R * K) <= R * p.m  # exact but for padded last groups
         else:
@@ -255,6 +257,8 @@ def test_prune_bad_inputs():
         sparsekit.prune(model, 0.5, scope="planet")
     with pytest.raises(ValueError, match="scope='global' ranks units across layers"):
         sparsekit.prune(model, 0.5, pattern="2:4", scope="global")
+    with pytest.raises(ValueError, match="fixes every row's sparsity; use scope='layer'"):
+        sparsekit.prune(model, 0.5, pattern="row-balanced", scope="global")
     with pytest.raises(ValueError, match=r"overrides name layers that are not pruned here: \['fc9'\]"):
         sparsekit.prune(model, 0.5, overrides={"fc9": {"sparsity": 0.1}})
     with pytest.raises(ValueError, match=r"unknown override key\(s\) \['sparsty'\]"):

@@ -32,6 +32,16 @@ def ref_n_m(score, n, m):
     return keep
 
 
+def ref_row_balanced(score, sparsity):
+    """Per row, the round(sparsity * K) lowest (score, column) go."""
+    R, K = score.shape
+    keep = torch.ones(R, K, dtype=torch.bool)
+    for i in range(R):
+        for j in sorted(range(K), key=lambda j: (score[i, j].item(), j))[:round(sparsity * K)]:
+            keep[i, j] = False
+    return keep
+
+
 def ref_block(score, sparsity, r, c):
     R, K = score.shape
     blocks = []
@@ -181,6 +191,8 @@ def test_parse_pattern_names_and_errors():
     assert parse_pattern("block:1x8").name == "1x8"
     assert parse_pattern("ROWS").kind == "rows" and parse_pattern("columns").kind == "columns"
     assert parse_pattern("2:4").fixed_sparsity == 0.5
+    assert parse_pattern("row-balanced") == parse_pattern("per-row") == masks.Pattern("row_balanced")
+    assert parse_pattern("row_balanced").name == "row-balanced" and parse_pattern("row-balanced").fixed_sparsity is None
     for bad, err in [("diagonal", "unknown pattern"), ("5:4", "0 <= N <= M"), ("2:0", "0 <= N <= M"),
                      ("0x4", "at least 1x1"), ("16x", "unknown pattern")]:
         with pytest.raises(ValueError, match=err):
@@ -214,6 +226,10 @@ def test_is_valid_can_fail():
     assert is_valid(r, "rows") and not is_valid(r, "columns")
     r[0, 0] = ~r[0, 0]
     assert not is_valid(r, "rows")
+    rb = masks.row_balanced(torch.rand(5, 9), 0.5)
+    assert is_valid(rb, "row-balanced") and not is_valid(masks.unstructured(torch.rand(5, 9), 0.5), "row-balanced")
+    rb[2, int(torch.nonzero(rb[2])[0])] = False  # one row loses one more
+    assert not is_valid(rb, "row-balanced")
     with pytest.raises(TypeError, match="bool mask"):
         is_valid(torch.ones(2, 4), "2:4")
 
@@ -235,7 +251,7 @@ def test_units_expand_round_trip():
 
 @settings(max_examples=60, deadline=None)
 @given(R=st.integers(1, 20), K=st.integers(1, 24), sparsity=st.floats(0, 1),
-       pattern=st.sampled_from(["unstructured", "2:4", "1:3", "1x4", "3x2", "4x4", "rows", "columns"]),
+       pattern=st.sampled_from(["unstructured", "row-balanced", "2:4", "1:3", "1x4", "3x2", "4x4", "rows", "columns"]),
        seed=st.integers(0, 2**16), ties=st.booleans())
 def test_property_every_structure(R, K, sparsity, pattern, seed, ties):
     g = torch.Generator().manual_seed(seed)
@@ -247,6 +263,9 @@ def test_property_every_structure(R, K, sparsity, pattern, seed, ties):
     assert torch.equal(m, masks.from_pattern(score.clone(), None if p.kind == "nm" else sparsity, p, pad=True))
     if p.kind == "unstructured":
         assert int((~m).sum()) == round(sparsity * R * K)
+    elif p.kind == "row_balanced":
+        assert torch.equal(m, ref_row_balanced(score, sparsity))
+        assert torch.all((~m).sum(1) == round(sparsity * K))
     elif p.kind == "nm":
         assert torch.equal(m, ref_n_m(score, p.n, p.m))
     else:

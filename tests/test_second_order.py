@@ -150,6 +150,10 @@ def test_unstructured_selections_give_exact_sparsity(sparsity):
     assert int((~keep).sum()) == round(sparsity * N * K) and info["selection"] == "adaptive"
     _, keep, _ = sparsegpt_layer(W, H, sparsity, blocksize=8, selection="row")
     assert torch.all((~keep).sum(1) == round(sparsity * K))
+    new_rb, keep_rb, _ = sparsegpt_layer(W, H, sparsity, "row-balanced", blocksize=8)  # the same as selection="row"
+    assert torch.equal(keep_rb, keep) and M.is_valid(keep_rb, "row-balanced")
+    with pytest.raises(ValueError, match="selection='layer' does not apply"):
+        sparsegpt_layer(W, H, sparsity, "row-balanced", selection="layer")
     _, keep, _ = sparsegpt_layer(W, H, sparsity, selection="layer")
     assert int((~keep).sum()) == round(sparsity * N * K)
     _, keep, info = sparsegpt_layer(W, H, sparsity, blocksize=16, selection="uniform")  # SparseGPT's rule

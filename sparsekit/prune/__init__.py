@@ -184,6 +184,9 @@ def _validate(sparsity, pattern, criterion, scope, normalize, overrides, names):
         if p.kind == "nm":
             raise ValueError(f"prune: scope='global' ranks units across layers, but pattern '{p.name}' fixes "
                              f"every layer's sparsity; use scope='layer'")
+        if p.kind == "row_balanced":
+            raise ValueError(f"prune: scope='global' ranks units across layers, but pattern '{p.name}' fixes "
+                             f"every row's sparsity; use scope='layer'")
         if sparsity is None:
             raise ValueError("prune: scope='global' needs a sparsity in [0, 1], got None")
 
@@ -194,7 +197,7 @@ def _choose(scores: Dict[str, torch.Tensor], settings: Dict[str, Dict[str, Any]]
     pool: Dict[str, torch.Tensor] = {}
     for fqn, sc in scores.items():
         s = settings[fqn]
-        if scope == "global" and not s["overridden_sparsity"] and s["pattern"].kind != "nm":
+        if scope == "global" and not s["overridden_sparsity"] and s["pattern"].kind not in ("nm", "row_balanced"):
             pool[fqn] = sc
         else:
             out[fqn] = _layer_mask(sc, s, fqn)

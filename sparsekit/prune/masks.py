@@ -10,14 +10,17 @@ Contract of every generator
   ``round(sparsity * n_blocks)`` whole blocks (with partial edge blocks: the pruned elements are
   within half a block of ``sparsity * numel``), :func:`n_m` prunes exactly ``M - N`` of every ``M``
   consecutive elements of a row;
+  :func:`row_balanced` prunes ``round(sparsity * in_features)`` elements of every row;
 * the lowest scores go first, and ties are broken deterministically: at equal score the element
   (block, group member) with the lower flat index is pruned first (a stable ascending sort);
 * a shape the structure cannot serve (``in_features`` not a multiple of ``M``, a block that does
   not tile the weight) is a ``ValueError`` that names the shape and the structure, unless
   ``pad=True`` (see :func:`n_m` and :func:`block` for what padding means).
 
-Patterns by name (:func:`parse_pattern`): ``"unstructured"``, ``"N:M"`` (``"2:4"``), ``"RxC"`` blocks
-(``"16x16"``, ``"32x32"``, ``"1x8"`` vectors), ``"rows"`` (output neurons), ``"columns"`` (input features).
+Patterns by name (:func:`parse_pattern`): ``"unstructured"``, ``"row-balanced"`` (unstructured within each
+row, every row at the same sparsity: Wanda's per-output comparison group, and even work per row for a
+kernel), ``"N:M"`` (``"2:4"``), ``"RxC"`` blocks (``"16x16"``, ``"32x32"``, ``"1x8"`` vectors), ``"rows"``
+(output neurons), ``"columns"`` (input features).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ __all__ = [
     "Pattern",
     "parse_pattern",
     "unstructured",
+    "row_balanced",
     "n_m",
     "block",
     "rows",
@@ -74,7 +78,8 @@ def _check_2d(score: torch.Tensor, what: str) -> None:
 
 @dataclass(frozen=True)
 class Pattern:
-    """A parsed structure. ``kind`` is one of ``unstructured``, ``nm``, ``block``, ``rows``, ``columns``;
+    """A parsed structure. ``kind`` is one of ``unstructured``, ``row_balanced``, ``nm``, ``block``, ``rows``,
+    ``columns``;
     ``n, m`` are set for ``nm``, ``r, c`` for ``block``."""
 
     kind: str
@@ -85,7 +90,9 @@ class Pattern:
 
     @property
     def name(self) -> str:
-        """The canonical name: ``unstructured``, ``2:4``, ``16x16``, ``rows``, ``columns``."""
+        """The canonical name: ``unstructured``, ``row-balanced``, ``2:4``, ``16x16``, ``rows``, ``columns``."""
+        if self.kind == "row_balanced":
+            return "row-balanced"
         if self.kind == "nm":
             return f"{self.n}:{self.m}"
         if self.kind == "block":
@@ -101,7 +108,7 @@ class Pattern:
         return self.name
 
 
-_PATTERN_HELP = ("expected 'unstructured', 'N:M' (e.g. '2:4'), 'RxC' blocks (e.g. '16x16', '1x8'), "
+_PATTERN_HELP = ("expected 'unstructured', 'row-balanced', 'N:M' (e.g. '2:4'), 'RxC' blocks (e.g. '16x16', '1x8'), "
                  "'rows' or 'columns'")
 
 
@@ -114,6 +121,8 @@ def parse_pattern(pattern: Union[str, Pattern]) -> Pattern:
     p = pattern.strip().lower()
     if p == "unstructured":
         return Pattern("unstructured")
+    if p in ("row-balanced", "row_balanced", "per-row"):
+        return Pattern("row_balanced")
     if p in ("rows", "row"):
         return Pattern("rows")
     if p in ("columns", "column", "cols"):
@@ -151,6 +160,25 @@ def unstructured(score: torch.Tensor, sparsity: float) -> torch.Tensor:
     check_score(score)
     flat = score.reshape(-1)
     return _prune_lowest(flat, round(sparsity * flat.numel())).view(score.shape)
+
+
+def row_balanced(score: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keeps the largest (1 - sparsity) fraction of every row of a 2-D `score`: ``round(sparsity *
+    in_features)`` elements of each row go (ties: the lower column first). The comparison group of
+    Wanda (scores compared per output), and the same work per row for a sparse kernel."""
+    sparsity = check_sparsity(sparsity)
+    check_score(score)
+    _check_2d(score, "row-balanced pattern")
+    return _prune_lowest_per_row(score, round(sparsity * score.shape[1]))
+
+
+def _prune_lowest_per_row(score: torch.Tensor, n_prune: int) -> torch.Tensor:
+    """Keep-mask over a 2-D score: the ``n_prune`` lowest of every row go (ties: lower column first)."""
+    keep = torch.ones_like(score, dtype=torch.bool)
+    if n_prune > 0 and score.numel():
+        order = torch.argsort(score, dim=1, stable=True)  # ascending per row; ties keep column order
+        keep.scatter_(1, order[:, :n_prune], False)
+    return keep
 
 
 def n_m(score: torch.Tensor, n: int, m: int, pad: bool = False) -> torch.Tensor:
@@ -269,6 +297,8 @@ def from_pattern(score: torch.Tensor, sparsity: Optional[float], pattern: Union[
         raise ValueError(f"pattern '{p.name}' needs a sparsity in [0, 1], got None")
     if p.kind == "unstructured":
         return unstructured(score, sparsity)
+    if p.kind == "row_balanced":
+        return row_balanced(score, sparsity)
     if p.kind == "block":
         return block(score, sparsity, (p.r, p.c), pad=pad)
     if p.kind == "rows":
@@ -289,8 +319,9 @@ def units(score: torch.Tensor, pattern: Union[str, Pattern], pad: bool = False
     no such units (its sparsity is fixed per group) and is a ``ValueError``.
     """
     p = parse_pattern(pattern)
-    if p.kind == "nm":
-        raise ValueError(f"pattern '{p.name}' fixes the sparsity of every group; it has no units to rank across layers")
+    if p.kind in ("nm", "row_balanced"):
+        what = "group" if p.kind == "nm" else "row"
+        raise ValueError(f"pattern '{p.name}' fixes the sparsity of every {what}; it has no units to rank across layers")
     check_score(score)
     shape = score.shape
     if p.kind == "unstructured":
@@ -327,6 +358,9 @@ def is_valid(mask: torch.Tensor, pattern: Union[str, Pattern]) -> bool:
         rem = (-K) % p.m
         m = torch.nn.functional.pad(mask, (0, rem)) if rem else mask
         return bool((m.reshape(R, -1, p.m).sum(-1) <= p.n).all())
+    if p.kind == "row_balanced":
+        kept = mask.sum(1)
+        return bool((kept == kept[:1]).all()) if R else True
     if p.kind == "rows":
         return bool((mask == mask[:, :1]).all()) if K else True
     if p.kind == "columns":

@@ -276,12 +276,9 @@ def _cum(total: int, j: int, K: int) -> int:
 def _prune_lowest_rows(score: torch.Tensor, n_prune: Union[int, torch.Tensor]) -> torch.Tensor:
     """Keep-mask: in each row the `n_prune` (an int, or one count per row) lowest scores go (ties:
     lower column first)."""
-    keep = torch.ones_like(score, dtype=torch.bool)
     if isinstance(n_prune, int):
-        if n_prune > 0:
-            order = torch.argsort(score, dim=1, stable=True)
-            keep.scatter_(1, order[:, :n_prune], False)
-        return keep
+        return _masks._prune_lowest_per_row(score, n_prune)
+    keep = torch.ones_like(score, dtype=torch.bool)
     order = torch.argsort(score, dim=1, stable=True)
     rank = torch.arange(score.shape[1], device=score.device).expand_as(score)
     keep.scatter_(1, order, rank >= n_prune.to(score.device)[:, None])
@@ -297,7 +294,7 @@ def _prune_lowest_flat(score: torch.Tensor, n_prune: int) -> torch.Tensor:
 
 
 def _tile_shape(p: Pattern, N: int, K: int) -> Tuple[int, int]:
-    if p.kind == "unstructured":
+    if p.kind in ("unstructured", "row_balanced"):
         return 1, 1
     if p.kind == "rows":
         return 1, K
@@ -402,6 +399,11 @@ def sparsegpt_layer(
             if sel not in SELECTIONS:
                 raise ValueError(f"sparsegpt_layer: expected selection in {list(SELECTIONS)}, got {selection!r}")
             mode = {"adaptive": "window", "row": "row", "layer": "layer", "uniform": "uniform"}[sel]
+        elif p.kind == "row_balanced":  # = unstructured with the per-row selection
+            if selection not in (None, "row"):
+                raise ValueError(f"sparsegpt_layer: pattern '{p.name}' prunes the same share of every row; "
+                                 f"selection={selection!r} does not apply")
+            mode = "row"
         else:
             if selection not in (None, "layer"):
                 raise ValueError(f"sparsegpt_layer: pattern '{p.name}' is chosen once per layer; "
