@@ -38,6 +38,12 @@ inline std::string shape_str(at::IntArrayRef s) {
   return out + (s.size() == 1 ? ",)" : ")");
 }
 
+// The kernels index columns with int32 (col_indices, bitmap positions): in_features must fit.
+inline void check_in_features(const char* op, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(x.size(1) <= std::numeric_limits<int32_t>::max(), op, ": in_features ", x.size(1),
+                    " exceeds the int32 index range");
+}
+
 // Checks the arguments of csr_mm(x, crow_indices, col_indices, values, out_features, bias).
 inline void check_csr_mm_args(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
                               const at::Tensor& values, int64_t out_features, const std::optional<at::Tensor>& bias) {
@@ -47,6 +53,7 @@ inline void check_csr_mm_args(const at::Tensor& x, const at::Tensor& crow, const
                    dtype_name(x.scalar_type()));
   TORCH_CHECK_TYPE(values.scalar_type() == x.scalar_type(), op, ": expected values of the same dtype as x (",
                    dtype_name(x.scalar_type()), "), got ", dtype_name(values.scalar_type()));
+  check_in_features(op, x);
   TORCH_CHECK_TYPE(crow.scalar_type() == at::kInt, op, ": expected crow_indices of dtype int32, got ",
                    dtype_name(crow.scalar_type()));
   TORCH_CHECK_TYPE(col.scalar_type() == at::kInt, op, ": expected col_indices of dtype int32, got ",
@@ -89,6 +96,7 @@ inline void check_float_x_and_values(const char* op, const at::Tensor& x, const 
                    dtype_name(x.scalar_type()));
   TORCH_CHECK_TYPE(values.scalar_type() == x.scalar_type(), op, ": expected values of the same dtype as x (",
                    dtype_name(x.scalar_type()), "), got ", dtype_name(values.scalar_type()));
+  check_in_features(op, x);
 }
 
 inline void check_int32(const char* op, const char* what, const at::Tensor& t) {
@@ -169,6 +177,64 @@ inline void check_sparse24_mm_args(const at::Tensor& x, const at::Tensor& values
   check_same_device(op, x, "values", values);
   check_same_device(op, x, "meta", meta);
   check_bias(op, bias, values.size(0), x.scalar_type(), x);
+}
+
+// ------------------------------------------------------------------------------------------
+// Checks of the index buffers' contents (CPU pointers), run before a kernel reads them: a
+// malformed buffer passed straight to torch.ops.sparsekit.* must raise, never read or write out
+// of bounds. Same messages as the data checks in sparsekit/ops/_checks.py (the reference path).
+
+// crow (n + 1 entries) starts at 0, ends at `count` (nnz or nblocks), never decreases; every
+// col lies in [0, cols).
+inline void check_compressed_indices(const char* op, const int32_t* crow, int64_t n, const char* count_name,
+                                     int64_t count, const int32_t* col, int64_t cols, const char* cols_name) {
+  TORCH_CHECK_VALUE(crow[0] == 0 && crow[n] == count, op, ": expected crow_indices[0] == 0 and crow_indices[-1] == ",
+                    count_name, " == ", count, ", got ", crow[0], " and ", crow[n]);
+  for (int64_t i = 0; i < n; ++i)
+    TORCH_CHECK_VALUE(crow[i] <= crow[i + 1], op, ": expected non-decreasing crow_indices, got crow_indices[", i + 1,
+                      "] = ", crow[i + 1], " < crow_indices[", i, "] = ", crow[i]);
+  int32_t lo = 0, hi = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    lo = col[i] < lo ? col[i] : lo;
+    hi = col[i] > hi ? col[i] : hi;
+  }
+  if (lo < 0 || (count && hi >= cols)) {
+    int64_t i = 0;
+    while (col[i] >= 0 && col[i] < cols) ++i;
+    TORCH_CHECK_VALUE(false, op, ": expected col_indices in [0, ", cols_name, " = ", cols, "), got col_indices[", i,
+                      "] = ", col[i]);
+  }
+}
+
+// word_offsets[n, w] is the number of set bits before word w of row n (row-major over the
+// whole bitmap), the total is nnz, and no bit past in_features is set.
+inline void check_bitmap_words(const char* op, const int32_t* bitmap, const int32_t* word_offsets, int64_t rows,
+                               int64_t words, int64_t cols, int64_t nnz) {
+  const uint32_t tail = cols % 32 ? ~((uint32_t(1) << (cols % 32)) - 1u) : 0u;
+  int64_t count = 0;
+  for (int64_t n = 0; n < rows; ++n) {
+    const uint32_t* bm = reinterpret_cast<const uint32_t*>(bitmap) + n * words;
+    const int32_t* wo = word_offsets + n * words;
+    TORCH_CHECK_VALUE(words == 0 || (bm[words - 1] & tail) == 0, op, ": expected no bits past in_features = ", cols,
+                      " in row ", n, " of bitmap");
+    for (int64_t w = 0; w < words; ++w) {
+      TORCH_CHECK_VALUE(wo[w] == count, op, ": expected word_offsets[", n, ", ", w, "] == ", count,
+                        " (the set bits before it), got ", wo[w]);
+      count += __builtin_popcount(bm[w]);
+    }
+  }
+  TORCH_CHECK_VALUE(count == nnz, op, ": the bitmap keeps ", count, " weights but there are ", nnz, " values");
+}
+
+// Every group's two 2-bit positions in meta are distinct and ascending (i0 < i1).
+inline void check_meta_positions(const char* op, const uint8_t* meta, int64_t rows, int64_t cols) {
+  const int64_t groups = cols / 4, bytes = (cols + 7) / 8;
+  for (int64_t n = 0; n < rows; ++n)
+    for (int64_t g = 0; g < groups; ++g) {
+      const unsigned nib = (meta[n * bytes + g / 2] >> (4 * (g % 2))) & 0xFu;
+      TORCH_CHECK_VALUE((nib & 3u) < (nib >> 2), op, ": expected two distinct ascending positions in every group of 4 ",
+                        "of meta, got ", nib & 3u, " and ", nib >> 2, " in row ", n, ", group ", g);
+    }
 }
 
 }  // namespace sparsekit

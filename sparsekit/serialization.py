@@ -33,10 +33,15 @@ def load_safetensors(model: nn.Module, path: str, strict: bool = True):
     from safetensors import safe_open
 
     sd = {}
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-        for k in f.keys():
-            sd[k] = f.get_tensor(k)
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            for k in f.keys():
+                sd[k] = f.get_tensor(k)
+    except OSError:
+        raise
+    except Exception as e:  # safetensors' own error type: a truncated or corrupt file
+        raise RuntimeError(f"{path}: not a complete safetensors file ({e}); nothing was loaded") from e
     if _META_KEY not in meta:
         raise RuntimeError(f"{path}: not written by sparsekit.save_safetensors (no {_META_KEY!r} metadata)")
     sd.update(json.loads(meta[_META_KEY]))

@@ -21,13 +21,18 @@ def _x(M, K, dtype, layout, seed):
         return torch.randn(K, M, generator=g).to(dtype).t()
     if layout == "strided":
         return torch.randn(M, 2 * K + 1, generator=g).to(dtype)[:, 1::2][:, :K]
+    if layout == "expanded":  # stride 0: every row the same memory
+        return torch.randn(1, K, generator=g).to(dtype).expand(M, K)
     return torch.randn(M, K, generator=g).to(dtype)
+
+
+LAYOUTS = st.sampled_from(["contiguous", "transposed", "strided", "expanded"])
 
 
 @settings(max_examples=60, deadline=None)
 @given(fmt=st.sampled_from(["csr", "bitmap", "bsr", "2:4"]), M=st.integers(0, 40), n=st.integers(1, 12),
        k=st.integers(1, 12), density=st.floats(0, 1), dtype=DT,
-       layout=st.sampled_from(["contiguous", "transposed", "strided"]), bias=st.booleans(),
+       layout=LAYOUTS, bias=st.booleans(),
        seed=st.integers(0, 2**16))
 def test_ops_match_reference(fmt, M, n, k, density, dtype, layout, bias, seed):
     g = torch.Generator().manual_seed(seed)
@@ -72,6 +77,68 @@ def test_quantize_per_token_is_the_reference_byte_for_byte(M, K, symmetric, dtyp
     ref = reference.quantize_per_token(x, symmetric)
     for a, b in zip(got, ref):
         assert torch.equal(a, b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(op=st.sampled_from(["int8_gemm_i32", "int8_mm", "int8_weight_only_mm", "sparse24_int8_mm"]),
+       M=st.integers(0, 24), N=st.integers(1, 20), k=st.integers(1, 24), dtype=DT, layout=LAYOUTS,
+       asymmetric=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_int8_ops_match_reference(op, M, N, k, dtype, layout, asymmetric, bias, seed):
+    from sparsekit import ops
+    from sparsekit.ops import reference
+
+    g = torch.Generator().manual_seed(seed)
+    K = 4 * k
+    x = _x(M, K, dtype, layout, seed)
+    b = torch.randn(N, generator=g).to(dtype) if bias else None
+    if op == "int8_weight_only_mm":
+        wq = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
+        args = (x, wq, torch.rand(N, generator=g) + 0.01, b)
+    else:
+        q, s, z = ops.quantize_per_token(x, not asymmetric)
+        q = q if layout != "transposed" else q.t().contiguous().t()  # strided int8 activations too
+        if op == "int8_gemm_i32":
+            args = (q, torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8))
+        elif op == "int8_mm":
+            args = (q, s, z if asymmetric else None, torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8),
+                    torch.rand(N, generator=g) + 0.01, b, dtype)
+        else:
+            w = torch.randn(N, K, generator=g)
+            keep = torch.zeros(N, K // 4, 4, dtype=torch.bool).scatter_(
+                2, torch.rand(N, K // 4, 4, generator=g).topk(2, dim=-1).indices, True)
+            f = formats.get("2:4+int8").from_dense(w, keep.reshape(N, K))
+            args = (q, s, z if asymmetric else None, f.values, f.meta, f.scale, b, dtype)
+    got = getattr(torch.ops.sparsekit, op)(*args)
+    want = getattr(reference, op)(*args)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    if op == "int8_gemm_i32":
+        assert torch.equal(got, want)  # exact
+    else:
+        torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
+
+
+@settings(max_examples=30, deadline=None)
+@given(fmt=st.sampled_from(["csr", "bitmap", "bsr", "2:4"]), n=st.integers(0, 10), k=st.integers(0, 10),
+       density=st.floats(0, 1), dtype=DT, transposed=st.booleans(), seed=st.integers(0, 2**16))
+def test_packers_match_from_dense(fmt, n, k, density, dtype, transposed, seed):
+    from sparsekit.ops import packing
+
+    g = torch.Generator().manual_seed(seed)
+    N, K = (2 * n, 4 * k) if fmt in ("bsr", "2:4") else (n, 3 * k + 1)
+    w = torch.randn(K, N, generator=g).to(dtype).t() if transposed else torch.randn(N, K, generator=g).to(dtype)
+    mask = torch.rand(N, K, generator=g) < density
+    if fmt == "2:4":
+        grp = mask.reshape(N, K // 4, 4)
+        grp &= grp.cumsum(-1) <= 2
+        mask = grp.reshape(N, K)
+    kw = {"blocksize": (2, 4)} if fmt == "bsr" else {}
+    if fmt == "bsr":
+        mask = mask.reshape(n, 2, k, 4).any(3, keepdim=True).any(1, keepdim=True).expand(n, 2, k, 4).reshape(N, K)
+    name = {"2:4": "pack_sparse24"}.get(fmt, f"pack_{fmt}")
+    got = getattr(packing, name)(w, mask, **kw)
+    want = formats.get(fmt).from_dense(w, mask, **kw).buffers().values()
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and torch.equal(a, b)
 
 
 def test_concurrent_calls_match_serial():

@@ -812,6 +812,14 @@ inline void quant8(__m256 x, __m256 scale, __m256 zp, __m256 lo, __m256 hi, int8
 }
 #endif
 
+// A row holding NaN or +-Inf has no int8 representation: scale NaN (so that every output of the
+// token is NaN, never a finite guess), q 0 and zero point 0. sparsekit/ops/reference.py agrees.
+inline void nonfinite_row(const QuantizeArgs& a, int64_t m, int8_t* q) {
+  std::memset(q, 0, static_cast<size_t>(a.K));
+  a.scale[m] = std::numeric_limits<float>::quiet_NaN();
+  a.zero_point[m] = 0;
+}
+
 template <DType XD>
 void quantize_rows_t(const QuantizeArgs& a, int64_t m0, int64_t m1) {
   using S = typename Elem<XD>::storage;
@@ -822,17 +830,28 @@ void quantize_rows_t(const QuantizeArgs& a, int64_t m0, int64_t m1) {
     int64_t k = 0;
     if (a.symmetric) {
       float amax = 0.f;
+      bool finite = true;
 #if SK_I8_LEVEL == 1
       if (K >= 8) {
-        const __m256 sign = _mm256_set1_ps(-0.f);
-        __m256 mx = _mm256_setzero_ps();
-        for (; k + 8 <= K; k += 8) mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, load8x<XD>(x + k)));
+        const __m256 sign = _mm256_set1_ps(-0.f), inf = _mm256_set1_ps(INFINITY);
+        __m256 mx = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+        for (; k + 8 <= K; k += 8) {
+          const __m256 v = _mm256_andnot_ps(sign, load8x<XD>(x + k));
+          mx = _mm256_max_ps(mx, v);
+          bad = _mm256_or_ps(bad, _mm256_cmp_ps(v, inf, _CMP_NLT_UQ));  // NaN or Inf
+        }
         amax = hmax8(mx);
+        finite = _mm256_movemask_ps(bad) == 0;
       }
 #endif
       for (; k < K; ++k) {
         const float v = std::fabs(Elem<XD>::load(x, k));
+        finite = finite && std::isfinite(v);
         amax = v > amax ? v : amax;
+      }
+      if (!finite) {
+        nonfinite_row(a, m, q);
+        continue;
       }
       const float scale = amax > 0.f ? amax / 127.0f : 1.0f;
       k = 0;
@@ -848,24 +867,34 @@ void quantize_rows_t(const QuantizeArgs& a, int64_t m0, int64_t m1) {
       a.zero_point[m] = 0;
     } else {
       float lo = 0.f, hi = 0.f;
+      bool finite = true;
 #if SK_I8_LEVEL == 1
       if (K >= 8) {
-        __m256 mn = _mm256_setzero_ps(), mx = _mm256_setzero_ps();
+        const __m256 sign = _mm256_set1_ps(-0.f), inf = _mm256_set1_ps(INFINITY);
+        __m256 mn = _mm256_setzero_ps(), mx = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
         for (; k + 8 <= K; k += 8) {
           const __m256 v = load8x<XD>(x + k);
           mn = _mm256_min_ps(mn, v);
           mx = _mm256_max_ps(mx, v);
+          bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_andnot_ps(sign, v), inf, _CMP_NLT_UQ));
         }
         lo = hmin8(mn);
         hi = hmax8(mx);
+        finite = _mm256_movemask_ps(bad) == 0;
       }
 #endif
       for (; k < K; ++k) {
         const float v = Elem<XD>::load(x, k);
+        finite = finite && std::isfinite(v);
         lo = v < lo ? v : lo;
         hi = v > hi ? v : hi;
       }
+      if (!finite) {
+        nonfinite_row(a, m, q);
+        continue;
+      }
       float scale = (hi - lo) / 255.0f;
+      if (std::isinf(scale)) scale = hi / 255.0f - lo / 255.0f;  // hi - lo overflowed float32
       if (!(scale > 0.f)) scale = 1.0f;
       float zp = std::nearbyint(-128.0f - lo / scale);
       zp = zp < -128.f ? -128.f : (zp > 127.f ? 127.f : zp);

@@ -85,14 +85,14 @@ at::Tensor csr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const
   check_csr_mm_args(x, crow_indices, col_indices, values, out_features, bias);
   TORCH_CHECK(x.device().is_cpu(), "sparsekit.csr_mm: expected CPU tensors, got x on ", x.device());
   const int64_t M = x.size(0), K = x.size(1), N = out_features;
-  auto y = at::empty({M, N}, x.options());
-  if (M == 0 || N == 0) return y;
   const auto crow = crow_indices.contiguous();
   const auto col = col_indices.contiguous();
-  const auto vals = values.contiguous();
   const int32_t* crow_p = crow.data_ptr<int32_t>();
-  TORCH_CHECK_VALUE(crow_p[0] == 0 && crow_p[N] == vals.numel(), "sparsekit.csr_mm: expected crow_indices[0] == 0 and ",
-              "crow_indices[-1] == nnz == ", vals.numel(), ", got ", crow_p[0], " and ", crow_p[N]);
+  check_compressed_indices("sparsekit.csr_mm", crow_p, N, "nnz", values.numel(), col.data_ptr<int32_t>(), K,
+                           "in_features");
+  auto y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  const auto vals = values.contiguous();
   const Staged st = stage_x(x);
   at::Tensor b;
   if (bias.has_value()) b = bias->contiguous();
@@ -118,15 +118,15 @@ at::Tensor bsr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const
                       const at::Tensor& values, int64_t out_features, const std::optional<at::Tensor>& bias) {
   check_bsr_mm_args(x, crow_indices, col_indices, values, out_features, bias);
   const int64_t M = x.size(0), N = out_features;
-  auto y = at::empty({M, N}, x.options());
-  if (M == 0 || N == 0) return y;
   const auto crow = crow_indices.contiguous();
   const auto col = col_indices.contiguous();
-  const auto vals = values.contiguous();
-  const int64_t R = vals.size(1), C = vals.size(2), NB = N / R;
+  const int64_t R = values.size(1), C = values.size(2), NB = N / R;
   const int32_t* crow_p = crow.data_ptr<int32_t>();
-  TORCH_CHECK_VALUE(crow_p[0] == 0 && crow_p[NB] == vals.size(0), "sparsekit.bsr_mm: expected crow_indices[0] == 0 ",
-                    "and crow_indices[-1] == nblocks == ", vals.size(0), ", got ", crow_p[0], " and ", crow_p[NB]);
+  check_compressed_indices("sparsekit.bsr_mm", crow_p, NB, "nblocks", values.size(0), col.data_ptr<int32_t>(),
+                           x.size(1) / C, "in_features / C");
+  auto y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  const auto vals = values.contiguous();
   const Staged st = stage_x(x);
   at::Tensor b;
   if (bias.has_value()) b = bias->contiguous();
@@ -144,19 +144,17 @@ at::Tensor bitmap_mm_cpu(const at::Tensor& x, const at::Tensor& bitmap, const at
                          const at::Tensor& values, const std::optional<at::Tensor>& bias) {
   check_bitmap_mm_args(x, bitmap, word_offsets, values, bias);
   const int64_t M = x.size(0), N = bitmap.size(0), words = bitmap.size(1);
-  auto y = at::empty({M, N}, x.options());
-  if (M == 0 || N == 0) return y;
   const auto bm = bitmap.contiguous();
   const auto wo = word_offsets.contiguous();
-  const auto vals = values.contiguous();
-  // Row starts for load balance (and a cheap consistency check of the last row).
-  std::vector<int32_t> starts(N + 1);
   const int32_t* wo_p = wo.data_ptr<int32_t>();
+  check_bitmap_words("sparsekit.bitmap_mm", bm.data_ptr<int32_t>(), wo_p, N, words, x.size(1), values.numel());
+  auto y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  const auto vals = values.contiguous();
+  // Row starts for load balance.
+  std::vector<int32_t> starts(N + 1);
   for (int64_t n = 0; n < N; ++n) starts[n] = words ? wo_p[n * words] : 0;
   starts[N] = static_cast<int32_t>(vals.numel());
-  for (int64_t n = 0; n < N; ++n)
-    TORCH_CHECK_VALUE(starts[n] >= 0 && starts[n] <= starts[n + 1], "sparsekit.bitmap_mm: word_offsets of row ", n,
-                      " are out of order or past nnz = ", vals.numel());
   const Staged st = stage_x(x);
   at::Tensor b;
   if (bias.has_value()) b = bias->contiguous();
@@ -176,10 +174,11 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
                            const std::optional<at::Tensor>& bias) {
   check_sparse24_mm_args(x, values, meta, bias);
   const int64_t M = x.size(0), N = values.size(0), K = x.size(1);
+  const auto mt = meta.contiguous();
+  check_meta_positions("sparsekit.sparse24_mm", mt.data_ptr<uint8_t>(), N, K);
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const auto vals = values.contiguous();
-  const auto mt = meta.contiguous();
   const Staged st = stage_x(x);
   at::Tensor b;
   if (bias.has_value()) b = bias->contiguous();

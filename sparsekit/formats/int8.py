@@ -14,6 +14,11 @@ from .base import SparseFormat, register
 def quantize_rows(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """(q int8, scale float32 (rows,)): q = round_half_even(w / scale) with scale = max|w_row| / 127."""
     wf = w.detach().float()
+    bad = ~torch.isfinite(wf)
+    if bool(bad.any()):
+        r, c = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"quantize_rows: cannot quantize a weight holding NaN or Inf to int8 (weight[{r}, {c}] = "
+                         f"{float(wf[r, c])})")
     amax = wf.abs().amax(dim=1) if wf.shape[1] else wf.new_zeros(wf.shape[0])
     scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
     q = torch.round(wf / scale[:, None]).clamp(-127, 127).to(torch.int8)

@@ -118,6 +118,11 @@ class SparseLinear(nn.Module):
                 f"SparseLinear: the saved layer is in format {state['format']!r}, this module is {self.format!r}; "
                 "convert the model with the same format before loading"
             )
+        if state.get("module_version") != FORMAT_VERSION:
+            raise RuntimeError(
+                f"SparseLinear: saved module version {state.get('module_version')}, this sparsekit reads version "
+                f"{FORMAT_VERSION}"
+            )
         if state.get("format_version") != self._format_cls.version:
             raise RuntimeError(
                 f"SparseLinear: saved {self.format} layout version {state.get('format_version')}, this sparsekit "
@@ -131,7 +136,11 @@ class SparseLinear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        # The number of kept values differs between weights: take the saved buffers' sizes.
+        # The number of kept values differs between weights: take the saved buffers' sizes. Loading
+        # goes into fresh tensors, so that on any error the layer keeps its previous buffers, never
+        # a half-loaded mix.
+        before = {n: self._buffers[n] for n in self._format_cls.buffer_names}
+        n_errors = len(error_msgs)
         for name in self._format_cls.buffer_names:
             key = prefix + name
             if key in state_dict:
@@ -140,15 +149,16 @@ class SparseLinear(nn.Module):
                 if not isinstance(saved, torch.Tensor) or saved.dtype != cur.dtype and not cur.is_floating_point():
                     error_msgs.append(f"{key}: expected a tensor of dtype {cur.dtype}, got {getattr(saved, 'dtype', type(saved))}")
                     continue
-                if saved.shape != cur.shape:
-                    self._buffers[name] = torch.empty(saved.shape, dtype=cur.dtype, device=cur.device)
+                self._buffers[name] = torch.empty(saved.shape, dtype=cur.dtype, device=cur.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        if not error_msgs:
+        if len(error_msgs) == n_errors:
             try:
                 self.weight_format.check()
             except (ValueError, TypeError) as e:
                 error_msgs.append(f"{prefix[:-1] or 'SparseLinear'}: inconsistent sparse buffers: {e}")
+        if len(error_msgs) > n_errors:
+            self._buffers.update(before)
 
     def extra_repr(self) -> str:
         total = self.in_features * self.out_features

@@ -20,8 +20,16 @@ __all__ = ["csr_mm", "bsr_mm", "bitmap_mm", "sparse24_mm", "int8_gemm_i32", "qua
 _lib = torch.library.Library("sparsekit", "IMPL")
 
 
-def _register(name, check, ref, fake):
-    """Fake kernel (checks + shapes) and the checked reference as the last fallback."""
+#: the checked reference of each op (what serves where no kernel is registered), by op name
+FALLBACKS = {}
+
+
+def _register(name, check, ref, fake, data_check=None):
+    """Fake kernel (checks + shapes) and the checked reference as the last fallback.
+
+    data_check (the fallback only; a fake kernel sees no data) validates the index buffers' contents
+    with the messages the compiled kernels use.
+    """
     schema_args = getattr(torch.ops.sparsekit, name).default._schema.arguments
 
     def full(args, kwargs):
@@ -34,6 +42,8 @@ def _register(name, check, ref, fake):
     def fallback(*args, **kwargs):
         args = full(args, kwargs)
         check(*args)
+        if data_check is not None:
+            data_check(*args)
         return ref(*args)
 
     def fake_kernel(*args, **kwargs):
@@ -43,6 +53,7 @@ def _register(name, check, ref, fake):
 
     torch.library.register_fake(f"sparsekit::{name}")(fake_kernel)
     _lib.impl(name, fallback, "CompositeExplicitAutograd")
+    FALLBACKS[name] = fallback
 
 
 def _register_linear_autograd(name, weight_of, bias_index, weight_args, extra_args=(), x_index=0):
@@ -81,10 +92,12 @@ def _out(x, n, dtype=None):
     return x.new_empty((x.shape[0], n), dtype=dtype or x.dtype)
 
 
-_register("csr_mm", C.check_csr_mm, reference.csr_mm, lambda x, cr, ci, v, n, b: _out(x, n))
-_register("bsr_mm", C.check_bsr_mm, reference.bsr_mm, lambda x, cr, ci, v, n, b: _out(x, n))
-_register("bitmap_mm", C.check_bitmap_mm, reference.bitmap_mm, lambda x, bm, wo, v, b: _out(x, bm.shape[0]))
-_register("sparse24_mm", C.check_sparse24_mm, reference.sparse24_mm, lambda x, v, m, b: _out(x, v.shape[0]))
+_register("csr_mm", C.check_csr_mm, reference.csr_mm, lambda x, cr, ci, v, n, b: _out(x, n), C.check_csr_mm_data)
+_register("bsr_mm", C.check_bsr_mm, reference.bsr_mm, lambda x, cr, ci, v, n, b: _out(x, n), C.check_bsr_mm_data)
+_register("bitmap_mm", C.check_bitmap_mm, reference.bitmap_mm, lambda x, bm, wo, v, b: _out(x, bm.shape[0]),
+          C.check_bitmap_mm_data)
+_register("sparse24_mm", C.check_sparse24_mm, reference.sparse24_mm, lambda x, v, m, b: _out(x, v.shape[0]),
+          C.check_sparse24_mm_data)
 _register("int8_gemm_i32", C.check_int8_gemm_i32, reference.int8_gemm_i32,
           lambda a, b: _out(a, b.shape[0], torch.int32))
 _register("quantize_per_token", lambda x, sym: C.check_quantize_per_token(x), reference.quantize_per_token,
@@ -95,7 +108,7 @@ _register("int8_mm", C.check_int8_mm, reference.int8_mm,
 _register("int8_weight_only_mm", C.check_int8_weight_only_mm, reference.int8_weight_only_mm,
           lambda x, wq, ws, b: _out(x, wq.shape[0]))
 _register("sparse24_int8_mm", C.check_sparse24_int8_mm, reference.sparse24_int8_mm,
-          lambda xq, xs, xz, v, m, ws, b, od: _out(xq, v.shape[0], od))
+          lambda xq, xs, xz, v, m, ws, b, od: _out(xq, v.shape[0], od), C.check_sparse24_int8_mm_data)
 
 _register_linear_autograd("csr_mm", lambda k, crow, col, val, n: reference.csr_to_dense(crow, col, val, (n, k)),
                           bias_index=5, weight_args=(1, 2, 3), extra_args=(4,))

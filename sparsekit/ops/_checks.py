@@ -27,12 +27,18 @@ def expect(cond, op: str, message: str) -> None:
     torch._check_value(cond, lambda: f"{op}: {message}")
 
 
+def _check_in_features(op, x):
+    # the kernels index columns with int32 (col_indices, bitmap positions)
+    expect(x.shape[1] <= INT32_MAX, op, f"in_features {x.shape[1]} exceeds the int32 index range")
+
+
 def check_csr_mm(x, crow_indices, col_indices, values, out_features, bias) -> None:
     op = "sparsekit.csr_mm"
     expect(x.dim() == 2, op, f"expected x of shape (M, in_features), got shape {tuple(x.shape)}")
     expect_dtype(op, "x", x, FLOAT_DTYPES)
     if values.dtype != x.dtype:
         raise TypeError(f"{op}: expected values of the same dtype as x ({_name(x.dtype)}), got {_name(values.dtype)}")
+    _check_in_features(op, x)
     expect_dtype(op, "crow_indices", crow_indices, (torch.int32,))
     expect_dtype(op, "col_indices", col_indices, (torch.int32,))
     expect(
@@ -95,6 +101,7 @@ def check_bsr_mm(x, crow_indices, col_indices, values, out_features, bias) -> No
     expect_dtype(op, "x", x, FLOAT_DTYPES)
     if values.dtype != x.dtype:
         raise TypeError(f"{op}: expected values of the same dtype as x ({_name(x.dtype)}), got {_name(values.dtype)}")
+    _check_in_features(op, x)
     expect_dtype(op, "crow_indices", crow_indices, (torch.int32,))
     expect_dtype(op, "col_indices", col_indices, (torch.int32,))
     expect(values.dim() == 3, op, f"expected values of shape (nblocks, R, C), got shape {tuple(values.shape)}")
@@ -116,6 +123,7 @@ def check_bitmap_mm(x, bitmap, word_offsets, values, bias) -> None:
     expect_dtype(op, "x", x, FLOAT_DTYPES)
     if values.dtype != x.dtype:
         raise TypeError(f"{op}: expected values of the same dtype as x ({_name(x.dtype)}), got {_name(values.dtype)}")
+    _check_in_features(op, x)
     expect_dtype(op, "bitmap", bitmap, (torch.int32,))
     expect_dtype(op, "word_offsets", word_offsets, (torch.int32,))
     words = (x.shape[1] + 31) // 32
@@ -142,6 +150,7 @@ def check_sparse24_mm(x, values, meta, bias) -> None:
     expect_dtype(op, "x", x, FLOAT_DTYPES)
     if values.dtype != x.dtype:
         raise TypeError(f"{op}: expected values of the same dtype as x ({_name(x.dtype)}), got {_name(values.dtype)}")
+    _check_in_features(op, x)
     expect(values.dim() == 2 and values.shape[1] * 2 == x.shape[1], op,
            f"expected values of shape (out_features, in_features / 2 = {x.shape[1] // 2}), got {tuple(values.shape)}")
     _check_meta(op, meta, values.shape[0], x.shape[1])
@@ -219,3 +228,89 @@ def check_sparse24_int8_mm(x_q, x_scale, x_zero, values, meta, w_scale, bias, ou
     _check_out_dtype(op, out_dtype)
     _same_device(op, x_q, x_scale=x_scale, x_zero=x_zero, values=values, meta=meta, w_scale=w_scale)
     _check_bias(op, bias, values.shape[0], out_dtype, x_q.device)
+
+
+# ------------------------------------------------------------------------------------------
+# Checks of the index buffers' contents, for the reference path (the fake kernels cannot see
+# data). Same messages, in the same order, as the C++ checks in csrc/checks.h that the compiled
+# kernels run before reading the buffers.
+def _first(bad: torch.Tensor) -> int:
+    return int(bad.reshape(-1).nonzero()[0, 0])
+
+
+def check_compressed_indices(op, crow, n, count_name, count, col, cols, cols_name) -> None:
+    """crow (n + 1,) starts at 0, ends at `count`, never decreases; every col lies in [0, cols)."""
+    c0, cn = int(crow[0]), int(crow[n])
+    if c0 != 0 or cn != count:
+        raise ValueError(f"{op}: expected crow_indices[0] == 0 and crow_indices[-1] == {count_name} == {count}, "
+                         f"got {c0} and {cn}")
+    dec = crow[1:] < crow[:-1]
+    if bool(dec.any()):
+        i = _first(dec)
+        raise ValueError(f"{op}: expected non-decreasing crow_indices, got crow_indices[{i + 1}] = {int(crow[i + 1])} "
+                         f"< crow_indices[{i}] = {int(crow[i])}")
+    col = col[:count]
+    out = (col < 0) | (col >= cols)
+    if bool(out.any()):
+        i = _first(out)
+        raise ValueError(f"{op}: expected col_indices in [0, {cols_name} = {cols}), got col_indices[{i}] = {int(col[i])}")
+
+
+def check_bitmap_words(op, bitmap, word_offsets, cols, nnz) -> None:
+    """word_offsets count the set bits before each word (row-major), the total is nnz, no bit past cols."""
+    from .reference import bitmap_mask
+
+    rows, words = bitmap.shape
+    bits = bitmap_mask(bitmap, words * 32)
+    tail = bits[:, cols:].any(-1) if cols % 32 else torch.zeros(rows, dtype=torch.bool, device=bitmap.device)
+    counts = bits.reshape(rows * words, 32).sum(-1)
+    expected = torch.cumsum(counts, 0) - counts
+    wrong = (word_offsets.reshape(-1).to(torch.int64) != expected).reshape(rows, words)
+    t = _first(tail) if bool(tail.any()) else rows
+    w = _first(wrong) if bool(wrong.any()) else rows * words
+    if t < rows and t <= w // max(words, 1):
+        raise ValueError(f"{op}: expected no bits past in_features = {cols} in row {t} of bitmap")
+    if w < rows * words:
+        n, j = divmod(w, words)
+        raise ValueError(f"{op}: expected word_offsets[{n}, {j}] == {int(expected[w])} (the set bits before it), "
+                         f"got {int(word_offsets[n, j])}")
+    total = int(counts.sum())
+    if total != nnz:
+        raise ValueError(f"{op}: the bitmap keeps {total} weights but there are {nnz} values")
+
+
+def check_meta_positions(op, meta, cols) -> None:
+    """Every group's two 2-bit positions are distinct and ascending."""
+    rows, groups = meta.shape[0], cols // 4
+    m = meta.to(torch.int64)
+    nib = torch.stack([m & 0xF, m >> 4], dim=-1).reshape(rows, -1)[:, :groups]
+    bad = (nib & 3) >= (nib >> 2)
+    if bool(bad.any()):
+        i = _first(bad)
+        n, g = divmod(i, groups)
+        v = int(nib[n, g])
+        raise ValueError(f"{op}: expected two distinct ascending positions in every group of 4 of meta, got {v & 3} "
+                         f"and {v >> 2} in row {n}, group {g}")
+
+
+def check_csr_mm_data(x, crow_indices, col_indices, values, out_features, bias) -> None:
+    check_compressed_indices("sparsekit.csr_mm", crow_indices, out_features, "nnz", values.numel(), col_indices,
+                             x.shape[1], "in_features")
+
+
+def check_bsr_mm_data(x, crow_indices, col_indices, values, out_features, bias) -> None:
+    R, C = values.shape[1], values.shape[2]
+    check_compressed_indices("sparsekit.bsr_mm", crow_indices, out_features // R, "nblocks", values.shape[0],
+                             col_indices, x.shape[1] // C, "in_features / C")
+
+
+def check_bitmap_mm_data(x, bitmap, word_offsets, values, bias) -> None:
+    check_bitmap_words("sparsekit.bitmap_mm", bitmap, word_offsets, x.shape[1], values.numel())
+
+
+def check_sparse24_mm_data(x, values, meta, bias) -> None:
+    check_meta_positions("sparsekit.sparse24_mm", meta, x.shape[1])
+
+
+def check_sparse24_int8_mm_data(x_q, x_scale, x_zero, values, meta, w_scale, bias, out_dtype) -> None:
+    check_meta_positions("sparsekit.sparse24_int8_mm", meta, x_q.shape[1])

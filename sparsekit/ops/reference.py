@@ -114,23 +114,32 @@ def int8_gemm_i32(a, b) -> torch.Tensor:
 
 
 def quantize_per_token(x, symmetric: bool = True):
-    """Per-row int8 quantization: x ~= (q - zero_point) * scale. Rounds half to even."""
+    """Per-row int8 quantization: x ~= (q - zero_point) * scale. Rounds half to even.
+
+    A row holding NaN or +-Inf has no int8 representation: its scale is NaN (every output computed
+    from it is then NaN), its q and zero point 0.
+    """
     xf = x.float()
+    finite = torch.isfinite(xf).all(dim=-1)
+    xf = torch.where(finite[:, None], xf, torch.zeros((), device=xf.device))
+    nan = torch.full((), float("nan"), device=xf.device)
     if symmetric:
         amax = xf.abs().amax(dim=-1) if xf.shape[-1] else xf.new_zeros(xf.shape[:-1])
         scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
         q = torch.round(xf / scale[:, None]).clamp(-127, 127).to(torch.int8)
-        return q, scale, torch.zeros(x.shape[0], dtype=torch.int32, device=x.device)
+        return q, torch.where(finite, scale, nan), torch.zeros(x.shape[0], dtype=torch.int32, device=x.device)
     if xf.shape[-1]:
         lo = xf.amin(dim=-1).clamp(max=0)
         hi = xf.amax(dim=-1).clamp(min=0)
     else:
         lo = hi = xf.new_zeros(xf.shape[:-1])
     scale = (hi - lo) / 255.0
+    scale = torch.where(torch.isinf(scale), hi / 255.0 - lo / 255.0, scale)  # hi - lo overflowed float32
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     zp = torch.round(-128.0 - lo / scale).clamp(-128, 127)
+    zp = torch.where(finite, zp, 0.0)
     q = (torch.round(xf / scale[:, None]) + zp[:, None]).clamp(-128, 127).to(torch.int8)
-    return q, scale, zp.to(torch.int32)
+    return q, torch.where(finite, scale, nan), zp.to(torch.int32)
 
 
 def int8_mm(x_q, x_scale, x_zero, w_q, w_scale, bias, out_dtype) -> torch.Tensor:

@@ -30,6 +30,10 @@ import torch
 CACHE_VERSION = 1  # bump when a kernel's meaning of a configuration changes
 
 _lock = threading.Lock()
+# Held while a key is tuned and the file written: threads that miss the same key at once measure it
+# once (the others then find it in the disk table), timings never overlap, and no thread's merge of
+# the file loses another's entries.
+_tune_lock = threading.RLock()
 _tables: Dict[str, dict] = {}  # op -> {(device index, *key): config}
 _disk: Dict[str, dict] = {}  # device tag -> {"op|k1|k2...": config} as read from / written to disk
 _device_tags: Dict[int, str] = {}
@@ -123,7 +127,15 @@ def _write(tag: str, new: dict) -> None:
 
 
 def select(op: str, key: tuple, tag: str, candidates: List[dict], measure: Callable[[dict], float]) -> dict:
-    """The fastest candidate by `measure(config) -> ms` (inf for one that fails), via the disk cache of `tag`."""
+    """The fastest candidate by `measure(config) -> ms` (inf for one that fails), via the disk cache of `tag`.
+
+    Thread-safe: one thread measures a key while the others wait, then read its choice.
+    """
+    with _tune_lock:
+        return _select(op, key, tag, candidates, measure)
+
+
+def _select(op, key, tag, candidates, measure) -> dict:
     dk = _disk_key(op, key)
     disk = _disk_table(tag)
     cfg = disk.get(dk)
