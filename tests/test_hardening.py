@@ -132,6 +132,61 @@ def test_malformed_buffers_are_checked_for_an_empty_batch_too(impl):
         _call(impl, name, *a)
 
 
+# The compiled CPU kernels check index contents once per buffer (a pass over them costs as much as the
+# matmul at M = 1) and remember it while the buffer is alive and unchanged (version counter, data
+# pointer): an in-place write to a checked buffer must be seen on the next call.
+IN_PLACE = [
+    ("csr col", lambda: _csr(), lambda f: _csr_args(f)[1:], lambda f: f.col_indices.__setitem__(1, 10**9),
+     "expected col_indices in"),
+    ("csr crow", lambda: _csr(), lambda f: _csr_args(f)[1:], lambda f: f.crow_indices.__setitem__(1, 10**6),
+     "expected non-decreasing crow_indices"),
+    ("bsr col", lambda: _bsr(), lambda f: _bsr_args(f)[1:], lambda f: f.col_indices.__setitem__(0, 4),
+     "expected col_indices in"),
+    ("bitmap offsets", lambda: _bitmap(64), lambda f: _bitmap_args(f)[1:],
+     lambda f: f.word_offsets.__setitem__((0, 1), 10**6), "expected word_offsets"),
+    ("bitmap bits (copy_)", lambda: _bitmap(40), lambda f: _bitmap_args(f)[1:],
+     lambda f: f.bitmap.copy_(torch.full_like(f.bitmap, -1)), "expected no bits past in_features"),
+    ("2:4 meta", lambda: _s24(), lambda f: (torch.randn(3, 8), f.values, f.meta, None),
+     lambda f: f.meta.fill_(0x55), "expected two distinct ascending positions"),
+]
+
+
+@requires_ext
+@pytest.mark.parametrize("what,make,args,corrupt,msg", IN_PLACE, ids=[c[0] for c in IN_PLACE])
+def test_a_checked_buffer_written_in_place_is_checked_again(what, make, args, corrupt, msg):
+    f = make()
+    name = {"csr": "csr_mm", "bsr": "bsr_mm", "bitmap": "bitmap_mm", "2:4": "sparse24_mm"}[what.split()[0]]
+    op = getattr(torch.ops.sparsekit, name)
+    a = args(f)
+    ok = op(*a)
+    assert torch.equal(op(*a), ok)  # the second call takes the remembered check
+    corrupt(f)
+    with pytest.raises(ValueError, match=msg):
+        op(*a)
+
+
+@requires_ext
+def test_a_checked_buffer_swapped_through_data_is_checked_again():
+    f = _csr()
+    a = list(_csr_args(f)[1:])
+    torch.ops.sparsekit.csr_mm(*a)
+    bad = _edit(f.col_indices, 0, 99)
+    a[2].data = bad  # new storage under the same tensor object
+    with pytest.raises(ValueError, match="expected col_indices in"):
+        torch.ops.sparsekit.csr_mm(*a)
+
+
+@requires_ext
+def test_inference_tensors_are_checked_on_every_call():
+    with torch.inference_mode():
+        f = _csr()
+        a = _csr_args(f)[1:]
+        torch.ops.sparsekit.csr_mm(*a)
+        f.col_indices[1] = 10**9  # no version counter to see this: the check runs again
+        with pytest.raises(ValueError, match="expected col_indices in"):
+            torch.ops.sparsekit.csr_mm(*a)
+
+
 # ------------------------------------------------------------------------------------------ int32 limits
 def _huge(n, dtype=torch.float32):
     """A 1-d tensor of n elements backed by one (stride 0): the sizes without the memory."""

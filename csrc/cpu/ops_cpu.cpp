@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/checked_once.h"
 #include "core/csr_spmm.h"
 #include "core/spmm_formats.h"
 #include "cpu/ops_cpu.h"
@@ -88,8 +89,10 @@ at::Tensor csr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const
   const auto crow = crow_indices.contiguous();
   const auto col = col_indices.contiguous();
   const int32_t* crow_p = crow.data_ptr<int32_t>();
-  check_compressed_indices("sparsekit.csr_mm", crow_p, N, "nnz", values.numel(), col.data_ptr<int32_t>(), K,
-                           "in_features");
+  CheckedOnce::run("csr_mm", {&crow_indices, &col_indices}, {N, values.numel(), K}, [&] {
+    check_compressed_indices("sparsekit.csr_mm", crow_p, N, "nnz", values.numel(), col.data_ptr<int32_t>(), K,
+                             "in_features");
+  });
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const auto vals = values.contiguous();
@@ -122,8 +125,10 @@ at::Tensor bsr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const
   const auto col = col_indices.contiguous();
   const int64_t R = values.size(1), C = values.size(2), NB = N / R;
   const int32_t* crow_p = crow.data_ptr<int32_t>();
-  check_compressed_indices("sparsekit.bsr_mm", crow_p, NB, "nblocks", values.size(0), col.data_ptr<int32_t>(),
-                           x.size(1) / C, "in_features / C");
+  CheckedOnce::run("bsr_mm", {&crow_indices, &col_indices}, {NB, values.size(0), x.size(1) / C}, [&] {
+    check_compressed_indices("sparsekit.bsr_mm", crow_p, NB, "nblocks", values.size(0), col.data_ptr<int32_t>(),
+                             x.size(1) / C, "in_features / C");
+  });
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const auto vals = values.contiguous();
@@ -147,7 +152,9 @@ at::Tensor bitmap_mm_cpu(const at::Tensor& x, const at::Tensor& bitmap, const at
   const auto bm = bitmap.contiguous();
   const auto wo = word_offsets.contiguous();
   const int32_t* wo_p = wo.data_ptr<int32_t>();
-  check_bitmap_words("sparsekit.bitmap_mm", bm.data_ptr<int32_t>(), wo_p, N, words, x.size(1), values.numel());
+  CheckedOnce::run("bitmap_mm", {&bitmap, &word_offsets}, {N, words, x.size(1), values.numel()}, [&] {
+    check_bitmap_words("sparsekit.bitmap_mm", bm.data_ptr<int32_t>(), wo_p, N, words, x.size(1), values.numel());
+  });
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const auto vals = values.contiguous();
@@ -175,7 +182,9 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
   check_sparse24_mm_args(x, values, meta, bias);
   const int64_t M = x.size(0), N = values.size(0), K = x.size(1);
   const auto mt = meta.contiguous();
-  check_meta_positions("sparsekit.sparse24_mm", mt.data_ptr<uint8_t>(), N, K);
+  CheckedOnce::run("sparse24_mm", {&meta}, {N, K}, [&] {
+    check_meta_positions("sparsekit.sparse24_mm", mt.data_ptr<uint8_t>(), N, K);
+  });
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const auto vals = values.contiguous();
