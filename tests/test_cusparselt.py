@@ -141,6 +141,14 @@ def test_format_cpu_path_unchanged(fmt, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ GPU
+def sweep(fn):
+    """N x K that cuSPARSELt accepts for every dtype, odd M, bias or not."""
+    for mark in (pytest.mark.parametrize("N,K", [(32, 64), (128, 256), (256, 1024)]),
+                 pytest.mark.parametrize("M", ODD_MS), pytest.mark.parametrize("with_bias", [False, True])):
+        fn = mark(fn)
+    return fn
+
+
 def ref_halves(x, w, bias):
     y = x.double() @ w.double().T
     return y + bias.double() if bias is not None else y
@@ -148,9 +156,7 @@ def ref_halves(x, w, bias):
 
 @gpu_cslt
 @pytest.mark.parametrize("dtype", HALVES, ids=str)
-@pytest.mark.parametrize("N,K", [(32, 64), (128, 256), (256, 1024)])
-@pytest.mark.parametrize("M", ODD_MS)
-@pytest.mark.parametrize("with_bias", [False, True])
+@sweep
 def test_cslt_mm_halves(dtype, N, K, M, with_bias):
     w = weight_24(N, K, dtype)
     x = torch.randn(M, K, device="cuda").to(dtype)
@@ -162,9 +168,7 @@ def test_cslt_mm_halves(dtype, N, K, M, with_bias):
 
 @gpu_cslt
 @pytest.mark.parametrize("out_dtype", HALVES, ids=str)
-@pytest.mark.parametrize("N,K", [(32, 64), (128, 256), (256, 1024)])
-@pytest.mark.parametrize("M", ODD_MS)
-@pytest.mark.parametrize("with_bias", [False, True])
+@sweep
 def test_cslt_mm_int8(out_dtype, N, K, M, with_bias):
     w = weight_24(N, K, torch.int8)
     x = torch.randint(-127, 128, (M, K), device="cuda", dtype=torch.int8)
