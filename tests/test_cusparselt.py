@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import sparsekit
+import sparsekit._info
 from sparsekit import formats, ops
 from sparsekit.formats import sparse24 as s24
 from sparsekit.ops import _schemas

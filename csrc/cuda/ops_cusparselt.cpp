@@ -461,14 +461,15 @@ at::Tensor cslt_mm_cuda(const at::Tensor& x, const at::Tensor& compressed, int64
   const int64_t m_pad = round_up(M, rule_of(op, x.scalar_type()).m_multiple);
   // int8: the bias comes after the per-token scale, in the epilogue (see scale_epilogue_kernel.cuh).
   const bool fuse_bias = bias.has_value() && !int8;
-  const auto bias_c = bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
-  const auto alpha_c = alpha.has_value() ? std::optional<at::Tensor>(alpha->contiguous()) : std::nullopt;
+  // undefined tensors for "none" (GCC warns, wrongly, of optional<Tensor> built in a conditional)
+  const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const at::Tensor alpha_c = alpha.has_value() ? alpha->contiguous() : at::Tensor();
 
   PlanKey key;
   key.device = x.get_device();
   key.n = N, key.k = K, key.m = m_pad, key.in = x.scalar_type(), key.out = out;
-  key.alpha_vector = alpha_c.has_value();
-  key.bias = fuse_bias ? reinterpret_cast<uintptr_t>(bias_c->data_ptr()) : 0;
+  key.alpha_vector = alpha_c.defined();
+  key.bias = fuse_bias ? reinterpret_cast<uintptr_t>(bias_c.data_ptr()) : 0;
   std::shared_ptr<Plan> plan = plan_cache().get(key);
   TORCH_CHECK_VALUE(static_cast<size_t>(compressed.numel()) == plan->compressed, op, ": expected compressed of ",
                     plan->compressed, " bytes (cslt_compress of a ", N, " x ", K, " ", dtype_name(x.scalar_type()),
@@ -477,7 +478,7 @@ at::Tensor cslt_mm_cuda(const at::Tensor& x, const at::Tensor& compressed, int64
   auto y = at::empty({m_pad, N}, x.options().dtype(out));
   const auto b = dense_operand(x, m_pad);
   const float one = 1.f;
-  const MatmulArgs args{alpha_c.has_value() ? alpha_c->data_ptr() : static_cast<const void*>(&one),
+  const MatmulArgs args{alpha_c.defined() ? alpha_c.data_ptr() : static_cast<const void*>(&one),
                         compressed.data_ptr(), b.data_ptr(), y.data_ptr()};
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(key.device).stream();
   if (plan->tuned.load())
@@ -485,11 +486,11 @@ at::Tensor cslt_mm_cuda(const at::Tensor& x, const at::Tensor& compressed, int64
   else
     tune_and_enqueue(*plan, key, args, x, stream);
 
-  if (int8 && (row_scale.has_value() || bias_c.has_value())) {
-    const auto rs = row_scale.has_value() ? std::optional<at::Tensor>(row_scale->contiguous()) : std::nullopt;
+  if (int8 && (row_scale.has_value() || bias_c.defined())) {
+    const at::Tensor rs = row_scale.has_value() ? row_scale->contiguous() : at::Tensor();
     const cudaError_t err = scale_rows_add_bias(y.data_ptr(), M, N, out == at::kBFloat16 ? DType::bf16 : DType::f16,
-                                                rs.has_value() ? rs->data_ptr<float>() : nullptr,
-                                                bias_c.has_value() ? bias_c->data_ptr() : nullptr, stream);
+                                                rs.defined() ? rs.data_ptr<float>() : nullptr,
+                                                bias_c.defined() ? bias_c.data_ptr() : nullptr, stream);
     TORCH_CHECK(err == cudaSuccess, op, ": CUDA launch of the epilogue failed: ", cudaGetErrorString(err));
   }
   return m_pad == M ? y : y.narrow(0, 0, M);
