@@ -5,6 +5,9 @@ Environment switches (all optional):
   SPARSEKIT_CPU_ONLY=1       build the CPU kernels only, even where CUDA could be built
   SPARSEKIT_CUDA_ARCH_LIST   CUDA architectures, default "8.0;9.0a" (sm_90a: Hopper-only instructions)
   SPARSEKIT_PTXAS_VERBOSE=1  print ptxas register / spill reports for every CUDA kernel
+  SPARSEKIT_NO_CUSPARSELT=1  build without the cuSPARSELt 2:4 path (cslt_* ops then raise on CUDA)
+  CUSPARSELT_HOME            cuSPARSELt's root (include/cusparseLt.h, lib/libcusparseLt.so*); default: the
+                             nvidia/cusparselt folder of the installed nvidia-cusparselt package
   MAX_JOBS                   parallel compile jobs (default 2)
   CUDA_HOME                  the CUDA toolkit (default: /usr/local/cuda where it exists)
 
@@ -13,6 +16,7 @@ CUDA is built when torch is a CUDA build and nvcc is found; no GPU is needed or 
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -52,6 +56,34 @@ def find_cuda_home():
     return None
 
 
+def find_cusparselt(cuda_home):
+    """(include dirs, library dir, library file) of cuSPARSELt, or None with the reason printed.
+
+    cusparseLt.h includes cusparse.h, which the toolkit or the pip CUDA package (nvidia/cu13 or
+    nvidia/cusparse) provides."""
+    if env_flag("SPARSEKIT_NO_CUSPARSELT"):
+        print("sparsekit: SPARSEKIT_NO_CUSPARSELT set: building without cuSPARSELt")
+        return None
+    site = [Path(p) for p in sys.path if p.endswith("site-packages")]
+    home = os.environ.get("CUSPARSELT_HOME")
+    roots = [Path(home)] if home else [s / "nvidia" / "cusparselt" for s in site]
+    root = next((r for r in roots if (r / "include" / "cusparseLt.h").exists()), None)
+    if root is None:
+        print(f"sparsekit: cusparseLt.h not found under {[str(r) for r in roots]}: building without cuSPARSELt")
+        return None
+    libs = sorted((root / "lib").glob("libcusparseLt.so*"))
+    if not libs:
+        print(f"sparsekit: no libcusparseLt.so* in {root / 'lib'}: building without cuSPARSELt")
+        return None
+    header_dirs = [Path(cuda_home) / "include"] + [s / "nvidia" / d / "include" for s in site for d in ("cu13", "cusparse")]
+    cusparse = next((d for d in header_dirs if (d / "cusparse.h").exists()), None)
+    if cusparse is None:
+        print("sparsekit: cusparse.h (needed by cusparseLt.h) not found: building without cuSPARSELt")
+        return None
+    print(f"sparsekit: cuSPARSELt from {root} ({libs[0].name})")
+    return [str(root / "include"), str(cusparse)], str(root / "lib"), libs[0].name
+
+
 def extensions():
     """Returns (ext_modules, cmdclass, install_requires)."""
     if env_flag("SPARSEKIT_NO_EXTENSION"):
@@ -84,6 +116,16 @@ def extensions():
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
         define.append(("SPARSEKIT_WITH_CUDA", None))
         srcs += sources("cuda_core") + sources("torch_cuda")
+        cslt = find_cusparselt(cuda_home)
+        if cslt:
+            inc, libdir, libfile = cslt
+            define.append(("SPARSEKIT_WITH_CUSPARSELT", None))
+            srcs += sources("torch_cusparselt")
+            kwargs["include_dirs"] += inc
+            # the file by name (the wheel ships libcusparseLt.so.0 without the unversioned link); found at run
+            # time next to an installed wheel ($ORIGIN is sparsekit/, the nvidia package its sibling) or here
+            kwargs["extra_link_args"] += [f"-L{libdir}", f"-l:{libfile}", "-Wl,-rpath,$ORIGIN/../nvidia/cusparselt/lib",
+                                          f"-Wl,-rpath,{libdir}"]
         nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
         if env_flag("SPARSEKIT_PTXAS_VERBOSE"):
             nvcc.append("-Xptxas=-v")

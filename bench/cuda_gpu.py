@@ -4,7 +4,10 @@ For each weight shape (LLaMA-7B-like and Mistral-like N x K), activation rows M 
 result against the float64 reference first, then times with triton.testing.do_bench (median, L2 flushed)
 and do_bench_cudagraph (graph replays), beside, in the same process, same shapes and dtype:
   dense       F.linear (cuBLAS) in fp16 - the baseline of every speedup
-  2:4         sparsekit sparse24_mm (CUDA) and torch.sparse.to_sparse_semi_structured (cuSPARSELt / CUTLASS)
+  2:4         sparsekit sparse24_mm (CUDA), sparsekit cslt_mm (cuSPARSELt with cached plans, weight compressed
+              once) and torch.sparse.to_sparse_semi_structured (PyTorch's cuSPARSELt / CUTLASS)
+  2:4+int8    W8A8 with per-token quantization and scaling included: quantize_per_token + sparse24_int8_mm,
+              and quantize_per_token + cslt_mm (int8 cuSPARSELt, alpha = weight scales, epilogue)
   bitmap      sparsekit bitmap_mm (the CUDA kernel; the Triton one too when it imports)
   bsr         sparsekit bsr_mm (the CUDA kernel; the Triton one too when it imports)
   csr         sparsekit csr_mm (CUDA) and torch.sparse.mm on a CSR tensor (cuSPARSE)
@@ -18,6 +21,7 @@ environment) and a markdown table beside it.
     python bench/cuda_gpu.py                      # the full sweep (tens of minutes)
     python bench/cuda_gpu.py --quick              # 2 shapes, M in {1, 16}, fewer formats
     python bench/cuda_gpu.py --pack               # also the packers
+    python bench/cuda_gpu.py --cslt               # the cuSPARSELt study: LLaMA-7B shapes, M up to 8192
 """
 from __future__ import annotations
 
@@ -33,6 +37,8 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent / "results"
 SHAPES = "4096x4096,11008x4096,4096x11008,14336x4096,4096x14336"
 MS = "1,2,3,4,7,8,16,32,33,64,128,512,2048"
+CSLT_SHAPES = "4096x4096,11008x4096,4096x11008"
+CSLT_MS = "1,16,128,512,2048,8192"
 
 
 def parse_args(argv=None):
@@ -46,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     p.add_argument("--quick", action="store_true", help="2 shapes, M in {1, 16}, one density per format")
     p.add_argument("--pack", action="store_true", help="also time the GPU packers against the CPU from_dense")
+    p.add_argument("--cslt", action="store_true",
+                   help=f"the cuSPARSELt study: shapes {CSLT_SHAPES}, M in {CSLT_MS}, formats 2:4 and 2:4+int8")
     p.add_argument("--name", default="cuda_layers", help="results file stem (the device name is appended)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -91,6 +99,9 @@ def main(argv=None):
     bm_dens = [float(d) for d in a.bitmap_density.split(",")]
     bsr_cfg = [(int(b.split(":")[0]), float(b.split(":")[1])) for b in a.bsr.split(",")]
     csr_dens = [float(d) for d in a.csr_density.split(",")]
+    if a.cslt:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in CSLT_SHAPES.split(",")]
+        ms, fmts = [int(m) for m in CSLT_MS.split(",")], ["2:4", "2:4+int8"]
     if a.quick:
         shapes, ms, bm_dens, bsr_cfg, csr_dens = shapes[:2], [1, 16], bm_dens[:1], bsr_cfg[:1], csr_dens[:1]
     OUT.mkdir(exist_ok=True)
@@ -137,6 +148,10 @@ def main(argv=None):
             score = torch.rand(N, K // 4, 4, device=dev)
             m24 = torch.zeros_like(score, dtype=torch.bool).scatter_(2, score.topk(2, -1).indices, True).reshape(N, K)
             cands["2:4"] = (m24, formats.Sparse24Weight.from_dense(w, m24))
+        if "2:4+int8" in fmts:
+            score = torch.rand(N, K // 4, 4, device=dev)
+            m24 = torch.zeros_like(score, dtype=torch.bool).scatter_(2, score.topk(2, -1).indices, True).reshape(N, K)
+            cands["2:4+int8"] = (m24, formats.Sparse24Int8Weight.from_dense(w, m24))
         if "bitmap" in fmts:
             for d in bm_dens:
                 m = torch.rand(N, K, device=dev) < d
@@ -166,6 +181,9 @@ def main(argv=None):
                 impls = []
                 if key == "2:4":
                     impls.append(("sparsekit sparse24_mm (CUDA)", lambda f=f: sparsekit.ops.sparse24_mm(x, f.values, f.meta)))
+                    impls += cslt_impls(sparsekit.ops, x, wm, N, emit, dict(base, fmt=key))
+                elif key == "2:4+int8":
+                    impls += int8_24_impls(sparsekit.ops, x, f, N, emit, dict(base, fmt=key))
                     try:
                         from torch.sparse import to_sparse_semi_structured
 
@@ -207,8 +225,9 @@ def main(argv=None):
                         emit(dict(rec, status=f"error: {type(e).__name__}: {e}"[:200]))
                         continue
                     rec["rel_err"] = err
-                    if not err <= tol or math.isnan(err):
-                        emit(dict(rec, status=f"WRONG: relative error {err:.3g} > {tol}"))
+                    tol_here = tol if key != "2:4+int8" else INT8_TOL  # int8 quantization error included
+                    if not err <= tol_here or math.isnan(err):
+                        emit(dict(rec, status=f"WRONG: relative error {err:.3g} > {tol_here}"))
                         continue
                     t, g = bench(fn)
                     emit(dict(rec, ms=t, graph_ms=g, speedup=d_ms / t, speedup_graph=(d_g / g) if (g and d_g) else None,
@@ -241,6 +260,46 @@ def main(argv=None):
     mpath.write_text("\n".join(md) + "\n")
     print(f"wrote {jpath} and {mpath}")
     return 0
+
+
+INT8_TOL = 3e-2  # relative error of W8A8 (per-channel weights, per-token activations) against the float product
+
+
+def cslt_impls(ops, x, wm, N, emit, rec):
+    """sparsekit's cuSPARSELt path: the weight compressed once (outside the timing), plans cached in C++."""
+    if not ops.cslt_available():
+        emit(dict(rec, impl="sparsekit cslt_mm (cuSPARSELt)", status="unavailable: built without cuSPARSELt"))
+        return []
+    try:
+        c = ops.cslt_compress(wm)
+    except Exception as e:  # a shape cuSPARSELt refuses
+        emit(dict(rec, impl="sparsekit cslt_mm (cuSPARSELt)", status=f"unsupported: {e}"[:200]))
+        return []
+    return [("sparsekit cslt_mm (cuSPARSELt, cached plans)", lambda: ops.cslt_mm(x, c, N))]
+
+
+def int8_24_impls(ops, x, f, N, emit, rec):
+    """W8A8 2:4, quantization of x and every scaling inside the timed call, so it compares with fp16 dense."""
+    from sparsekit.ops import reference
+
+    def own():
+        q, s, _ = ops.quantize_per_token(x, True)
+        return ops.sparse24_int8_mm(q, s, None, f.values, f.meta, f.scale, None, x.dtype)
+
+    impls = [("sparsekit 2:4+int8 quantize + sparse24_int8_mm", own)]
+    if not ops.cslt_available():
+        return impls
+    try:
+        c = ops.cslt_compress(reference.sparse24_to_dense(f.values, f.meta, x.shape[1]))
+    except Exception as e:
+        emit(dict(rec, impl="sparsekit 2:4+int8 cslt_mm (cuSPARSELt)", status=f"unsupported: {e}"[:200]))
+        return impls
+
+    def cslt():
+        q, s, _ = ops.quantize_per_token(x, True)
+        return ops.cslt_mm(q, c, N, None, f.scale, s, x.dtype)
+
+    return impls + [("sparsekit 2:4+int8 quantize + cslt_mm (cuSPARSELt)", cslt)]
 
 
 def pack_records(a, env, jpath, records, dtype):

@@ -5,6 +5,9 @@
 #include <cstring>
 
 #include "cpu/ops_cpu.h"
+#ifdef SPARSEKIT_WITH_CUSPARSELT
+#include "cuda/cusparselt_api.h"
+#endif
 
 #ifndef SPARSEKIT_CUDA_ARCHS
 #define SPARSEKIT_CUDA_ARCHS ""
@@ -30,9 +33,51 @@ PyObject* set_cpu_isa(PyObject*, PyObject* arg) {
 
 PyObject* cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(sparsekit::cpu::active_isa_name()); }
 
+#ifdef SPARSEKIT_WITH_CUSPARSELT
+// A C++ exception must not cross into Python: report it as a RuntimeError.
+template <typename F>
+PyObject* guarded(F&& f) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
+PyObject* cusparselt_cache_stats(PyObject*, PyObject*) {
+  return guarded([] {
+    const auto s = sparsekit::cuda::cusparselt_stats();
+    return Py_BuildValue("{s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "entries", (long long)s.entries, "capacity",
+                         (long long)s.capacity, "plans_created", (long long)s.plans_created, "searches",
+                         (long long)s.searches, "hits", (long long)s.hits, "evictions", (long long)s.evictions,
+                         "algs_remembered", (long long)s.algs_remembered);
+  });
+}
+
+PyObject* cusparselt_release(PyObject*, PyObject*) {
+  return guarded([] {
+    sparsekit::cuda::cusparselt_release();
+    Py_RETURN_NONE;
+  });
+}
+
+PyObject* cusparselt_loaded_version(PyObject*, PyObject*) {
+  return guarded([] { return PyUnicode_FromString(sparsekit::cuda::cusparselt_loaded_version().c_str()); });
+}
+#endif
+
 PyMethodDef methods[] = {
     {"set_cpu_isa", set_cpu_isa, METH_O, "Force the CPU kernels' instruction set: 'auto', 'generic', 'avx2' or 'avx512'."},
     {"cpu_isa", cpu_isa, METH_NOARGS, "The instruction set the CPU kernels use now."},
+#ifdef SPARSEKIT_WITH_CUSPARSELT
+    {"cusparselt_cache_stats", cusparselt_cache_stats, METH_NOARGS,
+     "The cuSPARSELt plan cache: entries, capacity, plans_created, searches, hits, evictions, algs_remembered."},
+    {"cusparselt_release", cusparselt_release, METH_NOARGS,
+     "Destroy every cached cuSPARSELt plan and handle (also run at interpreter exit)."},
+    {"cusparselt_loaded_version", cusparselt_loaded_version, METH_NOARGS,
+     "The version of the cuSPARSELt library loaded in this process."},
+#endif
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "sparsekit compiled kernels", -1, methods};
@@ -50,8 +95,10 @@ PyMODINIT_FUNC PyInit__C(void) {
   PyModule_AddStringConstant(m, "cuda_archs", SPARSEKIT_CUDA_ARCHS);
 #ifdef SPARSEKIT_WITH_CUSPARSELT
   PyModule_AddIntConstant(m, "with_cusparselt", 1);
+  PyModule_AddStringConstant(m, "cusparselt_version", sparsekit::cuda::cusparselt_build_version().c_str());
 #else
   PyModule_AddIntConstant(m, "with_cusparselt", 0);
+  PyModule_AddStringConstant(m, "cusparselt_version", "");
 #endif
   return m;
 }

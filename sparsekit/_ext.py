@@ -6,6 +6,7 @@ pure-PyTorch references serve every op.
 """
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
 import warnings
@@ -30,6 +31,10 @@ def _load():
         except Exception as e:  # ImportError, OSError (undefined symbols from another torch), ...
             C = None
             load_error = f"{type(e).__name__}: {e}"
+    if C is not None and getattr(C, "with_cusparselt", 0):
+        # cuSPARSELt plans and handles are freed here, while CUDA is still up, not by C++ static
+        # destructors (which may run after the driver has gone).
+        atexit.register(C.cusparselt_release)
     if C is None:
         warnings.warn(
             f"sparsekit: the compiled kernels are not available ({load_error}); "

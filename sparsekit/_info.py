@@ -10,6 +10,17 @@ from . import _ext
 from ._version import __version__
 
 
+def _cusparselt_version(C):
+    """'built against X, loaded Y' for a build with cuSPARSELt, else None."""
+    if C is None or not getattr(C, "with_cusparselt", 0):
+        return None
+    try:
+        loaded = C.cusparselt_loaded_version()
+    except Exception as e:  # the library is linked, so this should not happen; say why if it does
+        loaded = f"unknown ({e})"
+    return f"built against {C.cusparselt_version}, loaded {loaded}"
+
+
 def collect() -> dict:
     C = _ext.C
     d = {
@@ -23,6 +34,7 @@ def collect() -> dict:
         "compiled_cuda_kernels": bool(C.with_cuda) if C is not None else False,
         "compiled_cuda_archs": (C.cuda_archs or None) if C is not None else None,
         "cusparselt_linked": bool(C.with_cusparselt) if C is not None else False,
+        "cusparselt_version": _cusparselt_version(C),
         "cpu_isa": C.cpu_isa() if C is not None else None,
         "cpu_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),

@@ -2,11 +2,15 @@
 with their 2-bit positions. Also the int8 variant (2:4+int8)."""
 from __future__ import annotations
 
+import os
+import threading
+import weakref
 from typing import Dict, Tuple
 
 import torch
 
 from .. import ops
+from ..ops._checks import cslt_shape_fits
 from ._common import check_weight_and_mask
 from .base import SparseFormat, register
 from .int8 import quantize_rows
@@ -53,6 +57,65 @@ def _check_meta(meta, N, K, what):
         raise ValueError(f"{what}: the unused last nibble of meta must be 0")
 
 
+# ------------------------------------------------------------------------------------------ cuSPARSELt routing
+# On CUDA, for M above SPARSEKIT_CSLT_MIN_M (default 16) activation rows, the 2:4 formats run through
+# cuSPARSELt (tensor-core sparse MMA, csrc/cuda/ops_cusparselt.cpp); up to it the own decode kernel
+# (sparse24_mm), which streams the weight once and wins where the matmul is memory-bound. Anything else
+# (CPU, shapes cuSPARSELt refuses, autograd, torch.compile tracing, a build without cuSPARSELt) takes the
+# format's own path unchanged.
+#
+# cuSPARSELt wants its own compressed copy of the weight. It is made once, lazily, on the first CUDA forward
+# that routes here, and held in this side table keyed by the `values` buffer: never a buffer of the module
+# (so never in state_dict / safetensors) and never an attribute of the tensor (torch.save of a tensor
+# pickles its __dict__). An entry is dropped when its `values` tensor dies (module moved to another
+# device or dtype: new tensors) and rebuilt when the buffers change in place (load_state_dict: the
+# version counters move).
+_CSLT_LOCK = threading.Lock()
+_CSLT_CACHE: Dict[int, tuple] = {}  # id(values) -> (weakref(values), stamp, compressed, fp16_output_safe)
+_FP16_MAX = 65504.0
+
+
+def _cslt_min_m() -> int:
+    return int(os.environ.get("SPARSEKIT_CSLT_MIN_M", "16"))
+
+
+def _use_cslt(x: torch.Tensor, shape, weight_dtype: torch.dtype, bias) -> bool:
+    if torch.compiler.is_compiling() or not x.is_cuda:  # the CPU path stays exactly what it was
+        return False
+    n, k = shape
+    if not cslt_shape_fits(n, k, weight_dtype) or x.numel() // k <= _cslt_min_m() or not ops.cslt_available():
+        return False
+    # cslt_mm has no autograd formula; the own ops do (gradients to x and bias)
+    return not (torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)))
+
+
+def _stamp(*tensors):
+    return tuple((t._version, t.data_ptr()) for t in tensors)
+
+
+def _cslt_weight(values, meta, k, scale=None):
+    """(compressed, fp16_output_safe) for these buffers, compressed on first use.
+
+    fp16_output_safe (int8 only): cuSPARSELt writes D = acc * w_scale in the output dtype before the
+    per-token scale, and |D| <= 127 * ||w_n||_1 (x quantized to +-127); float16 holds that only while every
+    row's L1 norm stays below 65504 / 127, which is checked once here (bfloat16 always holds it).
+    """
+    key, stamp = id(values), _stamp(values, meta, *(() if scale is None else (scale,)))
+    with _CSLT_LOCK:
+        entry = _CSLT_CACHE.get(key)
+    if entry is not None and entry[0]() is values and entry[1] == stamp:
+        return entry[2], entry[3]
+    dense = ops.reference.sparse24_to_dense(values, meta, k)
+    compressed = ops.cslt_compress(dense)
+    safe = scale is None or float((values.float().abs().sum(1) * scale).max()) * 127 < _FP16_MAX
+    with _CSLT_LOCK:
+        old = _CSLT_CACHE.get(key)
+        if old is None or old[0]() is not values:
+            weakref.finalize(values, _CSLT_CACHE.pop, key, None)
+        _CSLT_CACHE[key] = (weakref.ref(values), stamp, compressed, safe)
+    return compressed, safe
+
+
 @register
 class Sparse24Weight(SparseFormat):
     name = "2:4"
@@ -86,6 +149,9 @@ class Sparse24Weight(SparseFormat):
 
     @staticmethod
     def apply(x, shape, bias, values, meta):
+        if values.dtype == x.dtype and _use_cslt(x, shape, values.dtype, bias):
+            compressed, _ = _cslt_weight(values, meta, shape[1])
+            return ops.cslt_mm(x, compressed, shape[0], bias)
         return ops.sparse24_mm(x, values, meta, bias)
 
     @property
@@ -135,7 +201,15 @@ class Sparse24Int8Weight(SparseFormat):
     def apply(x, shape, bias, values, meta, scale):
         x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
         q, s, _ = ops.quantize_per_token(x2, True)
-        y = ops.sparse24_int8_mm(q, s, None, values, meta, scale, bias, x.dtype)
+        y = None
+        if x.dtype in (torch.float16, torch.bfloat16) and _use_cslt(x2, shape, torch.int8, bias):
+            compressed, fp16_safe = _cslt_weight(values, meta, shape[1], scale)
+            if fp16_safe or x.dtype == torch.bfloat16:
+                # cuSPARSELt scales D's rows (output channels: alpha = w_scale) but has no per-column scale
+                # of D, so the per-token scale and then the bias run in cslt_mm's epilogue kernel.
+                y = ops.cslt_mm(q, compressed, shape[0], bias, scale, s, x.dtype)
+        if y is None:
+            y = ops.sparse24_int8_mm(q, s, None, values, meta, scale, bias, x.dtype)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 
     @property

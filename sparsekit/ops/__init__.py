@@ -15,7 +15,7 @@ from . import _schemas  # noqa: F401  (defines the ops)
 from . import reference
 
 __all__ = ["csr_mm", "bsr_mm", "bitmap_mm", "sparse24_mm", "int8_gemm_i32", "quantize_per_token", "int8_mm",
-           "int8_weight_only_mm", "sparse24_int8_mm", "reference"]
+           "int8_weight_only_mm", "sparse24_int8_mm", "cslt_compress", "cslt_mm", "cslt_available", "reference"]
 
 _lib = torch.library.Library("sparsekit", "IMPL")
 
@@ -109,6 +109,33 @@ _register("int8_weight_only_mm", C.check_int8_weight_only_mm, reference.int8_wei
           lambda x, wq, ws, b: _out(x, wq.shape[0]))
 _register("sparse24_int8_mm", C.check_sparse24_int8_mm, reference.sparse24_int8_mm,
           lambda xq, xs, xz, v, m, ws, b, od: _out(xq, v.shape[0], od), C.check_sparse24_int8_mm_data)
+
+
+
+def _cslt_unavailable(op):
+    """The fallback of the cuSPARSELt ops: their compressed buffer is cuSPARSELt's own, so no reference exists."""
+
+    def fail(x, *args):
+        if x.device.type != "cuda":
+            raise NotImplementedError(
+                f"sparsekit.{op}: cuSPARSELt runs on CUDA only and its compressed buffer is opaque, so there is no "
+                f"{x.device.type} implementation; use sparse24_mm (the 2:4 format's own kernels) there")
+        raise NotImplementedError(
+            f"sparsekit.{op}: this sparsekit was built without cuSPARSELt (sparsekit._C.with_cusparselt is false: "
+            "no cusparseLt.h at build time, SPARSEKIT_NO_CUSPARSELT set, or no compiled extension); "
+            "use sparse24_mm, or rebuild with the nvidia-cusparselt package installed")
+
+    return fail
+
+
+def _cslt_compressed_fake(w):
+    # The size is cuSPARSELt's (cusparseLtSpMMACompressedSize2), not a function of the shape we may assume.
+    return w.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.uint8)
+
+
+_register("cslt_compress", C.check_cslt_compress, _cslt_unavailable("cslt_compress"), _cslt_compressed_fake)
+_register("cslt_mm", C.check_cslt_mm, _cslt_unavailable("cslt_mm"),
+          lambda x, c, n, b, a, rs, od: _out(x, n, C.cslt_out_dtype(x, od)))
 
 _register_linear_autograd("csr_mm", lambda k, crow, col, val, n: reference.csr_to_dense(crow, col, val, (n, k)),
                           bias_index=5, weight_args=(1, 2, 3), extra_args=(4,))
@@ -204,3 +231,29 @@ def int8_weight_only_mm(x, w_q, w_scale, bias=None) -> torch.Tensor:
 def sparse24_int8_mm(x_q, x_scale, x_zero, values, meta, w_scale, bias=None, out_dtype=torch.float32):
     """W8A8 with a 2:4 int8 weight (values (N, K/2) int8, meta as sparse24_mm)."""
     return torch.ops.sparsekit.sparse24_int8_mm(x_q, x_scale, x_zero, values, meta, w_scale, bias, out_dtype)
+
+
+def cslt_available() -> bool:
+    """True when the compiled extension carries the cuSPARSELt path (a GPU is still needed to run it)."""
+    from .. import _ext
+
+    return _ext.C is not None and bool(getattr(_ext.C, "with_cusparselt", 0))
+
+
+def cslt_compress(weight) -> torch.Tensor:
+    """Compress a 2:4 weight (out_features, in_features) float16 / bfloat16 / int8 on CUDA for cslt_mm.
+
+    Returns cuSPARSELt's opaque buffer (1-d uint8). Raises ValueError if the weight is not 2:4 along
+    in_features or its sizes are not multiples of 16 (16-bit) / 32 (int8); NotImplementedError on the CPU.
+    """
+    return torch.ops.sparsekit.cslt_compress(weight)
+
+
+def cslt_mm(x, compressed, out_features: int, bias=None, alpha=None, row_scale=None, out_dtype=None):
+    """``(x @ W.T) * alpha * row_scale[:, None] + bias`` through cuSPARSELt, W given by ``cslt_compress``.
+
+    x (..., in_features) float16 / bfloat16 (y in x's dtype, bias in it too) or int8 (y in out_dtype
+    float16 / bfloat16; alpha float32 (out_features,) per output channel, row_scale float32 (M,) per token).
+    """
+    y = torch.ops.sparsekit.cslt_mm(_as_2d(x, "cslt_mm"), compressed, out_features, bias, alpha, row_scale, out_dtype)
+    return _restore(y, x)

@@ -314,3 +314,64 @@ def check_sparse24_mm_data(x, values, meta, bias) -> None:
 
 def check_sparse24_int8_mm_data(x_q, x_scale, x_zero, values, meta, w_scale, bias, out_dtype) -> None:
     check_meta_positions("sparsekit.sparse24_int8_mm", meta, x_q.shape[1])
+
+
+# cuSPARSELt: out_features and in_features must be multiples of these (csrc/cuda/ops_cusparselt.cpp)
+CSLT_NK_MULTIPLE = {torch.float16: 16, torch.bfloat16: 16, torch.int8: 32}
+
+
+def cslt_shape_fits(n: int, k: int, dtype: torch.dtype) -> bool:
+    m = CSLT_NK_MULTIPLE.get(dtype)
+    return m is not None and n > 0 and k > 0 and n % m == 0 and k % m == 0
+
+
+def _check_cslt_nk(op, n, k, dtype):
+    expect(cslt_shape_fits(n, k, dtype), op,
+           f"cuSPARSELt needs out_features and in_features that are positive multiples of "
+           f"{CSLT_NK_MULTIPLE[dtype]} for {_name(dtype)}, got {n} x {k}; sparsekit's own 2:4 kernel (sparse24_mm) "
+           "serves other shapes")
+
+
+def check_cslt_compress(weight) -> None:
+    op = "sparsekit.cslt_compress"
+    expect(weight.dim() == 2, op, f"expected a weight of shape (out_features, in_features), got shape "
+           f"{tuple(weight.shape)}")
+    expect_dtype(op, "a weight", weight, tuple(CSLT_NK_MULTIPLE))
+    _check_cslt_nk(op, weight.shape[0], weight.shape[1], weight.dtype)
+
+
+def cslt_out_dtype(x, out_dtype):
+    """The output dtype of cslt_mm: x's for float16 / bfloat16 x, out_dtype (float16 / bfloat16) for int8 x."""
+    op = "sparsekit.cslt_mm"
+    if x.dtype == torch.int8:
+        if out_dtype not in (torch.float16, torch.bfloat16):
+            raise TypeError(f"{op}: int8 x needs out_dtype float16 or bfloat16, got "
+                            f"{'None' if out_dtype is None else _name(out_dtype)}")
+        return out_dtype
+    if out_dtype is not None and out_dtype != x.dtype:
+        raise TypeError(f"{op}: {_name(x.dtype)} x gives a {_name(x.dtype)} output, got out_dtype {_name(out_dtype)}")
+    return x.dtype
+
+
+def _check_float_vector(op, what, v, n):
+    if v is None:
+        return
+    expect_dtype(op, what, v, (torch.float32,))
+    expect(v.shape == (n,), op, f"expected {what} of shape ({n},), got {tuple(v.shape)}")
+
+
+def check_cslt_mm(x, compressed, out_features, bias, alpha, row_scale, out_dtype) -> None:
+    op = "sparsekit.cslt_mm"
+    _check_x2d(op, x)
+    expect_dtype(op, "x", x, tuple(CSLT_NK_MULTIPLE))
+    _check_cslt_nk(op, out_features, x.shape[1], x.dtype)
+    out = cslt_out_dtype(x, out_dtype)
+    expect_dtype(op, "compressed", compressed, (torch.uint8,))
+    expect(compressed.dim() == 1, op, f"expected compressed as returned by cslt_compress (1-d uint8), got shape "
+           f"{tuple(compressed.shape)}")
+    _check_float_vector(op, "alpha", alpha, out_features)
+    if row_scale is not None and x.dtype != torch.int8:
+        raise ValueError(f"{op}: row_scale (the per-token scale of W8A8) is for int8 x only")
+    _check_float_vector(op, "row_scale", row_scale, x.shape[0])
+    _same_device(op, x, compressed=compressed, alpha=alpha, row_scale=row_scale)
+    _check_bias(op, bias, out_features, out, x.device)

@@ -41,6 +41,18 @@ SCHEMAS = {
     # 2:4 + int8, W8A8: as int8_mm with the weight in 2:4 layout (values int8 (N, K / 2), meta as sparse24_mm).
     "sparse24_int8_mm": "sparse24_int8_mm(Tensor x_q, Tensor x_scale, Tensor? x_zero, Tensor values, Tensor meta, "
     "Tensor w_scale, Tensor? bias, ScalarType out_dtype) -> Tensor",
+    # cuSPARSELt 2:4 (CUDA only; csrc/cuda/ops_cusparselt.cpp). cslt_compress: weight (N, K) float16 / bfloat16 /
+    # int8, 2:4 along K, N and K multiples of 16 (16-bit) or 32 (int8) -> the opaque compressed buffer, 1-d
+    # uint8 whose size cuSPARSELt decides (values + its own metadata layout, not LAYOUTS.md's) for (N, K, dtype).
+    # cslt_mm: y (M, N) = (x @ W.T) * alpha[None, :] * row_scale[:, None] + bias, computed as
+    # D (N x M) = W (N x K) · x.T (K x M) so that row-major x and y need no copies. x float16 / bfloat16 ->
+    # y in x's dtype, bias fused by cuSPARSELt; x int8 -> y in out_dtype (float16 / bfloat16, required),
+    # alpha float32 (N,) (cuSPARSELt alpha-vector scaling: the weight's per-channel scale), row_scale float32
+    # (M,) (the per-token activation scale) and bias in a sparsekit epilogue. A compressed buffer has no
+    # meaning on the CPU: there the ops raise NotImplementedError.
+    "cslt_compress": "cslt_compress(Tensor weight) -> Tensor",
+    "cslt_mm": "cslt_mm(Tensor x, Tensor compressed, int out_features, Tensor? bias=None, Tensor? alpha=None, "
+    "Tensor? row_scale=None, ScalarType? out_dtype=None) -> Tensor",
     # Packers (sparsekit/ops/packing.py): the buffers of a format from a weight (N, K) and its bool mask
     # (default: weight != 0), bit for bit what sparsekit.formats.*.from_dense produces (LAYOUTS.md).
     "pack_sparse24": "pack_sparse24(Tensor weight, Tensor? mask=None) -> (Tensor, Tensor)",
