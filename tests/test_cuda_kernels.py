@@ -56,7 +56,17 @@ def cuda_kernel_source(op):
     return None
 
 
+# bitmap_mm and bsr_mm: the CUDA implementation of the public op is sparsekit/triton's router; the
+# compiled kernel is also registered as _cuda_<op> (sparsekit/ops/_schemas.py), which these tests call.
+ALIASED = ("bitmap_mm", "bsr_mm")
+
+
+def cpp_op(op):
+    return getattr(torch.ops.sparsekit, f"_cuda_{op}" if op in ALIASED else op)
+
+
 def require_cpp_kernel(op):
+    op = f"_cuda_{op}" if op in ALIASED else op
     if not sparsekit._ext.available():
         pytest.skip(f"the compiled extension is not loaded: {sparsekit._ext.load_error}")
     src = cuda_kernel_source(op)
@@ -95,7 +105,7 @@ def make_x(M, K, dtype, layout):
 
 # ------------------------------------------------------------------------------------------ dispatch
 @gpu
-@pytest.mark.parametrize("op", ["sparse24_mm", "bitmap_mm", "bsr_mm"])
+@pytest.mark.parametrize("op", ["sparse24_mm", "bitmap_mm", "bsr_mm", "_cuda_bitmap_mm", "_cuda_bsr_mm"])
 def test_cuda_kernel_is_registered(op):
     if not sparsekit._ext.available():
         pytest.skip(f"the compiled extension is not loaded: {sparsekit._ext.load_error}")
@@ -123,9 +133,9 @@ def test_the_cuda_kernels_run_not_the_fallback():
     cases = [("sparse24_mm", "sparse24_decode_kernel",
               lambda: sparsekit.ops.sparse24_mm(x, f24.values.cuda(), f24.meta.cuda())),
              ("bitmap_mm", "bitmap_decode_kernel",
-              lambda: sparsekit.ops.bitmap_mm(x, fbm.bitmap.cuda(), fbm.word_offsets.cuda(), fbm.values.cuda())),
+              lambda: cpp_op("bitmap_mm")(x, fbm.bitmap.cuda(), fbm.word_offsets.cuda(), fbm.values.cuda())),
              ("bsr_mm", "bsr_mm_kernel",
-              lambda: sparsekit.ops.bsr_mm(x, fbs.crow_indices.cuda(), fbs.col_indices.cuda(), fbs.values.cuda(), 16))]
+              lambda: cpp_op("bsr_mm")(x, fbs.crow_indices.cuda(), fbs.col_indices.cuda(), fbs.values.cuda(), 16))]
     if HAS_PACK_OPS:
         cases.append(("pack_sparse24", "pack24_kernel", lambda: packing.pack_sparse24(w.cuda(), mask_24(16, 64).cuda())))
         cases.append(("pack_csr", "scatter_kept_kernel", lambda: packing.pack_csr(w.cuda())))
@@ -133,6 +143,52 @@ def test_the_cuda_kernels_run_not_the_fallback():
         require_cpp_kernel(op)
         names = cuda_kernels_run(fn)
         assert any(kernel in n for n in names), (op, names)
+
+
+def test_cuda_backend_choice_by_m_and_setting(monkeypatch):
+    """Which CUDA kernel serves bitmap_mm / bsr_mm (sparsekit.triton.backend): logic only, no GPU."""
+    from sparsekit import triton as skt
+
+    monkeypatch.setattr(skt, "_backend", dict.fromkeys(skt._AUTO_MAX_M, "auto"))
+    monkeypatch.setattr(skt, "_compiled_cuda", lambda: True)
+    assert [skt.backend("bitmap_mm", m) for m in (1, 16, 17)] == ["compiled", "compiled", "triton"]
+    assert skt.backend("bsr_mm", 1) == "triton"
+    skt.set_backend("bsr_mm", "compiled")
+    assert skt.backend("bsr_mm", 4096) == "compiled"
+    skt.set_backend("bitmap_mm", "triton")
+    assert skt.backend("bitmap_mm", 1) == "triton"
+    monkeypatch.setattr(skt, "_compiled_cuda", lambda: False)  # a build without CUDA kernels: Triton
+    assert skt.backend("bsr_mm", 1) == "triton"
+    with pytest.raises(ValueError, match="expected op in"):
+        skt.set_backend("csr_mm", "triton")
+    with pytest.raises(ValueError, match="expected backend in"):
+        skt.set_backend("bitmap_mm", "cuda")
+    monkeypatch.setenv("SPARSEKIT_CUDA_BACKEND", "bitmap_mm=compiled, bsr_mm=triton")
+    skt._parse_env()
+    assert skt._backend == {"bitmap_mm": "compiled", "bsr_mm": "triton"}
+
+
+@gpu
+@pytest.mark.parametrize("op", ["bitmap_mm", "bsr_mm"])
+@pytest.mark.parametrize("M", [1, 16, 17, 64])
+def test_both_cuda_backends_match_the_reference(op, M, monkeypatch):
+    from sparsekit import triton as skt
+
+    if not skt.registered():
+        pytest.skip("the Triton kernels are not registered")
+    require_cpp_kernel(op)
+    w = torch.randn(32, 64, dtype=torch.float16)
+    if op == "bitmap_mm":
+        f = formats.BitmapWeight.from_dense(w, torch.rand(32, 64) < 0.3)
+        call = lambda x: sparsekit.ops.bitmap_mm(x, f.bitmap.cuda(), f.word_offsets.cuda(), f.values.cuda())  # noqa: E731
+    else:
+        f = formats.BSRWeight.from_dense(w, block_mask(32, 64, 16, 16, 0.5), (16, 16))
+        call = lambda x: sparsekit.ops.bsr_mm(x, f.crow_indices.cuda(), f.col_indices.cuda(), f.values.cuda(), 32)  # noqa: E731
+    x = torch.randn(M, 64, device="cuda", dtype=torch.float16)
+    for b in ("compiled", "triton"):
+        monkeypatch.setitem(skt._backend, op, b)
+        assert skt.backend(op, M) == b
+        check(call(x), x, f.to_dense().cuda(), None, torch.float16)
 
 
 @gpu
@@ -232,7 +288,7 @@ def test_bitmap_mm(dtype, N, K, density, M):
     x = make_x(M, K, dtype, "row-stride" if M == 3 else "contiguous")
     b = torch.randn(N, device="cuda").to(dtype) if M % 2 else None
     poison_allocator()
-    y = sparsekit.ops.bitmap_mm(x, f.bitmap.cuda(), f.word_offsets.cuda(), f.values.cuda(), b)
+    y = cpp_op("bitmap_mm")(x, f.bitmap.cuda(), f.word_offsets.cuda(), f.values.cuda(), b)
     check(y, x, f.to_dense().cuda(), b, dtype)
 
 
@@ -246,13 +302,13 @@ def test_bitmap_mm_split_k_and_misaligned(dtype, M):
     f = formats.BitmapWeight.from_dense(w, torch.rand(N, K) < 0.3)
     x = torch.randn(M, K, device="cuda").to(dtype)
     b = torch.randn(N, device="cuda").to(dtype)
-    check(sparsekit.ops.bitmap_mm(x, f.bitmap.cuda(), f.word_offsets.cuda(), f.values.cuda(), b), x,
+    check(cpp_op("bitmap_mm")(x, f.bitmap.cuda(), f.word_offsets.cuda(), f.values.cuda(), b), x,
           f.to_dense().cuda(), b, dtype)
     buf = torch.empty(f.values.numel() + 1, dtype=dtype, device="cuda")
     vals = buf[1:]
     vals.copy_(f.values)
     assert vals.data_ptr() % 16
-    check(sparsekit.ops.bitmap_mm(x, f.bitmap.cuda(), f.word_offsets.cuda(), vals, b), x, f.to_dense().cuda(), b, dtype)
+    check(cpp_op("bitmap_mm")(x, f.bitmap.cuda(), f.word_offsets.cuda(), vals, b), x, f.to_dense().cuda(), b, dtype)
 
 
 # ------------------------------------------------------------------------------------------ BSR
@@ -268,7 +324,7 @@ def test_bsr_mm(dtype, N, K, R, C, M):
     x = make_x(M, K, dtype, "row-stride" if M == 3 else "transposed" if M == 8 else "contiguous")
     b = torch.randn(N, device="cuda").to(dtype) if M % 2 else None
     poison_allocator()
-    y = sparsekit.ops.bsr_mm(x, f.crow_indices.cuda(), f.col_indices.cuda(), f.values.cuda(), N, b)
+    y = cpp_op("bsr_mm")(x, f.crow_indices.cuda(), f.col_indices.cuda(), f.values.cuda(), N, b)
     check(y, x, f.to_dense().cuda(), b, dtype)
 
 
@@ -280,7 +336,7 @@ def test_bsr_mm_empty_and_full(density):
     w = torch.randn(N, K)
     f = formats.BSRWeight.from_dense(w, torch.full((N, K), density > 0), (R, C))
     x = torch.randn(5, K, device="cuda")
-    check(sparsekit.ops.bsr_mm(x, f.crow_indices.cuda(), f.col_indices.cuda(), f.values.cuda(), N), x,
+    check(cpp_op("bsr_mm")(x, f.crow_indices.cuda(), f.col_indices.cuda(), f.values.cuda(), N), x,
           f.to_dense().cuda(), None, torch.float32)
 
 

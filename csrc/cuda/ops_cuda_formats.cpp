@@ -314,6 +314,9 @@ TORCH_LIBRARY_IMPL(sparsekit, CUDA, m) {
   m.impl("sparse24_mm", &sparsekit::cuda::sparse24_mm_cuda);
   m.impl("bitmap_mm", &sparsekit::cuda::bitmap_mm_cuda);
   m.impl("bsr_mm", &sparsekit::cuda::bsr_mm_cuda);
+  // the same kernels under their own names, for the CUDA router of sparsekit/triton (see _schemas.py)
+  m.impl("_cuda_bitmap_mm", &sparsekit::cuda::bitmap_mm_cuda);
+  m.impl("_cuda_bsr_mm", &sparsekit::cuda::bsr_mm_cuda);
   m.impl("pack_sparse24", &sparsekit::cuda::pack_sparse24_cuda);
   m.impl("pack_bitmap", &sparsekit::cuda::pack_bitmap_cuda);
   m.impl("pack_csr", &sparsekit::cuda::pack_csr_cuda);

@@ -109,7 +109,9 @@ _register("int8_weight_only_mm", C.check_int8_weight_only_mm, reference.int8_wei
           lambda x, wq, ws, b: _out(x, wq.shape[0]))
 _register("sparse24_int8_mm", C.check_sparse24_int8_mm, reference.sparse24_int8_mm,
           lambda xq, xs, xz, v, m, ws, b, od: _out(xq, v.shape[0], od), C.check_sparse24_int8_mm_data)
-
+_register("_cuda_bsr_mm", C.check_bsr_mm, reference.bsr_mm, lambda x, cr, ci, v, n, b: _out(x, n), C.check_bsr_mm_data)
+_register("_cuda_bitmap_mm", C.check_bitmap_mm, reference.bitmap_mm, lambda x, bm, wo, v, b: _out(x, bm.shape[0]),
+          C.check_bitmap_mm_data)
 
 
 def _cslt_unavailable(op):

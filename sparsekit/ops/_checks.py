@@ -16,25 +16,31 @@ def _name(dtype: torch.dtype) -> str:
 
 
 def expect_dtype(op: str, what: str, t: torch.Tensor, allowed) -> None:
-    allowed = tuple(allowed)
     if t.dtype not in allowed:
+        allowed = tuple(allowed)
         names = " or ".join(_name(d) for d in allowed)
         raise TypeError(f"{op}: expected {what} of dtype {names}, got {_name(t.dtype)}")
 
 
-def expect(cond, op: str, message: str) -> None:
-    """A shape or value condition; works on symbolic sizes under torch.compile."""
-    torch._check_value(cond, lambda: f"{op}: {message}")
+def expect(cond, op: str, message) -> None:
+    """A shape or value condition; works on symbolic sizes under torch.compile.
+
+    `message` is a string or a callable returning one, built only when the check fails: these checks
+    run on every call of an op, where formatting every message cost microseconds per call.
+    """
+    if cond is True:  # eager sizes give a plain bool; symbolic ones (torch.compile) go to _check_value
+        return
+    torch._check_value(cond, lambda: f"{op}: {message() if callable(message) else message}")
 
 
 def _check_in_features(op, x):
     # the kernels index columns with int32 (col_indices, bitmap positions)
-    expect(x.shape[1] <= INT32_MAX, op, f"in_features {x.shape[1]} exceeds the int32 index range")
+    expect(x.shape[1] <= INT32_MAX, op, lambda: f"in_features {x.shape[1]} exceeds the int32 index range")
 
 
 def check_csr_mm(x, crow_indices, col_indices, values, out_features, bias) -> None:
     op = "sparsekit.csr_mm"
-    expect(x.dim() == 2, op, f"expected x of shape (M, in_features), got shape {tuple(x.shape)}")
+    expect(x.dim() == 2, op, lambda: f"expected x of shape (M, in_features), got shape {tuple(x.shape)}")
     expect_dtype(op, "x", x, FLOAT_DTYPES)
     if values.dtype != x.dtype:
         raise TypeError(f"{op}: expected values of the same dtype as x ({_name(x.dtype)}), got {_name(values.dtype)}")
@@ -44,21 +50,21 @@ def check_csr_mm(x, crow_indices, col_indices, values, out_features, bias) -> No
     expect(
         crow_indices.dim() == 1 and col_indices.dim() == 1 and values.dim() == 1,
         op,
-        f"expected 1-d crow_indices, col_indices and values, got {crow_indices.dim()}-d, "
+        lambda: f"expected 1-d crow_indices, col_indices and values, got {crow_indices.dim()}-d, "
         f"{col_indices.dim()}-d and {values.dim()}-d",
     )
-    expect(out_features >= 0, op, f"expected out_features >= 0, got {out_features}")
+    expect(out_features >= 0, op, lambda: f"expected out_features >= 0, got {out_features}")
     expect(
         crow_indices.numel() == out_features + 1,
         op,
-        f"expected crow_indices of length out_features + 1 = {out_features + 1}, got {crow_indices.numel()}",
+        lambda: f"expected crow_indices of length out_features + 1 = {out_features + 1}, got {crow_indices.numel()}",
     )
     expect(
         col_indices.numel() == values.numel(),
         op,
-        f"expected col_indices and values of the same length, got {col_indices.numel()} and {values.numel()}",
+        lambda: f"expected col_indices and values of the same length, got {col_indices.numel()} and {values.numel()}",
     )
-    expect(values.numel() <= INT32_MAX, op, f"nnz {values.numel()} exceeds the int32 index range")
+    expect(values.numel() <= INT32_MAX, op, lambda: f"nnz {values.numel()} exceeds the int32 index range")
     for what, t in (("crow_indices", crow_indices), ("col_indices", col_indices), ("values", values)):
         if t.device != x.device:
             raise ValueError(f"{op}: expected {what} on {x.device} like x, got {t.device}")
@@ -66,7 +72,7 @@ def check_csr_mm(x, crow_indices, col_indices, values, out_features, bias) -> No
         expect(
             bias.dim() == 1 and bias.numel() == out_features,
             op,
-            f"expected bias of shape ({out_features},), got {tuple(bias.shape)}",
+            lambda: f"expected bias of shape ({out_features},), got {tuple(bias.shape)}",
         )
         if bias.dtype != x.dtype:
             raise TypeError(f"{op}: expected bias of dtype {_name(x.dtype)} like x, got {_name(bias.dtype)}")
@@ -81,14 +87,14 @@ def _same_device(op, x, **tensors):
 
 
 def _check_x2d(op, x, what="x"):
-    expect(x.dim() == 2, op, f"expected {what} of shape (M, in_features), got shape {tuple(x.shape)}")
+    expect(x.dim() == 2, op, lambda: f"expected {what} of shape (M, in_features), got shape {tuple(x.shape)}")
 
 
 def _check_bias(op, bias, out_features, dtype, device):
     if bias is None:
         return
     expect(bias.dim() == 1 and bias.numel() == out_features, op,
-           f"expected bias of shape ({out_features},), got {tuple(bias.shape)}")
+           lambda: f"expected bias of shape ({out_features},), got {tuple(bias.shape)}")
     if bias.dtype != dtype:
         raise TypeError(f"{op}: expected bias of dtype {_name(dtype)} like the output, got {_name(bias.dtype)}")
     if bias.device != device:
@@ -104,15 +110,15 @@ def check_bsr_mm(x, crow_indices, col_indices, values, out_features, bias) -> No
     _check_in_features(op, x)
     expect_dtype(op, "crow_indices", crow_indices, (torch.int32,))
     expect_dtype(op, "col_indices", col_indices, (torch.int32,))
-    expect(values.dim() == 3, op, f"expected values of shape (nblocks, R, C), got shape {tuple(values.shape)}")
+    expect(values.dim() == 3, op, lambda: f"expected values of shape (nblocks, R, C), got shape {tuple(values.shape)}")
     R, C = values.shape[1], values.shape[2]
-    expect(R > 0 and C > 0, op, f"expected blocks of positive size, got {R}x{C}")
+    expect(R > 0 and C > 0, op, lambda: f"expected blocks of positive size, got {R}x{C}")
     expect(out_features % R == 0 and x.shape[1] % C == 0, op,
-           f"expected out_features and in_features divisible by the block {R}x{C}, got {out_features} and {x.shape[1]}")
+           lambda: f"expected out_features and in_features divisible by the block {R}x{C}, got {out_features} and {x.shape[1]}")
     expect(crow_indices.dim() == 1 and crow_indices.numel() == out_features // R + 1, op,
-           f"expected crow_indices of length out_features / R + 1 = {out_features // R + 1}, got {crow_indices.numel()}")
+           lambda: f"expected crow_indices of length out_features / R + 1 = {out_features // R + 1}, got {crow_indices.numel()}")
     expect(col_indices.dim() == 1 and col_indices.numel() == values.shape[0], op,
-           f"expected col_indices of length nblocks = {values.shape[0]}, got {col_indices.numel()}")
+           lambda: f"expected col_indices of length nblocks = {values.shape[0]}, got {col_indices.numel()}")
     _same_device(op, x, crow_indices=crow_indices, col_indices=col_indices, values=values)
     _check_bias(op, bias, out_features, x.dtype, x.device)
 
@@ -128,20 +134,20 @@ def check_bitmap_mm(x, bitmap, word_offsets, values, bias) -> None:
     expect_dtype(op, "word_offsets", word_offsets, (torch.int32,))
     words = (x.shape[1] + 31) // 32
     expect(bitmap.dim() == 2 and bitmap.shape[1] == words, op,
-           f"expected bitmap of shape (out_features, ceil(in_features / 32) = {words}), got {tuple(bitmap.shape)}")
+           lambda: f"expected bitmap of shape (out_features, ceil(in_features / 32) = {words}), got {tuple(bitmap.shape)}")
     expect(word_offsets.shape == bitmap.shape, op,
-           f"expected word_offsets of the bitmap's shape {tuple(bitmap.shape)}, got {tuple(word_offsets.shape)}")
+           lambda: f"expected word_offsets of the bitmap's shape {tuple(bitmap.shape)}, got {tuple(word_offsets.shape)}")
     expect(values.dim() == 1 and values.numel() <= INT32_MAX, op,
-           f"expected 1-d values with nnz < 2**31, got shape {tuple(values.shape)}")
+           lambda: f"expected 1-d values with nnz < 2**31, got shape {tuple(values.shape)}")
     _same_device(op, x, bitmap=bitmap, word_offsets=word_offsets, values=values)
     _check_bias(op, bias, bitmap.shape[0], x.dtype, x.device)
 
 
 def _check_meta(op, meta, rows, cols):
     expect_dtype(op, "meta", meta, (torch.uint8,))
-    expect(cols % 4 == 0, op, f"expected in_features divisible by 4 for 2:4, got {cols}")
+    expect(cols % 4 == 0, op, lambda: f"expected in_features divisible by 4 for 2:4, got {cols}")
     expect(meta.dim() == 2 and meta.shape[0] == rows and meta.shape[1] == (cols + 7) // 8, op,
-           f"expected meta of shape ({rows}, {(cols + 7) // 8}), got {tuple(meta.shape)}")
+           lambda: f"expected meta of shape ({rows}, {(cols + 7) // 8}), got {tuple(meta.shape)}")
 
 
 def check_sparse24_mm(x, values, meta, bias) -> None:
@@ -152,7 +158,7 @@ def check_sparse24_mm(x, values, meta, bias) -> None:
         raise TypeError(f"{op}: expected values of the same dtype as x ({_name(x.dtype)}), got {_name(values.dtype)}")
     _check_in_features(op, x)
     expect(values.dim() == 2 and values.shape[1] * 2 == x.shape[1], op,
-           f"expected values of shape (out_features, in_features / 2 = {x.shape[1] // 2}), got {tuple(values.shape)}")
+           lambda: f"expected values of shape (out_features, in_features / 2 = {x.shape[1] // 2}), got {tuple(values.shape)}")
     _check_meta(op, meta, values.shape[0], x.shape[1])
     _same_device(op, x, values=values, meta=meta)
     _check_bias(op, bias, values.shape[0], x.dtype, x.device)
@@ -163,7 +169,7 @@ def check_int8_gemm_i32(a, b) -> None:
     expect_dtype(op, "a", a, (torch.int8,))
     expect_dtype(op, "b", b, (torch.int8,))
     expect(a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[1], op,
-           f"expected a (M, K) and b (N, K), got {tuple(a.shape)} and {tuple(b.shape)}")
+           lambda: f"expected a (M, K) and b (N, K), got {tuple(a.shape)} and {tuple(b.shape)}")
     _same_device(op, a, b=b)
 
 
@@ -177,10 +183,10 @@ def _check_x_quant(op, x_q, x_scale, x_zero):
     expect_dtype(op, "x_q", x_q, (torch.int8,))
     _check_x2d(op, x_q, "x_q")
     expect_dtype(op, "x_scale", x_scale, (torch.float32,))
-    expect(x_scale.shape == (x_q.shape[0],), op, f"expected x_scale of shape ({x_q.shape[0]},), got {tuple(x_scale.shape)}")
+    expect(x_scale.shape == (x_q.shape[0],), op, lambda: f"expected x_scale of shape ({x_q.shape[0]},), got {tuple(x_scale.shape)}")
     if x_zero is not None:
         expect_dtype(op, "x_zero", x_zero, (torch.int32,))
-        expect(x_zero.shape == (x_q.shape[0],), op, f"expected x_zero of shape ({x_q.shape[0]},), got {tuple(x_zero.shape)}")
+        expect(x_zero.shape == (x_q.shape[0],), op, lambda: f"expected x_zero of shape ({x_q.shape[0]},), got {tuple(x_zero.shape)}")
 
 
 def _check_out_dtype(op, out_dtype):
@@ -190,7 +196,7 @@ def _check_out_dtype(op, out_dtype):
 
 def _check_w_scale(op, w_scale, rows):
     expect_dtype(op, "w_scale", w_scale, (torch.float32,))
-    expect(w_scale.shape == (rows,), op, f"expected w_scale of shape ({rows},), got {tuple(w_scale.shape)}")
+    expect(w_scale.shape == (rows,), op, lambda: f"expected w_scale of shape ({rows},), got {tuple(w_scale.shape)}")
 
 
 def check_int8_mm(x_q, x_scale, x_zero, w_q, w_scale, bias, out_dtype) -> None:
@@ -198,7 +204,7 @@ def check_int8_mm(x_q, x_scale, x_zero, w_q, w_scale, bias, out_dtype) -> None:
     _check_x_quant(op, x_q, x_scale, x_zero)
     expect_dtype(op, "w_q", w_q, (torch.int8,))
     expect(w_q.dim() == 2 and w_q.shape[1] == x_q.shape[1], op,
-           f"expected w_q of shape (out_features, {x_q.shape[1]}), got {tuple(w_q.shape)}")
+           lambda: f"expected w_q of shape (out_features, {x_q.shape[1]}), got {tuple(w_q.shape)}")
     _check_w_scale(op, w_scale, w_q.shape[0])
     _check_out_dtype(op, out_dtype)
     _same_device(op, x_q, x_scale=x_scale, x_zero=x_zero, w_q=w_q, w_scale=w_scale)
@@ -211,7 +217,7 @@ def check_int8_weight_only_mm(x, w_q, w_scale, bias) -> None:
     expect_dtype(op, "x", x, FLOAT_DTYPES)
     expect_dtype(op, "w_q", w_q, (torch.int8,))
     expect(w_q.dim() == 2 and w_q.shape[1] == x.shape[1], op,
-           f"expected w_q of shape (out_features, {x.shape[1]}), got {tuple(w_q.shape)}")
+           lambda: f"expected w_q of shape (out_features, {x.shape[1]}), got {tuple(w_q.shape)}")
     _check_w_scale(op, w_scale, w_q.shape[0])
     _same_device(op, x, w_q=w_q, w_scale=w_scale)
     _check_bias(op, bias, w_q.shape[0], x.dtype, x.device)
@@ -222,7 +228,7 @@ def check_sparse24_int8_mm(x_q, x_scale, x_zero, values, meta, w_scale, bias, ou
     _check_x_quant(op, x_q, x_scale, x_zero)
     expect_dtype(op, "values", values, (torch.int8,))
     expect(values.dim() == 2 and values.shape[1] * 2 == x_q.shape[1], op,
-           f"expected values of shape (out_features, in_features / 2 = {x_q.shape[1] // 2}), got {tuple(values.shape)}")
+           lambda: f"expected values of shape (out_features, in_features / 2 = {x_q.shape[1] // 2}), got {tuple(values.shape)}")
     _check_meta(op, meta, values.shape[0], x_q.shape[1])
     _check_w_scale(op, w_scale, values.shape[0])
     _check_out_dtype(op, out_dtype)
@@ -327,14 +333,14 @@ def cslt_shape_fits(n: int, k: int, dtype: torch.dtype) -> bool:
 
 def _check_cslt_nk(op, n, k, dtype):
     expect(cslt_shape_fits(n, k, dtype), op,
-           f"cuSPARSELt needs out_features and in_features that are positive multiples of "
+           lambda: f"cuSPARSELt needs out_features and in_features that are positive multiples of "
            f"{CSLT_NK_MULTIPLE[dtype]} for {_name(dtype)}, got {n} x {k}; sparsekit's own 2:4 kernel (sparse24_mm) "
            "serves other shapes")
 
 
 def check_cslt_compress(weight) -> None:
     op = "sparsekit.cslt_compress"
-    expect(weight.dim() == 2, op, f"expected a weight of shape (out_features, in_features), got shape "
+    expect(weight.dim() == 2, op, lambda: f"expected a weight of shape (out_features, in_features), got shape "
            f"{tuple(weight.shape)}")
     expect_dtype(op, "a weight", weight, tuple(CSLT_NK_MULTIPLE))
     _check_cslt_nk(op, weight.shape[0], weight.shape[1], weight.dtype)
@@ -357,7 +363,7 @@ def _check_float_vector(op, what, v, n):
     if v is None:
         return
     expect_dtype(op, what, v, (torch.float32,))
-    expect(v.shape == (n,), op, f"expected {what} of shape ({n},), got {tuple(v.shape)}")
+    expect(v.shape == (n,), op, lambda: f"expected {what} of shape ({n},), got {tuple(v.shape)}")
 
 
 def check_cslt_mm(x, compressed, out_features, bias, alpha, row_scale, out_dtype) -> None:
@@ -367,7 +373,7 @@ def check_cslt_mm(x, compressed, out_features, bias, alpha, row_scale, out_dtype
     _check_cslt_nk(op, out_features, x.shape[1], x.dtype)
     out = cslt_out_dtype(x, out_dtype)
     expect_dtype(op, "compressed", compressed, (torch.uint8,))
-    expect(compressed.dim() == 1, op, f"expected compressed as returned by cslt_compress (1-d uint8), got shape "
+    expect(compressed.dim() == 1, op, lambda: f"expected compressed as returned by cslt_compress (1-d uint8), got shape "
            f"{tuple(compressed.shape)}")
     _check_float_vector(op, "alpha", alpha, out_features)
     if row_scale is not None and x.dtype != torch.int8:

@@ -61,6 +61,13 @@ SCHEMAS = {
     "pack_bsr": "pack_bsr(Tensor weight, Tensor? mask=None, int[2] blocksize=[16, 16]) -> (Tensor, Tensor, Tensor)",
 }
 
+# Where CUDA has two kernels for one op (sparsekit/triton registers the op's CUDA implementation, which
+# routes by M between Triton and the compiled kernel), the compiled CUDA kernel is also registered
+# under its own name, with the public op's schema: "_cuda_<op>".
+COMPILED_CUDA_ALIASES = ("bitmap_mm", "bsr_mm")
+for _op in COMPILED_CUDA_ALIASES:
+    SCHEMAS[f"_cuda_{_op}"] = f"_cuda_{SCHEMAS[_op]}"
+
 LIB = torch.library.Library(NAMESPACE, "DEF")
 for _schema in SCHEMAS.values():
     LIB.define(_schema)

@@ -37,7 +37,7 @@ def check_pack(op: str, weight, mask) -> None:
             raise ValueError(f"{op}: expected a mask of the weight's shape {tuple(weight.shape)}, got "
                              f"{type(mask).__name__}")
         expect(mask.shape == weight.shape, op,
-               f"expected a mask of the weight's shape {tuple(weight.shape)}, got {tuple(mask.shape)}")
+               lambda: f"expected a mask of the weight's shape {tuple(weight.shape)}, got {tuple(mask.shape)}")
         if mask.dtype != torch.bool:
             raise TypeError(f"{op}: expected a bool mask, got {mask.dtype}")
 
@@ -45,7 +45,7 @@ def check_pack(op: str, weight, mask) -> None:
 def check_pack_sparse24(weight, mask) -> None:
     op = "sparsekit.pack_sparse24"
     check_pack(op, weight, mask)
-    expect(weight.shape[1] % 4 == 0, op, f"2:4 needs in_features divisible by 4, got {weight.shape[1]}")
+    expect(weight.shape[1] % 4 == 0, op, lambda: f"2:4 needs in_features divisible by 4, got {weight.shape[1]}")
 
 
 def check_pack_bitmap(weight, mask) -> None:
@@ -69,7 +69,7 @@ def check_pack_bsr(weight, mask, blocksize) -> None:
     R, C = _blocksize(blocksize)
     N, K = weight.shape
     expect(R > 0 and C > 0 and N % R == 0 and K % C == 0, op,
-           f"the block {R}x{C} does not tile the weight {N}x{K} (out_features must divide by R and in_features by C)")
+           lambda: f"the block {R}x{C} does not tile the weight {N}x{K} (out_features must divide by R and in_features by C)")
 
 
 # ------------------------------------------------------------------------------------------ references

@@ -10,7 +10,8 @@ nothing heavy: triton and the kernel modules are imported on the first call of a
 Each kernel also has a plain launcher taking the op's arguments (`sparsekit.triton.bsr.bsr_mm`,
 `bitmap.bitmap_mm`, `int8.quantize_per_token`, `int8.int8_mm`, `int8.int8_weight_only_mm`, and
 `int8.int8_mm_i32` for the raw int32 accumulator), which runs on CPU tensors under
-``TRITON_INTERPRET=1``. Configurations are tuned per (shape, M bucket, dtype) and cached: see
+``TRITON_INTERPRET=1``. ``bitmap_mm`` and ``bsr_mm`` also have compiled CUDA kernels: `set_backend` /
+`backend` say which one a call takes (by default the compiled bitmap kernel for M <= 16). Configurations are tuned per (shape, M bucket, dtype) and cached: see
 `sparsekit.triton.autotune`.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import os
 
 import torch
 
-__all__ = ["available", "register", "registered", "OPS"]
+__all__ = ["available", "register", "registered", "OPS", "set_backend", "backend", "BACKENDS"]
 
 # op name -> (module, launcher)
 OPS = {
@@ -34,6 +35,50 @@ OPS = {
 
 _lib = None
 _why_not: str | None = None
+
+# Ops for which CUDA also has a compiled kernel (csrc/cuda, registered as "_cuda_<op>"): the CUDA
+# implementation registered here routes each call. "auto" sends M <= the op's threshold to the compiled
+# kernel and the rest to Triton: the compiled bitmap kernel is a decode kernel (x staged once in shared
+# memory, the weight streamed with 16-byte loads) built for M <= 16, Triton's tiles use tl.dot and serve
+# larger M; the compiled BSR kernel is a simple one, so auto never picks it. These thresholds are
+# choices made without a GPU run: bench/cuda_gpu.py and bench/triton_gpu.py time both to confirm them.
+BACKENDS = ("auto", "triton", "compiled")
+_AUTO_MAX_M = {"bitmap_mm": 16, "bsr_mm": 0}
+_backend = {op: "auto" for op in _AUTO_MAX_M}
+
+
+def _parse_env() -> None:
+    """SPARSEKIT_CUDA_BACKEND="bitmap_mm=triton,bsr_mm=compiled" sets the backends at import."""
+    spec = os.environ.get("SPARSEKIT_CUDA_BACKEND", "").strip()
+    for item in filter(None, (p.strip() for p in spec.split(","))):
+        op, _, name = item.partition("=")
+        set_backend(op.strip(), name.strip())
+
+
+def set_backend(op: str, backend: str) -> None:
+    """Which CUDA kernel serves `op` ("bitmap_mm" or "bsr_mm"): "triton", "compiled" (csrc/cuda) or
+    "auto" (by M, see `backend`). A process-wide setting, read on every call."""
+    if op not in _backend:
+        raise ValueError(f"sparsekit.triton.set_backend: expected op in {sorted(_backend)}, got {op!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"sparsekit.triton.set_backend: expected backend in {list(BACKENDS)}, got {backend!r}")
+    _backend[op] = backend
+
+
+def backend(op: str, M: int) -> str:
+    """The CUDA kernel ("triton" or "compiled") that serves `op` for M activation rows now."""
+    choice = _backend[op]
+    if choice == "auto":
+        choice = "compiled" if M <= _AUTO_MAX_M[op] else "triton"
+    if choice == "compiled" and not _compiled_cuda():
+        return "triton"
+    return choice
+
+
+def _compiled_cuda() -> bool:
+    from .. import _ext
+
+    return _ext.C is not None and bool(getattr(_ext.C, "with_cuda", 0))
 
 
 def available() -> bool:
@@ -68,9 +113,13 @@ def _make_impls():
 
     # Python kernels receive what the caller passed, so the schema's defaults are repeated here.
     def bsr_mm(x, crow_indices, col_indices, values, out_features, bias=None):
+        if backend("bsr_mm", x.shape[0]) == "compiled":
+            return torch.ops.sparsekit._cuda_bsr_mm(x, crow_indices, col_indices, values, out_features, bias)
         return _bsr()(x, crow_indices, col_indices, values, out_features, bias)
 
     def bitmap_mm(x, bitmap, word_offsets, values, bias=None):
+        if backend("bitmap_mm", x.shape[0]) == "compiled":
+            return torch.ops.sparsekit._cuda_bitmap_mm(x, bitmap, word_offsets, values, bias)
         return _bitmap()(x, bitmap, word_offsets, values, bias)
 
     def quantize_per_token(x, symmetric=True):
@@ -101,6 +150,9 @@ def register() -> bool:
         lib.impl(name, fn, "CUDA")
     _lib = lib
     return True
+
+
+_parse_env()
 
 
 def registered() -> bool:
