@@ -251,7 +251,10 @@ def test_format_routing_by_m(fmt, dtype, monkeypatch):
         else:
             want = ref_halves(x, f.to_dense(), b)
         assert_close_to_ref(y.cpu(), want.cpu(), x.cpu(), f.to_dense().float().cpu(), dtype)
-    assert cslt == [17, 128] and own[:2] == [4, 16]
+    if int8:  # no own CUDA kernel for 2:4+int8: cuSPARSELt serves every M (own calls: the `want` above)
+        assert cslt == [4, 16, 17, 128] and own == [4, 16, 17, 128]
+    else:
+        assert cslt == [17, 128] and own[:2] == [4, 16]
 
 
 @gpu_cslt

@@ -79,11 +79,14 @@ def _cslt_min_m() -> int:
     return int(os.environ.get("SPARSEKIT_CSLT_MIN_M", "16"))
 
 
-def _use_cslt(x: torch.Tensor, shape, weight_dtype: torch.dtype, bias) -> bool:
+def _use_cslt(x: torch.Tensor, shape, weight_dtype: torch.dtype, bias, min_m=None) -> bool:
+    """Whether this call goes to cuSPARSELt: CUDA, a shape it takes, more than `min_m` rows (default
+    SPARSEKIT_CSLT_MIN_M), eager, and no gradient needed."""
     if torch.compiler.is_compiling() or not x.is_cuda:  # the CPU path stays exactly what it was
         return False
     n, k = shape
-    if not cslt_shape_fits(n, k, weight_dtype) or x.numel() // k <= _cslt_min_m() or not ops.cslt_available():
+    min_m = _cslt_min_m() if min_m is None else min_m
+    if not cslt_shape_fits(n, k, weight_dtype) or x.numel() // k <= min_m or not ops.cslt_available():
         return False
     # cslt_mm has no autograd formula; the own ops do (gradients to x and bias)
     return not (torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)))
@@ -202,7 +205,9 @@ class Sparse24Int8Weight(SparseFormat):
         x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
         q, s, _ = ops.quantize_per_token(x2, True)
         y = None
-        if x.dtype in (torch.float16, torch.bfloat16) and _use_cslt(x2, shape, torch.int8, bias):
+        # sparse24_int8_mm has no CUDA kernel of its own (its fallback decodes the weight on every call),
+        # so on CUDA cuSPARSELt serves every M it can
+        if x.dtype in (torch.float16, torch.bfloat16) and _use_cslt(x2, shape, torch.int8, bias, min_m=0):
             compressed, fp16_safe = _cslt_weight(values, meta, shape[1], scale)
             if fp16_safe or x.dtype == torch.bfloat16:
                 # cuSPARSELt scales D's rows (output channels: alpha = w_scale) but has no per-column scale
