@@ -33,6 +33,14 @@ PyObject* set_cpu_isa(PyObject*, PyObject* arg) {
 
 PyObject* cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(sparsekit::cpu::active_isa_name()); }
 
+// Test switch: the CPU bindings run the ATen index checks (what CUDA runs) instead of the pointer ones.
+PyObject* set_aten_index_checks(PyObject*, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  sparsekit::cpu::set_aten_index_checks(on != 0);
+  Py_RETURN_NONE;
+}
+
 #ifdef SPARSEKIT_WITH_CUSPARSELT
 // A C++ exception must not cross into Python: report it as a RuntimeError.
 template <typename F>
@@ -70,6 +78,8 @@ PyObject* cusparselt_loaded_version(PyObject*, PyObject*) {
 PyMethodDef methods[] = {
     {"set_cpu_isa", set_cpu_isa, METH_O, "Force the CPU kernels' instruction set: 'auto', 'generic', 'avx2' or 'avx512'."},
     {"cpu_isa", cpu_isa, METH_NOARGS, "The instruction set the CPU kernels use now."},
+    {"_set_aten_index_checks", set_aten_index_checks, METH_O,
+     "Tests: True makes the CPU ops check index buffers with the ATen checks the CUDA ops run."},
 #ifdef SPARSEKIT_WITH_CUSPARSELT
     {"cusparselt_cache_stats", cusparselt_cache_stats, METH_NOARGS,
      "The cuSPARSELt plan cache: entries, capacity, plans_created, searches, hits, evictions, algs_remembered."},

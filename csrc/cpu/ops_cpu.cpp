@@ -8,10 +8,11 @@
 #include <atomic>
 #include <vector>
 
+#include "checked_once.h"
 #include "checks.h"
-#include "cpu/checked_once.h"
 #include "core/csr_spmm.h"
 #include "core/spmm_formats.h"
+#include "index_checks.h"
 #include "cpu/ops_cpu.h"
 
 namespace sparsekit {
@@ -19,6 +20,7 @@ namespace cpu {
 namespace {
 
 std::atomic<int> g_isa{0};
+std::atomic<bool> g_aten_index_checks{false};
 
 core::DType to_core(at::ScalarType t) {
   switch (t) {
@@ -90,8 +92,11 @@ at::Tensor csr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const
   const auto col = col_indices.contiguous();
   const int32_t* crow_p = crow.data_ptr<int32_t>();
   CheckedOnce::run("csr_mm", {&crow_indices, &col_indices}, {N, values.numel(), K}, [&] {
-    check_compressed_indices("sparsekit.csr_mm", crow_p, N, "nnz", values.numel(), col.data_ptr<int32_t>(), K,
-                             "in_features");
+    if (aten_index_checks())
+      aten_checks::check_compressed_indices("sparsekit.csr_mm", crow, N, "nnz", values.numel(), col, K, "in_features");
+    else
+      check_compressed_indices("sparsekit.csr_mm", crow_p, N, "nnz", values.numel(), col.data_ptr<int32_t>(), K,
+                               "in_features");
   });
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
@@ -126,8 +131,12 @@ at::Tensor bsr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const
   const int64_t R = values.size(1), C = values.size(2), NB = N / R;
   const int32_t* crow_p = crow.data_ptr<int32_t>();
   CheckedOnce::run("bsr_mm", {&crow_indices, &col_indices}, {NB, values.size(0), x.size(1) / C}, [&] {
-    check_compressed_indices("sparsekit.bsr_mm", crow_p, NB, "nblocks", values.size(0), col.data_ptr<int32_t>(),
-                             x.size(1) / C, "in_features / C");
+    if (aten_index_checks())
+      aten_checks::check_compressed_indices("sparsekit.bsr_mm", crow, NB, "nblocks", values.size(0), col,
+                                            x.size(1) / C, "in_features / C");
+    else
+      check_compressed_indices("sparsekit.bsr_mm", crow_p, NB, "nblocks", values.size(0), col.data_ptr<int32_t>(),
+                               x.size(1) / C, "in_features / C");
   });
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
@@ -153,7 +162,10 @@ at::Tensor bitmap_mm_cpu(const at::Tensor& x, const at::Tensor& bitmap, const at
   const auto wo = word_offsets.contiguous();
   const int32_t* wo_p = wo.data_ptr<int32_t>();
   CheckedOnce::run("bitmap_mm", {&bitmap, &word_offsets}, {N, words, x.size(1), values.numel()}, [&] {
-    check_bitmap_words("sparsekit.bitmap_mm", bm.data_ptr<int32_t>(), wo_p, N, words, x.size(1), values.numel());
+    if (aten_index_checks())
+      aten_checks::check_bitmap_words("sparsekit.bitmap_mm", bm, wo, x.size(1), values.numel());
+    else
+      check_bitmap_words("sparsekit.bitmap_mm", bm.data_ptr<int32_t>(), wo_p, N, words, x.size(1), values.numel());
   });
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
@@ -183,7 +195,10 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
   const int64_t M = x.size(0), N = values.size(0), K = x.size(1);
   const auto mt = meta.contiguous();
   CheckedOnce::run("sparse24_mm", {&meta}, {N, K}, [&] {
-    check_meta_positions("sparsekit.sparse24_mm", mt.data_ptr<uint8_t>(), N, K);
+    if (aten_index_checks())
+      aten_checks::check_meta_positions("sparsekit.sparse24_mm", mt, K);
+    else
+      check_meta_positions("sparsekit.sparse24_mm", mt.data_ptr<uint8_t>(), N, K);
   });
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
@@ -208,6 +223,8 @@ void set_isa(int isa) {
   g_isa.store(isa);
 }
 int get_isa() { return g_isa.load(); }
+void set_aten_index_checks(bool on) { g_aten_index_checks.store(on); }
+bool aten_index_checks() { return g_aten_index_checks.load(std::memory_order_relaxed); }
 const char* active_isa_name() { return core::isa_name(core::resolve_isa(static_cast<core::Isa>(g_isa.load()))); }
 
 }  // namespace cpu

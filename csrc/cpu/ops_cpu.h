@@ -8,5 +8,11 @@ void set_isa(int isa);
 int get_isa();
 // The instruction set that calls run with now (auto resolved).
 const char* active_isa_name();
+// Which checks of the index buffers' contents the CPU bindings run: the pointer checks of
+// csrc/checks.h (default: one pass, no temporaries) or, when on, the ATen checks of
+// csrc/index_checks.h that the CUDA bindings run, so that tests hold both to the same messages
+// without a GPU. A test switch (sparsekit._C._set_aten_index_checks).
+void set_aten_index_checks(bool on);
+bool aten_index_checks();
 }  // namespace cpu
 }  // namespace sparsekit

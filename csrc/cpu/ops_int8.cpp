@@ -14,10 +14,11 @@
 #include <cstring>
 #include <tuple>
 
+#include "checked_once.h"
 #include "core/int8_gemm.h"
-#include "cpu/checked_once.h"
 #include "cpu/int8_checks.h"
 #include "cpu/ops_cpu.h"
+#include "index_checks.h"
 
 namespace sparsekit {
 namespace cpu {
@@ -237,7 +238,10 @@ at::Tensor sparse24_int8_mm_cpu(const at::Tensor& x_q, const at::Tensor& x_scale
   const int64_t M = x_q.size(0), K = x_q.size(1), N = values.size(0);
   const auto Mt = meta.contiguous();
   CheckedOnce::run("sparse24_int8_mm", {&meta}, {N, K}, [&] {
-    check_meta_positions("sparsekit.sparse24_int8_mm", Mt.data_ptr<uint8_t>(), N, K);
+    if (aten_index_checks())
+      aten_checks::check_meta_positions("sparsekit.sparse24_int8_mm", Mt, K);
+    else
+      check_meta_positions("sparsekit.sparse24_int8_mm", Mt.data_ptr<uint8_t>(), N, K);
   });
   auto y = at::empty({M, N}, x_q.options().dtype(out_dtype));
   if (M == 0 || N == 0) return y;

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "cuda/checked_once_cuda.h"
 #include "cuda/csr_spmm_kernel.cuh"
 
 namespace sparsekit {
@@ -24,8 +25,12 @@ at::Tensor csr_mm_cuda(const at::Tensor& x, const at::Tensor& crow_indices, cons
                        const at::Tensor& values, int64_t out_features, const std::optional<at::Tensor>& bias) {
   check_csr_mm_args(x, crow_indices, col_indices, values, out_features, bias);
   TORCH_CHECK(x.is_cuda(), "sparsekit.csr_mm: expected CUDA tensors, got x on ", x.device());
+  constexpr const char* op = "sparsekit.csr_mm";
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t M = x.size(0), N = out_features;
+  const int64_t M = x.size(0), N = out_features, K = x.size(1);
+  check_index_buffers_once(op, {&crow_indices, &col_indices}, {N, values.numel(), K}, [&] {
+    aten_checks::check_compressed_indices(op, crow_indices, N, "nnz", values.numel(), col_indices, K, "in_features");
+  });
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   // The kernel reads x with a row stride and unit column stride.
@@ -36,7 +41,7 @@ at::Tensor csr_mm_cuda(const at::Tensor& x, const at::Tensor& crow_indices, cons
   at::Tensor b;
   if (bias.has_value()) b = bias->contiguous();
   CsrMmLaunch a;
-  a.M = M; a.N = N; a.K = x.size(1);
+  a.M = M; a.N = N; a.K = K;
   a.crow = crow.data_ptr<int32_t>();
   a.col = col.data_ptr<int32_t>();
   a.values = vals.data_ptr();

@@ -13,6 +13,7 @@
 #include <tuple>
 
 #include "checks.h"
+#include "cuda/checked_once_cuda.h"
 #include "cuda/bitmap_kernel.cuh"
 #include "cuda/bsr_kernel.cuh"
 #include "cuda/pack_kernel.cuh"
@@ -60,6 +61,7 @@ at::Tensor sparse24_mm_cuda(const at::Tensor& x, const at::Tensor& values, const
   check_cuda(op, x);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t M = x.size(0), N = values.size(0), K = x.size(1);
+  check_index_buffers_once(op, {&meta}, {N, K}, [&] { aten_checks::check_meta_positions(op, meta, K); });
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const auto xc = unit_column_stride(x);
@@ -94,6 +96,9 @@ at::Tensor bitmap_mm_cuda(const at::Tensor& x, const at::Tensor& bitmap, const a
   check_cuda(op, x);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t M = x.size(0), N = bitmap.size(0), K = x.size(1);
+  check_index_buffers_once(op, {&bitmap, &word_offsets}, {N, bitmap.size(1), K, values.numel()}, [&] {
+    aten_checks::check_bitmap_words(op, bitmap, word_offsets, K, values.numel());
+  });
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const auto xc = unit_column_stride(x);
@@ -132,6 +137,11 @@ at::Tensor bsr_mm_cuda(const at::Tensor& x, const at::Tensor& crow_indices, cons
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t M = x.size(0), N = out_features, K = x.size(1);
   TORCH_CHECK_VALUE(K <= kInt32Max, op, ": in_features ", K, " exceeds the int32 index range");
+  const int64_t R = values.size(1), C = values.size(2);
+  check_index_buffers_once(op, {&crow_indices, &col_indices}, {N / R, values.size(0), K / C}, [&] {
+    aten_checks::check_compressed_indices(op, crow_indices, N / R, "nblocks", values.size(0), col_indices, K / C,
+                                          "in_features / C");
+  });
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const auto xc = unit_column_stride(x);
@@ -142,8 +152,8 @@ at::Tensor bsr_mm_cuda(const at::Tensor& x, const at::Tensor& crow_indices, cons
   if (bias.has_value()) b = bias->contiguous();
   BsrMmLaunch a;
   a.M = M; a.N = N; a.K = K;
-  a.R = values.size(1);
-  a.C = values.size(2);
+  a.R = R;
+  a.C = C;
   a.crow = crow.data_ptr<int32_t>();
   a.col = col.data_ptr<int32_t>();
   a.values = vals.data_ptr();

@@ -8,6 +8,8 @@
 //   * its version counter is unchanged (every in-place write and `.data` swap bumps it),
 //   * its data pointer and element count are unchanged.
 // Inference tensors have no version counter and are checked on every call.
+// Used by the CPU bindings (pointer checks, csrc/checks.h) and the CUDA ones (ATen checks,
+// csrc/index_checks.h, where a check is a device sync: once per buffer keeps it off the hot path).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -20,7 +22,6 @@
 #include <vector>
 
 namespace sparsekit {
-namespace cpu {
 
 class CheckedOnce {
  public:
@@ -119,5 +120,4 @@ class CheckedOnce {
   }
 };
 
-}  // namespace cpu
 }  // namespace sparsekit
