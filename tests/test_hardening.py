@@ -5,6 +5,8 @@ Bad-input coverage that the other files lack: malformed index buffers passed str
 allocating, non-contiguous buffers, the NaN/Inf rule per format, truncated and mismatched saved
 files, threads, the Triton autotune cache under threads, and memory over 10,000 calls.
 """
+import concurrent.futures
+import contextlib
 import gc
 import io
 import os
@@ -31,10 +33,28 @@ def _impls():
     return [pytest.param("compiled", marks=requires_ext), "reference"]
 
 
+def _content_check_impls():
+    """_impls(), with the compiled CPU kernels also run with the ATen content checks that the CUDA
+    bindings run (csrc/index_checks.h): both must raise the pointer checks' messages."""
+    return [pytest.param("compiled", marks=requires_ext), pytest.param("compiled-aten", marks=requires_ext),
+            "reference"]
+
+
+@contextlib.contextmanager
+def _aten_index_checks(on=True):
+    """The compiled CPU ops check index contents with the ATen checks (what CUDA runs) inside."""
+    sparsekit._ext.C._set_aten_index_checks(on)
+    try:
+        yield
+    finally:
+        sparsekit._ext.C._set_aten_index_checks(False)
+
+
 def _call(impl, name, *args):
-    if impl == "compiled":
+    if impl == "reference":
+        return ops.FALLBACKS[name](*args)
+    with _aten_index_checks(impl == "compiled-aten"):
         return getattr(torch.ops.sparsekit, name)(*args)
-    return ops.FALLBACKS[name](*args)
 
 
 # ------------------------------------------------------------------------------------------ index buffers
@@ -115,7 +135,7 @@ MALFORMED = [
 ]
 
 
-@pytest.mark.parametrize("impl", _impls())
+@pytest.mark.parametrize("impl", _content_check_impls())
 @pytest.mark.parametrize("what,args,msg", MALFORMED, ids=[m[0] for m in MALFORMED])
 def test_malformed_index_buffers_raise_before_any_read(impl, what, args, msg):
     # these read out of bounds (segfault) or silently disagreed with the reference before the checks
@@ -124,12 +144,59 @@ def test_malformed_index_buffers_raise_before_any_read(impl, what, args, msg):
         _call(impl, name, *a)
 
 
-@pytest.mark.parametrize("impl", _impls())
+@pytest.mark.parametrize("impl", _content_check_impls())
 def test_malformed_buffers_are_checked_for_an_empty_batch_too(impl):
     name, *a = _csr_args(_csr(), col=_edit(_csr().col_indices, 0, 99))
     a[0] = torch.randn(0, 10)
     with pytest.raises(ValueError, match="expected col_indices in"):
         _call(impl, name, *a)
+
+
+def _corrupt_randomly(t, g, lo, hi, entries):
+    """t with `entries` random elements set to random values in [lo, hi)."""
+    t = t.clone()
+    flat = t.view(-1)
+    for i in torch.randint(flat.numel(), (entries,), generator=g).tolist():
+        flat[i] = int(torch.randint(lo, hi, (1,), generator=g))
+    return t
+
+
+def _random_corruption(seed):
+    """Op arguments with one index buffer randomly corrupted (or, by chance, still valid)."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(1, 4, (1,), generator=g))
+    kind = seed % 7
+    if kind < 2:
+        f = _csr()
+        return _csr_args(f, col=_corrupt_randomly(f.col_indices, g, -2, 14, n)) if kind == 0 else \
+            _csr_args(f, crow=_corrupt_randomly(f.crow_indices, g, -1, 12, n))
+    if kind < 4:
+        f = _bsr()
+        return _bsr_args(f, col=_corrupt_randomly(f.col_indices, g, -1, 6, n)) if kind == 2 else \
+            _bsr_args(f, crow=_corrupt_randomly(f.crow_indices, g, -1, 10, n))
+    if kind < 6:
+        f = _bitmap(40 + 24 * (seed % 2))
+        return _bitmap_args(f, bitmap=_corrupt_randomly(f.bitmap, g, -2**31, 2**31 - 1, n)) if kind == 4 else \
+            _bitmap_args(f, wo=_corrupt_randomly(f.word_offsets, g, 0, 80, n))
+    f = _s24()
+    return "sparse24_mm", torch.randn(3, 8), f.values, _corrupt_randomly(f.meta, g, 0, 256, n), None
+
+
+def _outcome(impl, name, args):
+    args = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]  # no remembered check shared
+    try:
+        _call(impl, name, *args)
+        return None
+    except ValueError as e:
+        return str(e).splitlines()[0]
+
+
+@requires_ext
+@pytest.mark.parametrize("seed", range(70))
+def test_pointer_aten_and_python_checks_agree_on_random_corruptions(seed):
+    name, *a = _random_corruption(seed)
+    pointer, aten, python = (_outcome(impl, name, a) for impl in ("compiled", "compiled-aten", "reference"))
+    assert pointer == aten == python
 
 
 # The compiled CPU kernels check index contents once per buffer (a pass over them costs as much as the
@@ -151,18 +218,25 @@ IN_PLACE = [
 ]
 
 
-@requires_ext
-@pytest.mark.parametrize("what,make,args,corrupt,msg", IN_PLACE, ids=[c[0] for c in IN_PLACE])
-def test_a_checked_buffer_written_in_place_is_checked_again(what, make, args, corrupt, msg):
-    f = make()
-    name = {"csr": "csr_mm", "bsr": "bsr_mm", "bitmap": "bitmap_mm", "2:4": "sparse24_mm"}[what.split()[0]]
-    op = getattr(torch.ops.sparsekit, name)
+def _in_place_op(what):
+    return {"csr": "csr_mm", "bsr": "bsr_mm", "bitmap": "bitmap_mm", "2:4": "sparse24_mm"}[what.split()[0]]
+
+
+def _call_check_corrupt_call(op, f, args, corrupt, msg):
     a = args(f)
     ok = op(*a)
     assert torch.equal(op(*a), ok)  # the second call takes the remembered check
     corrupt(f)
     with pytest.raises(ValueError, match=msg):
         op(*a)
+
+
+@requires_ext
+@pytest.mark.parametrize("checks", ["pointer", "aten"])
+@pytest.mark.parametrize("what,make,args,corrupt,msg", IN_PLACE, ids=[c[0] for c in IN_PLACE])
+def test_a_checked_buffer_written_in_place_is_checked_again(what, make, args, corrupt, msg, checks):
+    with _aten_index_checks(checks == "aten"):
+        _call_check_corrupt_call(getattr(torch.ops.sparsekit, _in_place_op(what)), make(), args, corrupt, msg)
 
 
 @requires_ext
@@ -185,6 +259,145 @@ def test_inference_tensors_are_checked_on_every_call():
         f.col_indices[1] = 10**9  # no version counter to see this: the check runs again
         with pytest.raises(ValueError, match="expected col_indices in"):
             torch.ops.sparsekit.csr_mm(*a)
+
+
+# The Triton launchers (sparsekit/triton) remember passed content checks in Python, by the same rule.
+def _py_checked_once_counter():
+    from sparsekit.ops import _checked_once
+
+    calls = []
+    a, b = torch.zeros(4, dtype=torch.int32), torch.zeros(3, dtype=torch.int32)
+    return _checked_once, calls, a, b, lambda params=(4,): _checked_once.run("test.op", (a, b), params,
+                                                                            lambda: calls.append(1))
+
+
+def test_python_checked_once_remembers_unchanged_buffers_only():
+    _, calls, a, b, run = _py_checked_once_counter()
+    run(), run()
+    assert len(calls) == 1
+    a[0] = 1  # in-place write: version counter
+    run(), run()
+    assert len(calls) == 2
+    b.data = torch.zeros(3, dtype=torch.int32)  # new storage under the same tensor
+    run()
+    assert len(calls) == 3
+    run(params=(5,))  # other shape parameters: another check
+    assert len(calls) == 4
+
+
+def test_python_checked_once_forgets_a_failed_check_and_rechecks_inference_tensors():
+    from sparsekit.ops import _checked_once
+
+    t = torch.zeros(2)
+
+    def fail():
+        raise ValueError("bad")
+
+    for _ in range(2):
+        with pytest.raises(ValueError, match="bad"):
+            _checked_once.run("test.fail", (t,), (), fail)
+    with torch.inference_mode():
+        u = torch.zeros(2)
+    calls = []
+    for _ in range(2):
+        _checked_once.run("test.inference", (u,), (), lambda: calls.append(1))
+    assert len(calls) == 2
+
+
+def test_python_checked_once_is_bounded_and_thread_safe():
+    from sparsekit.ops import _checked_once
+
+    keep = [torch.zeros(1) for _ in range(_checked_once.MAX_ENTRIES + 10)]  # alive: eviction must clear
+    for t in keep:
+        _checked_once.run("test.bound", (t,), (), lambda: None)
+    assert _checked_once.size() <= _checked_once.MAX_ENTRIES
+    _, calls, a, b, run = _py_checked_once_counter()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:  # list() re-raises what a worker raised
+        list(pool.map(lambda _: [run() for _ in range(200)], range(8)))
+    assert 1 <= len(calls) <= 8  # threads may race to the first check, never past it
+
+
+# ------------------------------------------------------------------------------------------ CUDA index checks
+# The CUDA bindings check index contents with ATen ops once per buffer (csrc/cuda/checked_once_cuda.h);
+# the Triton launchers with the Python checks (sparsekit/ops/_checked_once.py). Same messages as on CPU.
+def _cuda(args):
+    return tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)  # .cuda() of a CUDA tensor: itself
+
+
+def _cuda_backends(name):
+    return ("compiled", "triton") if name in ("bitmap_mm", "bsr_mm") else ("compiled",)
+
+
+def _use_cuda_backend(monkeypatch, name, backend):
+    """Route `name` on CUDA to the compiled kernel or to Triton (restored after the test)."""
+    import sparsekit.triton as st
+
+    if name not in st._AUTO_MAX_M:
+        return
+    if backend == "triton" and not st.registered():
+        pytest.skip("the Triton kernels are not registered")
+    monkeypatch.setitem(st._backend, name, st._backend[name])
+    st.set_backend(name, backend)
+
+
+GPU_MALFORMED = [pytest.param(what, args, msg, backend, id=f"{what}-{backend}")
+                 for what, args, msg in MALFORMED for backend in _cuda_backends(args()[0])]
+
+
+@requires_gpu
+@pytest.mark.parametrize("what,args,msg,backend", GPU_MALFORMED)
+def test_malformed_index_buffers_raise_on_cuda_too(what, args, msg, backend, monkeypatch):
+    name, *a = args()
+    _use_cuda_backend(monkeypatch, name, backend)
+    with pytest.raises(ValueError, match=rf"sparsekit\.{name}: .*{msg}"):
+        getattr(torch.ops.sparsekit, name)(*_cuda(a))
+
+
+class _OnCuda:
+    """A format's index buffers and values on CUDA, as attributes (what IN_PLACE's lambdas read)."""
+
+    def __init__(self, f):
+        self.shape = f.shape
+        for k in ("crow_indices", "col_indices", "values", "bitmap", "word_offsets", "meta"):
+            if hasattr(f, k):
+                setattr(self, k, getattr(f, k).cuda())
+
+
+@requires_gpu
+@pytest.mark.parametrize("what,make,args,corrupt,msg,backend",
+                         [pytest.param(*c, b, id=f"{c[0]}-{b}") for c in IN_PLACE for b in _cuda_backends(_in_place_op(c[0]))])
+def test_a_checked_cuda_buffer_written_in_place_is_checked_again(what, make, args, corrupt, msg, backend, monkeypatch):
+    name = _in_place_op(what)
+    _use_cuda_backend(monkeypatch, name, backend)
+    _call_check_corrupt_call(getattr(torch.ops.sparsekit, name), _OnCuda(make()), lambda f: _cuda(args(f)), corrupt,
+                             msg)
+
+
+CAPTURE = [pytest.param(what, make, args, b, id=f"{what}-{b}") for what, make, args, *_ in IN_PLACE
+           if what in ("csr col", "bsr col", "bitmap offsets", "2:4 meta") for b in _cuda_backends(_in_place_op(what))]
+
+
+@requires_gpu
+@pytest.mark.filterwarnings("ignore:The CUDA Graph is empty")  # the refused capture records nothing
+@pytest.mark.parametrize("what,make,args,backend", CAPTURE)
+def test_cuda_graph_capture_needs_index_buffers_checked_before(what, make, args, backend, monkeypatch):
+    name = _in_place_op(what)
+    _use_cuda_backend(monkeypatch, name, backend)
+    op = getattr(torch.ops.sparsekit, name)
+    f = _OnCuda(make())
+    a = _cuda(args(f))
+    # an unchecked buffer: the check would sync the device, illegal during capture
+    with pytest.raises(RuntimeError, match="call the op once before capturing a CUDA graph"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            op(*a)
+    expected = op(*a)  # checks the buffers (and tunes Triton) outside capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = op(*a)
+    g.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(y, expected)
 
 
 # ------------------------------------------------------------------------------------------ int32 limits

@@ -363,6 +363,36 @@ def test_interp_launchers_validate_inputs():
         int8.int8_weight_only_mm(torch.randn(2, 4), torch.zeros(3, 5, dtype=torch.int8), torch.ones(3))
 
 
+def _launcher_cases(cases, name_of):
+    """The cases of tests/test_hardening.py (malformed or corrupted index buffers) of the ops with a
+    Triton launcher; test_hardening is imported on use, where these tests run."""
+    return [c for c in cases if name_of(c) in ("bsr_mm", "bitmap_mm")]
+
+
+def _launcher(name):
+    from sparsekit.triton import bitmap, bsr
+
+    return {"bsr_mm": bsr.bsr_mm, "bitmap_mm": bitmap.bitmap_mm}[name]
+
+
+@interp
+def test_interp_launchers_refuse_malformed_index_buffers():
+    from test_hardening import MALFORMED
+
+    for what, args, msg in _launcher_cases(MALFORMED, lambda c: c[1]()[0]):
+        name, *a = args()
+        with pytest.raises(ValueError, match=rf"sparsekit\.{name}: .*{msg}"):
+            _launcher(name)(*a)
+
+
+@interp
+def test_interp_launchers_check_a_buffer_written_in_place_again():
+    from test_hardening import IN_PLACE, _call_check_corrupt_call, _in_place_op
+
+    for what, make, args, corrupt, msg in _launcher_cases(IN_PLACE, lambda c: _in_place_op(c[0])):
+        _call_check_corrupt_call(_launcher(_in_place_op(what)), make(), args, corrupt, msg)
+
+
 @interp
 def test_interp_registered_impls_route_to_the_launchers():
     """The functions registered for the CUDA key, called directly on CPU tensors (defaults filled in)."""

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops import _checks
+from ..ops import _checked_once, _checks
 from . import autotune
 from ._common import DTYPE_NAME, USE_POPC, dot_acc, m_bucket, next_pow2, popcount32, tile_ids, upcast_dot
 
@@ -175,6 +175,8 @@ def _launch(x, bitmap, word_offsets, values, bias, y, M, N, K, cfg):
 def bitmap_mm(x, bitmap, word_offsets, values, bias=None, *, config=None):
     """The Triton bitmap_mm: y (M, N) in x's dtype. `config` overrides the tuned configuration."""
     _checks.check_bitmap_mm(x, bitmap, word_offsets, values, bias)
+    _checked_once.run("sparsekit.bitmap_mm", (bitmap, word_offsets), (*bitmap.shape, x.shape[1], values.numel()),
+                      lambda: _checks.check_bitmap_mm_data(x, bitmap, word_offsets, values, bias))
     M, K = x.shape
     N = bitmap.shape[0]
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops import _checks
+from ..ops import _checked_once, _checks
 from . import autotune
 from ._common import DTYPE_NAME, dot_acc, m_bucket, next_pow2, tile_ids, upcast_dot
 
@@ -150,6 +150,10 @@ def _launch(x, crow, col, values, bias, y, M, N, R, C, cfg):
 def bsr_mm(x, crow_indices, col_indices, values, out_features, bias=None, *, config=None):
     """The Triton bsr_mm: y (M, out_features) in x's dtype. `config` overrides the tuned configuration."""
     _checks.check_bsr_mm(x, crow_indices, col_indices, values, out_features, bias)
+    R, C = values.shape[1], values.shape[2]
+    _checked_once.run("sparsekit.bsr_mm", (crow_indices, col_indices),
+                      (int(out_features) // R, values.shape[0], x.shape[1] // C),
+                      lambda: _checks.check_bsr_mm_data(x, crow_indices, col_indices, values, out_features, bias))
     M, K = x.shape
     N = int(out_features)
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
@@ -165,7 +169,6 @@ def bsr_mm(x, crow_indices, col_indices, values, out_features, bias=None, *, con
         crow_indices = crow_indices.contiguous()
     if not col_indices.is_contiguous():
         col_indices = col_indices.contiguous()
-    R, C = values.shape[1], values.shape[2]
     if config is None:
         dev = x.device
         key = (-1 if dev.index is None else dev.index, N, K, R, C, m_bucket(M), DTYPE_NAME[x.dtype])
