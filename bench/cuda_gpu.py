@@ -46,6 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     p.add_argument("--quick", action="store_true", help="2 shapes, M in {1, 16}, one density per format")
     p.add_argument("--pack", action="store_true", help="also time the GPU packers against the CPU from_dense")
+    p.add_argument("--out", default=str(OUT), help="output folder (default bench/results)")
     p.add_argument("--name", default="cuda_layers", help="results file stem (the device name is appended)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -93,9 +94,10 @@ def main(argv=None):
     csr_dens = [float(d) for d in a.csr_density.split(",")]
     if a.quick:
         shapes, ms, bm_dens, bsr_cfg, csr_dens = shapes[:2], [1, 16], bm_dens[:1], bsr_cfg[:1], csr_dens[:1]
-    OUT.mkdir(exist_ok=True)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
     stem = f"{a.name}_{slug(env['device'])}"
-    jpath, mpath = OUT / f"{stem}.jsonl", OUT / f"{stem}.md"
+    jpath, mpath = out / f"{stem}.jsonl", out / f"{stem}.md"
     jpath.unlink(missing_ok=True)
     esz = torch.finfo(dtype).bits // 8
 

@@ -105,12 +105,16 @@ def _check(name, got, ref, dtype, tol=None):
 
 
 def _packed_weights(w, fmts, sparsities):
-    """{(fmt, sparsity or None): (packed, masked weight, mask)}."""
+    """{(fmt, sparsity or None): (packed, masked weight, mask)}, or the ValueError of a format that
+    cannot hold this shape (a block size that does not tile it)."""
     packed = {}
     for fmt in fmts:
         for sp in [None] if fixed_sparsity(fmt) else sparsities:
-            mask = _mask_for(fmt, w, sp or 0.0)
-            packed[(fmt, sp)] = (_pack(fmt, w, mask), w * mask, mask)
+            try:
+                mask = _mask_for(fmt, w, sp or 0.0)
+                packed[(fmt, sp)] = (_pack(fmt, w, mask), w * mask, mask)
+            except ValueError as e:
+                packed[(fmt, sp)] = e
     return packed
 
 
@@ -141,7 +145,12 @@ def bench_layer(N: int, K: int, Ms: Sequence[int], sparsities: Sequence[float], 
                     bytes=dense[base_name][1] + _io_bytes(M, N, K, dense[base_name][2]))
         for name, (t, nbytes, elt) in dense.items():
             records.append(_record(shape, 0.0, name, t, base, nbytes, elt))
-        for (fmt, sp), (pk, wm, mask) in packed.items():
+        for (fmt, sp), entry in packed.items():
+            if isinstance(entry, ValueError):
+                records.append(dict(shape, sparsity=sp or 0.0, impl=f"sparsekit-{fmt}",
+                                    error=f"n/a ({short_error(entry)})"))
+                continue
+            pk, wm, mask = entry
             spv = 1.0 - mask.float().mean().item() if sp is None else sp
             ref = F.linear(x.float(), wm.float())
             cands = {f"sparsekit-{fmt}": lambda: _peers.Candidate(lambda: pk.matmul(x), pk.nbytes,
