@@ -36,7 +36,7 @@ from .timing import short_error, time_ms
 PRESETS = {
     "llama-7b": dict(hidden=4096, intermediate=11008, heads=32, kv_heads=32, layers=32, vocab=32000),
     "llama3-8b": dict(hidden=4096, intermediate=14336, heads=32, kv_heads=8, layers=32, vocab=128256),
-    "small": dict(hidden=1024, intermediate=2816, heads=16, kv_heads=16, layers=4, vocab=8192),
+    "small": dict(hidden=1024, intermediate=2816, heads=16, kv_heads=16, layers=2, vocab=8192),
     "tiny": dict(hidden=128, intermediate=352, heads=4, kv_heads=4, layers=2, vocab=512),
 }
 
