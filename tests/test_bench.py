@@ -27,6 +27,7 @@ def _check_model_records(recs, arch):
     assert all(r["arch"] == arch and r["prefill_M"] == 8 and "error" not in r for r in recs), recs
     dense, csr, s24, wo = recs
     assert dense["decode_speedup"] == 1.0 and dense["decode_tok_s"] > 0
+    assert {dense["baseline_prefill_dtype"], dense["baseline_decode_dtype"]} <= {"float32", "bfloat16"}
     assert csr["sparsity"] == 0.8 and s24["sparsity"] == 0.5 and wo["sparsity"] == 0.0
     assert csr["rel_error"] < 1e-3 and s24["rel_error"] < 1e-3 and wo["rel_error"] < 5e-2
     # lm_head and embeddings stay dense; the pruned projections shrink

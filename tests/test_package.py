@@ -69,6 +69,7 @@ def test_cli_bench_layer_writes_records(tmp_path):
     impls = {r["impl"] for r in recs}
     assert {"dense", "sparsekit-csr", "torch-csr"} <= impls
     assert all("env" in r and r["env"]["torch"] == torch.__version__ for r in recs)
+    assert recs[0]["env"]["command"].startswith("python -m sparsekit bench layer --shapes 48x80 --m 1,3")
 
 
 def test_cli_bench_model_quick_builtin():

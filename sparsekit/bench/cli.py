@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import warnings
 
 import torch
@@ -91,7 +92,7 @@ def _apply_defaults(args, device: torch.device) -> None:
 
 def run(args) -> int:
     from .layer import parse_formats
-    from .report import layer_table, model_table, report
+    from .report import baseline_line, layer_table, model_table, report
     from .timing import environment, write_jsonl
 
     if args.what == "report":
@@ -105,14 +106,15 @@ def run(args) -> int:
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     _apply_defaults(args, device)
     min_run_time = 0.1 if args.quick else 0.3
-    env = environment(device)
+    command = " ".join(["python -m sparsekit", *map(shlex.quote, getattr(args, "argv", []))])
+    env = dict(environment(device), command=command)
     print(f"# sparsekit bench {args.what} on {env['device']} ({device.type}, {env['cpu_threads']} CPU threads), "
           f"torch {env['torch']}, dtype {str(dtype).replace('torch.', '')}")
     fmts = parse_formats(args.formats)
     if args.what == "model":
         recs = _run_model(args, fmts, dtype, device, min_run_time)
         print(model_table(recs))
-        print(f"\nspeedup: over dense {recs[0]['baseline_dtype']} (on the CPU the faster of float32 and bfloat16); "
+        print(f"\nspeedup: over dense {baseline_line(recs[0])}; "
               f"decode: one token per sequence at position {args.prompt} with a KV cache"
               + ("; tokens/s from the faster of eager and CUDA graph" if device.type == "cuda"
                  else "; peak memory is measured on CUDA only"))

@@ -133,7 +133,9 @@ class Runner:
         if self.hf:
             from transformers import StaticCache
 
-            self.cache = StaticCache(config=model.config, max_cache_len=prompt + 1)
+            # max_batch_size, device and dtype: needed by transformers 4.x, ignored by 5.x
+            self.cache = StaticCache(config=model.config, max_cache_len=prompt + 1, max_batch_size=batch,
+                                     device=p.device, dtype=p.dtype)
             self.pos = torch.tensor([prompt], device=p.device)
             model(input_ids=self.ids, past_key_values=self.cache, cache_position=torch.arange(prompt, device=p.device),
                   use_cache=True, logits_to_keep=1)
@@ -207,9 +209,10 @@ def sparsify(dense: nn.Module, fmt: str, sparsity: Optional[float], device) -> t
     pattern = prune_pattern(fmt)
     if pattern is not None:
         prune(pruned, sparsity=None if pattern == "2:4" else sparsity, pattern=pattern, filter_fn=_not_lm_head)
+    converted = copy.deepcopy(pruned)
     _sync(device)
     t1 = time.perf_counter()
-    converted = convert(copy.deepcopy(pruned), convert_config(fmt), filter_fn=_not_lm_head)
+    convert(converted, convert_config(fmt), filter_fn=_not_lm_head)
     _sync(device)
     return pruned, converted, t1 - t0, time.perf_counter() - t1
 
@@ -221,8 +224,8 @@ def _tolerance(fmt, dtype):
 def bench_model(dims: Dict[str, int], fmts: Sequence[str], sparsities: Sequence[float], dtype: torch.dtype,
                 device: torch.device, arch: str = "llama", batch: int = 1, prompt: int = 128,
                 min_run_time: float = 0.3, progress: Optional[Progress] = None) -> List[Dict]:
-    """One record for the dense model (the baseline: on the CPU the faster of float32 and
-    bfloat16 by decode time) and one per (format, sparsity)."""
+    """One record for the dense model (the baseline: on the CPU, for prefill and for decode each,
+    the faster of float32 and bfloat16) and one per (format, sparsity)."""
     if arch == "llama" and not transformers_available():
         arch = "builtin"
     with torch.no_grad():
@@ -231,11 +234,11 @@ def bench_model(dims: Dict[str, int], fmts: Sequence[str], sparsities: Sequence[
             f"{k}={v}" for k, v in dims.items()), arch=arch, params=sum(p.numel() for p in dense.parameters()),
             batch=batch, prompt=prompt, prefill_M=batch * prompt, dtype=str(dtype).replace("torch.", ""),
             device=device.type)
-        base = dict(_measure(dense, batch, prompt, device, min_run_time), dtype=desc["dtype"])
+        dense_runs = [dict(_measure(dense, batch, prompt, device, min_run_time), dtype=desc["dtype"])]
         if device.type == "cpu" and dtype == torch.float32:  # BENCHMARKING.md rule 2
-            bf16 = dict(_measure(copy.deepcopy(dense).bfloat16(), batch, prompt, device, min_run_time),
-                        dtype="bfloat16")
-            base = min(base, bf16, key=lambda b: b["decode_ms"])
+            dense_runs.append(dict(_measure(copy.deepcopy(dense).bfloat16(), batch, prompt, device, min_run_time),
+                                   dtype="bfloat16"))
+        base = _best_dense(dense_runs)
         records = [_model_record(desc, "dense", 0.0, base, base, err=0.0)]
         if progress is not None:
             progress.step("dense")
@@ -244,6 +247,17 @@ def bench_model(dims: Dict[str, int], fmts: Sequence[str], sparsities: Sequence[
             if progress is not None:
                 progress.step(f"{fmt} {'' if sp is None else f'{sp:.0%}'}")
     return records
+
+
+def _best_dense(runs: List[Dict]) -> Dict:
+    """The first run's fields with, for prefill and for decode each, the timings of the fastest
+    run and its dtype ("prefill_dtype", "decode_dtype")."""
+    best = dict(runs[0])
+    for what in ("prefill", "decode"):
+        fastest = min(runs, key=lambda r: r[f"{what}_ms"])
+        best.update({k: v for k, v in fastest.items() if k.startswith(what + "_")})
+        best[f"{what}_dtype"] = fastest["dtype"]
+    return best
 
 
 def _bench_variant(dense, desc, fmt, sp, base, batch, prompt, device, min_run_time) -> Dict:
@@ -262,7 +276,8 @@ def _bench_variant(dense, desc, fmt, sp, base, batch, prompt, device, min_run_ti
 
 
 def _model_record(desc, fmt, sparsity, m, base, err, **extra) -> Dict:
-    rec = dict(desc, format=fmt, sparsity=sparsity, baseline_dtype=base["dtype"], rel_error=err, **extra)
+    rec = dict(desc, format=fmt, sparsity=sparsity, baseline_prefill_dtype=base["prefill_dtype"],
+               baseline_decode_dtype=base["decode_dtype"], rel_error=err, **extra)
     batch = desc["batch"]
     for what in ("prefill", "decode"):
         rec[f"{what}_ms"], rec[f"dense_{what}_ms"] = m[f"{what}_ms"], base[f"{what}_ms"]

@@ -64,6 +64,11 @@ def model_table(recs: List[dict]) -> str:
     return markdown_table(head, rows)
 
 
+def baseline_line(rec: dict) -> str:
+    p, d = rec.get("baseline_prefill_dtype"), rec.get("baseline_decode_dtype")
+    return p if p == d else f"{p} for prefill, {d} for decode (the faster of each)"
+
+
 def is_model(recs: List[dict]) -> bool:
     return bool(recs) and "impl" not in recs[0]
 
@@ -83,10 +88,13 @@ def report(path: str, out: str | None = None) -> str:
     env = recs[0].get("env", {})
     model = is_model(recs)
     parts = [f"# {os.path.basename(path)}\n", environment_line(env) + "\n"]
+    if env.get("command"):
+        parts.append(f"reproduce: `{env['command']}`, then `python -m sparsekit bench report --json {path}"
+                     f"{'' if out is None else ' --out ' + out}`\n")
     if model:
         parts.append(f"model: {recs[0]['model']} ({recs[0]['params'] / 1e6:.1f} M parameters), batch "
                      f"{recs[0]['batch']}, prompt {recs[0]['prompt']}, {recs[0]['dtype']}; baseline: dense "
-                     f"{recs[0].get('baseline_dtype')}\n")
+                     f"{baseline_line(recs[0])}\n")
     parts.append(model_table(recs) if model else layer_table(recs))
     text = "\n".join(parts) + "\n"
     if out:

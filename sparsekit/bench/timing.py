@@ -66,10 +66,11 @@ def _cpu_median_ms(fn, min_run_time: float) -> float:
 
 
 def _git_commit() -> Optional[str]:
+    """The commit of the checkout sparsekit runs from ("-dirty" with uncommitted changes); None outside one."""
     try:
         root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=5)
+        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--exclude", "*"],
+                             capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None
     except Exception:
         return None
