@@ -18,18 +18,19 @@ TINY = dict(PRESETS["tiny"], vocab=128)
 
 
 def _model_records(arch):
-    return bench_model(TINY, ["csr", "2:4", "int8-wo"], [0.8], torch.float32, CPU, arch=arch, prompt=8,
+    return bench_model(TINY, ["csr", "2:4", "int8-wo", "2:4+int8"], [0.8], torch.float32, CPU, arch=arch, prompt=8,
                        min_run_time=0.01)
 
 
 def _check_model_records(recs, arch):
-    assert [r["format"] for r in recs] == ["dense", "csr", "2:4", "int8-wo"]
+    assert [r["format"] for r in recs] == ["dense", "csr", "2:4", "int8-wo", "2:4+int8"]
     assert all(r["arch"] == arch and r["prefill_M"] == 8 and "error" not in r for r in recs), recs
-    dense, csr, s24, wo = recs
+    dense, csr, s24, wo, s24q = recs
     assert dense["decode_speedup"] == 1.0 and dense["decode_tok_s"] > 0
     assert {dense["baseline_prefill_dtype"], dense["baseline_decode_dtype"]} <= {"float32", "bfloat16"}
     assert csr["sparsity"] == 0.8 and s24["sparsity"] == 0.5 and wo["sparsity"] == 0.0
-    assert csr["rel_error"] < 1e-3 and s24["rel_error"] < 1e-3 and wo["rel_error"] < 5e-2
+    assert csr["rel_error"] < 1e-3 and s24["rel_error"] < 1e-3 and 0 < wo["rel_error"] < 5e-2
+    assert s24q["sparsity"] == 0.5 and 0 < s24q["rel_error"] < 0.1
     # lm_head and embeddings stay dense; the pruned projections shrink
     assert csr["weight_bytes"] < dense["dense_weight_bytes"] and wo["weight_bytes"] < dense["dense_weight_bytes"]
     assert all(r["convert_s"] >= 0 and r["peak_mem_bytes"] is None for r in recs[1:])
