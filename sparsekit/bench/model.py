@@ -271,8 +271,9 @@ def _stored_weights(pruned: nn.Module, converted: nn.Module) -> nn.Module:
 
 
 def _tolerance(fmt: str, dtype: torch.dtype) -> float:
-    """int8 and 2:4+int8 also quantize the activations (per token), which the reference does not."""
-    return 5e-2 if fmt in ("int8", "2:4+int8") else (1e-3 if dtype == torch.float32 else 3e-2)
+    """int8 and 2:4+int8 also quantize the activations (per token), which the reference does not: about
+    1% per layer, 6% in the logits of two LLaMA-7B-sized layers; a wrong kernel is off by ~100%."""
+    return 0.1 if fmt in ("int8", "2:4+int8") else (1e-3 if dtype == torch.float32 else 3e-2)
 
 
 def _bench_variant(dense, desc, fmt, sp, base, batch, prompt, device, min_run_time) -> Dict:
