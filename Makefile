@@ -1,5 +1,5 @@
 # sparsekit: one-command set-up on a fresh machine.
-#   make demo   virtualenv + torch + build + the main job (prune, convert, time against dense)
+#   make demo   virtualenv + torch + build + `sparsekit bench`: a decoder pruned + converted per format, against dense
 #   make test   the same set-up, then the C++ tests (ASan + UBSan) and the whole Python suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +15,7 @@ $(VENV)/.deps-ready: Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23" 2>/dev/null || true
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" triton numpy "setuptools>=64" wheel ninja \
-		pytest pytest-benchmark hypothesis safetensors scikit-learn matplotlib
+		pytest pytest-benchmark hypothesis safetensors scikit-learn matplotlib transformers
 	touch $@
 
 venv: $(VENV)/.deps-ready

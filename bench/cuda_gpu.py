@@ -54,6 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--pack", action="store_true", help="also time the GPU packers against the CPU from_dense")
     p.add_argument("--cslt", action="store_true",
                    help=f"the cuSPARSELt study: shapes {CSLT_SHAPES}, M in {CSLT_MS}, formats 2:4 and 2:4+int8")
+    p.add_argument("--out", default=str(OUT), help="output folder (default bench/results)")
     p.add_argument("--name", default="cuda_layers", help="results file stem (the device name is appended)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -104,9 +105,10 @@ def main(argv=None):
         ms, fmts = [int(m) for m in CSLT_MS.split(",")], ["2:4", "2:4+int8"]
     if a.quick:
         shapes, ms, bm_dens, bsr_cfg, csr_dens = shapes[:2], [1, 16], bm_dens[:1], bsr_cfg[:1], csr_dens[:1]
-    OUT.mkdir(exist_ok=True)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
     stem = f"{a.name}_{slug(env['device'])}"
-    jpath, mpath = OUT / f"{stem}.jsonl", OUT / f"{stem}.md"
+    jpath, mpath = out / f"{stem}.jsonl", out / f"{stem}.md"
     jpath.unlink(missing_ok=True)
     esz = torch.finfo(dtype).bits // 8
 

@@ -14,6 +14,7 @@ def main(argv=None) -> int:
 
     add_arguments(bench)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.cmd == "info":
         import sparsekit
         from sparsekit._info import format_info

@@ -1,13 +1,19 @@
 """`sparsekit bench` command line.
 
-    sparsekit bench                      # the built-in model demo on the device present
-    sparsekit bench layer --shapes llama-7b --m 1,16 --sparsity 0.9 --json out.jsonl
+    sparsekit bench                      # model: a decoder pruned + converted per format, on the device present
+    sparsekit bench model --preset llama-7b --layers 2 --formats 2:4,bsr:64,int8-wo --json m.jsonl
+    sparsekit bench layer --shapes llama-7b --m 1,16 --sparsity 0.9 --formats all --json out.jsonl
+    sparsekit bench report --json out.jsonl --out bench/results
 """
 from __future__ import annotations
 
 import argparse
+import shlex
+import warnings
 
 import torch
+
+from .progress import Progress
 
 
 def _floats(s):
@@ -20,68 +26,128 @@ def _ints(s):
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+# what the bare command and each sub-command run when a flag is not given: (sub-command, device type) -> flags
+DEFAULTS = {
+    ("model", "cpu"): dict(preset="small", formats="csr,bsr:32,2:4,int8-wo", sparsity=[0.9], prompt=64),
+    ("model", "cuda"): dict(preset="llama-7b", formats="2:4,bsr:64,int8-wo,2:4+int8", sparsity=[0.9], prompt=2048),
+    ("layer", "cpu"): dict(shapes="square-4096", formats="csr,bsr:32,2:4,int8-wo", sparsity=[0.9], m=[1, 16]),
+    ("layer", "cuda"): dict(shapes="llama-7b", formats="all", sparsity=[0.5, 0.9], m=[1, 16, 128, 2048]),
+}
+QUICK = {"model": dict(layers=2, prompt=32), "layer": dict(m=[1, 16])}
+DIMS = ("hidden", "intermediate", "heads", "kv_heads", "layers", "vocab")
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .model import PRESETS
+
     p.add_argument("what", nargs="?", default="model", choices=["model", "layer", "report"],
-                   help="model: prune+convert the built-in model and time it (default); layer: linear layers; "
+                   help="model (default): a decoder-only transformer pruned and converted per format, prefill and "
+                        "decode against dense; layer: single linear layers against dense and PyTorch's peers; "
                         "report: turn result JSON lines (--json) into markdown tables and PNG plots (--out)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: float16 on cuda, float32 on cpu")
-    p.add_argument("--m", type=_ints, default=None, help="activation rows (batch x tokens), e.g. 1,16")
-    p.add_argument("--sparsity", type=_floats, default=None, help="e.g. 0.5,0.7,0.9")
-    p.add_argument("--shapes", default="square-4096", help="layer: N x K list or families (llama-7b, bert-base, ...)")
-    p.add_argument("--formats", default="csr",
-                   help="layer: comma list of csr, bitmap, bsr:16|32|64, 2:4, int8, int8-wo, 2:4+int8 (or 'all')")
-    p.add_argument("--no-peers", action="store_true", help="layer: skip PyTorch's own sparse path")
-    p.add_argument("--out", default=None, help="report: folder for the markdown and PNG files")
-    p.add_argument("--quick", action="store_true", help="shorter timing runs")
-    p.add_argument("--json", default=None, help="append result records (JSON lines, with the environment) here")
+    p.add_argument("--formats", default=None,
+                   help="comma list of csr, bitmap, bsr:B (B = block size), 2:4, int8, int8-wo, 2:4+int8, or 'all' "
+                        "(default: model cpu csr,bsr:32,2:4,int8-wo; cuda 2:4,bsr:64,int8-wo,2:4+int8; "
+                        "layer cpu csr,bsr:32,2:4,int8-wo; cuda all)")
+    p.add_argument("--sparsity", type=_floats, default=None,
+                   help="fractions pruned for csr, bitmap and bsr (2:4 and int8 formats have their own; default 0.9, "
+                        "layer on cuda 0.5,0.9)")
+    p.add_argument("--quick", action="store_true",
+                   help="about a minute: shorter timing; model: 2 layers and a 32-token prompt; layer: M in {1, 16}")
+    p.add_argument("--json", default=None, help="append result records (JSON lines, with the environment) here; "
+                   "report: the file to read")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it is drawn on stderr only when "
+                   "stderr is a terminal)")
+    g = p.add_argument_group("layer")
+    g.add_argument("--shapes", default=None, help="N x K list or families (llama-7b, llama3-8b, bert-base, "
+                   "square-4096) (default: square-4096 on cpu, llama-7b on cuda)")
+    g.add_argument("--m", type=_ints, default=None, help="activation rows, e.g. 1,16 (default 1,16; cuda 1,16,128,2048)")
+    g.add_argument("--no-peers", action="store_true", help="skip PyTorch's own paths (torch CSR/BSR, "
+                   "to_sparse_semi_structured, torch._int_mm, torchao)")
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", default="llama", choices=["llama", "builtin"],
+                   help="llama: transformers' LlamaForCausalLM from a LlamaConfig, random weights, no download "
+                        "(the built-in decoder when transformers does not import); builtin: the built-in decoder")
+    g.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="model dimensions (default: small on cpu, llama-7b on cuda); the flags below override them")
+    for d in DIMS:
+        g.add_argument(f"--{d.replace('_', '-')}", type=int, default=None, help=f"{d} (default: the preset's)")
+    g.add_argument("--batch", type=int, default=1, help="sequences (default 1)")
+    g.add_argument("--prompt", type=int, default=None, help="prompt tokens; prefill M = batch x prompt, decode "
+                   "attends to them (default 64 on cpu, 2048 on cuda; --quick 32)")
+    g = p.add_argument_group("report")
+    g.add_argument("--out", default=None, help="folder for the markdown and PNG files")
+
+
+def _apply_defaults(args, device: torch.device) -> None:
+    """Fills the flags left out from DEFAULTS (and QUICK with --quick)."""
+    table = dict(DEFAULTS[(args.what, "cuda" if device.type == "cuda" else "cpu")])
+    if args.quick:
+        table.update(QUICK[args.what])
+    for k, v in table.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
 
 
 def run(args) -> int:
-    from .timing import environment, markdown_table, write_jsonl
+    from .layer import parse_formats
+    from .report import baseline_line, layer_table, model_table, report
+    from .timing import environment, write_jsonl
 
     if args.what == "report":
-        from .report import report
-
         if not args.json:
             raise SystemExit("sparsekit bench report: pass --json RESULTS.jsonl (and --out FOLDER)")
         print(report(args.json, args.out))
         return 0
+    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+    warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    _apply_defaults(args, device)
     min_run_time = 0.1 if args.quick else 0.3
-    env = environment(device)
+    command = " ".join(["python -m sparsekit", *map(shlex.quote, getattr(args, "argv", []))])
+    env = dict(environment(device), command=command)
     print(f"# sparsekit bench {args.what} on {env['device']} ({device.type}, {env['cpu_threads']} CPU threads), "
           f"torch {env['torch']}, dtype {str(dtype).replace('torch.', '')}")
+    fmts = parse_formats(args.formats)
     if args.what == "model":
-        from .model import bench_model
-
-        recs = bench_model(args.m or [1, 16], args.sparsity or [0.5, 0.7, 0.9], dtype, device,
-                           min_run_time=min_run_time)
-        print(f"model: {recs[0]['model']}, {recs[0]['params'] / 1e6:.1f} M weights, pruned by magnitude "
-              f"(unstructured, per layer) and converted to {recs[0]['format']}\n")
-        rows = [[f"{r['sparsity']:.0%}", r["M"], f"{r['dense_ms']:.3f} ({r['dense_dtype']})", f"{r['ms']:.3f}",
-                 f"{r['speedup']:.2f}x", f"{r['dense_weight_bytes'] / 2**20:.1f}", f"{r['weight_bytes'] / 2**20:.1f}"]
-                for r in recs]
-        print(markdown_table(["sparsity", "M", "best dense ms", "sparse ms", "speedup", "dense MiB", "sparse MiB"],
-                             rows))
-        print("\nbest dense: the faster of float32 and bfloat16 on the CPU; the sparse model keeps float32 weights")
+        recs = _run_model(args, fmts, dtype, device, min_run_time)
+        print(model_table(recs))
+        print(f"\nspeedup: over dense {baseline_line(recs[0])}; "
+              f"decode: one token per sequence at position {args.prompt} with a KV cache"
+              + ("; tokens/s from the faster of eager and CUDA graph" if device.type == "cuda"
+                 else "; peak memory is measured on CUDA only"))
     else:
-        from .layer import FORMATS, bench_layer, parse_shapes
-
-        fmts = FORMATS if args.formats == "all" else tuple(f for f in args.formats.split(",") if f)
-        recs = []
-        for N, K in parse_shapes(args.shapes):
-            recs += bench_layer(N, K, args.m or [1, 16], args.sparsity or [0.9], dtype, device,
-                                peers=not args.no_peers, min_run_time=min_run_time, fmts=fmts)
-        rows = [[f"{r['N']}x{r['K']}", r["M"], f"{r['sparsity']:.0%}", r["impl"],
-                 f"{r['ms']:.3f}" if "ms" in r else "-", f"{r['speedup']:.2f}x" if "ms" in r else r.get("error", ""),
-                 f"{r['bytes_cap']:.2f}x" if r.get("bytes_cap") else "-", f"{r['gbps']:.1f}" if "gbps" in r else "-"]
-                for r in recs]
-        print(markdown_table(["N x K", "M", "sparsity", "impl", "ms", "speedup vs best dense", "bytes cap", "GB/s"],
-                             rows))
+        recs = _run_layers(args, fmts, dtype, device, min_run_time)
+        print(layer_table(recs))
     if args.json:
         write_jsonl(args.json, [dict(r, env=env) for r in recs])
         print(f"\nwrote {len(recs)} records to {args.json}")
     return 0
+
+
+def _run_layers(args, fmts, dtype, device, min_run_time):
+    from .layer import bench_layer, parse_shapes
+
+    shapes = parse_shapes(args.shapes)
+    recs = []
+    with Progress(len(shapes) * len(args.m), enabled=not args.no_progress) as bar:
+        for N, K in shapes:
+            recs += bench_layer(N, K, args.m, args.sparsity, dtype, device, peers=not args.no_peers,
+                                min_run_time=min_run_time, fmts=fmts, progress=bar)
+    return recs
+
+
+def _run_model(args, fmts, dtype, device, min_run_time):
+    from .model import PRESETS, bench_model, transformers_available, variants
+
+    dims = {d: getattr(args, d) if getattr(args, d) is not None else PRESETS[args.preset][d] for d in DIMS}
+    arch = args.arch if transformers_available() else "builtin"
+    print(f"model: {'transformers LlamaForCausalLM' if arch == 'llama' else 'built-in decoder'} "
+          f"({args.preset}: {', '.join(f'{k} {v}' for k, v in dims.items())}), random weights; attention and MLP "
+          f"projections pruned by magnitude per layer and converted; lm_head dense; batch {args.batch}, prompt "
+          f"{args.prompt}\n")
+    with Progress(1 + len(list(variants(fmts, args.sparsity))), enabled=not args.no_progress) as bar:
+        return bench_model(dims, fmts, args.sparsity, dtype, device, arch=arch, batch=args.batch, prompt=args.prompt,
+                           min_run_time=min_run_time, progress=bar)

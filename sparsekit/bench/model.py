@@ -1,72 +1,316 @@
-"""The built-in model demo: prune an MLP stack at several sparsities, convert it, time it against dense."""
+"""Model-level benchmark: a decoder-only transformer, pruned and converted by sparsekit for each
+format, against the dense model: prefill latency, decode tokens/s, weight bytes, peak memory and
+conversion time.
+
+The model is Hugging Face ``transformers``' LlamaForCausalLM from a LlamaConfig with random weights
+(nothing is downloaded) when transformers imports (``arch="llama"``), else the built-in
+:class:`TinyDecoder` (same linear layers: q/k/v/o, gate/up/down; no rotary embedding, which moves
+no weight bytes). Every attention and MLP projection is pruned to the format's pattern
+(sparsekit.prune, magnitude, per layer) and converted (sparsekit.convert); lm_head and the
+embeddings stay dense. Before timing, the converted model's logits are checked against the pruned
+model holding the same weights (int8 formats: dequantized; W8A8 formats within the error of their
+per-token activation quantization); "rel_error" is against the pruned
+model itself, so for int8 formats it is the quantization error.
+
+Prefill: one forward over ``batch x prompt`` tokens (M = batch * prompt), logits of the last
+position only. Decode: one token per sequence at position ``prompt`` against a KV cache filled
+with the prompt, repeated at that same position (a static cache rewound each step), so that every
+timed call does the same work; tokens/s = batch / step time. On CUDA both are also timed replayed
+from a CUDA graph; on the CPU eagerly. Peak memory: torch.cuda.max_memory_allocated on CUDA; not
+measured on the CPU (the process's high-water mark is already set by the dense model).
+"""
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Sequence
+import time
+from typing import Dict, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..convert import SparseConfig, convert
+from ..convert import convert
+from ..nn import SparseLinear
 from ..prune import prune
-from .timing import time_ms
+from .layer import convert_config, fixed_sparsity, prune_pattern, rel_error
+from .progress import Progress
+from .timing import short_error, time_ms
+
+# hidden, intermediate, heads, kv heads, layers, vocab
+PRESETS = {
+    "llama-7b": dict(hidden=4096, intermediate=11008, heads=32, kv_heads=32, layers=32, vocab=32000),
+    "llama3-8b": dict(hidden=4096, intermediate=14336, heads=32, kv_heads=8, layers=32, vocab=128256),
+    "small": dict(hidden=1024, intermediate=2816, heads=16, kv_heads=16, layers=2, vocab=8192),
+    "tiny": dict(hidden=128, intermediate=352, heads=4, kv_heads=4, layers=2, vocab=512),
+}
 
 
-class FeedForwardStack(nn.Module):
-    """A stack of LLaMA-style feed-forward blocks (up/gate, down) with residuals: the linear
-    layers that dominate a decoder's weight bytes, without attention."""
+def transformers_available() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-    def __init__(self, d_model: int = 1024, d_ff: int = 2816, n_blocks: int = 4):
+
+# ----------------------------------------------------------------------------- the built-in decoder
+
+
+class _Block(nn.Module):
+    def __init__(self, d, ff, heads, kv_heads):
         super().__init__()
-        self.blocks = nn.ModuleList(
-            nn.ModuleDict(dict(up=nn.Linear(d_model, d_ff, bias=False), gate=nn.Linear(d_model, d_ff, bias=False),
-                               down=nn.Linear(d_ff, d_model, bias=False)))
-            for _ in range(n_blocks)
-        )
+        self.heads, self.kv_heads, self.hd = heads, kv_heads, d // heads
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, kv_heads * self.hd, bias=False)
+        self.v_proj = nn.Linear(d, kv_heads * self.hd, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+        self.gate_proj = nn.Linear(d, ff, bias=False)
+        self.up_proj = nn.Linear(d, ff, bias=False)
+        self.down_proj = nn.Linear(ff, d, bias=False)
+        self.norm1, self.norm2 = nn.RMSNorm(d), nn.RMSNorm(d)
 
-    def forward(self, x):
-        for b in self.blocks:
-            x = x + b["down"](nn.functional.silu(b["gate"](x)) * b["up"](x))
-        return x
+    def forward(self, x, cache: Optional[tuple], start: int):
+        B, T, _ = x.shape
+        h = self.norm1(x)
+        q = self.q_proj(h).view(B, T, self.heads, self.hd).transpose(1, 2)
+        k = self.k_proj(h).view(B, T, self.kv_heads, self.hd).transpose(1, 2)
+        v = self.v_proj(h).view(B, T, self.kv_heads, self.hd).transpose(1, 2)
+        if cache is not None:  # static cache: write this step's keys and values in place
+            cache[0][:, :, start:start + T] = k
+            cache[1][:, :, start:start + T] = v
+            k, v = cache[0][:, :, :start + T], cache[1][:, :, :start + T]
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=self.kv_heads != self.heads)
+        x = x + self.o_proj(a.transpose(1, 2).reshape(B, T, -1))
+        h = self.norm2(x)
+        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
 
 
-def bench_model(Ms: Sequence[int], sparsities: Sequence[float], dtype: torch.dtype, device: torch.device,
-                d_model: int = 1024, d_ff: int = 2816, n_blocks: int = 4, fmt: str = "csr",
-                min_run_time: float = 0.3) -> List[Dict]:
+class TinyDecoder(nn.Module):
+    """A LLaMA-shaped decoder without rotary embeddings: the built-in model when transformers is absent."""
+
+    def __init__(self, hidden, intermediate, heads, kv_heads, layers, vocab):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab, hidden)
+        self.layers = nn.ModuleList(_Block(hidden, intermediate, heads, kv_heads) for _ in range(layers))
+        self.norm = nn.RMSNorm(hidden)
+        self.lm_head = nn.Linear(hidden, vocab, bias=False)
+
+    def forward(self, ids, caches: Optional[list] = None, start: int = 0):
+        x = self.embed_tokens(ids)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, None if caches is None else caches[i], start)
+        return self.lm_head(self.norm(x[:, -1:]))
+
+    def new_cache(self, batch, length):
+        p = self.lm_head.weight
+        return [tuple(torch.zeros(batch, b.kv_heads, length, b.hd, device=p.device, dtype=p.dtype) for _ in "kv")
+                for b in self.layers]
+
+
+# ----------------------------------------------------------------------------- building and running
+
+
+def build_model(arch: str, dims: Dict[str, int]) -> nn.Module:
+    """arch "llama": transformers' LlamaForCausalLM (random weights); "builtin": TinyDecoder."""
     torch.manual_seed(0)
-    dense = FeedForwardStack(d_model, d_ff, n_blocks).to(device=device, dtype=dtype).eval()
-    n_params = sum(p.numel() for p in dense.parameters())
-    records = []
-    xs = {M: torch.randn(M, d_model, device=device, dtype=dtype) for M in Ms}
+    if arch == "builtin":
+        return TinyDecoder(**dims).eval()
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=dims["hidden"], intermediate_size=dims["intermediate"],
+                      num_attention_heads=dims["heads"], num_key_value_heads=dims["kv_heads"],
+                      num_hidden_layers=dims["layers"], vocab_size=dims["vocab"], max_position_embeddings=8192)
+    return LlamaForCausalLM(cfg).eval()
+
+
+class Runner:
+    """prefill() and step() for either model, with the same inputs every call."""
+
+    def __init__(self, model: nn.Module, batch: int, prompt: int, seed: int = 0):
+        self.model, self.prompt = model, prompt
+        p = next(model.parameters())
+        g = torch.Generator().manual_seed(seed)
+        vocab = model.lm_head.out_features
+        self.ids = torch.randint(0, vocab, (batch, prompt), generator=g).to(p.device)
+        self.tok = torch.randint(0, vocab, (batch, 1), generator=g).to(p.device)
+        self.hf = not isinstance(model, TinyDecoder)
+        if self.hf:
+            from transformers import StaticCache
+
+            # max_batch_size, device and dtype: needed by transformers 4.x, ignored by 5.x
+            self.cache = StaticCache(config=model.config, max_cache_len=prompt + 1, max_batch_size=batch,
+                                     device=p.device, dtype=p.dtype)
+            self.pos = torch.tensor([prompt], device=p.device)
+            model(input_ids=self.ids, past_key_values=self.cache, cache_position=torch.arange(prompt, device=p.device),
+                  use_cache=True, logits_to_keep=1)
+        else:
+            self.cache = model.new_cache(batch, prompt + 1)
+            model(self.ids, self.cache, 0)
+
+    def prefill(self) -> torch.Tensor:
+        if self.hf:
+            return self.model(input_ids=self.ids, use_cache=False, logits_to_keep=1).logits
+        return self.model(self.ids)
+
+    def step(self) -> torch.Tensor:
+        if not self.hf:
+            return self.model(self.tok, self.cache, self.prompt)
+        out = self.model(input_ids=self.tok, past_key_values=self.cache, cache_position=self.pos, use_cache=True).logits
+        for layer in getattr(self.cache, "layers", ()):  # transformers 5: rewind each layer's write position
+            if torch.is_tensor(getattr(layer, "cumulative_length", None)):
+                layer.cumulative_length.fill_(self.prompt)
+        return out
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _weight_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())
+               if t.dim() > 0)
+
+
+def _logits(run: Runner) -> Dict[str, torch.Tensor]:
+    return {"logits_prefill": run.prefill().float(), "logits_step": run.step().float()}
+
+
+def _measure(model, batch, prompt, device, min_run_time) -> Dict:
+    """Prefill and decode timings (eager, and graph on CUDA), logits for the checks, weight bytes and,
+    on CUDA, peak memory: the weights plus the most that the cache, prefill and decode add to them."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    run = Runner(model, batch, prompt)
+    out = dict(_logits(run), weight_bytes=_weight_bytes(model), peak_mem_bytes=None)
+    for what, fn in (("prefill", run.prefill), ("decode", run.step)):
+        t = time_ms(fn, device, min_run_time)
+        out[f"{what}_ms"], out[f"{what}_graph_ms"] = t["ms"], t["graph_ms"]
+        if "graph_error" in t:
+            out[f"{what}_graph_error"] = t["graph_error"]
+    if device.type == "cuda":
+        out["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device) - before + out["weight_bytes"]
+    return out
+
+
+def variants(fmts: Sequence[str], sparsities: Sequence[float]):
+    for fmt in fmts:
+        for sp in [None] if fixed_sparsity(fmt) else sparsities:
+            yield fmt, sp
+
+
+def _not_lm_head(module, fqn) -> bool:
+    return not fqn.endswith("lm_head")
+
+
+def sparsify(dense: nn.Module, fmt: str, sparsity: Optional[float], device) -> tuple:
+    """A pruned copy (the reference) and a converted copy of `dense`; seconds to prune and to convert."""
+    pruned = copy.deepcopy(dense)
+    _sync(device)
+    t0 = time.perf_counter()
+    pattern = prune_pattern(fmt)
+    if pattern is not None:
+        prune(pruned, sparsity=None if pattern == "2:4" else sparsity, pattern=pattern, filter_fn=_not_lm_head)
+    converted = copy.deepcopy(pruned)
+    _sync(device)
+    t1 = time.perf_counter()
+    convert(converted, convert_config(fmt), filter_fn=_not_lm_head)
+    _sync(device)
+    return pruned, converted, t1 - t0, time.perf_counter() - t1
+
+
+def bench_model(dims: Dict[str, int], fmts: Sequence[str], sparsities: Sequence[float], dtype: torch.dtype,
+                device: torch.device, arch: str = "llama", batch: int = 1, prompt: int = 128,
+                min_run_time: float = 0.3, progress: Optional[Progress] = None) -> List[Dict]:
+    """One record for the dense model (the baseline: on the CPU, for prefill and for decode each,
+    the faster of float32 and bfloat16) and one per (format, sparsity)."""
+    if arch == "llama" and not transformers_available():
+        arch = "builtin"
     with torch.no_grad():
-        base = {M: time_ms(lambda: dense(xs[M]), device, min_run_time) for M in Ms}
-        base_name = {M: str(dtype).replace("torch.", "") for M in Ms}
-        if device.type == "cpu" and dtype == torch.float32:
-            # BENCHMARKING.md rule 2: on the CPU the baseline is the faster of float32 and bfloat16
-            dense16 = copy.deepcopy(dense).bfloat16()
-            xs16 = {M: xs[M].bfloat16() for M in Ms}
-            for M in Ms:
-                t16 = time_ms(lambda: dense16(xs16[M]), device, min_run_time)
-                if t16["ms"] < base[M]["ms"]:
-                    base[M], base_name[M] = t16, "bfloat16"
-        for sp in sparsities:
-            model = copy.deepcopy(dense)
-            prune(model, sparsity=sp)
-            ref = {M: model(xs[M]).float() for M in Ms}
-            convert(model, SparseConfig(format=fmt))
-            wbytes = sum(b.numel() * b.element_size() for b in model.buffers())
-            for M in Ms:
-                y = model(xs[M]).float()
-                err = ((y - ref[M]).norm() / ref[M].norm()).item()
-                if not err < (1e-3 if dtype == torch.float32 else 3e-2):
-                    raise AssertionError(f"converted model differs from the pruned dense model: {err:.3g}")
-                t = time_ms(lambda: model(xs[M]), device, min_run_time)
-                records.append({
-                    "model": f"ffn-stack d={d_model} ff={d_ff} x{n_blocks}", "params": n_params, "M": M,
-                    "sparsity": sp, "format": fmt, "dtype": str(dtype).replace("torch.", ""), "device": device.type,
-                    "dense_ms": base[M]["ms"], "dense_dtype": base_name[M], "ms": t["ms"], "dense_graph_ms": base[M]["graph_ms"],
-                    "graph_ms": t["graph_ms"], "speedup": base[M]["ms"] / t["ms"],
-                    "dense_weight_bytes": n_params * dense.blocks[0]["up"].weight.element_size(),
-                    "weight_bytes": wbytes, "rel_error": err,
-                })
+        dense = build_model(arch, dims).to(device=device, dtype=dtype)
+        desc = dict(model=f"{'transformers Llama' if arch == 'llama' else 'built-in decoder'} " + " ".join(
+            f"{k}={v}" for k, v in dims.items()), arch=arch, params=sum(p.numel() for p in dense.parameters()),
+            batch=batch, prompt=prompt, prefill_M=batch * prompt, dtype=str(dtype).replace("torch.", ""),
+            device=device.type)
+        dense_runs = [dict(_measure(dense, batch, prompt, device, min_run_time), dtype=desc["dtype"])]
+        if device.type == "cpu" and dtype == torch.float32:  # BENCHMARKING.md rule 2
+            dense_runs.append(dict(_measure(copy.deepcopy(dense).bfloat16(), batch, prompt, device, min_run_time),
+                                   dtype="bfloat16"))
+        base = _best_dense(dense_runs)
+        records = [_model_record(desc, "dense", 0.0, base, base, err=0.0)]
+        if progress is not None:
+            progress.step("dense")
+        for fmt, sp in variants(fmts, sparsities):
+            records.append(_bench_variant(dense, desc, fmt, sp, base, batch, prompt, device, min_run_time))
+            if progress is not None:
+                progress.step(f"{fmt} {'' if sp is None else f'{sp:.0%}'}")
     return records
+
+
+def _best_dense(runs: List[Dict]) -> Dict:
+    """The first run's fields with, for prefill and for decode each, the timings of the fastest
+    run and its dtype ("prefill_dtype", "decode_dtype")."""
+    best = dict(runs[0])
+    for what in ("prefill", "decode"):
+        fastest = min(runs, key=lambda r: r[f"{what}_ms"])
+        best.update({k: v for k, v in fastest.items() if k.startswith(what + "_")})
+        best[f"{what}_dtype"] = fastest["dtype"]
+    return best
+
+
+def _stored_weights(pruned: nn.Module, converted: nn.Module) -> nn.Module:
+    """The pruned model with the weights each converted layer holds (int8 formats: dequantized):
+    the exact reference for the kernels, quantization error left out."""
+    ref = copy.deepcopy(pruned)
+    for fqn, mod in converted.named_modules():
+        if isinstance(mod, SparseLinear):
+            ref.get_submodule(fqn).weight.copy_(mod.to_dense())
+    return ref
+
+
+def _tolerance(fmt: str, dtype: torch.dtype) -> float:
+    """int8 and 2:4+int8 also quantize the activations (per token), which the reference does not: about
+    1% per layer, 6% in the logits of two LLaMA-7B-sized layers; a wrong kernel is off by ~100%."""
+    return 0.1 if fmt in ("int8", "2:4+int8") else (1e-3 if dtype == torch.float32 else 3e-2)
+
+
+def _bench_variant(dense, desc, fmt, sp, base, batch, prompt, device, min_run_time) -> Dict:
+    """Checks the converted model against the pruned one holding the same weights, then times it;
+    rel_error is against the pruned model itself (for int8 formats: the quantization error)."""
+    dtype = next(dense.parameters()).dtype
+    try:
+        pruned, model, prune_s, convert_s = sparsify(dense, fmt, sp, device)
+        ref = _logits(Runner(pruned, batch, prompt))
+        exact = _logits(Runner(_stored_weights(pruned, model), batch, prompt)) if "int8" in fmt else ref
+        del pruned
+        m = _measure(model, batch, prompt, device, min_run_time)
+        check = max(rel_error(m[k], exact[k]) for k in exact)
+        if not check <= _tolerance(fmt, dtype):
+            raise AssertionError(f"converted model differs from the pruned model: relative error {check:.3g}")
+    except (RuntimeError, NotImplementedError, ValueError, AssertionError) as e:
+        return dict(desc, format=fmt, sparsity=sp, error=f"n/a ({short_error(e)})")
+    sparsity = 0.5 if prune_pattern(fmt) == "2:4" else (sp or 0.0)
+    err = max(rel_error(m[k], ref[k]) for k in ref)
+    return _model_record(desc, fmt, sparsity, m, base, err, prune_s=prune_s, convert_s=convert_s)
+
+
+def _model_record(desc, fmt, sparsity, m, base, err, **extra) -> Dict:
+    rec = dict(desc, format=fmt, sparsity=sparsity, baseline_prefill_dtype=base["prefill_dtype"],
+               baseline_decode_dtype=base["decode_dtype"], rel_error=err, **extra)
+    batch = desc["batch"]
+    for what in ("prefill", "decode"):
+        rec[f"{what}_ms"], rec[f"dense_{what}_ms"] = m[f"{what}_ms"], base[f"{what}_ms"]
+        rec[f"{what}_speedup"] = base[f"{what}_ms"] / m[f"{what}_ms"]
+        g, bg = m.get(f"{what}_graph_ms"), base.get(f"{what}_graph_ms")
+        rec[f"{what}_graph_ms"] = g
+        if g and bg:
+            rec[f"{what}_graph_speedup"] = bg / g
+        if f"{what}_graph_error" in m:
+            rec[f"{what}_graph_error"] = m[f"{what}_graph_error"]
+    best_decode_ms = min(v for v in (m["decode_ms"], m.get("decode_graph_ms")) if v)
+    rec["decode_tok_s"] = batch / (best_decode_ms * 1e-3)
+    rec.update(weight_bytes=m["weight_bytes"], dense_weight_bytes=base["weight_bytes"],
+               peak_mem_bytes=m["peak_mem_bytes"])
+    return rec

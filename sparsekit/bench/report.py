@@ -14,46 +14,139 @@ def load(path: str) -> List[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _f(v, fmt="{:.3f}", none="-"):
+    return none if v is None else fmt.format(v)
+
+
+def _mib(v):
+    return _f(None if v is None else v / 2**20, "{:.1f}")
+
+
+def layer_table(recs: List[dict]) -> str:
+    """Layer records -> markdown: time, speedup, (CUDA-graph time and speedup when any), bytes cap, GB/s, TFLOP/s."""
+    graphs = any(r.get("graph_ms") is not None for r in recs)
+    head = ["N x K", "M", "sparsity", "impl", "ms", "speedup vs best dense"]
+    head += ["graph ms", "graph speedup"] if graphs else []
+    head += ["bytes cap", "GB/s", "TFLOP/s"]
+    rows = []
+    for r in recs:
+        row = [f"{r['N']}x{r['K']}", r["M"], f"{r['sparsity']:.0%}", r["impl"]]
+        if "ms" not in r:
+            rows.append(row + ["-", r.get("error", "")] + ["-"] * (len(head) - 6))
+            continue
+        row += [_f(r["ms"]), f"{r['speedup']:.2f}x"]
+        if graphs:
+            row += [_f(r.get("graph_ms")), _f(r.get("graph_speedup"), "{:.2f}x", r.get("graph_error", "-")[:40])]
+        rows.append(row + [_f(r.get("bytes_cap"), "{:.2f}x"), _f(r.get("gbps"), "{:.1f}"), _f(r.get("tflops"))])
+    return markdown_table(head, rows)
+
+
+def model_table(recs: List[dict]) -> str:
+    """Model records -> markdown: prefill and decode against dense, weight bytes, peak memory, conversion time."""
+    graphs = any(r.get("decode_graph_ms") is not None for r in recs)
+    M = recs[0]["prefill_M"] if recs else "?"
+    head = ["format", "sparsity", f"prefill ms (M={M})", "prefill speedup", "decode tok/s", "decode speedup"]
+    head += ["graph prefill speedup", "graph decode speedup"] if graphs else []
+    head += ["weight MiB", "peak MiB", "convert s", "rel. error"]
+    rows = []
+    for r in recs:
+        row = [r["format"], _f(r.get("sparsity"), "{:.0%}")]
+        if "prefill_ms" not in r:
+            rows.append(row + [r.get("error", ""), *["-"] * (len(head) - 3)])
+            continue
+        row += [_f(r["prefill_ms"], "{:.2f}"), f"{r['prefill_speedup']:.2f}x", f"{r['decode_tok_s']:.1f}",
+                f"{r['decode_speedup']:.2f}x"]
+        if graphs:
+            row += [_f(r.get(f"{w}_graph_speedup"), "{:.2f}x", r.get(f"{w}_graph_error", "-")[:40])
+                    for w in ("prefill", "decode")]
+        rows.append(row + [_mib(r["weight_bytes"]), _mib(r.get("peak_mem_bytes")), _f(r.get("convert_s"), "{:.2f}"),
+                           f"{r['rel_error']:.1e}"])
+    return markdown_table(head, rows)
+
+
+def baseline_line(rec: dict) -> str:
+    p, d = rec.get("baseline_prefill_dtype"), rec.get("baseline_decode_dtype")
+    return p if p == d else f"{p} for prefill, {d} for decode (the faster of each)"
+
+
+def is_model(recs: List[dict]) -> bool:
+    return bool(recs) and "impl" not in recs[0]
+
+
+def environment_line(env: dict) -> str:
+    return (f"{env.get('device', '?')} ({env.get('device_type', '?')}, {env.get('cpu_threads', '?')} CPU threads), "
+            f"torch {env.get('torch', '?')}, CUDA {env.get('cuda')}, driver {env.get('driver')}, "
+            f"triton {env.get('triton')}, transformers {env.get('transformers')}, "
+            f"sparsekit {env.get('sparsekit', '?')} ({env.get('sparsekit_commit')})")
+
+
 def report(path: str, out: str | None = None) -> str:
-    recs = [r for r in load(path) if "ms" in r]
+    """Markdown for the records in `path`; with `out`, also writes <stem>.md and the PNG plots there."""
+    recs = load(path)
     if not recs:
-        return f"{path}: no timed records"
+        return f"{path}: no records"
     env = recs[0].get("env", {})
-    title = (f"{env.get('device', '?')} ({env.get('device_type', '?')}, {env.get('cpu_threads', '?')} CPU threads), "
-             f"torch {env.get('torch', '?')}, sparsekit {env.get('sparsekit', '?')} ({env.get('sparsekit_commit')})")
-    parts = [f"# {os.path.basename(path)}\n\n{title}\n"]
-    if "impl" in recs[0]:  # layer records
-        rows = [[f"{r['N']}x{r['K']}", r["M"], f"{r['sparsity']:.0%}", r["impl"], f"{r['ms']:.3f}",
-                 "-" if r.get("graph_ms") is None else f"{r['graph_ms']:.3f}", f"{r['speedup']:.2f}x",
-                 f"{r['bytes_cap']:.2f}x", f"{r['gbps']:.1f}"] for r in recs]
-        parts.append(markdown_table(["N x K", "M", "sparsity", "impl", "ms", "graph ms", "speedup vs best dense",
-                                     "bytes cap", "weight GB/s"], rows))
-    else:  # model records
-        rows = [[r["model"], r["format"], f"{r['sparsity']:.0%}", r["M"], f"{r['dense_ms']:.3f}", f"{r['ms']:.3f}",
-                 f"{r['speedup']:.2f}x"] for r in recs]
-        parts.append(markdown_table(["model", "format", "sparsity", "M", "dense ms", "ms", "speedup"], rows))
+    model = is_model(recs)
+    parts = [f"# {os.path.basename(path)}\n", environment_line(env) + "\n"]
+    if env.get("command"):
+        parts.append(f"reproduce: `{env['command']}`, then `python -m sparsekit bench report --json {path}"
+                     f"{'' if out is None else ' --out ' + out}`\n")
+    if model:
+        parts.append(f"model: {recs[0]['model']} ({recs[0]['params'] / 1e6:.1f} M parameters), batch "
+                     f"{recs[0]['batch']}, prompt {recs[0]['prompt']}, {recs[0]['dtype']}; baseline: dense "
+                     f"{baseline_line(recs[0])}\n")
+    parts.append(model_table(recs) if model else layer_table(recs))
     text = "\n".join(parts) + "\n"
     if out:
         os.makedirs(out, exist_ok=True)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        with open(os.path.join(out, stem + ".md"), "w") as f:
+        stem = os.path.join(out, os.path.splitext(os.path.basename(path))[0])
+        with open(stem + ".md", "w") as f:
             f.write(text)
-        if "impl" in recs[0]:
-            _plots(recs, os.path.join(out, stem))
+        _plot_model(recs, stem) if model else _plots([r for r in recs if "ms" in r], stem)
     return text
 
 
-def _plots(recs, stem):
+def _pyplot():
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _plot_model(recs, stem):
+    """Bars: prefill and decode speedup over dense per format (and sparsity)."""
+    plt = _pyplot()
+    recs = [r for r in recs if "prefill_ms" in r and r["format"] != "dense"]
+    if plt is None or not recs:
         return
-    sparse = [r for r in recs if r["impl"].startswith("sparsekit-") or r["impl"] == "torch-csr"]
+    labels = [r["format"] + ("" if r["format"].startswith(("2:4", "int8")) else f" {r['sparsity']:.0%}")
+              for r in recs]
+    xs = range(len(recs))
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(recs)), 4))
+    ax.bar([x - 0.2 for x in xs], [r["prefill_speedup"] for r in recs], 0.4, label=f"prefill (M={recs[0]['prefill_M']})")
+    ax.bar([x + 0.2 for x in xs], [r["decode_speedup"] for r in recs], 0.4, label="decode tokens/s")
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xticks(list(xs), labels, rotation=20, fontsize=8)
+    ax.set_ylabel("speedup vs best dense")
+    ax.set_title(recs[0]["model"][:80], fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(stem + "_speedup.png", dpi=110)
+    plt.close(fig)
+
+
+def _plots(recs, stem):
+    """Speedup vs sparsity and speedup vs M, first shape."""
+    plt = _pyplot()
+    sparse = [r for r in recs if not r["impl"].startswith("dense")]
+    if plt is None or not sparse:
+        return
     # speedup vs sparsity, one line per (impl, M), first shape
-    shape = (sparse[0]["N"], sparse[0]["K"]) if sparse else None
+    shape = (sparse[0]["N"], sparse[0]["K"])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     lines = defaultdict(list)
     for r in sparse:
@@ -66,7 +159,7 @@ def _plots(recs, stem):
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.set_xlabel("sparsity")
     ax.set_ylabel("speedup vs best dense")
-    ax.set_title(f"{shape[0]}x{shape[1]}" if shape else "")
+    ax.set_title(f"{shape[0]}x{shape[1]}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(stem + "_vs_sparsity.png", dpi=110)
@@ -87,7 +180,7 @@ def _plots(recs, stem):
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.set_xlabel("M (rows of activations)")
     ax.set_ylabel("speedup vs best dense")
-    ax.set_title(f"{shape[0]}x{shape[1]}, unstructured/block at {top:.0%}" if shape else "")
+    ax.set_title(f"{shape[0]}x{shape[1]}, unstructured/block at {top:.0%}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(stem + "_vs_m.png", dpi=110)

@@ -14,19 +14,28 @@ import torch
 
 def time_ms(fn: Callable[[], object], device: torch.device, min_run_time: float = 0.3) -> Dict[str, Optional[float]]:
     """Median milliseconds of fn() with the caches flushed before each call; on CUDA
-    (triton.testing.do_bench, which flushes L2) also with CUDA graphs ("graph_ms")."""
+    (triton.testing.do_bench, which flushes L2) also replayed from a CUDA graph ("graph_ms":
+    do_bench_cudagraph captures fn after a warm-up call and times the replays with CUDA events;
+    None with the reason in "graph_error" when fn cannot be captured). The CPU has no graphs."""
     if device.type == "cuda":
         import triton.testing as tt
 
         fn()
         torch.cuda.synchronize()
-        eager = tt.do_bench(fn, return_mode="median")
+        out = {"ms": float(tt.do_bench(fn, return_mode="median")), "graph_ms": None}
         try:
-            graph = tt.do_bench_cudagraph(fn, return_mode="median")
-        except Exception:
-            graph = None
-        return {"ms": float(eager), "graph_ms": None if graph is None else float(graph)}
+            out["graph_ms"] = float(tt.do_bench_cudagraph(fn, return_mode="median"))
+        except Exception as e:  # capture refused (a host sync, a CPU tensor, an allocation outside the pool)
+            torch.cuda.synchronize()
+            out["graph_error"] = short_error(e)
+        return out
     return {"ms": _cpu_median_ms(fn, min_run_time), "graph_ms": None}
+
+
+def short_error(e: BaseException) -> str:
+    """The first line of an exception, shortened for a table cell or a JSON record."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:160] if lines else ''}"
 
 
 _FLUSH = None
@@ -57,27 +66,57 @@ def _cpu_median_ms(fn, min_run_time: float) -> float:
 
 
 def _git_commit() -> Optional[str]:
+    """The commit of the checkout sparsekit runs from ("-dirty" with uncommitted changes); None outside one."""
     try:
         root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=5)
+        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--exclude", "*"],
+                             capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None
     except Exception:
         return None
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _version(dist: str) -> Optional[str]:
+    """The installed version of a distribution, without importing it (None when absent)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def environment(device: torch.device) -> dict:
+    """What every result record carries: device, versions, commit, CPU model and threads."""
     import sparsekit
 
+    cpu = _cpu_model()
     env = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
         "device_type": device.type,
+        "cpu_model": cpu,
         "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "sparsekit": sparsekit.__version__,
         "sparsekit_commit": _git_commit(),
         "compiled_extension": sparsekit._ext.available(),
+        "transformers": _version("transformers"),
+        "torchao": _version("torchao"),
+        "driver": None,
     }
     if sparsekit._ext.available():
         env["cpu_isa"] = sparsekit._ext.C.cpu_isa()
