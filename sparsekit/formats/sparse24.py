@@ -3,6 +3,7 @@ with their 2-bit positions. Also the int8 variant (2:4+int8)."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import weakref
 from typing import Dict, Tuple
@@ -16,24 +17,50 @@ from .base import SparseFormat, register
 from .int8 import quantize_rows
 
 
+def _slot_table() -> torch.Tensor:
+    """(16, 2) int64: for each 4-bit keep pattern of a group (bit i = position i kept), the two positions
+    stored: the kept ones first, then the lowest free ones, ascending (patterns with > 2 bits are refused
+    before the look-up; their rows are unused)."""
+    rows = []
+    for code in range(16):
+        kept = [i for i in range(4) if code >> i & 1]
+        free = [i for i in range(4) if not code >> i & 1]
+        rows.append(sorted((kept + free)[:2]))
+    return torch.tensor(rows, dtype=torch.int64)
+
+
+_SLOTS = _slot_table()
+_POPCOUNT4 = torch.tensor([bin(c).count("1") for c in range(16)], dtype=torch.int64)
+
+
+def _group_codes(mask: torch.Tensor) -> torch.Tensor:
+    """(N, K/4) int64 keep pattern of every group of 4 of a bool (N, K) mask: bit i = position i kept.
+    The four bool bytes of a group are read as one little-endian int32 (no reduction over a size-4 dim)."""
+    N, K = mask.shape
+    if sys.byteorder == "little" and K > 0:
+        v = mask.contiguous().view(torch.uint8).view(torch.int32).reshape(N, K // 4)
+        return ((v & 1) | ((v >> 7) & 2) | ((v >> 14) & 4) | ((v >> 21) & 8)).long()
+    bits = torch.tensor([1, 2, 4, 8], dtype=torch.int64, device=mask.device)
+    return (mask.reshape(N, K // 4, 4).long() * bits).sum(-1)
+
+
 def pack_24(weight: torch.Tensor, mask: torch.Tensor, what: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """(values (N, K/2), meta uint8 (N, ceil(K/8))) of a weight whose mask keeps <= 2 of every 4."""
     N, K = weight.shape
     if K % 4:
         raise ValueError(f"{what}: 2:4 needs in_features divisible by 4, got {K}")
     groups = K // 4
-    mg = mask.reshape(N, groups, 4)
-    kept = mg.sum(-1)
+    code = _group_codes(mask)  # (N, groups): bit i = position i of the group kept
+    kept = _POPCOUNT4.to(mask.device)[code]
     if bool((kept > 2).any()):
         r, g = (kept > 2).nonzero()[0].tolist()
         raise ValueError(
             f"{what}: the mask is not 2:4: row {r}, columns {4 * g}..{4 * g + 3} keep {int(kept[r, g])} of 4 "
             "(prune with pattern='2:4' first)"
         )
-    pos = torch.arange(4, device=mask.device)
-    # kept positions first, then the lowest free ones; the first two, ascending
-    key = (~mg).to(torch.int64) * 4 + pos
-    sel = torch.sort(torch.argsort(key, dim=-1, stable=True)[..., :2], dim=-1).values  # (N, groups, 2)
+    # the group's two stored positions, looked up by its keep pattern (a sort per group cost seconds per
+    # 7B-sized layer)
+    sel = _SLOTS.to(mask.device)[code]  # (N, groups, 2)
     w = torch.where(mask, weight.detach(), torch.zeros((), dtype=weight.dtype, device=weight.device))
     values = torch.gather(w.reshape(N, groups, 4), 2, sel).reshape(N, 2 * groups)
     nib = (sel[..., 0] | (sel[..., 1] << 2)).to(torch.int32)  # (N, groups)
