@@ -91,7 +91,7 @@ def test_committed_table_covers_every_cell():
     cells = {(r["structure"], r["criterion"], None if ":" in r["structure"] else round(r["sparsity"], 1))
              for r in rec["results"]}
     expected = {(st, cr, None if sp is None else round(sp, 1)) for st, cr, sp in P.cells()}
-    assert cells == expected and len(expected) == 5 * 3 * 5 + 5
+    assert cells == expected and len(expected) == 6 * 3 * 5 + 5  # 6 structures x 3 sparsities + 2:4, 5 criteria
     assert (ROOT / "bench" / "results" / "prune_digits.md").exists()
     assert (ROOT / "bench" / "results" / "prune_digits.png").exists()
     u50 = next(r for r in rec["results"] if (r["structure"], r["criterion"]) == ("unstructured", "magnitude")
