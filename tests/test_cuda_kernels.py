@@ -537,6 +537,38 @@ def test_gpu_pack_sparse24_rejects_non_24_masks_like_the_cpu():
     assert "row 3, columns 12..15 keep 4 of 4" in str(gpu_err.value)
 
 
+def _alias_args(op, device="cpu"):
+    torch.manual_seed(0)
+    w = torch.randn(16, 64)
+    x = torch.randn(3, 64, device=device)
+    if op == "_cuda_bitmap_mm":
+        f = formats.BitmapWeight.from_dense(w, torch.rand(16, 64) < 0.4)
+        return (x, f.bitmap.to(device), f.word_offsets.to(device), f.values.to(device), None)
+    f = formats.BSRWeight.from_dense(w, block_mask(16, 64, 4, 8, 0.5), (4, 8))
+    return (x, f.crow_indices.to(device), f.col_indices.to(device), f.values.to(device), 16, torch.randn(16, device=device))
+
+
+@pytest.mark.parametrize("op", ["_cuda_bitmap_mm", "_cuda_bsr_mm"])
+def test_compiled_cuda_aliases_opcheck_and_checks_on_cpu(op):
+    """The _cuda_ names of the compiled CUDA kernels are ops of their own: on the CPU they fall back to the
+    checked reference, with the public op's messages."""
+    args = _alias_args(op)
+    public = getattr(torch.ops.sparsekit, op[len("_cuda_"):])
+    torch.library.opcheck(getattr(torch.ops.sparsekit, op), args)
+    # the public op runs the compiled CPU kernel (another summation order than the reference)
+    torch.testing.assert_close(getattr(torch.ops.sparsekit, op)(*args), public(*args), rtol=1e-5, atol=1e-5)
+    bad = (args[0].double(),) + args[1:]
+    with pytest.raises(TypeError, match=rf"sparsekit\.{op[len('_cuda_'):]}: expected x of dtype"):
+        getattr(torch.ops.sparsekit, op)(*bad)
+
+
+@gpu
+@pytest.mark.parametrize("op", ["_cuda_bitmap_mm", "_cuda_bsr_mm"])
+def test_compiled_cuda_aliases_opcheck_cuda(op):
+    require_cpp_kernel(op[len("_cuda_"):])
+    torch.library.opcheck(getattr(torch.ops.sparsekit, op), _alias_args(op, "cuda"))
+
+
 @pytest.mark.parametrize("op,extra", [("pack_csr", ()), ("pack_bitmap", ()), ("pack_sparse24", ()),
                                       ("pack_bsr", ([8, 8],))])
 def test_pack_ops_opcheck_cpu(op, extra):
