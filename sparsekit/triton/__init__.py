@@ -75,10 +75,17 @@ def backend(op: str, M: int) -> str:
     return choice
 
 
-def _compiled_cuda() -> bool:
-    from .. import _ext
+_compiled = None
 
-    return _ext.C is not None and bool(getattr(_ext.C, "with_cuda", 0))
+
+def _compiled_cuda() -> bool:
+    """Whether sparsekit._C carries the CUDA kernels (looked up once: this runs on every call)."""
+    global _compiled
+    if _compiled is None:
+        from .. import _ext
+
+        _compiled = _ext.C is not None and bool(getattr(_ext.C, "with_cuda", 0))
+    return _compiled
 
 
 def available() -> bool:
