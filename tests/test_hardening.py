@@ -406,6 +406,11 @@ def _huge(n, dtype=torch.float32):
     return torch.zeros(1, dtype=dtype).expand(n)
 
 
+def _i8(rows, cols):
+    """An int8 (rows, cols) of zeros backed by one element (stride 0)."""
+    return torch.zeros(1, 1, dtype=torch.int8).expand(rows, cols)
+
+
 LIMITS = [
     ("csr_mm", lambda: (torch.zeros(2, 1).expand(2, INT32_MAX + 1), torch.zeros(3, dtype=torch.int32),
                         torch.zeros(0, dtype=torch.int32), torch.zeros(0), 2, None),
@@ -424,6 +429,15 @@ LIMITS = [
     ("sparse24_mm", lambda: (torch.zeros(2, 1).expand(2, INT32_MAX + 1), torch.zeros(2, 1).expand(2, 2**30),
                              torch.zeros(2, 1, dtype=torch.uint8), None),
      r"in_features 2147483648 exceeds the int32 index range"),
+    # int32 sums of int8 products: at most 131071 = (2**31 - 1) // 128**2 products per output
+    ("int8_gemm_i32", lambda: (_i8(2, 131072), _i8(3, 131072)),
+     r"expected in_features <= 131071 \(past it the int32 sums of int8 products can overflow\), got 131072"),
+    ("int8_mm", lambda: (_i8(2, 131072), torch.ones(2), None, _i8(3, 131072), torch.ones(3), None, torch.float32),
+     r"expected in_features <= 131071 .*, got 131072"),
+    ("sparse24_int8_mm", lambda: (_i8(2, 262144), torch.ones(2), None, _i8(3, 131072),
+                                  torch.zeros(3, 1, dtype=torch.uint8).expand(3, 32768), torch.ones(3), None,
+                                  torch.float32),
+     r"expected in_features <= 262142 .*, got 262144"),
 ]
 
 

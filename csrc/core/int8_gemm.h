@@ -18,7 +18,7 @@
 //   int8_weight_only_rows y[m, n] = (sum_k x[m, k] * q[n, k]) * w_scale[n] (+ bias[n]) (int8_weight_only_mm)
 //
 // Exactness. The int32 sums are exact (and bit-identical on every ISA) as long as they fit in
-// int32: |sum| <= 128 * 128 * K, i.e. K <= 131072; the zero-point correction is exact in
+// int32: |sum| <= 128 * 128 * K, i.e. K <= 131071 (the op checks refuse more); the zero-point correction is exact in
 // int64. The epilogue is float32 in the reference's order, ((float(acc) * x_scale) * w_scale)
 // + bias, with no fused multiply-add, then rounded to nearest even into the output type, so
 // the W8A8 outputs equal the reference's bit for bit. quantize_per_token_rows uses IEEE

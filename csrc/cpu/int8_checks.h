@@ -100,6 +100,16 @@ inline void check_meta(const char* op, const at::Tensor& meta, int64_t rows, int
                     ": expected meta of shape (", rows, ", ", (cols + 7) / 8, "), got ", shape_str(meta.sizes()));
 }
 
+// int32 accumulation of int8 products stays exact: at most kInt8MaxTerms products per output (2:4
+// stores one of every two columns, so it may take twice the in_features). As _check_int32_sums.
+constexpr int64_t kInt8MaxTerms = 2147483647LL / (128 * 128);  // 131071
+
+inline void check_int32_sums(const char* op, int64_t K, int64_t terms_per_column = 1) {
+  const int64_t limit = kInt8MaxTerms * terms_per_column;
+  TORCH_CHECK_VALUE(K <= limit, op, ": expected in_features <= ", limit,
+                    " (past it the int32 sums of int8 products can overflow), got ", K);
+}
+
 // check_int8_gemm_i32(a, b)
 inline void check_int8_gemm_i32_args(const at::Tensor& a, const at::Tensor& b) {
   constexpr const char* op = "sparsekit.int8_gemm_i32";
@@ -107,6 +117,7 @@ inline void check_int8_gemm_i32_args(const at::Tensor& a, const at::Tensor& b) {
   expect_dtype(op, "b", b, {at::kChar});
   TORCH_CHECK_VALUE(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(1), op, ": expected a (M, K) and b (N, K), got ",
                     shape_str(a.sizes()), " and ", shape_str(b.sizes()));
+  check_int32_sums(op, a.size(1));
   same_device(op, a, "b", b);
 }
 
@@ -126,6 +137,7 @@ inline void check_int8_mm_args(const at::Tensor& x_q, const at::Tensor& x_scale,
   expect_dtype(op, "w_q", w_q, {at::kChar});
   TORCH_CHECK_VALUE(w_q.dim() == 2 && w_q.size(1) == x_q.size(1), op, ": expected w_q of shape (out_features, ",
                     x_q.size(1), "), got ", shape_str(w_q.sizes()));
+  check_int32_sums(op, x_q.size(1));
   check_w_scale(op, w_scale, w_q.size(0));
   check_out_dtype(op, out_dtype);
   same_device(op, x_q, "x_scale", x_scale);
@@ -163,6 +175,7 @@ inline void check_sparse24_int8_mm_args(const at::Tensor& x_q, const at::Tensor&
                     ": expected values of shape (out_features, in_features / 2 = ", K / 2, "), got ",
                     shape_str(values.sizes()));
   check_meta(op, meta, values.size(0), K);
+  check_int32_sums(op, K, 2);
   check_w_scale(op, w_scale, values.size(0));
   check_out_dtype(op, out_dtype);
   same_device(op, x_q, "x_scale", x_scale);

@@ -9,6 +9,8 @@ import torch
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 INT32_MAX = 2**31 - 1
+# int8 x int8 products summed in int32 are exact while sum |a * b| <= 128 * 128 * terms <= INT32_MAX
+INT8_MAX_TERMS = INT32_MAX // (128 * 128)  # 131071
 
 
 def _name(dtype: torch.dtype) -> str:
@@ -164,12 +166,21 @@ def check_sparse24_mm(x, values, meta, bias) -> None:
     _check_bias(op, bias, values.shape[0], x.dtype, x.device)
 
 
+def _check_int32_sums(op, K, terms_per_column=1):
+    """int32 accumulation of int8 products stays exact: at most INT8_MAX_TERMS products per output
+    (2:4 stores one of every two columns, so it may take twice the in_features)."""
+    limit = INT8_MAX_TERMS * terms_per_column
+    expect(K <= limit, op, lambda: f"expected in_features <= {limit} (past it the int32 sums of int8 products "
+           f"can overflow), got {K}")
+
+
 def check_int8_gemm_i32(a, b) -> None:
     op = "sparsekit.int8_gemm_i32"
     expect_dtype(op, "a", a, (torch.int8,))
     expect_dtype(op, "b", b, (torch.int8,))
     expect(a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[1], op,
            lambda: f"expected a (M, K) and b (N, K), got {tuple(a.shape)} and {tuple(b.shape)}")
+    _check_int32_sums(op, a.shape[1])
     _same_device(op, a, b=b)
 
 
@@ -205,6 +216,7 @@ def check_int8_mm(x_q, x_scale, x_zero, w_q, w_scale, bias, out_dtype) -> None:
     expect_dtype(op, "w_q", w_q, (torch.int8,))
     expect(w_q.dim() == 2 and w_q.shape[1] == x_q.shape[1], op,
            lambda: f"expected w_q of shape (out_features, {x_q.shape[1]}), got {tuple(w_q.shape)}")
+    _check_int32_sums(op, x_q.shape[1])
     _check_w_scale(op, w_scale, w_q.shape[0])
     _check_out_dtype(op, out_dtype)
     _same_device(op, x_q, x_scale=x_scale, x_zero=x_zero, w_q=w_q, w_scale=w_scale)
@@ -230,6 +242,7 @@ def check_sparse24_int8_mm(x_q, x_scale, x_zero, values, meta, w_scale, bias, ou
     expect(values.dim() == 2 and values.shape[1] * 2 == x_q.shape[1], op,
            lambda: f"expected values of shape (out_features, in_features / 2 = {x_q.shape[1] // 2}), got {tuple(values.shape)}")
     _check_meta(op, meta, values.shape[0], x_q.shape[1])
+    _check_int32_sums(op, x_q.shape[1], 2)
     _check_w_scale(op, w_scale, values.shape[0])
     _check_out_dtype(op, out_dtype)
     _same_device(op, x_q, x_scale=x_scale, x_zero=x_zero, values=values, meta=meta, w_scale=w_scale)
