@@ -127,7 +127,7 @@ def _check_quant(x, symmetric):
     q, s, z = int8.quantize_per_token(x, symmetric)
     rq, rs, rz = reference.quantize_per_token(x.cpu(), symmetric)
     assert q.dtype == torch.int8 and s.dtype == torch.float32 and z.dtype == torch.int32
-    assert torch.equal(s.cpu(), rs), "scales differ"
+    assert torch.equal(s.cpu().nan_to_num(-1.0), rs.nan_to_num(-1.0)), "scales differ"  # NaN: a non-finite row
     assert torch.equal(z.cpu(), rz), "zero points differ"
     assert torch.equal(q.cpu(), rq), f"{int((q.cpu() != rq).sum())} quantized values differ"
 
@@ -259,6 +259,26 @@ def test_interp_quantize_per_token_is_bit_exact(M, K, dtype, symmetric):
         x[0, 5:] = x[0, 5:].clamp(-100, 155)
     _check_quant(x, symmetric)
     _check_quant(x + 1.0 if symmetric else x.abs(), symmetric)  # one-signed rows
+
+
+def _non_finite_rows(K, dtype, device):
+    """Rows with NaN, +Inf, -Inf, one spanning past float32's max (asymmetric: hi - lo overflows), zeros."""
+    x = torch.randn(6, K, device=device)
+    x[1, 3 % K] = float("nan")
+    x[2, 0] = float("inf")
+    x[3, K - 1] = -float("inf")
+    x[4] = torch.tensor([3e38, -3e38], device=device).repeat(K // 2 + 1)[:K]
+    x[5] = 0
+    return x.to(dtype)
+
+
+@interp
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("K", [5, 37, 300])
+def test_interp_quantize_per_token_non_finite_rows_as_the_reference(K, dtype, symmetric):
+    # a row holding NaN/Inf: scale NaN, q 0, zero point 0; a finite row past float32's range: finite scale
+    _check_quant(_non_finite_rows(K, dtype, "cpu"), symmetric)
 
 
 @interp
@@ -569,6 +589,7 @@ def test_gpu_bsr_and_bitmap_every_candidate():
 def test_gpu_quantize_per_token_is_bit_exact(dtype, symmetric):
     for M, K in [(1, 4096), (3, 11008), (17, 1000), (333, 4096), (2048, 4096), (4, 20000)]:
         _check_quant(_quant_inputs(M, K, dtype, "cuda"), symmetric)
+    _check_quant(_non_finite_rows(4096, dtype, "cuda"), symmetric)
 
 
 @gpu

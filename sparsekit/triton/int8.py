@@ -29,18 +29,28 @@ _WOTABLE = autotune.table("int8_weight_only_mm")
 
 # ------------------------------------------------------------------------------ quantize_per_token
 @triton.jit
+def _load_finite(x_row, k, K, stride_xk):
+    """x[k] as float32 (0 past K) and whether each is finite."""
+    v = tl.load(x_row + k * stride_xk, mask=k < K, other=0.0).to(tl.float32)
+    return v, (v == v) & (tl.abs(v) < float("inf"))
+
+
+@triton.jit
 def _quantize_kernel(x_ptr, q_ptr, s_ptr, z_ptr, K, stride_xm, stride_xk, stride_qm,
                      SYMMETRIC: tl.constexpr, BLOCK_K: tl.constexpr):
+    # As the reference: a row holding NaN / +-Inf gets scale NaN, q 0 and zero point 0 (its values are
+    # taken as 0 while the statistics are gathered, so nothing else sees them).
     row = tl.program_id(0)
     x_row = x_ptr + row.to(tl.int64) * stride_xm
     q_row = q_ptr + row.to(tl.int64) * stride_qm
     rk = tl.arange(0, BLOCK_K)
+    bad = tl.zeros([BLOCK_K], dtype=tl.int32)
     if SYMMETRIC:
         amax = tl.zeros([BLOCK_K], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            k = k0 + rk
-            v = tl.load(x_row + k * stride_xk, mask=k < K, other=0.0).to(tl.float32)
-            amax = tl.maximum(amax, tl.abs(v))
+            v, fin = _load_finite(x_row, k0 + rk, K, stride_xk)
+            bad = tl.maximum(bad, tl.where(fin, 0, 1))
+            amax = tl.maximum(amax, tl.abs(tl.where(fin, v, 0.0)))
         m = tl.max(amax, axis=0)
         scale = tl.where(m > 0, tl.math.div_rn(m, tl.full([], 127.0, tl.float32)), 1.0)
         zp = tl.full([], 0.0, tl.float32)
@@ -49,26 +59,33 @@ def _quantize_kernel(x_ptr, q_ptr, s_ptr, z_ptr, K, stride_xm, stride_xk, stride
         vmin = tl.zeros([BLOCK_K], dtype=tl.float32)
         vmax = tl.zeros([BLOCK_K], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            k = k0 + rk
-            v = tl.load(x_row + k * stride_xk, mask=k < K, other=0.0).to(tl.float32)
+            v, fin = _load_finite(x_row, k0 + rk, K, stride_xk)
+            bad = tl.maximum(bad, tl.where(fin, 0, 1))
+            v = tl.where(fin, v, 0.0)
             vmin = tl.minimum(vmin, v)
             vmax = tl.maximum(vmax, v)
         lo = tl.min(vmin, axis=0)  # <= 0: the lanes start at 0
         hi = tl.max(vmax, axis=0)  # >= 0
-        scale = tl.math.div_rn(hi - lo, tl.full([], 255.0, tl.float32))
+        c255 = tl.full([], 255.0, tl.float32)
+        scale = tl.math.div_rn(hi - lo, c255)
+        # hi - lo past float32's max: the reference's hi / 255 - lo / 255
+        scale = tl.where(tl.abs(scale) < float("inf"), scale, tl.math.div_rn(hi, c255) - tl.math.div_rn(lo, c255))
         scale = tl.where(scale > 0, scale, 1.0)
         zp = round_half_even(-128.0 - tl.math.div_rn(lo, scale))
         zp = tl.minimum(tl.maximum(zp, -128.0), 127.0)
         qmin = -128.0
+    finite = tl.max(bad, axis=0) == 0
+    zp = tl.where(finite, zp, 0.0)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + rk
-        v = tl.load(x_row + k * stride_xk, mask=k < K, other=0.0).to(tl.float32)
-        t = round_half_even(tl.math.div_rn(v, tl.zeros_like(v) + scale))
+        v, fin = _load_finite(x_row, k, K, stride_xk)
+        t = round_half_even(tl.math.div_rn(tl.where(fin, v, 0.0), tl.zeros_like(v) + scale))
         if not SYMMETRIC:
             t = t + zp
         t = tl.minimum(tl.maximum(t, qmin), 127.0)
+        t = tl.where(finite, t, 0.0)
         tl.store(q_row + k, t.to(tl.int8), mask=k < K)
-    tl.store(s_ptr + row, scale)
+    tl.store(s_ptr + row, tl.where(finite, scale, float("nan")))
     tl.store(z_ptr + row, zp.to(tl.int32))
 
 
