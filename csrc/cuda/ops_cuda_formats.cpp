@@ -13,6 +13,7 @@
 #include <tuple>
 
 #include "checks.h"
+#include "cuda/binding_common.h"
 #include "cuda/checked_once_cuda.h"
 #include "cuda/bitmap_kernel.cuh"
 #include "cuda/bsr_kernel.cuh"
@@ -25,34 +26,6 @@ namespace {
 
 constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
 
-DType kernel_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::f32;
-    case at::kBFloat16: return DType::bf16;
-    case at::kHalf: return DType::f16;
-    default: break;
-  }
-  TORCH_CHECK_TYPE(false, "sparsekit: unsupported dtype ", dtype_name(t));
-  return DType::f32;
-}
-
-void check_cuda(const char* op, const at::Tensor& x) {
-  TORCH_CHECK_VALUE(x.is_cuda(), op, ": expected CUDA tensors, got x on ", x.device());
-}
-
-void check_launch(const char* op, cudaError_t err) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
-}
-
-cudaStream_t stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
-
-// The kernels read x with a row stride and unit column stride.
-at::Tensor unit_column_stride(const at::Tensor& x) { return x.stride(1) == 1 ? x : x.contiguous(); }
-
-at::Tensor workspace(size_t bytes, const at::Tensor& like) {
-  return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
-}
-
 // ------------------------------------------------------------------------------------------ 2:4
 at::Tensor sparse24_mm_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                             const std::optional<at::Tensor>& bias) {
@@ -64,27 +37,13 @@ at::Tensor sparse24_mm_cuda(const at::Tensor& x, const at::Tensor& values, const
   check_index_buffers_once(op, {&meta}, {N, K}, [&] { aten_checks::check_meta_positions(op, meta, K); });
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
-  const auto xc = unit_column_stride(x);
   const auto vals = values.contiguous();
   const auto mt = meta.contiguous();
-  at::Tensor b;
-  if (bias.has_value()) b = bias->contiguous();
   Sparse24MmLaunch a;
-  a.M = M; a.N = N; a.K = K;
+  const StagedIo io = set_io(a, x, bias, y);
   a.values = vals.data_ptr();
   a.meta = mt.data_ptr<uint8_t>();
-  a.x = xc.data_ptr();
-  a.ldx = xc.stride(0);
-  a.bias = b.defined() ? b.data_ptr() : nullptr;
-  a.y = y.data_ptr();
-  a.ldy = N;
-  a.dtype = kernel_dtype(x.scalar_type());
-  cudaError_t err = cudaSuccess;
-  const size_t ws_bytes = sparse24_mm_workspace_bytes(a, &err);
-  check_launch(op, err);
-  at::Tensor ws;
-  if (ws_bytes) ws = workspace(ws_bytes, x);
-  check_launch(op, sparse24_mm(a, ws_bytes ? ws.data_ptr() : nullptr, stream_of(x)));
+  launch_with_workspace(op, a, &sparse24_mm_workspace_bytes, &sparse24_mm, x);
   return y;
 }
 
@@ -101,30 +60,16 @@ at::Tensor bitmap_mm_cuda(const at::Tensor& x, const at::Tensor& bitmap, const a
   });
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
-  const auto xc = unit_column_stride(x);
   const auto bm = bitmap.contiguous();
   const auto wo = word_offsets.contiguous();
   const auto vals = values.contiguous();
-  at::Tensor b;
-  if (bias.has_value()) b = bias->contiguous();
   BitmapMmLaunch a;
-  a.M = M; a.N = N; a.K = K;
+  const StagedIo io = set_io(a, x, bias, y);
   a.bitmap = bm.data_ptr<int32_t>();
   a.word_offsets = wo.data_ptr<int32_t>();
   a.values = vals.data_ptr();
   a.nnz = vals.numel();
-  a.x = xc.data_ptr();
-  a.ldx = xc.stride(0);
-  a.bias = b.defined() ? b.data_ptr() : nullptr;
-  a.y = y.data_ptr();
-  a.ldy = N;
-  a.dtype = kernel_dtype(x.scalar_type());
-  cudaError_t err = cudaSuccess;
-  const size_t ws_bytes = bitmap_mm_workspace_bytes(a, &err);
-  check_launch(op, err);
-  at::Tensor ws;
-  if (ws_bytes) ws = workspace(ws_bytes, x);
-  check_launch(op, bitmap_mm(a, ws_bytes ? ws.data_ptr() : nullptr, stream_of(x)));
+  launch_with_workspace(op, a, &bitmap_mm_workspace_bytes, &bitmap_mm, x);
   return y;
 }
 
@@ -144,25 +89,16 @@ at::Tensor bsr_mm_cuda(const at::Tensor& x, const at::Tensor& crow_indices, cons
   });
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
-  const auto xc = unit_column_stride(x);
   const auto crow = crow_indices.contiguous();
   const auto col = col_indices.contiguous();
   const auto vals = values.contiguous();
-  at::Tensor b;
-  if (bias.has_value()) b = bias->contiguous();
   BsrMmLaunch a;
-  a.M = M; a.N = N; a.K = K;
+  const StagedIo io = set_io(a, x, bias, y);
   a.R = R;
   a.C = C;
   a.crow = crow.data_ptr<int32_t>();
   a.col = col.data_ptr<int32_t>();
   a.values = vals.data_ptr();
-  a.x = xc.data_ptr();
-  a.ldx = xc.stride(0);
-  a.bias = b.defined() ? b.data_ptr() : nullptr;
-  a.y = y.data_ptr();
-  a.ldy = N;
-  a.dtype = kernel_dtype(x.scalar_type());
   check_launch(op, bsr_mm(a, stream_of(x)));
   return y;
 }
