@@ -3,6 +3,7 @@
 #include <Python.h>
 
 #include <cstring>
+#include <exception>
 
 #include "cpu/ops_cpu.h"
 #ifdef SPARSEKIT_WITH_CUSPARSELT
@@ -39,6 +40,28 @@ PyObject* set_aten_index_checks(PyObject*, PyObject* arg) {
   if (on < 0) return nullptr;
   sparsekit::cpu::set_aten_index_checks(on != 0);
   Py_RETURN_NONE;
+}
+
+PyObject* set_cpu_24_dense_min_m(PyObject*, PyObject* arg) {
+  const long long m = PyLong_AsLongLong(arg);
+  if (m == -1 && PyErr_Occurred()) return nullptr;
+  if (m < -1) {
+    PyErr_Format(PyExc_ValueError, "expected -1 (automatic), 0 (never) or a positive M, got %lld", m);
+    return nullptr;
+  }
+  sparsekit::cpu::set_sparse24_dense_min_m(m);
+  Py_RETURN_NONE;
+}
+
+PyObject* cpu_24_dense_min_m(PyObject*, PyObject*) {
+  try {
+    return Py_BuildValue("{s:L,s:L,s:L}", "float32", (long long)sparsekit::cpu::sparse24_dense_min_m("float32"),
+                         "bfloat16", (long long)sparsekit::cpu::sparse24_dense_min_m("bfloat16"), "float16",
+                         (long long)sparsekit::cpu::sparse24_dense_min_m("float16"));
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+    return nullptr;
+  }
 }
 
 #ifdef SPARSEKIT_WITH_CUSPARSELT
@@ -80,6 +103,10 @@ PyMethodDef methods[] = {
     {"cpu_isa", cpu_isa, METH_NOARGS, "The instruction set the CPU kernels use now."},
     {"_set_aten_index_checks", set_aten_index_checks, METH_O,
      "Tests: True makes the CPU ops check index buffers with the ATen checks the CUDA ops run."},
+    {"set_cpu_24_dense_min_m", set_cpu_24_dense_min_m, METH_O,
+     "From which M the CPU 2:4 op multiplies decompressed panels with a dense GEMM: -1 automatic, 0 never, n."},
+    {"cpu_24_dense_min_m", cpu_24_dense_min_m, METH_NOARGS,
+     "The M from which the CPU 2:4 op uses the dense GEMM, per dtype (0: never)."},
 #ifdef SPARSEKIT_WITH_CUSPARSELT
     {"cusparselt_cache_stats", cusparselt_cache_stats, METH_NOARGS,
      "The cuSPARSELt plan cache: entries, capacity, plans_created, searches, hits, evictions, algs_remembered."},

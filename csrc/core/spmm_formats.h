@@ -57,15 +57,30 @@ void bsr_spmm_rows(const BsrArgs& a, int64_t block_row_begin, int64_t block_row_
 void bitmap_spmm_rows(const BitmapArgs& a, int64_t row_begin, int64_t row_end, Isa isa = Isa::kAuto);
 void sparse24_spmm_rows(const Sparse24Args& a, int64_t row_begin, int64_t row_end, Isa isa = Isa::kAuto);
 
+// The dense rows [row_begin, row_end) of a 2:4 weight (K % 4 == 0), written bit for bit in the
+// values' own dtype (pruned entries +0.0) to `out`, one row of K elements after another. The CPU
+// 2:4 op multiplies such panels with a dense GEMM when M is large (csrc/cpu/ops_cpu.cpp).
+void sparse24_decompress_rows(const void* values, const uint8_t* meta, DType value_dtype, int64_t K,
+                              int64_t row_begin, int64_t row_end, void* out, Isa isa = Isa::kAuto);
+// kExpand24x16[b]: a byte shuffle (pshufb) that spreads the four 16-bit values of a 2:4 meta byte b
+// into its eight columns, zero (0x80) where pruned. kExpand24x32[b]: the same for 32-bit values,
+// as lane indices, -1 where pruned.
+extern const uint8_t kExpand24x16[256][16];
+extern const int32_t kExpand24x32[256][8];
+
 namespace generic {
 void bsr_spmm_rows(const BsrArgs& a, int64_t r0, int64_t r1);
 void bitmap_spmm_rows(const BitmapArgs& a, int64_t r0, int64_t r1);
 void sparse24_spmm_rows(const Sparse24Args& a, int64_t r0, int64_t r1);
+void sparse24_decompress_rows(const void* values, const uint8_t* meta, DType vd, int64_t K, int64_t r0, int64_t r1,
+                              void* out);
 }  // namespace generic
 namespace avx2 {
 void bsr_spmm_rows(const BsrArgs& a, int64_t r0, int64_t r1);
 void bitmap_spmm_rows(const BitmapArgs& a, int64_t r0, int64_t r1);
 void sparse24_spmm_rows(const Sparse24Args& a, int64_t r0, int64_t r1);
+void sparse24_decompress_rows(const void* values, const uint8_t* meta, DType vd, int64_t K, int64_t r0, int64_t r1,
+                              void* out);
 }  // namespace avx2
 namespace avx512 {
 // M == 1 (y row 0 only), float32 values; the io's y has ldy irrelevant (one row).

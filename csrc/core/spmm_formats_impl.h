@@ -242,6 +242,45 @@ void sparse24_m1(const Sparse24Args& a, int64_t r0, int64_t r1) {
   }
 }
 
+// Dense rows of a 2:4 weight, bit for bit (T: the values' storage, 16 or 32 bits).
+template <class T>
+void sparse24_decompress(const T* values, const uint8_t* meta, int64_t K, int64_t r0, int64_t r1, T* out) {
+  const int64_t groups = K / 4, mbytes = (K + 7) / 8;
+  for (int64_t n = r0; n < r1; ++n) {
+    const T* v = values + n * (K / 2);
+    const uint8_t* mt = meta + n * mbytes;
+    T* o = out + (n - r0) * K;
+    int64_t p = 0;
+#ifdef SK_HAVE_AVX2
+    // One meta byte (two groups: four values, eight columns) per shuffle.
+    const int64_t pairs = groups / 2;
+    if constexpr (sizeof(T) == 2) {
+      for (; p < pairs; ++p) {
+        const __m128i in = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(v + 4 * p));
+        const __m128i sh = _mm_load_si128(reinterpret_cast<const __m128i*>(kExpand24x16[mt[p]]));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 8 * p), _mm_shuffle_epi8(in, sh));
+      }
+    } else {
+      const __m256i none = _mm256_set1_epi32(-1);
+      for (; p < pairs; ++p) {
+        const __m256i in = _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + 4 * p)));
+        const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(kExpand24x32[mt[p]]));
+        const __m256i spread = _mm256_permutevar8x32_epi32(in, idx);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 8 * p),
+                            _mm256_and_si256(spread, _mm256_cmpgt_epi32(idx, none)));
+      }
+    }
+#endif
+    for (int64_t g = 2 * p; g < groups; ++g) {
+      const unsigned nib = (mt[g >> 1] >> ((g & 1) * 4)) & 0xFu;
+      T* og = o + 4 * g;
+      og[0] = og[1] = og[2] = og[3] = T{0};
+      og[nib & 3u] = v[2 * g];
+      og[nib >> 2] = v[2 * g + 1];
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------------ dispatch
 #define SK_DISPATCH_VD_OD(vd, od, CALL)                                      \
   switch (vd) {                                                               \
@@ -314,6 +353,13 @@ void bitmap_spmm_rows(const BitmapArgs& a, int64_t r0, int64_t r1) {
 void sparse24_spmm_rows(const Sparse24Args& a, int64_t r0, int64_t r1) {
   if (a.io.M <= 0 || r0 >= r1) return;
   SK_DISPATCH_VD_OD(a.value_dtype, a.io.out_dtype, SK_CALL_24)
+}
+void sparse24_decompress_rows(const void* values, const uint8_t* meta, DType vd, int64_t K, int64_t r0, int64_t r1,
+                              void* out) {
+  if (vd == DType::f32)
+    sparse24_decompress(static_cast<const uint32_t*>(values), meta, K, r0, r1, static_cast<uint32_t*>(out));
+  else
+    sparse24_decompress(static_cast<const uint16_t*>(values), meta, K, r0, r1, static_cast<uint16_t*>(out));
 }
 
 #undef SK_CALL_BSR

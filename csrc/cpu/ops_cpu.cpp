@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "checked_once.h"
@@ -21,6 +23,7 @@ namespace {
 
 std::atomic<int> g_isa{0};
 std::atomic<bool> g_aten_index_checks{false};
+
 
 core::DType to_core(at::ScalarType t) {
   switch (t) {
@@ -189,6 +192,72 @@ at::Tensor bitmap_mm_cpu(const at::Tensor& x, const at::Tensor& bitmap, const at
   return y;
 }
 
+// SPARSEKIT_CPU_24_DENSE_MIN_M: "off" or 0 = never, n >= 1 = from M >= n, unset = automatic.
+int64_t dense_min_m_from_env() {
+  const char* e = std::getenv("SPARSEKIT_CPU_24_DENSE_MIN_M");
+  if (!e || !*e) return -1;
+  if (!std::strcmp(e, "off")) return 0;
+  char* end = nullptr;
+  const long long v = std::strtoll(e, &end, 10);
+  TORCH_CHECK(end && *end == '\0' && v >= 0, "sparsekit: SPARSEKIT_CPU_24_DENSE_MIN_M must be 'off' or an integer >= 0, got '",
+              e, "'");
+  return v;
+}
+std::atomic<int64_t> g_24_dense_min_m{-2};  // -2: the environment not read yet
+
+// The automatic thresholds, measured on an AMD EPYC with avx512_bf16 (2 threads;
+// bench/results/cpu_24_dense.md): ATen's bf16 GEMM on decompressed panels outruns the 2:4 kernel
+// from M = 2 on, its float32 GEMM from M = 128. bf16 without native dot products (no avx512_bf16 /
+// amx_bf16) is taken to be as fast as float32 (not measured). ATen's float16 GEMM is ten times
+// slower than bf16 on this CPU: never.
+int64_t auto_dense_min_m(at::ScalarType t) {
+  static const bool native_bf16 = __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+  switch (t) {
+    case at::kFloat: return 128;
+    case at::kBFloat16: return native_bf16 ? 2 : 128;
+    default: return 0;
+  }
+}
+
+int64_t dense_min_m(at::ScalarType t) {
+  int64_t set = g_24_dense_min_m.load(std::memory_order_relaxed);
+  if (set == -2) {  // a bad value raises on every call, until the variable or the setting is fixed
+    set = dense_min_m_from_env();
+    int64_t unread = -2;
+    g_24_dense_min_m.compare_exchange_strong(unread, set);
+  }
+  return set >= 0 ? set : auto_dense_min_m(t);
+}
+
+// y = x W^T (+ bias) for a 2:4 W at large M: W is decompressed a panel of rows at a time (at most
+// 16 MB, so it stays in the last-level cache) and each panel goes through ATen's dense GEMM into its columns of y.
+// Bit for bit the dense rows of W, so the result is dense's up to the order of the sums; callers
+// make sure x is finite (a pruned weight times Inf would be NaN here, never in the sparse kernel).
+void sparse24_mm_dense_panels(const at::Tensor& x, const at::Tensor& vals, const at::Tensor& meta, const at::Tensor& b,
+                              at::Tensor& y) {
+  const int64_t N = vals.size(0), K = x.size(1);
+  const int64_t es = static_cast<int64_t>(vals.element_size());
+  // 512 rows (at most 16 MB): fewer rows starve the GEMM when K is large (4096 x 11008 bf16 at M = 4:
+  // 6.1 ms with 176 rows, 3.1 ms with 512), a panel past the last-level cache goes to memory.
+  const int64_t rows = std::clamp<int64_t>(std::min<int64_t>(512, (int64_t(16) << 20) / (K * es)) / 16 * 16, 16, N);
+  auto panel = at::empty({rows, K}, vals.options());
+  const core::DType vd = to_core(vals.scalar_type());
+  const uint8_t* mt = meta.data_ptr<uint8_t>();
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / K);
+  const auto isa = current_isa();
+  for (int64_t n0 = 0; n0 < N; n0 += rows) {
+    const int64_t n1 = std::min(N, n0 + rows);
+    auto p = panel.narrow(0, 0, n1 - n0);
+    char* out = static_cast<char*>(p.data_ptr());
+    at::parallel_for(n0, n1, grain, [&](int64_t r0, int64_t r1) {
+      core::sparse24_decompress_rows(vals.data_ptr(), mt, vd, K, r0, r1, out + (r0 - n0) * K * es, isa);
+    });
+    auto ys = y.narrow(1, n0, n1 - n0);
+    if (b.defined()) at::addmm_out(ys, b.narrow(0, n0, n1 - n0), x, p.t());
+    else at::mm_out(ys, x, p.t());
+  }
+}
+
 at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                            const std::optional<at::Tensor>& bias) {
   check_sparse24_mm_args(x, values, meta, bias);
@@ -203,9 +272,14 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const auto vals = values.contiguous();
-  const Staged st = stage_x(x);
   at::Tensor b;
   if (bias.has_value()) b = bias->contiguous();
+  const int64_t min_m = dense_min_m(x.scalar_type());
+  if (min_m > 0 && M >= min_m && at::isfinite(x).all().item<bool>()) {  // x and values: one dtype (checked)
+    sparse24_mm_dense_panels(x, vals, mt, b, y);
+    return y;
+  }
+  const Staged st = stage_x(x);
   core::Sparse24Args a;
   a.io = dense_io(x, st, b, y);
   a.values = vals.data_ptr(); a.value_dtype = to_core(vals.scalar_type());
@@ -224,6 +298,16 @@ void set_isa(int isa) {
 }
 int get_isa() { return g_isa.load(); }
 void set_aten_index_checks(bool on) { g_aten_index_checks.store(on); }
+void set_sparse24_dense_min_m(int64_t m) {
+  TORCH_CHECK(m >= -1, "sparsekit: expected -1 (automatic), 0 (never) or a positive M, got ", m);
+  g_24_dense_min_m.store(m);
+}
+int64_t sparse24_dense_min_m(const char* dtype) {
+  if (!std::strcmp(dtype, "float32")) return dense_min_m(at::kFloat);
+  if (!std::strcmp(dtype, "bfloat16")) return dense_min_m(at::kBFloat16);
+  if (!std::strcmp(dtype, "float16")) return dense_min_m(at::kHalf);
+  TORCH_CHECK(false, "sparsekit: expected 'float32', 'bfloat16' or 'float16', got '", dtype, "'");
+}
 bool aten_index_checks() { return g_aten_index_checks.load(std::memory_order_relaxed); }
 const char* active_isa_name() { return core::isa_name(core::resolve_isa(static_cast<core::Isa>(g_isa.load()))); }
 

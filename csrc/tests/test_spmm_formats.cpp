@@ -176,6 +176,47 @@ int main() {
           }
         }
   }
+  // ---- 2:4 decompression (the CPU op's dense-GEMM path): bit for bit, every ISA, odd group counts,
+  // -0.0 and NaN payloads kept, rows written from the first one asked for.
+  for (Isa isa : isas) {
+    if (resolve_isa(isa) != isa) continue;
+    for (int bits : {16, 32})
+      for (int64_t K : {4, 8, 12, 4 * 13, 4 * 32 + 4}) {
+        const int64_t N = 7, groups = K / 4, mbytes = (K + 7) / 8;
+        std::uniform_int_distribution<int> P(0, 3);
+        std::uniform_int_distribution<uint32_t> R;
+        std::vector<uint8_t> meta(N * mbytes, 0);
+        std::vector<uint32_t> v32(N * K / 2), want32(N * K, 0), got32(N * K, 0xDEADBEEF);
+        std::vector<uint16_t> v16(N * K / 2), want16(N * K, 0), got16(N * K, 0xBEEF);
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t g = 0; g < groups; ++g) {
+            int i0 = P(rng), i1 = P(rng);
+            while (i1 == i0) i1 = P(rng);
+            if (i0 > i1) std::swap(i0, i1);
+            meta[n * mbytes + g / 2] |= uint8_t((i0 | (i1 << 2)) << ((g & 1) * 4));
+            for (int j = 0; j < 2; ++j) {
+              const uint32_t bitsv = (n + g + j) % 7 == 0 ? 0x80000000u : R(rng);  // -0.0 too
+              const int64_t at = n * K / 2 + 2 * g + j, col = n * K + 4 * g + (j ? i1 : i0);
+              v32[at] = want32[col] = bitsv;
+              v16[at] = want16[col] = static_cast<uint16_t>(bitsv >> 16);
+            }
+          }
+        const DType vd = bits == 32 ? DType::f32 : DType::bf16;
+        const void* vals = bits == 32 ? static_cast<const void*>(v32.data()) : v16.data();
+        for (int64_t split : {int64_t(0), int64_t(3)}) {
+          char* out = bits == 32 ? reinterpret_cast<char*>(got32.data()) : reinterpret_cast<char*>(got16.data());
+          sparse24_decompress_rows(vals, meta.data(), vd, K, 0, split, out, isa);
+          sparse24_decompress_rows(vals, meta.data(), vd, K, split, N, out + split * K * (bits / 8), isa);
+          const bool same = bits == 32 ? got32 == want32 : got16 == want16;
+          if (!same) {
+            ++g_fail;
+            std::printf("FAIL 2:4 decompress isa=%s bits=%d K=%lld split=%lld\n", isa_name(isa), bits, (long long)K,
+                        (long long)split);
+          }
+          ++cases;
+        }
+      }
+  }
   std::printf("test_spmm_formats: %d cases, %d failures\n", cases, g_fail);
   return g_fail ? 1 : 0;
 }

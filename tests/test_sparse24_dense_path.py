@@ -1,0 +1,152 @@
+"""The CPU 2:4 op's large-M path: W decompressed a panel at a time, multiplied by ATen's dense GEMM.
+
+It must give what the reference gives (fresh random data, odd sizes, several panels, bias, strides),
+keep the NaN rule (pruned weights are structural zeros: an x holding NaN/Inf goes to the 2:4
+kernel), and its threshold must be settable and readable. `set_cpu_24_dense_min_m(0)` turns it
+off, so the same call is checked against the 2:4 kernel too."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import sparsekit
+from sparsekit.formats.sparse24 import pack_24
+from sparsekit.ops import reference
+
+from helpers import assert_close_to_ref
+
+pytestmark = pytest.mark.skipif(not sparsekit._ext.available(), reason="compiled extension not built")
+
+
+def _C():
+    from sparsekit import _C as ext
+
+    return ext
+
+
+@pytest.fixture
+def dense_from(request):
+    """Set the threshold for one test and restore the automatic one after it."""
+    ext = _C()
+
+    def set_(m):
+        ext.set_cpu_24_dense_min_m(m)
+
+    yield set_
+    ext.set_cpu_24_dense_min_m(-1)
+
+
+def _weight(N, K, dtype, gen):
+    w = torch.randn(N, K, generator=gen)
+    keep = torch.zeros(N, K // 4, 4, dtype=torch.bool)
+    keep.scatter_(2, torch.rand(N, K // 4, 4, generator=gen).topk(2, dim=-1).indices, True)
+    keep = keep.reshape(N, K)
+    w = (w * keep).to(dtype)
+    values, meta = pack_24(w, keep, "weight")
+    return w, values, meta
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M,N,K", [(1, 5, 4), (2, 37, 52), (3, 1100, 8), (17, 513, 36), (130, 29, 4 * 33)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_dense_panels_match_the_reference_and_the_kernel(dense_from, dtype, M, N, K, bias):
+    gen = torch.Generator().manual_seed(M * 1000 + N + K)
+    w, values, meta = _weight(N, K, dtype, gen)
+    x = torch.randn(M, K, generator=gen).to(dtype)
+    b = torch.randn(N, generator=gen).to(dtype) if bias else None
+    ref = reference.sparse24_mm(x.double(), values.double(), meta, None if b is None else b.double())
+    dense_from(1)
+    got = torch.ops.sparsekit.sparse24_mm(x, values, meta, b)
+    dense_from(0)
+    kernel = torch.ops.sparsekit.sparse24_mm(x, values, meta, b)
+    assert got.dtype == dtype and got.shape == (M, N)
+    ref_nb = ref - (b.double() if bias else 0)
+    assert_close_to_ref(got.double() - (b.double() if bias else 0), ref_nb, x, w, dtype)
+    assert_close_to_ref(kernel.double() - (b.double() if bias else 0), ref_nb, x, w, dtype)
+
+
+def test_dense_panels_take_strided_x_and_are_exact_in_float32_sums_of_one_term(dense_from):
+    # each output sums one kept product: the GEMM must give it exactly, whatever the panel split
+    N, K = 1030, 8
+    w = torch.zeros(N, K)
+    cols = torch.arange(N) % 4
+    w[torch.arange(N), cols] = torch.randn(N)
+    w[torch.arange(N), 4 + cols] = 0.0
+    keep = torch.zeros(N, K, dtype=torch.bool)
+    keep[torch.arange(N), cols] = True
+    keep[torch.arange(N), (cols + 1) % 4] = True
+    keep[torch.arange(N), 4 + cols] = True
+    keep[torch.arange(N), 4 + (cols + 1) % 4] = True
+    w = w * keep
+    values, meta = pack_24(w, keep, "weight")
+    x_full = torch.randn(2 * K, 5).t()  # (5, 16): x is every other column, stride (1, 5)
+    x = x_full[:, ::2]
+    assert not x.is_contiguous()
+    dense_from(1)
+    got = torch.ops.sparsekit.sparse24_mm(x, values, meta, None)
+    assert torch.equal(got, x @ w.t())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_x_keeps_the_structural_zero_rule(dense_from, dtype, bad):
+    gen = torch.Generator().manual_seed(3)
+    N, K, M = 24, 16, 6
+    w, values, meta = _weight(N, K, dtype, gen)
+    x = torch.randn(M, K, generator=gen).to(dtype)
+    x[1, 3] = bad
+    x[4, 10] = bad
+    dense_from(1)
+    y = torch.ops.sparsekit.sparse24_mm(x, values, meta, None)
+    poisoned = torch.zeros(M, K, dtype=torch.bool)
+    poisoned[1, 3] = poisoned[4, 10] = True
+    expect = (poisoned.float() @ (w != 0).float().T) > 0
+    assert torch.equal(~torch.isfinite(y), expect)
+
+
+def test_threshold_setting_and_reading(dense_from):
+    ext = _C()
+    dense_from(0)
+    assert ext.cpu_24_dense_min_m() == {"float32": 0, "bfloat16": 0, "float16": 0}
+    dense_from(7)
+    assert ext.cpu_24_dense_min_m() == {"float32": 7, "bfloat16": 7, "float16": 7}
+    dense_from(-1)
+    auto = ext.cpu_24_dense_min_m()
+    assert auto["float16"] == 0 and auto["float32"] >= 1 and 1 <= auto["bfloat16"] <= auto["float32"]
+    with pytest.raises(ValueError, match="-1 \\(automatic\\), 0 \\(never\\) or a positive M"):
+        ext.set_cpu_24_dense_min_m(-2)
+    assert ext.cpu_24_dense_min_m() == auto
+    assert sparsekit.info()["cpu_24_dense_min_m"] == auto
+
+
+@pytest.mark.parametrize("value,expect", [("off", 0), ("0", 0), ("12", 12), ("", None), ("abc", "error"), ("-3", "error")])
+def test_threshold_from_the_environment(value, expect):
+    code = (
+        "import torch, sparsekit\n"
+        "from sparsekit import _C\n"
+        "try:\n"
+        "    print(_C.cpu_24_dense_min_m()['float32'])\n"
+        "except ValueError as e:\n"
+        "    print('error', str(e).splitlines()[0])\n"
+        "x = torch.randn(3, 8)\n"
+        "v = torch.randn(2, 4); m = torch.full((2, 1), 0b01000100, dtype=torch.uint8)\n"
+        "try:\n"
+        "    torch.ops.sparsekit.sparse24_mm(x, v, m, None); print('call ok')\n"
+        "except Exception as e:\n"
+        "    print('call error', type(e).__name__)\n"
+    )
+    env = dict(os.environ, SPARSEKIT_CPU_24_DENSE_MIN_M=value)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    first, call = out.stdout.strip().splitlines()
+    if expect == "error":
+        assert first.startswith("error") and "SPARSEKIT_CPU_24_DENSE_MIN_M must be 'off' or an integer >= 0" in first
+        assert call == "call error RuntimeError"
+    else:
+        assert call == "call ok"
+        if expect is None:
+            assert int(first) >= 1
+        else:
+            assert int(first) == expect
