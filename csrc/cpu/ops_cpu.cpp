@@ -206,10 +206,12 @@ int64_t dense_min_m_from_env() {
 std::atomic<int64_t> g_24_dense_min_m{-2};  // -2: the environment not read yet
 
 // The automatic thresholds, measured on an AMD EPYC with avx512_bf16 (2 threads;
-// bench/results/cpu_24_dense.md): ATen's bf16 GEMM on decompressed panels outruns the 2:4 kernel
-// from M = 2 on, its float32 GEMM from M = 128. bf16 without native dot products (no avx512_bf16 /
-// amx_bf16) is taken to be as fast as float32 (not measured). ATen's float16 GEMM is ten times
-// slower than bf16 on this CPU: never.
+// bench/results/cpu_24_dense.md): for layers of at least kDenseMinWeights weights, ATen's bf16
+// GEMM on decompressed panels outruns the 2:4 kernel from M = 2 on, its float32 GEMM from M = 128;
+// on smaller layers the fixed costs (the finiteness pass over x, the GEMM's set-up) eat the gain.
+// bf16 without native dot products (no avx512_bf16 / amx_bf16) is taken to be as fast as float32
+// (not measured). ATen's float16 GEMM is ten times slower than bf16 on this CPU: never.
+constexpr int64_t kDenseMinWeights = int64_t(1) << 22;
 int64_t auto_dense_min_m(at::ScalarType t) {
   static const bool native_bf16 = __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
   switch (t) {
@@ -219,14 +221,28 @@ int64_t auto_dense_min_m(at::ScalarType t) {
   }
 }
 
-int64_t dense_min_m(at::ScalarType t) {
+// The setting: -1 automatic, 0 never, n from M >= n.
+int64_t dense_min_m_setting() {
   int64_t set = g_24_dense_min_m.load(std::memory_order_relaxed);
   if (set == -2) {  // a bad value raises on every call, until the variable or the setting is fixed
     set = dense_min_m_from_env();
     int64_t unread = -2;
     g_24_dense_min_m.compare_exchange_strong(unread, set);
   }
+  return set;
+}
+
+int64_t dense_min_m(at::ScalarType t) {
+  const int64_t set = dense_min_m_setting();
   return set >= 0 ? set : auto_dense_min_m(t);
+}
+
+// A threshold set by hand applies to every layer; the automatic one to layers of at least
+// kDenseMinWeights weights.
+bool use_dense_panels(at::ScalarType t, int64_t M, int64_t N, int64_t K) {
+  const int64_t m = dense_min_m(t);
+  if (m <= 0 || M < m) return false;
+  return dense_min_m_setting() > 0 || N * K >= kDenseMinWeights;
 }
 
 // y = x W^T (+ bias) for a 2:4 W at large M: W is decompressed a panel of rows at a time (at most
@@ -240,7 +256,22 @@ void sparse24_mm_dense_panels(const at::Tensor& x, const at::Tensor& vals, const
   // 512 rows (at most 16 MB): fewer rows starve the GEMM when K is large (4096 x 11008 bf16 at M = 4:
   // 6.1 ms with 176 rows, 3.1 ms with 512), a panel past the last-level cache goes to memory.
   const int64_t rows = std::clamp<int64_t>(std::min<int64_t>(512, (int64_t(16) << 20) / (K * es)) / 16 * 16, 16, N);
-  auto panel = at::empty({rows, K}, vals.options());
+  // One panel buffer per calling thread, kept between calls: a fresh allocation of this size is
+  // mapped anew by malloc on every call, and its page faults cost as much as the decompression.
+  struct Buffer {
+    char* p = nullptr;
+    size_t bytes = 0;
+    ~Buffer() { std::free(p); }
+  };
+  thread_local Buffer buf;
+  const size_t need = static_cast<size_t>(rows * K * es + 63) / 64 * 64;
+  if (buf.bytes < need) {
+    std::free(buf.p);
+    buf.p = static_cast<char*>(std::aligned_alloc(64, need));
+    buf.bytes = buf.p ? need : 0;
+    TORCH_CHECK(buf.p, "sparsekit.sparse24_mm: out of memory for a ", need, "-byte panel");
+  }
+  auto panel = at::from_blob(buf.p, {rows, K}, vals.options());
   const core::DType vd = to_core(vals.scalar_type());
   const uint8_t* mt = meta.data_ptr<uint8_t>();
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / K);
@@ -274,8 +305,7 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
   const auto vals = values.contiguous();
   at::Tensor b;
   if (bias.has_value()) b = bias->contiguous();
-  const int64_t min_m = dense_min_m(x.scalar_type());
-  if (min_m > 0 && M >= min_m && at::isfinite(x).all().item<bool>()) {  // x and values: one dtype (checked)
+  if (use_dense_panels(x.scalar_type(), M, N, K) && at::isfinite(x).all().item<bool>()) {  // x and values: one dtype (checked)
     sparse24_mm_dense_panels(x, vals, mt, b, y);
     return y;
   }

@@ -15,8 +15,9 @@ const char* active_isa_name();
 void set_aten_index_checks(bool on);
 bool aten_index_checks();
 // From which M the CPU 2:4 op decompresses W in panels and multiplies them with ATen's dense GEMM
-// (when x is all finite): -1 = automatic (the default, or the
-// environment's SPARSEKIT_CPU_24_DENSE_MIN_M), 0 = never, n = from M >= n.
+// (when x is all finite): -1 = automatic (the default: a threshold per dtype, for layers of at
+// least 2^22 weights), 0 = never, n = from M >= n on every layer. SPARSEKIT_CPU_24_DENSE_MIN_M
+// gives the starting value ('off' = 0).
 void set_sparse24_dense_min_m(int64_t m);
 // The threshold in force for a dtype ("float32", "bfloat16", "float16"): 0 = never.
 int64_t sparse24_dense_min_m(const char* dtype);
