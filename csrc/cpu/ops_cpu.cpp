@@ -207,7 +207,7 @@ std::atomic<int64_t> g_24_dense_min_m{-2};  // -2: the environment not read yet
 
 // The automatic thresholds, measured on an AMD EPYC with avx512_bf16 (2 threads;
 // bench/results/cpu_24_dense.md): for layers of at least kDenseMinWeights weights, ATen's bf16
-// GEMM on decompressed panels outruns the 2:4 kernel from M = 2 on, its float32 GEMM from M = 128;
+// GEMM on decompressed panels outruns the 2:4 kernel from M = 2 on, its float32 GEMM from M = 256;
 // on smaller layers the fixed costs (the finiteness pass over x, the GEMM's set-up) eat the gain.
 // bf16 without native dot products (no avx512_bf16 / amx_bf16) is taken to be as fast as float32
 // (not measured). ATen's float16 GEMM is ten times slower than bf16 on this CPU: never.
@@ -215,8 +215,8 @@ constexpr int64_t kDenseMinWeights = int64_t(1) << 22;
 int64_t auto_dense_min_m(at::ScalarType t) {
   static const bool native_bf16 = __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
   switch (t) {
-    case at::kFloat: return 128;
-    case at::kBFloat16: return native_bf16 ? 2 : 128;
+    case at::kFloat: return 256;
+    case at::kBFloat16: return native_bf16 ? 2 : 256;
     default: return 0;
   }
 }
