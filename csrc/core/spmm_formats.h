@@ -47,10 +47,10 @@ struct Sparse24Args {
 };
 
 // kBytePositions[b][i]: the position of the i-th set bit of byte b (0 past the popcount).
-extern const uint8_t kBytePositions[256][8];
+extern const uint8_t (&kBytePositions)[256][8];
 // kPerm24[b]: for a 2:4 meta byte b (two groups of four columns), the positions of its four
 // kept values within those eight columns, repeated in lanes 0-3 and 4-7.
-extern const int32_t kPerm24[256][8];
+extern const int32_t (&kPerm24)[256][8];
 
 // For BSR the range counts block rows: rows [block_row_begin * R, block_row_end * R).
 void bsr_spmm_rows(const BsrArgs& a, int64_t block_row_begin, int64_t block_row_end, Isa isa = Isa::kAuto);
@@ -65,8 +65,8 @@ void sparse24_decompress_rows(const void* values, const uint8_t* meta, DType val
 // kExpand24x16[b]: a byte shuffle (pshufb) that spreads the four 16-bit values of a 2:4 meta byte b
 // into its eight columns, zero (0x80) where pruned. kExpand24x32[b]: the same for 32-bit values,
 // as lane indices, -1 where pruned.
-extern const uint8_t kExpand24x16[256][16];
-extern const int32_t kExpand24x32[256][8];
+extern const uint8_t (&kExpand24x16)[256][16];
+extern const int32_t (&kExpand24x32)[256][8];
 
 namespace generic {
 void bsr_spmm_rows(const BsrArgs& a, int64_t r0, int64_t r1);
