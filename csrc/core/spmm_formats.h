@@ -83,8 +83,8 @@ void sparse24_decompress_rows(const void* values, const uint8_t* meta, DType vd,
                               void* out);
 }  // namespace avx2
 namespace avx512 {
-// M == 1 (y row 0 only), float32 values; the io's y has ldy irrelevant (one row).
-void bitmap_m1_f32(const BitmapArgs& a, int64_t r0, int64_t r1);
+// M == 1 (y row 0 only; ldy irrelevant). float32 values need AVX-512 F, 16-bit ones also BW + VL.
+void bitmap_m1(const BitmapArgs& a, int64_t r0, int64_t r1);
 }  // namespace avx512
 
 }  // namespace core
