@@ -118,3 +118,26 @@ def test_report_writes_markdown_and_plots(tmp_path):
     text = report(str(model), str(tmp_path / "out"))
     assert "prefill ms (M=8)" in text and "| int8-wo | 0% |" in text
     assert (tmp_path / "out" / "model_speedup.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_cpu_repeat_keeps_the_median_run_per_row():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("run_cpu", Path(__file__).resolve().parents[1] / "bench" / "run_cpu.py")
+    run_cpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_cpu)
+
+    def rec(impl, ms, run):
+        return dict(N=8, K=8, M=1, sparsity=0.0 if impl == "dense" else 0.9, impl=impl, ms=ms, baseline="dense",
+                    baseline_ms=None, speedup=None, run=run)
+
+    runs = [[rec("dense", d, i), rec("sparsekit-csr", c, i), dict(rec("torch-csr", None, i), error="n/a")]
+            for i, (d, c) in enumerate([(3.0, 1.0), (1.0, 5.0), (2.0, 2.0)])]
+    out = run_cpu.median_of_runs(runs)
+    assert [r["impl"] for r in out] == ["dense", "sparsekit-csr", "torch-csr"]
+    dense, csr, peer = out
+    assert dense["ms"] == 2.0 and dense["run"] == 2 and dense["speedup"] == 1.0
+    assert csr["ms"] == 2.0 and csr["run"] == 2 and csr["baseline_ms"] == 2.0 and csr["speedup"] == 1.0
+    assert peer["ms"] is None and peer["error"] == "n/a"
+    assert run_cpu.median_of_runs(runs[:1]) is runs[0]

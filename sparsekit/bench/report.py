@@ -91,6 +91,9 @@ def report(path: str, out: str | None = None) -> str:
     if env.get("command"):
         parts.append(f"reproduce: `{env['command']}`, then `python -m sparsekit bench report --json {path}"
                      f"{'' if out is None else ' --out ' + out}`\n")
+    if recs[0].get("runs", 1) > 1:
+        parts.append(f"each row: the run with the median time of {recs[0]['runs']} runs of the whole sweep; speedups "
+                     "against the median time of dense for the same shape and M\n")
     if model:
         parts.append(f"model: {recs[0]['model']} ({recs[0]['params'] / 1e6:.1f} M parameters), batch "
                      f"{recs[0]['batch']}, prompt {recs[0]['prompt']}, {recs[0]['dtype']}; baseline: dense "
