@@ -33,7 +33,7 @@ demo: install
 test: install test-cpp test-py
 
 test-py:
-	$(PY) -m pytest tests
+	SPARSEKIT_REQUIRE_EXTENSION=1 $(PY) -m pytest tests
 
 test-cpp:
 	cmake -S . -B build/cmake-san -DSPARSEKIT_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null

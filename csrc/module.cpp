@@ -42,26 +42,31 @@ PyObject* set_aten_index_checks(PyObject*, PyObject* arg) {
   Py_RETURN_NONE;
 }
 
-PyObject* set_cpu_24_dense_min_m(PyObject*, PyObject* arg) {
+PyObject* set_cpu_dense_min_m(PyObject*, PyObject* arg) {
   const long long m = PyLong_AsLongLong(arg);
   if (m == -1 && PyErr_Occurred()) return nullptr;
   if (m < -1) {
     PyErr_Format(PyExc_ValueError, "expected -1 (automatic), 0 (never) or a positive M, got %lld", m);
     return nullptr;
   }
-  sparsekit::cpu::set_sparse24_dense_min_m(m);
+  sparsekit::cpu::set_dense_min_m(m);
   Py_RETURN_NONE;
 }
 
-PyObject* cpu_24_dense_min_m(PyObject*, PyObject*) {
+// {op: {dtype: M}} of the thresholds in force; a bad SPARSEKIT_CPU_DENSE_MIN_M raises ValueError.
+PyObject* cpu_dense_min_m(PyObject*, PyObject*) {
+  const char* ops[] = {"2:4", "int8-wo"};
+  const char* dtypes[] = {"float32", "bfloat16", "float16"};
+  long long m[2][3];
   try {
-    return Py_BuildValue("{s:L,s:L,s:L}", "float32", (long long)sparsekit::cpu::sparse24_dense_min_m("float32"),
-                         "bfloat16", (long long)sparsekit::cpu::sparse24_dense_min_m("bfloat16"), "float16",
-                         (long long)sparsekit::cpu::sparse24_dense_min_m("float16"));
+    for (int o = 0; o < 2; ++o)
+      for (int d = 0; d < 3; ++d) m[o][d] = sparsekit::cpu::dense_min_m(ops[o], dtypes[d]);
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_ValueError, e.what());
     return nullptr;
   }
+  return Py_BuildValue("{s:{s:L,s:L,s:L},s:{s:L,s:L,s:L}}", ops[0], dtypes[0], m[0][0], dtypes[1], m[0][1], dtypes[2],
+                       m[0][2], ops[1], dtypes[0], m[1][0], dtypes[1], m[1][1], dtypes[2], m[1][2]);
 }
 
 #ifdef SPARSEKIT_WITH_CUSPARSELT
@@ -103,10 +108,10 @@ PyMethodDef methods[] = {
     {"cpu_isa", cpu_isa, METH_NOARGS, "The instruction set the CPU kernels use now."},
     {"_set_aten_index_checks", set_aten_index_checks, METH_O,
      "Tests: True makes the CPU ops check index buffers with the ATen checks the CUDA ops run."},
-    {"set_cpu_24_dense_min_m", set_cpu_24_dense_min_m, METH_O,
-     "From which M the CPU 2:4 op multiplies decompressed panels with a dense GEMM: -1 automatic, 0 never, n."},
-    {"cpu_24_dense_min_m", cpu_24_dense_min_m, METH_NOARGS,
-     "The M from which the CPU 2:4 op uses the dense GEMM, per dtype (0: never)."},
+    {"set_cpu_dense_min_m", set_cpu_dense_min_m, METH_O,
+     "From which M the CPU 2:4 and int8-wo ops multiply dense panels of W with ATen's GEMM: -1 automatic, 0 never, n."},
+    {"cpu_dense_min_m", cpu_dense_min_m, METH_NOARGS,
+     "The M from which the CPU 2:4 / int8-wo ops use the dense GEMM, per op and dtype (0: never)."},
 #ifdef SPARSEKIT_WITH_CUSPARSELT
     {"cusparselt_cache_stats", cusparselt_cache_stats, METH_NOARGS,
      "The cuSPARSELt plan cache: entries, capacity, plans_created, searches, hits, evictions, algs_remembered."},

@@ -21,13 +21,14 @@ def _cusparselt_version(C):
     return f"built against {C.cusparselt_version}, loaded {loaded}"
 
 
-def _cpu_24_dense_min_m(C):
-    """From which M the CPU 2:4 op multiplies decompressed panels with a dense GEMM (0: never)."""
+def _cpu_dense_min_m(C):
+    """From which M the CPU 2:4 and int8-wo ops multiply dense panels of W with ATen's GEMM, per op and
+    dtype (0: never)."""
     if C is None:
         return None
     try:
-        return C.cpu_24_dense_min_m()
-    except ValueError as e:  # a bad SPARSEKIT_CPU_24_DENSE_MIN_M
+        return C.cpu_dense_min_m()
+    except ValueError as e:  # a bad SPARSEKIT_CPU_DENSE_MIN_M
         return str(e).splitlines()[0]
 
 
@@ -46,7 +47,7 @@ def collect() -> dict:
         "cusparselt_linked": bool(C.with_cusparselt) if C is not None else False,
         "cusparselt_version": _cusparselt_version(C),
         "cpu_isa": C.cpu_isa() if C is not None else None,
-        "cpu_24_dense_min_m": _cpu_24_dense_min_m(C),
+        "cpu_dense_min_m": _cpu_dense_min_m(C),
         "cpu_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "cuda_devices": [],

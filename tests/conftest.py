@@ -40,3 +40,11 @@ def devices():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(int.from_bytes(os.urandom(4), "little") if os.environ.get("SPARSEKIT_RANDOM_SEED") else 0)
+
+
+def pytest_sessionstart(session):
+    """`make test` sets SPARSEKIT_REQUIRE_EXTENSION=1: a compiled library that fails to load (an
+    undefined symbol, say) must fail the run, not quietly turn every kernel test into a skip."""
+    if os.environ.get("SPARSEKIT_REQUIRE_EXTENSION") == "1" and not sparsekit._ext.available():
+        raise pytest.UsageError(f"SPARSEKIT_REQUIRE_EXTENSION=1 but the compiled extension did not load: "
+                                f"{sparsekit._ext.load_error}")

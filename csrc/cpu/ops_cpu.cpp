@@ -15,6 +15,7 @@
 #include "core/csr_spmm.h"
 #include "core/spmm_formats.h"
 #include "index_checks.h"
+#include "cpu/dense_panels.h"
 #include "cpu/ops_cpu.h"
 
 namespace sparsekit {
@@ -192,101 +193,30 @@ at::Tensor bitmap_mm_cpu(const at::Tensor& x, const at::Tensor& bitmap, const at
   return y;
 }
 
-// SPARSEKIT_CPU_24_DENSE_MIN_M: "off" or 0 = never, n >= 1 = from M >= n, unset = automatic.
-int64_t dense_min_m_from_env() {
-  const char* e = std::getenv("SPARSEKIT_CPU_24_DENSE_MIN_M");
-  if (!e || !*e) return -1;
-  if (!std::strcmp(e, "off")) return 0;
-  char* end = nullptr;
-  const long long v = std::strtoll(e, &end, 10);
-  TORCH_CHECK(end && *end == '\0' && v >= 0, "sparsekit: SPARSEKIT_CPU_24_DENSE_MIN_M must be 'off' or an integer >= 0, got '",
-              e, "'");
-  return v;
-}
-std::atomic<int64_t> g_24_dense_min_m{-2};  // -2: the environment not read yet
-
-// The automatic thresholds, measured on an AMD EPYC with avx512_bf16 (2 threads;
-// bench/results/cpu_24_dense.md): for layers of at least kDenseMinWeights weights, ATen's bf16
-// GEMM on decompressed panels outruns the 2:4 kernel from M = 2 on, its float32 GEMM from M = 256;
-// on smaller layers the fixed costs (the finiteness pass over x, the GEMM's set-up) eat the gain.
-// bf16 without native dot products (no avx512_bf16 / amx_bf16) is taken to be as fast as float32
-// (not measured). ATen's float16 GEMM is ten times slower than bf16 on this CPU: never.
-constexpr int64_t kDenseMinWeights = int64_t(1) << 22;
-int64_t auto_dense_min_m(at::ScalarType t) {
-  static const bool native_bf16 = __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
-  switch (t) {
-    case at::kFloat: return 256;
-    case at::kBFloat16: return native_bf16 ? 2 : 256;
-    default: return 0;
-  }
-}
-
-// The setting: -1 automatic, 0 never, n from M >= n.
-int64_t dense_min_m_setting() {
-  int64_t set = g_24_dense_min_m.load(std::memory_order_relaxed);
-  if (set == -2) {  // a bad value raises on every call, until the variable or the setting is fixed
-    set = dense_min_m_from_env();
-    int64_t unread = -2;
-    g_24_dense_min_m.compare_exchange_strong(unread, set);
-  }
-  return set;
-}
-
-int64_t dense_min_m(at::ScalarType t) {
-  const int64_t set = dense_min_m_setting();
-  return set >= 0 ? set : auto_dense_min_m(t);
-}
-
-// A threshold set by hand applies to every layer; the automatic one to layers of at least
-// kDenseMinWeights weights.
-bool use_dense_panels(at::ScalarType t, int64_t M, int64_t N, int64_t K) {
-  const int64_t m = dense_min_m(t);
-  if (m <= 0 || M < m) return false;
-  return dense_min_m_setting() > 0 || N * K >= kDenseMinWeights;
-}
-
-// y = x W^T (+ bias) for a 2:4 W at large M: W is decompressed a panel of rows at a time (at most
-// 16 MB, so it stays in the last-level cache) and each panel goes through ATen's dense GEMM into its columns of y.
-// Bit for bit the dense rows of W, so the result is dense's up to the order of the sums; callers
-// make sure x is finite (a pruned weight times Inf would be NaN here, never in the sparse kernel).
+// y = x W^T (+ bias) for a 2:4 W at large M (dense_panels.h): the panels are W's dense rows bit for
+// bit, so the result is dense's up to the order of the sums. The caller makes sure x is finite (a
+// pruned weight times Inf would be NaN here, never in the 2:4 kernel).
 void sparse24_mm_dense_panels(const at::Tensor& x, const at::Tensor& vals, const at::Tensor& meta, const at::Tensor& b,
                               at::Tensor& y) {
   const int64_t N = vals.size(0), K = x.size(1);
   const int64_t es = static_cast<int64_t>(vals.element_size());
-  // 512 rows (at most 16 MB): fewer rows starve the GEMM when K is large (4096 x 11008 bf16 at M = 4:
-  // 6.1 ms with 176 rows, 3.1 ms with 512), a panel past the last-level cache goes to memory.
-  const int64_t rows = std::clamp<int64_t>(std::min<int64_t>(512, (int64_t(16) << 20) / (K * es)) / 16 * 16, 16, N);
-  // One panel buffer per calling thread, kept between calls: a fresh allocation of this size is
-  // mapped anew by malloc on every call, and its page faults cost as much as the decompression.
-  struct Buffer {
-    char* p = nullptr;
-    size_t bytes = 0;
-    ~Buffer() { std::free(p); }
-  };
-  thread_local Buffer buf;
-  const size_t need = static_cast<size_t>(rows * K * es + 63) / 64 * 64;
-  if (buf.bytes < need) {
-    std::free(buf.p);
-    buf.p = static_cast<char*>(std::aligned_alloc(64, need));
-    buf.bytes = buf.p ? need : 0;
-    TORCH_CHECK(buf.p, "sparsekit.sparse24_mm: out of memory for a ", need, "-byte panel");
-  }
-  auto panel = at::from_blob(buf.p, {rows, K}, vals.options());
   const core::DType vd = to_core(vals.scalar_type());
   const uint8_t* mt = meta.data_ptr<uint8_t>();
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / K);
   const auto isa = current_isa();
-  for (int64_t n0 = 0; n0 < N; n0 += rows) {
-    const int64_t n1 = std::min(N, n0 + rows);
-    auto p = panel.narrow(0, 0, n1 - n0);
-    char* out = static_cast<char*>(p.data_ptr());
-    at::parallel_for(n0, n1, grain, [&](int64_t r0, int64_t r1) {
-      core::sparse24_decompress_rows(vals.data_ptr(), mt, vd, K, r0, r1, out + (r0 - n0) * K * es, isa);
-    });
-    auto ys = y.narrow(1, n0, n1 - n0);
-    if (b.defined()) at::addmm_out(ys, b.narrow(0, n0, n1 - n0), x, p.t());
-    else at::mm_out(ys, x, p.t());
-  }
+  panels::run(
+      N, K, vals.options(), "sparsekit.sparse24_mm",
+      [&](int64_t n0, int64_t n1, at::Tensor& p) {
+        char* out = static_cast<char*>(p.data_ptr());
+        at::parallel_for(n0, n1, grain, [&](int64_t r0, int64_t r1) {
+          core::sparse24_decompress_rows(vals.data_ptr(), mt, vd, K, r0, r1, out + (r0 - n0) * K * es, isa);
+        });
+      },
+      [&](int64_t n0, int64_t n1, at::Tensor& p) {
+        auto ys = y.narrow(1, n0, n1 - n0);
+        if (b.defined()) at::addmm_out(ys, b.narrow(0, n0, n1 - n0), x, p.t());
+        else at::mm_out(ys, x, p.t());
+      });
 }
 
 at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
@@ -305,7 +235,7 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
   const auto vals = values.contiguous();
   at::Tensor b;
   if (bias.has_value()) b = bias->contiguous();
-  if (use_dense_panels(x.scalar_type(), M, N, K) && at::isfinite(x).all().item<bool>()) {  // x and values: one dtype (checked)
+  if (panels::use(panels::Op::kSparse24, x.scalar_type(), M, N, K) && at::isfinite(x).all().item<bool>()) {  // x and values: one dtype (checked)
     sparse24_mm_dense_panels(x, vals, mt, b, y);
     return y;
   }
@@ -328,15 +258,16 @@ void set_isa(int isa) {
 }
 int get_isa() { return g_isa.load(); }
 void set_aten_index_checks(bool on) { g_aten_index_checks.store(on); }
-void set_sparse24_dense_min_m(int64_t m) {
-  TORCH_CHECK(m >= -1, "sparsekit: expected -1 (automatic), 0 (never) or a positive M, got ", m);
-  g_24_dense_min_m.store(m);
-}
-int64_t sparse24_dense_min_m(const char* dtype) {
-  if (!std::strcmp(dtype, "float32")) return dense_min_m(at::kFloat);
-  if (!std::strcmp(dtype, "bfloat16")) return dense_min_m(at::kBFloat16);
-  if (!std::strcmp(dtype, "float16")) return dense_min_m(at::kHalf);
-  TORCH_CHECK(false, "sparsekit: expected 'float32', 'bfloat16' or 'float16', got '", dtype, "'");
+void set_dense_min_m(int64_t m) { panels::set(m); }
+int64_t dense_min_m(const char* op, const char* dtype) {
+  at::ScalarType t;
+  if (!std::strcmp(dtype, "float32")) t = at::kFloat;
+  else if (!std::strcmp(dtype, "bfloat16")) t = at::kBFloat16;
+  else if (!std::strcmp(dtype, "float16")) t = at::kHalf;
+  else TORCH_CHECK(false, "sparsekit: expected 'float32', 'bfloat16' or 'float16', got '", dtype, "'");
+  if (!std::strcmp(op, "2:4")) return panels::min_m(panels::Op::kSparse24, t);
+  if (!std::strcmp(op, "int8-wo")) return panels::min_m(panels::Op::kInt8WeightOnly, t);
+  TORCH_CHECK(false, "sparsekit: expected '2:4' or 'int8-wo', got '", op, "'");
 }
 bool aten_index_checks() { return g_aten_index_checks.load(std::memory_order_relaxed); }
 const char* active_isa_name() { return core::isa_name(core::resolve_isa(static_cast<core::Isa>(g_isa.load()))); }

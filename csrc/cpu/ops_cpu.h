@@ -14,12 +14,13 @@ const char* active_isa_name();
 // without a GPU. A test switch (sparsekit._C._set_aten_index_checks).
 void set_aten_index_checks(bool on);
 bool aten_index_checks();
-// From which M the CPU 2:4 op decompresses W in panels and multiplies them with ATen's dense GEMM
-// (when x is all finite): -1 = automatic (the default: a threshold per dtype, for layers of at
-// least 2^22 weights), 0 = never, n = from M >= n on every layer. SPARSEKIT_CPU_24_DENSE_MIN_M
-// gives the starting value ('off' = 0).
-void set_sparse24_dense_min_m(int64_t m);
-// The threshold in force for a dtype ("float32", "bfloat16", "float16"): 0 = never.
-int64_t sparse24_dense_min_m(const char* dtype);
+// From which M the CPU 2:4 and int8 weight-only ops multiply dense panels of W with ATen's GEMM
+// (csrc/cpu/dense_panels.h): -1 = automatic (the default: a threshold per op and dtype, for layers
+// of at least 2^22 weights), 0 = never, n = from M >= n for both ops on every layer.
+// SPARSEKIT_CPU_DENSE_MIN_M gives the starting value ('off' = 0).
+void set_dense_min_m(int64_t m);
+// The threshold in force for an op ("2:4", "int8-wo") and x dtype ("float32", "bfloat16",
+// "float16"): 0 = never.
+int64_t dense_min_m(const char* op, const char* dtype);
 }  // namespace cpu
 }  // namespace sparsekit

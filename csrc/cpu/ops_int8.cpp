@@ -16,6 +16,7 @@
 
 #include "checked_once.h"
 #include "core/int8_gemm.h"
+#include "cpu/dense_panels.h"
 #include "cpu/int8_checks.h"
 #include "cpu/ops_cpu.h"
 #include "index_checks.h"
@@ -205,6 +206,24 @@ at::Tensor int8_weight_only_mm_cpu(const at::Tensor& x, const at::Tensor& w_q, c
   const int64_t M = x.size(0), K = x.size(1), N = w_q.size(0);
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
+  if (panels::use(panels::Op::kInt8WeightOnly, x.scalar_type(), M, N, K)) {
+    // Large M (dense_panels.h): the int8 rows turned into x's dtype (exact: |q| <= 128 fits even a
+    // bf16 significand), x times them through ATen's GEMM, then the channel scale and bias in float32.
+    // For 16-bit x the GEMM's output is rounded once before the scale: one more rounding than the
+    // int8 kernel's.
+    const auto ws = w_scale.contiguous();
+    at::Tensor b;
+    if (bias.has_value()) b = bias->contiguous();
+    panels::run(
+        N, K, x.options(), "sparsekit.int8_weight_only_mm",
+        [&](int64_t n0, int64_t n1, at::Tensor& p) { p.copy_(w_q.narrow(0, n0, n1 - n0)); },
+        [&](int64_t n0, int64_t n1, at::Tensor& p) {
+          auto r = at::mm(x, p.t()).to(at::kFloat).mul_(ws.narrow(0, n0, n1 - n0));
+          if (b.defined()) r.add_(b.narrow(0, n0, n1 - n0));
+          y.narrow(1, n0, n1 - n0).copy_(r);
+        });
+    return y;
+  }
   // the activation in float32 (bfloat16 and float16 convert exactly), rows contiguous
   const auto X = rows_contiguous(x.scalar_type() == at::kFloat ? x : x.to(at::kFloat));
   const auto Q = rows_contiguous(w_q);

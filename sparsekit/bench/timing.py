@@ -120,9 +120,9 @@ def environment(device: torch.device) -> dict:
     }
     if sparsekit._ext.available():
         env["cpu_isa"] = sparsekit._ext.C.cpu_isa()
-        from sparsekit._info import _cpu_24_dense_min_m
+        from sparsekit._info import _cpu_dense_min_m
 
-        env["cpu_24_dense_min_m"] = _cpu_24_dense_min_m(sparsekit._ext.C)
+        env["cpu_dense_min_m"] = _cpu_dense_min_m(sparsekit._ext.C)
     try:
         import triton
 

@@ -1,9 +1,10 @@
-"""The CPU 2:4 op's large-M path: W decompressed a panel at a time, multiplied by ATen's dense GEMM.
+"""The CPU large-M path of the 2:4 and int8 weight-only ops: W turned into dense rows a panel at a
+time, multiplied by ATen's dense GEMM (csrc/cpu/dense_panels.h).
 
 It must give what the reference gives (fresh random data, odd sizes, several panels, bias, strides),
-keep the NaN rule (pruned weights are structural zeros: an x holding NaN/Inf goes to the 2:4
-kernel), and its threshold must be settable and readable. `set_cpu_24_dense_min_m(0)` turns it
-off, so the same call is checked against the 2:4 kernel too."""
+keep each format's NaN rule (2:4: pruned weights are structural zeros, so an x holding NaN/Inf goes
+to the 2:4 kernel; int8-wo: as dense), and its threshold must be settable and readable.
+`set_cpu_dense_min_m(0)` turns it off, so the same call is checked against the op's kernel too."""
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 import sparsekit
 from sparsekit.formats.sparse24 import pack_24
 from sparsekit.ops import reference
+from sparsekit.quant import dequantize_weight, quantize_weight
 
 from helpers import assert_close_to_ref
 
@@ -32,10 +34,10 @@ def dense_from(request):
     ext = _C()
 
     def set_(m):
-        ext.set_cpu_24_dense_min_m(m)
+        ext.set_cpu_dense_min_m(m)
 
     yield set_
-    ext.set_cpu_24_dense_min_m(-1)
+    ext.set_cpu_dense_min_m(-1)
 
 
 def _weight(N, K, dtype, gen):
@@ -106,19 +108,54 @@ def test_non_finite_x_keeps_the_structural_zero_rule(dense_from, dtype, bad):
     assert torch.equal(~torch.isfinite(y), expect)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M,N,K", [(1, 5, 3), (2, 37, 52), (3, 1100, 8), (17, 513, 37), (65, 29, 130)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_int8_weight_only_panels_match_the_reference_and_the_kernel(dense_from, dtype, M, N, K, bias):
+    gen = torch.Generator().manual_seed(M * 1000 + N + K + 1)
+    q, scale = quantize_weight(torch.randn(N, K, generator=gen))
+    w = dequantize_weight(q, scale)
+    x = torch.randn(M, K, generator=gen).to(dtype)
+    b = torch.randn(N, generator=gen).to(dtype) if bias else None
+    ref = reference.int8_weight_only_mm(x.double(), q, scale.double(), None)
+    dense_from(1)
+    got = torch.ops.sparsekit.int8_weight_only_mm(x, q, scale, b)
+    dense_from(0)
+    kernel = torch.ops.sparsekit.int8_weight_only_mm(x, q, scale, b)
+    assert got.dtype == dtype and got.shape == (M, N)
+    for y in (got, kernel):
+        assert_close_to_ref(y.double() - (b.double() if bias else 0), ref, x, w, dtype)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_int8_weight_only_panels_propagate_non_finite_x_as_dense(dense_from, bad):
+    gen = torch.Generator().manual_seed(9)
+    q, scale = quantize_weight(torch.randn(24, 16, generator=gen))
+    x = torch.randn(6, 16, generator=gen).bfloat16()
+    x[1, 3] = bad
+    dense_from(1)
+    got = torch.ops.sparsekit.int8_weight_only_mm(x, q, scale, None)
+    dense_from(0)
+    kernel = torch.ops.sparsekit.int8_weight_only_mm(x, q, scale, None)
+    assert torch.equal(~torch.isfinite(got), ~torch.isfinite(kernel))
+    assert (~torch.isfinite(got[1])).any() and torch.isfinite(got[[0, 2, 3, 4, 5]]).all()
+
+
 def test_threshold_setting_and_reading(dense_from):
     ext = _C()
     dense_from(0)
-    assert ext.cpu_24_dense_min_m() == {"float32": 0, "bfloat16": 0, "float16": 0}
+    assert ext.cpu_dense_min_m() == {op: {"float32": 0, "bfloat16": 0, "float16": 0} for op in ("2:4", "int8-wo")}
     dense_from(7)
-    assert ext.cpu_24_dense_min_m() == {"float32": 7, "bfloat16": 7, "float16": 7}
+    assert ext.cpu_dense_min_m() == {op: {"float32": 7, "bfloat16": 7, "float16": 7} for op in ("2:4", "int8-wo")}
     dense_from(-1)
-    auto = ext.cpu_24_dense_min_m()
-    assert auto["float16"] == 0 and auto["float32"] >= 1 and 1 <= auto["bfloat16"] <= auto["float32"]
+    auto = ext.cpu_dense_min_m()
+    s24, wo = auto["2:4"], auto["int8-wo"]
+    assert s24["float16"] == 0 and s24["float32"] >= 1 and 1 <= s24["bfloat16"] <= s24["float32"]
+    assert wo["float32"] == 0 and wo["float16"] == 0 and wo["bfloat16"] >= 0
     with pytest.raises(ValueError, match="-1 \\(automatic\\), 0 \\(never\\) or a positive M"):
-        ext.set_cpu_24_dense_min_m(-2)
-    assert ext.cpu_24_dense_min_m() == auto
-    assert sparsekit.info()["cpu_24_dense_min_m"] == auto
+        ext.set_cpu_dense_min_m(-2)
+    assert ext.cpu_dense_min_m() == auto
+    assert sparsekit.info()["cpu_dense_min_m"] == auto
 
 
 @pytest.mark.parametrize("value,expect", [("off", 0), ("0", 0), ("12", 12), ("", None), ("abc", "error"), ("-3", "error")])
@@ -127,7 +164,7 @@ def test_threshold_from_the_environment(value, expect):
         "import torch, sparsekit\n"
         "from sparsekit import _C\n"
         "try:\n"
-        "    print(_C.cpu_24_dense_min_m()['float32'])\n"
+        "    print(_C.cpu_dense_min_m()['2:4']['float32'])\n"
         "except ValueError as e:\n"
         "    print('error', str(e).splitlines()[0])\n"
         "x = torch.randn(3, 8)\n"
@@ -137,12 +174,12 @@ def test_threshold_from_the_environment(value, expect):
         "except Exception as e:\n"
         "    print('call error', type(e).__name__)\n"
     )
-    env = dict(os.environ, SPARSEKIT_CPU_24_DENSE_MIN_M=value)
+    env = dict(os.environ, SPARSEKIT_CPU_DENSE_MIN_M=value)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     first, call = out.stdout.strip().splitlines()
     if expect == "error":
-        assert first.startswith("error") and "SPARSEKIT_CPU_24_DENSE_MIN_M must be 'off' or an integer >= 0" in first
+        assert first.startswith("error") and "SPARSEKIT_CPU_DENSE_MIN_M must be 'off' or an integer >= 0" in first
         assert call == "call error RuntimeError"
     else:
         assert call == "call ok"

@@ -1,0 +1,119 @@
+// The CPU ops' large-M path: W turned into dense rows a panel at a time and multiplied with ATen's
+// dense GEMM (oneDNN / BLAS), for the formats whose own kernel loses to dense GEMM once x has
+// enough rows: 2:4 (ops_cpu.cpp) and int8 weight-only (ops_int8.cpp). See README, "CPU paths".
+#pragma once
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+namespace sparsekit {
+namespace cpu {
+namespace panels {
+
+enum class Op { kSparse24, kInt8WeightOnly };
+
+// The setting: -1 automatic, 0 never, n >= 1 from M >= n for every op and layer; -2 until
+// SPARSEKIT_CPU_DENSE_MIN_M has been read.
+inline std::atomic<int64_t> g_min_m{-2};
+
+// SPARSEKIT_CPU_DENSE_MIN_M: "off" or 0 = never, n >= 1 = from M >= n, unset = automatic.
+inline int64_t min_m_from_env() {
+  const char* e = std::getenv("SPARSEKIT_CPU_DENSE_MIN_M");
+  if (!e || !*e) return -1;
+  if (!std::strcmp(e, "off")) return 0;
+  char* end = nullptr;
+  const long long v = std::strtoll(e, &end, 10);
+  TORCH_CHECK(end && *end == '\0' && v >= 0, "sparsekit: SPARSEKIT_CPU_DENSE_MIN_M must be 'off' or an integer >= 0, got '",
+              e, "'");
+  return v;
+}
+
+inline int64_t setting() {
+  int64_t set = g_min_m.load(std::memory_order_relaxed);
+  if (set == -2) {  // a bad value raises on every call, until the variable or the setting is fixed
+    set = min_m_from_env();
+    int64_t unread = -2;
+    g_min_m.compare_exchange_strong(unread, set);
+  }
+  return set;
+}
+
+inline void set(int64_t m) {
+  TORCH_CHECK(m >= -1, "sparsekit: expected -1 (automatic), 0 (never) or a positive M, got ", m);
+  g_min_m.store(m);
+}
+
+// The automatic thresholds, measured on an AMD EPYC with avx512_bf16, 2 threads, LLaMA-7B shapes,
+// caches flushed (bench/results/cpu_24_dense.md, cpu_int8wo_dense.md), for layers of at least
+// kMinWeights weights (below, the fixed costs eat the gain):
+// - 2:4, bf16: from M = 2 (its kernel does float32 FMAs per kept weight; dense bf16 runs native dot
+//   products); float32: from M = 256. bf16 without native dot products (no avx512_bf16 / amx_bf16)
+//   is taken to be as fast as float32 (not measured). float16: never (ATen's float16 GEMM is ten
+//   times slower than bf16 here).
+// - int8 weight-only, bf16 x with native bf16: from M = 64; otherwise never (the int8 kernel beats a
+//   float32 GEMM at every M measured).
+constexpr int64_t kMinWeights = int64_t(1) << 22;
+inline bool native_bf16() {
+  static const bool yes = __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+  return yes;
+}
+inline int64_t auto_min_m(Op op, at::ScalarType t) {
+  if (op == Op::kInt8WeightOnly) return t == at::kBFloat16 && native_bf16() ? 64 : 0;
+  switch (t) {
+    case at::kFloat: return 256;
+    case at::kBFloat16: return native_bf16() ? 2 : 256;
+    default: return 0;
+  }
+}
+
+// The threshold in force (0 = never).
+inline int64_t min_m(Op op, at::ScalarType t) {
+  const int64_t set = setting();
+  return set >= 0 ? set : auto_min_m(op, t);
+}
+
+// A threshold set by hand applies to every layer; the automatic one to layers of at least kMinWeights.
+inline bool use(Op op, at::ScalarType t, int64_t M, int64_t N, int64_t K) {
+  const int64_t m = min_m(op, t);
+  if (m <= 0 || M < m || N <= 0 || K <= 0) return false;
+  return setting() > 0 || N * K >= kMinWeights;
+}
+
+// For each panel of rows [n0, n1) of an N x K weight: fill(n0, n1, panel) writes those dense rows
+// into `panel` ((n1 - n0) x K, contiguous, `opts`), then gemm(n0, n1, panel) multiplies it into its
+// columns of y. Panels are 512 rows and at most 16 MB: fewer rows starve the GEMM when K is large
+// (4096 x 11008 bf16 at M = 4: 6.1 ms with 176 rows, 3.1 ms with 512); a panel past the last-level
+// cache goes to memory. The buffer is kept per calling thread between calls: a fresh allocation of
+// this size is mapped anew by malloc on every call, and its page faults cost as much as the filling.
+template <class Fill, class Gemm>
+void run(int64_t N, int64_t K, const at::TensorOptions& opts, const char* op, Fill&& fill, Gemm&& gemm) {
+  const int64_t es = static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
+  const int64_t rows = std::clamp<int64_t>(std::min<int64_t>(512, (int64_t(16) << 20) / (K * es)) / 16 * 16, 16, N);
+  struct Buffer {
+    char* p = nullptr;
+    size_t bytes = 0;
+    ~Buffer() { std::free(p); }
+  };
+  thread_local Buffer buf;
+  const size_t need = static_cast<size_t>(rows * K * es + 63) / 64 * 64;
+  if (buf.bytes < need) {
+    std::free(buf.p);
+    buf.p = static_cast<char*>(std::aligned_alloc(64, need));
+    buf.bytes = buf.p ? need : 0;
+    TORCH_CHECK(buf.p, op, ": out of memory for a ", need, "-byte panel");
+  }
+  auto panel = at::from_blob(buf.p, {rows, K}, opts);
+  for (int64_t n0 = 0; n0 < N; n0 += rows) {
+    const int64_t n1 = std::min(N, n0 + rows);
+    auto p = panel.narrow(0, 0, n1 - n0);
+    fill(n0, n1, p);
+    gemm(n0, n1, p);
+  }
+}
+
+}  // namespace panels
+}  // namespace cpu
+}  // namespace sparsekit
