@@ -158,7 +158,8 @@ def test_threshold_setting_and_reading(dense_from):
     assert sparsekit.info()["cpu_dense_min_m"] == auto
 
 
-@pytest.mark.parametrize("value,expect", [("off", 0), ("0", 0), ("12", 12), ("", None), ("abc", "error"), ("-3", "error")])
+@pytest.mark.parametrize("value,expect",
+                         [("off", 0), ("0", 0), ("12", 12), ("", None), ("abc", "error"), ("-3", "error")])
 def test_threshold_from_the_environment(value, expect):
     code = (
         "import torch, sparsekit\n"

@@ -26,8 +26,8 @@ inline int64_t min_m_from_env() {
   if (!std::strcmp(e, "off")) return 0;
   char* end = nullptr;
   const long long v = std::strtoll(e, &end, 10);
-  TORCH_CHECK(end && *end == '\0' && v >= 0, "sparsekit: SPARSEKIT_CPU_DENSE_MIN_M must be 'off' or an integer >= 0, got '",
-              e, "'");
+  TORCH_CHECK(end && *end == '\0' && v >= 0,
+              "sparsekit: SPARSEKIT_CPU_DENSE_MIN_M must be 'off' or an integer >= 0, got '", e, "'");
   return v;
 }
 

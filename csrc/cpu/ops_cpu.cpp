@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -24,7 +23,6 @@ namespace {
 
 std::atomic<int> g_isa{0};
 std::atomic<bool> g_aten_index_checks{false};
-
 
 core::DType to_core(at::ScalarType t) {
   switch (t) {
@@ -235,7 +233,8 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
   const auto vals = values.contiguous();
   at::Tensor b;
   if (bias.has_value()) b = bias->contiguous();
-  if (panels::use(panels::Op::kSparse24, x.scalar_type(), M, N, K) && at::isfinite(x).all().item<bool>()) {  // x and values: one dtype (checked)
+  // x and the values share a dtype (checked above); a non-finite x keeps the 2:4 kernel
+  if (panels::use(panels::Op::kSparse24, x.scalar_type(), M, N, K) && at::isfinite(x).all().item<bool>()) {
     sparse24_mm_dense_panels(x, vals, mt, b, y);
     return y;
   }
