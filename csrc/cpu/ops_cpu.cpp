@@ -222,12 +222,7 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
   check_sparse24_mm_args(x, values, meta, bias);
   const int64_t M = x.size(0), N = values.size(0), K = x.size(1);
   const auto mt = meta.contiguous();
-  CheckedOnce::run("sparse24_mm", {&meta}, {N, K}, [&] {
-    if (aten_index_checks())
-      aten_checks::check_meta_positions("sparsekit.sparse24_mm", mt, K);
-    else
-      check_meta_positions("sparsekit.sparse24_mm", mt.data_ptr<uint8_t>(), N, K);
-  });
+  check_meta_once("sparsekit.sparse24_mm", meta, mt, N, K);
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const auto vals = values.contiguous();
@@ -269,6 +264,12 @@ int64_t dense_min_m(const char* op, const char* dtype) {
   TORCH_CHECK(false, "sparsekit: expected '2:4' or 'int8-wo', got '", op, "'");
 }
 bool aten_index_checks() { return g_aten_index_checks.load(std::memory_order_relaxed); }
+void check_meta_once(const char* op, const at::Tensor& meta, const at::Tensor& mt, int64_t N, int64_t K) {
+  CheckedOnce::run(op, {&meta}, {N, K}, [&] {
+    if (aten_index_checks()) aten_checks::check_meta_positions(op, mt, K);
+    else check_meta_positions(op, mt.data_ptr<uint8_t>(), N, K);
+  });
+}
 const char* active_isa_name() { return core::isa_name(core::resolve_isa(static_cast<core::Isa>(g_isa.load()))); }
 
 }  // namespace cpu

@@ -1,5 +1,8 @@
 // Settings of the CPU kernels that the Python module can read and change.
 #pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
 
 namespace sparsekit {
 namespace cpu {
@@ -14,6 +17,10 @@ const char* active_isa_name();
 // without a GPU. A test switch (sparsekit._C._set_aten_index_checks).
 void set_aten_index_checks(bool on);
 bool aten_index_checks();
+// The positions in a 2:4 meta buffer, checked once per buffer (checked_once.h) with the pointer
+// checks or, under the switch above, the ATen ones; `mt` is `meta` made contiguous. For the CPU
+// bindings of sparse24_mm and sparse24_int8_mm.
+void check_meta_once(const char* op, const at::Tensor& meta, const at::Tensor& mt, int64_t N, int64_t K);
 // From which M the CPU 2:4 and int8 weight-only ops multiply dense panels of W with ATen's GEMM
 // (csrc/cpu/dense_panels.h): -1 = automatic (the default: a threshold per op and dtype, for layers
 // of at least 2^22 weights), 0 = never, n = from M >= n for both ops on every layer.

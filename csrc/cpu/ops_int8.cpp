@@ -14,12 +14,10 @@
 #include <cstring>
 #include <tuple>
 
-#include "checked_once.h"
 #include "core/int8_gemm.h"
 #include "cpu/dense_panels.h"
 #include "cpu/int8_checks.h"
 #include "cpu/ops_cpu.h"
-#include "index_checks.h"
 
 namespace sparsekit {
 namespace cpu {
@@ -256,12 +254,7 @@ at::Tensor sparse24_int8_mm_cpu(const at::Tensor& x_q, const at::Tensor& x_scale
   int8chk::check_sparse24_int8_mm_args(x_q, x_scale, x_zero, values, meta, w_scale, bias, out_dtype);
   const int64_t M = x_q.size(0), K = x_q.size(1), N = values.size(0);
   const auto Mt = meta.contiguous();
-  CheckedOnce::run("sparse24_int8_mm", {&meta}, {N, K}, [&] {
-    if (aten_index_checks())
-      aten_checks::check_meta_positions("sparsekit.sparse24_int8_mm", Mt, K);
-    else
-      check_meta_positions("sparsekit.sparse24_int8_mm", Mt.data_ptr<uint8_t>(), N, K);
-  });
+  check_meta_once("sparsekit.sparse24_int8_mm", meta, Mt, N, K);
   auto y = at::empty({M, N}, x_q.options().dtype(out_dtype));
   if (M == 0 || N == 0) return y;
   const auto A = rows_contiguous(x_q);
