@@ -7,13 +7,17 @@
 //
 // Why this file exists: PyTorch's _cslt_sparse_mm builds the descriptors and the plan (and optionally
 // searches) on every call, which costs more than the matmul itself at small M. Here:
-//  * one cusparseLtHandle_t per device, created on first use;
+//  * one cusparseLtHandle_t per device, created on first use and shared by the plans built on it (a handle
+//    lives while a plan uses it, so cusparselt_release() in one thread never pulls it from under another);
 //  * descriptors, matmul descriptor, algorithm selection and plan are built once per key
 //    (device, N, K, padded M, input dtype, output dtype, alpha vector?, fused bias pointer) and kept in an
 //    LRU cache guarded by a mutex (bounded by SPARSEKIT_CSLT_CACHE_SIZE, default 1024 plans);
 //  * the algorithm is searched once per shape key with cusparseLtMatmulSearch on first use (not under CUDA
-//    graph capture) and remembered, so a plan built later for the same shape (another layer's bias) reuses
-//    it without searching; SPARSEKIT_CSLT_SEARCH=0 keeps the default algorithm;
+//    graph capture) and remembered with its split-K settings (AlgChoice), so a plan built later for the
+//    same shape (another layer's bias) is the searched one without searching again;
+//    SPARSEKIT_CSLT_SEARCH=0 keeps the default algorithm, =1 searches for every dtype. By default float16
+//    is not searched: the one H200 run (cuSPARSELt 0.8.0) hit an illegal instruction in float16 matmuls
+//    only, and the default algorithm is what PyTorch's own path runs (bench/cslt_probe.py tells which);
 //  * everything launches on the current stream; every cuSPARSELt status is checked and named.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -33,6 +37,7 @@
 #include <unordered_map>
 
 #include "checks.h"
+#include "cuda/cslt_contract.h"
 #include "cuda/cusparselt_api.h"
 #include "cuda/scale_epilogue_kernel.cuh"
 
@@ -42,7 +47,7 @@ namespace {
 
 constexpr const char* kCompressOp = "sparsekit.cslt_compress";
 constexpr const char* kMmOp = "sparsekit.cslt_mm";
-constexpr uint32_t kAlignment = 16;  // bytes; every buffer passed here is at least 16-byte aligned
+constexpr uint32_t kAlignment = kCsltAlignment;  // bytes; every buffer passed here is 16-byte aligned
 
 void check_status(cusparseStatus_t s, const char* call) {
   TORCH_CHECK(s == CUSPARSE_STATUS_SUCCESS, "sparsekit: ", call, " failed: ", cusparseLtGetErrorName(s), " (",
@@ -56,9 +61,10 @@ int64_t env_int(const char* name, int64_t fallback) {
   return v && *v ? std::strtoll(v, nullptr, 10) : fallback;
 }
 
-bool search_enabled() {
-  static const bool on = env_int("SPARSEKIT_CSLT_SEARCH", 1) != 0;
-  return on;
+// SPARSEKIT_CSLT_SEARCH: 0 never searches, 1 searches every dtype, unset: every dtype but float16 (see top).
+bool search_enabled(at::ScalarType in) {
+  static const int64_t setting = env_int("SPARSEKIT_CSLT_SEARCH", -1);
+  return setting < 0 ? in != at::kHalf : setting != 0;
 }
 
 // ------------------------------------------------------------------------------------------ dtype rules
@@ -96,33 +102,41 @@ void check_nk(const char* op, int64_t N, int64_t K, at::ScalarType t) {
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // ------------------------------------------------------------------------------------------ RAII wrappers
+// A handle and its destruction: shared by the plans built on it, destroyed with the last of them.
+using HandlePtr = std::shared_ptr<const cusparseLtHandle_t>;
+
 class Handles {
  public:
   // The device's handle, created once. cuSPARSELt ties a handle to the device current at cusparseLtInit.
-  const cusparseLtHandle_t* get(int device) {
+  HandlePtr get(int device) {
     std::lock_guard<std::mutex> lock(mu_);
     auto& h = handles_[device];
     if (!h) {
       const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
-      auto fresh = std::make_unique<cusparseLtHandle_t>();
-      CSLT(cusparseLtInit, fresh.get());
-      h = std::move(fresh);
+      auto* fresh = new cusparseLtHandle_t();
+      const cusparseStatus_t s = cusparseLtInit(fresh);
+      if (s != CUSPARSE_STATUS_SUCCESS) delete fresh;
+      check_status(s, "cusparseLtInit");
+      h = HandlePtr(fresh, [](const cusparseLtHandle_t* p) {
+        cusparseLtDestroy(p);  // nothing to report to from a deleter
+        delete p;
+      });
     }
-    return h.get();
+    return h;
   }
-  void destroy_all() {
+  // Forgets the handles: each is destroyed once no plan (in any thread) holds it any more.
+  void release_all() {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& kv : handles_) cusparseLtDestroy(kv.second.get());  // exit path: nothing to report to
     handles_.clear();
   }
 
  private:
   std::mutex mu_;
-  std::unordered_map<int, std::unique_ptr<cusparseLtHandle_t>> handles_;
+  std::unordered_map<int, HandlePtr> handles_;
 };
 
 // Leaked on purpose (never destroyed by a static destructor): at process exit the CUDA driver may be
-// gone before static destructors run. cusparselt_release(), registered with Python's atexit, frees them.
+// gone before static destructors run. cusparselt_release(), registered with Python's atexit, lets them go.
 Handles& handles() {
   static auto* h = new Handles();
   return *h;
@@ -192,58 +206,117 @@ struct PlanKeyHash {
   }
 };
 
+// RAII for the algorithm selection and the plan, so that a constructor that throws half-way (a plan
+// that cannot be initialised for a key) releases what it had made.
+class AlgSelection {
+ public:
+  // `choice`: a remembered search result to reproduce, or none (the library's default algorithm).
+  AlgSelection(const cusparseLtHandle_t* h, const cusparseLtMatmulDescriptor_t* matmul,
+               const std::optional<AlgChoice>& choice)
+      : handle_(h) {
+    CSLT(cusparseLtMatmulAlgSelectionInit, h, &alg_, matmul, CUSPARSELT_MATMUL_ALG_DEFAULT);
+    try {  // a constructor that throws runs no destructor of its own
+      if (choice)
+        apply_alg_choice(*choice, [&](cusparseLtMatmulAlgAttribute_t attr, int v) { set(attr, v); },
+                         CUSPARSELT_MATMUL_ALG_CONFIG_ID, CUSPARSELT_MATMUL_SPLIT_K, CUSPARSELT_MATMUL_SPLIT_K_MODE,
+                         CUSPARSELT_MATMUL_SPLIT_K_BUFFERS);
+    } catch (...) {
+      cusparseLtMatmulAlgSelectionDestroy(&alg_);
+      throw;
+    }
+  }
+  // The configuration selected now (after a search: the one found), split-K settings included.
+  AlgChoice choice() const {
+    auto get = [&](cusparseLtMatmulAlgAttribute_t attr, int* v) {
+      CSLT(cusparseLtMatmulAlgGetAttribute, handle_, &alg_, attr, v, sizeof(int));
+    };
+    return read_alg_choice(get, CUSPARSELT_MATMUL_ALG_CONFIG_ID, CUSPARSELT_MATMUL_SPLIT_K,
+                           CUSPARSELT_MATMUL_SPLIT_K_MODE, CUSPARSELT_MATMUL_SPLIT_K_BUFFERS);
+  }
+  AlgSelection(const AlgSelection&) = delete;
+  AlgSelection& operator=(const AlgSelection&) = delete;
+  ~AlgSelection() { cusparseLtMatmulAlgSelectionDestroy(&alg_); }
+  const cusparseLtMatmulAlgSelection_t* get() const { return &alg_; }
+
+ private:
+  void set(cusparseLtMatmulAlgAttribute_t attr, int v) {
+    CSLT(cusparseLtMatmulAlgSetAttribute, handle_, &alg_, attr, &v, sizeof(v));
+  }
+  const cusparseLtHandle_t* handle_;
+  cusparseLtMatmulAlgSelection_t alg_{};
+};
+
+class PlanHandle {
+ public:
+  PlanHandle(const cusparseLtHandle_t* h, const cusparseLtMatmulDescriptor_t* matmul,
+             const cusparseLtMatmulAlgSelection_t* alg) {
+    CSLT(cusparseLtMatmulPlanInit, h, &plan_, matmul, alg);
+  }
+  PlanHandle(const PlanHandle&) = delete;
+  PlanHandle& operator=(const PlanHandle&) = delete;
+  ~PlanHandle() { cusparseLtMatmulPlanDestroy(&plan_); }
+  cusparseLtMatmulPlan_t* get() { return &plan_; }
+
+ private:
+  cusparseLtMatmulPlan_t plan_{};
+};
+
+// The matmul descriptor of a key (no destroy call exists for it).
+struct MatmulDesc {
+  MatDesc a, b, d;
+  cusparseLtMatmulDescriptor_t matmul{};
+
+  MatmulDesc(const cusparseLtHandle_t* h, const PlanKey& key) {
+    const DtypeRule rule = rule_of(kMmOp, key.in);
+    const cudaDataType dtype_d = key.in == at::kChar ? out_type(key.out) : rule.type;
+    a.init_structured(h, key.n, key.k, rule.type);
+    b.init_dense(h, key.m, key.k, key.k, rule.type, CUSPARSE_ORDER_ROW);  // x, read transposed
+    d.init_dense(h, key.n, key.m, key.n, dtype_d, CUSPARSE_ORDER_COL);   // y, row-major (M, N)
+    CSLT(cusparseLtMatmulDescriptorInit, h, &matmul, CUSPARSE_OPERATION_NON_TRANSPOSE, CUSPARSE_OPERATION_TRANSPOSE,
+         a.get(), b.get(), d.get(), d.get(), key.in == at::kChar ? CUSPARSE_COMPUTE_32I : CUSPARSE_COMPUTE_32F);
+    if (key.alpha_vector) {
+      const int on = 1;
+      CSLT(cusparseLtMatmulDescSetAttribute, h, &matmul, CUSPARSELT_MATMUL_ALPHA_VECTOR_SCALING, &on, sizeof(on));
+    }
+    if (key.bias) {
+      void* bias = reinterpret_cast<void*>(key.bias);
+      CSLT(cusparseLtMatmulDescSetAttribute, h, &matmul, CUSPARSELT_MATMUL_BIAS_POINTER, &bias, sizeof(bias));
+    }
+  }
+};
+
 // Everything cusparseLtMatmul needs for one key. The bias pointer is an attribute of the matmul
 // descriptor, set before cusparseLtMatmulPlanInit; cuSPARSELt does not document that a later change of
 // it reaches an existing plan, so a fused bias is part of the key. A layer's bias is a parameter whose
 // pointer is stable, so this costs one plan per (layer, M), not one per call, and no extra search.
+// Members are declared in the order they are built, so a throw part-way releases what exists.
 class Plan {
  public:
-  Plan(const cusparseLtHandle_t* h, const PlanKey& key, int alg_id) : handle(h) {
-    const DtypeRule rule = rule_of(kMmOp, key.in);
-    const cudaDataType dtype_d = key.in == at::kChar ? out_type(key.out) : rule.type;
-    a_.init_structured(h, key.n, key.k, rule.type);
-    b_.init_dense(h, key.m, key.k, key.k, rule.type, CUSPARSE_ORDER_ROW);        // x, read transposed
-    d_.init_dense(h, key.n, key.m, key.n, dtype_d, CUSPARSE_ORDER_COL);         // y, row-major (M, N)
-    CSLT(cusparseLtMatmulDescriptorInit, h, &matmul_, CUSPARSE_OPERATION_NON_TRANSPOSE, CUSPARSE_OPERATION_TRANSPOSE,
-         a_.get(), b_.get(), d_.get(), d_.get(), key.in == at::kChar ? CUSPARSE_COMPUTE_32I : CUSPARSE_COMPUTE_32F);
-    if (key.alpha_vector) {
-      const int on = 1;
-      CSLT(cusparseLtMatmulDescSetAttribute, h, &matmul_, CUSPARSELT_MATMUL_ALPHA_VECTOR_SCALING, &on, sizeof(on));
-    }
-    if (key.bias) {
-      void* bias = reinterpret_cast<void*>(key.bias);
-      CSLT(cusparseLtMatmulDescSetAttribute, h, &matmul_, CUSPARSELT_MATMUL_BIAS_POINTER, &bias, sizeof(bias));
-    }
-    CSLT(cusparseLtMatmulAlgSelectionInit, h, &alg_, &matmul_, CUSPARSELT_MATMUL_ALG_DEFAULT);
-    alg_live_ = true;
-    if (alg_id >= 0)
-      CSLT(cusparseLtMatmulAlgSetAttribute, h, &alg_, CUSPARSELT_MATMUL_ALG_CONFIG_ID, &alg_id, sizeof(alg_id));
-    CSLT(cusparseLtMatmulPlanInit, h, &plan_, &matmul_, &alg_);
-    plan_live_ = true;
+  // `choice`: the remembered search result of this shape, or none (the default algorithm).
+  Plan(HandlePtr h, const PlanKey& key, const std::optional<AlgChoice>& choice)
+      : owner_(std::move(h)), handle(owner_.get()), desc_(handle, key), alg_(handle, &desc_.matmul, choice),
+        plan_(handle, &desc_.matmul, alg_.get()) {
     refresh_workspace();
-    compressed = compressed_bytes(h, a_);
+    compressed = compressed_bytes(handle, desc_.a);
     // A remembered algorithm, or no search wanted: nothing left to tune.
-    tuned.store(alg_id >= 0 || !search_enabled());
+    tuned.store(choice.has_value() || !search_enabled(key.in));
   }
   Plan(const Plan&) = delete;
   Plan& operator=(const Plan&) = delete;
-  ~Plan() {
-    if (plan_live_) cusparseLtMatmulPlanDestroy(&plan_);
-    if (alg_live_) cusparseLtMatmulAlgSelectionDestroy(&alg_);
-  }
 
   void refresh_workspace() {
     size_t ws = 0;
-    CSLT(cusparseLtMatmulGetWorkspace, handle, &plan_, &ws);
+    CSLT(cusparseLtMatmulGetWorkspace, handle, plan_.get(), &ws);
     workspace.store(ws);
   }
-  int alg_id() const {
-    int id = 0;
-    CSLT(cusparseLtMatmulAlgGetAttribute, handle, &alg_, CUSPARSELT_MATMUL_ALG_CONFIG_ID, &id, sizeof(id));
-    return id;
-  }
-  cusparseLtMatmulPlan_t* plan() { return &plan_; }
+  // The configuration the plan runs now (after a search: the one found), split-K settings included.
+  AlgChoice choice() const { return alg_.choice(); }
+  cusparseLtMatmulPlan_t* plan() { return plan_.get(); }
 
+ private:
+  HandlePtr owner_;  // first: released last
+
+ public:
   const cusparseLtHandle_t* handle;
   size_t compressed = 0;
   std::atomic<size_t> workspace{0};
@@ -251,11 +324,9 @@ class Plan {
   std::mutex tune_mu;  // held while searching, and while launching on a plan not yet tuned
 
  private:
-  MatDesc a_, b_, d_;
-  cusparseLtMatmulDescriptor_t matmul_{};  // no destroy call exists for it
-  cusparseLtMatmulAlgSelection_t alg_{};
-  cusparseLtMatmulPlan_t plan_{};
-  bool alg_live_ = false, plan_live_ = false;
+  MatmulDesc desc_;
+  AlgSelection alg_;
+  PlanHandle plan_;
 };
 
 class PlanCache {
@@ -272,7 +343,8 @@ class PlanCache {
       return it->second.first;
     }
     auto alg = algs_.find(key.shape());
-    auto plan = std::make_shared<Plan>(handles().get(key.device), key, alg == algs_.end() ? -1 : alg->second);
+    auto plan = std::make_shared<Plan>(handles().get(key.device), key,
+                                       alg == algs_.end() ? std::nullopt : std::optional<AlgChoice>(alg->second));
     ++stats_.plans_created;
     lru_.push_front(key);
     map_.emplace(key, std::make_pair(plan, lru_.begin()));
@@ -283,9 +355,9 @@ class PlanCache {
     }
     return plan;
   }
-  void remember(const PlanKey& key, int alg_id) {
+  void remember(const PlanKey& key, const AlgChoice& choice) {
     std::lock_guard<std::mutex> lock(mu_);
-    algs_[key.shape()] = alg_id;
+    algs_[key.shape()] = choice;
     ++stats_.searches;
   }
   CusparseLtStats stats() {
@@ -309,7 +381,7 @@ class PlanCache {
   size_t capacity_;
   std::list<PlanKey> lru_;  // most recently used first
   std::unordered_map<PlanKey, std::pair<std::shared_ptr<Plan>, std::list<PlanKey>::iterator>, PlanKeyHash> map_;
-  std::unordered_map<PlanKey, int, PlanKeyHash> algs_;  // shape key -> searched algorithm
+  std::unordered_map<PlanKey, AlgChoice, PlanKeyHash> algs_;  // shape key -> searched algorithm
   CusparseLtStats stats_;
 };
 
@@ -356,7 +428,7 @@ void tune_and_enqueue(Plan& p, const PlanKey& key, const MatmulArgs& m, const at
     CSLT(cusparseLtMatmulSearch, p.handle, p.plan(), m.alpha, m.a, m.b, &beta, m.d, m.d,
          ws.numel() ? ws.data_ptr() : nullptr, &stream, 1);
     p.refresh_workspace();  // the chosen algorithm may need another workspace
-    plan_cache().remember(key, p.alg_id());
+    plan_cache().remember(key, p.choice());
     p.tuned.store(true);
   }
   enqueue(p, m, like, stream);  // under the lock: no search may change the plan while it is read
@@ -411,17 +483,28 @@ at::Tensor cslt_compress_cuda(const at::Tensor& weight) {
   const int64_t N = weight.size(0), K = weight.size(1);
   check_nk(op, N, K, weight.scalar_type());
   const c10::cuda::CUDAGuard guard(weight.device());
-  const auto w = weight.contiguous();
-  const cusparseLtHandle_t* h = handles().get(weight.get_device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(weight.get_device()).stream();
+  // The 2:4 check reads its verdict back (a device sync), which a CUDA graph capture forbids: compress
+  // at conversion, before capturing (sparsekit's formats do), never inside a captured forward.
+  TORCH_CHECK(!capturing(stream), op, ": compressing a weight syncs the device, which CUDA graph capture ",
+              "forbids; compress (convert the model) before capturing");
+  // contiguous, and 16-byte aligned (a contiguous view can start anywhere in its storage)
+  at::Tensor w = weight.contiguous();
+  if (!cslt_aligned(w.data_ptr())) w = w.clone();
+  const HandlePtr handle = handles().get(weight.get_device());
+  const cusparseLtHandle_t* h = handle.get();
   MatDesc a;
   a.init_structured(h, N, K, rule_of(op, weight.scalar_type()).type);
 
-  auto valid = at::empty({1}, w.options().dtype(at::kInt));
-  CSLT(cusparseLtSpMMAPruneCheck2, h, a.get(), 1, CUSPARSE_OPERATION_NON_TRANSPOSE, w.data_ptr(),
-       valid.data_ptr<int>(), stream);
   // One device sync, once per weight: compressing a weight that is not 2:4 would silently drop values.
-  TORCH_CHECK_VALUE(valid.item<int>() == 0, op, ": the weight is not 2:4 along in_features (a group of four ",
+  auto flag = at::empty({1}, w.options().dtype(at::kInt));
+  const bool is_24 = prune_check_passes(
+      flag.data_ptr<int>(), [&](int*) { flag.zero_(); },
+      [&](int* f) {
+        CSLT(cusparseLtSpMMAPruneCheck2, h, a.get(), 1, CUSPARSE_OPERATION_NON_TRANSPOSE, w.data_ptr(), f, stream);
+      },
+      [&](int*) { return flag.item<int>(); });
+  TORCH_CHECK_VALUE(is_24, op, ": the weight is not 2:4 along in_features (a group of four ",
                     "columns keeps more than two non-zeros); prune it with pattern='2:4' first");
 
   size_t buffer_bytes = 0;
@@ -448,6 +531,9 @@ at::Tensor cslt_mm_cuda(const at::Tensor& x, const at::Tensor& compressed, int64
                    ": expected compressed as returned by cslt_compress (contiguous 1-d uint8), got ",
                    dtype_name(compressed.scalar_type()), " of shape ", shape_str(compressed.sizes()));
   check_cuda_tensor(op, "compressed", compressed, x);
+  TORCH_CHECK_VALUE(cslt_aligned(compressed.data_ptr()), op, ": expected compressed 16-byte aligned (as ",
+                    "cslt_compress returns it), got a view at an offset of ",
+                    reinterpret_cast<uintptr_t>(compressed.data_ptr()) % kAlignment, " bytes");
   check_bias(op, bias, N, out, x);
   check_float_vector(op, "alpha", alpha, N, x);
   TORCH_CHECK_VALUE(!row_scale.has_value() || x.scalar_type() == at::kChar, op,
@@ -459,11 +545,14 @@ at::Tensor cslt_mm_cuda(const at::Tensor& x, const at::Tensor& compressed, int64
   const c10::cuda::CUDAGuard guard(x.device());
   const bool int8 = x.scalar_type() == at::kChar;
   const int64_t m_pad = round_up(M, rule_of(op, x.scalar_type()).m_multiple);
-  // int8: the bias comes after the per-token scale, in the epilogue (see scale_epilogue_kernel.cuh).
-  const bool fuse_bias = bias.has_value() && !int8;
   // undefined tensors for "none" (GCC warns, wrongly, of optional<Tensor> built in a conditional)
   const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const at::Tensor alpha_c = alpha.has_value() ? alpha->contiguous() : at::Tensor();
+  // int8: the bias comes after the per-token scale, in the epilogue (see scale_epilogue_kernel.cuh).
+  // A bias view that is not 16-byte aligned is not fused (its pointer is part of the plan, so a copy
+  // per call would build a plan per call): it is added after the matmul instead.
+  const bool fuse_bias = bias_c.defined() && !int8 && cslt_aligned(bias_c.data_ptr());
+  at::Tensor alpha_c = alpha.has_value() ? alpha->contiguous() : at::Tensor();
+  if (alpha_c.defined() && !cslt_aligned(alpha_c.data_ptr())) alpha_c = alpha_c.clone();  // read at run time
 
   PlanKey key;
   key.device = x.get_device();
@@ -486,6 +575,7 @@ at::Tensor cslt_mm_cuda(const at::Tensor& x, const at::Tensor& compressed, int64
   else
     tune_and_enqueue(*plan, key, args, x, stream);
 
+  if (bias_c.defined() && !int8 && !fuse_bias) y.narrow(0, 0, M).add_(bias_c);
   if (int8 && (row_scale.has_value() || bias_c.defined())) {
     const at::Tensor rs = row_scale.has_value() ? row_scale->contiguous() : at::Tensor();
     const cudaError_t err = scale_rows_add_bias(y.data_ptr(), M, N, out == at::kBFloat16 ? DType::bf16 : DType::f16,
@@ -505,8 +595,8 @@ std::string version_string(int major, int minor, int patch) {
 CusparseLtStats cusparselt_stats() { return plan_cache().stats(); }
 
 void cusparselt_release() {
-  plan_cache().clear();
-  handles().destroy_all();
+  plan_cache().clear();      // plans in use by other threads live on in their shared_ptr ...
+  handles().release_all();  // ... and so do their handles: each is destroyed with its last plan
 }
 
 std::string cusparselt_build_version() {
