@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import sparsekit
+from _cuda_health import pytest_runtest_logfinish, pytest_runtest_makereport  # noqa: F401 (hooks)
 
 HAS_CUDA = torch.cuda.is_available()
 requires_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
