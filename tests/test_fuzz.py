@@ -13,6 +13,15 @@ from sparsekit import formats  # noqa: E402
 from helpers import assert_close_to_ref  # noqa: E402
 
 DT = st.sampled_from([torch.float32, torch.bfloat16, torch.float16])
+HAS_CUDA = torch.cuda.is_available()
+# Every fuzz test runs on the CPU and, where there is one, on the GPU (the CUDA / Triton kernels).
+DEVICES = pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not HAS_CUDA, reason="needs a CUDA device"))])
+
+
+def on(f, device):
+    """The format f with its buffers on `device`."""
+    return type(f).from_buffers({k: v.to(device) for k, v in f.buffers().items()}, f.shape)
 
 
 def _x(M, K, dtype, layout, seed):
@@ -29,12 +38,13 @@ def _x(M, K, dtype, layout, seed):
 LAYOUTS = st.sampled_from(["contiguous", "transposed", "strided", "expanded"])
 
 
+@DEVICES
 @settings(max_examples=60, deadline=None)
 @given(fmt=st.sampled_from(["csr", "bitmap", "bsr", "2:4"]), M=st.integers(0, 40), n=st.integers(1, 12),
        k=st.integers(1, 12), density=st.floats(0, 1), dtype=DT,
        layout=LAYOUTS, bias=st.booleans(),
        seed=st.integers(0, 2**16))
-def test_ops_match_reference(fmt, M, n, k, density, dtype, layout, bias, seed):
+def test_ops_match_reference(device, fmt, M, n, k, density, dtype, layout, bias, seed):
     g = torch.Generator().manual_seed(seed)
     if fmt == "bsr":
         R, C = int(torch.randint(1, 5, (1,), generator=g)), int(torch.randint(1, 9, (1,), generator=g))
@@ -57,8 +67,8 @@ def test_ops_match_reference(fmt, M, n, k, density, dtype, layout, bias, seed):
     assert torch.equal(f.to_dense(), w * mask)
     x = _x(M, K, dtype, layout, seed)
     b = torch.randn(N, generator=g).to(dtype) if bias else None
-    y = f.matmul(x, b)
     ref = x.double() @ (w * mask).double().T + (0 if b is None else b.double())
+    y = on(f, device).matmul(x.to(device), None if b is None else b.to(device)).cpu()
     assert y.shape == (M, N) and y.dtype == dtype
     if M:
         assert_close_to_ref(y, ref, x, w * mask, dtype)
@@ -79,11 +89,12 @@ def test_quantize_per_token_is_the_reference_byte_for_byte(M, K, symmetric, dtyp
         assert torch.equal(a, b)
 
 
+@DEVICES
 @settings(max_examples=40, deadline=None)
 @given(op=st.sampled_from(["int8_gemm_i32", "int8_mm", "int8_weight_only_mm", "sparse24_int8_mm"]),
        M=st.integers(0, 24), N=st.integers(1, 20), k=st.integers(1, 24), dtype=DT, layout=LAYOUTS,
        asymmetric=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
-def test_int8_ops_match_reference(op, M, N, k, dtype, layout, asymmetric, bias, seed):
+def test_int8_ops_match_reference(device, op, M, N, k, dtype, layout, asymmetric, bias, seed):
     from sparsekit import ops
     from sparsekit.ops import reference
 
@@ -108,8 +119,9 @@ def test_int8_ops_match_reference(op, M, N, k, dtype, layout, asymmetric, bias, 
                 2, torch.rand(N, K // 4, 4, generator=g).topk(2, dim=-1).indices, True)
             f = formats.get("2:4+int8").from_dense(w, keep.reshape(N, K))
             args = (q, s, z if asymmetric else None, f.values, f.meta, f.scale, b, dtype)
-    got = getattr(torch.ops.sparsekit, op)(*args)
     want = getattr(reference, op)(*args)
+    moved = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+    got = getattr(torch.ops.sparsekit, op)(*moved).cpu()
     assert got.shape == want.shape and got.dtype == want.dtype
     if op == "int8_gemm_i32":
         assert torch.equal(got, want)  # exact
@@ -117,10 +129,11 @@ def test_int8_ops_match_reference(op, M, N, k, dtype, layout, asymmetric, bias, 
         torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
 
 
+@DEVICES
 @settings(max_examples=30, deadline=None)
 @given(fmt=st.sampled_from(["csr", "bitmap", "bsr", "2:4"]), n=st.integers(0, 10), k=st.integers(0, 10),
        density=st.floats(0, 1), dtype=DT, transposed=st.booleans(), seed=st.integers(0, 2**16))
-def test_packers_match_from_dense(fmt, n, k, density, dtype, transposed, seed):
+def test_packers_match_from_dense(device, fmt, n, k, density, dtype, transposed, seed):
     from sparsekit.ops import packing
 
     g = torch.Generator().manual_seed(seed)
@@ -135,10 +148,10 @@ def test_packers_match_from_dense(fmt, n, k, density, dtype, transposed, seed):
     if fmt == "bsr":
         mask = mask.reshape(n, 2, k, 4).any(3, keepdim=True).any(1, keepdim=True).expand(n, 2, k, 4).reshape(N, K)
     name = {"2:4": "pack_sparse24"}.get(fmt, f"pack_{fmt}")
-    got = getattr(packing, name)(w, mask, **kw)
+    got = getattr(packing, name)(w.to(device), mask.to(device), **kw)
     want = formats.get(fmt).from_dense(w, mask, **kw).buffers().values()
     for a, b in zip(got, want):
-        assert a.dtype == b.dtype and torch.equal(a, b)
+        assert a.dtype == b.dtype and torch.equal(a.cpu(), b)
 
 
 def test_concurrent_calls_match_serial():
@@ -166,3 +179,63 @@ def test_concurrent_calls_match_serial():
     for t in threads:
         t.join()
     assert not errors, errors[:5]
+
+
+# ------------------------------------------------------------------------------------------ bad inputs
+def _bad_case(case, g):
+    """(callable on a device, what it gets wrong): an op or packer call with one thing wrong."""
+    from sparsekit.ops import packing
+
+    w = torch.randn(8, 16, generator=g)
+    x = torch.randn(3, 16, generator=g)
+    f24 = formats.get("2:4").from_dense(w, torch.tensor([1, 1, 0, 0]).bool().repeat(8, 4))
+    fbm = formats.get("bitmap").from_dense(w, torch.rand(8, 16, generator=g) < 0.5)
+    fbs = formats.get("bsr").from_dense(w, torch.ones(8, 16, dtype=torch.bool), blocksize=(4, 4))
+    ops = torch.ops.sparsekit
+    not24 = torch.ones(8, 16, dtype=torch.bool)
+    meta_bad = f24.meta.clone()
+    meta_bad[0, 0] = 0x00  # positions 0 and 0
+    offsets_bad = fbm.word_offsets.clone()
+    offsets_bad[-1, -1] += 5
+    col_bad = fbs.col_indices.clone()
+    col_bad[0] = 99
+    return {
+        "pack_sparse24 not 2:4": lambda d: packing.pack_sparse24(w.to(d), not24.to(d)),
+        "pack_sparse24 K % 4": lambda d: packing.pack_sparse24(w[:, :14].to(d), not24[:, :14].to(d)),
+        "pack_bsr does not tile": lambda d: packing.pack_bsr(w.to(d), not24.to(d), blocksize=(3, 4)),
+        "pack mask shape": lambda d: packing.pack_csr(w.to(d), not24[:, :8].to(d)),
+        "sparse24_mm x dtype": lambda d: ops.sparse24_mm(x.half().to(d), f24.values.to(d), f24.meta.to(d)),
+        "sparse24_mm meta positions": lambda d: ops.sparse24_mm(x.to(d), f24.values.to(d), meta_bad.to(d)),
+        "sparse24_mm K": lambda d: ops.sparse24_mm(x[:, :12].to(d), f24.values.to(d), f24.meta.to(d)),
+        "bitmap_mm offsets": lambda d: ops.bitmap_mm(x.to(d), fbm.bitmap.to(d), offsets_bad.to(d), fbm.values.to(d)),
+        "bitmap_mm bias shape": lambda d: ops.bitmap_mm(x.to(d), fbm.bitmap.to(d), fbm.word_offsets.to(d),
+                                                        fbm.values.to(d), torch.zeros(5).to(d)),
+        "bsr_mm col range": lambda d: ops.bsr_mm(x.to(d), fbs.crow_indices.to(d), col_bad.to(d), fbs.values.to(d), 8),
+        "bsr_mm out_features": lambda d: ops.bsr_mm(x.to(d), fbs.crow_indices.to(d), fbs.col_indices.to(d),
+                                                    fbs.values.to(d), 12),
+        "bsr_mm x 3-d": lambda d: ops.bsr_mm(x[None].to(d), fbs.crow_indices.to(d), fbs.col_indices.to(d),
+                                             fbs.values.to(d), 8),
+    }[case]
+
+
+BAD_CASES = ["pack_sparse24 not 2:4", "pack_sparse24 K % 4", "pack_bsr does not tile", "pack mask shape",
+             "sparse24_mm x dtype", "sparse24_mm meta positions", "sparse24_mm K", "bitmap_mm offsets",
+             "bitmap_mm bias shape", "bsr_mm col range", "bsr_mm out_features", "bsr_mm x 3-d"]
+
+
+@DEVICES
+@settings(max_examples=24, deadline=None)
+@given(case=st.sampled_from(BAD_CASES), seed=st.integers(0, 2**16))
+def test_bad_inputs_raise_the_cpu_error_on_every_device(device, case, seed):
+    """Every bad input that the CPU path answers with an error gets the same error on CUDA, raised before
+    any kernel runs: the process (and its CUDA context) lives on."""
+    call = _bad_case(case, torch.Generator().manual_seed(seed))
+    with pytest.raises((ValueError, TypeError, RuntimeError)) as cpu_err:
+        call("cpu")
+    if device == "cpu":
+        return
+    with pytest.raises(type(cpu_err.value)) as dev_err:
+        call(device)
+    torch.cuda.synchronize()  # the context is healthy: nothing ran out of bounds
+    cpu_msg = str(cpu_err.value).split("\n")[0]
+    assert cpu_msg.split(": ", 1)[-1][:40] in str(dev_err.value), (cpu_msg, str(dev_err.value))
