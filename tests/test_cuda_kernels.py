@@ -124,7 +124,12 @@ def cuda_kernels_run(fn):
 
 @gpu
 def test_the_cuda_kernels_run_not_the_fallback():
-    """The ops launch the kernels of csrc/cuda (the reference fallback would launch dense matmuls instead)."""
+    """The ops launch the kernels of csrc/cuda (the reference fallback would launch dense matmuls instead).
+    Under compute-sanitizer the profiler cannot subscribe (CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED):
+    there test_cuda_kernel_is_registered (the dispatcher's table) stands for this test."""
+    if os.environ.get("SPARSEKIT_UNDER_SANITIZER"):
+        pytest.skip("the profiler cannot subscribe under compute-sanitizer; test_cuda_kernel_is_registered "
+                    "checks the dispatch instead")
     w = torch.randn(16, 64)
     x = torch.randn(2, 64, device="cuda")
     f24 = formats.Sparse24Weight.from_dense(w, mask_24(16, 64))
