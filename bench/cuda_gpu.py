@@ -12,7 +12,9 @@ and do_bench_cudagraph (graph replays), beside, in the same process, same shapes
   bsr         sparsekit bsr_mm (the CUDA kernel; the Triton one too when it imports)
   csr         sparsekit csr_mm (CUDA) and torch.sparse.mm on a CSR tensor (cuSPARSE)
 Each record carries the bytes the format must move, the cap (dense bytes / format bytes: the best a
-memory-bound kernel can gain), the achieved GB/s and the speedup over dense. `--pack` also times the GPU
+memory-bound kernel can gain), the achieved GB/s, the speedup over dense, and the performance model of
+bench/gpu_floor.py: the kernel's floor on the device, the fraction of it reached (`of_floor`), the goal of
+the GPU-speed issue and the fraction of the floor that goal needs. `--pack` also times the GPU
 packers against the CPU from_dense and extrapolates to a 7B-parameter model.
 
 Writes bench/results/cuda_layers_<device>.jsonl (one JSON record per configuration, with the
@@ -33,6 +35,8 @@ import sys
 import time
 import warnings
 from pathlib import Path
+
+from gpu_floor import annotate  # bench/gpu_floor.py: the floor of each kernel x shape
 
 OUT = Path(__file__).resolve().parent / "results"
 SHAPES = "4096x4096,11008x4096,4096x11008,14336x4096,4096x14336"
@@ -58,6 +62,15 @@ def parse_args(argv=None):
     p.add_argument("--name", default="cuda_layers", help="results file stem (the device name is appended)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
+
+
+def model_args(key: str) -> tuple:
+    """(format, keyword arguments) of bench/gpu_floor.floor for a candidate key of this script."""
+    if key.startswith("bitmap") or key.startswith("csr"):
+        return key.split()[0], {"density": float(key.split("d=")[1])}
+    if key.startswith("bsr"):
+        return "bsr", {"density": float(key.split("d=")[1]), "block": int(key.split()[1].split("x")[0])}
+    return key, {}
 
 
 def slug(s: str) -> str:
@@ -136,11 +149,14 @@ def main(argv=None):
             f.write(json.dumps(rec) + "\n")
         sp = rec.get("speedup")
         sg = rec.get("speedup_graph")
+        fl = rec.get("floor_us")
         print(f"{rec['shape']:>12} M={rec['M']:<5} {rec['impl']:<34} "
               f"{'%.4f' % rec['ms'] if rec.get('ms') else '-':>8} ms  "
               f"{'%.4f' % rec['graph_ms'] if rec.get('graph_ms') else '-':>8} ms(g)  "
               f"x{sp if sp is None else round(sp, 2)} x{sg if sg is None else round(sg, 2)}(g)  "
-              f"cap x{rec.get('cap') and round(rec['cap'], 2)}  {rec.get('status', 'ok')}", flush=True)
+              f"cap x{rec.get('cap') and round(rec['cap'], 2)}  "
+              f"floor {'-' if fl is None else '%.2f us' % fl} ({'-' if rec.get('of_floor') is None else '%.0f%%' % (100 * rec['of_floor'])} "
+              f"reached, goal x{rec.get('goal')})  {rec.get('status', 'ok')}", flush=True)
 
     for N, K in shapes:
         w = torch.randn(N, K, device=dev, dtype=dtype)
@@ -173,9 +189,9 @@ def main(argv=None):
             dense_bytes = N * K * esz + io_bytes
             base = dict(shape=f"{N}x{K}", N=N, K=K, M=M, dtype=a.dtype)
             d_ms, d_g = bench(lambda: F.linear(x, w))
-            emit(dict(base, impl="dense F.linear (cuBLAS)", fmt="dense", ms=d_ms, graph_ms=d_g, speedup=1.0,
-                      speedup_graph=1.0, bytes=dense_bytes, cap=1.0, gbps=dense_bytes / d_ms / 1e6,
-                      tflops=2 * M * N * K / d_ms / 1e9))
+            emit(annotate(dict(base, impl="dense F.linear (cuBLAS)", fmt="dense", ms=d_ms, graph_ms=d_g, speedup=1.0,
+                               speedup_graph=1.0, bytes=dense_bytes, cap=1.0, gbps=dense_bytes / d_ms / 1e6,
+                               tflops=2 * M * N * K / d_ms / 1e9), "dense", N, K, M, esz, d_g or d_ms))
             for key, (mask, f) in cands.items():
                 wm = (w * mask)
                 ref = x.double() @ wm.double().T
@@ -232,8 +248,10 @@ def main(argv=None):
                         emit(dict(rec, status=f"WRONG: relative error {err:.3g} > {tol_here}"))
                         continue
                     t, g = bench(fn)
-                    emit(dict(rec, ms=t, graph_ms=g, speedup=d_ms / t, speedup_graph=(d_g / g) if (g and d_g) else None,
-                              gbps=fmt_bytes / t / 1e6))
+                    mfmt, mkw = model_args(key)
+                    emit(annotate(dict(rec, ms=t, graph_ms=g, speedup=d_ms / t,
+                                       speedup_graph=(d_g / g) if (g and d_g) else None, gbps=fmt_bytes / t / 1e6),
+                                  mfmt, N, K, M, esz, g or t, **mkw))
         del cands
         torch.cuda.empty_cache()
 
@@ -247,12 +265,17 @@ def main(argv=None):
         rows.append([r["shape"], r["M"], r["impl"], r["fmt"], f"{r['ms']:.4f}",
                      "-" if r.get("graph_ms") is None else f"{r['graph_ms']:.4f}", f"{r['speedup']:.2f}",
                      "-" if r.get("speedup_graph") is None else f"{r['speedup_graph']:.2f}", f"{r['cap']:.2f}",
-                     f"{r['gbps']:.0f}"])
+                     f"{r['gbps']:.0f}", "-" if r.get("floor_us") is None else f"{r['floor_us']:.2f}",
+                     "-" if r.get("of_floor") is None else f"{r['of_floor']:.0%}",
+                     "-" if r.get("goal") is None else f"{r['goal']:.1f}"])
     md = [f"# CUDA format kernels on {env['device']}", "",
           f"torch {env['torch']}, CUDA {env['cuda']}, driver {env.get('driver')}, triton {env.get('triton')}; "
           f"{a.dtype}; medians of triton.testing.do_bench (L2 flushed) and do_bench_cudagraph (g). "
-          "speedup = dense F.linear ms / ms in the same process; cap = dense bytes / format bytes.", "",
-          markdown_table(["N x K", "M", "impl", "format", "ms", "ms (g)", "speedup", "speedup (g)", "cap", "GB/s"], rows)]
+          "speedup = dense F.linear ms / ms in the same process; cap = dense bytes / format bytes; floor: "
+          "bench/gpu_floor.py's model (bytes at the H200's copy rate, FLOPs at its tensor rate), 'of floor' the "
+          "fraction of it reached (graph time where there is one); goal: the GPU-speed issue's, x dense.", "",
+          markdown_table(["N x K", "M", "impl", "format", "ms", "ms (g)", "speedup", "speedup (g)", "cap", "GB/s",
+                          "floor (us)", "of floor", "goal (x)"], rows)]
     pk = [r for r in records if r.get("fmt") == "pack"]
     if pk:
         md += ["", "## Packers (GPU op vs CPU from_dense)", "",

@@ -37,6 +37,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from gpu_floor import annotate  # bench/gpu_floor.py: the floor of each kernel x shape
+
+
+def model_args(kernel: str, params: dict) -> tuple:
+    """(format, keyword arguments) of bench/gpu_floor.floor for a case of this script; None: no model."""
+    if kernel in ("bsr", "bsr_torch"):
+        return "bsr", {"density": params["density"], "block": params["block"]}
+    if kernel in ("bitmap", "csr_torch"):
+        return ("bitmap" if kernel == "bitmap" else "csr"), {"density": 1 - params["sparsity"]}
+    return {"dense": ("dense", {}), "w8a8": ("int8", {}), "w8a16": ("int8-wo", {})}.get(kernel)
+
 OUT = Path(__file__).resolve().parent / "results"
 SHAPES = "4096x4096,11008x4096,4096x11008"
 MS = "1,2,4,8,16,32,64,128,512,2048,8192"
@@ -115,6 +126,10 @@ def close(got, ref, dtype) -> tuple:
 
 
 # ------------------------------------------------------------------------------------ weights
+def x_bytes(dtype) -> int:
+    return torch.finfo(dtype).bits // 8
+
+
 def block_mask(N, K, b, density, device, gen):
     keep = torch.rand(N // b, K // b, generator=gen, device=device) < density
     return keep.repeat_interleave(b, 0).repeat_interleave(b, 1)
@@ -194,26 +209,30 @@ def markdown(records, env) -> str:
              f"torch {env.get('torch')}, CUDA {env.get('cuda')}, triton {env.get('triton')}, "
              f"driver {env.get('driver')}. Speedup = dense F.linear ms / candidate ms in the same process "
              "(eager do_bench / CUDA graph do_bench_cudagraph, medians, L2 flushed). cap = dense bytes / "
-             "candidate bytes.", ""]
+             "candidate bytes. floor: bench/gpu_floor.py's model (bytes at the H200's copy rate, FLOPs at its "
+             "tensor rate); 'of floor' the fraction reached (graph time where there is one); goal: the GPU-speed "
+             "issue's, x dense.", ""]
     by_shape = {}
     for r in records:
         by_shape.setdefault((r["N"], r["K"]), []).append(r)
     for (N, K), rs in by_shape.items():
         lines += [f"## {N} x {K}", "",
                   "| kernel | params | M | ms eager | ms graph | speedup eager | speedup graph | cap | GB/s "
-                  "| TFLOP/s |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| TFLOP/s | floor (us) | of floor | goal (x) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in sorted(rs, key=lambda r: (r["kernel"], json.dumps(r["params"]), r["M"])):
             def f(v, d=3):
                 return "-" if v is None else f"{v:.{d}f}"
             if not r["ok"]:
                 lines.append(f"| {r['kernel']} | {json.dumps(r['params'])} | {r['M']} | "
                              f"wrong or failed: {r.get('error', '')} "
-                             "| | | | | | |")
+                             "| | | | | | | | | |")
                 continue
             lines.append(f"| {r['kernel']} | {json.dumps(r['params'])} | {r['M']} | {f(r['ms'], 4)} | "
                          f"{f(r['graph_ms'], 4)} | {f(r['speedup'], 2)} | {f(r['speedup_graph'], 2)} | "
-                         f"{f(r['cap'], 2)} | {f(r['gbps'], 0)} | {f(r['tflops'], 1)} |")
+                         f"{f(r['cap'], 2)} | {f(r['gbps'], 0)} | {f(r['tflops'], 1)} | {f(r.get('floor_us'), 2)} | "
+                         f"{f(None if r.get('of_floor') is None else 100 * r['of_floor'], 0)}% | "
+                         f"{f(r.get('goal'), 1)} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -276,14 +295,19 @@ def main(argv=None):
                         rec["cap"] = dense["bytes"] / nbytes
                     rec["gbps"] = nbytes / (rec["ms"] * 1e-3) / 1e9
                     rec["tflops"] = 2.0 * M * N * K / (rec["ms"] * 1e-3) / 1e12
+                    model = model_args(kernel, params)
+                    if model is not None:
+                        annotate(rec, model[0], N, K, M, x_bytes(dtype), rec["graph_ms"] or rec["ms"], **model[1])
                 rec["env"] = env
                 records.append(rec)
                 with open(jpath, "a") as f:
                     f.write(json.dumps(rec) + "\n")
                 sp = "-" if rec["speedup"] is None else f"{rec['speedup']:.2f}x"
                 spg = "-" if rec["speedup_graph"] is None else f"{rec['speedup_graph']:.2f}x"
+                fl = "-" if rec.get("floor_us") is None else (
+                    f"floor {rec['floor_us']:.2f} us, {100 * rec.get('of_floor', 0):.0f}% reached, goal x{rec.get('goal')}")
                 print(f"[{time.time() - t0:6.0f}s] {N}x{K} M={M:5d} {kernel:10s} {json.dumps(params):32s} "
-                      f"{'ok ' if rec['ok'] else 'BAD'} eager {sp:>7s} graph {spg:>7s} "
+                      f"{'ok ' if rec['ok'] else 'BAD'} eager {sp:>7s} graph {spg:>7s} {fl} "
                       f"{rec.get('error', '')}", flush=True)
             if dev.type == "cuda":
                 torch.cuda.empty_cache()

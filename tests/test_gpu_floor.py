@@ -1,0 +1,68 @@
+"""bench/gpu_floor.py, the performance model the GPU benchmarks print beside each measured time: its
+numbers from first principles, and the bench scripts' mapping of their cases onto it."""
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+import gpu_floor  # noqa: E402
+
+
+def test_dense_floor_is_bytes_at_the_copy_rate():
+    f = gpu_floor.floor("dense", 14336, 4096, 1)
+    nbytes = 14336 * 4096 * 2 + (4096 + 14336) * 2
+    assert f["bytes"] == nbytes and f["bound"] == "bytes"
+    assert f["floor_us"] == pytest.approx(nbytes / 4.3e12 * 1e6)  # 27.3 us; 30.3 measured on the H200
+    assert f["cap"] == 1.0 and f["goal"] is None
+
+
+def test_large_m_is_flop_bound_and_2_4_doubles_the_rate():
+    d = gpu_floor.floor("dense", 4096, 4096, 8192)
+    s = gpu_floor.floor("2:4", 4096, 4096, 8192)
+    assert d["bound"] == s["bound"] == "flops"
+    assert d["floor_us"] == pytest.approx(2 * 8192 * 4096 * 4096 / 790e12 * 1e6)
+    assert s["cap"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("fmt,cap", [("2:4", 1.78), ("bitmap90", 4.44), ("bsr64_90", 9.97), ("int8-wo", 2.0),
+                                     ("2:4+int8", 3.19)])
+def test_byte_caps_at_m1(fmt, cap):
+    assert gpu_floor.floor(fmt, 14336, 4096, 1)["cap"] == pytest.approx(cap, abs=0.01)
+
+
+def test_goals_by_m_bucket_and_what_they_need():
+    assert [gpu_floor.goal("2:4", m) for m in (1, 7, 333, 2048)] == [1.5, 1.3, 1.1, 1.3]
+    assert gpu_floor.goal("bitmap70", 48) is None
+    f = gpu_floor.floor("2:4", 14336, 4096, 1)
+    # 1.5x over a dense kernel at 90 % of its floor needs 1.5 * 15.37 / (27.32 / 0.9) of the 2:4 floor
+    assert f["needed_of_floor"] == pytest.approx(1.5 * f["floor_us"] / (f["dense_floor_us"] / 0.9))
+
+
+def test_named_formats_equal_their_parameters():
+    a = gpu_floor.floor("bsr64_90", 4096, 4096, 16)
+    b = gpu_floor.floor("bsr", 4096, 4096, 16, density=0.1, block=64)
+    assert a["bytes"] == b["bytes"] and a["floor_us"] == b["floor_us"]
+    with pytest.raises(ValueError, match="unknown format"):
+        gpu_floor.floor("coo", 8, 8, 1)
+
+
+def test_bench_scripts_map_their_cases_onto_the_model(monkeypatch):
+    import cuda_gpu
+    import triton_gpu
+
+    assert cuda_gpu.model_args("bsr 64x64 d=0.1") == ("bsr", {"density": 0.1, "block": 64})
+    assert cuda_gpu.model_args("bitmap d=0.3") == ("bitmap", {"density": 0.3})
+    assert cuda_gpu.model_args("2:4+int8") == ("2:4+int8", {})
+    assert triton_gpu.model_args("bitmap", {"sparsity": 0.7}) == ("bitmap", {"density": pytest.approx(0.3)})
+    assert triton_gpu.model_args("w8a16", {}) == ("int8-wo", {})
+    rec = gpu_floor.annotate({}, "2:4", 14336, 4096, 1, 2, 0.0205)  # 20.5 us measured
+    assert rec["of_floor"] == pytest.approx(rec["floor_us"] / 20.5)
+
+
+def test_cli_writes_the_table(tmp_path):
+    md = tmp_path / "floor.md"
+    assert gpu_floor.main(["--shapes", "4096x4096", "--m", "1,2048", "--md", str(md)]) == 0
+    text = md.read_text()
+    assert "| 4096x4096 | 1 | 2:4 |" in text and "Not a measurement" in text
