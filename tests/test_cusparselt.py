@@ -335,3 +335,86 @@ def test_opcheck():
                           (x.to(torch.int8), ops.cslt_compress(wq), N, None, torch.rand(N, device="cuda"),
                            torch.rand(24, device="cuda"), torch.float16))
     torch.library.opcheck(torch.ops.sparsekit.cslt_compress.default, (w,), test_utils=("test_schema",))
+
+
+# ------------------------------------------------------------------------------------------ GPU: #17's causes
+@gpu_cslt
+@pytest.mark.parametrize("dtype", HALVES + [torch.int8], ids=str)
+def test_compress_accepts_valid_weights_whatever_the_allocator_left(dtype):
+    """The prune check writes its flag only on a violation: with an uninitialised flag, valid weights were
+    refused whenever the caching allocator handed back dirty memory. Dirty it on purpose first."""
+    for _ in range(4):
+        junk = torch.full((1 << 16,), -1, dtype=torch.int32, device="cuda")
+        del junk  # the next small allocations reuse this memory
+        w = weight_24(128, 256, dtype)
+        c = ops.cslt_compress(w)
+        assert c.dtype == torch.uint8 and c.numel() > 0
+    bad = weight_24(128, 256, dtype)
+    bad[3, 4:8] = 1
+    with pytest.raises(ValueError, match="not 2:4"):
+        ops.cslt_compress(bad)
+
+
+@gpu_cslt
+def test_compress_refuses_graph_capture_clearly():
+    w = weight_24(64, 128, torch.bfloat16)
+    g = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="CUDA graph capture forbids"):
+        with torch.cuda.graph(g):
+            ops.cslt_compress(w)
+    torch.cuda.synchronize()  # the context is healthy
+
+
+@gpu_cslt
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_misaligned_views(dtype):
+    """16-byte alignment: a misaligned weight view is copied, a misaligned compressed buffer is refused, a
+    misaligned bias is added after the matmul, a misaligned alpha copied; results as with aligned tensors."""
+    N, K, M = 64, 128, 17
+    w = weight_24(N, K, dtype)
+    flat = torch.empty(N * K + 1, device="cuda", dtype=dtype)
+    wv = flat[1:].view(N, K)  # contiguous, 2 bytes off
+    wv.copy_(w)
+    c = ops.cslt_compress(w)
+    assert torch.equal(ops.cslt_compress(wv), c)
+    cv = torch.empty(c.numel() + 1, device="cuda", dtype=torch.uint8)[1:]
+    cv.copy_(c)
+    x = torch.randn(M, K, device="cuda").to(dtype)
+    with pytest.raises(ValueError, match="16-byte aligned"):
+        ops.cslt_mm(x, cv, N)
+    b = torch.randn(N, device="cuda").to(dtype)
+    bv = torch.empty(N + 1, device="cuda", dtype=dtype)[1:]
+    bv.copy_(b)
+    y_aligned, y_view = ops.cslt_mm(x, c, N, b), ops.cslt_mm(x, c, N, bv)
+    assert_close_to_ref(y_view.cpu(), ref_halves(x, w, b).cpu(), x.cpu(), w.cpu(), dtype)
+    assert_close_to_ref(y_aligned.cpu(), ref_halves(x, w, b).cpu(), x.cpu(), w.cpu(), dtype)
+
+
+@gpu_cslt
+def test_release_while_other_threads_use_plans():
+    """cusparselt_release() in one thread never destroys a handle that a plan in another thread uses."""
+    N, K = 256, 512
+    w = weight_24(N, K, torch.bfloat16)
+    c = ops.cslt_compress(w)
+    x = torch.randn(64, K, device="cuda", dtype=torch.bfloat16)
+    want = ops.cslt_mm(x, c, N)
+    errors = []
+
+    def work():
+        try:
+            for _ in range(50):
+                if not torch.equal(ops.cslt_mm(x, c, N), want):
+                    errors.append("different result")
+            torch.cuda.current_stream().synchronize()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for _ in range(20):
+        sparsekit._ext.C.cusparselt_release()
+    for t in threads:
+        t.join()
+    torch.cuda.synchronize()
+    assert not errors, errors[:3]
