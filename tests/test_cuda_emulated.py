@@ -12,7 +12,6 @@ Nothing here needs a GPU; it needs a C++ compiler (g++ or clang++) and skips wit
 """
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -234,6 +233,14 @@ def test_bitmap_mm(driver, tmp_path, dtype):
 def test_bitmap_mm_split_k(driver, tmp_path, dtype):
     cases = bitmap_split_cases(dtype)
     check_mm_cases(run(driver, cases, tmp_path, SPLIT_BITMAP), cases)
+
+
+@pytest.mark.parametrize("schedule", ["fair", "reverse"])
+def test_decode_kernels_other_schedules(driver, tmp_path, schedule):
+    """The decode kernels again with the fibers run in other orders (every runnable thread to its next
+    barrier in turn; in reverse thread order) instead of one warp as far ahead as it can go."""
+    cases = sparse24_cases(torch.float16, seed=8) + bitmap_cases(torch.bfloat16, seed=9)
+    check_mm_cases(run(driver, cases, tmp_path, {"EMU_SCHEDULE": schedule}), cases)
 
 
 # ------------------------------------------------------------------------------------------ BSR, CSR
@@ -466,6 +473,15 @@ PLANTED = {
     "bsr a lane leaves before the warp reduction": (
         "a", ("bsr_kernel.cu", "if (n >= p.N) return;  // the whole warp",
               "if (n >= p.N || (lane == 7 && n == 1)) return;"), "bsr"),
+    "bitmap vector loads without the alignment check": (
+        "c", ("bitmap_kernel.cu", "p.vec = reinterpret_cast<uintptr_t>(a.values) % 16 == 0;", "p.vec = true;"),
+        "bitmap_misaligned"),
+    "csr __syncthreads in divergent code": (
+        "b", ("csr_spmm_kernel.cu", "  if (lane < mt) {\n    float out = 0.f;",
+              "  if (lane < mt) {\n    __syncthreads();\n    float out = 0.f;"), "csr"),
+    "bsr one lane at __syncthreads, the others at a shuffle (deadlock)": (
+        "c", ("bsr_kernel.cu", "  const float s = warp_reduce_scatter<kTileM>(acc, lane);",
+              "  if (lane == 0) __syncthreads();\n  const float s = warp_reduce_scatter<kTileM>(acc, lane);"), "bsr"),
     "pack bitmap words off-by-one": (
         "a", ("pack_kernel.cu", "for (int b = 0; b < valid; ++b)", "for (int b = 0; b <= valid; ++b)"), "pack"),
 }
@@ -478,6 +494,8 @@ def planted_cases(kind):
                 s24_case("vec M=16", dt, 16, 9, 1152, gen(12))]
     if kind == "bitmap":
         return [bitmap_case("two tiles", dt, 2, 9, 2080, gen(13)), bitmap_case("dense", dt, 16, 5, 1100, gen(14), 0.9)]
+    if kind == "bitmap_misaligned":
+        return [bitmap_case("misaligned", dt, 3, 9, 300, gen(18), voff=1)]
     if kind == "csr":
         return [csr_case("csr", dt, 3, 9, 40, gen(15))]
     if kind == "bsr":
@@ -517,7 +535,7 @@ def test_planted_bug_is_caught(emu_dir, tmp_path, name):
 
 def test_planted_cases_pass_unmutated(driver, tmp_path):
     """The planted-bug cases pass on the real kernels: what fails them is the bug."""
-    for kind in ("sparse24", "bitmap", "csr", "bsr", "pack"):
+    for kind in ("sparse24", "bitmap", "bitmap_misaligned", "csr", "bsr", "pack"):
         cases = planted_cases(kind)
         why = outcome(run(driver, cases, tmp_path / kind), cases, kind)
         assert why is None, f"{kind}: {why}"
@@ -536,3 +554,55 @@ def test_transform_rewrites_launches_and_fails_loudly(tmp_path):
         emu_build.rewrite_launches("k<<<1, 2>>> ;")  # no argument list
     with pytest.raises(emu_build.TransformError):
         emu_build.transform(tmp_path, [("sparse24_kernel.cu", "text that is not there", "")])
+
+
+# ------------------------------------------------------------------------------------------ launcher errors
+def test_launchers_refuse_bad_arguments(driver, tmp_path):
+    """Sizes the launchers refuse come back as cudaErrorInvalidValue (1), with no kernel run."""
+    g = gen(19)
+    x = randn((2, 6), torch.float16, g)
+    w = randn((3, 6), torch.float16, g)
+    bad = [
+        H.Case("sparse24_mm", dict(dtype="f16", M=2, N=3, K=6, ldx=6),
+               {"x": (x, 0), "values": (w[:, :3].contiguous(), 0), "meta": (torch.zeros(3, 1, dtype=torch.uint8), 0)},
+               name="2:4 with K % 4 != 0"),
+        H.Case("scale_epilogue", dict(dtype="f32", M=2, N=3), {"y": (torch.zeros(2, 3), 0)}, name="epilogue float32"),
+        H.Case("bsr_mm", dict(dtype="f16", M=2, N=3, K=6, ldx=6, R=2, C=3),
+               {"x": (x, 0), "crow": (torch.zeros(2, dtype=torch.int32), 0), "col": (torch.zeros(0, dtype=torch.int32), 0),
+                "values": (torch.zeros(0, dtype=torch.float16), 0)}, name="BSR with N % R != 0"),
+        H.Case("pack_sparse24", dict(N=3, K=6, elem_size=2),
+               {"weight": (w, 0), "mask": (torch.ones(3, 6, dtype=torch.bool), 0)}, name="pack 2:4 K % 4 != 0"),
+    ]
+    res = run(driver, bad, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for c in bad:
+        assert (c.status or "").startswith("1 "), f"{c.name}: status {c.status}"
+
+
+# ------------------------------------------------------------------------------------------ the emulator's types
+def test_emulated_half_bfloat16_conversions(driver, tmp_path):
+    """__float2half_rn / __float2bfloat16_rn and back, as emulated, against torch (round to nearest even;
+    NaN gives a NaN): random bit patterns, every boundary of the half range, all 65536 16-bit patterns."""
+    g = gen(20)
+    rnd = torch.randint(-2 ** 31, 2 ** 31 - 1, (100000,), generator=g, dtype=torch.int64).to(torch.int32).view(torch.float32)
+    near = torch.tensor([65504.0, 65519.99, 65520.0, 65536.0, 2.0 ** -14, 2.0 ** -14 * (1 - 2 ** -12), 2.0 ** -24,
+                         2.0 ** -25, 2.0 ** -25 * (1 + 2 ** -20), 2.0 ** -26, 1e-40, 0.0, -0.0, float("inf"),
+                         -float("inf"), 3.4e38, 1.0 + 2 ** -11, 1.0 + 3 * 2 ** -11, 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8])
+    scaled = torch.randn(50000, generator=g) * torch.pow(2.0, torch.randint(-30, 20, (50000,), generator=g).float())
+    f = torch.cat([rnd, near, -near, scaled])
+    bits = torch.arange(65536, dtype=torch.int32).to(torch.int16)
+    c = H.Case("convert", {}, {"f": (f, 0), "bits": (bits, 0)}, name="convert")
+    res = run(driver, [c], tmp_path)
+    expect_ok(res, [c])
+    nan = torch.isnan(f)
+    for out, dt in (("f2h", torch.float16), ("f2b", torch.bfloat16)):
+        got = c.out(out, torch.int16, f.shape)
+        want = f.to(dt).view(torch.int16)
+        assert torch.equal(got[~nan], want[~nan]), f"{out}: {int((got[~nan] != want[~nan]).sum())} mismatches"
+        assert bool(torch.isnan(got.view(dt)[nan]).all()), f"{out}: a NaN did not stay NaN"
+    for out, dt in (("h2f", torch.float16), ("b2f", torch.bfloat16)):
+        got = c.out(out, torch.float32, (65536,))
+        want = bits.view(dt).float()
+        wn = torch.isnan(want)
+        assert torch.equal(got[~wn].view(torch.int32), want[~wn].view(torch.int32)), out
+        assert bool(torch.isnan(got[wn]).all()), out

@@ -232,6 +232,28 @@ cudaError_t run(Case& c) {
     return scale_rows_add_bias(c.mut("y"), M, N, dtype_of(c.s("dtype")), static_cast<const float*>(c.ptr("row_scale")),
                                c.ptr("bias"), stream);
   }
+  if (op == "convert") {  // the emulator's own half / bfloat16 conversions, checked against torch's
+    const Buf* f = c.buf("f");
+    const Buf* bits = c.buf("bits");
+    const size_t nf = f->bytes / 4, nb = bits->bytes / 2;
+    auto* h = reinterpret_cast<__half*>(c.output("f2h", nf * 2));
+    auto* b = reinterpret_cast<__nv_bfloat16*>(c.output("f2b", nf * 2));
+    auto* h2f = reinterpret_cast<float*>(c.output("h2f", nb * 4));
+    auto* b2f = reinterpret_cast<float*>(c.output("b2f", nb * 4));
+    for (size_t i = 0; i < nf; ++i) {
+      float v;
+      std::memcpy(&v, f->p + 4 * i, 4);
+      h[i] = __float2half_rn(v);
+      b[i] = __float2bfloat16_rn(v);
+    }
+    for (size_t i = 0; i < nb; ++i) {
+      uint16_t u;
+      std::memcpy(&u, bits->p + 2 * i, 2);
+      h2f[i] = __half2float(__half{u});
+      b2f[i] = __bfloat162float(__nv_bfloat16{u});
+    }
+    return cudaSuccess;
+  }
   const int64_t N = c.i("N"), K = c.i("K");
   if (op == "pack_sparse24") {
     const int es = static_cast<int>(c.i("elem_size"));
