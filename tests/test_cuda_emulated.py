@@ -167,7 +167,8 @@ def sparse24_split_cases(dtype, seed=1):
         s24_case("split M=33", dtype, 33, 13, big_m_k, g, bias=False, split=True),
         s24_case("split general M=17", dtype, 17, 13, big_m_k + 4, g, split=True),
         s24_case("split values misaligned M=2", dtype, 2, 13, 8192, g, voff=1, split=True),
-    ]
+    ] + ([s24_case("split M=260: two workspace chunks of rows", dtype, 260, 5, 512, g, split=True)]
+         if dtype == torch.float16 else [])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
@@ -235,12 +236,14 @@ def test_bitmap_mm_split_k(driver, tmp_path, dtype):
     check_mm_cases(run(driver, cases, tmp_path, SPLIT_BITMAP), cases)
 
 
-@pytest.mark.parametrize("schedule", ["fair", "reverse"])
-def test_decode_kernels_other_schedules(driver, tmp_path, schedule):
+@pytest.mark.parametrize("knobs", [{"EMU_SCHEDULE": "fair"}, {"EMU_SCHEDULE": "reverse"}, {"EMU_SMS": 132}],
+                         ids=["fair schedule", "reverse schedule", "132 SMs"])
+def test_decode_kernels_other_schedules_and_grids(driver, tmp_path, knobs):
     """The decode kernels again with the fibers run in other orders (every runnable thread to its next
-    barrier in turn; in reverse thread order) instead of one warp as far ahead as it can go."""
+    barrier in turn; in reverse thread order) instead of one warp as far ahead as it can go, and on a
+    device with as many SMs as an H100 (grids of more blocks: warps with one row or none)."""
     cases = sparse24_cases(torch.float16, seed=8) + bitmap_cases(torch.bfloat16, seed=9)
-    check_mm_cases(run(driver, cases, tmp_path, {"EMU_SCHEDULE": schedule}), cases)
+    check_mm_cases(run(driver, cases, tmp_path, knobs), cases)
 
 
 # ------------------------------------------------------------------------------------------ BSR, CSR
