@@ -12,6 +12,8 @@ Nothing here needs a GPU; it needs a C++ compiler (g++ or clang++) and skips wit
 """
 from __future__ import annotations
 
+import os
+import random
 import sys
 from pathlib import Path
 
@@ -609,3 +611,44 @@ def test_emulated_half_bfloat16_conversions(driver, tmp_path):
         wn = torch.isnan(want)
         assert torch.equal(got[~wn].view(torch.int32), want[~wn].view(torch.int32)), out
         assert bool(torch.isnan(got[wn]).all()), out
+
+
+# ------------------------------------------------------------------------------------------ random cases (opt-in)
+FUZZ = int(os.environ.get("SPARSEKIT_EMU_FUZZ", "0") or 0)
+
+
+def random_mm_case(rnd, split_knobs=False):
+    dt = rnd.choice(DTYPES)
+    g = gen(rnd.randrange(10 ** 6))
+    M = rnd.choice([1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40])
+    N = rnd.randint(1, 45)
+    kind = rnd.choice(["s24", "bm", "bsr", "csr"])
+    if kind == "s24":
+        K = rnd.choice([512, 1024, 2048, 4096] if split_knobs else [0, 4, 8, 12, 128, 132, 256, 384, 640, 1024, 2048])
+        return s24_case(f"s24 {dt} M={M} N={N} K={K}", dt, M, N, K, g, keep=rnd.choice([0, 1, 2, 2, 2]),
+                        bias=rnd.random() < 0.5, empty_rows=(0,) if rnd.random() < 0.3 else (),
+                        voff=rnd.choice([0, 0, 0, 1]), moff=rnd.choice([0, 0, 1]), xpad=rnd.choice([0, 0, 3]),
+                        xoff=rnd.choice([0, 0, 1]))
+    if kind == "bm":
+        K = rnd.randint(300, 5000) if split_knobs else rnd.randint(0, 3000)
+        return bitmap_case(f"bitmap {dt} M={M} N={N} K={K}", dt, M, N, K, g, density=rnd.choice([0, .05, .3, .5, .9, 1]),
+                           bias=rnd.random() < 0.5, voff=rnd.choice([0, 0, 1, 3]), xpad=rnd.choice([0, 0, 3]),
+                           xoff=rnd.choice([0, 1]))
+    if kind == "bsr":
+        R, C = rnd.choice([(1, 1), (2, 2), (3, 7), (16, 16), (32, 1), (1, 33), (5, 4)])
+        return bsr_case(f"bsr {dt} M={M} {R}x{C}", dt, M, R * rnd.randint(1, 6), C * rnd.randint(0, 6), R, C, g,
+                        density=rnd.choice([0, .2, .6, 1]), bias=rnd.random() < 0.5, voff=rnd.choice([0, 1]),
+                        xpad=rnd.choice([0, 2]), xoff=rnd.choice([0, 1]))
+    return csr_case(f"csr {dt} M={M}", dt, M, N, rnd.randint(1, 300), g, density=rnd.choice([0, .1, .5, 1]),
+                    bias=rnd.random() < 0.5, voff=rnd.choice([0, 1]), xpad=rnd.choice([0, 2]), xoff=rnd.choice([0, 1]))
+
+
+@pytest.mark.skipif(FUZZ <= 0, reason="random cases: set SPARSEKIT_EMU_FUZZ=<cases per device> (SPARSEKIT_EMU_SEED)")
+@pytest.mark.parametrize("knobs", [{}, SPLIT_24, SPLIT_BITMAP, {"EMU_SMS": 132},
+                                   {"EMU_SMEM_PER_SM": 60000, "EMU_SMEM_OPTIN": 60000, "EMU_SCHEDULE": "fair"}],
+                         ids=["default", "split 2:4", "split bitmap", "132 SMs", "60 KB fair"])
+def test_random_cases(driver, tmp_path, knobs):
+    rnd = random.Random(f"{os.environ.get('SPARSEKIT_EMU_SEED', '0')} {sorted(knobs.items())}")
+    cases = [random_mm_case(rnd, split_knobs=bool(knobs.get("EMU_SMEM_PER_SM", 0) in (20000, 40000)))
+             for _ in range(FUZZ)]
+    check_mm_cases(run(driver, cases, tmp_path, knobs), cases)
