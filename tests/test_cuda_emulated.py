@@ -128,7 +128,7 @@ def s24_case(name, dtype, M, N, K, g, keep=2, bias=True, empty_rows=(), voff=0, 
     sw = Sparse24Weight.from_dense(w, mask)
     x, xbuf, xb, ld = activations(M, K, dtype, g, xpad, xoff)
     b = randn((N,), dtype, g) if bias else None
-    return mm_case("sparse24_mm", name, x, xbuf, xb + 0, ld, sw.to_dense(), b,
+    return mm_case("sparse24_mm", name, x, xbuf, xb, ld, sw.to_dense(), b,
                    {"values": (sw.values, voff * sw.values.element_size()), "meta": (sw.meta, moff)}, {},
                    split)
 
