@@ -1,0 +1,654 @@
+"""The exact CUDA kernels of csrc/cuda, run on the CPU by the emulator of tests/cuda_emu.
+
+Every CUDA thread is a fiber, __syncthreads / __syncwarp / shuffles are real rendezvous (a missing one
+lets a warp or a lane run ahead), shared memory and outputs start as NaN bytes, every buffer is a heap
+block of exactly its size under AddressSanitizer + UBSan (bounds, alignment of vector loads, shifts).
+The launchers (grid sizing, split-K planning, workspace sizing, M tiling) run as they would on a GPU,
+against a device whose multiprocessor count and shared-memory budget are knobs (small budgets force
+split-K). Results are compared with a float64 reference; the packers byte for byte with the formats'
+from_dense. Planted bugs (textual mutations of a kernel's source) must make the runs fail.
+
+Nothing here needs a GPU; it needs a C++ compiler (g++ or clang++) and skips without one.
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "cuda_emu"))
+import emu_build  # noqa: E402
+import emu_harness as H  # noqa: E402
+
+from sparsekit.formats import BitmapWeight, BSRWeight, CSRWeight, Sparse24Weight  # noqa: E402
+
+pytestmark = pytest.mark.skipif(emu_build.compiler() is None, reason="needs a C++ compiler (g++ or clang++)")
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+MS = (1, 2, 3, 8, 16, 17, 33)
+# A budget small enough to split K (b2 = smem_per_sm / 2 - 1 KB per block): see choose_chunking.
+SPLIT_24 = {"EMU_SMEM_PER_SM": 20000, "EMU_SMEM_OPTIN": 20000}
+SPLIT_BITMAP = {"EMU_SMEM_PER_SM": 40000, "EMU_SMEM_OPTIN": 40000}
+
+
+# ------------------------------------------------------------------------------------------ builds
+@pytest.fixture(scope="session")
+def emu_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cuda_emu")
+
+
+@pytest.fixture(scope="session")
+def driver(emu_dir):
+    return emu_build.build(emu_dir / "base", obj_cache=emu_dir / "obj")
+
+
+_MUTANT_CACHE = {}
+
+
+def mutant_driver(emu_dir, group):
+    if group not in _MUTANT_CACHE:
+        muts = [m for name, (g, m, _) in PLANTED.items() if g == group]
+        _MUTANT_CACHE[group] = emu_build.build(emu_dir / f"mutant_{group}", muts, obj_cache=emu_dir / "obj")
+    return _MUTANT_CACHE[group]
+
+
+def run(exe, cases, workdir, knobs=None):
+    return H.run_cases(exe, cases, workdir, knobs)
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(shape, dtype, g):
+    return torch.randn(shape, generator=g).to(dtype)
+
+
+def activations(M, K, dtype, g, pad=0, offset=0):
+    """x (M, K) as a view of a wider (M, K + pad) buffer; the buffer written for the driver stops at
+    the last element the kernel may read. Returns (x, buffer, byte offset)."""
+    ld = K + pad
+    full = randn((M, ld), dtype, g)
+    x = full[:, :K]
+    flat = full.reshape(-1)[: (M - 1) * ld + K] if M > 0 else full.reshape(-1)[:0]
+    return x, flat, offset * full.element_size(), ld
+
+
+def expect_ok(res, cases):
+    assert res.returncode == 0, (f"driver failed (exit {res.returncode}) in {H.last_case(res.stderr)}:\n"
+                                 f"{res.stderr[-5000:]}")
+    bad = [c for c in cases if not (c.status or "").startswith("0 ")]
+    assert not bad, f"launch errors: {[(c.name, c.status) for c in bad][:5]}"
+
+
+def check_mm_cases(res, cases):
+    expect_ok(res, cases)
+    errors = []
+    for c in cases:
+        k = c.check
+        y = c.out("y", k["x"].dtype, (c.scalars["M"], c.scalars["N"]))
+        msg = H.check_matmul(y, k["x"], k["w"], k["bias"])
+        if msg:
+            errors.append(f"{c.name}: {msg}")
+        ws = int((c.dir / "workspace.txt").read_text()) if (c.dir / "workspace.txt").exists() else 0
+        if "split" in k and (ws > 0) != k["split"]:
+            errors.append(f"{c.name}: split-K expected {k['split']}, workspace {ws} bytes")
+    assert not errors, f"{len(errors)} of {len(cases)} cases wrong:\n" + "\n".join(errors[:10])
+
+
+def mm_case(op, name, x, xbuf, xoff, ldx, w, bias, bufs, scalars, split=None):
+    M, K = x.shape
+    b = {"x": (xbuf, xoff), **bufs}
+    if bias is not None:
+        b["bias"] = (bias, 0)
+    check = {"x": x, "w": w.to(x.dtype) if w.dtype != x.dtype else w, "bias": bias}
+    if split is not None:
+        check["split"] = split
+    sc = dict(dtype=H.DTYPE_NAMES[x.dtype], M=M, N=w.shape[0], K=K, ldx=ldx, **scalars)
+    return H.Case(op, sc, b, check, name=name)
+
+
+# ------------------------------------------------------------------------------------------ 2:4
+def mask_24(N, K, g, keep=2, empty_rows=()):
+    """Each group of four keeps `keep` (0-2) random positions; rows in empty_rows keep none."""
+    r = torch.rand((N, K // 4, 4), generator=g).argsort(-1) < keep
+    m = r.reshape(N, K)
+    for e in empty_rows:
+        m[e] = False
+    return m
+
+
+def s24_case(name, dtype, M, N, K, g, keep=2, bias=True, empty_rows=(), voff=0, moff=0, xpad=0, xoff=0, split=None):
+    w = randn((N, K), dtype, g)
+    mask = mask_24(N, K, g, keep, empty_rows)
+    sw = Sparse24Weight.from_dense(w, mask)
+    x, xbuf, xb, ld = activations(M, K, dtype, g, xpad, xoff)
+    b = randn((N,), dtype, g) if bias else None
+    return mm_case("sparse24_mm", name, x, xbuf, xb, ld, sw.to_dense(), b,
+                   {"values": (sw.values, voff * sw.values.element_size()), "meta": (sw.meta, moff)}, {},
+                   split)
+
+
+def sparse24_cases(dtype, seed=0):
+    g = gen(seed)
+    cases = []
+    for i, M in enumerate(MS):
+        # vector path (K % 128 == 0, aligned), rows striding over the grid (N > warps per grid)
+        cases.append(s24_case(f"vec M={M}", dtype, M, 40, 256, g, bias=i % 2 == 0, empty_rows=(3,)))
+    for M in (1, 3, 17):
+        cases.append(s24_case(f"general K=100 M={M}", dtype, M, 21, 100, g, bias=M != 3))  # odd group count
+    cases.append(s24_case("general K=4", dtype, 2, 5, 4, g))
+    cases.append(s24_case("general K=12 keep<=1", dtype, 8, 7, 12, g, keep=1))
+    cases.append(s24_case("0 % density", dtype, 3, 9, 256, g, keep=0))
+    cases.append(s24_case("K=384 (3 vectors tiles)", dtype, 2, 9, 384, g))
+    cases.append(s24_case("K=1152 (> one 256-vector tile)", dtype, 3, 6, 1152, g))
+    # misaligned: values off 16 bytes (general path), meta off, x a column slice at an odd offset
+    cases.append(s24_case("values misaligned", dtype, 3, 11, 256, g, voff=1))
+    cases.append(s24_case("meta misaligned", dtype, 16, 11, 256, g, moff=3))
+    cases.append(s24_case("x strided + offset", dtype, 17, 11, 256, g, xpad=3, xoff=1))
+    cases.append(s24_case("K=0", dtype, 3, 5, 0, g))
+    cases.append(s24_case("K=0 no bias", dtype, 2, 5, 0, g, bias=False))
+    cases.append(s24_case("N=1", dtype, 5, 1, 128, g))
+    if dtype == torch.float32:
+        # x tile + meta stage > 48 KB: needs cudaFuncSetAttribute (the emulated launch refuses otherwise)
+        cases.append(s24_case("smem > 48 KB", dtype, 16, 9, 1024, g, split=False))
+    return cases
+
+
+def sparse24_split_cases(dtype, seed=1):
+    g = gen(seed)
+    big_m_k = 512 if dtype != torch.float32 else 1024
+    return [
+        s24_case("split M=1", dtype, 1, 19, 8192, g, split=True),
+        s24_case("split M=3", dtype, 3, 19, 2048, g, split=True),
+        s24_case("split M=16", dtype, 16, 19, big_m_k, g, split=True),
+        s24_case("split M=33", dtype, 33, 13, big_m_k, g, bias=False, split=True),
+        s24_case("split general M=17", dtype, 17, 13, big_m_k + 4, g, split=True),
+        s24_case("split values misaligned M=2", dtype, 2, 13, 8192, g, voff=1, split=True),
+    ] + ([s24_case("split M=260: two workspace chunks of rows", dtype, 260, 5, 512, g, split=True)]
+         if dtype == torch.float16 else [])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
+def test_sparse24_mm(driver, tmp_path, dtype):
+    cases = sparse24_cases(dtype)
+    check_mm_cases(run(driver, cases, tmp_path), cases)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
+def test_sparse24_mm_split_k(driver, tmp_path, dtype):
+    cases = sparse24_split_cases(dtype)
+    check_mm_cases(run(driver, cases, tmp_path, SPLIT_24), cases)
+
+
+# ------------------------------------------------------------------------------------------ bitmap
+def bitmap_case(name, dtype, M, N, K, g, density=0.5, bias=True, empty_rows=(), voff=0, xpad=0, xoff=0, split=None):
+    w = randn((N, K), dtype, g)
+    mask = torch.rand((N, K), generator=g) < density
+    for e in empty_rows:
+        mask[e] = False
+    bw = BitmapWeight.from_dense(w, mask)
+    x, xbuf, xb, ld = activations(M, K, dtype, g, xpad, xoff)
+    b = randn((N,), dtype, g) if bias else None
+    return mm_case("bitmap_mm", name, x, xbuf, xb, ld, bw.to_dense(), b,
+                   {"bitmap": (bw.bitmap, 0), "word_offsets": (bw.word_offsets, 0),
+                    "values": (bw.values, voff * bw.values.element_size())},
+                   {"nnz": bw.values.numel()}, split)
+
+
+def bitmap_cases(dtype, seed=2):
+    g = gen(seed)
+    cases = []
+    for i, M in enumerate(MS):
+        cases.append(bitmap_case(f"M={M} K=97", dtype, M, 37, 97, g, density=0.5, bias=i % 2 == 1, empty_rows=(0, 5)))
+    for d in (0.0, 0.1, 0.7, 1.0):
+        cases.append(bitmap_case(f"density {d} K=1100", dtype, 3, 11, 1100, g, density=d))  # two 1024-col tiles
+    cases.append(bitmap_case("K=2080 M=16", dtype, 16, 9, 2080, g, density=0.3))
+    cases.append(bitmap_case("K=31", dtype, 2, 9, 31, g))
+    cases.append(bitmap_case("K=1", dtype, 17, 5, 1, g, density=0.6))
+    cases.append(bitmap_case("values misaligned", dtype, 8, 13, 300, g, voff=1))
+    cases.append(bitmap_case("x strided + offset", dtype, 33, 7, 257, g, xpad=5, xoff=3))
+    cases.append(bitmap_case("K=0", dtype, 2, 4, 0, g))
+    return cases
+
+
+def bitmap_split_cases(dtype, seed=3):
+    g = gen(seed)
+    return [
+        bitmap_case("split M=1", dtype, 1, 9, 4100, g, split=True),
+        bitmap_case("split M=3 dense", dtype, 3, 9, 1100, g, density=1.0, split=True),
+        bitmap_case("split M=17", dtype, 17, 9, 300, g, density=0.2, split=True),
+        bitmap_case("split M=8 misaligned", dtype, 8, 5, 700, g, voff=1, bias=False, split=True),
+    ]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
+def test_bitmap_mm(driver, tmp_path, dtype):
+    cases = bitmap_cases(dtype)
+    check_mm_cases(run(driver, cases, tmp_path), cases)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
+def test_bitmap_mm_split_k(driver, tmp_path, dtype):
+    cases = bitmap_split_cases(dtype)
+    check_mm_cases(run(driver, cases, tmp_path, SPLIT_BITMAP), cases)
+
+
+@pytest.mark.parametrize("knobs", [{"EMU_SCHEDULE": "fair"}, {"EMU_SCHEDULE": "reverse"}, {"EMU_SMS": 132}],
+                         ids=["fair schedule", "reverse schedule", "132 SMs"])
+def test_decode_kernels_other_schedules_and_grids(driver, tmp_path, knobs):
+    """The decode kernels again with the fibers run in other orders (every runnable thread to its next
+    barrier in turn; in reverse thread order) instead of one warp as far ahead as it can go, and on a
+    device with as many SMs as an H100 (grids of more blocks: warps with one row or none)."""
+    cases = sparse24_cases(torch.float16, seed=8) + bitmap_cases(torch.bfloat16, seed=9)
+    check_mm_cases(run(driver, cases, tmp_path, knobs), cases)
+
+
+# ------------------------------------------------------------------------------------------ BSR, CSR
+def bsr_case(name, dtype, M, N, K, R, C, g, density=0.4, bias=True, empty_block_rows=(), voff=0, xpad=0, xoff=0):
+    w = randn((N, K), dtype, g)
+    bm = torch.rand((N // R, K // C), generator=g) < density
+    for e in empty_block_rows:
+        bm[e] = False
+    mask = bm.repeat_interleave(R, 0).repeat_interleave(C, 1) & (torch.rand((N, K), generator=g) < 0.8)
+    sw = BSRWeight.from_dense(w, mask, blocksize=(R, C))
+    x, xbuf, xb, ld = activations(M, K, dtype, g, xpad, xoff)
+    b = randn((N,), dtype, g) if bias else None
+    return mm_case("bsr_mm", name, x, xbuf, xb, ld, sw.to_dense(), b,
+                   {"crow": (sw.crow_indices, 0), "col": (sw.col_indices, 0),
+                    "values": (sw.values, voff * sw.values.element_size())}, {"R": R, "C": C})
+
+
+def bsr_cases(dtype, seed=4):
+    g = gen(seed)
+    cases = []
+    blocks = [(1, 1), (2, 3), (4, 8), (16, 16), (3, 5), (1, 64), (8, 1)]
+    for i, M in enumerate(MS):
+        R, C = blocks[i % len(blocks)]
+        cases.append(bsr_case(f"M={M} {R}x{C}", dtype, M, 8 * R, 6 * C, R, C, g, bias=i % 2 == 0, empty_block_rows=(1,)))
+    cases.append(bsr_case("0 % blocks", dtype, 3, 16, 32, 4, 4, g, density=0.0))
+    cases.append(bsr_case("100 % blocks", dtype, 9, 12, 30, 2, 5, g, density=1.0))
+    cases.append(bsr_case("values misaligned + x strided", dtype, 17, 12, 21, 3, 7, g, voff=1, xpad=2, xoff=1))
+    cases.append(bsr_case("K=0", dtype, 2, 4, 0, 2, 1, g))
+    return cases
+
+
+def csr_case(name, dtype, M, N, K, g, density=0.3, bias=True, empty_rows=(), voff=0, xpad=0, xoff=0):
+    w = randn((N, K), dtype, g)
+    mask = torch.rand((N, K), generator=g) < density
+    for e in empty_rows:
+        mask[e] = False
+    cw = CSRWeight.from_dense(w, mask)
+    x, xbuf, xb, ld = activations(M, K, dtype, g, xpad, xoff)
+    b = randn((N,), dtype, g) if bias else None
+    return mm_case("csr_mm", name, x, xbuf, xb, ld, cw.to_dense(), b,
+                   {"crow": (cw.crow_indices, 0), "col": (cw.col_indices, 0),
+                    "values": (cw.values, voff * cw.values.element_size())}, {})
+
+
+def csr_cases(dtype, seed=5):
+    g = gen(seed)
+    cases = [csr_case(f"M={M}", dtype, M, 13, 77, g, bias=i % 2 == 1, empty_rows=(2, 12)) for i, M in enumerate(MS)]
+    cases.append(csr_case("0 %", dtype, 3, 9, 40, g, density=0.0))
+    cases.append(csr_case("100 %", dtype, 9, 9, 70, g, density=1.0))
+    cases.append(csr_case("values misaligned + x strided", dtype, 17, 6, 45, g, voff=1, xpad=4, xoff=1))
+    return cases
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
+def test_bsr_mm(driver, tmp_path, dtype):
+    cases = bsr_cases(dtype)
+    check_mm_cases(run(driver, cases, tmp_path), cases)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
+def test_csr_mm(driver, tmp_path, dtype):
+    cases = csr_cases(dtype)
+    check_mm_cases(run(driver, cases, tmp_path), cases)
+
+
+# ------------------------------------------------------------------------------------------ packers
+PACK_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.float8_e4m3fn]
+
+
+def special_weight(N, K, dtype, g):
+    """Random weights with -0.0, +-inf, zeros and subnormals sprinkled in (no NaN: see README)."""
+    w = torch.randn((N, K), generator=g, dtype=torch.float64)
+    pick = torch.rand((N, K), generator=g)
+    tiny = {torch.float16: 2.0 ** -20, torch.bfloat16: 1e-39, torch.float32: 1e-40, torch.float64: 1e-310,
+            torch.float8_e4m3fn: 2.0 ** -8}[dtype]
+    w = torch.where(pick < 0.05, torch.tensor(-0.0, dtype=torch.float64), w)
+    w = torch.where((pick >= 0.05) & (pick < 0.1), torch.tensor(0.0, dtype=torch.float64), w)
+    w = torch.where((pick >= 0.1) & (pick < 0.13), torch.tensor(tiny, dtype=torch.float64), w)
+    if dtype != torch.float8_e4m3fn:  # e4m3fn has no infinity
+        w = torch.where((pick >= 0.13) & (pick < 0.15), torch.tensor(float("inf"), dtype=torch.float64), w)
+        w = torch.where((pick >= 0.15) & (pick < 0.17), torch.tensor(float("-inf"), dtype=torch.float64), w)
+    return w.to(dtype)
+
+
+def raw(t):
+    return H.to_bytes(t)
+
+
+def pack_case(op, name, w, mask, **scalars):
+    N, K = w.shape
+    return H.Case(op, dict(N=N, K=K, elem_size=w.element_size(), **scalars),
+                  {"weight": (w, 0), "mask": (mask, 0)}, {"w": w, "mask": mask}, name=name)
+
+
+def compare_bytes(c, expected):
+    errs = []
+    for name, t in expected.items():
+        got = c.outputs.get(name)
+        want = raw(t)
+        if got != want:
+            errs.append(f"{c.name}: {name} differs ({len(got or b'')} bytes vs {len(want)} expected)")
+    return errs
+
+
+@pytest.mark.parametrize("dtype", PACK_DTYPES, ids=str)
+def test_pack_kernels(driver, tmp_path, dtype):
+    g = gen(6)
+    cases = []
+    # 2:4 (from_dense cannot gather float8 on the CPU: compared for the other dtypes)
+    if dtype != torch.float8_e4m3fn:
+        for N, K, keep, name in [(5, 12, 2, "K=12"), (7, 64, 1, "keep 1"), (3, 36, 0, "all dropped"),
+                                 (300, 8, 2, "N*MB > one grid-stride block"), (1, 4, 2, "1x4")]:
+            w = special_weight(N, K, dtype, g)
+            cases.append(pack_case("pack_sparse24", f"2:4 {name}", w, mask_24(N, K, g, keep)))
+        w = special_weight(6, 16, dtype, g)
+        m = mask_24(6, 16, g, 2)
+        m[4, 9:12] = True  # row 4 group 2 keeps 3; row 5 group 1 keeps 4: the first bad group is 4 * 4 + 2
+        m[5, 4:8] = True
+        cases.append(pack_case("pack_sparse24", "2:4 not 2:4", w, m))
+    for op in ("pack_bitmap", "pack_csr"):
+        for N, K, d, name in [(5, 37, 0.5, "K=37"), (9, 100, 0.0, "0 %"), (4, 64, 1.0, "100 %"), (3, 1, 0.5, "K=1"),
+                              (70, 33, 0.3, "many words")]:
+            w = special_weight(N, K, dtype, g)
+            m = torch.rand((N, K), generator=g) < d
+            if N > 3:
+                m[2] = False  # an empty row
+            cases.append(pack_case(op, f"{op} {name}", w, m))
+    for N, K, R, C, name in [(8, 12, 2, 3, "2x3"), (16, 16, 4, 4, "4x4"), (4, 40, 1, 8, "1x8"), (32, 32, 16, 16, "16x16"),
+                             (9, 10, 3, 5, "3x5 sparse")]:
+        w = special_weight(N, K, dtype, g)
+        m = torch.rand((N, K), generator=g) < (0.05 if "sparse" in name else 0.3)
+        m[:R] = False  # an empty block row
+        cases.append(pack_case("pack_bsr", f"bsr {name}", w, m, R=R, C=C))
+    res = run(driver, cases, tmp_path)
+    expect_ok(res, cases)
+    errors = []
+    for c in cases:
+        w, m = c.check["w"], c.check["mask"]
+        N, K = w.shape
+        if c.op == "pack_sparse24":
+            kept = m.reshape(N, K // 4, 4).sum(-1)
+            bad = int(torch.nonzero((kept > 2).reshape(-1))[0]) if bool((kept > 2).any()) else -1
+            got_bad = int.from_bytes(c.outputs["bad"], "little", signed=True)
+            if got_bad != bad:
+                errors.append(f"{c.name}: first bad group {got_bad}, expected {bad}")
+            if bad < 0:
+                sw = Sparse24Weight.from_dense(w, m)
+                errors += compare_bytes(c, {"values": sw.values, "meta": sw.meta})
+        elif c.op == "pack_bitmap":
+            bw = BitmapWeight.from_dense(w, m)
+            errors += compare_bytes(c, {"bitmap": bw.bitmap, "word_offsets": bw.word_offsets, "values": bw.values})
+        elif c.op == "pack_csr":
+            cw = CSRWeight.from_dense(w, m)
+            errors += compare_bytes(c, {"crow": cw.crow_indices, "col": cw.col_indices, "values": cw.values})
+        else:
+            bw = BSRWeight.from_dense(w, m, blocksize=(c.scalars["R"], c.scalars["C"]))
+            errors += compare_bytes(c, {"crow": bw.crow_indices, "col": bw.col_indices, "values": bw.values})
+    assert not errors, "\n".join(errors[:10])
+
+
+# ------------------------------------------------------------------------------------------ W8A8 epilogue
+def epilogue_reference(y, row_scale, bias):
+    r = y.double()
+    if row_scale is not None:
+        r = r * row_scale.double()[:, None]
+    if bias is not None:
+        r = r + bias.double()
+    return r
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: H.DTYPE_NAMES[d])
+def test_scale_epilogue(driver, tmp_path, dtype):
+    g = gen(7)
+    cases = []
+    for M, N, yoff, boff, scale, bias, name in [
+        (1, 64, 0, 0, True, True, "vec8"), (3, 64, 0, 0, True, False, "vec8 no bias"),
+        (17, 24, 0, 0, False, True, "vec8 no scale"), (2, 8, 0, 0, False, False, "vec8 identity"),
+        (5, 13, 0, 0, True, True, "scalar N=13"), (33, 16, 2, 0, True, True, "y misaligned"),
+        (4, 32, 0, 2, True, True, "bias misaligned"), (1, 1, 0, 0, True, True, "1x1"),
+    ]:
+        y = (torch.randn((M, N), generator=g) * 30).to(dtype)
+        rs = torch.rand((M,), generator=g) * 0.1 if scale else None
+        b = randn((N,), dtype, g) if bias else None
+        bufs = {"y": (y, yoff)}
+        if rs is not None:
+            bufs["row_scale"] = (rs, 0)
+        if b is not None:
+            bufs["bias"] = (b, boff)
+        cases.append(H.Case("scale_epilogue", dict(dtype=H.DTYPE_NAMES[dtype], M=M, N=N), bufs,
+                            {"y": y, "rs": rs, "b": b}, name=name))
+    res = run(driver, cases, tmp_path)
+    expect_ok(res, cases)
+    errors = []
+    for c in cases:
+        k = c.check
+        got = c.out("y", dtype, k["y"].shape).double()
+        ref = epilogue_reference(k["y"], k["rs"], k["b"])
+        # float32 math rounded once to the output dtype (nvcc may contract to an FMA: half an ulp more)
+        tol = 2 * H.UNIT_ROUNDOFF[dtype] * ref.abs() + 1e-6 * (ref.abs() + 1)
+        if not bool(((got - ref).abs() <= tol).all()):
+            errors.append(f"{c.name}: max error {(got - ref).abs().max().item():.3g}")
+    assert not errors, "\n".join(errors)
+
+
+# ------------------------------------------------------------------------------------------ planted bugs
+# name: (build group, mutation, which cases must catch it). Mutations of one group live in different
+# kernels and are built together (one compile of each changed file); each test runs only the kernel
+# its mutation is in, so the others cannot be what fails it.
+PLANTED = {
+    "sparse24 wrong metadata shift": (
+        "a", ("sparse24_kernel.cu", "(mm >> (4 * g + 2 * (e & 1))) & 3u", "(mm >> (4 * g + (e & 1))) & 3u"),
+        "sparse24"),
+    "sparse24 missing __syncthreads": (
+        "b", ("sparse24_kernel.cu", "round_up<int64_t>(kc, C::kSpan)));\n  __syncthreads();",
+              "round_up<int64_t>(kc, C::kSpan)));"),
+        "sparse24"),
+    "sparse24 missing __syncwarp after the meta stage": (
+        "c", ("sparse24_kernel.cu", "*reinterpret_cast<uint4*>(wmeta + lane * 16) = mchunk;\n        __syncwarp();",
+              "*reinterpret_cast<uint4*>(wmeta + lane * 16) = mchunk;"),
+        "sparse24"),
+    "bitmap missing __syncwarp after the list": (
+        "a", ("bitmap_kernel.cu", "        word &= word - 1;\n      }\n      __syncwarp();",
+              "        word &= word - 1;\n      }"),
+        "bitmap"),
+    "bitmap off-by-one prefetch bound": (
+        "b", ("bitmap_kernel.cu", "next_word = t0 + 32 + lane < w1 ?", "next_word = t0 + 32 + lane <= w1 ?"),
+        "bitmap"),
+    "csr off-by-one row end": (
+        "a", ("csr_spmm_kernel.cu", "j < end; j += 32", "j <= end; j += 32"), "csr"),
+    "bsr a lane leaves before the warp reduction": (
+        "a", ("bsr_kernel.cu", "if (n >= p.N) return;  // the whole warp",
+              "if (n >= p.N || (lane == 7 && n == 1)) return;"), "bsr"),
+    "bitmap vector loads without the alignment check": (
+        "c", ("bitmap_kernel.cu", "p.vec = reinterpret_cast<uintptr_t>(a.values) % 16 == 0;", "p.vec = true;"),
+        "bitmap_misaligned"),
+    "csr __syncthreads in divergent code": (
+        "b", ("csr_spmm_kernel.cu", "  if (lane < mt) {\n    float out = 0.f;",
+              "  if (lane < mt) {\n    __syncthreads();\n    float out = 0.f;"), "csr"),
+    "bsr one lane at __syncthreads, the others at a shuffle (deadlock)": (
+        "c", ("bsr_kernel.cu", "  const float s = warp_reduce_scatter<kTileM>(acc, lane);",
+              "  if (lane == 0) __syncthreads();\n  const float s = warp_reduce_scatter<kTileM>(acc, lane);"), "bsr"),
+    "pack bitmap words off-by-one": (
+        "a", ("pack_kernel.cu", "for (int b = 0; b < valid; ++b)", "for (int b = 0; b <= valid; ++b)"), "pack"),
+}
+
+
+def planted_cases(kind):
+    dt = torch.float16
+    if kind == "sparse24":
+        return [s24_case("vec", dt, 3, 17, 256, gen(10)), s24_case("general", dt, 2, 9, 100, gen(11)),
+                s24_case("vec M=16", dt, 16, 9, 1152, gen(12))]
+    if kind == "bitmap":
+        return [bitmap_case("two tiles", dt, 2, 9, 2080, gen(13)), bitmap_case("dense", dt, 16, 5, 1100, gen(14), 0.9)]
+    if kind == "bitmap_misaligned":
+        return [bitmap_case("misaligned", dt, 3, 9, 300, gen(18), voff=1)]
+    if kind == "csr":
+        return [csr_case("csr", dt, 3, 9, 40, gen(15))]
+    if kind == "bsr":
+        return [bsr_case("bsr", dt, 3, 16, 32, 4, 4, gen(16), density=1.0)]
+    g = gen(17)
+    w = special_weight(6, 40, dt, g)
+    return [pack_case("pack_bitmap", "pack", w, torch.rand((6, 40), generator=g) < 0.5)]
+
+
+def outcome(res, cases, kind):
+    """None when the run passed every check, else why it failed."""
+    if res.returncode != 0:
+        tail = [ln for ln in res.stderr.splitlines() if "ERROR" in ln or "runtime error" in ln or "timed out" in ln]
+        return f"driver exit {res.returncode}: {tail[0] if tail else res.stderr[-300:]}"
+    try:
+        if kind == "pack":
+            c = cases[0]
+            bw = BitmapWeight.from_dense(c.check["w"], c.check["mask"])
+            errs = compare_bytes(c, {"bitmap": bw.bitmap, "word_offsets": bw.word_offsets, "values": bw.values})
+            assert not errs, errs
+        else:
+            check_mm_cases(res, cases)
+    except AssertionError as e:
+        return f"wrong results: {str(e).splitlines()[0]}"
+    return None
+
+
+@pytest.mark.parametrize("name", list(PLANTED))
+def test_planted_bug_is_caught(emu_dir, tmp_path, name):
+    group, _, kind = PLANTED[name]
+    exe = mutant_driver(emu_dir, group)
+    cases = planted_cases(kind)
+    why = outcome(run(exe, cases, tmp_path), cases, kind)
+    assert why is not None, f"the planted bug {name!r} went unnoticed"
+    print(f"{name}: caught ({why})")
+
+
+def test_planted_cases_pass_unmutated(driver, tmp_path):
+    """The planted-bug cases pass on the real kernels: what fails them is the bug."""
+    for kind in ("sparse24", "bitmap", "bitmap_misaligned", "csr", "bsr", "pack"):
+        cases = planted_cases(kind)
+        why = outcome(run(driver, cases, tmp_path / kind), cases, kind)
+        assert why is None, f"{kind}: {why}"
+
+
+# ------------------------------------------------------------------------------------------ the transform
+def test_transform_rewrites_launches_and_fails_loudly(tmp_path):
+    src = "void f() { k<T, 2><<<dim3(a, b), 256, smem, s>>>(p, q(1, 2)); other<<<1, 32>>>(); }"
+    out, n = emu_build.rewrite_launches(src)
+    assert n == 2
+    assert "::cuda_emu::launch(k<T, 2>, ::cuda_emu::Cfg(dim3(a, b), 256, smem, s), p, q(1, 2))" in out
+    assert "::cuda_emu::launch(other, ::cuda_emu::Cfg(1, 32))" in out
+    sh, m = emu_build.rewrite_shared("extern __shared__ __align__(16) unsigned char smem[];")
+    assert m == 1 and "unsigned char* smem = reinterpret_cast<unsigned char*>(::cuda_emu::dynamic_smem());" in sh
+    with pytest.raises(emu_build.TransformError):
+        emu_build.rewrite_launches("k<<<1, 2>>> ;")  # no argument list
+    with pytest.raises(emu_build.TransformError):
+        emu_build.transform(tmp_path, [("sparse24_kernel.cu", "text that is not there", "")])
+
+
+# ------------------------------------------------------------------------------------------ launcher errors
+def test_launchers_refuse_bad_arguments(driver, tmp_path):
+    """Sizes the launchers refuse come back as cudaErrorInvalidValue (1), with no kernel run."""
+    g = gen(19)
+    x = randn((2, 6), torch.float16, g)
+    w = randn((3, 6), torch.float16, g)
+    bad = [
+        H.Case("sparse24_mm", dict(dtype="f16", M=2, N=3, K=6, ldx=6),
+               {"x": (x, 0), "values": (w[:, :3].contiguous(), 0), "meta": (torch.zeros(3, 1, dtype=torch.uint8), 0)},
+               name="2:4 with K % 4 != 0"),
+        H.Case("scale_epilogue", dict(dtype="f32", M=2, N=3), {"y": (torch.zeros(2, 3), 0)}, name="epilogue float32"),
+        H.Case("bsr_mm", dict(dtype="f16", M=2, N=3, K=6, ldx=6, R=2, C=3),
+               {"x": (x, 0), "crow": (torch.zeros(2, dtype=torch.int32), 0), "col": (torch.zeros(0, dtype=torch.int32), 0),
+                "values": (torch.zeros(0, dtype=torch.float16), 0)}, name="BSR with N % R != 0"),
+        H.Case("pack_sparse24", dict(N=3, K=6, elem_size=2),
+               {"weight": (w, 0), "mask": (torch.ones(3, 6, dtype=torch.bool), 0)}, name="pack 2:4 K % 4 != 0"),
+    ]
+    res = run(driver, bad, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for c in bad:
+        assert (c.status or "").startswith("1 "), f"{c.name}: status {c.status}"
+
+
+# ------------------------------------------------------------------------------------------ the emulator's types
+def test_emulated_half_bfloat16_conversions(driver, tmp_path):
+    """__float2half_rn / __float2bfloat16_rn and back, as emulated, against torch (round to nearest even;
+    NaN gives a NaN): random bit patterns, every boundary of the half range, all 65536 16-bit patterns."""
+    g = gen(20)
+    rnd = torch.randint(-2 ** 31, 2 ** 31 - 1, (100000,), generator=g, dtype=torch.int64).to(torch.int32).view(torch.float32)
+    near = torch.tensor([65504.0, 65519.99, 65520.0, 65536.0, 2.0 ** -14, 2.0 ** -14 * (1 - 2 ** -12), 2.0 ** -24,
+                         2.0 ** -25, 2.0 ** -25 * (1 + 2 ** -20), 2.0 ** -26, 1e-40, 0.0, -0.0, float("inf"),
+                         -float("inf"), 3.4e38, 1.0 + 2 ** -11, 1.0 + 3 * 2 ** -11, 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8])
+    scaled = torch.randn(50000, generator=g) * torch.pow(2.0, torch.randint(-30, 20, (50000,), generator=g).float())
+    f = torch.cat([rnd, near, -near, scaled])
+    bits = torch.arange(65536, dtype=torch.int32).to(torch.int16)
+    c = H.Case("convert", {}, {"f": (f, 0), "bits": (bits, 0)}, name="convert")
+    res = run(driver, [c], tmp_path)
+    expect_ok(res, [c])
+    nan = torch.isnan(f)
+    for out, dt in (("f2h", torch.float16), ("f2b", torch.bfloat16)):
+        got = c.out(out, torch.int16, f.shape)
+        want = f.to(dt).view(torch.int16)
+        assert torch.equal(got[~nan], want[~nan]), f"{out}: {int((got[~nan] != want[~nan]).sum())} mismatches"
+        assert bool(torch.isnan(got.view(dt)[nan]).all()), f"{out}: a NaN did not stay NaN"
+    for out, dt in (("h2f", torch.float16), ("b2f", torch.bfloat16)):
+        got = c.out(out, torch.float32, (65536,))
+        want = bits.view(dt).float()
+        wn = torch.isnan(want)
+        assert torch.equal(got[~wn].view(torch.int32), want[~wn].view(torch.int32)), out
+        assert bool(torch.isnan(got[wn]).all()), out
+
+
+# ------------------------------------------------------------------------------------------ random cases (opt-in)
+FUZZ = int(os.environ.get("SPARSEKIT_EMU_FUZZ", "0") or 0)
+
+
+def random_mm_case(rnd, split_knobs=False):
+    dt = rnd.choice(DTYPES)
+    g = gen(rnd.randrange(10 ** 6))
+    M = rnd.choice([1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40])
+    N = rnd.randint(1, 45)
+    kind = rnd.choice(["s24", "bm", "bsr", "csr"])
+    if kind == "s24":
+        K = rnd.choice([512, 1024, 2048, 4096] if split_knobs else [0, 4, 8, 12, 128, 132, 256, 384, 640, 1024, 2048])
+        return s24_case(f"s24 {dt} M={M} N={N} K={K}", dt, M, N, K, g, keep=rnd.choice([0, 1, 2, 2, 2]),
+                        bias=rnd.random() < 0.5, empty_rows=(0,) if rnd.random() < 0.3 else (),
+                        voff=rnd.choice([0, 0, 0, 1]), moff=rnd.choice([0, 0, 1]), xpad=rnd.choice([0, 0, 3]),
+                        xoff=rnd.choice([0, 0, 1]))
+    if kind == "bm":
+        K = rnd.randint(300, 5000) if split_knobs else rnd.randint(0, 3000)
+        return bitmap_case(f"bitmap {dt} M={M} N={N} K={K}", dt, M, N, K, g, density=rnd.choice([0, .05, .3, .5, .9, 1]),
+                           bias=rnd.random() < 0.5, voff=rnd.choice([0, 0, 1, 3]), xpad=rnd.choice([0, 0, 3]),
+                           xoff=rnd.choice([0, 1]))
+    if kind == "bsr":
+        R, C = rnd.choice([(1, 1), (2, 2), (3, 7), (16, 16), (32, 1), (1, 33), (5, 4)])
+        return bsr_case(f"bsr {dt} M={M} {R}x{C}", dt, M, R * rnd.randint(1, 6), C * rnd.randint(0, 6), R, C, g,
+                        density=rnd.choice([0, .2, .6, 1]), bias=rnd.random() < 0.5, voff=rnd.choice([0, 1]),
+                        xpad=rnd.choice([0, 2]), xoff=rnd.choice([0, 1]))
+    return csr_case(f"csr {dt} M={M}", dt, M, N, rnd.randint(1, 300), g, density=rnd.choice([0, .1, .5, 1]),
+                    bias=rnd.random() < 0.5, voff=rnd.choice([0, 1]), xpad=rnd.choice([0, 2]), xoff=rnd.choice([0, 1]))
+
+
+@pytest.mark.skipif(FUZZ <= 0, reason="random cases: set SPARSEKIT_EMU_FUZZ=<cases per device> (SPARSEKIT_EMU_SEED)")
+@pytest.mark.parametrize("knobs", [{}, SPLIT_24, SPLIT_BITMAP, {"EMU_SMS": 132},
+                                   {"EMU_SMEM_PER_SM": 60000, "EMU_SMEM_OPTIN": 60000, "EMU_SCHEDULE": "fair"}],
+                         ids=["default", "split 2:4", "split bitmap", "132 SMs", "60 KB fair"])
+def test_random_cases(driver, tmp_path, knobs):
+    rnd = random.Random(f"{os.environ.get('SPARSEKIT_EMU_SEED', '0')} {sorted(knobs.items())}")
+    cases = [random_mm_case(rnd, split_knobs=bool(knobs.get("EMU_SMEM_PER_SM", 0) in (20000, 40000)))
+             for _ in range(FUZZ)]
+    check_mm_cases(run(driver, cases, tmp_path, knobs), cases)
