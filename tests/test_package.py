@@ -46,6 +46,15 @@ def test_import_without_extension_falls_back_to_reference():
     assert "'cpu (compiled C++)': False" in out.stdout
 
 
+def test_import_and_triton_registration_print_no_warning():
+    """Importing sparsekit and registering its Triton kernels over the compiled CUDA ones (on purpose) must
+    not print library warnings (torch 2.11 warned "Overriding a previously registered kernel" on import)."""
+    code = "import sparsekit, sparsekit.triton as t; t.register()"
+    r = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
+
+
 def test_cli_info():
     out = subprocess.run([sys.executable, "-m", "sparsekit", "info"], capture_output=True, text=True, cwd="/")
     assert out.returncode == 0, out.stderr

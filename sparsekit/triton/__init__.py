@@ -20,6 +20,8 @@ import importlib
 import importlib.util
 import os
 
+import warnings
+
 import torch
 
 __all__ = ["available", "register", "registered", "OPS", "set_backend", "backend", "BACKENDS"]
@@ -153,8 +155,14 @@ def register() -> bool:
     from .. import ops  # noqa: F401  (the schemas must exist before implementations register)
 
     lib = torch.library.Library("sparsekit", "IMPL")
-    for name, fn in _make_impls().items():
-        lib.impl(name, fn, "CUDA")
+    with warnings.catch_warnings():
+        # bsr_mm and bitmap_mm have compiled CUDA kernels too: replacing them is the point (the router above
+        # calls them through their _cuda_ aliases), so torch's "Overriding a previously registered kernel"
+        # warning would only alarm users on every import.
+        warnings.filterwarnings("ignore", message=".*Overriding a previously registered kernel.*")
+        warnings.filterwarnings("ignore", message=".*Warning only once for all operators.*")
+        for name, fn in _make_impls().items():
+            lib.impl(name, fn, "CUDA")
     _lib = lib
     return True
 
