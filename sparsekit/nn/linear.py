@@ -89,6 +89,7 @@ class SparseLinear(nn.Module):
             new = self._buffers[n]
             if new.dtype != old.dtype:
                 self._buffers[n] = old.to(device=new.device)
+        self._format_cls.prepare(self)  # e.g. the cuSPARSELt-compressed 2:4 weight on CUDA, never in forward
         return out
 
     # ---------------------------------------------------------------------------------- run
@@ -97,8 +98,10 @@ class SparseLinear(nn.Module):
             raise ValueError(
                 f"SparseLinear: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}"
             )
-        bufs = [self._buffers[n] for n in self._format_cls.buffer_names]
-        return self._format_cls.apply(x, (self.out_features, self.in_features), self.bias, *bufs)
+        # One op call (two for the W8A8 formats: the per-token quantization, then the matmul), straight
+        # into torch.ops.sparsekit.<op>, below the Autograd key when no gradient is needed
+        # (formats/*.module_forward; the op, its checks and its error messages are the same as ever).
+        return self._format_cls.module_forward(self, x)
 
     # ---------------------------------------------------------------------------------- save / load
     def get_extra_state(self) -> Dict[str, Any]:
@@ -159,6 +162,8 @@ class SparseLinear(nn.Module):
                 error_msgs.append(f"{prefix[:-1] or 'SparseLinear'}: inconsistent sparse buffers: {e}")
         if len(error_msgs) > n_errors:
             self._buffers.update(before)
+        else:
+            self._format_cls.prepare(self)
 
     def extra_repr(self) -> str:
         total = self.in_features * self.out_features
