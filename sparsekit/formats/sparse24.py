@@ -103,14 +103,21 @@ def _check_meta(meta, N, K, what):
 # device or dtype: new tensors, prepared again by the move). An entry whose buffers were changed in place
 # since (version counters moved) is not used: that call takes the own kernel, until prepared again.
 _CSLT_LOCK = threading.Lock()
-_CSLT_CACHE: Dict[int, tuple] = {}  # id(values) -> (weakref(values), stamp, compressed, fp16_output_safe)
+# id(values) -> (weakref(values), stamp, compressed, fp16_output_safe, warm: {(M, dtype, bias ptr)} run eagerly)
+_CSLT_CACHE: Dict[int, tuple] = {}
 _FP16_MAX = 65504.0
 
 _SPARSE24_MM = torch.ops.sparsekit.sparse24_mm.default
 _SPARSE24_INT8_MM = torch.ops.sparsekit.sparse24_int8_mm.default
 _QUANTIZE = torch.ops.sparsekit.quantize_per_token.default
 _CSLT_MM = torch.ops.sparsekit.cslt_mm.default
+_CSLT_COMPRESS = torch.ops.sparsekit.cslt_compress.default
 _HALVES = (torch.float16, torch.bfloat16)
+
+
+def _cuda(t: torch.Tensor) -> bool:
+    """t.is_cuda (a seam: the CPU tests stand a CPU tensor in for a CUDA one)."""
+    return t.is_cuda
 
 
 def _cslt_min_m() -> int:
@@ -119,15 +126,13 @@ def _cslt_min_m() -> int:
 
 def _use_cslt(x: torch.Tensor, shape, weight_dtype: torch.dtype, bias, min_m=None) -> bool:
     """Whether this call may go to cuSPARSELt: CUDA, a shape it takes, more than `min_m` rows (default
-    SPARSEKIT_CSLT_MIN_M), eager, not capturing a CUDA graph, and no gradient needed."""
-    if torch.compiler.is_compiling() or not x.is_cuda:  # the CPU path stays exactly what it was
+    SPARSEKIT_CSLT_MIN_M), eager (not torch.compile tracing), and no gradient needed. During CUDA graph
+    capture, `_cslt_call` adds its own condition."""
+    if torch.compiler.is_compiling() or not _cuda(x):  # the CPU path stays exactly what it was
         return False
     n, k = shape
     min_m = _cslt_min_m() if min_m is None else min_m
     if not cslt_shape_fits(n, k, weight_dtype) or x.numel() // k <= min_m or not ops.cslt_available():
-        return False
-    # a first call of a new M plans and searches (host syncs): never while the stream captures a graph
-    if torch.cuda.is_current_stream_capturing():
         return False
     # cslt_mm has no autograd formula; the own ops do (gradients to x and bias)
     return not (torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)))
@@ -137,15 +142,38 @@ def _stamp(*tensors):
     return tuple((t._version, t.data_ptr()) for t in tensors)
 
 
-def _cslt_lookup(values, meta, scale=None):
-    """(compressed, fp16_output_safe) that `cslt_prepare` made for exactly these buffers, or None. Never
-    compresses (forward calls it)."""
+def _cslt_entry(values, meta, scale=None):
+    """The cache entry (weakref, stamp, compressed or None if cuSPARSELt refused it, fp16_output_safe, warm)
+    that `cslt_prepare` made for exactly these buffers, or None."""
     entry = _CSLT_CACHE.get(id(values))
     if entry is None or entry[0]() is not values:
         return None
     if entry[1] != _stamp(values, meta, *(() if scale is None else (scale,))):
         return None  # written in place since it was compressed: the own kernel, until prepared again
-    return entry[2], entry[3]
+    return entry
+
+
+def _cslt_lookup(values, meta, scale=None):
+    """The entry of a compressed weight ready for these buffers, or None. Never compresses (forward calls it)."""
+    entry = _cslt_entry(values, meta, scale)
+    return entry if entry is not None and entry[2] is not None else None
+
+
+def _cslt_call(entry, x2, n, bias, alpha=None, row_scale=None, out_dtype=None):
+    """cslt_mm on a prepared weight. Its first call for an (M, dtype, bias) builds a plan and searches the
+    algorithm (host syncs), which CUDA graph capture cannot hold: while the stream captures, only a call
+    that ran eagerly before (`warm`, kept with the entry) is made; any other raises before launching."""
+    key = (x2.shape[0], x2.dtype, None if bias is None else bias.data_ptr())
+    warm = entry[4]
+    if key not in warm and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            f"sparsekit 2:4: this layer has not run {x2.shape[0]} rows of {x2.dtype} through cuSPARSELt yet, and "
+            "its first call plans and searches (device syncs), which CUDA graph capture cannot hold; call the "
+            "model once with the same shapes before capturing (torch.compile mode='reduce-overhead' and "
+            "do_bench_cudagraph warm up first), or set SPARSEKIT_CSLT_MIN_M above this M")
+    y = _CSLT_MM(x2, entry[2], n, bias, alpha, row_scale, out_dtype)
+    warm.add(key)
+    return y
 
 
 def cslt_prepare(values, meta, shape, scale=None) -> bool:
@@ -160,23 +188,34 @@ def cslt_prepare(values, meta, shape, scale=None) -> bool:
     """
     n, k = int(shape[0]), int(shape[1])
     wdtype = torch.int8 if scale is not None else values.dtype
-    if not values.is_cuda or (scale is None and values.dtype not in _HALVES):
+    if not _cuda(values) or (scale is None and values.dtype not in _HALVES):
         return False
-    if not cslt_shape_fits(n, k, wdtype) or not ops.cslt_available() or torch.cuda.is_current_stream_capturing():
+    if not cslt_shape_fits(n, k, wdtype) or not ops.cslt_available():
         return False
-    if _cslt_lookup(values, meta, scale) is not None:
-        return True
+    entry = _cslt_entry(values, meta, scale)
+    if entry is not None:
+        return entry[2] is not None  # ready, or refused before (not asked again until the buffers change)
+    if torch.cuda.is_current_stream_capturing():
+        return False
     stamp = _stamp(values, meta, *(() if scale is None else (scale,)))
-    dense = ops.reference.sparse24_to_dense(values, meta, k)
-    compressed = torch.ops.sparsekit.cslt_compress.default(dense)
-    safe = scale is None or float((values.float().abs().sum(1) * scale).max()) * 127 < _FP16_MAX
+    try:
+        dense = ops.reference.sparse24_to_dense(values, meta, k)
+        compressed = _CSLT_COMPRESS(dense)
+        safe = scale is None or float((values.float().abs().sum(1) * scale).max()) * 127 < _FP16_MAX
+    except Exception:
+        _cslt_store(values, stamp, None, False)
+        raise
+    _cslt_store(values, stamp, compressed, safe)
+    return True
+
+
+def _cslt_store(values, stamp, compressed, safe) -> None:
     key = id(values)
     with _CSLT_LOCK:
         old = _CSLT_CACHE.get(key)
         if old is None or old[0]() is not values:
             weakref.finalize(values, _CSLT_CACHE.pop, key, None)
-        _CSLT_CACHE[key] = (weakref.ref(values), stamp, compressed, safe)
-    return True
+        _CSLT_CACHE[key] = (weakref.ref(values), stamp, compressed, safe, set())
 
 
 def _cslt_prepare_quietly(*args) -> None:
@@ -236,10 +275,10 @@ class Sparse24Weight(SparseFormat):
 
     @staticmethod
     def apply(x, shape, bias, values, meta):
-        if x.is_cuda and values.dtype == x.dtype and _use_cslt(x, shape, values.dtype, bias):
+        if values.dtype == x.dtype and _use_cslt(x, shape, values.dtype, bias):
             hit = _cslt_lookup(values, meta)
             if hit is not None:
-                return _restore(_CSLT_MM(_as_2d(x, "cslt_mm"), hit[0], shape[0], bias), x, shape[0])
+                return _restore(_cslt_call(hit, _as_2d(x, "cslt_mm"), shape[0], bias), x, shape[0])
         if x.dim() == 2:
             return _call(_SPARSE24_MM, x, values, meta, bias)
         return _restore(_call(_SPARSE24_MM, _as_2d(x, "sparse24_mm"), values, meta, bias), x, shape[0])
@@ -314,12 +353,12 @@ class Sparse24Int8Weight(SparseFormat):
         y = None
         # sparse24_int8_mm has no CUDA kernel of its own (its fallback decodes the weight on every call),
         # so on CUDA cuSPARSELt serves every M it can
-        if x2.is_cuda and x.dtype in _HALVES and _use_cslt(x2, shape, torch.int8, bias, min_m=0):
+        if x.dtype in _HALVES and _use_cslt(x2, shape, torch.int8, bias, min_m=0):
             hit = _cslt_lookup(values, meta, scale)
-            if hit is not None and (hit[1] or x.dtype == torch.bfloat16):
+            if hit is not None and (hit[3] or x.dtype == torch.bfloat16):
                 # cuSPARSELt scales D's rows (output channels: alpha = w_scale) but has no per-column scale
                 # of D, so the per-token scale and then the bias run in cslt_mm's epilogue kernel.
-                y = _CSLT_MM(q, hit[0], shape[0], bias, scale, s, x.dtype)
+                y = _cslt_call(hit, q, shape[0], bias, scale, s, x.dtype)
         if y is None:
             y = _SPARSE24_INT8_MM(q, s, None, values, meta, scale, bias, x.dtype)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
