@@ -79,6 +79,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch", type=int, default=1, help="sequences (default 1)")
     g.add_argument("--prompt", type=int, default=None, help="prompt tokens; prefill M = batch x prompt, decode "
                    "attends to them (default 64 on cpu, 2048 on cuda; --quick 32)")
+    g = p.add_argument_group("overhead")
+    g.add_argument("--clock", default="wall", choices=["wall", "thread"],
+                   help="CPU timer: wall (default) or thread (this thread's CPU time, steadier on a loaded machine)")
+    g.add_argument("--runs", type=int, default=None, help="alternating rounds (default 5; --quick 3)")
     g = p.add_argument_group("report")
     g.add_argument("--out", default=None, help="folder for the markdown and PNG files")
 
@@ -144,9 +148,10 @@ def _run_overhead(args) -> int:
     print(f"# sparsekit bench overhead on {env['cpu_model']}" + (f" and {env['device']}" if cuda else "")
           + f", torch {env['torch']}, sparsekit {env['sparsekit_commit']}")
     runs, mrt = (3, 0.05) if args.quick else (5, 0.2)
+    runs = args.runs or runs
     n = (runs * (len(fmts) + 2)) + (2 * len(fmts) if cuda else 0)
     with Progress(n, enabled=not args.no_progress) as bar:
-        recs = run_overhead(fmts, runs=runs, min_run_time=mrt, cuda=cuda, progress=bar)
+        recs = run_overhead(fmts, runs=runs, min_run_time=mrt, cuda=cuda, clock=args.clock, progress=bar)
     print(overhead_tables(recs))
     if not cuda:
         print("\nCUDA: no device here; the host-time and eager / graph tables run where torch.cuda.is_available()")

@@ -94,7 +94,7 @@ class SparseLinear(nn.Module):
 
     # ---------------------------------------------------------------------------------- run
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1:] != (self.in_features,):
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(
                 f"SparseLinear: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}"
             )
