@@ -227,6 +227,15 @@ def test_cslt_weight_is_made_again_by_load_and_moves_only(fmt, fake_cslt):
     assert fake_cslt["mm"] == [] and fake_cslt["compress"] == n  # the own kernel; nothing compressed in forward
 
 
+def test_cslt_weight_follows_a_deepcopy(fake_cslt):
+    import copy
+
+    sl = half_layer("2:4")
+    twin = copy.deepcopy(sl)
+    assert twin.values is not sl.values and fake_cslt["compress"] == 2
+    assert s24._cslt_lookup(twin.values, twin.meta) is not None
+
+
 def test_cslt_refused_weight_warns_and_keeps_the_own_kernel(fake_cslt, monkeypatch):
     def refuse(dense):
         raise ValueError("cslt_compress: the weight is not 2:4 along in_features")

@@ -92,6 +92,12 @@ class SparseLinear(nn.Module):
         self._format_cls.prepare(self)  # e.g. the cuSPARSELt-compressed 2:4 weight on CUDA, never in forward
         return out
 
+    def __setstate__(self, state):
+        # copy.deepcopy and pickle: new buffers, prepared as a move would prepare them
+        super().__setstate__(state)
+        if "_format_cls" in self.__dict__:
+            self._format_cls.prepare(self)
+
     # ---------------------------------------------------------------------------------- run
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 0 or x.shape[-1] != self.in_features:
