@@ -4,6 +4,7 @@
     sparsekit bench model --preset llama-7b --layers 2 --formats 2:4,bsr:64,int8-wo --json m.jsonl
     sparsekit bench layer --shapes llama-7b --m 1,16 --sparsity 0.9 --formats all --json out.jsonl
     sparsekit bench report --json out.jsonl --out bench/results
+    sparsekit bench overhead --json bench/results/cpu_overhead.jsonl   # host time beyond F.linear, per format
 """
 from __future__ import annotations
 
@@ -40,10 +41,12 @@ DIMS = ("hidden", "intermediate", "heads", "kv_heads", "layers", "vocab")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .model import PRESETS
 
-    p.add_argument("what", nargs="?", default="model", choices=["model", "layer", "report"],
+    p.add_argument("what", nargs="?", default="model", choices=["model", "layer", "report", "overhead"],
                    help="model (default): a decoder-only transformer pruned and converted per format, prefill and "
                         "decode against dense; layer: single linear layers against dense and PyTorch's peers; "
-                        "report: turn result JSON lines (--json) into markdown tables and PNG plots (--out)")
+                        "report: turn result JSON lines (--json) into markdown tables and PNG plots (--out); "
+                        "overhead: per format, the host time of a small converted layer beyond F.linear (CPU, one "
+                        "thread; on CUDA also per call without syncing and eager vs CUDA graph on 14336x4096)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: float16 on cuda, float32 on cpu")
     p.add_argument("--formats", default=None,
@@ -76,6 +79,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch", type=int, default=1, help="sequences (default 1)")
     g.add_argument("--prompt", type=int, default=None, help="prompt tokens; prefill M = batch x prompt, decode "
                    "attends to them (default 64 on cpu, 2048 on cuda; --quick 32)")
+    g = p.add_argument_group("overhead")
+    g.add_argument("--clock", default="wall", choices=["wall", "thread"],
+                   help="CPU timer: wall (default) or thread (this thread's CPU time, steadier on a loaded machine)")
+    g.add_argument("--runs", type=int, default=None, help="alternating rounds (default 5; --quick 3)")
     g = p.add_argument_group("report")
     g.add_argument("--out", default=None, help="folder for the markdown and PNG files")
 
@@ -100,6 +107,8 @@ def run(args) -> int:
             raise SystemExit("sparsekit bench report: pass --json RESULTS.jsonl (and --out FOLDER)")
         print(report(args.json, args.out))
         return 0
+    if args.what == "overhead":
+        return _run_overhead(args)
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -121,6 +130,31 @@ def run(args) -> int:
     else:
         recs = _run_layers(args, fmts, dtype, device, min_run_time)
         print(layer_table(recs))
+    if args.json:
+        write_jsonl(args.json, [dict(r, env=env) for r in recs])
+        print(f"\nwrote {len(recs)} records to {args.json}")
+    return 0
+
+
+def _run_overhead(args) -> int:
+    from .layer import parse_formats
+    from .overhead import FORMATS, overhead_tables, run_overhead
+    from .timing import environment, write_jsonl
+
+    cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
+    fmts = parse_formats(args.formats) if args.formats else FORMATS
+    command = " ".join(["python -m sparsekit", *map(shlex.quote, getattr(args, "argv", []))])
+    env = dict(environment(torch.device("cuda" if cuda else "cpu")), command=command)
+    print(f"# sparsekit bench overhead on {env['cpu_model']}" + (f" and {env['device']}" if cuda else "")
+          + f", torch {env['torch']}, sparsekit {env['sparsekit_commit']}")
+    runs, mrt = (3, 0.05) if args.quick else (5, 0.2)
+    runs = args.runs or runs
+    n = (runs * (len(fmts) + 2)) + (2 * len(fmts) if cuda else 0)
+    with Progress(n, enabled=not args.no_progress) as bar:
+        recs = run_overhead(fmts, runs=runs, min_run_time=mrt, cuda=cuda, clock=args.clock, progress=bar)
+    print(overhead_tables(recs))
+    if not cuda:
+        print("\nCUDA: no device here; the host-time and eager / graph tables run where torch.cuda.is_available()")
     if args.json:
         write_jsonl(args.json, [dict(r, env=env) for r in recs])
         print(f"\nwrote {len(recs)} records to {args.json}")

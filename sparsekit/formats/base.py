@@ -46,6 +46,18 @@ class SparseFormat:
         """The format's matmul on raw buffers (in `buffer_names` order); what a module's forward calls."""
         raise NotImplementedError
 
+    @staticmethod
+    def module_forward(module, x: torch.Tensor) -> torch.Tensor:
+        """SparseLinear.forward after its shape check: the format's op(s) on the module's buffers, read
+        straight from ``module._buffers`` by name (never cached, so a buffer swapped in by load_state_dict,
+        ``.to()`` or torch.func.functional_call is the one used). Formats override it with one direct op call."""
+        raise NotImplementedError
+
+    @staticmethod
+    def prepare(module) -> None:
+        """Work done once per set of buffers, outside forward: at conversion, after ``.to()`` / ``.cuda()``
+        and after load_state_dict (2:4 on CUDA: the cuSPARSELt-compressed weight). Default: nothing."""
+
     @property
     def nbytes(self) -> int:
         """Bytes of every buffer, the weight's memory and what a memory-bound kernel must read."""

@@ -7,8 +7,13 @@ from typing import Dict
 import torch
 
 from .. import ops
+from ..ops import _as_2d
+from ..ops import call_no_grad_below_autograd as _call
 from ._common import check_int32_range, check_weight_and_mask
 from .base import SparseFormat, register
+
+
+_BITMAP_MM = torch.ops.sparsekit.bitmap_mm.default
 
 
 @register
@@ -70,7 +75,19 @@ class BitmapWeight(SparseFormat):
 
     @staticmethod
     def apply(x, shape, bias, bitmap, word_offsets, values):
-        return ops.bitmap_mm(x, bitmap, word_offsets, values, bias)
+        if x.dim() == 2:
+            return _call(_BITMAP_MM, x, bitmap, word_offsets, values, bias)
+        y = _call(_BITMAP_MM, _as_2d(x, "bitmap_mm"), bitmap, word_offsets, values, bias)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def module_forward(m, x):
+        b = m._buffers
+        if x.dim() == 2:
+            return _call(_BITMAP_MM, x, b["bitmap"], b["word_offsets"], b["values"], m._parameters["bias"])
+        y = _call(_BITMAP_MM, x.reshape(-1, m.in_features), b["bitmap"], b["word_offsets"], b["values"],
+                  m._parameters["bias"])
+        return y.reshape(*x.shape[:-1], m.out_features)
 
     @property
     def nnz(self) -> int:

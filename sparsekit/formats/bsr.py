@@ -6,8 +6,13 @@ from typing import Dict, Tuple
 import torch
 
 from .. import ops
+from ..ops import _as_2d
+from ..ops import call_no_grad_below_autograd as _call
 from ._common import check_int32_range, check_weight_and_mask
 from .base import SparseFormat, register
+
+
+_BSR_MM = torch.ops.sparsekit.bsr_mm.default
 
 
 @register
@@ -78,7 +83,20 @@ class BSRWeight(SparseFormat):
 
     @staticmethod
     def apply(x, shape, bias, crow_indices, col_indices, values):
-        return ops.bsr_mm(x, crow_indices, col_indices, values, shape[0], bias)
+        if x.dim() == 2:
+            return _call(_BSR_MM, x, crow_indices, col_indices, values, shape[0], bias)
+        y = _call(_BSR_MM, _as_2d(x, "bsr_mm"), crow_indices, col_indices, values, shape[0], bias)
+        return y.reshape(*x.shape[:-1], shape[0])
+
+    @staticmethod
+    def module_forward(m, x):
+        b = m._buffers
+        if x.dim() == 2:
+            return _call(_BSR_MM, x, b["crow_indices"], b["col_indices"], b["values"], m.out_features,
+                         m._parameters["bias"])
+        y = _call(_BSR_MM, x.reshape(-1, m.in_features), b["crow_indices"], b["col_indices"], b["values"],
+                  m.out_features, m._parameters["bias"])
+        return y.reshape(*x.shape[:-1], m.out_features)
 
     @property
     def nnz(self) -> int:

@@ -12,9 +12,14 @@ from typing import Dict, Tuple
 import torch
 
 from .. import ops
+from ..ops import _as_2d
+from ..ops import call_no_grad_below_autograd as _call
 from ..ops._checks import INT32_MAX
 from ._common import check_weight_and_mask as _check_weight_and_mask
 from .base import SparseFormat, register
+
+
+_CSR_MM = torch.ops.sparsekit.csr_mm.default
 
 
 @register
@@ -88,7 +93,20 @@ class CSRWeight(SparseFormat):
 
     @staticmethod
     def apply(x, shape, bias, crow_indices, col_indices, values):
-        return ops.csr_mm(x, crow_indices, col_indices, values, shape[0], bias)
+        if x.dim() == 2:
+            return _call(_CSR_MM, x, crow_indices, col_indices, values, shape[0], bias)
+        y = _call(_CSR_MM, _as_2d(x, "csr_mm"), crow_indices, col_indices, values, shape[0], bias)
+        return y.reshape(*x.shape[:-1], shape[0])
+
+    @staticmethod
+    def module_forward(m, x):
+        b = m._buffers
+        if x.dim() == 2:
+            return _call(_CSR_MM, x, b["crow_indices"], b["col_indices"], b["values"], m.out_features,
+                         m._parameters["bias"])
+        y = _call(_CSR_MM, x.reshape(-1, m.in_features), b["crow_indices"], b["col_indices"], b["values"],
+                  m.out_features, m._parameters["bias"])
+        return y.reshape(*x.shape[:-1], m.out_features)
 
     @property
     def nnz(self) -> int:

@@ -6,9 +6,16 @@ from typing import Dict, Tuple
 
 import torch
 
-from .. import ops
+from .. import ops  # noqa: F401  (defines the ops)
+from ..ops import _as_2d
+from ..ops import call_no_grad_below_autograd as _call
 from ._common import check_weight_and_mask
 from .base import SparseFormat, register
+
+
+_QUANTIZE = torch.ops.sparsekit.quantize_per_token.default
+_INT8_MM = torch.ops.sparsekit.int8_mm.default
+_INT8_WO_MM = torch.ops.sparsekit.int8_weight_only_mm.default
 
 
 def quantize_rows(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -69,10 +76,23 @@ class Int8Weight(_Int8Base):
 
     @staticmethod
     def apply(x, shape, bias, qweight, scale):
-        x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-        q, s, _ = ops.quantize_per_token(x2, True)
-        y = ops.int8_mm(q, s, None, qweight, scale, bias, x.dtype)
-        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
+        # quantize_per_token and int8_mm have no Python autograd kernel: called as they are
+        if x.dim() == 2:
+            q, s, _ = _QUANTIZE(x, True)
+            return _INT8_MM(q, s, None, qweight, scale, bias, x.dtype)
+        q, s, _ = _QUANTIZE(x.reshape(-1, x.shape[-1]), True)
+        y = _INT8_MM(q, s, None, qweight, scale, bias, x.dtype)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def module_forward(m, x):
+        b = m._buffers
+        if x.dim() == 2:
+            q, s, _ = _QUANTIZE(x, True)
+            return _INT8_MM(q, s, None, b["qweight"], b["scale"], m._parameters["bias"], x.dtype)
+        q, s, _ = _QUANTIZE(x.reshape(-1, m.in_features), True)
+        y = _INT8_MM(q, s, None, b["qweight"], b["scale"], m._parameters["bias"], x.dtype)
+        return y.reshape(*x.shape[:-1], m.out_features)
 
 
 @register
@@ -81,4 +101,15 @@ class Int8WeightOnly(_Int8Base):
 
     @staticmethod
     def apply(x, shape, bias, qweight, scale):
-        return ops.int8_weight_only_mm(x, qweight, scale, bias)
+        if x.dim() == 2:
+            return _call(_INT8_WO_MM, x, qweight, scale, bias)
+        y = _call(_INT8_WO_MM, _as_2d(x, "int8_weight_only_mm"), qweight, scale, bias)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def module_forward(m, x):
+        b = m._buffers
+        if x.dim() == 2:
+            return _call(_INT8_WO_MM, x, b["qweight"], b["scale"], m._parameters["bias"])
+        y = _call(_INT8_WO_MM, x.reshape(-1, m.in_features), b["qweight"], b["scale"], m._parameters["bias"])
+        return y.reshape(*x.shape[:-1], m.out_features)

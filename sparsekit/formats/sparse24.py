@@ -11,6 +11,8 @@ from typing import Dict, Tuple
 import torch
 
 from .. import ops
+from ..ops import _as_2d
+from ..ops import call_no_grad_below_autograd as _call
 from ..ops._checks import cslt_shape_fits
 from ._common import check_weight_and_mask
 from .base import SparseFormat, register
@@ -88,18 +90,34 @@ def _check_meta(meta, N, K, what):
 # On CUDA, for M above SPARSEKIT_CSLT_MIN_M (default 16) activation rows, the 2:4 formats run through
 # cuSPARSELt (tensor-core sparse MMA, csrc/cuda/ops_cusparselt.cpp); up to it the own decode kernel
 # (sparse24_mm), which streams the weight once and wins where the matmul is memory-bound. Anything else
-# (CPU, shapes cuSPARSELt refuses, autograd, torch.compile tracing, a build without cuSPARSELt) takes the
-# format's own path unchanged.
+# (CPU, shapes cuSPARSELt refuses, autograd, torch.compile tracing, CUDA graph capture, a build without
+# cuSPARSELt, a weight not compressed beforehand) takes the format's own path unchanged.
 #
-# cuSPARSELt wants its own compressed copy of the weight. It is made once, lazily, on the first CUDA forward
-# that routes here, and held in this side table keyed by the `values` buffer: never a buffer of the module
-# (so never in state_dict / safetensors) and never an attribute of the tensor (torch.save of a tensor
-# pickles its __dict__). An entry is dropped when its `values` tensor dies (module moved to another
-# device or dtype: new tensors) and rebuilt when the buffers change in place (load_state_dict: the
-# version counters move).
+# cuSPARSELt wants its own compressed copy of the weight. Compressing syncs the device (cslt_compress reads
+# back its 2:4 check), so it is never done inside forward (where it would break CUDA graph capture): it is
+# made by `cslt_prepare` when the weight is packed or loaded on CUDA (from_dense / from_buffers on a CUDA
+# weight, SparseLinear.from_linear, `.to()` / `.cuda()` / `.half()` of the module, load_state_dict), and
+# forward only looks it up. It is held in this side table keyed by the `values` buffer: never a buffer of
+# the module (so never in state_dict / safetensors) and never an attribute of the tensor (torch.save of a
+# tensor pickles its __dict__). An entry is dropped when its `values` tensor dies (module moved to another
+# device or dtype: new tensors, prepared again by the move). An entry whose buffers were changed in place
+# since (version counters moved) is not used: that call takes the own kernel, until prepared again.
 _CSLT_LOCK = threading.Lock()
-_CSLT_CACHE: Dict[int, tuple] = {}  # id(values) -> (weakref(values), stamp, compressed, fp16_output_safe)
+# id(values) -> (weakref(values), stamp, compressed, fp16_output_safe, warm: {(M, dtype, bias ptr)} run eagerly)
+_CSLT_CACHE: Dict[int, tuple] = {}
 _FP16_MAX = 65504.0
+
+_SPARSE24_MM = torch.ops.sparsekit.sparse24_mm.default
+_SPARSE24_INT8_MM = torch.ops.sparsekit.sparse24_int8_mm.default
+_QUANTIZE = torch.ops.sparsekit.quantize_per_token.default
+_CSLT_MM = torch.ops.sparsekit.cslt_mm.default
+_CSLT_COMPRESS = torch.ops.sparsekit.cslt_compress.default
+_HALVES = (torch.float16, torch.bfloat16)
+
+
+def _cuda(t: torch.Tensor) -> bool:
+    """t.is_cuda (a seam: the CPU tests stand a CPU tensor in for a CUDA one)."""
+    return t.is_cuda
 
 
 def _cslt_min_m() -> int:
@@ -107,9 +125,10 @@ def _cslt_min_m() -> int:
 
 
 def _use_cslt(x: torch.Tensor, shape, weight_dtype: torch.dtype, bias, min_m=None) -> bool:
-    """Whether this call goes to cuSPARSELt: CUDA, a shape it takes, more than `min_m` rows (default
-    SPARSEKIT_CSLT_MIN_M), eager, and no gradient needed."""
-    if torch.compiler.is_compiling() or not x.is_cuda:  # the CPU path stays exactly what it was
+    """Whether this call may go to cuSPARSELt: CUDA, a shape it takes, more than `min_m` rows (default
+    SPARSEKIT_CSLT_MIN_M), eager (not torch.compile tracing), and no gradient needed. During CUDA graph
+    capture, `_cslt_call` adds its own condition."""
+    if torch.compiler.is_compiling() or not _cuda(x):  # the CPU path stays exactly what it was
         return False
     n, k = shape
     min_m = _cslt_min_m() if min_m is None else min_m
@@ -123,27 +142,96 @@ def _stamp(*tensors):
     return tuple((t._version, t.data_ptr()) for t in tensors)
 
 
-def _cslt_weight(values, meta, k, scale=None):
-    """(compressed, fp16_output_safe) for these buffers, compressed on first use.
+def _cslt_entry(values, meta, scale=None):
+    """The cache entry (weakref, stamp, compressed or None if cuSPARSELt refused it, fp16_output_safe, warm)
+    that `cslt_prepare` made for exactly these buffers, or None."""
+    entry = _CSLT_CACHE.get(id(values))
+    if entry is None or entry[0]() is not values:
+        return None
+    if entry[1] != _stamp(values, meta, *(() if scale is None else (scale,))):
+        return None  # written in place since it was compressed: the own kernel, until prepared again
+    return entry
+
+
+def _cslt_lookup(values, meta, scale=None):
+    """The entry of a compressed weight ready for these buffers, or None. Never compresses (forward calls it)."""
+    entry = _cslt_entry(values, meta, scale)
+    return entry if entry is not None and entry[2] is not None else None
+
+
+def _cslt_call(entry, x2, n, bias, alpha=None, row_scale=None, out_dtype=None):
+    """cslt_mm on a prepared weight. Its first call for an (M, dtype, bias) builds a plan and searches the
+    algorithm (host syncs), which CUDA graph capture cannot hold: while the stream captures, only a call
+    that ran eagerly before (`warm`, kept with the entry) is made; any other raises before launching."""
+    key = (x2.shape[0], x2.dtype, None if bias is None else bias.data_ptr())
+    warm = entry[4]
+    if key not in warm and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            f"sparsekit 2:4: this layer has not run {x2.shape[0]} rows of {x2.dtype} through cuSPARSELt yet, and "
+            "its first call plans and searches (device syncs), which CUDA graph capture cannot hold; call the "
+            "model once with the same shapes before capturing (torch.compile mode='reduce-overhead' and "
+            "do_bench_cudagraph warm up first), or set SPARSEKIT_CSLT_MIN_M above this M")
+    y = _CSLT_MM(x2, entry[2], n, bias, alpha, row_scale, out_dtype)
+    warm.add(key)
+    return y
+
+
+def cslt_prepare(values, meta, shape, scale=None) -> bool:
+    """Compresses these 2:4 buffers for cuSPARSELt now, if forward could route them there (CUDA, the
+    extension built with cuSPARSELt, a shape and dtype it takes); idempotent. True when a compressed weight
+    is ready. Syncs the device: call it outside forward and outside CUDA graph capture (during capture it
+    does nothing and returns False).
 
     fp16_output_safe (int8 only): cuSPARSELt writes D = acc * w_scale in the output dtype before the
     per-token scale, and |D| <= 127 * ||w_n||_1 (x quantized to +-127); float16 holds that only while every
     row's L1 norm stays below 65504 / 127, which is checked once here (bfloat16 always holds it).
     """
-    key, stamp = id(values), _stamp(values, meta, *(() if scale is None else (scale,)))
-    with _CSLT_LOCK:
-        entry = _CSLT_CACHE.get(key)
-    if entry is not None and entry[0]() is values and entry[1] == stamp:
-        return entry[2], entry[3]
-    dense = ops.reference.sparse24_to_dense(values, meta, k)
-    compressed = ops.cslt_compress(dense)
-    safe = scale is None or float((values.float().abs().sum(1) * scale).max()) * 127 < _FP16_MAX
+    n, k = int(shape[0]), int(shape[1])
+    wdtype = torch.int8 if scale is not None else values.dtype
+    if not _cuda(values) or (scale is None and values.dtype not in _HALVES):
+        return False
+    if not cslt_shape_fits(n, k, wdtype) or not ops.cslt_available():
+        return False
+    entry = _cslt_entry(values, meta, scale)
+    if entry is not None:
+        return entry[2] is not None  # ready, or refused before (not asked again until the buffers change)
+    if torch.cuda.is_current_stream_capturing():
+        return False
+    stamp = _stamp(values, meta, *(() if scale is None else (scale,)))
+    try:
+        dense = ops.reference.sparse24_to_dense(values, meta, k)
+        compressed = _CSLT_COMPRESS(dense)
+        safe = scale is None or float((values.float().abs().sum(1) * scale).max()) * 127 < _FP16_MAX
+    except Exception:
+        _cslt_store(values, stamp, None, False)
+        raise
+    _cslt_store(values, stamp, compressed, safe)
+    return True
+
+
+def _cslt_store(values, stamp, compressed, safe) -> None:
+    key = id(values)
     with _CSLT_LOCK:
         old = _CSLT_CACHE.get(key)
         if old is None or old[0]() is not values:
             weakref.finalize(values, _CSLT_CACHE.pop, key, None)
-        _CSLT_CACHE[key] = (weakref.ref(values), stamp, compressed, safe)
-    return compressed, safe
+        _CSLT_CACHE[key] = (weakref.ref(values), stamp, compressed, safe, set())
+
+
+def _cslt_prepare_quietly(*args) -> None:
+    """cslt_prepare where a refusal must not stop packing or loading: cuSPARSELt refusing a weight (its
+    own 2:4 check, an unsupported device) leaves the format's own kernels serving it."""
+    try:
+        cslt_prepare(*args)
+    except (RuntimeError, ValueError, NotImplementedError) as e:
+        import warnings
+
+        warnings.warn(f"sparsekit: the 2:4 weight is not compressed for cuSPARSELt ({e}); the own 2:4 kernel "
+                      "serves every M", RuntimeWarning, stacklevel=3)
+
+
+def _restore(y, x, n):
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], n)
 
 
 @register
@@ -161,11 +249,19 @@ class Sparse24Weight(SparseFormat):
     def from_dense(cls, weight, mask=None) -> "Sparse24Weight":
         mask = check_weight_and_mask(weight, mask, "Sparse24Weight.from_dense")
         values, meta = pack_24(weight, mask, "Sparse24Weight.from_dense")
+        _cslt_prepare_quietly(values, meta, weight.shape)
         return cls(values, meta, tuple(weight.shape), check=False)
 
     @classmethod
     def from_buffers(cls, buffers: Dict[str, torch.Tensor], shape) -> "Sparse24Weight":
-        return cls(buffers["values"], buffers["meta"], shape)
+        self = cls(buffers["values"], buffers["meta"], shape)
+        _cslt_prepare_quietly(self.values, self.meta, self.shape)
+        return self
+
+    @staticmethod
+    def prepare(m) -> None:
+        b = m._buffers
+        _cslt_prepare_quietly(b["values"], b["meta"], (m.out_features, m.in_features))
 
     def check(self) -> None:
         N, K = self.shape
@@ -180,9 +276,23 @@ class Sparse24Weight(SparseFormat):
     @staticmethod
     def apply(x, shape, bias, values, meta):
         if values.dtype == x.dtype and _use_cslt(x, shape, values.dtype, bias):
-            compressed, _ = _cslt_weight(values, meta, shape[1])
-            return ops.cslt_mm(x, compressed, shape[0], bias)
-        return ops.sparse24_mm(x, values, meta, bias)
+            hit = _cslt_lookup(values, meta)
+            if hit is not None:
+                return _restore(_cslt_call(hit, _as_2d(x, "cslt_mm"), shape[0], bias), x, shape[0])
+        if x.dim() == 2:
+            return _call(_SPARSE24_MM, x, values, meta, bias)
+        return _restore(_call(_SPARSE24_MM, _as_2d(x, "sparse24_mm"), values, meta, bias), x, shape[0])
+
+    @staticmethod
+    def module_forward(m, x):
+        b = m._buffers
+        if x.is_cuda:
+            return Sparse24Weight.apply(x, (m.out_features, m.in_features), m._parameters["bias"], b["values"],
+                                        b["meta"])
+        if x.dim() == 2:
+            return _call(_SPARSE24_MM, x, b["values"], b["meta"], m._parameters["bias"])
+        y = _call(_SPARSE24_MM, x.reshape(-1, m.in_features), b["values"], b["meta"], m._parameters["bias"])
+        return y.reshape(*x.shape[:-1], m.out_features)
 
     @property
     def nnz(self) -> int:
@@ -209,11 +319,19 @@ class Sparse24Int8Weight(SparseFormat):
         mask = check_weight_and_mask(weight, mask, "Sparse24Int8Weight.from_dense")
         values, meta = pack_24(weight, mask, "Sparse24Int8Weight.from_dense")
         q, scale = quantize_rows(values)
+        _cslt_prepare_quietly(q, meta, weight.shape, scale)
         return cls(q, meta, scale, tuple(weight.shape), check=False)
 
     @classmethod
     def from_buffers(cls, buffers, shape) -> "Sparse24Int8Weight":
-        return cls(buffers["values"], buffers["meta"], buffers["scale"], shape)
+        self = cls(buffers["values"], buffers["meta"], buffers["scale"], shape)
+        _cslt_prepare_quietly(self.values, self.meta, self.shape, self.scale)
+        return self
+
+    @staticmethod
+    def prepare(m) -> None:
+        b = m._buffers
+        _cslt_prepare_quietly(b["values"], b["meta"], (m.out_features, m.in_features), b["scale"])
 
     def check(self) -> None:
         N, K = self.shape
@@ -229,20 +347,34 @@ class Sparse24Int8Weight(SparseFormat):
 
     @staticmethod
     def apply(x, shape, bias, values, meta, scale):
+        # quantize_per_token, sparse24_int8_mm and cslt_mm have no Python autograd kernel: called as they are
         x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-        q, s, _ = ops.quantize_per_token(x2, True)
+        q, s, _ = _QUANTIZE(x2, True)
         y = None
         # sparse24_int8_mm has no CUDA kernel of its own (its fallback decodes the weight on every call),
         # so on CUDA cuSPARSELt serves every M it can
-        if x.dtype in (torch.float16, torch.bfloat16) and _use_cslt(x2, shape, torch.int8, bias, min_m=0):
-            compressed, fp16_safe = _cslt_weight(values, meta, shape[1], scale)
-            if fp16_safe or x.dtype == torch.bfloat16:
+        if x.dtype in _HALVES and _use_cslt(x2, shape, torch.int8, bias, min_m=0):
+            hit = _cslt_lookup(values, meta, scale)
+            if hit is not None and (hit[3] or x.dtype == torch.bfloat16):
                 # cuSPARSELt scales D's rows (output channels: alpha = w_scale) but has no per-column scale
                 # of D, so the per-token scale and then the bias run in cslt_mm's epilogue kernel.
-                y = ops.cslt_mm(q, compressed, shape[0], bias, scale, s, x.dtype)
+                y = _cslt_call(hit, q, shape[0], bias, scale, s, x.dtype)
         if y is None:
-            y = ops.sparse24_int8_mm(q, s, None, values, meta, scale, bias, x.dtype)
+            y = _SPARSE24_INT8_MM(q, s, None, values, meta, scale, bias, x.dtype)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def module_forward(m, x):
+        b = m._buffers
+        if x.is_cuda:
+            return Sparse24Int8Weight.apply(x, (m.out_features, m.in_features), m._parameters["bias"], b["values"],
+                                            b["meta"], b["scale"])
+        if x.dim() == 2:
+            q, s, _ = _QUANTIZE(x, True)
+            return _SPARSE24_INT8_MM(q, s, None, b["values"], b["meta"], b["scale"], m._parameters["bias"], x.dtype)
+        q, s, _ = _QUANTIZE(x.reshape(-1, m.in_features), True)
+        y = _SPARSE24_INT8_MM(q, s, None, b["values"], b["meta"], b["scale"], m._parameters["bias"], x.dtype)
+        return y.reshape(*x.shape[:-1], m.out_features)
 
     @property
     def nnz(self) -> int:

@@ -89,16 +89,25 @@ class SparseLinear(nn.Module):
             new = self._buffers[n]
             if new.dtype != old.dtype:
                 self._buffers[n] = old.to(device=new.device)
+        self._format_cls.prepare(self)  # e.g. the cuSPARSELt-compressed 2:4 weight on CUDA, never in forward
         return out
+
+    def __setstate__(self, state):
+        # copy.deepcopy and pickle: new buffers, prepared as a move would prepare them
+        super().__setstate__(state)
+        if "_format_cls" in self.__dict__:
+            self._format_cls.prepare(self)
 
     # ---------------------------------------------------------------------------------- run
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1:] != (self.in_features,):
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(
                 f"SparseLinear: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}"
             )
-        bufs = [self._buffers[n] for n in self._format_cls.buffer_names]
-        return self._format_cls.apply(x, (self.out_features, self.in_features), self.bias, *bufs)
+        # One op call (two for the W8A8 formats: the per-token quantization, then the matmul), straight
+        # into torch.ops.sparsekit.<op>, below the Autograd key when no gradient is needed
+        # (formats/*.module_forward; the op, its checks and its error messages are the same as ever).
+        return self._format_cls.module_forward(self, x)
 
     # ---------------------------------------------------------------------------------- save / load
     def get_extra_state(self) -> Dict[str, Any]:
@@ -159,6 +168,8 @@ class SparseLinear(nn.Module):
                 error_msgs.append(f"{prefix[:-1] or 'SparseLinear'}: inconsistent sparse buffers: {e}")
         if len(error_msgs) > n_errors:
             self._buffers.update(before)
+        else:
+            self._format_cls.prepare(self)
 
     def extra_repr(self) -> str:
         total = self.in_features * self.out_features

@@ -1,0 +1,312 @@
+"""Issue 19 (CPU half): the thin call path of SparseLinear, `sparsekit bench overhead`, and (issue 17, D4)
+the cuSPARSELt-compressed 2:4 weight made outside forward and never routed unwarmed during CUDA graph capture
+(pinned here on the CPU with a stand-in for the device and for the cuSPARSELt ops)."""
+import json
+import sys
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import sparsekit
+from sparsekit import ops
+from sparsekit.formats import sparse24 as s24
+from sparsekit.nn import SparseLinear
+
+from conftest import requires_ext
+
+FORMATS = ["csr", "bsr", "bitmap", "2:4", "int8", "int8-wo", "2:4+int8"]
+W8A8 = ("int8", "2:4+int8")
+OPS = {"csr": ["csr_mm"], "bsr": ["bsr_mm"], "bitmap": ["bitmap_mm"], "2:4": ["sparse24_mm"],
+       "int8-wo": ["int8_weight_only_mm"], "int8": ["quantize_per_token", "int8_mm"],
+       "2:4+int8": ["quantize_per_token", "sparse24_int8_mm"]}
+
+
+def mask_24(N, K):
+    m = torch.zeros(N, K, dtype=torch.bool)
+    m[:, 0::4] = True
+    m[:, 3::4] = True
+    return m
+
+
+def layer(fmt, N=32, K=64, bias=True, seed=0):
+    torch.manual_seed(seed)
+    lin = nn.Linear(K, N, bias=bias)
+    mask = mask_24(N, K) if fmt.startswith("2:4") else torch.rand(N, K) < 0.4
+    if fmt in ("int8", "int8-wo"):
+        mask = None
+    opts = {"blocksize": (16, 16)} if fmt == "bsr" else {}
+    sl = SparseLinear.from_linear(lin, mask=mask, format=fmt, **opts)
+    dense = sl.to_linear()
+    return sl, dense
+
+
+# ------------------------------------------------------------------------------------------ the thin call path
+class _OpLog(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "sparsekit":
+            self.ops.append(func._opname)
+        return func(*args, **(kwargs or {}))
+
+
+@requires_ext
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_forward_is_one_op_call_and_no_python_autograd_frame(fmt):
+    """Under no_grad a forward is the module call, the format's module_forward and the op: no wrapper, no
+    Python autograd kernel (torch/_library), no walk over the buffer names."""
+    sl, _ = layer(fmt)
+    x = torch.randn(1, 64)
+    with torch.no_grad():
+        sl(x)
+        with _OpLog() as log:
+            sl(x)
+        assert log.ops == OPS[fmt]
+        calls = []
+
+        def prof(frame, event, arg):
+            if event == "call":
+                calls.append((frame.f_code.co_filename, frame.f_code.co_name))
+
+        sys.setprofile(prof)
+        try:
+            sl(x)
+        finally:
+            sys.setprofile(None)
+    ours = [c for c in calls if "sparsekit" in c[0]]
+    assert not [c for c in calls if "_library" in c[0]], calls
+    assert not [c for c in ours if c[0].endswith("ops/__init__.py") and c[1] != "call_no_grad_below_autograd"], ours
+    assert len(calls) <= 10, calls  # module call (2), forward, module_forward, the op's __call__, is_compiling ...
+
+
+@requires_ext
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("shape", [(3, 64), (2, 3, 64), (64,)], ids=str)
+def test_forward_matches_dense_for_any_leading_dims(fmt, shape):
+    sl, dense = layer(fmt)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        y = sl(x)
+        want = dense(x)
+    assert y.shape == want.shape
+    tol = 0.05 if fmt in W8A8 else 1e-5
+    torch.testing.assert_close(y, want, rtol=tol, atol=tol)
+    assert torch.equal(y, sl(x))  # grad mode on (bias requires grad): the autograd path, the same numbers
+
+
+@pytest.mark.parametrize("fmt", ["csr", "bsr", "bitmap", "2:4", "int8-wo"])
+def test_gradients_still_flow_to_x_and_bias(fmt):
+    sl, dense = layer(fmt)
+    x = torch.randn(5, 64, requires_grad=True)
+    sl(x).square().sum().backward()
+    x2 = x.detach().clone().requires_grad_()
+    dense(x2).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(sl.bias.grad, dense.bias.grad, rtol=1e-4, atol=1e-4)
+    assert sl(torch.randn(2, 64)).requires_grad  # bias requires grad: the output too
+
+
+def test_sparse_values_requiring_grad_are_still_refused():
+    sl, _ = layer("csr")
+    sl.values.requires_grad_()
+    with pytest.raises(RuntimeError, match="gradients with respect to the sparse values are not supported"):
+        sl(torch.randn(2, 64))
+    with torch.no_grad():  # no gradient asked for: runs
+        sl(torch.randn(2, 64))
+
+
+@requires_ext
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bad_input_messages_are_those_of_the_ops(fmt):
+    """The module adds no check of its own beyond the shape: a bad dtype meets the op's own message."""
+    sl, _ = layer(fmt)
+    with pytest.raises(ValueError, match=r"SparseLinear: expected input of shape \(\.\.\., 64\), got \(2, 63\)"):
+        sl(torch.randn(2, 63))
+    x = torch.randn(2, 64, dtype=torch.float64)
+    b = {n: getattr(sl, n) for n in sl._format_cls.buffer_names}
+    with pytest.raises((TypeError, ValueError)) as got:
+        sl(x)
+    with pytest.raises(type(got.value)) as want:
+        if fmt in W8A8:
+            ops.quantize_per_token(x, True)
+        elif fmt == "int8-wo":
+            ops.int8_weight_only_mm(x, b["qweight"], b["scale"], sl.bias)
+        elif fmt == "2:4":
+            ops.sparse24_mm(x, b["values"], b["meta"], sl.bias)
+        elif fmt == "bitmap":
+            ops.bitmap_mm(x, b["bitmap"], b["word_offsets"], b["values"], sl.bias)
+        else:
+            getattr(ops, f"{fmt}_mm")(x, b["crow_indices"], b["col_indices"], b["values"], 32, sl.bias)
+    assert str(got.value) == str(want.value)
+
+
+def test_buffers_are_read_at_call_time_never_cached():
+    """functional_call swaps buffers straight in module._buffers: the swapped ones are used."""
+    sl, _ = layer("csr")
+    x = torch.randn(2, 64)
+    swapped = {"values": sl.values * 2, "bias": sl.bias * 2}
+    with torch.no_grad():
+        y = torch.func.functional_call(sl, swapped, (x,))
+        torch.testing.assert_close(y, 2 * sl(x))
+
+
+def test_state_dict_round_trip_unchanged():
+    sl, _ = layer("2:4+int8")
+    other = SparseLinear(64, 32, format="2:4+int8")
+    other.load_state_dict(sl.state_dict())
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        assert torch.equal(other(x), sl(x))
+    assert set(sl.state_dict()) == {"values", "meta", "scale", "bias", "_extra_state"}
+
+
+# ------------------------------------------------------------------------------------------ cuSPARSELt (D4)
+@pytest.fixture
+def fake_cslt(monkeypatch):
+    """CPU tensors stand in for CUDA ones, the build has cuSPARSELt, and its ops are recorders."""
+    log = {"compress": 0, "mm": []}
+
+    def compress(dense):
+        log["compress"] += 1
+        return torch.zeros(8, dtype=torch.uint8)
+
+    def mm(x, compressed, n, bias=None, alpha=None, row_scale=None, out_dtype=None):
+        log["mm"].append(x.shape[0])
+        return torch.zeros(x.shape[0], n, dtype=out_dtype or x.dtype)
+
+    monkeypatch.setattr(s24, "_cuda", lambda t: True)
+    monkeypatch.setattr(s24, "_CSLT_COMPRESS", compress)
+    monkeypatch.setattr(s24, "_CSLT_MM", mm)
+    monkeypatch.setattr(ops, "cslt_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setenv("SPARSEKIT_CSLT_MIN_M", "16")
+    return log
+
+
+def half_layer(fmt):
+    N, K = 64, 128
+    lin = nn.Linear(K, N).to(torch.bfloat16)
+    sl = SparseLinear.from_linear(lin, mask=mask_24(N, K), format=fmt)
+    sl.bias.requires_grad_(False)  # cuSPARSELt only where no gradient is needed
+    return sl
+
+
+@pytest.mark.parametrize("fmt", ["2:4", "2:4+int8"])
+def test_cslt_weight_is_compressed_at_conversion_never_in_forward(fmt, fake_cslt):
+    sl = half_layer(fmt)
+    assert fake_cslt["compress"] == 1  # at conversion
+    f = sl.weight_format  # from_buffers of the same buffers: found, not compressed again
+    assert fake_cslt["compress"] == 1
+    x = torch.randn(32, 128, dtype=torch.bfloat16)
+    for _ in range(3):
+        f.matmul(x, sl.bias)
+    assert fake_cslt["compress"] == 1 and fake_cslt["mm"] == [32, 32, 32]
+
+
+@pytest.mark.parametrize("fmt", ["2:4", "2:4+int8"])
+def test_cslt_weight_is_made_again_by_load_and_moves_only(fmt, fake_cslt):
+    sl = half_layer(fmt)
+    sl.load_state_dict(sl.state_dict())
+    assert fake_cslt["compress"] == 2
+    assert s24._cslt_lookup(sl.values, sl.meta, getattr(sl, "scale", None)) is not None
+    sl.to(torch.float16)  # _apply: new tensors (2:4) or the same int8 ones (2:4+int8): ready either way
+    assert s24._cslt_lookup(sl.values, sl.meta, getattr(sl, "scale", None)) is not None
+    n = fake_cslt["compress"]
+    with torch.no_grad():
+        sl.values.add_(1 if fmt == "2:4+int8" else 0.5)  # written in place: the entry no longer matches
+    x = torch.randn(32, 128, dtype=torch.float16)
+    fake_cslt["mm"].clear()
+    if fmt == "2:4":
+        s24.Sparse24Weight.apply(x, (64, 128), None, sl.values, sl.meta)
+    else:
+        s24.Sparse24Int8Weight.apply(x, (64, 128), None, sl.values, sl.meta, sl.scale)
+    assert fake_cslt["mm"] == [] and fake_cslt["compress"] == n  # the own kernel; nothing compressed in forward
+
+
+def test_cslt_weight_follows_a_deepcopy(fake_cslt):
+    import copy
+
+    sl = half_layer("2:4")
+    twin = copy.deepcopy(sl)
+    assert twin.values is not sl.values and fake_cslt["compress"] == 2
+    assert s24._cslt_lookup(twin.values, twin.meta) is not None
+
+
+def test_cslt_refused_weight_warns_and_keeps_the_own_kernel(fake_cslt, monkeypatch):
+    def refuse(dense):
+        raise ValueError("cslt_compress: the weight is not 2:4 along in_features")
+
+    monkeypatch.setattr(s24, "_CSLT_COMPRESS", refuse)
+    with pytest.warns(RuntimeWarning, match="not compressed for cuSPARSELt"):
+        sl = half_layer("2:4")
+    x = torch.randn(32, 128, dtype=torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # refused once: not asked (nor warned) again for the same buffers
+        with torch.no_grad():
+            y = sl.weight_format.matmul(x, sl.bias)
+    assert fake_cslt["mm"] == [] and y.shape == (32, 64)
+
+
+@pytest.mark.parametrize("fmt", ["2:4", "2:4+int8"])
+def test_cuda_graph_capture_takes_only_a_warmed_cslt_call(fmt, fake_cslt, monkeypatch):
+    sl = half_layer(fmt)
+    f = sl.weight_format
+    x = torch.randn(32, 128, dtype=torch.bfloat16)
+    f.matmul(x, sl.bias)  # eager warm-up of M = 32
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    f.matmul(x, sl.bias)  # captured: this M ran before
+    assert fake_cslt["mm"] == [32, 32]
+    with pytest.raises(RuntimeError, match="has not run 48 rows .* through cuSPARSELt yet.*before capturing"):
+        f.matmul(torch.randn(48, 128, dtype=torch.bfloat16), sl.bias)
+    assert fake_cslt["mm"] == [32, 32]  # refused before launching
+    n = fake_cslt["compress"]
+    other = half_layer(fmt)  # packing during capture compresses nothing (it would sync)
+    assert fake_cslt["compress"] == n
+    assert s24._cslt_lookup(other.values, other.meta, getattr(other, "scale", None)) is None
+
+
+def test_cslt_not_used_while_compiling(fake_cslt, monkeypatch):
+    sl = half_layer("2:4")
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not s24._use_cslt(torch.randn(32, 128, dtype=torch.bfloat16), (64, 128), torch.bfloat16, None)
+
+
+# ------------------------------------------------------------------------------------------ the bench
+def test_bench_overhead_records_and_tables():
+    from sparsekit.bench.overhead import cpu_overhead, overhead_tables
+
+    recs = cpu_overhead(["csr", "int8"], runs=2, min_run_time=0.01)
+    assert [r["format"] for r in recs] == ["nn.Linear", "csr", "int8"]
+    for r in recs:
+        assert r["kind"] == "cpu" and r["threads"] == 1 and r["M"] == 1 and (r["N"], r["K"]) == (64, 64)
+        assert r["us"] > 0 and len(r["samples_us"]) == 2 and r["overhead_min_us"] <= r["overhead_us"]
+    assert recs[1]["sparsity"] == pytest.approx(0.9, abs=0.01) and recs[1]["meets_goal"] in (True, False)
+    text = overhead_tables(recs)
+    assert "| csr |" in text and "F.linear" in text and "goal" in text
+
+
+def test_bench_overhead_command_writes_json(tmp_path, capsys):
+    from sparsekit.__main__ import main
+
+    out = tmp_path / "o.jsonl"
+    assert main(["bench", "overhead", "--quick", "--no-progress", "--device", "cpu", "--formats", "2:4",
+                 "--json", str(out)]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["format"] for r in recs] == ["nn.Linear", "2:4"]
+    assert recs[0]["env"]["command"].startswith("python -m sparsekit bench overhead")
+    assert "| 2:4 |" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bench_overhead_cuda_records():
+    from sparsekit.bench.overhead import cuda_overhead
+
+    recs = cuda_overhead(["2:4", "int8-wo"], calls=50, large=(256, 256))
+    host = [r for r in recs if r["kind"] == "cuda-host"]
+    assert all(r.get("host_us", 0) > 0 for r in host), host
+    graph = [r for r in recs if r["kind"] == "cuda-graph"]
+    assert all("speedup" in r for r in graph), graph
