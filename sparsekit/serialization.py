@@ -175,12 +175,20 @@ def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike], *
         kind = dict(kind="module", **{"class": f"{type(model).__module__}.{type(model).__qualname__}"})
     wpath = os.path.join(d, weights_name)
     save_safetensors(model, wpath)
+    # submodules set to None (e.g. BertModel(config, add_pooling_layer=False)): constructor arguments
+    # that the config does not hold; the loaded model drops them too. A None assigned to a name that
+    # was never a submodule is a plain attribute: recorded as well, used only where the built model has
+    # a submodule of that name
+    absent = sorted({f"{fqn}.{k}" if fqn else k for fqn, m in model.named_modules()
+                     for k, v in list(m._modules.items()) + list(vars(m).items())
+                     if v is None and not k.startswith("_")})
     manifest = dict(
         sparsekit_checkpoint=CHECKPOINT_VERSION,
         sparsekit_version=__version__,
         torch_version=torch.__version__.split("+")[0],
         model=kind,
         layers=layers,
+        absent_modules=absent,
         weights=dict(file=weights_name, bytes=os.path.getsize(wpath), sha256=_sha256(wpath)),
     )
     tmp = man + ".tmp"
@@ -316,6 +324,15 @@ def load_pretrained(directory: Union[str, os.PathLike], *, builder: Optional[Cal
         raise ValueError(f"load_pretrained: {d!r} holds a plain nn.Module ({rec.get('class')}); pass "
                          f"builder=... that returns the model before conversion")
     sd = _read_safetensors(wpath)
+    for fqn in man.get("absent_modules") or []:
+        parent, _, child = str(fqn).rpartition(".")
+        try:
+            pm = model.get_submodule(parent) if parent else model
+        except AttributeError:
+            continue
+        if isinstance(pm._modules.get(child), nn.Module):
+            del pm._modules[child]
+            setattr(pm, child, None)
     for fqn, lr in man["layers"].items():
         try:
             cur = model.get_submodule(fqn)

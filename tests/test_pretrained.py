@@ -188,3 +188,17 @@ def test_missing_corrupted_and_foreign_files(tmp_path):
         **m["layers"]["model.layers.0.mlp.up_proj"], "format": "bitmap"}}}
     with pytest.raises(RuntimeError, match="format 'csr'"):  # the saved extra state disagrees with the manifest
         sparsekit.load_pretrained(variant("wrongfmt", manifest=json.dumps(wrong)))
+
+
+def test_modules_set_to_none_stay_absent(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=32)
+    model = converted(transformers.BertModel(cfg, add_pooling_layer=False).eval(), "csr")
+    assert model.pooler is None
+    sparsekit.save_pretrained(model, tmp_path)
+    loaded = sparsekit.load_pretrained(tmp_path)
+    assert loaded.pooler is None
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=x).last_hidden_state, model(input_ids=x).last_hidden_state)
