@@ -216,6 +216,7 @@ def main(argv=None):
                          "ran 6x faster than with 2)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "minilm_quality"))
     ap.add_argument("--latency", action="store_true", help="also time one batch per format on the CPU")
+    ap.add_argument("--note", default="", help="with --merge: a sentence for the table's header")
     ap.add_argument("--merge", nargs="+", metavar="JSON",
                     help="write --out from these partial results (runs of single criteria side by side) and exit")
     args = ap.parse_args(argv)
@@ -286,15 +287,23 @@ GOALS = {("second_order", "50%", "one-shot"): 0.93, ("second_order", "2:4", "one
 
 def merge(args):
     parts = [json.loads(Path(p).read_text()) for p in args.merge]
-    rows = [r for p in parts for r in p["rows"]]
+    rows, seen = [], set()
+    for p in parts:  # the same row from two runs (deterministic): the first
+        for r in p["rows"]:
+            k = (r["criterion"], r["target"], r["stage"])
+            if k not in seen:
+                seen.add(k)
+                rows.append(r)
+    order = {c: i for i, c in enumerate(("magnitude", "activation", "second_order"))}
+    rows.sort(key=lambda r: (order.get(r["criterion"], 9), list(FORMATS).index(r["target"]), r["stage"] != "one-shot"))
     lat = parts[-1]["latency_ms"]
     info = dict(parts[0]["info"], total_seconds=max(p["info"]["total_seconds"] for p in parts))
-    run_args = argparse.Namespace(**parts[0]["args"])
+    rec = [p for p in parts if p["args"]["recover_epochs"] > 0]
+    run_args = argparse.Namespace(**(rec or parts)[0]["args"])
     run_args.out = args.out
     cmds = [p["command"] for p in parts] + [
         "HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python bench/minilm_quality.py" + "".join(f" {a}" for a in sys.argv[1:])]
-    write(run_args, rows, lat, info, cmds, note=f"{len(parts)} processes side by side (one per criterion), "
-                                               f"then merged; latency from the last")
+    write(run_args, rows, lat, info, cmds, note=f"{len(parts)} runs side by side, then merged. " + (args.note or ""))
 
 
 def write(args, rows, lat, info, cmds=None, note=""):
