@@ -286,7 +286,20 @@ GOALS = {("second_order", "50%", "one-shot"): 0.93, ("second_order", "2:4", "one
 
 
 def merge(args):
-    parts = [json.loads(Path(p).read_text()) for p in args.merge]
+    parts = []
+    for p in args.merge:
+        if p.endswith(".json"):
+            parts.append(json.loads(Path(p).read_text()))
+        else:  # the printed rows of a run that was stopped before it wrote its results
+            rows = [json.loads(line) for line in Path(p).read_text().splitlines() if line.startswith('{"criterion"')]
+            parts.append(dict(rows=rows, partial=p))
+    full = [p for p in parts if "partial" not in p]
+    if not full:
+        raise SystemExit("--merge: at least one complete .json is needed (for the run's settings)")
+    for p in parts:
+        if "partial" in p:
+            p.update(command=f"# {Path(p['partial']).name}: rows printed by a run stopped before its end",
+                     args=full[0]["args"], info=full[0]["info"], latency_ms={})
     rows, seen = [], set()
     for p in parts:  # the same row from two runs (deterministic): the first
         for r in p["rows"]:
@@ -301,6 +314,8 @@ def merge(args):
     rec = [p for p in parts if p["args"]["recover_epochs"] > 0]
     run_args = argparse.Namespace(**(rec or parts)[0]["args"])
     run_args.out = args.out
+    if any(r["stage"] == "recovered" for r in rows) and run_args.recover_epochs <= 0:
+        run_args.recover_epochs, run_args.lr = args.recover_epochs, args.lr  # the settings of the recovery runs
     cmds = [p["command"] for p in parts] + [
         "HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python bench/minilm_quality.py" + "".join(f" {a}" for a in sys.argv[1:])]
     write(run_args, rows, lat, info, cmds, note=f"{len(parts)} runs side by side, then merged. " + (args.note or ""))
