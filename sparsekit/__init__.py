@@ -4,6 +4,7 @@ PyTorch models run faster.
     import sparsekit
     masks = sparsekit.prune(model, sparsity=0.9)          # bool masks, applied in place
     sparsekit.convert(model, sparsekit.SparseConfig("csr"))  # nn.Linear -> SparseLinear
+    sparsekit.save_pretrained(model, "out/")                # loads by itself: sparsekit.load_pretrained("out/")
 """
 from ._version import __version__
 from . import ops  # defines the ops (schemas, fake kernels, reference fallbacks) before kernels register
@@ -17,13 +18,13 @@ _register_triton()  # Triton kernels as the CUDA implementations of their ops (n
 
 from . import formats, nn, prune as _prune_pkg  # noqa: E402
 from .convert import SparseConfig, convert  # noqa: E402
-from .serialization import load_safetensors, save_safetensors  # noqa: E402
+from .serialization import load_pretrained, load_safetensors, save_pretrained, save_safetensors  # noqa: E402
 from .auto import explain  # noqa: E402
 from . import quant  # noqa: E402
 from .prune import apply_masks, calibrate, prune  # noqa: E402
 
 __all__ = ["__version__", "ops", "formats", "nn", "prune", "apply_masks", "calibrate", "convert", "SparseConfig", "info",
-           "save_safetensors", "load_safetensors", "explain", "quant"]
+           "save_safetensors", "load_safetensors", "save_pretrained", "load_pretrained", "explain", "quant"]
 
 
 def info() -> dict:

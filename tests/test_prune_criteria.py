@@ -121,8 +121,8 @@ def test_calibrate_removes_hooks_on_exceptions_and_checks_inputs():
     assert [p.requires_grad for p in model.parameters()] == flags and model.training
     with pytest.raises(ValueError, match="no batches"):
         sparsekit.calibrate(model, [])
-    with pytest.raises(TypeError, match="tensor or a tuple"):
-        sparsekit.calibrate(model, [{"x": 1}])
+    with pytest.raises(TypeError, match="a tensor, a tuple"):
+        sparsekit.calibrate(model, ["not a batch"])
     with pytest.raises(ValueError, match="no nn.Linear"):
         sparsekit.calibrate(nn.Sequential(nn.ReLU()), [torch.randn(2, 2)])
     with pytest.raises(ValueError, match="scalar"):

@@ -2,6 +2,9 @@
 
 * :func:`prune` -- one-shot: criterion -> score -> structure -> masks, per layer or global.
 * :func:`sparsekit.calibrate` (:mod:`.calibrate`) -- running sums for data-aware criteria.
+* :mod:`.batches` -- how every data-aware entry point runs a batch: a tensor, ``(input, target)``
+  or a Hugging Face dict (``model(**batch)``, padding tokens left out of statistics), and which
+  output is the main one (``.logits``, ``.last_hidden_state``).
 * :class:`GradualPruner` (:mod:`.schedule`) -- sparsity raised over training steps (cubic / linear).
 * :func:`finetune` (:mod:`.recovery`) -- recovery training with fixed masks, clipping, distillation.
 * :func:`l1_penalty`, :func:`threshold_masks` (:mod:`.l1`) -- L1-regularised sparse training.
@@ -20,12 +23,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from . import criteria, masks
+from . import batches, criteria, masks
 from .calibrate import Calibration, LayerStats, calibrate
 from .masks import Pattern, is_valid, parse_pattern
 
 __all__ = [
-    "prune", "apply_masks", "linear_layers", "masks_from_scores", "sparsity_report", "masks", "criteria",
+    "prune", "apply_masks", "batches", "linear_layers", "masks_from_scores", "sparsity_report", "masks", "criteria",
     "calibrate", "Calibration", "LayerStats", "Pattern", "parse_pattern", "is_valid",
     "GradualPruner", "sparsity_schedule", "finetune", "distillation_loss", "l1_penalty", "threshold_masks",
     "shrink_linear_pair", "shrink_sequential", "shrink_pairs", "sequential_pairs", "neuron_scores",

@@ -17,6 +17,8 @@ from typing import Any, Callable, Dict, Iterable, Optional
 import torch
 from torch import nn
 
+from .batches import Batch, as_batch, main_output, masked_mean, tokens
+
 __all__ = ["LayerStats", "Calibration", "calibrate", "GRADIENT_CRITERIA", "ACTIVATION_CRITERIA"]
 
 GRADIENT_CRITERIA = ("gradient", "taylor")
@@ -103,7 +105,8 @@ class _Hooks:
         self.handles = []
         for fqn, mod in layers.items():
             st = stats[fqn]
-            self.handles.append(mod.register_forward_pre_hook(lambda m, args, st=st: st.add_input(args[0])))
+            # padding tokens of a dict batch (attention_mask 0) are dropped here (batches.tokens)
+            self.handles.append(mod.register_forward_pre_hook(lambda m, args, st=st: st.add_input(tokens(args[0]))))
 
     def remove(self) -> None:
         for h in self.handles:
@@ -111,34 +114,14 @@ class _Hooks:
         self.handles = []
 
 
-def _split_batch(batch: Any, device: torch.device):
-    """(input, target or None): a batch is an input tensor, or a tuple/list (input, target, ...)."""
-    def mv(t):
-        return t.to(device) if isinstance(t, torch.Tensor) and t.device != device else t
-
-    if isinstance(batch, torch.Tensor):
-        return mv(batch), None
-    if isinstance(batch, (tuple, list)) and len(batch) >= 1:
-        return mv(batch[0]), (mv(batch[1]) if len(batch) > 1 else None)
-    raise TypeError(f"expected a calibration batch to be a tensor or a tuple (input, target), got {type(batch).__name__}")
-
-
-def _main_output(out: Any) -> torch.Tensor:
-    """The model's output tensor: the output itself, ``out.logits``, or the first element of a tuple."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "logits") and isinstance(out.logits, torch.Tensor):
-        return out.logits
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    raise TypeError(f"expected the model to return a tensor (or .logits, or a tuple of tensors), got {type(out).__name__}")
-
-
-def _loss(out: Any, target, loss_fn: Optional[Callable]) -> torch.Tensor:
+def _loss(out: Any, b: Batch, loss_fn: Optional[Callable]) -> torch.Tensor:
     if loss_fn is None:
-        o = _main_output(out)
-        return 0.5 * o.float().pow(2).mean()
-    loss = loss_fn(out, target) if target is not None else loss_fn(out)
+        own = out.get("loss") if isinstance(out, dict) else getattr(out, "loss", None)
+        if isinstance(own, torch.Tensor) and own.numel() == 1:  # a Hugging Face model given labels
+            return own.reshape(())
+        o = main_output(out)
+        return 0.5 * masked_mean(o.float().pow(2), b.mask)
+    loss = loss_fn(out, b.target) if b.target is not None else loss_fn(out)
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise ValueError(f"expected loss_fn to return a scalar tensor, got {getattr(loss, 'shape', type(loss).__name__)}")
     return loss.reshape(())
@@ -167,11 +150,16 @@ def calibrate(
 ) -> Calibration:
     """Runs `batches` through `model` and gathers, per nn.Linear, the running sums of the module doc.
 
-    batches: an iterable of input tensors or of tuples ``(input, target, ...)``; tensors are moved
-      to the device of the model's first parameter.
+    batches: an iterable of input tensors, of tuples ``(input, target, ...)`` or of dicts run as
+      ``model(**batch)`` (Hugging Face; target ``batch["labels"]``); tensors are moved to the device
+      of the model's first parameter (:mod:`sparsekit.prune.batches`). Padding tokens
+      (``attention_mask == 0``) are left out of the activation sums and of ``n_tokens``.
     loss_fn: ``loss_fn(output, target)`` (``loss_fn(output)`` for batches without a target) gives the
-      loss whose weight gradients the gradient and Taylor criteria use. Without it, the gradient is
-      that of ``0.5 * mean(output ** 2)`` (the output's energy: a label-free proxy).
+      loss whose weight gradients the gradient and Taylor criteria use. Without it: the model's own
+      ``output.loss`` when it returns one (a Hugging Face model given ``labels``), else the gradient
+      of ``0.5 * mean(output ** 2)`` over the real tokens (the output's energy: a label-free proxy;
+      the output is :func:`sparsekit.prune.batches.main_output`, e.g. ``.logits`` or
+      ``.last_hidden_state``).
     criterion: gather only what this criterion needs (``"activation"``: activations, no backward;
       ``"gradient"`` / ``"taylor"``: gradients); None gathers both.
     filter_fn: ``filter_fn(module, fqn)`` chooses the layers (default: every nn.Linear).
@@ -204,16 +192,16 @@ def calibrate(
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
-            x, y = _split_batch(batch, device)
+            b = as_batch(batch, device, "a calibration batch")
             if want_grad:
                 with torch.enable_grad():
-                    loss = _loss(model(x), y, loss_fn)
+                    loss = _loss(b.forward(model), b, loss_fn)
                     grads = torch.autograd.grad(loss, weights, allow_unused=True)
                 for st, g, w in zip(stats.values(), grads, weights):
                     st.add_grad(g if g is not None else torch.zeros_like(w))
             else:
                 with torch.no_grad():
-                    model(x)
+                    b.forward(model)
             calib.n_batches += 1
     finally:
         if hooks is not None:

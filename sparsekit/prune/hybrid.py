@@ -36,7 +36,8 @@ from torch import nn
 
 from ..formats import BSRWeight, Int8Weight, Sparse24Int8Weight, Sparse24Weight, quantize_rows
 from ..formats.base import SparseFormat
-from .calibrate import Calibration, _main_output, _split_batch
+from .batches import as_batch, main_output, tokens
+from .calibrate import Calibration
 from .masks import parse_pattern
 from .neurons import sequential_pairs, shrink_pairs
 from .second_order import collect_grams, sparsegpt
@@ -146,7 +147,10 @@ def _outputs(model: nn.Module, batches: Sequence[Any], packed: Optional[Dict[str
     try:
         model.eval()
         dev = next(iter(model.parameters())).device
-        outs = [_main_output(model(_split_batch(b, dev)[0])).detach() for b in batches]
+        outs = []
+        for batch in batches:  # real tokens only (padding of dict batches left out)
+            b = as_batch(batch, dev, "an evaluation batch")
+            outs.append(tokens(main_output(b.forward(model)).detach(), b.mask, use_current=False))
         met = metric_fn(model) if metric_fn is not None else None
     finally:
         for h in handles:
@@ -183,7 +187,8 @@ def hybrid(
 ) -> HybridResult:
     """Neurons -> 2:4 or blocks -> int8 on `model`, in place (see the module doc).
 
-    calib_batches: calibration batches (tensors or ``(input, target, ...)``); iterated several times.
+    calib_batches: calibration batches (tensors, ``(input, target, ...)`` or dicts run as
+      ``model(**batch)``; :mod:`sparsekit.prune.batches`); iterated several times.
     eval_batches: held-out batches for the error after each step (None: no error is measured).
     neurons: the kept fraction (float) or count (int) of hidden neurons per pair, or ``{fqn_a: ...}``;
       rounded with :func:`round_channels`; None skips the step.

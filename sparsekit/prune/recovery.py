@@ -1,24 +1,30 @@
 """Recovery fine-tuning: a short training loop that keeps the masks fixed."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ._guard import MaskGuard, check_plain_weight
-from .calibrate import _main_output, _split_batch
+from .batches import as_batch, main_output, tokens
 
 __all__ = ["finetune", "distillation_loss"]
 
 
-def distillation_loss(student_out: Any, teacher_out: Any, kind: str = "kl", temperature: float = 2.0) -> torch.Tensor:
+def distillation_loss(student_out: Any, teacher_out: Any, kind: str = "kl", temperature: float = 2.0,
+                      mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``"kl"``: ``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` over the last dim, averaged
-    over the other dims (Hinton et al.); ``"mse"``: mean squared error between the outputs."""
-    s, t = _main_output(student_out), _main_output(teacher_out).detach()
+    over the other dims (Hinton et al.); ``"mse"``: mean squared error between the outputs. The
+    outputs are the models' main outputs (a tensor, ``.logits``, ``.last_hidden_state``: see
+    :func:`sparsekit.prune.batches.main_output`). `mask`: a bool token mask ``(batch, seq)`` (True =
+    real token); when the outputs' leading dims are its shape, only real tokens count."""
+    s, t = main_output(student_out), main_output(teacher_out).detach()
     if s.shape != t.shape:
         raise ValueError(f"distillation: student output {tuple(s.shape)} and teacher output {tuple(t.shape)} differ")
+    if mask is not None:
+        s, t = tokens(s, mask, use_current=False), tokens(t, mask, use_current=False)
     if kind == "kl":
         T = float(temperature)
         if not T > 0:
@@ -36,7 +42,7 @@ def finetune(
     masks: Dict[str, torch.Tensor],
     data: Iterable[Any],
     optimizer: torch.optim.Optimizer,
-    loss_fn: Optional[Callable] = None,
+    loss_fn: Union[Callable, str, None] = None,
     *,
     epochs: int = 1,
     steps: Optional[int] = None,
@@ -48,13 +54,17 @@ def finetune(
 ) -> List[float]:
     """Trains `model` on `data` with `optimizer`, keeping ``masks`` (``{fqn: bool}``) fixed.
 
-    data: re-iterable batches ``(input, target)`` (or inputs alone when only distilling); run for
-      `epochs` passes, or stop after `steps` optimizer steps when given.
-    loss_fn: ``loss_fn(output, target)``, the task loss.
+    data: re-iterable batches ``(input, target)`` (or inputs alone when only distilling), or dicts of
+      model inputs run as ``model(**batch)`` (Hugging Face; target ``batch["labels"]``); tensors are
+      moved to the model's device (:mod:`sparsekit.prune.batches`). Run for `epochs` passes, or stop
+      after `steps` optimizer steps when given.
+    loss_fn: ``loss_fn(output, target)``, the task loss; ``"model"``: the model's own ``output.loss``
+      (a Hugging Face model given ``labels`` in the batch).
     teacher: a dense model (e.g. a ``copy.deepcopy`` taken before pruning); adds
       :func:`distillation_loss` (`distill` = ``"kl"`` on logits or ``"mse"`` on outputs, at
       `temperature`): ``loss = (1 - alpha) * task + alpha * distill``; without `loss_fn`, distillation
-      alone. The teacher runs in eval mode under no_grad.
+      alone. The teacher runs in eval mode under no_grad, on the same batch; padding tokens of dict
+      batches (``attention_mask == 0``) do not enter the distillation loss.
     max_norm: clip the global gradient norm to this (None: no clipping).
 
     Every step: gradients of pruned weights are zeroed (hooks), the norm is clipped, the optimizer
@@ -63,6 +73,8 @@ def finetune(
     """
     from . import apply_masks
 
+    if isinstance(loss_fn, str) and loss_fn != "model":
+        raise ValueError(f"finetune: expected loss_fn to be a callable, 'model' or None, got {loss_fn!r}")
     if loss_fn is None and teacher is None:
         raise ValueError("finetune: expected a loss_fn, a teacher, or both; got neither")
     if not 0.0 <= alpha <= 1.0:
@@ -100,17 +112,22 @@ def finetune(
                     done = True
                     break
                 n_batches += 1
-                x, y = _split_batch(batch, device)
-                out = model(x)
+                b = as_batch(batch, device, "a training batch")
+                out = b.forward(model)
                 loss = None
-                if loss_fn is not None:
-                    if y is None:
-                        raise ValueError("finetune: a loss_fn needs batches (input, target)")
-                    loss = loss_fn(out, y)
+                if loss_fn == "model":
+                    loss = out.get("loss") if isinstance(out, dict) else getattr(out, "loss", None)
+                    if not isinstance(loss, torch.Tensor):
+                        raise ValueError("finetune: loss_fn='model' needs the model to return .loss "
+                                         "(a Hugging Face model given 'labels' in the batch)")
+                elif loss_fn is not None:
+                    if b.target is None:
+                        raise ValueError("finetune: a loss_fn needs batches (input, target) or dicts with 'labels'")
+                    loss = loss_fn(out, b.target)
                 if teacher is not None:
                     with torch.no_grad():
-                        t_out = teacher(x)
-                    d = distillation_loss(out, t_out, distill, temperature)
+                        t_out = b.forward(teacher)
+                    d = distillation_loss(out, t_out, distill, temperature, mask=b.mask)
                     loss = d if loss is None else (1 - alpha) * loss + alpha * d
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

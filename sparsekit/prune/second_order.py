@@ -83,7 +83,8 @@ from torch import nn
 
 from . import masks as _masks
 from ._guard import check_plain_weight
-from .calibrate import LayerStats, _split_batch
+from .batches import as_batch, tokens
+from .calibrate import LayerStats
 from .masks import Pattern, parse_pattern
 
 __all__ = ["GramCollector", "collect_grams", "run_batches", "sparsegpt_layer", "sparsegpt", "obs_update",
@@ -101,7 +102,8 @@ class GramCollector:
 
     ``gram[fqn]`` is the sum over every token seen (shape ``(in_features, in_features)``, in `dtype`,
     on the device of the layer's inputs); ``n_tokens[fqn]`` counts the tokens (all leading dims of
-    the input flattened) and ``sum[fqn]`` is the sum of the inputs (``(in_features,)``, for a
+    the input flattened; padding tokens of dict batches, ``attention_mask == 0``, are left out: see
+    :mod:`sparsekit.prune.batches`) and ``sum[fqn]`` is the sum of the inputs (``(in_features,)``, for a
     bias term). Nothing else is kept. Use as a context manager or call :meth:`remove`.
 
     stop_after: with an int ``c``, raises an internal exception after the ``c``-th call of a hooked
@@ -124,7 +126,7 @@ class GramCollector:
 
     def _hook(self, fqn: str):
         def hook(mod, args):
-            self.add(fqn, args[0])
+            self.add(fqn, tokens(args[0]))  # without the padding tokens of a dict batch (attention_mask 0)
             if self.stop_after is not None:
                 self._calls += 1
                 if self._calls >= self.stop_after:
@@ -185,17 +187,18 @@ class _StopForward(BaseException):
 
 
 def run_batches(model: nn.Module, batches: Iterable[Any], collector: Optional[GramCollector] = None) -> int:
-    """Runs every batch through `model` (no grad); a batch is a tensor or ``(input, target, ...)``,
-    moved to the device of the model's first parameter. Returns the number of batches."""
+    """Runs every batch through `model` (no grad); a batch is a tensor, ``(input, target, ...)`` or a
+    dict of model inputs (``model(**batch)``; :mod:`sparsekit.prune.batches`), moved to the device of
+    the model's first parameter. Returns the number of batches."""
     device = next(iter(model.parameters())).device
     n = 0
     with torch.no_grad():
         for batch in batches:
-            x, _ = _split_batch(batch, device)
+            b = as_batch(batch, device, "a calibration batch")
             if collector is not None:
                 collector.new_forward()
             try:
-                model(x)
+                b.forward(model)
             except _StopForward:
                 pass
             n += 1
@@ -636,8 +639,9 @@ def sparsegpt(
     accepts; the weights are updated in place. Returns ``{fqn: bool mask}`` (True = kept), or
     ``(masks, report)`` with ``return_report=True``.
 
-    batches: calibration batches (tensors or ``(input, target, ...)``), moved to the device of the
-      model's first parameter; the sequential mode iterates them once per layer, so a one-shot
+    batches: calibration batches (tensors, ``(input, target, ...)`` or dicts run as ``model(**batch)``,
+      whose padding tokens, ``attention_mask == 0``, stay out of the Gram matrices), moved to the
+      device of the model's first parameter; the sequential mode iterates them once per layer, so a one-shot
       iterator is first turned into a list.
     sequential: True -- layer after layer in forward order, each layer's Gram matrix gathered by
       running the batches through the model whose earlier layers are already pruned (the pass stops
