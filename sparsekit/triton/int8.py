@@ -357,6 +357,10 @@ def weight_only_candidates(bucket: int, K: int, dtype: torch.dtype):
         if dtype == torch.float32 and dot:
             # float32 dots run as FMA loops ("ieee"): larger tiles spill (sm_90 compile)
             bm, bn, bk = min(bm, 32), min(bn, 32), min(bk, 64)
+            if bm * bn * bk >= 32 * 32 * 64:
+                # with 4 warps this tile needs 255 registers and a 160-byte stack (bench/gpu_static.py);
+                # 8 warps: 174-178 registers, no stack, on sm_80 and sm_90a
+                w = max(w, 8)
         if not dot and bm * bn * bk > 8192:
             bk = max(16, 8192 // (bm * bn))
         c = _wocfg(dot, bm, bn, bk, w, s)
