@@ -605,7 +605,7 @@ def run_triton(args, log, compile=True):
             if is_default and where not in e["default_at"]:
                 e["default_at"].append(where)
     if not compile:
-        return [_rec_key({**specs[k], "arch": ARCH_NAME[specs[k]["arch_n"]]}) for k in order]
+        return {_rec_key({**specs[k], "arch": ARCH_NAME[specs[k]["arch_n"]]}): specs[k] for k in order}
     covered = {specs[k]["kernel"] for k in order}
     missing = sorted(set(_kernels_in_package()) - covered) if not args.ops else []
     log(f"[triton] {len(order)} specialisations to compile ({len(order) // max(1, len(archs))} per arch) "
@@ -792,7 +792,7 @@ def _where_str(lst, limit=4):
     return s + (f" +{len(lst) - limit}" if len(lst) > limit else "")
 
 
-def write_triton_md(path, records, env, summary):
+def write_triton_md(path, records, env, summary, scope=""):
     groups = defaultdict(dict)
     for r in records:
         k = (r["op"], r["dtype"], r["variant"], json.dumps(r["config"], sort_keys=True), json.dumps(r["flags"],
@@ -810,7 +810,10 @@ def write_triton_md(path, records, env, summary):
         "",
         f"**{summary}**",
         "",
-        "Columns: regs (registers per thread), smem (static + dynamic shared memory, KB), local (stack / local",
+        f"Scope: {scope}" if scope else "",
+        "",
+        "Columns: regs (registers per thread), smem (static + dynamic shared memory, KB; sm_90a counts the 1 KB it",
+        "reserves per block, so the check against 227 KB is 1 KB strict), local (stack / local",
         "bytes and LDL / STL count: any is a failure), tensor cores (SASS count: HMMA / IMMA; HGMMA / IGMMA are",
         "sm_90a wgmma; `FMA (ieee)` = a float32 dot with exact products, no tensor core by design), weight loads",
         "(the global loads the weight-stream source lines compile to: LDG = plain load, LDGSTS = cp.async, and",
@@ -886,7 +889,7 @@ def write_cuda_md(path, records, env, summary, so):
         "",
         CUDA_MD_NOTES,
         "Columns: regs, stack (bytes of stack frame: spills or local arrays), smem (static shared memory in bytes;",
-        "the decode kernels add dynamic shared memory at launch), LDL / STL (local-memory instructions), global",
+        "the decode kernels add dynamic shared memory at launch; sm_90a counts the 1 KB it reserves per block), LDL / STL (local-memory instructions), global",
         "loads (SASS instructions by bits per thread: LDG.128 = 16-byte loads; the JSON lines",
         "bench/results/gpu_static_cuda.jsonl break them down by source line), tensor cores (HMMA / IMMA count).",
         "",
@@ -992,7 +995,8 @@ def main(argv=None) -> int:
                     merged[_rec_key(r)] = r
             want = run_triton(args, log, compile=False)  # what the launchers' lists hold now
             records = [merged[k] for k in want if k in merged]
-            for r in records:
+            for r in records:  # where the configuration is used / the default now
+                r["used_at"], r["default_at"] = want[_rec_key(r)]["used_at"], want[_rec_key(r)]["default_at"]
                 r["failures"] = failures(r, r["dtype"])
             not_compiled = [k for k in want if k not in merged]
             for k in not_compiled:
@@ -1013,7 +1017,19 @@ def main(argv=None) -> int:
             n_cfg = len({(r["op"], r["dtype"], r["variant"], json.dumps(r["config"], sort_keys=True)) for r in records})
             tsum = (f"triton: {len(records)} compiles ({n_cfg} op x dtype x config, {len(args.arch)} archs), "
                     f"{len(bad)} failing, {len(missing)} kernels uncovered, {t_compile:.0f} s compile")
-            write_triton_md(args.md, records, env, tsum)
+            if args.from_jsonl:
+                scope = ("merged from the JSON lines of partial runs (" + ", ".join(
+                    os.path.basename(x) for x in args.from_jsonl.split(",") if x) + "), kept only where the "
+                    "configuration is still a candidate of the launchers; the summary counts what is not compiled.")
+            elif args.defaults_only:
+                scope = "the first candidate of every tuning key only (`--defaults-only`)."
+            else:
+                scope = "every candidate of every tuning key" + (" (`--full`: small K, K = 11008, non-square BSR "
+                                                                   "blocks too)." if args.full else ".")
+            if args.ops or args.dtypes or args.buckets or len(args.arch) < len(ARCHS):
+                scope += f" Restricted to ops {args.ops or 'all'}, dtypes {args.dtypes or 'all'}, M buckets " \
+                         f"{args.buckets or 'all'}, archs {args.arch}."
+            write_triton_md(args.md, records, env, tsum, scope)
             write_jsonl(args.jsonl, records, env)
             log(f"[triton] wrote {args.md} and {args.jsonl}")
             n_fail += len(bad) + len(missing)
