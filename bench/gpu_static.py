@@ -323,7 +323,7 @@ def _spec_key(fn, arch, sig, constexprs, attrs, options):
 
 
 # ------------------------------------------------------------------------------------------ SASS
-_INSN = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)")
+_INSN = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Za-z0-9_]+)*)")
 _LINE = re.compile(r'//## File "([^"]+)", line (\d+)')
 
 
