@@ -1005,6 +1005,10 @@ def main(argv=None) -> int:
             if not_compiled:
                 parts.append(f"{len(not_compiled)} of {len(want)} specialisations NOT COMPILED (merged partial runs)")
                 n_fail += len(not_compiled)
+                by_op = Counter(k[0] for k in not_compiled)
+                args._not_compiled = (f"{len(not_compiled)} of the {len(want)} specialisations of the launchers' "
+                                      f"lists are not in the merged runs ({', '.join(f'{o} {n}' for o, n in sorted(by_op.items()))}): "
+                                      "they are not compiled in this table. ")
         elif not args.no_triton:
             records, missing, t_compile = run_triton(args, log)
         if not args.no_triton:
@@ -1029,7 +1033,7 @@ def main(argv=None) -> int:
             if args.ops or args.dtypes or args.buckets or len(args.arch) < len(ARCHS):
                 scope += f" Restricted to ops {args.ops or 'all'}, dtypes {args.dtypes or 'all'}, M buckets " \
                          f"{args.buckets or 'all'}, archs {args.arch}."
-            write_triton_md(args.md, records, env, tsum, scope)
+            write_triton_md(args.md, records, env, getattr(args, "_not_compiled", "") + tsum, scope)
             write_jsonl(args.jsonl, records, env)
             log(f"[triton] wrote {args.md} and {args.jsonl}")
             n_fail += len(bad) + len(missing)
