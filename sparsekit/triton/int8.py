@@ -188,7 +188,8 @@ def int8_candidates(bucket: int, K: int):
         return min(v, kmax)
 
     if bucket <= 16:
-        rows = [(16, 64, 256, 4, 3), (16, 32, 256, 4, 4), (16, 128, 128, 4, 4), (16, 64, 128, 4, 4)]
+        # (and 16x128x128, 4 stages, until bench/gpu_static.py: an 8-byte stack on sm_80 with an int32 output)
+        rows = [(16, 64, 256, 4, 3), (16, 32, 256, 4, 4), (16, 64, 128, 4, 4)]
     elif bucket <= 64:
         rows = [(bucket, 64, 128, 4, 4), (bucket, 128, 128, 4, 4), (bucket, 32, 256, 4, 3)]
     elif bucket <= 256:
@@ -196,8 +197,9 @@ def int8_candidates(bucket: int, K: int):
     else:
         # 128x256 with BLOCK_K = 128 (the default until bench/gpu_static.py) spills on sm_80 with an int32 or a
         # zero-point float32 output (72- / 16-byte stack); BLOCK_K = 64: 250-254 registers, no stack
-        rows = [(128, 256, 64, 8, 3), (128, 128, 128, 8, 4), (256, 128, 128, 8, 3), (128, 128, 64, 4, 4),
-                (64, 128, 128, 4, 4)]
+        # (and 256x128x128 with 8 warps: 8- to 80-byte stacks on sm_80; 128x128x64 with 4 warps: 24 bytes on sm_90a
+        # with a float32 output)
+        rows = [(128, 256, 64, 8, 3), (128, 128, 128, 8, 4), (64, 128, 128, 4, 4)]
     out, seen = [], set()
     for bm, bn, bk, w, s in rows:
         c = _i8cfg(bm, bn, k(bk), w, s)
