@@ -950,14 +950,14 @@ def parse_args(argv=None):
     g.add_argument("--no-cuda", dest="cuda", action="store_false")
     p.add_argument("--no-triton", action="store_true", help="only the CUDA part")
     p.add_argument("--defaults-only", action="store_true",
-                   help="only the first candidate of every tuning key: what runs without autotuning (169 "
-                        "specialisations per arch against 521; what tests/test_gpu_static.py runs)")
+                   help="only the first candidate of every tuning key: what runs without autotuning (about "
+                        "a third of the specialisations; what tests/test_gpu_static.py runs)")
     p.add_argument("--from-jsonl", default="",
                    help="comma-separated JSON lines of earlier (partial) Triton runs: rebuild the table from them "
                         "instead of compiling (the later file wins for the same op x dtype x config x flags x arch)")
     p.add_argument("--full", action="store_true",
                    help="also the K-clamped candidates of small layers (K = 16 ... 2048) and the non-square BSR "
-                        "blocks 32x64, 8x16, and K = 11008 (1663 specialisations per arch against 521)")
+                        "blocks 32x64, 8x16, and K = 11008 (about 3x the specialisations of the default)")
     a = p.parse_args(argv)
     a.arch = [int(x) for x in a.arch.split(",") if x]
     a.ops = [x for x in a.ops.split(",") if x] or None
