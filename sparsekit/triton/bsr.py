@@ -130,8 +130,20 @@ def candidates(R: int, C: int, bucket: int, dtype: torch.dtype):
                     if bm * bn <= 4096 and warps == 8:
                         continue
                     out.append(_cfg(True, bm, bn, bc_dot, warps=warps, stages=st))
-    if dtype == torch.float32:  # keep the register / shared-memory use of fp32 tiles modest
-        out = [c for c in out if not (c["DOT"] and c["BLOCK_M"] * c["BLOCK_N"] > 64 * 64)] or out[:1]
+    if dtype == torch.float32:
+        # float32 dots are FMA loops ("ieee"): with 4 warps, BLOCK_M = 128 or more than 64 x 32 x 64 products per
+        # step spill on sm_80 or sm_90a (128x32x64: 168-byte stack on sm_80; bench/gpu_static.py). The
+        # default that goes is replaced by the largest tile left (64 x 32 where it was 128 x 32 or 64 x 64).
+        first = out[0]
+        keep = [c for c in out if not (c["DOT"] and (c["BLOCK_M"] > 64 or
+                                                     c["BLOCK_M"] * c["BLOCK_N"] * c["BLOCK_C"] > 64 * 32 * 64))]
+        if keep and first not in keep:
+            near = max((c for c in keep if c["DOT"] == first["DOT"]), default=None,
+                       key=lambda c: (c["BLOCK_M"] * c["BLOCK_N"], c["BLOCK_M"]))
+            if near is not None:
+                keep.remove(near)
+                keep.insert(0, near)
+        out = keep or out[:1]
     return out
 
 

@@ -188,14 +188,18 @@ def int8_candidates(bucket: int, K: int):
         return min(v, kmax)
 
     if bucket <= 16:
-        rows = [(16, 64, 256, 4, 3), (16, 32, 256, 4, 4), (16, 128, 128, 4, 4), (16, 64, 128, 4, 4)]
+        # (and 16x128x128, 4 stages, until bench/gpu_static.py: an 8-byte stack on sm_80 with an int32 output)
+        rows = [(16, 64, 256, 4, 3), (16, 32, 256, 4, 4), (16, 64, 128, 4, 4)]
     elif bucket <= 64:
         rows = [(bucket, 64, 128, 4, 4), (bucket, 128, 128, 4, 4), (bucket, 32, 256, 4, 3)]
     elif bucket <= 256:
         rows = [(64, 128, 128, 4, 4), (128, 128, 128, 8, 4), (64, 64, 128, 4, 4), (128, 64, 128, 4, 4)]
     else:
-        rows = [(128, 256, 128, 8, 3), (128, 128, 128, 8, 4), (256, 128, 128, 8, 3), (128, 128, 64, 4, 4),
-                (64, 128, 128, 4, 4)]
+        # 128x256 with BLOCK_K = 128 (the default until bench/gpu_static.py) spills on sm_80 with an int32 or a
+        # zero-point float32 output (72- / 16-byte stack); BLOCK_K = 64: 250-254 registers, no stack
+        # (and 256x128x128 with 8 warps: 8- to 80-byte stacks on sm_80; 128x128x64 with 4 warps: 24 bytes on sm_90a
+        # with a float32 output)
+        rows = [(128, 256, 64, 8, 3), (128, 128, 128, 8, 4), (64, 128, 128, 4, 4)]
     out, seen = [], set()
     for bm, bn, bk, w, s in rows:
         c = _i8cfg(bm, bn, k(bk), w, s)
@@ -349,14 +353,18 @@ def weight_only_candidates(bucket: int, K: int, dtype: torch.dtype):
     elif bucket <= 256:
         rows = [(True, 64, 128, 64, 4, 4), (True, 128, 128, 64, 8, 3), (True, 64, 64, 128, 4, 4)]
     else:
-        rows = [(True, 128, 128, 64, 8, 3), (True, 128, 256, 64, 8, 3), (True, 128, 128, 64, 4, 4),
-                (True, 64, 128, 64, 4, 4)]
+        # (and 128x128x64 with 4 warps, 4 stages, until bench/gpu_static.py: an 8-byte stack on sm_80 in bf16)
+        rows = [(True, 128, 128, 64, 8, 3), (True, 128, 256, 64, 8, 3), (True, 64, 128, 64, 4, 4)]
     out, seen = [], set()
     for dot, bm, bn, bk, w, s in rows:
         bk = k(bk)
         if dtype == torch.float32 and dot:
             # float32 dots run as FMA loops ("ieee"): larger tiles spill (sm_90 compile)
             bm, bn, bk = min(bm, 32), min(bn, 32), min(bk, 64)
+            if bm * bn * bk >= 32 * 32 * 64:
+                # with 4 warps this tile needs 255 registers and a 160-byte stack (bench/gpu_static.py);
+                # 8 warps: 174-178 registers, no stack, on sm_80 and sm_90a
+                w = max(w, 8)
         if not dot and bm * bn * bk > 8192:
             bk = max(16, 8192 // (bm * bn))
         c = _wocfg(dot, bm, bn, bk, w, s)

@@ -1,0 +1,1074 @@
+#!/usr/bin/env python
+"""The GPU code checked without a GPU: every Triton kernel compiled for sm_80 and sm_90a with every
+candidate configuration its launcher can pick, and the compiled .cu kernels of sparsekit._C, read
+back from their cubins (registers, local memory, shared memory, SASS).
+
+    python bench/gpu_static.py                 # everything: writes csrc/cuda/TRITON_RESOURCES.md,
+                                               # csrc/cuda/RESOURCES.md and bench/results/gpu_static_*.jsonl
+    python bench/gpu_static.py --jobs 2        # compile in 2 processes (the default: the CPU count, at most 8)
+    python bench/gpu_static.py --ops bsr_mm --dtypes bf16 --arch 90 --no-cuda --md /tmp/t.md --jsonl /tmp/t.jsonl
+
+Triton part. The candidates come from the launchers themselves: for every op, every dtype its checks
+accept, every M bucket (`m_bucket`), the K values below and (BSR) the block sizes sparsekit uses, the
+launcher's own candidate function is called and each configuration is launched through the launcher's
+own `_launch*` function with the kernel replaced by a recorder, on CPU tensors of the real shape
+(nothing runs). The recorded arguments are specialised by Triton's own binder for the target, as a real
+launch is: 16-byte-divisible pointers, sizes and strides marked so, unit strides and M = 1 folded into
+constants. Identical specialisations are compiled once. Each is compiled with `triton.compile` for
+GPUTarget("cuda", 80 / 90, 32) (ptxas gives sm_80 / sm_90a), then
+
+* `cuobjdump --dump-resource-usage` of the cubin: registers, stack frame, local and static shared memory;
+  the dynamic shared memory is Triton's metadata;
+* `nvdisasm -g` of the cubin (SASS with source lines): tensor-core instructions (HMMA / IMMA, and on
+  sm_90a wgmma, which SASS spells HGMMA / IGMMA), LDL / STL, and the width of each global load
+  (LDG, and LDGSTS = cp.async) attributed to the source line that issued it, so the weight stream's
+  load width is read off the lines that load the weight (`STREAMS`).
+
+A failure: a compile error, a stack frame or local memory (spills), LDL / STL, shared memory over the
+architecture's per-block limit (sm_80 163 KB, sm_90a 227 KB), or a kernel whose tl.dot gets 16- or 8-bit
+operands (fp16 / bf16 / int8 launches) but has no tensor-core instruction. Float32 launches multiply with
+input_precision="ieee" (exact float32 products), which tensor cores cannot do: their dots are FMA loops
+by design and are reported as such. Load widths are reported, not judged.
+
+CUDA part (`--cuda`, on by default when sparsekit._C carries CUDA code): the sm_80 and sm_90a cubins
+of the built extension (`cuobjdump -xelf`), each kernel's registers, stack, shared memory, LDL / STL,
+global load widths. A failure: a stack frame, local memory, LDL / STL, shared memory over the limit.
+
+Writes a markdown table and JSON lines (one record per kernel x configuration x dtype x arch) and exits
+non-zero on any failure; the last line printed is a one-line summary. Nothing is cached between runs
+(Triton's cache goes to a fresh temporary directory).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+ARCHS = (80, 90)
+ARCH_NAME = {80: "sm_80", 90: "sm_90a"}
+# the most shared memory one block may have (opt-in): A100 163 KB, H100 / H200 227 KB
+SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+# Sizes of the compile shapes: N = K = 4096 (every LLaMA-7B dimension is a multiple of 512, so this is the
+# unmasked-K specialisation those layers get). --full adds K = 11008 (not a multiple of 512: the K-masked
+# variants where BLOCK_K does not divide it) and powers of two from 16, for the K-clamped candidates of small layers.
+N_COMPILE = 4096
+K_REAL = (4096,)
+K_FULL = (11008, 16, 32, 64, 128, 256, 512, 1024, 2048)
+MMA_OPS = ("HMMA", "HGMMA", "IMMA", "IGMMA", "QGMMA", "DMMA")
+
+DEFAULT_MD = REPO / "csrc" / "cuda" / "TRITON_RESOURCES.md"
+DEFAULT_CUDA_MD = REPO / "csrc" / "cuda" / "RESOURCES.md"
+DEFAULT_JSONL = REPO / "bench" / "results" / "gpu_static_triton.jsonl"
+DEFAULT_CUDA_JSONL = REPO / "bench" / "results" / "gpu_static_cuda.jsonl"
+
+# Source lines that load each stream, per kernel (regular expressions on the kernel's own source lines).
+# A pattern that matches no line is an error: the kernel changed, update the pattern.
+STREAMS = {
+    "_bsr_mm_kernel": {"weight": r"\bw = tl\.load\(w_ptrs", "x": r"\bxk = tl\.load\(x_ptrs"},
+    "_bitmap_mm_kernel": {"weight": r"\bv = tl\.load\(v_ptr", "bitmap": r"\b(words|cnt) = tl\.load\(",
+                          "x": r"\bxj = tl\.load\("},
+    "_int8_mm_kernel": {"weight": r"\bb = tl\.load\(b_ptrs", "x": r"\ba = tl\.load\(a_ptrs"},
+    "_w8a16_kernel": {"weight": r"\bw = tl\.load\(w_ptrs", "x": r"\bxk = tl\.load\(x_ptrs"},
+    "_quantize_kernel": {"x": r"v, fin = _load_finite\("},
+}
+
+
+# ------------------------------------------------------------------------------------------ tools
+def _tool(name: str) -> str:
+    import triton
+
+    try:
+        from triton import knobs
+
+        p = getattr(knobs.nvidia, name).path
+        if p and os.path.exists(p):
+            return p
+    except Exception:
+        pass
+    for p in (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name,
+              Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / name):
+        if p.exists():
+            return str(p)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise FileNotFoundError(f"gpu_static: {name} not found (triton's bundled one, $CUDA_HOME/bin or PATH)")
+
+
+def _run(cmd, **kw) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+
+
+# ------------------------------------------------------------------------------------------ cases
+class _Recorder:
+    """Stands in for a @triton.jit kernel: `kernel[grid](*args, **kwargs)` records the call."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.calls = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.calls.append((args, kwargs))
+
+        return launch
+
+
+@contextlib.contextmanager
+def _recording(module, name):
+    fn = getattr(module, name)
+    rec = _Recorder(fn)
+    setattr(module, name, rec)
+    try:
+        yield rec
+    finally:
+        setattr(module, name, fn)
+
+
+def _m_buckets():
+    from sparsekit.triton._common import m_bucket
+
+    return sorted({m_bucket(m) for m in range(1, 8193)})
+
+
+def _m_of(bucket: int) -> int:
+    """The M compiled for an M bucket: 1 for decode (M = 1 is a constant in a real launch, and changes the code),
+    otherwise a size inside the bucket that is not a multiple of 16 (2, 3, 7, 15, ...), so that one
+    specialisation stands for every M of the buckets above 1: a multiple of 16 only adds a divisibility
+    hint on M, which no address depends on."""
+    return bucket if bucket <= 2 else bucket - 1
+
+
+def _dtypes():
+    """The float dtypes the launchers' checks accept."""
+    import torch
+
+    from sparsekit.ops import _checks
+
+    names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+    return [(names[d], d) for d in _checks.FLOAT_DTYPES]
+
+
+def _bsr_blocks(full=False):
+    """Block sizes sparsekit uses: what `auto` tries and the convert default; `full` adds two non-square ones
+    the tests run."""
+    from sparsekit import auto
+    from sparsekit.convert import SparseConfig
+
+    blocks = [(b, b) for b in auto.BSR_BLOCKS]
+    d = SparseConfig().blocksize
+    d = (d, d) if isinstance(d, int) else tuple(d)
+    for b in [d] + ([(32, 64), (8, 16)] if full else []):
+        if b not in blocks:
+            blocks.append(b)
+    return blocks
+
+
+def cases(ops=None, dtypes=None, buckets=None, full=False):
+    """Yield (op, dtype, variant, where, is_default, config, fn, args, kwargs): one per launch the
+    launchers would make, recorded from their own candidate lists and `_launch*` functions."""
+    import torch
+
+    from sparsekit.triton import bitmap as BM
+    from sparsekit.triton import bsr as BS
+    from sparsekit.triton import int8 as I8
+
+    buckets = buckets or _m_buckets()
+    fdt = [(n, d) for n, d in _dtypes() if not dtypes or n in dtypes]
+    want = (lambda op: True) if not ops else (lambda op: op in ops)
+    E = torch.empty
+    N = N_COMPILE
+    ks = K_REAL + (K_FULL if full else ())
+
+    def one(module, name, launch):
+        with _recording(module, name) as rec:
+            launch()
+        assert len(rec.calls) == 1, f"{name}: expected one launch, got {len(rec.calls)}"
+        return rec.fn, rec.calls[0][0], rec.calls[0][1]
+
+    if want("bsr_mm"):
+        for dn, dt in fdt:
+            for R, C in _bsr_blocks(full):
+                K = 4096
+                for b in buckets:
+                    M = _m_of(b)
+                    x, y = E(M, K, dtype=dt), E(M, N, dtype=dt)
+                    crow = torch.zeros(N // R + 1, dtype=torch.int32)
+                    col = torch.zeros(8, dtype=torch.int32)
+                    vals = E(8, R, C, dtype=dt)
+                    for i, c in enumerate(BS.candidates(R, C, b, dt)):
+                        fn, a, k = one(BS, "_bsr_mm_kernel",
+                                       lambda c=c: BS._launch(x, crow, col, vals, None, y, M, N, R, C, c))
+                        yield "bsr_mm", dn, f"{R}x{C}", f"M{b} {R}x{C}", i == 0, c, fn, a, k
+
+    if want("bitmap_mm"):
+        for dn, dt in fdt:
+            for K in ks:
+                words = (K + 31) // 32
+                bm, wo = E(N, words, dtype=torch.int32), E(N, words, dtype=torch.int32)
+                vals = E(64, dtype=dt)
+                for b in buckets:
+                    M = _m_of(b)
+                    x, y = E(M, K, dtype=dt), E(M, N, dtype=dt)
+                    seen_default = set()
+                    for density in (1, 5):  # the density bucket only reorders the candidates
+                        for i, c in enumerate(BM.candidates(b, K, dt, density)):
+                            fn, a, k = one(BM, "_bitmap_mm_kernel",
+                                           lambda c=c: BM._launch(x, bm, wo, vals, None, y, M, N, K, c))
+                            key = json.dumps(c, sort_keys=True)
+                            if i == 0:
+                                seen_default.add(key)
+                            yield "bitmap_mm", dn, "", f"M{b} K{K} d{density / 10:.1f}", i == 0, c, fn, a, k
+
+    if want("int8_mm"):
+        outs = [("fp16", torch.float16), ("bf16", torch.bfloat16), ("fp32", torch.float32), ("i32", None)]
+        outs = [(n, d) for n, d in outs if not dtypes or n in dtypes]
+        for on, od in outs:
+            for zero in (False, True):
+                for K in ks:
+                    wq, ws = E(N, K, dtype=torch.int8), E(N, dtype=torch.float32)
+                    for b in buckets:
+                        M = _m_of(b)
+                        xq, xs, xz = E(M, K, dtype=torch.int8), E(M, dtype=torch.float32), E(M, dtype=torch.int32)
+                        y = E(M, N, dtype=od if od is not None else torch.int32)
+                        for i, c in enumerate(I8.int8_candidates(b, K)):
+                            raw = od is None
+                            fn, a, k = one(I8, "_int8_mm_kernel", lambda c=c: I8._launch_int8(
+                                xq, None if raw else xs, xz if zero else None, wq, None if raw else ws, None, y, raw, c))
+                            yield ("int8_mm", on, "zero point" if zero else "symmetric", f"M{b} K{K}", i == 0, c,
+                                   fn, a, k)
+
+    if want("int8_weight_only_mm"):
+        for dn, dt in fdt:
+            for K in ks:
+                wq, ws = E(N, K, dtype=torch.int8), E(N, dtype=torch.float32)
+                for b in buckets:
+                    M = _m_of(b)
+                    x, y = E(M, K, dtype=dt), E(M, N, dtype=dt)
+                    for i, c in enumerate(I8.weight_only_candidates(b, K, dt)):
+                        fn, a, k = one(I8, "_w8a16_kernel", lambda c=c: I8._launch_wo(x, wq, ws, None, y, c))
+                        yield "int8_weight_only_mm", dn, "", f"M{b} K{K}", i == 0, c, fn, a, k
+
+    if want("quantize_per_token"):
+        for dn, dt in fdt:
+            for sym in (True, False):
+                for K in sorted(set(ks + (8192,))):
+                    M = 16
+                    x = E(M, K, dtype=dt)
+                    q, s, z = E(M, K, dtype=torch.int8), E(M, dtype=torch.float32), E(M, dtype=torch.int32)
+                    for i, c in enumerate(I8.quantize_candidates(K)):
+                        fn, a, k = one(I8, "_quantize_kernel", lambda c=c: I8._launch_quantize(x, q, s, z, sym, c))
+                        yield ("quantize_per_token", dn, "symmetric" if sym else "asymmetric", f"K{K}", i == 0, c,
+                               fn, a, k)
+
+
+def _kernels_in_package():
+    """Every @triton.jit function named *_kernel in sparsekit.triton's modules (helpers are inlined into them)."""
+    import importlib
+    import pkgutil
+
+    import triton
+
+    import sparsekit.triton as pkg
+
+    out = {}
+    for m in pkgutil.iter_modules(pkg.__path__):
+        mod = importlib.import_module(f"sparsekit.triton.{m.name}")
+        for name, obj in vars(mod).items():
+            if isinstance(obj, triton.runtime.jit.JITFunction) and name.endswith("_kernel"):
+                out[name] = mod.__name__
+    return out
+
+
+# ------------------------------------------------------------------------------------------ specialisation
+_binders = {}
+
+
+def specialise(fn, args, kwargs, arch):
+    """What Triton's launcher would compile for these arguments on `arch`: (signature, constexprs, attrs,
+    options), from Triton's own binder (`JITFunction.run` does the same)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    key = (id(fn), arch)
+    if key not in _binders:
+        backend = make_backend(GPUTarget("cuda", arch, 32))
+        _binders[key] = (backend, create_function_from_signature(fn.signature, fn.params, backend))
+    backend, binder = _binders[key]
+    kwargs = dict(kwargs)
+    bound, spec, opts = binder(*args, **kwargs)
+    options, sig, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, opts)
+    return sig, constexprs, attrs, options.__dict__
+
+
+def _spec_key(fn, arch, sig, constexprs, attrs, options):
+    return json.dumps([fn.__name__, arch, sorted(sig.items()), sorted((str(k), repr(v)) for k, v in constexprs.items()),
+                       sorted((str(k), repr(v)) for k, v in attrs.items()),
+                       sorted((k, repr(v)) for k, v in options.items())])
+
+
+# ------------------------------------------------------------------------------------------ SASS
+_INSN = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Za-z0-9_]+)*)")
+_LINE = re.compile(r'//## File "([^"]+)", line (\d+)')
+
+
+def load_width(op: str):
+    """Bits moved per thread by a global load opcode (LDG / LDGSTS), None for anything else."""
+    parts = op.split(".")
+    if parts[0] not in ("LDG", "LDGSTS"):
+        return None
+    for p, bits in (("128", 128), ("64", 64), ("U16", 16), ("S16", 16), ("U8", 8), ("S8", 8)):
+        if p in parts[1:]:
+            return bits
+    return 32
+
+
+def parse_sass(text: str):
+    """(opcode Counter, {(file, line): Counter of global-load opcodes}) of nvdisasm -g output."""
+    ops = Counter()
+    loads = defaultdict(Counter)
+    where = None
+    for line in text.splitlines():
+        m = _LINE.search(line)
+        if m:
+            where = (os.path.realpath(m.group(1)), int(m.group(2)))
+            continue
+        m = _INSN.search(line)
+        if not m:
+            continue
+        op = m.group(1)
+        ops[op] += 1
+        if load_width(op) is not None:
+            loads[where][op] += 1
+    return ops, loads
+
+
+def parse_resource_usage(text: str):
+    """{function name: {REG, STACK, SHARED, LOCAL}} from cuobjdump --dump-resource-usage."""
+    out = {}
+    name = None
+    for line in text.splitlines():
+        m = re.match(r"\s*Function (\S+):", line)
+        if m:
+            name = m.group(1)
+            continue
+        if name and "REG:" in line:
+            out[name] = {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", line)}
+            name = None
+    return out
+
+
+def _summ_ops(ops: Counter, prefixes) -> dict:
+    out = Counter()
+    for op, n in ops.items():
+        head = op.split(".")[0]
+        if head in prefixes:
+            out[head] += n
+    return dict(out)
+
+
+def _width_hist(counter: Counter) -> dict:
+    out = Counter()
+    for op, n in counter.items():
+        kind = "LDGSTS" if op.startswith("LDGSTS") else "LDG"
+        out[f"{kind}.{load_width(op)}"] += n
+    return dict(sorted(out.items()))
+
+
+def stream_lines(fn):
+    """{stream: set of (file, line)} of the kernel's source lines that load each stream."""
+    pats = STREAMS.get(fn.__name__, {})
+    src, first = inspect.getsourcelines(fn.fn)
+    path = os.path.realpath(inspect.getsourcefile(fn.fn))
+    out = {}
+    for stream, pat in pats.items():
+        lines = {(path, first + i) for i, s in enumerate(src) if re.search(pat, s)}
+        if not lines:
+            raise RuntimeError(f"gpu_static: STREAMS[{fn.__name__!r}][{stream!r}] = {pat!r} matches no source line "
+                               f"of {fn.__name__}: update the pattern")
+        out[stream] = lines
+    return out
+
+
+_DILOC = re.compile(r"^(![0-9]+) = (?:distinct )?!DILocation\(line: (\d+)(?:, column: \d+)?, scope: (![0-9]+)"
+                    r"(?:, inlinedAt: (![0-9]+))?")
+_DISCOPE = re.compile(r"^(![0-9]+) = (?:distinct )?!DI(?:Subprogram|LexicalBlock|LexicalBlockFile)\(.*?\bfile: (![0-9]+)")
+_DIFILE = re.compile(r'^(![0-9]+) = (?:distinct )?!DIFile\(filename: "([^"]*)", directory: "([^"]*)"')
+_ASM = re.compile(r'asm sideeffect "([^"]*)".*!dbg (![0-9]+)')
+_CP_ASYNC = re.compile(r"cp\.async\.\w+\.shared\.global(?:\.[\w:]+)*\s+\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)")
+
+
+def llir_loads(llir: str):
+    """[(kind, bits, [(file, line) of the load and of each call site it is inlined into])] for every global load
+    (ld.global / cp.async) of the LLVM IR. Triton emits them as inline PTX whose debug location is the source
+    line of the tl.load (the .loc lines of the PTX and SASS can be shifted by LLVM's codegen; these are not)."""
+    locs, scopes, files = {}, {}, {}
+    for ln in llir.splitlines():
+        if not ln.startswith("!"):
+            continue
+        m = _DILOC.match(ln)
+        if m:
+            locs[m.group(1)] = (int(m.group(2)), m.group(3), m.group(4))
+            continue
+        m = _DIFILE.match(ln)
+        if m:
+            files[m.group(1)] = os.path.realpath(os.path.join(m.group(3), m.group(2)))
+            continue
+        m = _DISCOPE.match(ln)
+        if m:
+            scopes[m.group(1)] = m.group(2)
+
+    def chain(dbg):
+        out, seen = [], set()
+        while dbg and dbg in locs and dbg not in seen:
+            seen.add(dbg)
+            line, scope, inl = locs[dbg]
+            out.append((files.get(scopes.get(scope), "?"), line))
+            dbg = inl
+        return out
+
+    res = []
+    for ln in llir.splitlines():
+        if "ld.global" not in ln and "cp.async" not in ln:
+            continue
+        m = _ASM.search(ln)
+        if not m:
+            continue
+        asm, dbg = m.group(1), m.group(2)
+        where = chain(dbg)
+        for ins in asm.split("\\0A"):
+            ins = ins.replace("\\09", " ").strip()
+            tok = next((t for t in ins.split() if t.startswith("ld.global")), None)
+            if tok:
+                parts = tok.split(".")
+                vec = next((int(p[1:]) for p in parts if re.fullmatch(r"v\d", p)), 1)
+                mb = re.fullmatch(r"[bsuf](\d+)", parts[-1])
+                res.append(("LDG", vec * int(mb.group(1)) if mb else 0, where))
+                continue
+            mc = _CP_ASYNC.search(ins)
+            if mc:
+                res.append(("LDGSTS", 8 * int(mc.group(1), 0), where))
+    return res
+
+
+# ------------------------------------------------------------------------------------------ one compile
+def _ieee_dot(ttir_line: str) -> bool:
+    """A tt.dot of float32 operands with exact products: the TTIR prints inputPrecision only when it is not
+    the default ieee (tf32, tf32x3, ...)."""
+    if "inputPrecision = ieee" in ttir_line:
+        return True
+    return bool(re.search(r"xf32> \* tensor<[^>]*xf32>", ttir_line)) and "inputPrecision" not in ttir_line
+
+
+def compile_one(job):
+    """Compile one specialisation for one arch and read its cubin. Runs in a worker process."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn, arch, sig, constexprs, attrs, options, dtype_name = job
+    rec = {"arch": ARCH_NAME[arch]}
+    t0 = time.time()
+    try:
+        ck = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", arch, 32), options=options)
+    except Exception as e:  # a compile error is a result, not a crash of the run
+        msg = str(e).strip().splitlines()
+        rec.update(compile_s=round(time.time() - t0, 2), error=f"{type(e).__name__}: {msg[0] if msg else ''}"[:300])
+        return rec
+    rec["compile_s"] = round(time.time() - t0, 2)
+    with tempfile.TemporaryDirectory() as d:
+        cubin = os.path.join(d, "k.cubin")
+        with open(cubin, "wb") as f:
+            f.write(ck.asm["cubin"])
+        ru = parse_resource_usage(_run([_tool("cuobjdump"), "--dump-resource-usage", cubin]))
+        sass = subprocess.run([_tool("nvdisasm"), "-c", cubin], check=True, capture_output=True, text=True).stdout
+    res = next(iter(ru.values()))
+    ops, loads = parse_sass(sass)
+    ttir = ck.asm["ttir"]
+    dots = [ln for ln in ttir.splitlines() if "tt.dot" in ln]
+    streams = {}
+    lloads = llir_loads(ck.asm["llir"])
+    for stream, lines in stream_lines(fn).items():
+        c = Counter()
+        for kind, bits, where in lloads:
+            if any(w in lines for w in where):
+                c[f"{kind}.{bits}"] += 1
+        streams[stream] = dict(sorted(c.items()))
+    all_loads = Counter()
+    for c in loads.values():
+        all_loads.update(c)
+    dyn = int(ck.metadata.shared)
+    rec.update(
+        regs=res.get("REG", 0), stack=res.get("STACK", 0), local=res.get("LOCAL", 0),
+        static_smem=res.get("SHARED", 0), dyn_smem=dyn, smem=dyn + res.get("SHARED", 0),
+        ldl=sum(n for op, n in ops.items() if op.startswith("LDL")),
+        stl=sum(n for op, n in ops.items() if op.startswith("STL")),
+        mma=_summ_ops(ops, MMA_OPS), dot=bool(dots), dot_ieee=bool(dots) and all(_ieee_dot(ln) for ln in dots),
+        loads=streams, all_loads=_width_hist(all_loads),
+    )
+    return rec
+
+
+def failures(rec, dtype_name):
+    out = []
+    if "error" in rec:
+        return [f"compile error: {rec['error']}"]
+    if rec["stack"] or rec["local"] or rec["ldl"] or rec["stl"]:
+        out.append(f"local memory (stack {rec['stack']} B, local {rec['local']} B, {rec['ldl']} LDL, {rec['stl']} STL)")
+    lim = SMEM_LIMIT[80 if rec["arch"] == "sm_80" else 90]
+    if rec["smem"] > lim:
+        out.append(f"shared memory {rec['smem']} B > {lim} B")
+    if rec["dot"] and not rec["mma"]:
+        # fp32 launches ask for exact float32 products (input_precision="ieee"): FMA by design
+        if not (dtype_name == "fp32" and rec["dot_ieee"]):
+            out.append("tl.dot without a tensor-core instruction")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the Triton run
+def _cfg_str(c: dict) -> str:
+    keys = [k for k in ("DOT", "BITS", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_C", "WPB", "GROUP_M") if k in c]
+    parts = []
+    for k in keys:
+        v = c[k]
+        if isinstance(v, bool):
+            if v:
+                parts.append(k.lower())
+            elif k == "DOT":
+                parts.append("fma")
+        else:
+            parts.append(f"{k.replace('BLOCK_', '')}{v}")
+    return " ".join(parts) + f" w{c['num_warps']} s{c['num_stages']}"
+
+
+def _flags(constexprs, fn):
+    """The constexpr flags of a specialisation that are not configuration keys (EVEN_K, M = 1, unit strides ...)."""
+    names = fn.arg_names
+    out = {}
+    for k, v in constexprs.items():
+        name = names[k[0]]
+        if name.startswith(("BLOCK_", "GROUP_")) or name in ("DOT", "BITS", "WPB"):
+            continue
+        out[name] = v if isinstance(v, (bool, int, float, str)) else repr(v)
+    return out
+
+
+_JOBS = []
+
+
+def _compile_job(i):
+    return compile_one(_JOBS[i])
+
+
+def _rec_key(r):
+    return (r["op"], r["dtype"], r["variant"], json.dumps(r["config"], sort_keys=True),
+            json.dumps(r["flags"], sort_keys=True), r["arch"])
+
+
+def run_triton(args, log, compile=True):
+    """Enumerate the specialisations and compile them; with compile=False, only the records' keys
+    (op, dtype, variant, config, flags, arch) of what would be compiled."""
+    t_enum = time.time()
+    archs = [a for a in ARCHS if a in args.arch]
+    specs = {}  # spec key -> entry
+    order = []
+    for op, dn, variant, where, is_default, cfg, fn, a, k in cases(args.ops, args.dtypes, args.buckets, args.full):
+        if args.defaults_only and not is_default:
+            continue
+        for arch in archs:
+            sig, constexprs, attrs, options = specialise(fn, a, k, arch)
+            key = _spec_key(fn, arch, sig, constexprs, attrs, options)
+            e = specs.get(key)
+            if e is None:
+                e = specs[key] = {"op": op, "kernel": fn.__name__, "dtype": dn, "variant": variant,
+                                  "config": {kk: vv for kk, vv in cfg.items()}, "flags": _flags(constexprs, fn),
+                                  "arch_n": arch, "used_at": [], "default_at": [],
+                                  "_job": (fn, arch, sig, constexprs, attrs, options, dn)}
+                order.append(key)
+            if where not in e["used_at"]:
+                e["used_at"].append(where)
+            if is_default and where not in e["default_at"]:
+                e["default_at"].append(where)
+    if not compile:
+        return {_rec_key({**specs[k], "arch": ARCH_NAME[specs[k]["arch_n"]]}): specs[k] for k in order}
+    covered = {specs[k]["kernel"] for k in order}
+    missing = sorted(set(_kernels_in_package()) - covered) if not args.ops else []
+    log(f"[triton] {len(order)} specialisations to compile ({len(order) // max(1, len(archs))} per arch) "
+        f"in {time.time() - t_enum:.1f} s of enumeration; {args.jobs} processes")
+
+    # cheap kernels first, the 32-step unrolled bitmap kernels last
+    cost = {"quantize_per_token": 0, "int8_weight_only_mm": 1, "int8_mm": 2, "bsr_mm": 3, "bitmap_mm": 4}
+    order.sort(key=lambda k: cost.get(specs[k]["op"], 5))
+
+    def progress(i, r):
+        e = specs[order[i]]
+        fl = failures(r, e["dtype"])
+        if fl:
+            log(f"  fail: {e['op']} {e['dtype']} {e['variant']} {_cfg_str(e['config'])} {r['arch']}: {'; '.join(fl)}")
+        if (i + 1) % 50 == 0:
+            log(f"[triton] {i + 1}/{len(order)} compiled, {time.time() - t0:.0f} s")
+
+    global _JOBS
+    jobs = _JOBS = [specs[k]["_job"] for k in order]
+    t0 = time.time()
+    results = []
+    if args.jobs > 1:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("fork")  # the workers inherit _JOBS (kernels do not pickle)
+        with ctx.Pool(args.jobs) as pool:
+            for i, r in enumerate(pool.imap(_compile_job, range(len(jobs)), chunksize=1)):
+                results.append(r)
+                progress(i, r)
+    else:
+        for i, j in enumerate(jobs):
+            results.append(compile_one(j))
+            progress(i, results[-1])
+    t_compile = time.time() - t0
+
+    records = []
+    for key, r in zip(order, results):
+        e = specs[key]
+        rec = {k: v for k, v in e.items() if not k.startswith("_") and k != "arch_n"}
+        rec.update(r)
+        rec["failures"] = failures(r, e["dtype"])
+        records.append(rec)
+    return records, missing, t_compile
+
+
+# ------------------------------------------------------------------------------------------ CUDA part
+def cuda_so():
+    cands = sorted((REPO / "sparsekit").glob("_C*.so"))
+    return cands[0] if cands else None
+
+
+def _demangle(names):
+    try:
+        out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True).stdout
+        return dict(zip(names, out.splitlines()))
+    except Exception:
+        return {n: n for n in names}
+
+
+def _split_top(name: str, sep: str):
+    """Split at `sep` outside <...> and (...)."""
+    out, depth, cur, i = [], 0, "", 0
+    while i < len(name):
+        ch = name[i]
+        if ch in "<(":
+            depth += 1
+        elif ch in ">)":
+            depth -= 1
+        if depth == 0 and name.startswith(sep, i):
+            out.append(cur)
+            cur, i = "", i + len(sep)
+            continue
+        cur += ch
+        i += 1
+    return out + [cur]
+
+
+def _short(name: str) -> str:
+    """void sparsekit::cuda::(anonymous namespace)::bitmap_decode_kernel<__half, 8, false>(Params) ->
+    bitmap_decode_kernel<__half, 8, false>"""
+    if name.startswith("void "):
+        name = name[5:]
+    if name.endswith(")"):  # drop the parameter list: the last top-level (...)
+        depth = 0
+        for i in range(len(name) - 1, -1, -1):
+            depth += {")": 1, "(": -1}.get(name[i], 0)
+            if depth == 0:
+                name = name[:i]
+                break
+    return _split_top(name, "::")[-1]
+
+
+def run_cuda(so, log):
+    """Resource usage and SASS facts of every kernel in the .so's cubins."""
+    records = []
+    with tempfile.TemporaryDirectory() as d:
+        listing = _run([_tool("cuobjdump"), "--list-elf", str(so)])
+        elves = re.findall(r"ELF file\s+\d+:\s+(\S+)", listing)
+        if not elves:
+            return records
+        _run([_tool("cuobjdump"), "-xelf", "all", str(so)], cwd=d)
+        for elf in elves:
+            m = re.match(r"(.+)\.(sm_\d+a?)\.cubin$", elf)
+            src, arch = (m.group(1), m.group(2)) if m else (elf, "?")
+            path = os.path.join(d, elf)
+            ru = parse_resource_usage(_run([_tool("cuobjdump"), "--dump-resource-usage", path]))
+            sass = subprocess.run([_tool("nvdisasm"), "-c", "-g", path], capture_output=True, text=True,
+                                  check=True).stdout
+            # split per function: nvdisasm prints ".text.<mangled>:" before each
+            per_fn = defaultdict(list)
+            cur = None
+            for line in sass.splitlines():
+                m = re.match(r"\s*\.text\.(\S+?):", line) or re.match(r"\s*\.section\s+\.text\.(\S+?),", line)
+                if m:
+                    cur = m.group(1)
+                    continue
+                if cur:
+                    per_fn[cur].append(line)
+            names = _demangle(list(ru))
+            for mangled, r in ru.items():
+                ops, loads = parse_sass("\n".join(per_fn.get(mangled, [])))
+                all_loads = Counter()
+                by_line = {}
+                for where, c in loads.items():
+                    all_loads.update(c)
+                    if where is not None:
+                        by_line[f"{os.path.basename(where[0])}:{where[1]}"] = _width_hist(c)
+                rec = {"file": src + ".cu", "kernel": _short(names[mangled]), "mangled": mangled, "arch": arch,
+                       "regs": r.get("REG", 0), "stack": r.get("STACK", 0), "local": r.get("LOCAL", 0),
+                       "smem": r.get("SHARED", 0),
+                       "ldl": sum(n for op, n in ops.items() if op.startswith("LDL")),
+                       "stl": sum(n for op, n in ops.items() if op.startswith("STL")),
+                       "mma": _summ_ops(ops, MMA_OPS), "all_loads": _width_hist(all_loads), "loads_by_line": by_line,
+                       "sass_instructions": sum(ops.values())}
+                fl = []
+                if rec["stack"] or rec["local"] or rec["ldl"] or rec["stl"]:
+                    fl.append(f"local memory (stack {rec['stack']} B, local {rec['local']} B, {rec['ldl']} LDL, "
+                              f"{rec['stl']} STL)")
+                lim = SMEM_LIMIT[80 if arch == "sm_80" else 90]
+                if rec["smem"] > lim:
+                    fl.append(f"static shared memory {rec['smem']} B > {lim} B")
+                if not rec["sass_instructions"]:
+                    fl.append("no SASS found for this function")
+                rec["failures"] = fl
+                records.append(rec)
+    records.sort(key=lambda r: (r["file"], r["kernel"], r["arch"]))
+    return records
+
+
+# ------------------------------------------------------------------------------------------ reports
+def _env():
+    import torch
+    import triton
+
+    try:
+        ptxas = _run([_tool("ptxas"), "--version"]).strip().splitlines()[-1]
+    except Exception:
+        ptxas = "?"
+    return {"triton": triton.__version__, "torch": torch.__version__, "ptxas": ptxas,
+            "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                     text=True).stdout.strip()}
+
+
+def _hist_str(h: dict) -> str:
+    if not h:
+        return "-"
+    return " ".join(f"{k}x{v}" for k, v in sorted(h.items(), key=lambda kv: (-int(kv[0].split(".")[1]), kv[0])))
+
+
+def _mma_str(r) -> str:
+    if "error" in r:
+        return "-"
+    if r["mma"]:
+        return " ".join(f"{k}x{v}" for k, v in sorted(r["mma"].items()))
+    if r["dot"]:
+        return "FMA (ieee)" if r["dot_ieee"] else "**none**"
+    return ""
+
+
+def _where_str(lst, limit=4):
+    if not lst:
+        return ""
+    s = ", ".join(lst[:limit])
+    return s + (f" +{len(lst) - limit}" if len(lst) > limit else "")
+
+
+def write_triton_md(path, records, env, summary, scope=""):
+    groups = defaultdict(dict)
+    for r in records:
+        k = (r["op"], r["dtype"], r["variant"], json.dumps(r["config"], sort_keys=True), json.dumps(r["flags"],
+                                                                                                    sort_keys=True))
+        groups[k][r["arch"]] = r
+    lines = [
+        "# Triton kernels compiled for sm_80 and sm_90a: resources and SASS",
+        "",
+        "Generated by `python bench/gpu_static.py` (do not edit by hand) on a machine without a GPU: every Triton kernel",
+        "of sparsekit/triton compiled with every candidate configuration its launcher can pick, for every dtype it",
+        "accepts, with the specialisation a real launch gets (Triton's own binder on the launcher's own arguments:",
+        "16-byte-divisible pointers / sizes / strides, unit strides and M = 1 as constants). See the docstring of",
+        "bench/gpu_static.py for how each column is read. "
+        f"triton {env['triton']}, torch {env['torch']}, {env['ptxas']}, sparsekit {env['commit']}.",
+        "",
+        f"**{summary}**",
+        "",
+        f"Scope: {scope}" if scope else "",
+        "",
+        "Columns: regs (registers per thread), smem (static + dynamic shared memory, KB; sm_90a counts the 1 KB it",
+        "reserves per block, so the check against 227 KB is 1 KB strict), local (stack / local",
+        "bytes and LDL / STL count: any is a failure), tensor cores (SASS count: HMMA / IMMA; HGMMA / IGMMA are",
+        "sm_90a wgmma; `FMA (ieee)` = a float32 dot with exact products, no tensor core by design), weight loads",
+        "(the global loads the weight-stream source lines compile to: LDG = plain load, LDGSTS = cp.async, and",
+        "the bits per thread), flags (constexpr specialisation beyond the configuration: EVEN_K, M = 1, ...),",
+        "default at (the tuning keys where this configuration is the launcher's first candidate, used without",
+        "autotuning: M bucket, K, density or block).",
+        "",
+    ]
+    by_op = defaultdict(list)
+    for k, v in groups.items():
+        by_op[k[0]].append((k, v))
+    for op in sorted(by_op):
+        lines += [f"## {op}", "",
+                  "| dtype | variant | config | flags | regs 80 / 90 | smem KB 80 / 90 | local 80 / 90 | tensor cores sm_80 "
+                  "| tensor cores sm_90a | weight loads sm_80 | weight loads sm_90a | status | default at |",
+                  "|---|---|---|---|---:|---:|---|---|---|---|---|---|---|"]
+
+        def sk(item):
+            (o, dt, var, cfg, fl), _ = item
+            c = json.loads(cfg)
+            return (dt, var, not c.get("DOT", True), c.get("BITS", False), c.get("BLOCK_M", 0), c.get("BLOCK_N", 0),
+                    c.get("BLOCK_K", c.get("BLOCK_C", c.get("WPB", 0))), c["num_warps"], c["num_stages"], fl)
+
+        for (o, dt, var, cfg, fl), per in sorted(by_op[op], key=sk):
+            c = json.loads(cfg)
+            a80, a90 = per.get("sm_80"), per.get("sm_90a")
+
+            def f(r, fn):
+                return "-" if r is None or "error" in r else fn(r)
+
+            regs = f"{f(a80, lambda r: r['regs'])} / {f(a90, lambda r: r['regs'])}"
+            smem = " / ".join(f(r, lambda r: f"{r['smem'] / 1024:.1f}") for r in (a80, a90))
+            loc = " / ".join(f(r, lambda r: "0" if not (r["stack"] or r["local"] or r["ldl"] or r["stl"]) else
+                               f"**{r['stack']}B {r['ldl']}LDL {r['stl']}STL**") for r in (a80, a90))
+            fails = [f"{r['arch']}: {x}" for r in (a80, a90) if r for x in r["failures"]]
+            status = "ok" if not fails else "**FAIL** " + "; ".join(fails)
+            wl = [f(r, lambda r: _hist_str(r["loads"].get("weight", r["loads"].get("x", {})))) for r in (a80, a90)]
+            flags = " ".join(f"{k}={v}" for k, v in sorted(json.loads(fl).items())
+                             if k not in ("HAS_BIAS", "IEEE", "UPCAST", "USE_POPC") and not (k.startswith("stride")))
+            default_at = _where_str((a90 or a80)["default_at"]) if (a90 or a80) else ""
+            lines.append(f"| {dt} | {var} | {_cfg_str(c)} | {flags} | {regs} | {smem} | {loc} | "
+                         f"{_mma_str(a80) if a80 else '-'} | {_mma_str(a90) if a90 else '-'} | {wl[0]} | {wl[1]} | "
+                         f"{status} | {default_at} |")
+        lines.append("")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+CUDA_MD_NOTES = """\
+Summary of the earlier hand-run `nvcc -Xptxas -v` reports, kept for their history: earlier versions of the
+kernels did use local memory: `acc` went to a 64-byte stack frame when the warp reduce-scatter's outer loop
+was not unrolled (now compile-time recursion) and when lambdas holding references to register arrays were
+not inlined (now `__forceinline__` functions); `pack24_kernel` indexed a register array with a run-time
+index (`sel[ns++]`, now a bit mask); `bsr_values_kernel` spilled 16 bytes around 64-bit divisions (now one
+block per BSR block and 32-bit division). The decode kernels are declared `__launch_bounds__(512, 1)` (a
+128-register cap). Keep the stack and LDL / STL columns at 0: `tests/test_gpu_static.py` fails otherwise.
+
+Template arguments: `<dtype, MT, vector path>` for the decode kernels (MT = activation rows per tile),
+`<element bits type>` for the packers (the weight is copied as raw bits).
+"""
+
+
+def write_cuda_md(path, records, env, summary, so):
+    lines = [
+        "# Resources of the CUDA kernels (sm_80, sm_90a): registers, local memory, shared memory, SASS loads",
+        "",
+        "Generated by `python bench/gpu_static.py --cuda --no-triton` (do not edit the table by hand; the Triton",
+        "kernels are in TRITON_RESOURCES.md) from the cubins inside the built `sparsekit/_C*.so`",
+        "(`cuobjdump -xelf all`, `cuobjdump --dump-resource-usage`, `nvdisasm -g`, with triton "
+        f"{env['triton']}'s bundled tools), sparsekit {env['commit']}.",
+        "",
+        f"**{summary}**",
+        "",
+        CUDA_MD_NOTES,
+        "Columns: regs, stack (bytes of stack frame: spills or local arrays), smem (static shared memory in bytes;",
+        "the decode kernels add dynamic shared memory at launch; sm_90a counts the 1 KB it reserves per block), LDL / STL (local-memory instructions), global",
+        "loads (SASS instructions by bits per thread: LDG.128 = 16-byte loads; the JSON lines",
+        "bench/results/gpu_static_cuda.jsonl break them down by source line), tensor cores (HMMA / IMMA count).",
+        "",
+        "| file | kernel | regs 80 / 90 | stack 80 / 90 | smem 80 / 90 | LDL / STL | global loads sm_80 | global loads sm_90a "
+        "| tensor cores | status |",
+        "|---|---|---:|---:|---:|---|---|---|---|---|",
+    ]
+    groups = {}
+    for r in records:
+        groups.setdefault((r["file"], r["kernel"]), {})[r["arch"]] = r
+    for (fname, kernel), per in groups.items():
+        a, b = per.get("sm_80"), per.get("sm_90a")
+
+        def f(key, a=a, b=b):
+            return " / ".join("-" if r is None else str(r[key]) for r in (a, b))
+
+        rs = [r for r in (a, b) if r]
+        fails = [f"{r['arch']}: {x}" for r in rs for x in r["failures"]]
+        st = "ok" if not fails else "**FAIL** " + "; ".join(fails)
+        ldst = " / ".join(f"{r['ldl']}, {r['stl']}" for r in rs)
+        mma = " / ".join(" ".join(f"{k}x{v}" for k, v in sorted(r["mma"].items())) for r in rs if r["mma"])
+        lines.append(f"| {fname} | `{kernel}` | {f('regs')} | {f('stack')} | {f('smem')} | {ldst} | "
+                     f"{_hist_str(a['all_loads']) if a else '-'} | {_hist_str(b['all_loads']) if b else '-'} | {mma} | "
+                     f"{st} |")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def write_jsonl(path, records, env):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps({**r, "env": env}, sort_keys=True) + "\n")
+
+
+# ------------------------------------------------------------------------------------------ main
+def _has_cuda_code(so) -> bool:
+    try:
+        return bool(re.search(r"ELF file", _run([_tool("cuobjdump"), "--list-elf", str(so)])))
+    except subprocess.CalledProcessError:
+        return False
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), help="compile processes")
+    p.add_argument("--arch", default="80,90", help="comma-separated: 80 (sm_80), 90 (sm_90a)")
+    p.add_argument("--ops", default="", help="comma-separated Triton ops (default: all)")
+    p.add_argument("--dtypes", default="", help="comma-separated dtypes, e.g. bf16,fp32 (int8_mm: its out dtypes, i32)")
+    p.add_argument("--buckets", default="", help="comma-separated M buckets (default: every one)")
+    p.add_argument("--md", default=str(DEFAULT_MD))
+    p.add_argument("--jsonl", default=str(DEFAULT_JSONL))
+    p.add_argument("--cuda-md", default=str(DEFAULT_CUDA_MD))
+    p.add_argument("--cuda-jsonl", default=str(DEFAULT_CUDA_JSONL))
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--cuda", dest="cuda", action="store_true", default=None,
+                   help="read the .cu kernels of sparsekit._C (default: when it carries CUDA code)")
+    g.add_argument("--no-cuda", dest="cuda", action="store_false")
+    p.add_argument("--no-triton", action="store_true", help="only the CUDA part")
+    p.add_argument("--defaults-only", action="store_true",
+                   help="only the first candidate of every tuning key: what runs without autotuning (about "
+                        "a third of the specialisations; what tests/test_gpu_static.py runs)")
+    p.add_argument("--from-jsonl", default="",
+                   help="comma-separated JSON lines of earlier (partial) Triton runs: rebuild the table from them "
+                        "instead of compiling (the later file wins for the same op x dtype x config x flags x arch)")
+    p.add_argument("--full", action="store_true",
+                   help="also the K-clamped candidates of small layers (K = 16 ... 2048) and the non-square BSR "
+                        "blocks 32x64, 8x16, and K = 11008 (about 3x the specialisations of the default)")
+    a = p.parse_args(argv)
+    a.arch = [int(x) for x in a.arch.split(",") if x]
+    a.ops = [x for x in a.ops.split(",") if x] or None
+    a.dtypes = [x for x in a.dtypes.split(",") if x] or None
+    a.buckets = [int(x) for x in a.buckets.split(",") if x] or None
+    return a
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_start = time.time()
+    tmp_cache = tempfile.mkdtemp(prefix="gpu_static_triton_cache_")
+    old_cache = os.environ.get("TRITON_CACHE_DIR")
+    os.environ["TRITON_CACHE_DIR"] = tmp_cache  # nothing cached across runs
+    try:
+        from triton import knobs
+
+        old_knob = knobs.cache.dir
+        knobs.cache.dir = tmp_cache
+    except Exception:
+        knobs = None
+
+    def log(msg):
+        print(msg, flush=True)
+
+    env = _env()
+    n_fail = 0
+    parts = []
+    try:
+        if not args.no_triton and args.from_jsonl:
+            merged = {}
+            for fn_ in [x for x in args.from_jsonl.split(",") if x]:
+                for r in (json.loads(ln) for ln in open(fn_) if ln.strip()):
+                    r.pop("env", None)
+                    merged[_rec_key(r)] = r
+            want = run_triton(args, log, compile=False)  # what the launchers' lists hold now
+            records = [merged[k] for k in want if k in merged]
+            for r in records:  # where the configuration is used / the default now
+                r["used_at"], r["default_at"] = want[_rec_key(r)]["used_at"], want[_rec_key(r)]["default_at"]
+                r["failures"] = failures(r, r["dtype"])
+            not_compiled = [k for k in want if k not in merged]
+            for k in not_compiled:
+                log(f"not compiled: {k[0]} {k[1]} {k[2]} {_cfg_str(json.loads(k[3]))} {k[5]} {k[4]}")
+            missing, t_compile = [], sum(r.get("compile_s", 0) for r in records)
+            if not_compiled:
+                parts.append(f"{len(not_compiled)} of {len(want)} specialisations NOT COMPILED (merged partial runs)")
+                n_fail += len(not_compiled)
+                by_op = Counter(k[0] for k in not_compiled)
+                args._not_compiled = (f"{len(not_compiled)} of the {len(want)} specialisations of the launchers' "
+                                      f"lists are not in the merged runs ({', '.join(f'{o} {n}' for o, n in sorted(by_op.items()))}): "
+                                      "they are not compiled in this table. ")
+        elif not args.no_triton:
+            records, missing, t_compile = run_triton(args, log)
+        if not args.no_triton:
+            bad = [r for r in records if r["failures"]]
+            for r in bad:
+                log(f"FAIL {r['op']} {r['dtype']} {r['variant']} {_cfg_str(r['config'])} {r['arch']}: "
+                    f"{'; '.join(r['failures'])}")
+            for k in missing:
+                log(f"FAIL kernel {k} is compiled by no case of bench/gpu_static.py: add its launcher to cases()")
+            n_cfg = len({(r["op"], r["dtype"], r["variant"], json.dumps(r["config"], sort_keys=True)) for r in records})
+            tsum = (f"triton: {len(records)} compiles ({n_cfg} op x dtype x config, {len(args.arch)} archs), "
+                    f"{len(bad)} failing, {len(missing)} kernels uncovered, {t_compile:.0f} s compile")
+            if args.from_jsonl:
+                scope = ("merged from the JSON lines of partial runs (" + ", ".join(
+                    os.path.basename(x) for x in args.from_jsonl.split(",") if x) + "), kept only where the "
+                    "configuration is still a candidate of the launchers; the summary counts what is not compiled.")
+            elif args.defaults_only:
+                scope = "the first candidate of every tuning key only (`--defaults-only`)."
+            else:
+                scope = "every candidate of every tuning key" + (" (`--full`: small K, K = 11008, non-square BSR "
+                                                                   "blocks too)." if args.full else ".")
+            if args.ops or args.dtypes or args.buckets or len(args.arch) < len(ARCHS):
+                scope += f" Restricted to ops {args.ops or 'all'}, dtypes {args.dtypes or 'all'}, M buckets " \
+                         f"{args.buckets or 'all'}, archs {args.arch}."
+            write_triton_md(args.md, records, env, getattr(args, "_not_compiled", "") + tsum, scope)
+            write_jsonl(args.jsonl, records, env)
+            log(f"[triton] wrote {args.md} and {args.jsonl}")
+            n_fail += len(bad) + len(missing)
+            parts.append(tsum)
+        so = cuda_so()
+        want_cuda = args.cuda if args.cuda is not None else (so is not None and _has_cuda_code(so))
+        if want_cuda:
+            if so is None:
+                raise FileNotFoundError("gpu_static --cuda: no sparsekit/_C*.so (build the extension first)")
+            t0 = time.time()
+            crec = run_cuda(so, log)
+            cbad = [r for r in crec if r["failures"]]
+            for r in cbad:
+                log(f"FAIL {r['file']} {r['kernel']} {r['arch']}: {'; '.join(r['failures'])}")
+            if not crec:
+                cbad = [None]
+                log(f"FAIL {so.name} carries no CUDA kernel")
+            csum = f"cuda: {len(crec)} kernels x arch, {len(cbad)} failing, {time.time() - t0:.0f} s"
+            write_cuda_md(args.cuda_md, crec, env, csum, so)
+            write_jsonl(args.cuda_jsonl, crec, env)
+            log(f"[cuda] wrote {args.cuda_md} and {args.cuda_jsonl}")
+            n_fail += len(cbad)
+            parts.append(csum)
+    finally:
+        shutil.rmtree(tmp_cache, ignore_errors=True)
+        if old_cache is None:
+            os.environ.pop("TRITON_CACHE_DIR", None)
+        else:
+            os.environ["TRITON_CACHE_DIR"] = old_cache
+        if knobs is not None:
+            knobs.cache.dir = old_knob
+    print(f"gpu_static: {'OK' if n_fail == 0 else 'FAIL'} ({n_fail} failures) - " + "; ".join(parts)
+          + f"; {time.time() - t_start:.0f} s in all", flush=True)
+    return 1 if n_fail else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
