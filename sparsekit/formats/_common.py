@@ -1,8 +1,9 @@
-"""Checks shared by the format packers."""
+"""Checks and the forward shared by the formats."""
 from __future__ import annotations
 
 import torch
 
+from ..ops import call_no_grad_below_autograd
 
 def check_weight_and_mask(weight: torch.Tensor, mask: torch.Tensor | None, what: str) -> torch.Tensor:
     """Validates a 2-d float weight and its bool mask (default: weight != 0); returns the mask."""
@@ -24,3 +25,14 @@ def check_weight_and_mask(weight: torch.Tensor, mask: torch.Tensor | None, what:
 def check_int32_range(n: int, what: str) -> None:
     if n > 2**31 - 1:
         raise ValueError(f"{what} {n} exceeds the int32 index range")
+
+
+def compressed_rows_forward(op, m, x):
+    """A SparseLinear forward through an op of the (x, crow_indices, col_indices, values, out_features, bias)
+    signature (csr_mm, bsr_mm): one direct op call on the module's buffers, x of any leading shape."""
+    b = m._buffers
+    args = (b["crow_indices"], b["col_indices"], b["values"], m.out_features, m._parameters["bias"])
+    if x.dim() == 2:
+        return call_no_grad_below_autograd(op, x, *args)
+    return call_no_grad_below_autograd(op, x.reshape(-1, m.in_features), *args).reshape(*x.shape[:-1],
+                                                                                          m.out_features)

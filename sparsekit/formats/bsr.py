@@ -9,6 +9,7 @@ from .. import ops
 from ..ops import _as_2d
 from ..ops import call_no_grad_below_autograd as _call
 from ._common import check_int32_range, check_weight_and_mask
+from ._common import compressed_rows_forward as _compressed_rows_forward
 from .base import SparseFormat, register
 
 
@@ -90,13 +91,7 @@ class BSRWeight(SparseFormat):
 
     @staticmethod
     def module_forward(m, x):
-        b = m._buffers
-        if x.dim() == 2:
-            return _call(_BSR_MM, x, b["crow_indices"], b["col_indices"], b["values"], m.out_features,
-                         m._parameters["bias"])
-        y = _call(_BSR_MM, x.reshape(-1, m.in_features), b["crow_indices"], b["col_indices"], b["values"],
-                  m.out_features, m._parameters["bias"])
-        return y.reshape(*x.shape[:-1], m.out_features)
+        return _compressed_rows_forward(_BSR_MM, m, x)
 
     @property
     def nnz(self) -> int:
