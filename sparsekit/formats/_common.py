@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops import call_no_grad_below_autograd
+from ..ops import _as_2d, call_no_grad_below_autograd
 
 def check_weight_and_mask(weight: torch.Tensor, mask: torch.Tensor | None, what: str) -> torch.Tensor:
     """Validates a 2-d float weight and its bool mask (default: weight != 0); returns the mask."""
@@ -36,3 +36,11 @@ def compressed_rows_forward(op, m, x):
         return call_no_grad_below_autograd(op, x, *args)
     return call_no_grad_below_autograd(op, x.reshape(-1, m.in_features), *args).reshape(*x.shape[:-1],
                                                                                           m.out_features)
+
+
+def compressed_rows_apply(op, name, x, shape, bias, crow_indices, col_indices, values):
+    """The format's `apply` through such an op (`name` for messages): x of any leading shape."""
+    if x.dim() == 2:
+        return call_no_grad_below_autograd(op, x, crow_indices, col_indices, values, shape[0], bias)
+    y = call_no_grad_below_autograd(op, _as_2d(x, name), crow_indices, col_indices, values, shape[0], bias)
+    return y.reshape(*x.shape[:-1], shape[0])

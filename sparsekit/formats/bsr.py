@@ -6,9 +6,8 @@ from typing import Dict, Tuple
 import torch
 
 from .. import ops
-from ..ops import _as_2d
-from ..ops import call_no_grad_below_autograd as _call
 from ._common import check_int32_range, check_weight_and_mask
+from ._common import compressed_rows_apply as _compressed_rows_apply
 from ._common import compressed_rows_forward as _compressed_rows_forward
 from .base import SparseFormat, register
 
@@ -84,10 +83,7 @@ class BSRWeight(SparseFormat):
 
     @staticmethod
     def apply(x, shape, bias, crow_indices, col_indices, values):
-        if x.dim() == 2:
-            return _call(_BSR_MM, x, crow_indices, col_indices, values, shape[0], bias)
-        y = _call(_BSR_MM, _as_2d(x, "bsr_mm"), crow_indices, col_indices, values, shape[0], bias)
-        return y.reshape(*x.shape[:-1], shape[0])
+        return _compressed_rows_apply(_BSR_MM, "bsr_mm", x, shape, bias, crow_indices, col_indices, values)
 
     @staticmethod
     def module_forward(m, x):
