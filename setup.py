@@ -2,6 +2,10 @@
 
 Environment switches (all optional):
   SPARSEKIT_NO_EXTENSION=1   build a pure-Python package (the PyTorch references serve every op)
+  SPARSEKIT_PREBUILT=1       editable installs only: sparsekit/_C*.so was already built in the tree
+                             (`python setup.py build_ext --inplace`, as `make install` does); compile nothing.
+                             An in-tree build keeps its objects in build/, so a later `pip wheel .` relinks
+                             instead of compiling again.
   SPARSEKIT_CPU_ONLY=1       build the CPU kernels only, even where CUDA could be built
   SPARSEKIT_CUDA_ARCH_LIST   CUDA architectures, default "8.0;9.0a" (sm_90a: Hopper-only instructions)
   SPARSEKIT_PTXAS_VERBOSE=1  print ptxas register / spill reports for every CUDA kernel
@@ -84,11 +88,26 @@ def find_cusparselt(cuda_home):
     return [str(root / "include"), str(cusparse)], str(root / "lib"), libs[0].name
 
 
+def torch_pin():
+    """An extension is tied to the torch it was compiled against."""
+    import torch
+
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return f"torch=={major}.{minor}.*"
+
+
 def extensions():
     """Returns (ext_modules, cmdclass, install_requires)."""
     if env_flag("SPARSEKIT_NO_EXTENSION"):
         print("sparsekit: SPARSEKIT_NO_EXTENSION set: building without the compiled extension")
         return [], {}, ["torch>=2.5"]
+
+    if env_flag("SPARSEKIT_PREBUILT"):
+        built = sorted((ROOT / "sparsekit").glob("_C*.so"))
+        if not built:
+            sys.exit("sparsekit: SPARSEKIT_PREBUILT set but no sparsekit/_C*.so: run `python setup.py build_ext --inplace`")
+        print(f"sparsekit: SPARSEKIT_PREBUILT set: using the in-tree {built[0].name}, compiling nothing")
+        return [], {}, [torch_pin()]
 
     cuda_home = find_cuda_home()
     if cuda_home:
@@ -136,11 +155,8 @@ def extensions():
         ext = cpp_extension.CppExtension(
             "sparsekit._C", srcs, define_macros=define, extra_compile_args={"cxx": cxx}, **kwargs
         )
-    major, minor = torch.__version__.split("+")[0].split(".")[:2]
-    # An extension is tied to the torch it was compiled against.
-    requires = [f"torch=={major}.{minor}.*"]
     cmdclass = {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
-    return [ext], cmdclass, requires
+    return [ext], cmdclass, [torch_pin()]
 
 
 ext_modules, cmdclass, install_requires = extensions()

@@ -141,3 +141,19 @@ def test_run_cpu_repeat_keeps_the_median_run_per_row():
     assert csr["ms"] == 2.0 and csr["run"] == 2 and csr["baseline_ms"] == 2.0 and csr["speedup"] == 1.0
     assert peer["ms"] is None and peer["error"] == "n/a"
     assert run_cpu.median_of_runs(runs[:1]) is runs[0]
+
+
+def test_the_demo_ends_with_one_sentence_on_what_was_gained():
+    from sparsekit.bench.report import gained_sentence
+
+    dense = dict(format="dense", sparsity=0.0, decode_tok_s=10.0, decode_speedup=1.0, prefill_speedup=1.0,
+                 weight_bytes=400, baseline_prefill_dtype="bfloat16", baseline_decode_dtype="bfloat16")
+    slow = dict(dense, format="2:4", sparsity=0.5, decode_tok_s=8.0, decode_speedup=0.8, weight_bytes=300)
+    fast = dict(dense, format="bsr:32", sparsity=0.9, decode_tok_s=25.0, decode_speedup=2.5, prefill_speedup=3.0,
+                weight_bytes=100)
+    broken = dict(format="csr", sparsity=0.9, error="n/a (why)")
+    line = gained_sentence([dense, slow, fast, broken])
+    assert line.startswith("Gained: with bsr:32 at 90% sparsity") and "2.50x" in line and "4.0x fewer" in line
+    assert "dense bfloat16" in line and "\n" not in line
+    assert gained_sentence([dense, slow]).startswith("Gained nothing here: the best format, 2:4")
+    assert gained_sentence([dense, broken]).startswith("No sparse format ran here")

@@ -29,10 +29,14 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 # what the bare command and each sub-command run when a flag is not given: (sub-command, device type) -> flags
 DEFAULTS = {
-    ("model", "cpu"): dict(preset="small", formats="csr,bsr:32,2:4,int8-wo", sparsity=[0.9], prompt=64),
-    ("model", "cuda"): dict(preset="llama-7b", formats="2:4,bsr:64,int8-wo,2:4+int8", sparsity=[0.9], prompt=2048),
-    ("layer", "cpu"): dict(shapes="square-4096", formats="csr,bsr:32,2:4,int8-wo", sparsity=[0.9], m=[1, 16]),
-    ("layer", "cuda"): dict(shapes="llama-7b", formats="all", sparsity=[0.5, 0.9], m=[1, 16, 128, 2048]),
+    ("model", "cpu"): dict(preset="small", formats="csr,bsr:32,2:4,int8-wo", sparsity=[0.9], prompt=64,
+                           dtype="bfloat16"),
+    ("model", "cuda"): dict(preset="llama-7b", formats="2:4,bsr:64,int8-wo,2:4+int8", sparsity=[0.9], prompt=2048,
+                            dtype="float16"),
+    ("layer", "cpu"): dict(shapes="square-4096", formats="csr,bsr:32,2:4,int8-wo", sparsity=[0.9], m=[1, 16],
+                           dtype="float32"),
+    ("layer", "cuda"): dict(shapes="llama-7b", formats="all", sparsity=[0.5, 0.9], m=[1, 16, 128, 2048],
+                            dtype="float16"),
 }
 QUICK = {"model": dict(layers=2, prompt=32), "layer": dict(m=[1, 16])}
 DIMS = ("hidden", "intermediate", "heads", "kv_heads", "layers", "vocab")
@@ -48,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "overhead: per format, the host time of a small converted layer beyond F.linear (CPU, one "
                         "thread; on CUDA also per call without syncing and eager vs CUDA graph on 14336x4096)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: float16 on cuda, float32 on cpu")
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: float16 on cuda; on cpu bfloat16 for "
+                   "model, float32 for layer")
     p.add_argument("--formats", default=None,
                    help="comma list of csr, bitmap, bsr:B (B = block size), 2:4, int8, int8-wo, 2:4+int8, or 'all' "
                         "(default: model cpu csr,bsr:32,2:4,int8-wo; cuda 2:4,bsr:64,int8-wo,2:4+int8; "
@@ -99,7 +104,7 @@ def _apply_defaults(args, device: torch.device) -> None:
 
 def run(args) -> int:
     from .layer import parse_formats
-    from .report import baseline_line, layer_table, model_table, report
+    from .report import baseline_line, gained_sentence, layer_table, model_table, report
     from .timing import environment, write_jsonl
 
     if args.what == "report":
@@ -112,8 +117,8 @@ def run(args) -> int:
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     _apply_defaults(args, device)
+    dtype = DTYPES[args.dtype]
     min_run_time = 0.1 if args.quick else 0.3
     command = " ".join(["python -m sparsekit", *map(shlex.quote, getattr(args, "argv", []))])
     env = dict(environment(device), command=command)
@@ -127,6 +132,7 @@ def run(args) -> int:
               f"decode: one token per sequence at position {args.prompt} with a KV cache"
               + ("; tokens/s from the faster of eager and CUDA graph" if device.type == "cuda"
                  else "; peak memory is measured on CUDA only"))
+        print("\n" + gained_sentence(recs))
     else:
         recs = _run_layers(args, fmts, dtype, device, min_run_time)
         print(layer_table(recs))

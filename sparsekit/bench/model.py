@@ -22,6 +22,7 @@ measured on the CPU (the process's high-water mark is already set by the dense m
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -141,7 +142,9 @@ class Runner:
             self.cache = StaticCache(config=model.config, max_cache_len=prompt + 1, max_batch_size=batch,
                                      device=p.device, dtype=p.dtype)
             self.pos = torch.tensor([prompt], device=p.device)
-            model(input_ids=self.ids, past_key_values=self.cache, cache_position=torch.arange(prompt, device=p.device),
+            # transformers 5.2x renamed the argument (the old name warns); 4.x knows only the old one
+            self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+            model(input_ids=self.ids, **{self.cache_arg: self.cache}, cache_position=torch.arange(prompt, device=p.device),
                   use_cache=True, logits_to_keep=1)
         else:
             self.cache = model.new_cache(batch, prompt + 1)
@@ -155,7 +158,7 @@ class Runner:
     def step(self) -> torch.Tensor:
         if not self.hf:
             return self.model(self.tok, self.cache, self.prompt)
-        out = self.model(input_ids=self.tok, past_key_values=self.cache, cache_position=self.pos, use_cache=True).logits
+        out = self.model(input_ids=self.tok, **{self.cache_arg: self.cache}, cache_position=self.pos, use_cache=True).logits
         for layer in getattr(self.cache, "layers", ()):  # transformers 5: rewind each layer's write position
             if torch.is_tensor(getattr(layer, "cumulative_length", None)):
                 layer.cumulative_length.fill_(self.prompt)
@@ -225,7 +228,7 @@ def bench_model(dims: Dict[str, int], fmts: Sequence[str], sparsities: Sequence[
                 device: torch.device, arch: str = "llama", batch: int = 1, prompt: int = 128,
                 min_run_time: float = 0.3, progress: Optional[Progress] = None) -> List[Dict]:
     """One record for the dense model (the baseline: on the CPU, for prefill and for decode each,
-    the faster of float32 and bfloat16) and one per (format, sparsity)."""
+    the faster of float32 and bfloat16, whichever of the two the model is in) and one per (format, sparsity)."""
     if arch == "llama" and not transformers_available():
         arch = "builtin"
     with torch.no_grad():
@@ -235,9 +238,10 @@ def bench_model(dims: Dict[str, int], fmts: Sequence[str], sparsities: Sequence[
             batch=batch, prompt=prompt, prefill_M=batch * prompt, dtype=str(dtype).replace("torch.", ""),
             device=device.type)
         dense_runs = [dict(_measure(dense, batch, prompt, device, min_run_time), dtype=desc["dtype"])]
-        if device.type == "cpu" and dtype == torch.float32:  # BENCHMARKING.md rule 2
-            dense_runs.append(dict(_measure(copy.deepcopy(dense).bfloat16(), batch, prompt, device, min_run_time),
-                                   dtype="bfloat16"))
+        other = {torch.float32: torch.bfloat16, torch.bfloat16: torch.float32}.get(dtype)
+        if device.type == "cpu" and other is not None:  # BENCHMARKING.md rule 2: the faster of fp32 and bf16
+            dense_runs.append(dict(_measure(copy.deepcopy(dense).to(other), batch, prompt, device, min_run_time),
+                                   dtype=str(other).replace("torch.", "")))
         base = _best_dense(dense_runs)
         records = [_model_record(desc, "dense", 0.0, base, base, err=0.0)]
         if progress is not None:

@@ -64,6 +64,24 @@ def model_table(recs: List[dict]) -> str:
     return markdown_table(head, rows)
 
 
+def gained_sentence(recs: List[dict]) -> str:
+    """One plain sentence: the format that decodes fastest against dense, with its prefill and bytes."""
+    done = [r for r in recs[1:] if "decode_speedup" in r]
+    if not recs or not done:
+        return "No sparse format ran here (see the errors in the table)."
+    best = max(done, key=lambda r: r["decode_speedup"])
+    dense, sp = recs[0], best.get("sparsity") or 0.0
+    what = f"{best['format']}" + (f" at {sp:.0%} sparsity" if sp else "")
+    base = baseline_line(best)
+    if best["decode_speedup"] <= 1.0:
+        return (f"Gained nothing here: the best format, {what}, decodes at {best['decode_speedup']:.2f}x "
+                f"dense {base}.")
+    return (f"Gained: with {what}, this model decodes {best['decode_speedup']:.2f}x as fast as dense {base} "
+            f"({best['decode_tok_s']:.1f} against {dense['decode_tok_s']:.1f} tokens/s), prefills "
+            f"{best['prefill_speedup']:.2f}x as fast, and holds {dense['weight_bytes'] / best['weight_bytes']:.1f}x "
+            f"fewer weight bytes.")
+
+
 def baseline_line(rec: dict) -> str:
     p, d = rec.get("baseline_prefill_dtype"), rec.get("baseline_decode_dtype")
     return p if p == d else f"{p} for prefill, {d} for decode (the faster of each)"
