@@ -77,3 +77,18 @@ def test_minilm_prune_few_layers_cosine_and_round_trip(minilm, tmp_path):
     sparsekit.save_pretrained(model, tmp_path)
     loaded = sparsekit.load_pretrained(tmp_path)
     assert torch.equal(b.embed(loaded, held), e_conv)
+
+
+def test_readme_quickstart_runs_as_written(tmp_path, monkeypatch):
+    """The README's quickstart, executed verbatim: a real pretrained model pruned to 2:4, converted,
+    saved, loaded back; every encoder projection is a 2:4 SparseLinear and the output is finite."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Quickstart on a real model\n", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    ns = {}
+    exec(compile(code, "README.md:Quickstart", "exec"), ns)
+    layers = [m for f, m in ns["model"].named_modules() if f.startswith("encoder.") and isinstance(m, SparseLinear)]
+    assert len(layers) == 36 and all(m.format == "2:4" for m in layers)
+    assert (tmp_path / "minilm-2of4" / "sparsekit.json").exists()
+    assert torch.isfinite(ns["hidden"]).all() and ns["hidden"].shape[-1] == 384

@@ -381,14 +381,14 @@ def test_pruned_masks_convert_to_the_matching_format(pattern, config):
         torch.testing.assert_close(model(x), ref, rtol=1e-4, atol=1e-5)
 
 
-def test_readme_pruning_example_runs(tmp_path, monkeypatch):
+def test_docs_pruning_example_runs(tmp_path, monkeypatch):
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = text.split("\n## Pruning\n", 1)[1].split("\n## ", 1)[0]
+    text = (Path(__file__).resolve().parents[1] / "docs" / "pruning.md").read_text()
+    section = text.split("# Pruning\n", 1)[1].split("\n## ", 1)[0]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
     ns = {}
-    exec(compile(code, "README.md:Pruning", "exec"), ns)
+    exec(compile(code, "docs/pruning.md", "exec"), ns)
     assert type(ns["model"][0]).__name__ == "SparseLinear" and (tmp_path / "masks.pt").exists()
     assert ns["smaller"][0].out_features == 64
