@@ -31,7 +31,6 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from . import formats as _formats
 from . import ops  # noqa: F401  (defines the ops)
 from .formats.sparse24 import pack_24
 from .nn import SparseLinear
@@ -140,6 +139,9 @@ def _cut(t: torch.Tensor, style: str, rank: int, world: int) -> torch.Tensor:
     return t[:, rank * k:(rank + 1) * k].contiguous()
 
 
+_SLICEABLE = ("csr", "bsr", "bitmap", "2:4", "int8", "int8-wo", "2:4+int8")
+
+
 def _slice_format(fmt, style: str, rank: int, world: int):
     """The rank's shard of a packed weight, in the same format."""
     name = fmt.name
@@ -160,8 +162,7 @@ def _slice_format(fmt, style: str, rank: int, world: int):
         w = _cut(fmt.to_dense(), style, rank, world)
         opts = {"blocksize": fmt.blocksize} if name == "bsr" else {}
         return type(fmt).from_dense(w, mask, **opts)
-    raise NotImplementedError(f"shard: no rule to slice the {name!r} format (known: csr, bsr, bitmap, 2:4, int8, "
-                              "int8-wo, 2:4+int8)")
+    raise NotImplementedError(f"shard: no rule to slice the {name!r} format (known: {', '.join(_SLICEABLE)})")
 
 
 def _shard_check(fqn: str, m: nn.Module, style: str, world: int) -> None:
@@ -172,14 +173,15 @@ def _shard_check(fqn: str, m: nn.Module, style: str, world: int) -> None:
     fmt = getattr(m, "format", "dense")
     if fmt == "bsr":
         R, C = m.values.shape[1], m.values.shape[2]
-        if (style == COLWISE and (N // world) % R) or (style == ROWWISE and (K // world) % C):
-            raise ValueError(f"shard: {fqn} (bsr, blocks {R}x{C}, {style}): a shard of {N // world if style == COLWISE else N}"
-                             f"x{K if style == COLWISE else K // world} is not made of whole blocks")
+        n, k = (N // world, K) if style == COLWISE else (N, K // world)
+        if n % R or k % C:
+            raise ValueError(f"shard: {fqn} (bsr, blocks {R}x{C}, {style}): a shard of {n}x{k} is not made of whole "
+                             "blocks")
     if fmt in ("2:4", "2:4+int8") and style == ROWWISE and (K // world) % 4:
         raise ValueError(f"shard: {fqn} ({fmt}, rowwise): a shard of {K // world} input features breaks the groups "
                          "of 4 (in_features / world size must divide by 4)")
-    if fmt not in ("dense", "csr", "bsr", "bitmap", "2:4", "int8", "int8-wo", "2:4+int8"):
-        raise NotImplementedError(f"shard: {fqn}: no rule to slice the {fmt!r} format")
+    if fmt != "dense" and fmt not in _SLICEABLE:
+        raise NotImplementedError(f"shard: {fqn}: no rule to slice the {fmt!r} format (known: {', '.join(_SLICEABLE)})")
 
 
 # ------------------------------------------------------------------------------------------ the rowwise modules

@@ -130,13 +130,16 @@ def _cases(rank):
     am[1, 5:] = 0
     for fmt in ("csr", "2:4+int8"):
         model = _converted(_tiny_llama(), fmt)
+        gen = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
         with torch.no_grad():
             ref = model(input_ids=ids, attention_mask=am).logits
+            ref_gen = model.generate(ids[:1], **gen)  # the KV cache holds this rank's heads only
             sparsekit.shard(model, sparsekit.parallel.tp_plan(model))
             got = model(input_ids=ids, attention_mask=am).logits
+            got_gen = model.generate(ids[:1], **gen)
         attn = model.model.layers[0].self_attn
         out[f"llama/{fmt}"] = dict(rel=_rel(got, ref), q=model.model.layers[0].self_attn.q_proj.out_features,
-                                   o=type(attn.o_proj).__name__)
+                                   o=type(attn.o_proj).__name__, generate=torch.equal(got_gen, ref_gen))
     for fmt in ("bitmap", "int8-wo"):
         model = _converted(_tiny_bert(), fmt)
         with torch.no_grad():
@@ -189,8 +192,9 @@ def results():
         pytest.skip("needs torch.distributed with gloo")
     import multiprocessing
 
-    import transformers.models.bert.modeling_bert  # noqa: F401  (imported once here, inherited by forked workers)
-    import transformers.models.llama.modeling_llama  # noqa: F401
+    # imported once here, inherited by forked workers
+    from transformers.models.bert import modeling_bert  # noqa: F401
+    from transformers.models.llama import modeling_llama  # noqa: F401
 
     # fork where there is one: the workers start with torch and transformers imported (a spawned worker
     # imports them again, ~20 s of the 2 cores); the parent never initialises torch.distributed
@@ -250,6 +254,7 @@ def test_llama(results, fmt):
         r = res[f"llama/{fmt}"]
         assert r["rel"] < TOL, r
         assert r["q"] == 16 and r["o"] == "RowwiseSparseLinear"
+        assert r["generate"]  # greedy generate() with its dynamic KV cache: the same tokens
 
 
 @pytest.mark.parametrize("fmt", ["bitmap", "int8-wo"])
