@@ -114,6 +114,17 @@ def _cases(rank):
         out[f"inf/{fmt}"] = dict(ref_nan=ref.isnan().all(1).tolist(), got_nan=got.isnan().all(1).tolist(),
                                  rel=_rel(got[[0, 2]], ref[[0, 2]]))
 
+    # a rank's state_dict loads into another model sharded the same way (buffer sizes adapt)
+    src = sparsekit.shard(_converted(MLP(), "2:4+int8"), plan)
+    dst = MLP()
+    with torch.no_grad():
+        for p_ in dst.parameters():
+            p_.mul_(-0.5)  # other weights
+    dst = sparsekit.shard(_converted(dst, "2:4+int8"), plan)
+    dst.load_state_dict(src.state_dict())
+    with torch.no_grad():
+        out["state_dict"] = dict(equal=torch.equal(dst(x), src(x)), down=type(dst.down).__name__)
+
     # torch's own styles, and a DeviceMesh for the group
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
@@ -241,6 +252,11 @@ def test_w8a8_rowwise_token_with_inf_on_one_rank(results, fmt):
         r = res[f"inf/{fmt}"]
         assert r["ref_nan"] == r["got_nan"] == [False, True, False]
         assert r["rel"] < TOL
+
+
+def test_state_dict_of_a_shard_loads_into_a_shard(results):
+    for res in results:
+        assert res["state_dict"] == dict(equal=True, down="RowwiseSparseLinear")
 
 
 def test_torch_styles_and_device_mesh(results):
