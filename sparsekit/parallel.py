@@ -336,7 +336,7 @@ def shard(model: nn.Module, plan: Mapping[str, Any], process_group=None) -> nn.M
                 raise ValueError(f"shard: {fqn} is both colwise and rowwise in the plan")
             targets[fqn] = style
 
-    pg, group_name, rank, world = _group(process_group)
+    _, group_name, rank, world = _group(process_group)
     for fqn, style in targets.items():
         _shard_check(fqn, modules[fqn], style, world)
     # attention modules: heads per rank
