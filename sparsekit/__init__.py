@@ -21,10 +21,13 @@ from .convert import SparseConfig, convert  # noqa: E402
 from .serialization import load_pretrained, load_safetensors, save_pretrained, save_safetensors  # noqa: E402
 from .auto import explain  # noqa: E402
 from . import quant  # noqa: E402
+from . import parallel  # noqa: E402
+from .parallel import shard  # noqa: E402
 from .prune import apply_masks, calibrate, prune  # noqa: E402
 
 __all__ = ["__version__", "ops", "formats", "nn", "prune", "apply_masks", "calibrate", "convert", "SparseConfig", "info",
-           "save_safetensors", "load_safetensors", "save_pretrained", "load_pretrained", "explain", "quant"]
+           "save_safetensors", "load_safetensors", "save_pretrained", "load_pretrained", "explain", "quant",
+           "parallel", "shard"]
 
 
 def info() -> dict:
