@@ -131,8 +131,10 @@ def test_bad_input_messages_are_those_of_the_ops(fmt):
     with pytest.raises((TypeError, ValueError)) as got:
         sl(x)
     with pytest.raises(type(got.value)) as want:
-        if fmt in W8A8:
-            ops.quantize_per_token(x, True)
+        if fmt == "int8":
+            ops.int8_linear(x, b["qweight"], b["scale"], sl.bias)
+        elif fmt == "2:4+int8":
+            ops.sparse24_int8_linear(x, b["values"], b["meta"], b["scale"], sl.bias)
         elif fmt == "int8-wo":
             ops.int8_weight_only_mm(x, b["qweight"], b["scale"], sl.bias)
         elif fmt == "2:4":

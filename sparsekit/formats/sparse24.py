@@ -351,7 +351,7 @@ class Sparse24Int8Weight(SparseFormat):
         # quantize_per_token, sparse24_int8_mm, sparse24_int8_linear and cslt_mm have no Python autograd
         # kernel: called as they are
         x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-        if not x.is_cuda:  # quantization and the 2:4 int8 product in one op
+        if not _cuda(x2):  # quantization and the 2:4 int8 product in one op (CUDA: cuSPARSELt may take it)
             y = _SPARSE24_INT8_LINEAR(x2, values, meta, scale, bias)
             return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
         q, s, _ = _QUANTIZE(x2, True)
