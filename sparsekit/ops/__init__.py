@@ -15,7 +15,8 @@ from . import _schemas  # noqa: F401  (defines the ops)
 from . import reference
 
 __all__ = ["csr_mm", "bsr_mm", "bitmap_mm", "sparse24_mm", "int8_gemm_i32", "quantize_per_token", "int8_mm",
-           "int8_weight_only_mm", "sparse24_int8_mm", "int8_linear", "sparse24_int8_linear", "cslt_compress", "cslt_mm", "cslt_available", "reference"]
+           "int8_weight_only_mm", "sparse24_int8_mm", "int8_linear", "sparse24_int8_linear", "cslt_compress",
+           "cslt_mm", "cslt_available", "reference"]
 
 _lib = torch.library.Library("sparsekit", "IMPL")
 
