@@ -2,8 +2,9 @@
 and per-layer error reports against float.
 
 The kernels: `sparsekit.ops.int8_mm` (W8A8, int32 accumulation, fused scales / bias / output
-dtype), `int8_weight_only_mm` (W8A16), `sparse24_int8_mm` (2:4 + int8). Convert a model with
-``sparsekit.convert(model, SparseConfig("int8"))`` (or "int8-wo", "2:4+int8").
+dtype), `int8_weight_only_mm` (W8A16), `sparse24_int8_mm` (2:4 + int8), and `int8_linear` /
+`sparse24_int8_linear` (per-token quantization and the W8A8 product in one op, what the formats call).
+Convert a model with ``sparsekit.convert(model, SparseConfig("int8"))`` (or "int8-wo", "2:4+int8").
 """
 from __future__ import annotations
 

@@ -187,6 +187,13 @@ def test_sparse24_int8_matches_reference():
                          torch.ones(4), None, torch.int32), TypeError, "expected out_dtype"),
     ("int8_weight_only_mm", lambda: (torch.zeros(2, 3), torch.zeros(4, 3, dtype=torch.int8), torch.ones(4).half(),
                                      None), TypeError, "expected w_scale of dtype float32"),
+    ("int8_linear", lambda: (torch.zeros(2, 3, dtype=torch.int8), torch.zeros(4, 3, dtype=torch.int8), torch.ones(4)),
+     TypeError, "sparsekit.int8_linear: expected x of dtype float32 or bfloat16 or float16, got int8"),
+    ("int8_linear", lambda: (torch.zeros(2, 3), torch.zeros(4, 5, dtype=torch.int8), torch.ones(4)), ValueError,
+     "sparsekit.int8_linear: expected w_q of shape \\(out_features, 3\\), got \\(4, 5\\)"),
+    ("sparse24_int8_linear", lambda: (torch.zeros(2, 8), torch.zeros(3, 4, dtype=torch.int8),
+                                      torch.zeros(3, 1, dtype=torch.uint8), torch.ones(3), torch.ones(3).half()),
+     TypeError, "sparsekit.sparse24_int8_linear: expected bias of dtype float32 like the output, got float16"),
     ("bsr_mm", lambda: (torch.zeros(2, 10), torch.zeros(3, dtype=torch.int32), torch.zeros(0, dtype=torch.int32),
                         torch.zeros(0, 4, 4), 8), ValueError, "divisible by the block 4x4"),
     ("bitmap_mm", lambda: (torch.zeros(2, 40), torch.zeros(3, 1, dtype=torch.int32), torch.zeros(3, 1, dtype=torch.int32),
@@ -314,11 +321,13 @@ def _int8_op_args():
         "int8_mm": (q, s, z, wq, ws, b, torch.float32),
         "int8_weight_only_mm": (x, wq, ws, b),
         "sparse24_int8_mm": (q, s, None, f24.values, f24.meta, f24.scale, b.bfloat16(), torch.bfloat16),
+        "int8_linear": (x, wq, ws, b),
+        "sparse24_int8_linear": (x.bfloat16(), f24.values, f24.meta, f24.scale, b.bfloat16()),
     }
 
 
 @pytest.mark.parametrize("name", ["int8_gemm_i32", "quantize_per_token", "int8_mm", "int8_weight_only_mm",
-                                  "sparse24_int8_mm"])
+                                  "sparse24_int8_mm", "int8_linear", "sparse24_int8_linear"])
 def test_int8_ops_opcheck_and_compile(name):
     args = _int8_op_args()[name]
     op = getattr(torch.ops.sparsekit, name)

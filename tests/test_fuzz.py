@@ -91,7 +91,8 @@ def test_quantize_per_token_is_the_reference_byte_for_byte(M, K, symmetric, dtyp
 
 @DEVICES
 @settings(max_examples=40, deadline=None)
-@given(op=st.sampled_from(["int8_gemm_i32", "int8_mm", "int8_weight_only_mm", "sparse24_int8_mm"]),
+@given(op=st.sampled_from(["int8_gemm_i32", "int8_mm", "int8_weight_only_mm", "sparse24_int8_mm", "int8_linear",
+                           "sparse24_int8_linear"]),
        M=st.integers(0, 24), N=st.integers(1, 20), k=st.integers(1, 24), dtype=DT, layout=LAYOUTS,
        asymmetric=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
 def test_int8_ops_match_reference(device, op, M, N, k, dtype, layout, asymmetric, bias, seed):
@@ -102,9 +103,20 @@ def test_int8_ops_match_reference(device, op, M, N, k, dtype, layout, asymmetric
     K = 4 * k
     x = _x(M, K, dtype, layout, seed)
     b = torch.randn(N, generator=g).to(dtype) if bias else None
-    if op == "int8_weight_only_mm":
+    composed = None  # the one-call linears: the two-op composition they replace, bit for bit on the CPU
+    if op in ("int8_weight_only_mm", "int8_linear"):
         wq = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
         args = (x, wq, torch.rand(N, generator=g) + 0.01, b)
+        if op == "int8_linear":
+            composed = lambda x, wq, ws, b: ops.int8_mm(*ops.quantize_per_token(x)[:2], None, wq, ws, b, x.dtype)  # noqa: E731
+    elif op == "sparse24_int8_linear":
+        w = torch.randn(N, K, generator=g)
+        keep = torch.zeros(N, K // 4, 4, dtype=torch.bool).scatter_(
+            2, torch.rand(N, K // 4, 4, generator=g).topk(2, dim=-1).indices, True)
+        f = formats.get("2:4+int8").from_dense(w, keep.reshape(N, K))
+        args = (x, f.values, f.meta, f.scale, b)
+        composed = lambda x, v, m, ws, b: ops.sparse24_int8_mm(  # noqa: E731
+            *ops.quantize_per_token(x)[:2], None, v, m, ws, b, x.dtype)
     else:
         q, s, z = ops.quantize_per_token(x, not asymmetric)
         q = q if layout != "transposed" else q.t().contiguous().t()  # strided int8 activations too
@@ -127,6 +139,8 @@ def test_int8_ops_match_reference(device, op, M, N, k, dtype, layout, asymmetric
         assert torch.equal(got, want)  # exact
     else:
         torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
+    if composed is not None and device == "cpu":
+        assert torch.equal(got, composed(*args))
 
 
 @DEVICES

@@ -132,6 +132,9 @@ MALFORMED = [
     ("2:4 descending positions", lambda: ("sparse24_mm", torch.randn(3, 8), _s24().values,
                                           _edit(_s24().meta, (0, 0), 0x21), None), r"got 1 and 0 in row 0, group 0"),
     ("2:4+int8 meta", lambda: _s24int8_args(torch.zeros(4, 1, dtype=torch.uint8)), r"got 0 and 0 in row 0, group 0"),
+    ("2:4+int8 linear meta", lambda: ("sparse24_int8_linear", torch.randn(3, 8), _s24int8_args(None)[4],
+                                      _edit(torch.full((4, 1), 0x44, dtype=torch.uint8), (2, 0), 0x47), torch.ones(4),
+                                      None), r"got 3 and 1 in row 2, group 0"),
 ]
 
 
@@ -438,6 +441,11 @@ LIMITS = [
                                   torch.zeros(3, 1, dtype=torch.uint8).expand(3, 32768), torch.ones(3), None,
                                   torch.float32),
      r"expected in_features <= 262142 .*, got 262144"),
+    ("int8_linear", lambda: (torch.zeros(2, 1).expand(2, 131072), _i8(3, 131072), torch.ones(3), None),
+     r"expected in_features <= 131071 .*, got 131072"),
+    ("sparse24_int8_linear", lambda: (torch.zeros(2, 1).expand(2, 262144), _i8(3, 131072),
+                                      torch.zeros(3, 1, dtype=torch.uint8).expand(3, 32768), torch.ones(3), None),
+     r"expected in_features <= 262142 .*, got 262144"),
 ]
 
 
@@ -486,6 +494,8 @@ def _op_cases():
         "int8_mm": (q, s, torch.randint(-3, 3, (5,), dtype=torch.int32), wq, torch.rand(8), b, torch.float32),
         "int8_weight_only_mm": (x, wq, torch.rand(8), b),
         "sparse24_int8_mm": (q, s, None, s8.values, s8.meta, s8.scale, b, torch.float32),
+        "int8_linear": (x, wq, torch.rand(8), b),
+        "sparse24_int8_linear": (x, s8.values, s8.meta, s8.scale, b),
     }
 
 

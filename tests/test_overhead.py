@@ -19,8 +19,8 @@ from conftest import requires_ext
 FORMATS = ["csr", "bsr", "bitmap", "2:4", "int8", "int8-wo", "2:4+int8"]
 W8A8 = ("int8", "2:4+int8")
 OPS = {"csr": ["csr_mm"], "bsr": ["bsr_mm"], "bitmap": ["bitmap_mm"], "2:4": ["sparse24_mm"],
-       "int8-wo": ["int8_weight_only_mm"], "int8": ["quantize_per_token", "int8_mm"],
-       "2:4+int8": ["quantize_per_token", "sparse24_int8_mm"]}
+       "int8-wo": ["int8_weight_only_mm"], "int8": ["int8_linear"],
+       "2:4+int8": ["sparse24_int8_linear"]}
 
 
 def mask_24(N, K):
@@ -131,8 +131,10 @@ def test_bad_input_messages_are_those_of_the_ops(fmt):
     with pytest.raises((TypeError, ValueError)) as got:
         sl(x)
     with pytest.raises(type(got.value)) as want:
-        if fmt in W8A8:
-            ops.quantize_per_token(x, True)
+        if fmt == "int8":
+            ops.int8_linear(x, b["qweight"], b["scale"], sl.bias)
+        elif fmt == "2:4+int8":
+            ops.sparse24_int8_linear(x, b["values"], b["meta"], b["scale"], sl.bias)
         elif fmt == "int8-wo":
             ops.int8_weight_only_mm(x, b["qweight"], b["scale"], sl.bias)
         elif fmt == "2:4":

@@ -417,7 +417,7 @@ def test_interp_launchers_check_a_buffer_written_in_place_again():
 def test_interp_registered_impls_route_to_the_launchers():
     """The functions registered for the CUDA key, called directly on CPU tensors (defaults filled in)."""
     import sparsekit.triton as st
-    from sparsekit.formats import Int8Weight
+    from sparsekit.formats import Int8Weight, Sparse24Int8Weight
 
     impls = st._make_impls()
     W, wm = _random_bsr(32, 48, 16, 16, 0.5, torch.float16, "cpu")
@@ -435,6 +435,18 @@ def test_interp_registered_impls_route_to_the_launchers():
     y = impls["int8_weight_only_mm"](x, I.qweight, I.scale)
     ref = reference.int8_weight_only_mm(x.double(), I.qweight, I.scale.double())
     _check_out(y, ref, x, I.qweight.double() * I.scale.double()[:, None], torch.float16)
+    # the one-call W8A8 linears: the two launchers from one op, the reference within the product's tolerance
+    y = impls["int8_linear"](x, I.qweight, I.scale)
+    assert y.dtype == torch.float16
+    torch.testing.assert_close(y.float(), reference.int8_linear(x, I.qweight, I.scale).float(), rtol=1e-2, atol=1e-2)
+    w24 = torch.randn(16, 48) * torch.tensor([1.0, 0, 0, 1]).repeat(12)
+    S = Sparse24Int8Weight.from_dense(w24)
+    b = torch.randn(16).half()
+    y = impls["sparse24_int8_linear"](x, S.values, S.meta, S.scale, b)
+    want = reference.sparse24_int8_linear(x, S.values, S.meta, S.scale, b)
+    torch.testing.assert_close(y.float(), want.float(), rtol=1e-2, atol=1e-2)
+    with pytest.raises(ValueError, match=r"sparsekit\.int8_linear: expected w_q of shape"):
+        impls["int8_linear"](x, I.qweight[:, :8], I.scale)
 
 
 if INTERPRET and HAS_TRITON:  # a kernel over the helpers, defined only where it runs

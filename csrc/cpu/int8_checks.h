@@ -1,5 +1,5 @@
 // Input checks of the int8 ops (int8_gemm_i32, quantize_per_token, int8_mm, int8_weight_only_mm,
-// sparse24_int8_mm). They raise the same Python exception types with the same messages, in the
+// sparse24_int8_mm, int8_linear, sparse24_int8_linear). They raise the same Python exception types with the same messages, in the
 // same order, as sparsekit/ops/_checks.py: TypeError (TORCH_CHECK_TYPE) for a dtype, ValueError
 // (TORCH_CHECK_VALUE) for a shape or a device. The helpers live in their own namespace so that
 // they cannot collide with the ones checks.h grows.
@@ -184,6 +184,42 @@ inline void check_sparse24_int8_mm_args(const at::Tensor& x_q, const at::Tensor&
   same_device(op, x_q, "meta", meta);
   same_device(op, x_q, "w_scale", w_scale);
   check_bias(op, bias, values.size(0), out_dtype, x_q.device());
+}
+
+// check_int8_linear(x, w_q, w_scale, bias)
+inline void check_int8_linear_args(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scale,
+                                   const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "sparsekit.int8_linear";
+  check_x2d(op, x);
+  expect_dtype(op, "x", x, kFloatTypes);
+  expect_dtype(op, "w_q", w_q, {at::kChar});
+  TORCH_CHECK_VALUE(w_q.dim() == 2 && w_q.size(1) == x.size(1), op, ": expected w_q of shape (out_features, ",
+                    x.size(1), "), got ", shape_str(w_q.sizes()));
+  check_int32_sums(op, x.size(1));
+  check_w_scale(op, w_scale, w_q.size(0));
+  same_device(op, x, "w_q", w_q);
+  same_device(op, x, "w_scale", w_scale);
+  check_bias(op, bias, w_q.size(0), x.scalar_type(), x.device());
+}
+
+// check_sparse24_int8_linear(x, values, meta, w_scale, bias)
+inline void check_sparse24_int8_linear_args(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                                            const at::Tensor& w_scale, const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "sparsekit.sparse24_int8_linear";
+  check_x2d(op, x);
+  expect_dtype(op, "x", x, kFloatTypes);
+  expect_dtype(op, "values", values, {at::kChar});
+  const int64_t K = x.size(1);
+  TORCH_CHECK_VALUE(values.dim() == 2 && values.size(1) * 2 == K, op,
+                    ": expected values of shape (out_features, in_features / 2 = ", K / 2, "), got ",
+                    shape_str(values.sizes()));
+  check_meta(op, meta, values.size(0), K);
+  check_int32_sums(op, K, 2);
+  check_w_scale(op, w_scale, values.size(0));
+  same_device(op, x, "values", values);
+  same_device(op, x, "meta", meta);
+  same_device(op, x, "w_scale", w_scale);
+  check_bias(op, bias, values.size(0), x.scalar_type(), x.device());
 }
 
 }  // namespace int8chk

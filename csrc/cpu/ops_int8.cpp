@@ -1,5 +1,6 @@
 // CPU implementations of the int8 ops (schemas in sparsekit/ops/_schemas.py): exact int8 GEMM,
-// per-token quantization, W8A8 int8_mm, weight-only W8A16 and 2:4 + int8. The kernels are the
+// per-token quantization, W8A8 int8_mm, weight-only W8A16, 2:4 + int8, and the one-call W8A8 linears
+// (int8_linear, sparse24_int8_linear: quantization and GEMM in one op). The kernels are the
 // torch-free cores of csrc/core/int8_gemm.h; this file checks, stages and splits the work.
 //
 // Instruction set: sparsekit._C.set_cpu_isa('generic' | 'avx2') forces the int8 cores too
@@ -277,6 +278,114 @@ at::Tensor sparse24_int8_mm_cpu(const at::Tensor& x_q, const at::Tensor& x_scale
   return y;
 }
 
+// ------------------------------------------------------------------------------------------
+// The one-call W8A8 linears: x (M, K) float quantized per token (symmetric) into a scratch buffer,
+// then the int8 core with the output in x's dtype. The same cores, arguments and thread splits as
+// quantize_per_token followed by int8_mm / sparse24_int8_mm, so the result is bit for bit theirs;
+// what goes is the second dispatcher round trip and the three tensors quantize_per_token returns.
+
+// The symmetric per-token quantization of x: q (M rows of ldq bytes), scale and zero point (M each)
+// in one allocation that `keep` holds.
+struct QuantizedRows {
+  at::Tensor keep;
+  int8_t* q = nullptr;
+  int64_t ldq = 0;
+  float* scale = nullptr;
+};
+
+QuantizedRows quantize_rows_scratch(const at::Tensor& x) {
+  const int64_t M = x.size(0), K = x.size(1);
+  QuantizedRows r;
+  r.ldq = std::max<int64_t>(K, 1);
+  const int64_t q_bytes = (M * r.ldq + 63) / 64 * 64;  // scale and zero point start 64-byte aligned
+  r.keep = at::empty({q_bytes + 8 * M}, x.options().dtype(at::kChar));
+  char* base = static_cast<char*>(r.keep.data_ptr());
+  r.q = reinterpret_cast<int8_t*>(base);
+  r.scale = reinterpret_cast<float*>(base + q_bytes);
+  const auto X = rows_contiguous(x);
+  core::QuantizeArgs a;
+  a.M = M; a.K = K;
+  a.x = X.data_ptr(); a.ldx = ld_of(X); a.x_dtype = to_core(X.scalar_type());
+  a.symmetric = true;
+  a.q = r.q; a.ldq = r.ldq;
+  a.scale = r.scale;
+  a.zero_point = reinterpret_cast<int32_t*>(base + q_bytes + 4 * M);
+  const auto isa = int8_isa();
+  // as quantize_per_token_cpu
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(K, 1));
+  at::parallel_for(0, M, grain, [&](int64_t m0, int64_t m1) { core::quantize_per_token_rows(a, m0, m1, isa); });
+  return r;
+}
+
+// The epilogue of a one-call linear: per-token scale from the scratch, no zero point, y in x's dtype.
+core::Int8Epilogue linear_epilogue(EpilogueInputs& in, const QuantizedRows& xq, const at::Tensor& w_scale,
+                                   const std::optional<at::Tensor>& bias, at::Tensor& y) {
+  in.w_scale = w_scale.contiguous();
+  if (bias.has_value()) in.bias = bias->contiguous();
+  core::Int8Epilogue ep;
+  ep.x_scale = xq.scale;
+  ep.w_scale = in.w_scale.data_ptr<float>();
+  ep.x_zero = nullptr;
+  ep.bias = in.bias.defined() ? in.bias.data_ptr() : nullptr;
+  ep.y = y.data_ptr();
+  ep.ldy = y.size(1);
+  ep.out_dtype = to_core(y.scalar_type());
+  return ep;
+}
+
+at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scale,
+                           const std::optional<at::Tensor>& bias) {
+  int8chk::check_int8_linear_args(x, w_q, w_scale, bias);
+  const int64_t M = x.size(0), K = x.size(1), N = w_q.size(0);
+  auto y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  const QuantizedRows xq = quantize_rows_scratch(x);
+  const auto B = rows_contiguous(w_q);
+  EpilogueInputs keep;
+  core::Int8GemmArgs g;
+  g.M = M; g.N = N; g.K = K;
+  g.a = xq.q; g.lda = xq.ldq;
+  g.b = B.data_ptr<int8_t>(); g.ldb = ld_of(B);
+  g.ep = linear_epilogue(keep, xq, w_scale, bias, y);
+  const auto isa = int8_isa();
+  parallel_blocks(M, N, K, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    core::Int8GemmArgs r = g;
+    r.M = m1 - m0;
+    r.a += m0 * r.lda;
+    r.ep = epilogue_rows(g.ep, m0);
+    core::int8_gemm_rows(r, n0, n1, isa);
+  });
+  return y;
+}
+
+at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                                    const at::Tensor& w_scale, const std::optional<at::Tensor>& bias) {
+  int8chk::check_sparse24_int8_linear_args(x, values, meta, w_scale, bias);
+  const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
+  const auto Mt = meta.contiguous();
+  check_meta_once("sparsekit.sparse24_int8_linear", meta, Mt, N, K);
+  auto y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  const QuantizedRows xq = quantize_rows_scratch(x);
+  const auto V = values.contiguous();
+  EpilogueInputs keep;
+  core::Sparse24Int8Args s;
+  s.M = M; s.N = N; s.K = K;
+  s.x = xq.q; s.ldx = xq.ldq;
+  s.values = V.data_ptr<int8_t>();
+  s.meta = Mt.data_ptr<uint8_t>();
+  s.ep = linear_epilogue(keep, xq, w_scale, bias, y);
+  const auto isa = int8_isa();
+  parallel_blocks(M, N, K, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    core::Sparse24Int8Args r = s;
+    r.M = m1 - m0;
+    r.x += m0 * r.ldx;
+    r.ep = epilogue_rows(s.ep, m0);
+    core::sparse24_int8_rows(r, n0, n1, isa);
+  });
+  return y;
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace sparsekit
@@ -287,4 +396,6 @@ TORCH_LIBRARY_IMPL(sparsekit, CPU, m) {
   m.impl("int8_mm", &sparsekit::cpu::int8_mm_cpu);
   m.impl("int8_weight_only_mm", &sparsekit::cpu::int8_weight_only_mm_cpu);
   m.impl("sparse24_int8_mm", &sparsekit::cpu::sparse24_int8_mm_cpu);
+  m.impl("int8_linear", &sparsekit::cpu::int8_linear_cpu);
+  m.impl("sparse24_int8_linear", &sparsekit::cpu::sparse24_int8_linear_cpu);
 }

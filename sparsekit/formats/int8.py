@@ -13,8 +13,7 @@ from ._common import check_weight_and_mask
 from .base import SparseFormat, register
 
 
-_QUANTIZE = torch.ops.sparsekit.quantize_per_token.default
-_INT8_MM = torch.ops.sparsekit.int8_mm.default
+_INT8_LINEAR = torch.ops.sparsekit.int8_linear.default
 _INT8_WO_MM = torch.ops.sparsekit.int8_weight_only_mm.default
 
 
@@ -76,22 +75,18 @@ class Int8Weight(_Int8Base):
 
     @staticmethod
     def apply(x, shape, bias, qweight, scale):
-        # quantize_per_token and int8_mm have no Python autograd kernel: called as they are
+        # int8_linear (per-token quantization + int8_mm in one op) has no Python autograd kernel: called as it is
         if x.dim() == 2:
-            q, s, _ = _QUANTIZE(x, True)
-            return _INT8_MM(q, s, None, qweight, scale, bias, x.dtype)
-        q, s, _ = _QUANTIZE(x.reshape(-1, x.shape[-1]), True)
-        y = _INT8_MM(q, s, None, qweight, scale, bias, x.dtype)
+            return _INT8_LINEAR(x, qweight, scale, bias)
+        y = _INT8_LINEAR(x.reshape(-1, x.shape[-1]), qweight, scale, bias)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def module_forward(m, x):
         b = m._buffers
         if x.dim() == 2:
-            q, s, _ = _QUANTIZE(x, True)
-            return _INT8_MM(q, s, None, b["qweight"], b["scale"], m._parameters["bias"], x.dtype)
-        q, s, _ = _QUANTIZE(x.reshape(-1, m.in_features), True)
-        y = _INT8_MM(q, s, None, b["qweight"], b["scale"], m._parameters["bias"], x.dtype)
+            return _INT8_LINEAR(x, b["qweight"], b["scale"], m._parameters["bias"])
+        y = _INT8_LINEAR(x.reshape(-1, m.in_features), b["qweight"], b["scale"], m._parameters["bias"])
         return y.reshape(*x.shape[:-1], m.out_features)
 
 

@@ -110,6 +110,7 @@ _FP16_MAX = 65504.0
 _SPARSE24_MM = torch.ops.sparsekit.sparse24_mm.default
 _SPARSE24_INT8_MM = torch.ops.sparsekit.sparse24_int8_mm.default
 _QUANTIZE = torch.ops.sparsekit.quantize_per_token.default
+_SPARSE24_INT8_LINEAR = torch.ops.sparsekit.sparse24_int8_linear.default
 _CSLT_MM = torch.ops.sparsekit.cslt_mm.default
 _CSLT_COMPRESS = torch.ops.sparsekit.cslt_compress.default
 _HALVES = (torch.float16, torch.bfloat16)
@@ -347,8 +348,12 @@ class Sparse24Int8Weight(SparseFormat):
 
     @staticmethod
     def apply(x, shape, bias, values, meta, scale):
-        # quantize_per_token, sparse24_int8_mm and cslt_mm have no Python autograd kernel: called as they are
+        # quantize_per_token, sparse24_int8_mm, sparse24_int8_linear and cslt_mm have no Python autograd
+        # kernel: called as they are
         x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+        if not _cuda(x2):  # quantization and the 2:4 int8 product in one op (CUDA: cuSPARSELt may take it)
+            y = _SPARSE24_INT8_LINEAR(x2, values, meta, scale, bias)
+            return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
         q, s, _ = _QUANTIZE(x2, True)
         y = None
         # sparse24_int8_mm has no CUDA kernel of its own (its fallback decodes the weight on every call),
@@ -370,10 +375,9 @@ class Sparse24Int8Weight(SparseFormat):
             return Sparse24Int8Weight.apply(x, (m.out_features, m.in_features), m._parameters["bias"], b["values"],
                                             b["meta"], b["scale"])
         if x.dim() == 2:
-            q, s, _ = _QUANTIZE(x, True)
-            return _SPARSE24_INT8_MM(q, s, None, b["values"], b["meta"], b["scale"], m._parameters["bias"], x.dtype)
-        q, s, _ = _QUANTIZE(x.reshape(-1, m.in_features), True)
-        y = _SPARSE24_INT8_MM(q, s, None, b["values"], b["meta"], b["scale"], m._parameters["bias"], x.dtype)
+            return _SPARSE24_INT8_LINEAR(x, b["values"], b["meta"], b["scale"], m._parameters["bias"])
+        y = _SPARSE24_INT8_LINEAR(x.reshape(-1, m.in_features), b["values"], b["meta"], b["scale"],
+                                  m._parameters["bias"])
         return y.reshape(*x.shape[:-1], m.out_features)
 
     @property

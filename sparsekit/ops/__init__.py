@@ -15,7 +15,8 @@ from . import _schemas  # noqa: F401  (defines the ops)
 from . import reference
 
 __all__ = ["csr_mm", "bsr_mm", "bitmap_mm", "sparse24_mm", "int8_gemm_i32", "quantize_per_token", "int8_mm",
-           "int8_weight_only_mm", "sparse24_int8_mm", "cslt_compress", "cslt_mm", "cslt_available", "reference"]
+           "int8_weight_only_mm", "sparse24_int8_mm", "int8_linear", "sparse24_int8_linear", "cslt_compress",
+           "cslt_mm", "cslt_available", "reference"]
 
 _lib = torch.library.Library("sparsekit", "IMPL")
 
@@ -109,6 +110,9 @@ _register("int8_weight_only_mm", C.check_int8_weight_only_mm, reference.int8_wei
           lambda x, wq, ws, b: _out(x, wq.shape[0]))
 _register("sparse24_int8_mm", C.check_sparse24_int8_mm, reference.sparse24_int8_mm,
           lambda xq, xs, xz, v, m, ws, b, od: _out(xq, v.shape[0], od), C.check_sparse24_int8_mm_data)
+_register("int8_linear", C.check_int8_linear, reference.int8_linear, lambda x, wq, ws, b: _out(x, wq.shape[0]))
+_register("sparse24_int8_linear", C.check_sparse24_int8_linear, reference.sparse24_int8_linear,
+          lambda x, v, m, ws, b: _out(x, v.shape[0]), C.check_sparse24_int8_linear_data)
 _register("_cuda_bsr_mm", C.check_bsr_mm, reference.bsr_mm, lambda x, cr, ci, v, n, b: _out(x, n), C.check_bsr_mm_data)
 _register("_cuda_bitmap_mm", C.check_bitmap_mm, reference.bitmap_mm, lambda x, bm, wo, v, b: _out(x, bm.shape[0]),
           C.check_bitmap_mm_data)
@@ -254,6 +258,52 @@ def int8_weight_only_mm(x, w_q, w_scale, bias=None) -> torch.Tensor:
 def sparse24_int8_mm(x_q, x_scale, x_zero, values, meta, w_scale, bias=None, out_dtype=torch.float32):
     """W8A8 with a 2:4 int8 weight (values (N, K/2) int8, meta as sparse24_mm)."""
     return torch.ops.sparsekit.sparse24_int8_mm(x_q, x_scale, x_zero, values, meta, w_scale, bias, out_dtype)
+
+
+def int8_linear(x, w_q, w_scale, bias=None) -> torch.Tensor:
+    """W8A8 linear in one op: x quantized per token (symmetric int8), then ``int8_mm``, y in x's dtype.
+
+    The same as ``q, s, _ = quantize_per_token(x)`` then ``int8_mm(q, s, None, w_q, w_scale, bias, x.dtype)``
+    (bit for bit on the CPU, where both run the same kernels) with one op call instead of two.
+
+    Args:
+        x: activations of shape (..., in_features), float32, bfloat16 or float16, any strides.
+        w_q: int8 weight (out_features, in_features), e.g. from ``sparsekit.formats.int8.quantize_rows``.
+        w_scale: float32 (out_features,), the weight's per-channel scale.
+        bias: optional (out_features,), in x's dtype.
+
+    Returns:
+        (..., out_features) in x's dtype.
+
+    Raises:
+        TypeError: a dtype other than the above. ValueError: a shape or device mismatch, or in_features
+        past 131071 (int32 sums of int8 products could overflow).
+    """
+    return _restore(torch.ops.sparsekit.int8_linear(_as_2d(x, "int8_linear"), w_q, w_scale, bias), x)
+
+
+def sparse24_int8_linear(x, values, meta, w_scale, bias=None) -> torch.Tensor:
+    """2:4 + int8 W8A8 linear in one op: x quantized per token, then ``sparse24_int8_mm``, y in x's dtype.
+
+    The same as ``q, s, _ = quantize_per_token(x)`` then
+    ``sparse24_int8_mm(q, s, None, values, meta, w_scale, bias, x.dtype)`` (bit for bit on the CPU).
+
+    Args:
+        x: activations of shape (..., in_features), float32, bfloat16 or float16; in_features divisible by 4.
+        values: int8 (out_features, in_features / 2), the two kept weights of every group of four.
+        meta: uint8 (out_features, ceil(in_features / 8)), their positions (formats/LAYOUTS.md); its contents
+            are checked once per buffer.
+        w_scale: float32 (out_features,).
+        bias: optional (out_features,), in x's dtype.
+
+    Returns:
+        (..., out_features) in x's dtype.
+
+    Raises:
+        TypeError: a dtype other than the above. ValueError: a shape or device mismatch, or a malformed meta.
+    """
+    y = torch.ops.sparsekit.sparse24_int8_linear(_as_2d(x, "sparse24_int8_linear"), values, meta, w_scale, bias)
+    return _restore(y, x)
 
 
 def cslt_available() -> bool:

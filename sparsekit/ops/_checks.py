@@ -249,6 +249,33 @@ def check_sparse24_int8_mm(x_q, x_scale, x_zero, values, meta, w_scale, bias, ou
     _check_bias(op, bias, values.shape[0], out_dtype, x_q.device)
 
 
+def check_int8_linear(x, w_q, w_scale, bias) -> None:
+    op = "sparsekit.int8_linear"
+    _check_x2d(op, x)
+    expect_dtype(op, "x", x, FLOAT_DTYPES)
+    expect_dtype(op, "w_q", w_q, (torch.int8,))
+    expect(w_q.dim() == 2 and w_q.shape[1] == x.shape[1], op,
+           lambda: f"expected w_q of shape (out_features, {x.shape[1]}), got {tuple(w_q.shape)}")
+    _check_int32_sums(op, x.shape[1])
+    _check_w_scale(op, w_scale, w_q.shape[0])
+    _same_device(op, x, w_q=w_q, w_scale=w_scale)
+    _check_bias(op, bias, w_q.shape[0], x.dtype, x.device)
+
+
+def check_sparse24_int8_linear(x, values, meta, w_scale, bias) -> None:
+    op = "sparsekit.sparse24_int8_linear"
+    _check_x2d(op, x)
+    expect_dtype(op, "x", x, FLOAT_DTYPES)
+    expect_dtype(op, "values", values, (torch.int8,))
+    expect(values.dim() == 2 and values.shape[1] * 2 == x.shape[1], op,
+           lambda: f"expected values of shape (out_features, in_features / 2 = {x.shape[1] // 2}), got {tuple(values.shape)}")
+    _check_meta(op, meta, values.shape[0], x.shape[1])
+    _check_int32_sums(op, x.shape[1], 2)
+    _check_w_scale(op, w_scale, values.shape[0])
+    _same_device(op, x, values=values, meta=meta, w_scale=w_scale)
+    _check_bias(op, bias, values.shape[0], x.dtype, x.device)
+
+
 # ------------------------------------------------------------------------------------------
 # Checks of the index buffers' contents, for the reference path (the fake kernels cannot see
 # data). Same messages, in the same order, as the C++ checks in csrc/checks.h that the compiled
@@ -342,6 +369,10 @@ def check_sparse24_mm_data(x, values, meta, bias) -> None:
 
 def check_sparse24_int8_mm_data(x_q, x_scale, x_zero, values, meta, w_scale, bias, out_dtype) -> None:
     check_meta_positions("sparsekit.sparse24_int8_mm", meta, x_q.shape[1])
+
+
+def check_sparse24_int8_linear_data(x, values, meta, w_scale, bias) -> None:
+    check_meta_positions("sparsekit.sparse24_int8_linear", meta, x.shape[1])
 
 
 # cuSPARSELt: out_features and in_features must be multiples of these (csrc/cuda/ops_cusparselt.cpp)

@@ -41,6 +41,14 @@ SCHEMAS = {
     # 2:4 + int8, W8A8: as int8_mm with the weight in 2:4 layout (values int8 (N, K / 2), meta as sparse24_mm).
     "sparse24_int8_mm": "sparse24_int8_mm(Tensor x_q, Tensor x_scale, Tensor? x_zero, Tensor values, Tensor meta, "
     "Tensor w_scale, Tensor? bias, ScalarType out_dtype) -> Tensor",
+    # One-call W8A8 linears: x (M, K) float32 / bfloat16 / float16 quantized per token (symmetric, as
+    # quantize_per_token(x, True)) and multiplied in the same op; y (M, N) and bias (N,) in x's dtype.
+    # int8_linear: as int8_mm(q, s, None, w_q, w_scale, bias, x.dtype) with w_q int8 (N, K), w_scale float32 (N,).
+    # sparse24_int8_linear: as sparse24_int8_mm(q, s, None, values, meta, w_scale, bias, x.dtype).
+    # On the CPU both are bit for bit the two-op composition (the same kernels, one dispatch).
+    "int8_linear": "int8_linear(Tensor x, Tensor w_q, Tensor w_scale, Tensor? bias=None) -> Tensor",
+    "sparse24_int8_linear": "sparse24_int8_linear(Tensor x, Tensor values, Tensor meta, Tensor w_scale, "
+    "Tensor? bias=None) -> Tensor",
     # cuSPARSELt 2:4 (CUDA only; csrc/cuda/ops_cusparselt.cpp). cslt_compress: weight (N, K) float16 / bfloat16 /
     # int8, 2:4 along K, N and K multiples of 16 (16-bit) or 32 (int8) -> the opaque compressed buffer, 1-d
     # uint8 whose size cuSPARSELt decides (values + its own metadata layout, not LAYOUTS.md's) for (N, K, dtype).

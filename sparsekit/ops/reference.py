@@ -161,3 +161,15 @@ def sparse24_int8_mm(x_q, x_scale, x_zero, values, meta, w_scale, bias, out_dtyp
     w_q = torch.zeros(values.shape[0], x_q.shape[-1], dtype=torch.int8, device=values.device)
     w_q.scatter_(1, pos, values)
     return int8_mm(x_q, x_scale, x_zero, w_q, w_scale, bias, out_dtype)
+
+
+def int8_linear(x, w_q, w_scale, bias=None) -> torch.Tensor:
+    """The one-call W8A8 linear: quantize_per_token(x, True) then int8_mm, y in x's dtype."""
+    q, s, _ = quantize_per_token(x, True)
+    return int8_mm(q, s, None, w_q, w_scale, bias, x.dtype)
+
+
+def sparse24_int8_linear(x, values, meta, w_scale, bias=None) -> torch.Tensor:
+    """The one-call 2:4 + int8 W8A8 linear: quantize_per_token(x, True) then sparse24_int8_mm."""
+    q, s, _ = quantize_per_token(x, True)
+    return sparse24_int8_mm(q, s, None, values, meta, w_scale, bias, x.dtype)

@@ -1,7 +1,8 @@
 """Triton kernels for the sparsekit ops on CUDA tensors.
 
 `register()` registers them as the CUDA implementations of ``sparsekit::bsr_mm``, ``bitmap_mm``,
-``quantize_per_token``, ``int8_mm`` and ``int8_weight_only_mm`` through ``torch.library`` (the ops'
+``quantize_per_token``, ``int8_mm`` and ``int8_weight_only_mm`` through ``torch.library``, and the one-call
+W8A8 linears ``int8_linear`` / ``sparse24_int8_linear`` as compositions of those launchers (the ops'
 schemas and fake kernels live in sparsekit/ops, so ``torch.compile`` traces them). It imports
 nothing heavy: triton and the kernel modules are imported on the first call of an op, so
 ``import sparsekit`` stays fast. It is a no-op returning False when triton is not installed or
@@ -117,6 +118,8 @@ def _lazy(module: str, name: str):
 
 
 def _make_impls():
+    from ..ops import _checks
+
     _bsr, _bitmap, _quant, _i8, _wo = (_lazy(*OPS[k]) for k in
                                        ("bsr_mm", "bitmap_mm", "quantize_per_token", "int8_mm", "int8_weight_only_mm"))
 
@@ -140,8 +143,22 @@ def _make_impls():
     def int8_weight_only_mm(x, w_q, w_scale, bias=None):
         return _wo()(x, w_q, w_scale, bias)
 
+    # The one-call W8A8 linears on CUDA: the two Triton launches (quantize_per_token, int8_mm) called
+    # directly, without a second dispatch; sparse24_int8_mm has no CUDA kernel of its own, so the 2:4 one
+    # calls the op (its fallback). Not a fused kernel: the quantized rows go through global memory.
+    def int8_linear(x, w_q, w_scale, bias=None):
+        _checks.check_int8_linear(x, w_q, w_scale, bias)
+        q, s, _ = _quant()(x, True)
+        return _i8()(q, s, None, w_q, w_scale, bias, x.dtype)
+
+    def sparse24_int8_linear(x, values, meta, w_scale, bias=None):
+        _checks.check_sparse24_int8_linear(x, values, meta, w_scale, bias)
+        q, s, _ = _quant()(x, True)
+        return torch.ops.sparsekit.sparse24_int8_mm(q, s, None, values, meta, w_scale, bias, x.dtype)
+
     return {"bsr_mm": bsr_mm, "bitmap_mm": bitmap_mm, "quantize_per_token": quantize_per_token,
-            "int8_mm": int8_mm, "int8_weight_only_mm": int8_weight_only_mm}
+            "int8_mm": int8_mm, "int8_weight_only_mm": int8_weight_only_mm, "int8_linear": int8_linear,
+            "sparse24_int8_linear": sparse24_int8_linear}
 
 
 def register() -> bool:
