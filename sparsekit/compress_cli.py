@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--no-latency", action="store_true", help="do not time the dense and compressed models")
+    p.add_argument("--latency-reps", type=int, default=5,
+                   help="timed calls per model on the first evaluation batch (default 5; CPU: alternated, medians)")
     p.add_argument("--quiet", action="store_true", help="do not print the report")
 
 
@@ -64,14 +66,19 @@ def _load(model_dir: str):
 
 
 def run(args) -> int:
+    """The command: :func:`compress_directory`; a bad argument or input prints one line, exit status 2."""
     try:
-        return _run(args)
+        compress_directory(args)
     except CLIError as e:
         print(f"sparsekit compress: error: {e}", file=sys.stderr)
         return 2
+    return 0
 
 
-def _run(args) -> int:
+def compress_directory(args):
+    """What the command does, for the parsed `args` (see :func:`add_arguments`): loads the model and
+    tokenizer, tokenizes the text files, compresses, writes ``--out``; returns the
+    :class:`sparsekit.compress.CompressResult` (its model is the one written). Raises CLIError."""
     import torch
 
     import sparsekit
@@ -108,7 +115,7 @@ def _run(args) -> int:
         f"{len(cal_texts)} calibration lines" + (f", {len(ev_texts)} evaluation lines" if ev_texts else ""))
     try:
         res = compress(model, recipe, calib, evalb, format=args.format, filter_fn=flt, device=args.device,
-                       inplace=False, latency=not args.no_latency, log=log)
+                       inplace=False, latency=not args.no_latency, latency_reps=args.latency_reps, log=log)
     except ValueError as e:
         raise CLIError(str(e)) from None
     rep = res.report
@@ -128,4 +135,4 @@ def _run(args) -> int:
     if not args.quiet:
         print(md)
     log(f"sparsekit compress: wrote {args.out} in {time.perf_counter() - t0:.0f} s")
-    return 0
+    return res
