@@ -20,15 +20,11 @@ The steps, each a piece that also works alone:
 
 Recipes (:data:`RECIPES`; a :class:`Recipe` or a dict of its fields works as well):
 
-=============  =====================================  =============================
-name           what                                   packed as (``format="auto"``)
-=============  =====================================  =============================
-``"50%"``      unstructured, half of each layer        fastest of csr / bitmap / dense
-``"P%"``       unstructured at P percent (0 < P < 100)  as above
-``"2:4"``      2 of every 4 along the input dim        fastest of 2:4 / csr / bitmap / dense
-``"2:4+int8"`` 2:4, then int8 weights                  ``2:4+int8`` (W8A8)
-``"int8"``     int8 weights, no pruning                ``int8`` (W8A8)
-=============  =====================================  =============================
+* ``"50%"``: unstructured, half of each layer; packed as the fastest of csr / bitmap / dense;
+* ``"P%"``: unstructured at P percent (0 < P < 100); packed as above;
+* ``"2:4"``: 2 of every 4 weights along the input dimension; the fastest of 2:4 / csr / bitmap / dense;
+* ``"2:4+int8"``: 2:4, then int8 weights; packed as ``2:4+int8`` (int8 activations per token, W8A8);
+* ``"int8"``: int8 weights, no pruning; packed as ``int8`` (W8A8).
 
 Defaults (all recipes): ``method="second-order"``, damping ``percdamp=0.01``, no recovery
 (``recover_steps=0``; with steps: AdamW at ``lr=5e-5``, distillation ``"mse"`` on the main output,
@@ -179,7 +175,8 @@ def get_recipe(recipe: Union[str, Recipe, Mapping[str, Any]], **overrides) -> Re
 class CompressReport(dict):
     """What :func:`compress` did and measured: a dict (JSON-serialisable: :meth:`to_json`) with
     ``recipe``, ``format``, ``layers`` {fqn: shape, sparsity, format, dense_bytes, bytes,
-    rel_error (eval), calib_error (second-order), auto (the timing of format="auto")}, ``skipped``,
+    rel_error (eval), calib_error (second-order), note (damping raised, rank-deficient Gram ...), auto (the
+    timing of format="auto")}, ``skipped``,
     ``agreement`` (and ``agreement_one_shot`` with recovery), ``recovery``, ``weight_bytes``,
     ``model_bytes``, ``latency``, ``seconds``, ``env``. :meth:`markdown` prints it."""
 
@@ -590,6 +587,7 @@ def compress(
     # ---- 1. prune (and, second-order without recovery, int8 in the same sweep)
     t0 = time.perf_counter()
     calib_err: Dict[str, float] = {}
+    notes: Dict[str, str] = {}
     quant_now = rec.int8 and rec.method == "second-order" and rec.recover_steps == 0
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*damping raised.*")
@@ -598,6 +596,7 @@ def compress(
                 masks, so = sparsegpt(work, calib, rec.sparsity, rec.pattern, flt, quantize_int8=quant_now,
                                       percdamp=rec.percdamp, return_report=True, log=log)
                 calib_err = {f: r["rel_error_calib"] for f, r in so["layers"].items()}
+                notes = {f: r["note"] for f, r in so["layers"].items() if r.get("note")}
             else:
                 masks = prune(work, rec.sparsity, rec.pattern, criterion=rec.method, filter_fn=flt,
                               calib=calib if rec.method == "activation" else None)
@@ -653,7 +652,7 @@ def compress(
         choice = getattr(m, "_sparsekit_choice", None)
         lrep[f] = dict(shape=list(mask.shape), sparsity=float((~mask).sum()) / max(mask.numel(), 1), format=fm,
                        dense_bytes=dense_bytes_layers[f], bytes=int(nb), rel_error=None,
-                       calib_error=calib_err.get(f),
+                       calib_error=calib_err.get(f), note=notes.get(f, ""),
                        auto=None if choice is None else dict(rows=choice["batch_size"], speedup=choice["speedup"],
                                                              tried_ms=choice["tried"]))
     if report:
@@ -673,7 +672,8 @@ def compress(
             d_ms, c_ms = _latency(dense, work, evalb[0], latency_reps)
             dev = _device_of(work)
             out["latency"] = dict(device=str(dev), threads=torch.get_num_threads(), batch_shape=_batch_shape(evalb[0]),
-                                  reps=latency_reps, dense_ms=d_ms, compressed_ms=c_ms, speedup=d_ms / c_ms if c_ms > 0 else None)
+                                  reps=latency_reps, dense_ms=d_ms, compressed_ms=c_ms,
+                                  speedup=d_ms / c_ms if c_ms > 0 else None)
             secs["latency"] = time.perf_counter() - t0
     wd, wc = sum(dense_bytes_layers.values()), sum(x["bytes"] for x in lrep.values())
     mc = _model_bytes(work)
@@ -718,7 +718,8 @@ def read_lines(path: str, max_samples: Optional[int] = None, who: str = "text fi
     return lines
 
 
-def text_batches(tokenizer, texts: List[str], batch_size: int = 16, max_length: int = 128) -> List[Dict[str, torch.Tensor]]:
+def text_batches(tokenizer, texts: List[str], batch_size: int = 16,
+                 max_length: int = 128) -> List[Dict[str, torch.Tensor]]:
     """Dict batches (``input_ids``, ``attention_mask``, ...) of `texts` in order, padded per batch and
     truncated to `max_length` tokens, for ``model(**batch)``."""
     if batch_size < 1 or max_length < 2:

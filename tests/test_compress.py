@@ -265,7 +265,8 @@ def test_cli_end_to_end_then_fresh_process_loads(minilm, tmp_path):
     assert set(man["layers"]) == {f for f, m in res.model.named_modules() if isinstance(m, SparseLinear)}
 
     dst = tmp_path / "fresh.pt"
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), HF_HUB_OFFLINE="1",
+               OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-c", FRESH, str(out), ev, str(dst), str(torch.get_num_threads())],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
