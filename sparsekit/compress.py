@@ -203,7 +203,7 @@ class CompressReport(dict):
         if lat:
             L.append(f"| latency, ms (median, {lat['device']}, {lat['threads']} threads, batch "
                      f"{lat['batch_shape']}) | {lat['dense_ms']:.2f} | {lat['compressed_ms']:.2f} | "
-                     f"{lat['speedup']:.2f}x faster |")
+                     f"{lat['speedup']:.2f}x |")
         L.append("")
         for key, title in (("agreement_one_shot", "Output agreement with the dense model, one-shot (before recovery)"),
                            ("agreement", "Output agreement with the dense model")):
@@ -548,6 +548,8 @@ def compress(
         fmt = format
     if not isinstance(latency_reps, int) or latency_reps < 1:
         raise ValueError(f"compress: expected latency_reps an int >= 1, got {latency_reps!r}")
+    if auto_rows is not None and (not isinstance(auto_rows, int) or auto_rows < 1):
+        raise ValueError(f"compress: expected auto_rows an int >= 1 or None, got {auto_rows!r}")
     calib = _as_list(calib, "calibration")
     evalb = _as_list(eval, "evaluation", allow_none=True)
     data_name = "evaluation" if evalb is not None else "calibration"

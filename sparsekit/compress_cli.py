@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="distillation steps from the dense model after pruning (default 0: none)")
     p.add_argument("--lr", type=float, default=None, help="recovery learning rate (default 5e-5)")
     p.add_argument("--format", default="auto", help="auto (default), dense, or a sparsekit format name")
+    p.add_argument("--auto-rows", type=int, default=None,
+                   help="format auto: the rows each layer is timed at (default: the rows of the first evaluation "
+                        "batch, batch x sequence length; 1 to 64 for one-sample serving)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sample, longer ones truncated (default 128)")
     p.add_argument("--batch-size", type=int, default=16, help="samples per batch (default 16)")
     p.add_argument("--max-samples", type=int, default=None, help="use the first N lines of each text file")
@@ -89,6 +92,8 @@ def compress_directory(args):
         recipe = get_recipe(args.recipe, recover_steps=args.recover_steps, method=args.method, lr=args.lr)
     except (ValueError, TypeError) as e:
         raise CLIError(str(e)) from None
+    if args.auto_rows is not None and args.auto_rows < 1:
+        raise CLIError(f"expected --auto-rows >= 1, got {args.auto_rows}")
     if args.seq_len < 2 or args.batch_size < 1:
         raise CLIError(f"expected --seq-len >= 2 and --batch-size >= 1, got {args.seq_len}, {args.batch_size}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -115,7 +120,8 @@ def compress_directory(args):
         f"{len(cal_texts)} calibration lines" + (f", {len(ev_texts)} evaluation lines" if ev_texts else ""))
     try:
         res = compress(model, recipe, calib, evalb, format=args.format, filter_fn=flt, device=args.device,
-                       inplace=False, latency=not args.no_latency, latency_reps=args.latency_reps, log=log)
+                       inplace=False, latency=not args.no_latency, latency_reps=args.latency_reps,
+                       auto_rows=args.auto_rows, log=log)
     except ValueError as e:
         raise CLIError(str(e)) from None
     rep = res.report

@@ -208,6 +208,8 @@ def test_bad_input_clear_errors():
         sparsekit.compress(model, "50%", calib, format="zip")
     with pytest.raises(ValueError, match="no nn.Linear layer"):
         sparsekit.compress(model, "50%", calib, filter_fn=lambda m, f: False)
+    with pytest.raises(ValueError, match="auto_rows"):
+        sparsekit.compress(model, "50%", calib, auto_rows=0)
     with pytest.raises(TypeError, match="nn.Module"):
         sparsekit.compress("model", "50%", calib)
 
@@ -295,6 +297,7 @@ def test_cli_bad_input(minilm, tmp_path, capsys):
         ([str(tmp_path), "--recipe", "2:4", "--calib", cal, "--out", out], "has no config.json"),
         ([path, "--recipe", "2:4", "--calib", cal, "--out", out, "--layers", "("], "bad regular expression"),
         ([path, "--recipe", "int8", "--calib", cal, "--out", out, "--recover-steps", "3"], "int8-only recipe"),
+        ([path, "--recipe", "2:4", "--calib", cal, "--out", out, "--auto-rows", "0"], "--auto-rows"),
     ]
     for argv, msg in cases:
         assert main(["compress"] + argv) == 2, argv
