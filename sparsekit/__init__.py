@@ -5,6 +5,7 @@ PyTorch models run faster.
     masks = sparsekit.prune(model, sparsity=0.9)          # bool masks, applied in place
     sparsekit.convert(model, sparsekit.SparseConfig("csr"))  # nn.Linear -> SparseLinear
     sparsekit.save_pretrained(model, "out/")                # loads by itself: sparsekit.load_pretrained("out/")
+    model, report = sparsekit.compress(model, "2:4", calib_batches, eval_batches)  # all of it in one call
 """
 from ._version import __version__
 from . import ops  # defines the ops (schemas, fake kernels, reference fallbacks) before kernels register
@@ -24,10 +25,11 @@ from . import quant  # noqa: E402
 from . import parallel  # noqa: E402
 from .parallel import shard  # noqa: E402
 from .prune import apply_masks, calibrate, prune  # noqa: E402
+from .compress import compress  # noqa: E402  (sparsekit.compress is the function; Recipe etc.: from sparsekit.compress import ...)
 
 __all__ = ["__version__", "ops", "formats", "nn", "prune", "apply_masks", "calibrate", "convert", "SparseConfig", "info",
            "save_safetensors", "load_safetensors", "save_pretrained", "load_pretrained", "explain", "quant",
-           "parallel", "shard"]
+           "parallel", "shard", "compress"]
 
 
 def info() -> dict:

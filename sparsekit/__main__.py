@@ -1,4 +1,5 @@
-"""Command line: `python -m sparsekit info` and `python -m sparsekit bench ...` (also the `sparsekit` script)."""
+"""Command line: `python -m sparsekit info`, `python -m sparsekit bench ...` and
+`python -m sparsekit compress MODEL_DIR --recipe R --calib TEXTFILE --out DIR` (also the `sparsekit` script)."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,11 @@ def main(argv=None) -> int:
     from .bench.cli import add_arguments
 
     add_arguments(bench)
+    comp = sub.add_parser("compress", help="a Hugging Face model directory -> a smaller, faster sparsekit checkpoint "
+                                           "(prune / int8, convert, report)")
+    from .compress_cli import add_arguments as add_compress_arguments
+
+    add_compress_arguments(comp)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.cmd == "info":
@@ -25,6 +31,10 @@ def main(argv=None) -> int:
         from .bench.cli import run
 
         return run(args)
+    if args.cmd == "compress":
+        from .compress_cli import run as run_compress
+
+        return run_compress(args)
     parser.print_help()
     return 0
 
