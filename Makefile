@@ -1,13 +1,16 @@
 # sparsekit: one-command set-up on a fresh machine.
 #   make demo   virtualenv + torch + build + `sparsekit bench`: a decoder pruned + converted per format, against dense
 #   make test   the same set-up, then the C++ tests (ASan + UBSan) and the whole Python suite
+#   make peers  a side virtualenv (.venv-peers) with DeepSparse 1.8.0, the CPU peer `sparsekit bench` runs in a subprocess
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.14.1
 export MAX_JOBS ?= 2
 
-.PHONY: all venv install build demo test test-py test-cpp bench wheel clean
+PEERS_VENV ?= .venv-peers
+
+.PHONY: all venv install build demo test test-py test-cpp bench wheel clean peers
 
 all: install
 
@@ -43,6 +46,17 @@ test-cpp:
 	cmake -S . -B build/cmake-san -DSPARSEKIT_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
 	cmake --build build/cmake-san -j 2
 	ctest --test-dir build/cmake-san --output-on-failure
+
+# DeepSparse 1.8.0 (its last release; it brings onnx) for `sparsekit bench` on the CPU; sparsekit finds
+# $(PEERS_VENV)/bin/python here, or the python that SPARSEKIT_PEERS_PYTHON names. Python 3.8-3.11 only.
+peers: $(PEERS_VENV)/.peers-ready
+
+$(PEERS_VENV)/.peers-ready:
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q --upgrade "pip>=23" 2>/dev/null || true
+	$(PEERS_VENV)/bin/python -m pip install -q "deepsparse==1.8.0"
+	$(PEERS_VENV)/bin/python -c "import deepsparse, onnx; print('deepsparse', deepsparse.__version__, 'onnx', onnx.__version__)"
+	touch $@
 
 bench: install
 	$(PY) bench/run_cpu.py

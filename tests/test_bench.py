@@ -17,6 +17,12 @@ CPU = torch.device("cpu")
 TINY = dict(PRESETS["tiny"], vocab=128)
 
 
+@pytest.fixture(autouse=True)
+def _no_side_python(monkeypatch, tmp_path):
+    """DeepSparse (a subprocess from the side virtualenv) has its own tests: test_bench_peers.py."""
+    monkeypatch.setenv("SPARSEKIT_PEERS_PYTHON", str(tmp_path / "no-python"))
+
+
 def _model_records(arch):
     return bench_model(TINY, ["csr", "2:4", "int8-wo", "2:4+int8"], [0.8], torch.float32, CPU, arch=arch, prompt=8,
                        min_run_time=0.01)

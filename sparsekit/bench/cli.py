@@ -3,6 +3,7 @@
     sparsekit bench                      # model: a decoder pruned + converted per format, on the device present
     sparsekit bench model --preset llama-7b --layers 2 --formats 2:4,bsr:64,int8-wo --json m.jsonl
     sparsekit bench layer --shapes llama-7b --m 1,16 --sparsity 0.9 --formats all --json out.jsonl
+    sparsekit bench layer --shapes 4096x4096 --chain 8 --formats csr,auto,int8   # + DeepSparse (make peers)
     sparsekit bench report --json out.jsonl --out bench/results
     sparsekit bench overhead --json bench/results/cpu_overhead.jsonl   # host time beyond F.linear, per format
 """
@@ -56,6 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "model, float32 for layer")
     p.add_argument("--formats", default=None,
                    help="comma list of csr, bitmap, bsr:B (B = block size), 2:4, int8, int8-wo, 2:4+int8, or 'all' "
+                        "(layer: also auto, format='auto' told each M) "
                         "(default: model cpu csr,bsr:32,2:4,int8-wo; cuda 2:4,bsr:64,int8-wo,2:4+int8; "
                         "layer cpu csr,bsr:32,2:4,int8-wo; cuda all)")
     p.add_argument("--sparsity", type=_floats, default=None,
@@ -68,11 +70,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it is drawn on stderr only when "
                    "stderr is a terminal)")
     g = p.add_argument_group("layer")
-    g.add_argument("--shapes", default=None, help="N x K list or families (llama-7b, llama3-8b, bert-base, "
-                   "square-4096) (default: square-4096 on cpu, llama-7b on cuda)")
+    g.add_argument("--shapes", default=None, help="N x K list or families: llama2-7b (= llama-7b), llama2-13b, "
+                   "llama3-8b (attention and MLP projections), bert-base, square-4096 (default: square-4096 on cpu, "
+                   "llama-7b on cuda)")
+    g.add_argument("--chain", type=int, default=1, help="L distinct layers of each shape run one after another "
+                   "by every implementation, so that the weights stream from memory as in a model (in sequence when "
+                   "N = K, else each on the same input); weight bytes count all L (default 1)")
     g.add_argument("--m", type=_ints, default=None, help="activation rows, e.g. 1,16 (default 1,16; cuda 1,16,128,2048)")
-    g.add_argument("--no-peers", action="store_true", help="skip PyTorch's own paths (torch CSR/BSR, "
-                   "to_sparse_semi_structured, torch._int_mm, torchao)")
+    g.add_argument("--no-peers", action="store_true", help="skip the peers: PyTorch's own paths (torch CSR/BSR, "
+                   "to_sparse_semi_structured, torch._int_mm, quantize_dynamic, torchao) and DeepSparse (CPU, "
+                   "unstructured formats; from the side virtualenv of `make peers` or $SPARSEKIT_PEERS_PYTHON)")
     g = p.add_argument_group("model")
     g.add_argument("--arch", default="llama", choices=["llama", "builtin"],
                    help="llama: transformers' LlamaForCausalLM from a LlamaConfig, random weights, no download "
@@ -168,14 +175,19 @@ def _run_overhead(args) -> int:
 
 
 def _run_layers(args, fmts, dtype, device, min_run_time):
-    from .layer import bench_layer, parse_shapes
+    from .layer import bench_layer, layer_steps, parse_shapes
 
+    if args.chain < 1:
+        raise SystemExit(f"sparsekit bench layer: --chain must be >= 1, got {args.chain}")
     shapes = parse_shapes(args.shapes)
+    if args.chain > 1:
+        print(f"chain: {args.chain} distinct layers per shape, run one after another (in sequence where N = K, "
+              "else each on the same input)")
     recs = []
-    with Progress(len(shapes) * len(args.m), enabled=not args.no_progress) as bar:
+    with Progress(len(shapes) * layer_steps(fmts, args.sparsity), enabled=not args.no_progress) as bar:
         for N, K in shapes:
             recs += bench_layer(N, K, args.m, args.sparsity, dtype, device, peers=not args.no_peers,
-                                min_run_time=min_run_time, fmts=fmts, progress=bar)
+                                min_run_time=min_run_time, fmts=fmts, progress=bar, chain=args.chain)
     return recs
 
 
@@ -190,4 +202,4 @@ def _run_model(args, fmts, dtype, device, min_run_time):
           f"{args.prompt}\n")
     with Progress(1 + len(list(variants(fmts, args.sparsity))), enabled=not args.no_progress) as bar:
         return bench_model(dims, fmts, args.sparsity, dtype, device, arch=arch, batch=args.batch, prompt=args.prompt,
-                           min_run_time=min_run_time, progress=bar)
+                           min_run_time=min_run_time, progress=bar, peers=not args.no_peers)

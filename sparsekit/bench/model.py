@@ -40,6 +40,7 @@ from .timing import short_error, time_ms
 # hidden, intermediate, heads, kv heads, layers, vocab
 PRESETS = {
     "llama-7b": dict(hidden=4096, intermediate=11008, heads=32, kv_heads=32, layers=32, vocab=32000),
+    "llama2-13b": dict(hidden=5120, intermediate=13824, heads=40, kv_heads=40, layers=40, vocab=32000),
     "llama3-8b": dict(hidden=4096, intermediate=14336, heads=32, kv_heads=8, layers=32, vocab=128256),
     "small": dict(hidden=1024, intermediate=2816, heads=16, kv_heads=16, layers=2, vocab=8192),
     "tiny": dict(hidden=128, intermediate=352, heads=4, kv_heads=4, layers=2, vocab=512),
@@ -226,9 +227,11 @@ def sparsify(dense: nn.Module, fmt: str, sparsity: Optional[float], device) -> t
 
 def bench_model(dims: Dict[str, int], fmts: Sequence[str], sparsities: Sequence[float], dtype: torch.dtype,
                 device: torch.device, arch: str = "llama", batch: int = 1, prompt: int = 128,
-                min_run_time: float = 0.3, progress: Optional[Progress] = None) -> List[Dict]:
+                min_run_time: float = 0.3, progress: Optional[Progress] = None, peers: bool = False) -> List[Dict]:
     """One record for the dense model (the baseline: on the CPU, for prefill and for decode each,
-    the faster of float32 and bfloat16, whichever of the two the model is in) and one per (format, sparsity)."""
+    the faster of float32 and bfloat16, whichever of the two the model is in) and one per (format, sparsity);
+    with `peers` on the CPU also PyTorch's dynamic int8 (quantize_dynamic, fbgemm and onednn) of the same
+    projections and a DeepSparse row per unstructured sparsity (model_peers)."""
     if arch == "llama" and not transformers_available():
         arch = "builtin"
     with torch.no_grad():
@@ -250,7 +253,91 @@ def bench_model(dims: Dict[str, int], fmts: Sequence[str], sparsities: Sequence[
             records.append(_bench_variant(dense, desc, fmt, sp, base, batch, prompt, device, min_run_time))
             if progress is not None:
                 progress.step(f"{fmt} {'' if sp is None else f'{sp:.0%}'}")
+        if peers and device.type == "cpu":
+            records += model_peers(dense, desc, fmts, sparsities, base, batch, prompt, device, min_run_time)
     return records
+
+
+#: why the model bench has no DeepSparse timing: said in its row instead of a number
+DEEPSPARSE_MODEL_NA = ("n/a (the Llama is not exported: torch.onnx.export needs onnx and onnxscript in sparsekit's "
+                       "environment, which the bench keeps free of them, and DeepSparse runs ONNX only; the layer "
+                       "bench times DeepSparse on the same pruned projection weights)")
+
+
+def model_peers(dense, desc, fmts, sparsities, base, batch, prompt, device, min_run_time) -> List[Dict]:
+    """CPU peers of the model bench: quantize_dynamic (fbgemm, onednn) of every projection (lm_head
+    dense, as sparsekit's formats leave it), checked against the dense model within the error of
+    int8 (rel_error: against the dense model); DeepSparse rows saying why it is not timed."""
+    from .peers import Unavailable
+
+    records = []
+    ref = None
+    for engine in ("fbgemm", "onednn"):
+        name = f"torch-quantize_dynamic-{engine}"
+        try:
+            model = _quantize_dynamic(dense, engine)
+            if ref is None:
+                ref = _logits(Runner(dense, batch, prompt))
+            with _quantized_engine(engine):
+                m = _measure(model, batch, prompt, device, min_run_time)
+            m["weight_bytes"] += _packed_int8_bytes(model)
+            err = max(rel_error(m[k], ref[k]) for k in ref)
+            if not err <= _tolerance("int8", torch.float32):
+                raise AssertionError(f"quantized model differs from the dense model: relative error {err:.3g}")
+        except Unavailable as e:
+            records.append(dict(desc, format=name, sparsity=0.0, error=f"n/a ({e})"))
+            continue
+        except (RuntimeError, NotImplementedError, ValueError, AssertionError) as e:
+            records.append(dict(desc, format=name, sparsity=0.0, error=f"n/a ({short_error(e)})"))
+            continue
+        records.append(_model_record(desc, name, 0.0, m, base, err))
+    for sp in sorted({sp for fmt, sp in variants(fmts, sparsities) if prune_pattern(fmt) == "unstructured"}):
+        records.append(dict(desc, format="deepsparse", sparsity=sp, error=DEEPSPARSE_MODEL_NA))
+    return records
+
+
+def _packed_int8_bytes(model: nn.Module) -> int:
+    """The int8 weights (and a scale and zero point each) that quantize_dynamic's Linear layers keep
+    in packed params, which model.parameters() does not see."""
+    total = 0
+    for mod in model.modules():
+        if type(mod).__module__.startswith("torch.ao.nn.quantized") and callable(getattr(mod, "weight", None)):
+            w = mod.weight()
+            total += w.numel() * w.element_size() + 8
+    return total
+
+
+class _quantized_engine:
+    def __init__(self, engine):
+        self.engine = engine
+
+    def __enter__(self):
+        self.before = torch.backends.quantized.engine
+        torch.backends.quantized.engine = self.engine
+
+    def __exit__(self, *exc):
+        torch.backends.quantized.engine = self.before
+
+
+def _quantize_dynamic(dense: nn.Module, engine: str) -> nn.Module:
+    """A copy of `dense` with every projection (not lm_head) replaced by torch.ao's dynamic int8 Linear."""
+    import warnings
+
+    from .peers import Unavailable
+
+    p = next(dense.parameters())
+    if p.dtype != torch.float32:
+        raise Unavailable(f"quantize_dynamic takes a float32 model, not {str(p.dtype).replace('torch.', '')}")
+    if engine not in torch.backends.quantized.supported_engines:
+        raise Unavailable(f"quantized engine {engine} is not in this torch build")
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as e:
+        raise Unavailable(f"torch.ao.quantization: {e}") from None
+    names = {fqn for fqn, mod in dense.named_modules() if isinstance(mod, nn.Linear) and _not_lm_head(mod, fqn)}
+    with _quantized_engine(engine), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation
+        return quantize_dynamic(copy.deepcopy(dense), names, dtype=torch.qint8)
 
 
 def _best_dense(runs: List[Dict]) -> Dict:

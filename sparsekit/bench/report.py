@@ -30,7 +30,8 @@ def layer_table(recs: List[dict]) -> str:
     head += ["bytes cap", "GB/s", "TFLOP/s"]
     rows = []
     for r in recs:
-        row = [f"{r['N']}x{r['K']}", r["M"], f"{r['sparsity']:.0%}", r["impl"]]
+        chain = f" (x{r['chain']})" if r.get("chain", 1) > 1 else ""
+        row = [f"{r['N']}x{r['K']}{chain}", r["M"], f"{r['sparsity']:.0%}", r["impl"]]
         if "ms" not in r:
             rows.append(row + ["-", r.get("error", "")] + ["-"] * (len(head) - 6))
             continue
