@@ -33,6 +33,10 @@ import time
 import traceback
 
 
+#: graphs whose weights pass this many bytes keep them in PATH.data beside the graph (protobuf stops at 2 GiB)
+EXTERNAL_BYTES = 1 << 30
+
+
 def build_onnx(weights, biases, sequence, path):
     """Writes the fp32 ONNX graph of the chain to `path` (weights as external data when large)."""
     import numpy as np
@@ -65,8 +69,7 @@ def build_onnx(weights, biases, sequence, path):
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", K])], outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="sparsekit")
     model.ir_version = 8
-    big = sum(w.nbytes for w in weights) > 1 << 30  # protobuf's 2 GiB limit
-    if big:
+    if sum(w.nbytes for w in weights) > EXTERNAL_BYTES:
         onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
                         location=os.path.basename(path) + ".data", size_threshold=1024)
     else:

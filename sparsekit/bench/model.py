@@ -259,9 +259,8 @@ def bench_model(dims: Dict[str, int], fmts: Sequence[str], sparsities: Sequence[
 
 
 #: why the model bench has no DeepSparse timing: said in its row instead of a number
-DEEPSPARSE_MODEL_NA = ("n/a (the Llama is not exported: torch.onnx.export needs onnx and onnxscript in sparsekit's "
-                       "environment, which the bench keeps free of them, and DeepSparse runs ONNX only; the layer "
-                       "bench times DeepSparse on the same pruned projection weights)")
+DEEPSPARSE_MODEL_NA = ("n/a (model not exported to ONNX: torch.onnx.export needs onnx + onnxscript, kept out of "
+                       "sparsekit's environment; `bench layer` times DeepSparse on the same pruned weights)")
 
 
 def model_peers(dense, desc, fmts, sparsities, base, batch, prompt, device, min_run_time) -> List[Dict]:
