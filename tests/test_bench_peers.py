@@ -298,3 +298,43 @@ def test_worker_graph_with_bias_and_external_data(tmp_path):
     ''')
     out = subprocess.run([SIDE, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
+
+
+# ----------------------------------------------------------------------------- the model bench's peers
+
+
+def _model_peer_records(arch):
+    from sparsekit.bench.model import PRESETS, bench_model
+
+    dims = dict(PRESETS["tiny"], vocab=128, kv_heads=2)  # grouped-query attention, as in LLaMA-3
+    return bench_model(dims, ["csr"], [0.8], torch.float32, CPU, arch=arch, prompt=8, min_run_time=0.005, peers=True)
+
+
+def test_model_peers_quantize_dynamic_and_deepsparse_na(no_side):
+    recs = _model_peer_records("builtin")
+    by = {(r["format"], r["sparsity"]): r for r in recs}
+    fb = by[("torch-quantize_dynamic-fbgemm", 0.0)]
+    assert "error" not in fb and 0 < fb["rel_error"] < 0.1 and fb["decode_tok_s"] > 0
+    # the int8 weights in packed params are counted: about a quarter of the projections' float32 bytes
+    dense = by[("dense", 0.0)]
+    assert fb["weight_bytes"] < dense["weight_bytes"] and fb["weight_bytes"] > 128 * 128 * 4 * 2
+    for key in (("deepsparse-dense", 0.0), ("deepsparse", 0.8)):
+        assert by[key]["error"].startswith("n/a (SPARSEKIT_PEERS_PYTHON="), by[key]
+    assert [r["format"] for r in recs if "error" not in r][:2] == ["dense", "csr"]
+
+
+@needs_side
+@pytest.mark.parametrize("arch", ["builtin", "llama"])
+def test_model_peers_deepsparse_runs_the_exported_decoder(monkeypatch, arch):
+    from sparsekit.bench.model import transformers_available
+
+    if arch == "llama" and not transformers_available():
+        pytest.skip("transformers is not installed")
+    monkeypatch.setenv("SPARSEKIT_PEERS_PYTHON", SIDE)
+    by = {(r["format"], r["sparsity"]): r for r in _model_peer_records(arch)}
+    for key in (("deepsparse-dense", 0.0), ("deepsparse", 0.8)):
+        r = by[key]
+        # prefill and one decode step, both checked against the (pruned) model's logits before timing
+        assert "error" not in r, r
+        assert r["rel_error"] < 1e-3 and r["prefill_ms"] > 0 and r["decode_tok_s"] > 0
+        assert r["peer_version"] == "deepsparse 1.8.0"

@@ -18,6 +18,10 @@ with the prompt, repeated at that same position (a static cache rewound each ste
 timed call does the same work; tokens/s = batch / step time. On CUDA both are also timed replayed
 from a CUDA graph; on the CPU eagerly. Peak memory: torch.cuda.max_memory_allocated on CUDA; not
 measured on the CPU (the process's high-water mark is already set by the dense model).
+
+Peers on the CPU (``peers=True``; the CLI's default): quantize_dynamic int8 of the projections, and
+DeepSparse on ONNX graphs of the (pruned) model that its side process builds from the weights
+(bench/deepsparse_peer.py): its decode step takes the prompt's keys and values as graph inputs.
 """
 from __future__ import annotations
 
@@ -231,7 +235,8 @@ def bench_model(dims: Dict[str, int], fmts: Sequence[str], sparsities: Sequence[
     """One record for the dense model (the baseline: on the CPU, for prefill and for decode each,
     the faster of float32 and bfloat16, whichever of the two the model is in) and one per (format, sparsity);
     with `peers` on the CPU also PyTorch's dynamic int8 (quantize_dynamic, fbgemm and onednn) of the same
-    projections and a DeepSparse row per unstructured sparsity (model_peers)."""
+    projections and DeepSparse on the dense model and on the model pruned to each unstructured sparsity
+    (model_peers)."""
     if arch == "llama" and not transformers_available():
         arch = "builtin"
     with torch.no_grad():
@@ -258,15 +263,11 @@ def bench_model(dims: Dict[str, int], fmts: Sequence[str], sparsities: Sequence[
     return records
 
 
-#: why the model bench has no DeepSparse timing: said in its row instead of a number
-DEEPSPARSE_MODEL_NA = ("n/a (model not exported to ONNX: torch.onnx.export needs onnx + onnxscript, kept out of "
-                       "sparsekit's environment; `bench layer` times DeepSparse on the same pruned weights)")
-
-
 def model_peers(dense, desc, fmts, sparsities, base, batch, prompt, device, min_run_time) -> List[Dict]:
     """CPU peers of the model bench: quantize_dynamic (fbgemm, onednn) of every projection (lm_head
     dense, as sparsekit's formats leave it), checked against the dense model within the error of
-    int8 (rel_error: against the dense model); DeepSparse rows saying why it is not timed."""
+    int8 (rel_error: against the dense model); DeepSparse (deepsparse-dense, then deepsparse per
+    unstructured sparsity) from the side virtualenv, "n/a (reason)" where it cannot run."""
     from .peers import Unavailable
 
     records = []
@@ -290,9 +291,43 @@ def model_peers(dense, desc, fmts, sparsities, base, batch, prompt, device, min_
             records.append(dict(desc, format=name, sparsity=0.0, error=f"n/a ({short_error(e)})"))
             continue
         records.append(_model_record(desc, name, 0.0, m, base, err))
-    for sp in sorted({sp for fmt, sp in variants(fmts, sparsities) if prune_pattern(fmt) == "unstructured"}):
-        records.append(dict(desc, format="deepsparse", sparsity=sp, error=DEEPSPARSE_MODEL_NA))
+    sps = sorted({sp for fmt, sp in variants(fmts, sparsities) if prune_pattern(fmt) == "unstructured"})
+    if sps:
+        records.append(_deepsparse_model(dense, desc, "deepsparse-dense", 0.0, base, batch, prompt, min_run_time))
+        for sp in sps:
+            records.append(_deepsparse_model(dense, desc, "deepsparse", sp, base, batch, prompt, min_run_time))
     return records
+
+
+#: DeepSparse's logits against the pruned model's: fp32 both, summed in another order
+DEEPSPARSE_TOL = 1e-3
+
+
+def _deepsparse_model(dense, desc, name, sp, base, batch, prompt, min_run_time) -> Dict:
+    """DeepSparse on the model pruned unstructured to `sp` (0: the dense model): the worker builds the
+    fp32 ONNX graphs of prefill and of a decode step from the weights (bench/deepsparse_peer.py);
+    checked against the pruned model's own logits, then timed in the side process."""
+    from .deepsparse_peer import run_deepsparse_model
+    from .peers import Unavailable
+
+    try:
+        model = copy.deepcopy(dense).float()
+        if sp:
+            prune(model, sparsity=sp, pattern="unstructured", filter_fn=_not_lm_head)
+        run = Runner(model, batch, prompt)
+        ref = _logits(run)
+        got = run_deepsparse_model(model, run.ids, run.tok, min_run_time=min_run_time)
+        err = max(rel_error(got[k].reshape(ref[k].shape), ref[k]) for k in ref)
+        if not err <= DEEPSPARSE_TOL:
+            raise AssertionError(f"DeepSparse's logits differ from the model's: relative error {err:.3g}")
+    except Unavailable as e:
+        return dict(desc, format=name, sparsity=sp, error=f"n/a ({e})")
+    except (RuntimeError, NotImplementedError, ValueError, AssertionError) as e:
+        return dict(desc, format=name, sparsity=sp, error=f"n/a ({short_error(e)})")
+    m = dict(prefill_ms=got["prefill_ms"], decode_ms=got["decode_ms"], prefill_graph_ms=None, decode_graph_ms=None,
+             weight_bytes=None, peak_mem_bytes=None)
+    return _model_record(desc, name, sp, m, base, err, peer_version=f"deepsparse {got['version']}",
+                         convert_s=got["compile_s"])
 
 
 def _packed_int8_bytes(model: nn.Module) -> int:
