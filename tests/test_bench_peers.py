@@ -272,6 +272,9 @@ def test_deepsparse_runs_the_chain(monkeypatch, N):
         for key in (("deepsparse-dense", M, 0.0), ("deepsparse", M, 0.8)):
             assert "ms" in by[key], by[key]  # built, compiled, checked against the reference, timed
             assert by[key]["peer_version"] == "deepsparse 1.8.0"
+        # DeepSparse found the zeros: its kernel-sparse code for the pruned chain, dense GEMMs for the other
+        assert "ks_" in by[("deepsparse", M, 0.8)]["deepsparse_kernels"], by[("deepsparse", M, 0.8)]
+        assert "ks_" not in by[("deepsparse-dense", M, 0.0)]["deepsparse_kernels"]
 
 
 @needs_side

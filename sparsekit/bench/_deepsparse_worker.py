@@ -9,7 +9,8 @@ virtualenv of `make peers` has (deepsparse==1.8.0 brings onnx). SPEC.json says:
      "biases": null or {"name": ["b0.npy" or null, ...]},
      "sequence": true,                         # y = layer_L(...layer_1(x)); false: every layer reads x
      "inputs": {"M": "x_M.npy", ...},          # M x K float32 activations per batch size
-     "threads": 2, "min_run_time": 0.3, "flush_bytes": 268435456, "dir": "/tmp/..."}
+     "threads": 2, "min_run_time": 0.3, "flush_bytes": 268435456, "dir": "/tmp/...",
+     "kernels": true}                          # also say which kernels DeepSparse compiled (sparse or dense)
 
 For each variant the worker builds an fp32 ONNX graph itself (per layer a MatMul with the
 transposed weight, + Add for a bias; chained in sequence or all on the input), compiles
@@ -278,6 +279,31 @@ def _median_ms(fn, min_run_time, flush_bytes):
     return statistics.median(samples) * 1e3
 
 
+def kernels(path, x, threads):
+    """What DeepSparse compiled the graph's layers to (deepsparse.engine.model_debug_analysis, one
+    iteration): e.g. "ks_gevm_be-89.8% x8" where it runs kernel-sparse code, the dense "gemm" else."""
+    from collections import Counter
+
+    from deepsparse.engine import model_debug_analysis
+
+    found = []
+
+    def walk(o):
+        if isinstance(o, dict):
+            name = o.get("name")
+            if isinstance(name, str) and ("gemm" in name or "gevm" in name or o.get("kernel_sparsity")):
+                found.append(name.rsplit("_", 1)[0] if name.rsplit("_", 1)[-1].isdigit() else name)
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v)
+
+    walk(model_debug_analysis(path, [x], batch_size=x.shape[0], num_cores=threads, num_iterations=1,
+                              num_warmup_iterations=0))
+    return ", ".join(f"{k} x{n}" for k, n in Counter(found).items()) or "no gemm found"
+
+
 def run(spec):
     import numpy as np
     import deepsparse
@@ -308,6 +334,11 @@ def run(spec):
                             int(spec.get("flush_bytes", 256 * 2**20)))
             results[name][str(M)] = {"ms": ms, "out": out, "compile_s": compile_s}
             del engine
+            if spec.get("kernels"):
+                try:
+                    results[name][str(M)]["kernels"] = kernels(path, x, threads)
+                except Exception as e:  # an analysis that fails says so; the timing stands
+                    results[name][str(M)]["kernels"] = f"unknown ({type(e).__name__}: {str(e)[:80]})"
     return {"ok": True, "deepsparse": deepsparse.__version__, "engine": engine_desc, "results": results}
 
 

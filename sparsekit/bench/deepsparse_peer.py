@@ -58,7 +58,7 @@ def run_deepsparse(variants: Dict[str, Sequence[torch.Tensor]], xs: Dict[int, to
     threads = threads or torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="sparsekit-deepsparse-") as d:
         spec = {"variants": {}, "sequence": bool(sequence), "inputs": {}, "threads": int(threads),
-                "min_run_time": float(min_run_time), "dir": d,
+                "min_run_time": float(min_run_time), "dir": d, "kernels": True,
                 "flush_bytes": int(os.environ.get("SPARSEKIT_FLUSH_BYTES", 256 * 2**20))}
         for name, ws in variants.items():
             files: List[str] = []

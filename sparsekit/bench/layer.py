@@ -277,6 +277,8 @@ def _deepsparse_records(variants, xs, seq, shapes, bases, min_run_time, dtype):
             # fp32 in and out; weight bytes: DeepSparse's own compressed layout, not reported
             rec = _record(shapes[M], sp, name, {"ms": r["ms"], "graph_ms": None}, bases[M], None, 4)
             rec.update(peer_version=f"deepsparse {got['version']}", compile_s=r["compile_s"])
+            if "kernels" in r:  # e.g. "ks_gevm_be-89.8% x8": DeepSparse found the zeros and runs sparse kernels
+                rec["deepsparse_kernels"] = r["kernels"]
             recs.append((M, rec))
     return recs
 
