@@ -264,20 +264,21 @@ def bench_model(dims: Dict[str, int], fmts: Sequence[str], sparsities: Sequence[
 
 
 def model_peers(dense, desc, fmts, sparsities, base, batch, prompt, device, min_run_time) -> List[Dict]:
-    """CPU peers of the model bench: quantize_dynamic (fbgemm, onednn) of every projection (lm_head
-    dense, as sparsekit's formats leave it), checked against the dense model within the error of
+    """CPU peers of the model bench: quantize_dynamic (fbgemm, onednn) of every projection of a float32
+    copy of the model (lm_head dense, as sparsekit's formats leave it), checked against the dense model within the error of
     int8 (rel_error: against the dense model); DeepSparse (deepsparse-dense, then deepsparse per
     unstructured sparsity) from the side virtualenv, "n/a (reason)" where it cannot run."""
     from .peers import Unavailable
 
     records = []
     ref = None
+    dense32 = dense if next(dense.parameters()).dtype == torch.float32 else copy.deepcopy(dense).float()
     for engine in ("fbgemm", "onednn"):
         name = f"torch-quantize_dynamic-{engine}"
         try:
-            model = _quantize_dynamic(dense, engine)
+            model = _quantize_dynamic(dense32, engine)
             if ref is None:
-                ref = _logits(Runner(dense, batch, prompt))
+                ref = _logits(Runner(dense32, batch, prompt))
             with _quantized_engine(engine):
                 m = _measure(model, batch, prompt, device, min_run_time)
             m["weight_bytes"] += _packed_int8_bytes(model)
@@ -359,9 +360,8 @@ def _quantize_dynamic(dense: nn.Module, engine: str) -> nn.Module:
 
     from .peers import Unavailable
 
-    p = next(dense.parameters())
-    if p.dtype != torch.float32:
-        raise Unavailable(f"quantize_dynamic takes a float32 model, not {str(p.dtype).replace('torch.', '')}")
+    if next(dense.parameters()).dtype != torch.float32:
+        raise Unavailable("quantize_dynamic takes a float32 model")
     if engine not in torch.backends.quantized.supported_engines:
         raise Unavailable(f"quantized engine {engine} is not in this torch build")
     try:
