@@ -263,6 +263,12 @@ def bench_model(dims: Dict[str, int], fmts: Sequence[str], sparsities: Sequence[
     return records
 
 
+#: quantize_dynamic's int8 weights have one scale per tensor (sparsekit's int8: one per row), and its
+#: activations one per call: 0.12 relative error in the logits of the 2-layer `small` Llama, against
+#: 0.04 for sparsekit's int8; a wrong kernel is off by ~100%. rel_error shows the real figure.
+QUANTIZE_DYNAMIC_TOL = 0.3
+
+
 def model_peers(dense, desc, fmts, sparsities, base, batch, prompt, device, min_run_time) -> List[Dict]:
     """CPU peers of the model bench: quantize_dynamic (fbgemm, onednn) of every projection of a float32
     copy of the model (lm_head dense, as sparsekit's formats leave it), checked against the dense model within the error of
@@ -283,7 +289,7 @@ def model_peers(dense, desc, fmts, sparsities, base, batch, prompt, device, min_
                 m = _measure(model, batch, prompt, device, min_run_time)
             m["weight_bytes"] += _packed_int8_bytes(model)
             err = max(rel_error(m[k], ref[k]) for k in ref)
-            if not err <= _tolerance("int8", torch.float32):
+            if not err <= QUANTIZE_DYNAMIC_TOL:
                 raise AssertionError(f"quantized model differs from the dense model: relative error {err:.3g}")
         except Unavailable as e:
             records.append(dict(desc, format=name, sparsity=0.0, error=f"n/a ({e})"))
