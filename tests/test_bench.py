@@ -158,7 +158,8 @@ def test_the_demo_ends_with_one_sentence_on_what_was_gained():
     fast = dict(dense, format="bsr:32", sparsity=0.9, decode_tok_s=25.0, decode_speedup=2.5, prefill_speedup=3.0,
                 weight_bytes=100)
     broken = dict(format="csr", sparsity=0.9, error="n/a (why)")
-    line = gained_sentence([dense, slow, fast, broken])
+    peer = dict(fast, format="deepsparse", decode_speedup=9.0)
+    line = gained_sentence([dense, slow, fast, broken, peer, dict(peer, format="torch-quantize_dynamic-fbgemm")])
     assert line.startswith("Gained: with bsr:32 at 90% sparsity") and "2.50x" in line and "4.0x fewer" in line
     assert "dense bfloat16" in line and "\n" not in line
     assert gained_sentence([dense, slow]).startswith("Gained nothing here: the best format, 2:4")
