@@ -6,6 +6,7 @@ back from their cubins (registers, local memory, shared memory, SASS).
     python bench/gpu_static.py                 # everything: writes csrc/cuda/TRITON_RESOURCES.md,
                                                # csrc/cuda/RESOURCES.md and bench/results/gpu_static_*.jsonl
     python bench/gpu_static.py --jobs 2        # compile in 2 processes (the default: the CPU count, at most 8)
+    python bench/gpu_static.py --no-cache      # compile everything again (ignore the committed results)
     python bench/gpu_static.py --ops bsr_mm --dtypes bf16 --arch 90 --no-cuda --md /tmp/t.md --jsonl /tmp/t.jsonl
 
 Triton part. The candidates come from the launchers themselves: for every op, every dtype its checks
@@ -30,18 +31,35 @@ operands (fp16 / bf16 / int8 launches) but has no tensor-core instruction. Float
 input_precision="ieee" (exact float32 products), which tensor cores cannot do: their dots are FMA loops
 by design and are reported as such. Load widths are reported, not judged.
 
+The cache. The committed JSON lines (bench/results/gpu_static_triton.jsonl) are the results of the last full
+run, each record with a key: sha256 of the kernel's source closure (its text and, recursively, that of every
+@triton.jit helper and the values of the plain globals it names; not line numbers), the specialisation
+(signature = dtypes, constexprs = configuration and flags, attributes, compile options incl. warps / stages),
+the arch, triton's and ptxas's versions, and the extraction rules (the source of compile_one and its parsers,
+STREAMS, MMA_OPS). A run recomputes every key from the current source and compiles only the specialisations
+whose key has no record (stale: the same kernel x config x dtype x arch with another key; new: never
+compiled), plus the sample: per op and arch one bfloat16 launcher default, compiled on every run and compared
+field by field with its cached record (a difference fails the run: the key misses an input). The checks
+(`failures`) run on every record, cached or fresh. So a kernel change makes CI compile that kernel's
+candidates again (slow, correct) until `python bench/gpu_static.py` regenerates the committed files. Fresh
+compiles are appended to <--jsonl>.partial as they finish, which the next run reads: an interrupted run loses
+nothing. `--no-cache` compiles everything; `--no-compile` compiles nothing (a record missing = a failure).
+Triton's own cache is never used (a fresh temporary directory).
+
 CUDA part (`--cuda`, on by default when sparsekit._C carries CUDA code): the sm_80 and sm_90a cubins
 of the built extension (`cuobjdump -xelf`), each kernel's registers, stack, shared memory, LDL / STL,
 global load widths. A failure: a stack frame, local memory, LDL / STL, shared memory over the limit.
+Not cached (it reads the built .so: seconds).
 
-Writes a markdown table and JSON lines (one record per kernel x configuration x dtype x arch) and exits
-non-zero on any failure; the last line printed is a one-line summary. Nothing is cached between runs
-(Triton's cache goes to a fresh temporary directory).
+Writes a markdown table and JSON lines (one record per kernel x configuration x dtype x arch, after one
+header line) and exits non-zero on any failure; the last line printed is a one-line summary.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
+import hashlib
 import inspect
 import json
 import os
@@ -51,6 +69,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -466,6 +485,102 @@ def llir_loads(llir: str):
     return res
 
 
+# ------------------------------------------------------------------------------------------ the result cache
+# A compile's result (everything compile_one reads off the cubin) is stored with a key, and reused while the key
+# is the same: sha256 of the kernel's source closure (source_key), the specialisation (signature, constexprs
+# incl. the configuration, attributes, options: dtype and config are in there), the arch, triton's and ptxas's
+# versions and the extraction rules (rules_key). The checks (failures) are applied to every record, cached
+# or fresh, on every run; they are not in the key.
+RAW_FIELDS = ("arch", "compile_s", "error", "regs", "stack", "local", "static_smem", "dyn_smem", "smem", "ldl", "stl",
+              "mma", "dot", "dot_ieee", "loads", "all_loads")
+COMPARED_FIELDS = tuple(f for f in RAW_FIELDS if f != "compile_s")
+
+
+def source_key(fn, _memo=None) -> str:
+    """sha256 of a @triton.jit function's source text and, recursively, of every @triton.jit function and plain
+    global value (bool / int / float / str / tl.constexpr) it names, directly or as module.attr. Line numbers are
+    not part of it (Triton's own cache_key has them), so editing a candidate list above a kernel keeps its key."""
+    import triton.language as tl
+    from triton.runtime.jit import JITFunction
+
+    memo = {} if _memo is None else _memo
+    name = f"{fn.fn.__module__}.{fn.fn.__qualname__}"
+    if name in memo:
+        return memo[name]
+    memo[name] = f"recursion:{name}"
+    g = fn.fn.__globals__
+    refs = {}
+    for node in ast.walk(ast.parse(fn.src)):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in g:
+            refs[node.id] = g[node.id]
+        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+              and isinstance(g.get(node.value.id), types.ModuleType)):
+            mod = g[node.value.id]
+            if not mod.__name__.startswith("triton") and hasattr(mod, node.attr):
+                refs[f"{node.value.id}.{node.attr}"] = getattr(mod, node.attr)
+    h = hashlib.sha256(fn.src.encode())
+    for ref in sorted(refs):
+        val = refs[ref]
+        if isinstance(val, JITFunction):
+            h.update(f"\n{ref}:jit:{source_key(val, memo)}".encode())
+        elif isinstance(val, tl.constexpr):
+            h.update(f"\n{ref}=constexpr({val.value!r})".encode())
+        elif isinstance(val, (bool, int, float, str)):
+            h.update(f"\n{ref}={val!r}".encode())
+    memo[name] = h.hexdigest()
+    return memo[name]
+
+
+def rules_key() -> str:
+    """sha256 of what turns a compiled kernel into a record: the source of compile_one and the parsers it calls,
+    their regular expressions, MMA_OPS and STREAMS. A change to any of them makes every cached record stale."""
+    fns = (compile_one, _ieee_dot, load_width, parse_sass, parse_resource_usage, _summ_ops, _width_hist, stream_lines,
+           llir_loads)
+    h = hashlib.sha256()
+    for f in fns:
+        h.update(inspect.getsource(f).encode())
+    h.update(repr([r.pattern for r in (_INSN, _LINE, _DILOC, _DISCOPE, _DIFILE, _ASM, _CP_ASYNC)]).encode())
+    h.update(repr([MMA_OPS, sorted((k, sorted(v.items())) for k, v in STREAMS.items())]).encode())
+    return h.hexdigest()
+
+
+def _portable(options: dict) -> dict:
+    """The compile options without machine-specific paths (libdevice's location)."""
+    out = dict(options)
+    if out.get("extern_libs"):
+        out["extern_libs"] = tuple((n, os.path.basename(str(p))) for n, p in out["extern_libs"])
+    return out
+
+
+def cache_key(fn, arch, sig, constexprs, attrs, options, env, rules) -> str:
+    return hashlib.sha256(json.dumps([
+        source_key(fn), _spec_key(fn, arch, sig, constexprs, attrs, _portable(options)),
+        env["triton"], env["ptxas"], rules]).encode()).hexdigest()[:32]
+
+
+def load_cache(paths):
+    """({key: raw record}, {record identity: key}) from JSON lines of earlier runs (records with a "key"; later
+    files win). The identity (op, dtype, variant, config, flags, arch) tells a stale record from a new one."""
+    by_key, idents = {}, {}
+    for p in paths:
+        if not p or not os.path.exists(p):
+            continue
+        with open(p) as f:
+            for ln in f:
+                if not ln.strip():
+                    continue
+                try:
+                    r = json.loads(ln)
+                except json.JSONDecodeError:  # a partial line of an interrupted run
+                    continue
+                if "key" not in r:
+                    continue
+                by_key[r["key"]] = {k: r[k] for k in RAW_FIELDS if k in r}
+                if "op" in r:
+                    idents[_rec_key(r)] = r["key"]
+    return by_key, idents
+
+
 # ------------------------------------------------------------------------------------------ one compile
 def _ieee_dot(ttir_line: str) -> bool:
     """A tt.dot of float32 operands with exact products: the TTIR prints inputPrecision only when it is not
@@ -608,30 +723,62 @@ def run_triton(args, log, compile=True):
         return {_rec_key({**specs[k], "arch": ARCH_NAME[specs[k]["arch_n"]]}): specs[k] for k in order}
     covered = {specs[k]["kernel"] for k in order}
     missing = sorted(set(_kernels_in_package()) - covered) if not args.ops else []
-    log(f"[triton] {len(order)} specialisations to compile ({len(order) // max(1, len(archs))} per arch) "
-        f"in {time.time() - t_enum:.1f} s of enumeration; {args.jobs} processes")
+
+    # the cache: reuse a record whose key is current; compile the rest, and the sample again (compared)
+    env = args._env
+    rules = rules_key()
+    cache, idents = ({}, {}) if args.no_cache else load_cache(args.cache)
+    for k in order:
+        e = specs[k]
+        fn, arch, sig, constexprs, attrs, options, _ = e["_job"]
+        e["key"] = cache_key(fn, arch, sig, constexprs, attrs, options, env, rules)
+    sample = set(sample_of(specs, order)) if args.sample else set()
+    todo = [k for k in order if specs[k]["key"] not in cache or k in sample]
+    def ident(k):
+        return _rec_key({**specs[k], "arch": ARCH_NAME[specs[k]["arch_n"]]})
+
+    stale = [k for k in order if specs[k]["key"] not in cache and idents.get(ident(k)) not in (None, specs[k]["key"])]
+    n_new = sum(1 for k in order if specs[k]["key"] not in cache) - len(stale)
+    stats = args._stats
+    stats.update(total=len(order), cached=sum(1 for k in order if specs[k]["key"] in cache), stale=len(stale),
+                 new=n_new, sample=len([k for k in sample if specs[k]["key"] in cache]), compiled=0, mismatch=0)
+    log(f"[triton] {len(order)} specialisations ({len(order) // max(1, len(archs))} per arch) in "
+        f"{time.time() - t_enum:.1f} s of enumeration: {stats['cached']} in the cache with a current key, "
+        f"{len(stale)} stale, {n_new} new; {stats['sample']} cached ones recompiled as the sample")
+    for k in stale[:20]:
+        e = specs[k]
+        log(f"  stale: {e['op']} {e['dtype']} {e['variant']} {_cfg_str(e['config'])} {ARCH_NAME[e['arch_n']]}")
+    if args.no_compile:
+        todo = []
 
     # cheap kernels first, the 32-step unrolled bitmap kernels last
     cost = {"quantize_per_token": 0, "int8_weight_only_mm": 1, "int8_mm": 2, "bsr_mm": 3, "bitmap_mm": 4}
-    order.sort(key=lambda k: cost.get(specs[k]["op"], 5))
+    todo.sort(key=lambda k: (k not in sample, cost.get(specs[k]["op"], 5)))
+    partial = getattr(args, "partial", None)
 
     def progress(i, r):
-        e = specs[order[i]]
+        e = specs[todo[i]]
         fl = failures(r, e["dtype"])
         if fl:
             log(f"  fail: {e['op']} {e['dtype']} {e['variant']} {_cfg_str(e['config'])} {r['arch']}: {'; '.join(fl)}")
+        if partial and e["key"] not in cache:  # a checkpoint: an interrupted run loses nothing compiled
+            with open(partial, "a") as f:
+                f.write(json.dumps({"key": e["key"], **{kk: vv for kk, vv in e.items() if kk in ID_FIELDS},
+                                    **r}, sort_keys=True) + "\n")
         if (i + 1) % 50 == 0:
-            log(f"[triton] {i + 1}/{len(order)} compiled, {time.time() - t0:.0f} s")
+            log(f"[triton] {i + 1}/{len(todo)} compiled, {time.time() - t0:.0f} s")
 
     global _JOBS
-    jobs = _JOBS = [specs[k]["_job"] for k in order]
+    jobs = _JOBS = [specs[k]["_job"] for k in todo]
+    if todo:
+        log(f"[triton] compiling {len(todo)} in {args.jobs} processes")
     t0 = time.time()
     results = []
-    if args.jobs > 1:
+    if args.jobs > 1 and len(jobs) > 1:
         import multiprocessing as mp
 
         ctx = mp.get_context("fork")  # the workers inherit _JOBS (kernels do not pickle)
-        with ctx.Pool(args.jobs) as pool:
+        with ctx.Pool(min(args.jobs, len(jobs))) as pool:
             for i, r in enumerate(pool.imap(_compile_job, range(len(jobs)), chunksize=1)):
                 results.append(r)
                 progress(i, r)
@@ -640,15 +787,52 @@ def run_triton(args, log, compile=True):
             results.append(compile_one(j))
             progress(i, results[-1])
     t_compile = time.time() - t0
+    fresh = dict(zip(todo, results))
+    stats["compiled"] = len(fresh)
 
     records = []
-    for key, r in zip(order, results):
+    for key in order:
         e = specs[key]
         rec = {k: v for k, v in e.items() if not k.startswith("_") and k != "arch_n"}
+        r = fresh.get(key)
+        cached = cache.get(e["key"])
+        extra = []
+        if r is None and cached is None:
+            r = {"arch": ARCH_NAME[e["arch_n"]], "error": "not compiled: no cached record with the current key "
+                 "(--no-compile)", "compile_s": 0}
+        elif r is None:
+            r = cached
+            rec["cached"] = True
+        elif cached is not None:  # the sample: the fresh compile must give the cached record
+            diff = [f"{f} {cached.get(f)!r} cached, {r.get(f)!r} now" for f in COMPARED_FIELDS
+                    if cached.get(f) != r.get(f)]
+            if diff:
+                stats["mismatch"] += 1
+                extra.append("the cached record differs from a fresh compile (the cache key misses something): "
+                             + "; ".join(diff)[:400])
         rec.update(r)
-        rec["failures"] = failures(r, e["dtype"])
+        rec["failures"] = failures(r, e["dtype"]) + extra
         records.append(rec)
     return records, missing, t_compile
+
+
+ID_FIELDS = ("op", "kernel", "dtype", "variant", "config", "flags")
+
+
+def sample_of(specs, order):
+    """The specialisations compiled on every run even when cached (and compared with the cache), so that the
+    compile path itself runs: per op and arch, the bfloat16 launcher default at M = 16 (quantize_per_token:
+    at K = 4096), else its first bfloat16 default."""
+    out = {}
+    for k in order:
+        e = specs[k]
+        if e["dtype"] != "bf16" or not e["default_at"]:
+            continue
+        slot = (e["op"], e["arch_n"])
+        good = any(w.startswith("M16 ") or w == "K4096" for w in e["default_at"])
+        if slot not in out or (good and not out[slot][1]):
+            out[slot] = (k, good)
+    return [k for k, _ in out.values()]
 
 
 # ------------------------------------------------------------------------------------------ CUDA part
@@ -698,8 +882,10 @@ def _short(name: str) -> str:
     return _split_top(name, "::")[-1]
 
 
-def run_cuda(so, log):
-    """Resource usage and SASS facts of every kernel in the .so's cubins."""
+def run_cuda(so, log, jobs=1):
+    """Resource usage and SASS facts of every kernel in the .so's cubins (`jobs` cubins read at once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     records = []
     with tempfile.TemporaryDirectory() as d:
         listing = _run([_tool("cuobjdump"), "--list-elf", str(so)])
@@ -707,13 +893,19 @@ def run_cuda(so, log):
         if not elves:
             return records
         _run([_tool("cuobjdump"), "-xelf", "all", str(so)], cwd=d)
-        for elf in elves:
+
+        def read(elf):
+            path = os.path.join(d, elf)
+            return (_run([_tool("cuobjdump"), "--dump-resource-usage", path]),
+                    subprocess.run([_tool("nvdisasm"), "-c", "-g", path], capture_output=True, text=True,
+                                   check=True).stdout)
+
+        with ThreadPoolExecutor(max(1, jobs)) as pool:
+            outputs = list(pool.map(read, elves))
+        for elf, (ru_text, sass) in zip(elves, outputs):
             m = re.match(r"(.+)\.(sm_\d+a?)\.cubin$", elf)
             src, arch = (m.group(1), m.group(2)) if m else (elf, "?")
-            path = os.path.join(d, elf)
-            ru = parse_resource_usage(_run([_tool("cuobjdump"), "--dump-resource-usage", path]))
-            sass = subprocess.run([_tool("nvdisasm"), "-c", "-g", path], capture_output=True, text=True,
-                                  check=True).stdout
+            ru = parse_resource_usage(ru_text)
             # split per function: nvdisasm prints ".text.<mangled>:" before each
             per_fn = defaultdict(list)
             cur = None
@@ -807,6 +999,8 @@ def write_triton_md(path, records, env, summary, scope=""):
         "16-byte-divisible pointers / sizes / strides, unit strides and M = 1 as constants). See the docstring of",
         "bench/gpu_static.py for how each column is read. "
         f"triton {env['triton']}, torch {env['torch']}, {env['ptxas']}, sparsekit {env['commit']}.",
+        "The records, each with its cache key, are bench/results/gpu_static_triton.jsonl: CI compiles only what",
+        "has no record of its current key there (and a sample), and checks every record.",
         "",
         f"**{summary}**",
         "",
@@ -933,6 +1127,17 @@ def _has_cuda_code(so) -> bool:
         return False
 
 
+def write_triton_jsonl(path, records, env, summary, scope):
+    """The records, one a line (compact: no per-line env), after one header line {"env", "summary", "scope"}.
+    The committed file is the cache of the next run: every record carries its key."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(json.dumps({"env": env, "summary": summary, "scope": scope}, sort_keys=True) + "\n")
+        for r in records:
+            f.write(json.dumps({k: v for k, v in r.items() if k != "cached"}, sort_keys=True, separators=(",", ":"))
+                    + "\n")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), help="compile processes")
@@ -950,20 +1155,38 @@ def parse_args(argv=None):
     g.add_argument("--no-cuda", dest="cuda", action="store_false")
     p.add_argument("--no-triton", action="store_true", help="only the CUDA part")
     p.add_argument("--defaults-only", action="store_true",
-                   help="only the first candidate of every tuning key: what runs without autotuning (about "
-                        "a third of the specialisations; what tests/test_gpu_static.py runs)")
-    p.add_argument("--from-jsonl", default="",
-                   help="comma-separated JSON lines of earlier (partial) Triton runs: rebuild the table from them "
-                        "instead of compiling (the later file wins for the same op x dtype x config x flags x arch)")
+                   help="only the first candidate of every tuning key: what runs without autotuning")
     p.add_argument("--full", action="store_true",
                    help="also the K-clamped candidates of small layers (K = 16 ... 2048) and the non-square BSR "
-                        "blocks 32x64, 8x16, and K = 11008 (about 3x the specialisations of the default)")
+                        "blocks 32x64, 8x16, and K = 11008")
+    p.add_argument("--cache", default=None,
+                   help="comma-separated JSON lines holding earlier results with their keys (default: the committed "
+                        f"{DEFAULT_JSONL.relative_to(REPO)}, and the checkpoint <--jsonl>.partial of an "
+                        "interrupted run)")
+    p.add_argument("--no-cache", action="store_true", help="compile everything")
+    p.add_argument("--no-compile", action="store_true",
+                   help="compile nothing: a specialisation with no cached record of its current key fails")
+    p.add_argument("--no-sample", dest="sample", action="store_false",
+                   help="do not recompile the sample (per op and arch, one bfloat16 default) when it is cached")
     a = p.parse_args(argv)
     a.arch = [int(x) for x in a.arch.split(",") if x]
     a.ops = [x for x in a.ops.split(",") if x] or None
     a.dtypes = [x for x in a.dtypes.split(",") if x] or None
     a.buckets = [int(x) for x in a.buckets.split(",") if x] or None
+    a.partial = a.jsonl + ".partial"
+    if a.cache is None:
+        a.cache = [str(DEFAULT_JSONL), a.partial]
+    else:
+        a.cache = [x for x in a.cache.split(",") if x]
+    restricted = a.ops or a.dtypes or a.buckets or a.defaults_only or sorted(a.arch) != sorted(ARCHS)
+    to_committed = Path(a.jsonl).resolve() == DEFAULT_JSONL or Path(a.md).resolve() == DEFAULT_MD
+    if restricted and not a.no_triton and to_committed:
+        p.error("a restricted run (--ops / --dtypes / --buckets / --arch / --defaults-only) would overwrite the "
+                "committed table and cache with a part of it: give --md and --jsonl")
     return a
+
+
+LAST_STATS = {}  # the counts of the last main() (tests read them)
 
 
 def main(argv=None) -> int:
@@ -971,7 +1194,7 @@ def main(argv=None) -> int:
     t_start = time.time()
     tmp_cache = tempfile.mkdtemp(prefix="gpu_static_triton_cache_")
     old_cache = os.environ.get("TRITON_CACHE_DIR")
-    os.environ["TRITON_CACHE_DIR"] = tmp_cache  # nothing cached across runs
+    os.environ["TRITON_CACHE_DIR"] = tmp_cache  # Triton's own cache: never (our cache is keyed on the source)
     try:
         from triton import knobs
 
@@ -983,58 +1206,40 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, flush=True)
 
-    env = _env()
+    env = args._env = _env()
+    LAST_STATS.clear()
+    stats = args._stats = LAST_STATS
     n_fail = 0
     parts = []
     try:
-        if not args.no_triton and args.from_jsonl:
-            merged = {}
-            for fn_ in [x for x in args.from_jsonl.split(",") if x]:
-                for r in (json.loads(ln) for ln in open(fn_) if ln.strip()):
-                    r.pop("env", None)
-                    merged[_rec_key(r)] = r
-            want = run_triton(args, log, compile=False)  # what the launchers' lists hold now
-            records = [merged[k] for k in want if k in merged]
-            for r in records:  # where the configuration is used / the default now
-                r["used_at"], r["default_at"] = want[_rec_key(r)]["used_at"], want[_rec_key(r)]["default_at"]
-                r["failures"] = failures(r, r["dtype"])
-            not_compiled = [k for k in want if k not in merged]
-            for k in not_compiled:
-                log(f"not compiled: {k[0]} {k[1]} {k[2]} {_cfg_str(json.loads(k[3]))} {k[5]} {k[4]}")
-            missing, t_compile = [], sum(r.get("compile_s", 0) for r in records)
-            if not_compiled:
-                parts.append(f"{len(not_compiled)} of {len(want)} specialisations NOT COMPILED (merged partial runs)")
-                n_fail += len(not_compiled)
-                by_op = Counter(k[0] for k in not_compiled)
-                args._not_compiled = (f"{len(not_compiled)} of the {len(want)} specialisations of the launchers' "
-                                      f"lists are not in the merged runs ({', '.join(f'{o} {n}' for o, n in sorted(by_op.items()))}): "
-                                      "they are not compiled in this table. ")
-        elif not args.no_triton:
-            records, missing, t_compile = run_triton(args, log)
         if not args.no_triton:
+            records, missing, t_compile = run_triton(args, log)
             bad = [r for r in records if r["failures"]]
-            for r in bad:
+            for r in bad[:200]:
                 log(f"FAIL {r['op']} {r['dtype']} {r['variant']} {_cfg_str(r['config'])} {r['arch']}: "
                     f"{'; '.join(r['failures'])}")
             for k in missing:
                 log(f"FAIL kernel {k} is compiled by no case of bench/gpu_static.py: add its launcher to cases()")
             n_cfg = len({(r["op"], r["dtype"], r["variant"], json.dumps(r["config"], sort_keys=True)) for r in records})
+            t_all = sum(r.get("compile_s", 0) for r in records)
             tsum = (f"triton: {len(records)} compiles ({n_cfg} op x dtype x config, {len(args.arch)} archs), "
-                    f"{len(bad)} failing, {len(missing)} kernels uncovered, {t_compile:.0f} s compile")
-            if args.from_jsonl:
-                scope = ("merged from the JSON lines of partial runs (" + ", ".join(
-                    os.path.basename(x) for x in args.from_jsonl.split(",") if x) + "), kept only where the "
-                    "configuration is still a candidate of the launchers; the summary counts what is not compiled.")
-            elif args.defaults_only:
+                    f"{len(bad)} failing, {len(missing)} kernels uncovered; {stats['compiled']} compiled now in "
+                    f"{t_compile:.0f} s ({stats['stale']} stale, {stats['new']} new, {stats['sample']} sample), "
+                    f"{stats['cached'] - stats['sample']} from the cache; {t_all:.0f} s of compile in all records")
+            if stats["mismatch"]:
+                tsum += f"; {stats['mismatch']} sample records DIFFER from the cache"
+            if args.defaults_only:
                 scope = "the first candidate of every tuning key only (`--defaults-only`)."
             else:
                 scope = "every candidate of every tuning key" + (" (`--full`: small K, K = 11008, non-square BSR "
-                                                                   "blocks too)." if args.full else ".")
+                                                                   "blocks too)." if args.full else " at N = K = 4096.")
             if args.ops or args.dtypes or args.buckets or len(args.arch) < len(ARCHS):
                 scope += f" Restricted to ops {args.ops or 'all'}, dtypes {args.dtypes or 'all'}, M buckets " \
                          f"{args.buckets or 'all'}, archs {args.arch}."
-            write_triton_md(args.md, records, env, getattr(args, "_not_compiled", "") + tsum, scope)
-            write_jsonl(args.jsonl, records, env)
+            write_triton_md(args.md, records, env, tsum, scope)
+            write_triton_jsonl(args.jsonl, records, env, tsum, scope)
+            if os.path.exists(args.partial):
+                os.remove(args.partial)  # its records are in args.jsonl now
             log(f"[triton] wrote {args.md} and {args.jsonl}")
             n_fail += len(bad) + len(missing)
             parts.append(tsum)
@@ -1044,7 +1249,7 @@ def main(argv=None) -> int:
             if so is None:
                 raise FileNotFoundError("gpu_static --cuda: no sparsekit/_C*.so (build the extension first)")
             t0 = time.time()
-            crec = run_cuda(so, log)
+            crec = run_cuda(so, log, args.jobs)
             cbad = [r for r in crec if r["failures"]]
             for r in cbad:
                 log(f"FAIL {r['file']} {r['kernel']} {r['arch']}: {'; '.join(r['failures'])}")
