@@ -79,14 +79,14 @@ def gained_sentence(recs: List[dict]) -> str:
     best = max(done, key=lambda r: r["decode_speedup"])
     dense, sp = recs[0], best.get("sparsity") or 0.0
     what = f"{best['format']}" + (f" at {sp:.0%} sparsity" if sp else "")
-    base = baseline_line(best)
+    dd, pd = best.get("baseline_decode_dtype"), best.get("baseline_prefill_dtype")
     if best["decode_speedup"] <= 1.0:
         return (f"Gained nothing here: the best format, {what}, decodes at {best['decode_speedup']:.2f}x "
-                f"dense {base}.")
-    return (f"Gained: with {what}, this model decodes {best['decode_speedup']:.2f}x as fast as dense {base} "
+                f"dense {dd}.")
+    return (f"Gained: with {what}, this model decodes {best['decode_speedup']:.2f}x as fast as dense {dd} "
             f"({best['decode_tok_s']:.1f} against {dense['decode_tok_s']:.1f} tokens/s), prefills "
-            f"{best['prefill_speedup']:.2f}x as fast, and holds {dense['weight_bytes'] / best['weight_bytes']:.1f}x "
-            f"fewer weight bytes.")
+            f"{best['prefill_speedup']:.2f}x as fast as dense {pd}, and holds "
+            f"{dense['weight_bytes'] / best['weight_bytes']:.1f}x fewer weight bytes.")
 
 
 def baseline_line(rec: dict) -> str:
