@@ -42,7 +42,12 @@ struct Staged {
 
 Staged stage_x(const at::Tensor& x) {
   const int64_t M = x.size(0), K = x.size(1);
-  if (M == 1) return {x.reshape({K}).to(at::kFloat).contiguous(), 1};
+  if (M == 1) {
+    // float32 with unit column stride: x itself, without a dispatched reshape / to / contiguous (the
+    // host time of a decode call on a small layer; only the data pointer is read)
+    if (x.scalar_type() == at::kFloat && (K <= 1 || x.stride(1) == 1)) return {x, 1};
+    return {x.reshape({K}).to(at::kFloat).contiguous(), 1};
+  }
   const int64_t ldxt = core::csr_spmm_ldxt(M);
   auto xt = at::empty({K, ldxt}, x.options().dtype(at::kFloat));
   if (ldxt > M) xt.narrow(1, M, ldxt - M).zero_();
