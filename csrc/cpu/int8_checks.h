@@ -147,19 +147,27 @@ inline void check_int8_mm_args(const at::Tensor& x_q, const at::Tensor& x_scale,
   check_bias(op, bias, w_q.size(0), out_dtype, x_q.device());
 }
 
-// check_int8_weight_only_mm(x, w_q, w_scale, bias)
-inline void check_int8_weight_only_mm_args(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scale,
-                                           const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "sparsekit.int8_weight_only_mm";
+// _check_float_x_int8_weight(op, x, w_q, w_scale, bias, int32_sums): a float x against an int8 weight; with
+// int32_sums, x is quantized inside the op, so the int32 sums' limit on K applies
+inline void check_float_x_int8_weight(const char* op, const at::Tensor& x, const at::Tensor& w_q,
+                                      const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
+                                      bool int32_sums) {
   check_x2d(op, x);
   expect_dtype(op, "x", x, kFloatTypes);
   expect_dtype(op, "w_q", w_q, {at::kChar});
   TORCH_CHECK_VALUE(w_q.dim() == 2 && w_q.size(1) == x.size(1), op, ": expected w_q of shape (out_features, ",
                     x.size(1), "), got ", shape_str(w_q.sizes()));
+  if (int32_sums) check_int32_sums(op, x.size(1));
   check_w_scale(op, w_scale, w_q.size(0));
   same_device(op, x, "w_q", w_q);
   same_device(op, x, "w_scale", w_scale);
   check_bias(op, bias, w_q.size(0), x.scalar_type(), x.device());
+}
+
+// check_int8_weight_only_mm(x, w_q, w_scale, bias)
+inline void check_int8_weight_only_mm_args(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scale,
+                                           const std::optional<at::Tensor>& bias) {
+  check_float_x_int8_weight("sparsekit.int8_weight_only_mm", x, w_q, w_scale, bias, false);
 }
 
 // check_sparse24_int8_mm(x_q, x_scale, x_zero, values, meta, w_scale, bias, out_dtype)
@@ -189,17 +197,7 @@ inline void check_sparse24_int8_mm_args(const at::Tensor& x_q, const at::Tensor&
 // check_int8_linear(x, w_q, w_scale, bias)
 inline void check_int8_linear_args(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scale,
                                    const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "sparsekit.int8_linear";
-  check_x2d(op, x);
-  expect_dtype(op, "x", x, kFloatTypes);
-  expect_dtype(op, "w_q", w_q, {at::kChar});
-  TORCH_CHECK_VALUE(w_q.dim() == 2 && w_q.size(1) == x.size(1), op, ": expected w_q of shape (out_features, ",
-                    x.size(1), "), got ", shape_str(w_q.sizes()));
-  check_int32_sums(op, x.size(1));
-  check_w_scale(op, w_scale, w_q.size(0));
-  same_device(op, x, "w_q", w_q);
-  same_device(op, x, "w_scale", w_scale);
-  check_bias(op, bias, w_q.size(0), x.scalar_type(), x.device());
+  check_float_x_int8_weight("sparsekit.int8_linear", x, w_q, w_scale, bias, true);
 }
 
 // check_sparse24_int8_linear(x, values, meta, w_scale, bias)

@@ -107,19 +107,15 @@ core::Int8Epilogue epilogue_rows(const core::Int8Epilogue& ep, int64_t m0) {
   return e;
 }
 
-// ------------------------------------------------------------------------------------------
-at::Tensor int8_gemm_i32_cpu(const at::Tensor& a, const at::Tensor& b) {
-  int8chk::check_int8_gemm_i32_args(a, b);
-  const int64_t M = a.size(0), K = a.size(1), N = b.size(0);
-  auto c = at::empty({M, N}, a.options().dtype(at::kInt));
-  if (M == 0 || N == 0) return c;
-  const auto A = rows_contiguous(a), B = rows_contiguous(b);
+// The int8 GEMM cores over all M rows, split over threads (each block: its rows of a, of the
+// epilogue's per-row inputs and of the output). a: int8 (M, K) rows, leading dimension lda.
+void run_int8_gemm(const int8_t* a, int64_t lda, const at::Tensor& B, const core::Int8Epilogue& ep, int64_t M,
+                   int64_t N, int64_t K) {
   core::Int8GemmArgs g;
   g.M = M; g.N = N; g.K = K;
-  g.a = A.data_ptr<int8_t>(); g.lda = ld_of(A);
+  g.a = a; g.lda = lda;
   g.b = B.data_ptr<int8_t>(); g.ldb = ld_of(B);
-  g.ep.c = c.data_ptr<int32_t>();
-  g.ep.ldc = N;
+  g.ep = ep;
   const auto isa = int8_isa();
   parallel_blocks(M, N, K, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
     core::Int8GemmArgs r = g;
@@ -128,6 +124,38 @@ at::Tensor int8_gemm_i32_cpu(const at::Tensor& a, const at::Tensor& b) {
     r.ep = epilogue_rows(g.ep, m0);
     core::int8_gemm_rows(r, n0, n1, isa);
   });
+}
+
+// The same for the 2:4 int8 weight (values (N, K / 2) int8 contiguous, meta contiguous).
+void run_sparse24_int8(const int8_t* x, int64_t ldx, const at::Tensor& V, const at::Tensor& Mt,
+                       const core::Int8Epilogue& ep, int64_t M, int64_t N, int64_t K) {
+  core::Sparse24Int8Args s;
+  s.M = M; s.N = N; s.K = K;
+  s.x = x; s.ldx = ldx;
+  s.values = V.data_ptr<int8_t>();
+  s.meta = Mt.data_ptr<uint8_t>();
+  s.ep = ep;
+  const auto isa = int8_isa();
+  parallel_blocks(M, N, K, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    core::Sparse24Int8Args r = s;
+    r.M = m1 - m0;
+    r.x += m0 * r.ldx;
+    r.ep = epilogue_rows(s.ep, m0);
+    core::sparse24_int8_rows(r, n0, n1, isa);
+  });
+}
+
+// ------------------------------------------------------------------------------------------
+at::Tensor int8_gemm_i32_cpu(const at::Tensor& a, const at::Tensor& b) {
+  int8chk::check_int8_gemm_i32_args(a, b);
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(0);
+  auto c = at::empty({M, N}, a.options().dtype(at::kInt));
+  if (M == 0 || N == 0) return c;
+  const auto A = rows_contiguous(a), B = rows_contiguous(b);
+  core::Int8Epilogue ep;
+  ep.c = c.data_ptr<int32_t>();
+  ep.ldc = N;
+  run_int8_gemm(A.data_ptr<int8_t>(), ld_of(A), B, ep, M, N, K);
   return c;
 }
 
@@ -183,19 +211,7 @@ at::Tensor int8_mm_cpu(const at::Tensor& x_q, const at::Tensor& x_scale, const s
   if (M == 0 || N == 0) return y;
   const auto A = rows_contiguous(x_q), B = rows_contiguous(w_q);
   EpilogueInputs keep;
-  core::Int8GemmArgs g;
-  g.M = M; g.N = N; g.K = K;
-  g.a = A.data_ptr<int8_t>(); g.lda = ld_of(A);
-  g.b = B.data_ptr<int8_t>(); g.ldb = ld_of(B);
-  g.ep = make_epilogue(keep, x_scale, x_zero, w_scale, bias, y);
-  const auto isa = int8_isa();
-  parallel_blocks(M, N, K, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-    core::Int8GemmArgs r = g;
-    r.M = m1 - m0;
-    r.a += m0 * r.lda;
-    r.ep = epilogue_rows(g.ep, m0);
-    core::int8_gemm_rows(r, n0, n1, isa);
-  });
+  run_int8_gemm(A.data_ptr<int8_t>(), ld_of(A), B, make_epilogue(keep, x_scale, x_zero, w_scale, bias, y), M, N, K);
   return y;
 }
 
@@ -261,20 +277,8 @@ at::Tensor sparse24_int8_mm_cpu(const at::Tensor& x_q, const at::Tensor& x_scale
   const auto A = rows_contiguous(x_q);
   const auto V = values.contiguous();
   EpilogueInputs keep;
-  core::Sparse24Int8Args s;
-  s.M = M; s.N = N; s.K = K;
-  s.x = A.data_ptr<int8_t>(); s.ldx = ld_of(A);
-  s.values = V.data_ptr<int8_t>();
-  s.meta = Mt.data_ptr<uint8_t>();
-  s.ep = make_epilogue(keep, x_scale, x_zero, w_scale, bias, y);
-  const auto isa = int8_isa();
-  parallel_blocks(M, N, K, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-    core::Sparse24Int8Args r = s;
-    r.M = m1 - m0;
-    r.x += m0 * r.ldx;
-    r.ep = epilogue_rows(s.ep, m0);
-    core::sparse24_int8_rows(r, n0, n1, isa);
-  });
+  run_sparse24_int8(A.data_ptr<int8_t>(), ld_of(A), V, Mt, make_epilogue(keep, x_scale, x_zero, w_scale, bias, y),
+                    M, N, K);
   return y;
 }
 
@@ -342,19 +346,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& w_q, const at:
   const QuantizedRows xq = quantize_rows_scratch(x);
   const auto B = rows_contiguous(w_q);
   EpilogueInputs keep;
-  core::Int8GemmArgs g;
-  g.M = M; g.N = N; g.K = K;
-  g.a = xq.q; g.lda = xq.ldq;
-  g.b = B.data_ptr<int8_t>(); g.ldb = ld_of(B);
-  g.ep = linear_epilogue(keep, xq, w_scale, bias, y);
-  const auto isa = int8_isa();
-  parallel_blocks(M, N, K, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-    core::Int8GemmArgs r = g;
-    r.M = m1 - m0;
-    r.a += m0 * r.lda;
-    r.ep = epilogue_rows(g.ep, m0);
-    core::int8_gemm_rows(r, n0, n1, isa);
-  });
+  run_int8_gemm(xq.q, xq.ldq, B, linear_epilogue(keep, xq, w_scale, bias, y), M, N, K);
   return y;
 }
 
@@ -369,20 +361,7 @@ at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, const at::Tensor& value
   const QuantizedRows xq = quantize_rows_scratch(x);
   const auto V = values.contiguous();
   EpilogueInputs keep;
-  core::Sparse24Int8Args s;
-  s.M = M; s.N = N; s.K = K;
-  s.x = xq.q; s.ldx = xq.ldq;
-  s.values = V.data_ptr<int8_t>();
-  s.meta = Mt.data_ptr<uint8_t>();
-  s.ep = linear_epilogue(keep, xq, w_scale, bias, y);
-  const auto isa = int8_isa();
-  parallel_blocks(M, N, K, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-    core::Sparse24Int8Args r = s;
-    r.M = m1 - m0;
-    r.x += m0 * r.ldx;
-    r.ep = epilogue_rows(s.ep, m0);
-    core::sparse24_int8_rows(r, n0, n1, isa);
-  });
+  run_sparse24_int8(xq.q, xq.ldq, V, Mt, linear_epilogue(keep, xq, w_scale, bias, y), M, N, K);
   return y;
 }
 

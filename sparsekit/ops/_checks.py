@@ -223,16 +223,23 @@ def check_int8_mm(x_q, x_scale, x_zero, w_q, w_scale, bias, out_dtype) -> None:
     _check_bias(op, bias, w_q.shape[0], out_dtype, x_q.device)
 
 
-def check_int8_weight_only_mm(x, w_q, w_scale, bias) -> None:
-    op = "sparsekit.int8_weight_only_mm"
+def _check_float_x_int8_weight(op, x, w_q, w_scale, bias, int32_sums: bool) -> None:
+    """A float x (M, K) against an int8 weight (N, K) with its per-channel scale; with `int32_sums`, x is
+    quantized to int8 inside the op, so the int32 sums' limit on K applies."""
     _check_x2d(op, x)
     expect_dtype(op, "x", x, FLOAT_DTYPES)
     expect_dtype(op, "w_q", w_q, (torch.int8,))
     expect(w_q.dim() == 2 and w_q.shape[1] == x.shape[1], op,
            lambda: f"expected w_q of shape (out_features, {x.shape[1]}), got {tuple(w_q.shape)}")
+    if int32_sums:
+        _check_int32_sums(op, x.shape[1])
     _check_w_scale(op, w_scale, w_q.shape[0])
     _same_device(op, x, w_q=w_q, w_scale=w_scale)
     _check_bias(op, bias, w_q.shape[0], x.dtype, x.device)
+
+
+def check_int8_weight_only_mm(x, w_q, w_scale, bias) -> None:
+    _check_float_x_int8_weight("sparsekit.int8_weight_only_mm", x, w_q, w_scale, bias, int32_sums=False)
 
 
 def check_sparse24_int8_mm(x_q, x_scale, x_zero, values, meta, w_scale, bias, out_dtype) -> None:
@@ -250,16 +257,7 @@ def check_sparse24_int8_mm(x_q, x_scale, x_zero, values, meta, w_scale, bias, ou
 
 
 def check_int8_linear(x, w_q, w_scale, bias) -> None:
-    op = "sparsekit.int8_linear"
-    _check_x2d(op, x)
-    expect_dtype(op, "x", x, FLOAT_DTYPES)
-    expect_dtype(op, "w_q", w_q, (torch.int8,))
-    expect(w_q.dim() == 2 and w_q.shape[1] == x.shape[1], op,
-           lambda: f"expected w_q of shape (out_features, {x.shape[1]}), got {tuple(w_q.shape)}")
-    _check_int32_sums(op, x.shape[1])
-    _check_w_scale(op, w_scale, w_q.shape[0])
-    _same_device(op, x, w_q=w_q, w_scale=w_scale)
-    _check_bias(op, bias, w_q.shape[0], x.dtype, x.device)
+    _check_float_x_int8_weight("sparsekit.int8_linear", x, w_q, w_scale, bias, int32_sums=True)
 
 
 def check_sparse24_int8_linear(x, values, meta, w_scale, bias) -> None:
