@@ -112,7 +112,13 @@ def extensions():
     cuda_home = find_cuda_home()
     if cuda_home:
         os.environ["CUDA_HOME"] = cuda_home  # read when torch.utils.cpp_extension is imported
+    import logging
+
     import torch
+
+    # "No CUDA runtime is found, using CUDA_HOME=...": logged at import on every machine without a GPU, where
+    # building the CUDA kernels is the normal case (the line below says what is built and with which nvcc)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
 
     os.environ.setdefault("MAX_JOBS", "2")
