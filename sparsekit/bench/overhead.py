@@ -69,6 +69,11 @@ def cpu_overhead(fmts: Sequence[str] = FORMATS, N: int = 64, K: int = 64, M: int
 
     clock "wall" (time.perf_counter, what a user waits) or "thread" (time.thread_time: the CPU time of
     this thread only, which other processes loading the machine inflate far less than the wall time)."""
+    import logging
+
+    # torch.utils.benchmark imports cpp_extension, which logs "No CUDA runtime is found" on a machine without
+    # a GPU; nothing here builds C++
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils.benchmark import Timer
 
     timer = {"wall": time.perf_counter, "thread": time.thread_time}[clock]
