@@ -104,9 +104,9 @@ class SparseLinear(nn.Module):
             raise ValueError(
                 f"SparseLinear: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}"
             )
-        # One op call (two for the W8A8 formats: the per-token quantization, then the matmul), straight
-        # into torch.ops.sparsekit.<op>, below the Autograd key when no gradient is needed
-        # (formats/*.module_forward; the op, its checks and its error messages are the same as ever).
+        # One op call straight into torch.ops.sparsekit.<op> (the W8A8 formats: int8_linear /
+        # sparse24_int8_linear, which quantize per token inside; on CUDA 2:4+int8 quantizes first, then picks
+        # cuSPARSELt), below the Autograd key when no gradient is needed (formats/*.module_forward).
         return self._format_cls.module_forward(self, x)
 
     # ---------------------------------------------------------------------------------- save / load
