@@ -36,6 +36,7 @@ struct BitmapArgs {
   const uint32_t* bitmap = nullptr;       // N x words, words = ceil(K / 32)
   const int32_t* word_offsets = nullptr;  // N x words
   const void* values = nullptr;           // nnz of value_dtype
+  int64_t nnz = 0;                        // values' length (the kernels never read past it)
   DType value_dtype = DType::f32;
 };
 

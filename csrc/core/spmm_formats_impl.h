@@ -146,6 +146,94 @@ void bitmap_tile(const BitmapArgs& a, int64_t r0, int64_t r1, int64_t m0, int32_
   }
 }
 
+#ifdef SK_HAVE_AVX2
+// AVX2 at M == 1: no decode into a column list and no gather. Each byte b of a bitmap word expands the
+// next popcount(b) kept values into its eight columns with one permute (vpermps), zeroes the pruned
+// columns with one blend and does one FMA with x: the same few instructions per 8 columns whatever the
+// bits (the AVX-512 build does this per 16 columns with vexpandps, spmm_formats_avx512.cpp). A pruned
+// column multiplies x by 0, as the dense weight does.
+// kExpandIdx[b][i]: the rank of column i among b's set bits (vpermps reads the low 3 bits), with the
+// sign bit set where bit i is set (vblendvps reads only the sign bit): one table serves both.
+struct ExpandIdx {
+  alignas(32) int32_t t[256][8];
+  constexpr ExpandIdx() : t() {
+    for (int b = 0; b < 256; ++b) {
+      int rank = 0;
+      for (int i = 0; i < 8; ++i) {
+        const int kept = (b >> i) & 1;
+        t[b][i] = static_cast<int32_t>(static_cast<uint32_t>(rank) | (kept ? 0x80000000u : 0u));
+        rank += kept;
+      }
+    }
+  }
+};
+constexpr ExpandIdx kExpandIdx{};
+
+// The kept values of byte b (popcount(b) of them, from v) in its 8 columns, 0 in the others. Eight values
+// are loaded from v; kChecked: within 8 of the end of `values` (vend) they are copied first, never read
+// past it (only the last rows of the weight need that).
+template <DType VD, bool kChecked>
+inline __m256 expand_byte(unsigned b, const typename Elem<VD>::storage* v, const typename Elem<VD>::storage* vend) {
+  using V = typename Elem<VD>::storage;
+  __m256 raw;
+  if (!kChecked || vend - v >= 8) {
+    raw = load8f<VD>(v);
+  } else {
+    V tmp[8] = {};
+    if (vend > v) std::memcpy(tmp, v, static_cast<size_t>(vend - v) * sizeof(V));
+    raw = load8f<VD>(tmp);
+  }
+  const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(kExpandIdx.t[b]));
+  return _mm256_blendv_ps(_mm256_setzero_ps(), _mm256_permutevar8x32_ps(raw, idx), _mm256_castsi256_ps(idx));
+}
+
+// One row's dot product with x: `full` whole words, then the partial last one (x read only where columns
+// exist). v: the row's first kept value.
+template <DType VD, bool kChecked>
+inline float bitmap_row_m1(const uint32_t* bm, int64_t full, int64_t words, const typename Elem<VD>::storage* v,
+                           const typename Elem<VD>::storage* vend, const float* x) {
+  using V = typename Elem<VD>::storage;
+  // one accumulator per byte of the word: a chain of one FMA per word, not the FMA latency per byte
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
+         acc3 = _mm256_setzero_ps();
+  for (int64_t w = 0; w < full; ++w) {
+    const uint32_t word = bm[w];
+    const float* xw = x + 32 * w;
+    const unsigned b0 = word & 0xFFu, b1 = (word >> 8) & 0xFFu, b2 = (word >> 16) & 0xFFu, b3 = word >> 24;
+    const V* v1 = v + __builtin_popcount(b0);
+    const V* v2 = v1 + __builtin_popcount(b1);
+    const V* v3 = v2 + __builtin_popcount(b2);
+    acc0 = _mm256_fmadd_ps(expand_byte<VD, kChecked>(b0, v, vend), _mm256_loadu_ps(xw), acc0);
+    acc1 = _mm256_fmadd_ps(expand_byte<VD, kChecked>(b1, v1, vend), _mm256_loadu_ps(xw + 8), acc1);
+    acc2 = _mm256_fmadd_ps(expand_byte<VD, kChecked>(b2, v2, vend), _mm256_loadu_ps(xw + 16), acc2);
+    acc3 = _mm256_fmadd_ps(expand_byte<VD, kChecked>(b3, v3, vend), _mm256_loadu_ps(xw + 24), acc3);
+    v = v3 + __builtin_popcount(b3);
+  }
+  float s = hsum8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+  if (full < words) {
+    uint32_t word = bm[full];
+    for (int64_t c = 32 * full; word; word &= word - 1) s += Elem<VD>::load(v++, 0) * x[c + __builtin_ctz(word)];
+  }
+  return s;
+}
+
+template <DType VD, DType OD>
+void bitmap_m1(const BitmapArgs& a, int64_t r0, int64_t r1, int32_t*) {
+  using V = typename Elem<VD>::storage;
+  const V* vals = static_cast<const V*>(a.values);
+  const V* vend = vals + a.nnz;
+  const int64_t K = a.io.K, N = a.io.N, words = (K + 31) / 32, full = K / 32;
+  for (int64_t n = r0; n < r1; ++n) {
+    const uint32_t* bm = a.bitmap + n * words;
+    const int64_t start = words ? a.word_offsets[n * words] : 0;
+    // the row's loads reach at most 8 values past its last kept one: unchecked unless that passes the end
+    const int64_t end = n + 1 < N && words ? a.word_offsets[(n + 1) * words] : a.nnz;
+    const float s = end + 8 <= a.nnz ? bitmap_row_m1<VD, false>(bm, full, words, vals + start, vend, a.io.xt)
+                                     : bitmap_row_m1<VD, true>(bm, full, words, vals + start, vend, a.io.xt);
+    store_io<OD>(a.io, n, 0, 1, &s);
+  }
+}
+#else
 template <DType VD, DType OD>
 void bitmap_m1(const BitmapArgs& a, int64_t r0, int64_t r1, int32_t* cols) {
   using V = typename Elem<VD>::storage;
@@ -157,6 +245,7 @@ void bitmap_m1(const BitmapArgs& a, int64_t r0, int64_t r1, int32_t* cols) {
     store_io<OD>(a.io, n, 0, 1, &acc);
   }
 }
+#endif
 
 // ------------------------------------------------------------------------------------ 2:4
 template <DType VD, DType OD, int NV>
@@ -310,6 +399,9 @@ void bsr_run(const BsrArgs& a, int64_t r0, int64_t r1) {
 
 template <DType VD, DType OD>
 void bitmap_run(const BitmapArgs& a, int64_t r0, int64_t r1) {
+#ifdef SK_HAVE_AVX2
+  if (a.io.M == 1) return bitmap_m1<VD, OD>(a, r0, r1, nullptr);  // no column list
+#endif
   std::vector<int32_t> buf(static_cast<size_t>((a.io.K + 31) / 32 * 32 + 8));
   int32_t* cols = buf.data();
   if (a.io.M == 1) return bitmap_m1<VD, OD>(a, r0, r1, cols);

@@ -30,6 +30,28 @@ inline void store_column(void* y_, int64_t ldy, const void* bias, int64_t n, int
   for (int mm = 0; mm < mt; ++mm) Elem<OD>::store(y, (m0 + mm) * ldy + n, acc[mm] + b);
 }
 
+#ifdef SK_HAVE_AVX2
+// Eight values at v as float32 (bf16: the high half of a float; f16: vcvtph2ps).
+template <DType VD>
+inline __m256 load8f(const typename Elem<VD>::storage* v) {
+  if constexpr (VD == DType::f32) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(v));
+  } else if constexpr (VD == DType::bf16) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(v));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  } else {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v)));
+  }
+}
+
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
 // sum_j vals[j] * x[cols[j]] for j < count (contiguous x: the M == 1 paths).
 template <DType VD>
 inline float gather_dot(const typename Elem<VD>::storage* vals, const int32_t* cols, int64_t count, const float* x) {
@@ -40,27 +62,11 @@ inline float gather_dot(const typename Elem<VD>::storage* vals, const int32_t* c
     for (; j + 16 <= count; j += 16) {
       const __m256i i0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cols + j));
       const __m256i i1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cols + j + 8));
-      __m256 v0, v1;
-      if constexpr (VD == DType::f32) {
-        v0 = _mm256_loadu_ps(reinterpret_cast<const float*>(vals) + j);
-        v1 = _mm256_loadu_ps(reinterpret_cast<const float*>(vals) + j + 8);
-      } else if constexpr (VD == DType::bf16) {
-        const __m128i h0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(vals + j));
-        const __m128i h1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(vals + j + 8));
-        v0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h0), 16));
-        v1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h1), 16));
-      } else {
-        v0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vals + j)));
-        v1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vals + j + 8)));
-      }
+      const __m256 v0 = load8f<VD>(vals + j), v1 = load8f<VD>(vals + j + 8);
       acc0 = _mm256_fmadd_ps(v0, _mm256_i32gather_ps(x, i0, 4), acc0);
       acc1 = _mm256_fmadd_ps(v1, _mm256_i32gather_ps(x, i1, 4), acc1);
     }
-    acc0 = _mm256_add_ps(acc0, acc1);
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc0), _mm256_extractf128_ps(acc0, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    float sum = _mm_cvtss_f32(s);
+    float sum = hsum8(_mm256_add_ps(acc0, acc1));
     for (; j < count; ++j) sum += Elem<VD>::load(vals, j) * x[cols[j]];
     return sum;
   }

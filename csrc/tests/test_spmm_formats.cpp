@@ -32,6 +32,7 @@ struct Vals {
   }
   float round(float v) const { return d == DType::f32 ? v : from16(d, to16(d, v)); }
   const void* data() const { return d == DType::f32 ? static_cast<const void*>(f.data()) : h.data(); }
+  int64_t size() const { return static_cast<int64_t>(d == DType::f32 ? f.size() : h.size()); }
 };
 
 static void check_run(const char* what, Isa isa, const Dense& W, const Vals& vals, int64_t M, DType od,
@@ -141,7 +142,7 @@ int main() {
               }
             check_run("bitmap", isa, W, vals, M, od, bias, [&](DenseIo& io) {
               BitmapArgs a; a.io = io; a.bitmap = bm.data(); a.word_offsets = off.data(); a.values = vals.data();
-              a.value_dtype = vd;
+              a.nnz = vals.size(); a.value_dtype = vd;
               bitmap_spmm_rows(a, 0, 4, isa);
               bitmap_spmm_rows(a, 4, W.N, isa);
             }, rng);
