@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/intrusive_ptr.h>
 
+#include <array>
 #include <cstdint>
 #include <initializer_list>
 #include <map>
@@ -35,16 +36,27 @@ class CheckedOnce {
       check();
       return;
     }
+    // This thread's recent hits first: no lock, no allocation (the host time of a decode call).
+    Recent& recent = recent_hits();
+    for (const auto& r : recent.slots)
+      if (r.key == key && r.entry.still_valid(buffers)) return;
+    bool hit = false;
     {
       std::lock_guard<std::mutex> lock(mutex());
       auto it = table().find(key);
-      if (it != table().end() && it->second.still_valid(buffers)) return;
+      if (it != table().end() && it->second.still_valid(buffers)) {
+        recent.remember(key, it->second);
+        hit = true;
+      }
     }
+    if (hit) return;
     check();
+    Entry entry(buffers);
+    recent.remember(key, entry);
     std::lock_guard<std::mutex> lock(mutex());
     Table& t = table();
     if (t.size() >= kMaxEntries) evict(t);
-    t[key] = Entry(buffers);
+    t[key] = std::move(entry);
   }
 
   // Entries held now (tests: the cache stays bounded).
@@ -54,8 +66,10 @@ class CheckedOnce {
   }
 
  private:
-  using Key = std::vector<int64_t>;
+  // The check's name, the buffers' TensorImpl addresses and the parameters (unused slots 0).
+  using Key = std::array<int64_t, 8>;
   static constexpr size_t kMaxEntries = 4096;
+  static constexpr size_t kRecent = 8;
 
   struct Entry {
     std::vector<c10::weak_intrusive_ptr<c10::TensorImpl>> refs;
@@ -90,17 +104,37 @@ class CheckedOnce {
   };
   using Table = std::map<Key, Entry>;
 
+  // A thread's last kRecent keys that passed (a copy of their entries: valid by the same rule).
+  struct Recent {
+    struct Slot {
+      Key key{};
+      Entry entry;
+    };
+    std::array<Slot, kRecent> slots;
+    size_t next = 0;
+    void remember(const Key& key, const Entry& entry) {
+      slots[next] = Slot{key, entry};
+      next = (next + 1) % kRecent;
+    }
+  };
+  static Recent& recent_hits() {
+    thread_local Recent r;
+    return r;
+  }
+
   // The key: the check's name, the buffers' TensorImpl addresses and the parameters the check
   // depends on. False when a buffer cannot be tracked (an inference tensor: no version counter).
   static bool make_key(const char* kind, std::initializer_list<const at::Tensor*> buffers,
                        std::initializer_list<int64_t> params, Key* key) {
-    key->reserve(1 + buffers.size() + params.size());
-    key->push_back(static_cast<int64_t>(reinterpret_cast<uintptr_t>(kind)));
+    TORCH_INTERNAL_ASSERT(1 + buffers.size() + params.size() <= key->size(), "CheckedOnce: key too long");
+    key->fill(0);
+    size_t i = 0;
+    (*key)[i++] = static_cast<int64_t>(reinterpret_cast<uintptr_t>(kind));
     for (const at::Tensor* t : buffers) {
       if (t->is_inference()) return false;
-      key->push_back(static_cast<int64_t>(reinterpret_cast<uintptr_t>(t->unsafeGetTensorImpl())));
+      (*key)[i++] = static_cast<int64_t>(reinterpret_cast<uintptr_t>(t->unsafeGetTensorImpl()));
     }
-    key->insert(key->end(), params.begin(), params.end());
+    for (int64_t p : params) (*key)[i++] = p;
     return true;
   }
 

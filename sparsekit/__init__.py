@@ -12,6 +12,7 @@ from . import ops  # defines the ops (schemas, fake kernels, reference fallbacks
 from . import _ext
 
 _ext._load()
+ops.register_autograd()  # the compiled Autograd kernels where _C registered them, else the Python formula
 
 from .triton import register as _register_triton  # noqa: E402
 

@@ -49,6 +49,25 @@ def test_model_bench_transformers_llama():
     assert recs[0]["model"].startswith("transformers Llama")
 
 
+@pytest.mark.skipif(not transformers_available(), reason="transformers is not installed")
+def test_model_bench_compiled_decode_column():
+    """--compile: the decode step through torch.compile(fullgraph=True), dense and each format, checked
+    against eager (aot_eager here: the same graph capture as inductor, without its minute of codegen)."""
+    from sparsekit.bench.report import model_table
+
+    recs = bench_model(TINY, ["csr", "int8"], [0.8], torch.float32, CPU, arch="llama", prompt=8,
+                       min_run_time=0.01, compile="aot_eager")
+    assert [r["format"] for r in recs] == ["dense", "csr", "int8"]
+    for r in recs:
+        assert "decode_compiled_error" not in r, r
+        assert r["decode_compiled_ms"] > 0 and r["decode_compiled_speedup"] > 0
+    assert recs[0]["decode_compiled_speedup"] == 1.0
+    table = model_table(recs)
+    assert "compiled decode speedup" in table and "1.00x" in table
+    # without it, no column
+    assert "compiled" not in model_table(_model_records("builtin"))
+
+
 def test_model_bench_builtin_decoder():
     _check_model_records(_model_records("builtin"), "builtin")
 

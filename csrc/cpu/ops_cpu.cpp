@@ -67,23 +67,29 @@ core::DenseIo dense_io(const at::Tensor& x, const Staged& st, const at::Tensor& 
 
 core::Isa current_isa() { return static_cast<core::Isa>(g_isa.load(std::memory_order_relaxed)); }
 
-// Splits rows into chunks of about equal nnz, so that threads finish together. `crow` gives
-// each row's start (N + 1 entries, non-decreasing).
-template <typename F>
-void parallel_rows_by_nnz(const int32_t* crow, int64_t N, int64_t work_per_nnz, F&& fn) {
-  const int64_t nnz = crow[N];
+// Splits rows into chunks of about equal nnz, so that threads finish together. start(n) gives row n's
+// first value (n in [0, N]; non-decreasing, start(N) = nnz); it is read only when the work is split.
+template <typename Start, typename F>
+void parallel_rows_by_nnz(Start&& start, int64_t N, int64_t work_per_nnz, F&& fn) {
+  const int64_t nnz = start(N);
   const int64_t work = (nnz + N) * std::max<int64_t>(work_per_nnz, 1);
-  const int64_t threads = at::get_num_threads();
-  const int64_t chunks = work < (1 << 15) ? 1 : std::min<int64_t>(threads * 4, std::max<int64_t>(N, 1));
-  auto row_at = [&](int64_t c) -> int64_t {
-    if (c >= chunks) return N;
-    const int64_t target = nnz * c / chunks;
-    return static_cast<int64_t>(std::lower_bound(crow, crow + N + 1, static_cast<int32_t>(target)) - crow);
-  };
+  const int64_t chunks =
+      work < (1 << 15) ? 1 : std::min<int64_t>(at::get_num_threads() * 4, std::max<int64_t>(N, 1));
   if (chunks == 1) {
     fn(0, N);
     return;
   }
+  auto row_at = [&](int64_t c) -> int64_t {  // the first row whose start reaches the chunk's share
+    if (c >= chunks) return N;
+    const int64_t target = nnz * c / chunks;
+    int64_t lo = 0, hi = N;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (start(mid) < target) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  };
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     const int64_t r0 = row_at(c0), r1 = row_at(c1);
     if (r0 < r1) fn(r0, r1);
@@ -125,7 +131,8 @@ at::Tensor csr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const
   a.ldy = N;
   a.out_dtype = to_core(y.scalar_type());
   const auto isa = current_isa();
-  parallel_rows_by_nnz(crow_p, N, M, [&](int64_t r0, int64_t r1) { core::csr_spmm_rows(a, r0, r1, isa); });
+  auto row_start = [crow_p](int64_t n) -> int64_t { return crow_p[n]; };
+  parallel_rows_by_nnz(row_start, N, M, [&](int64_t r0, int64_t r1) { core::csr_spmm_rows(a, r0, r1, isa); });
   return y;
 }
 
@@ -157,7 +164,8 @@ at::Tensor bsr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const
   a.crow = crow_p; a.col = col.data_ptr<int32_t>();
   a.values = vals.data_ptr(); a.value_dtype = to_core(vals.scalar_type());
   const auto isa = current_isa();
-  parallel_rows_by_nnz(crow_p, NB, M * R * C, [&](int64_t r0, int64_t r1) { core::bsr_spmm_rows(a, r0, r1, isa); });
+  auto row_start = [crow_p](int64_t n) -> int64_t { return crow_p[n]; };
+  parallel_rows_by_nnz(row_start, NB, M * R * C, [&](int64_t r0, int64_t r1) { core::bsr_spmm_rows(a, r0, r1, isa); });
   return y;
 }
 
@@ -177,10 +185,9 @@ at::Tensor bitmap_mm_cpu(const at::Tensor& x, const at::Tensor& bitmap, const at
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const auto vals = values.contiguous();
-  // Row starts for load balance.
-  std::vector<int32_t> starts(N + 1);
-  for (int64_t n = 0; n < N; ++n) starts[n] = words ? wo_p[n * words] : 0;
-  starts[N] = static_cast<int32_t>(vals.numel());
+  // Row starts for load balance: a row's first word offset.
+  const int64_t nnz = vals.numel();
+  auto row_start = [=](int64_t n) -> int64_t { return n == N ? nnz : (words ? wo_p[n * words] : 0); };
   const Staged st = stage_x(x);
   at::Tensor b;
   if (bias.has_value()) b = bias->contiguous();
@@ -188,9 +195,9 @@ at::Tensor bitmap_mm_cpu(const at::Tensor& x, const at::Tensor& bitmap, const at
   a.io = dense_io(x, st, b, y);
   a.bitmap = reinterpret_cast<const uint32_t*>(bm.data_ptr<int32_t>());
   a.word_offsets = wo_p;
-  a.values = vals.data_ptr(); a.value_dtype = to_core(vals.scalar_type());
+  a.values = vals.data_ptr(); a.nnz = nnz; a.value_dtype = to_core(vals.scalar_type());
   const auto isa = current_isa();
-  parallel_rows_by_nnz(starts.data(), N, M + 1, [&](int64_t r0, int64_t r1) {
+  parallel_rows_by_nnz(row_start, N, M + 1, [&](int64_t r0, int64_t r1) {
     core::bitmap_spmm_rows(a, r0, r1, isa);
   });
   return y;

@@ -88,6 +88,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model dimensions (default: small on cpu, llama-7b on cuda); the flags below override them")
     for d in DIMS:
         g.add_argument(f"--{d.replace('_', '-')}", type=int, default=None, help=f"{d} (default: the preset's)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time decode through torch.compile(fullgraph=True), dense and every format (CUDA: "
+                        "mode reduce-overhead, i.e. CUDA graphs; CPU: inductor); default on with a GPU, off on the "
+                        "CPU (each model compiles for a minute or more there)")
     g.add_argument("--batch", type=int, default=1, help="sequences (default 1)")
     g.add_argument("--prompt", type=int, default=None, help="prompt tokens; prefill M = batch x prompt, decode "
                    "attends to them (default 64 on cpu, 2048 on cuda; --quick 32)")
@@ -202,4 +206,6 @@ def _run_model(args, fmts, dtype, device, min_run_time):
           f"{args.prompt}\n")
     with Progress(1 + len(list(variants(fmts, args.sparsity))), enabled=not args.no_progress) as bar:
         return bench_model(dims, fmts, args.sparsity, dtype, device, arch=arch, batch=args.batch, prompt=args.prompt,
-                           min_run_time=min_run_time, progress=bar, peers=not args.no_peers)
+                           min_run_time=min_run_time, progress=bar, peers=not args.no_peers,
+                           compile="inductor" if (device.type == "cuda" if args.compile is None else args.compile)
+                           else None)

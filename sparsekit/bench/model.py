@@ -16,7 +16,9 @@ Prefill: one forward over ``batch x prompt`` tokens (M = batch * prompt), logits
 position only. Decode: one token per sequence at position ``prompt`` against a KV cache filled
 with the prompt, repeated at that same position (a static cache rewound each step), so that every
 timed call does the same work; tokens/s = batch / step time. On CUDA both are also timed replayed
-from a CUDA graph; on the CPU eagerly. Peak memory: torch.cuda.max_memory_allocated on CUDA; not
+from a CUDA graph; on the CPU eagerly. With ``compile`` (the CLI's ``--compile``, on by default with a GPU)
+decode is also timed through ``torch.compile(fullgraph=True)``, mode "reduce-overhead" (CUDA graphs) on
+CUDA, dense and every format, its logits checked against the eager step's. Peak memory: torch.cuda.max_memory_allocated on CUDA; not
 measured on the CPU (the process's high-water mark is already set by the dense model).
 
 Peers on the CPU (``peers=True``; the CLI's default): quantize_dynamic int8 of the projections, and
@@ -184,9 +186,38 @@ def _logits(run: Runner) -> Dict[str, torch.Tensor]:
     return {"logits_prefill": run.prefill().float(), "logits_step": run.step().float()}
 
 
-def _measure(model, batch, prompt, device, min_run_time) -> Dict:
-    """Prefill and decode timings (eager, and graph on CUDA), logits for the checks, weight bytes and,
-    on CUDA, peak memory: the weights plus the most that the cache, prefill and decode add to them."""
+#: the compiled decode step's logits against the eager one's (the same kernels, fused differently around them)
+COMPILED_TOL = 2e-2
+
+
+def _compiled_decode(run: "Runner", model: nn.Module, device, min_run_time, compile: str, eager_step) -> Dict:
+    """The decode step through torch.compile(fullgraph=True): mode "reduce-overhead" on CUDA (CUDA graphs),
+    inductor's default on the CPU; `compile` names the backend ("inductor"; tests: "aot_eager"). Its logits
+    are checked against the eager step's. {"decode_compiled_ms": ...} or {"decode_compiled_error": reason}."""
+    import torch._dynamo
+
+    mode = "reduce-overhead" if device.type == "cuda" and compile == "inductor" else None
+    try:
+        torch._dynamo.reset()  # each variant compiles afresh (no recompilation limit across models)
+        run.model = torch.compile(model, backend=compile, mode=mode, fullgraph=True, dynamic=False)
+        for _ in range(3):  # compile, then (CUDA) record the graphs
+            got = run.step().float()
+        _sync(device)
+        err = rel_error(got, eager_step)
+        if not err <= COMPILED_TOL:
+            raise AssertionError(f"compiled decode differs from eager: relative error {err:.3g}")
+        return {"decode_compiled_ms": time_ms(run.step, device, min_run_time, graph=False)["ms"]}
+    except Exception as e:  # noqa: BLE001  (a graph break, a backend failure: reported in the record)
+        return {"decode_compiled_error": short_error(e)}
+    finally:
+        run.model = model
+        torch._dynamo.reset()
+
+
+def _measure(model, batch, prompt, device, min_run_time, compile: Optional[str] = None) -> Dict:
+    """Prefill and decode timings (eager, and graph on CUDA; with `compile`, decode also through
+    torch.compile), logits for the checks, weight bytes and, on CUDA, peak memory: the weights plus the
+    most that the cache, prefill and decode add to them."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -198,6 +229,8 @@ def _measure(model, batch, prompt, device, min_run_time) -> Dict:
         out[f"{what}_ms"], out[f"{what}_graph_ms"] = t["ms"], t["graph_ms"]
         if "graph_error" in t:
             out[f"{what}_graph_error"] = t["graph_error"]
+    if compile:
+        out.update(_compiled_decode(run, model, device, min_run_time, compile, out["logits_step"]))
     if device.type == "cuda":
         out["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device) - before + out["weight_bytes"]
     return out
@@ -231,9 +264,11 @@ def sparsify(dense: nn.Module, fmt: str, sparsity: Optional[float], device) -> t
 
 def bench_model(dims: Dict[str, int], fmts: Sequence[str], sparsities: Sequence[float], dtype: torch.dtype,
                 device: torch.device, arch: str = "llama", batch: int = 1, prompt: int = 128,
-                min_run_time: float = 0.3, progress: Optional[Progress] = None, peers: bool = False) -> List[Dict]:
+                min_run_time: float = 0.3, progress: Optional[Progress] = None, peers: bool = False,
+                compile: Optional[str] = None) -> List[Dict]:
     """One record for the dense model (the baseline: on the CPU, for prefill and for decode each,
     the faster of float32 and bfloat16, whichever of the two the model is in) and one per (format, sparsity);
+    with `compile` (a torch.compile backend, "inductor") the decode step also compiled, dense and each format;
     with `peers` on the CPU also PyTorch's dynamic int8 (quantize_dynamic, fbgemm and onednn) of the same
     projections and DeepSparse on the dense model and on the model pruned to each unstructured sparsity
     (model_peers)."""
@@ -245,17 +280,17 @@ def bench_model(dims: Dict[str, int], fmts: Sequence[str], sparsities: Sequence[
             f"{k}={v}" for k, v in dims.items()), arch=arch, params=sum(p.numel() for p in dense.parameters()),
             batch=batch, prompt=prompt, prefill_M=batch * prompt, dtype=str(dtype).replace("torch.", ""),
             device=device.type)
-        dense_runs = [dict(_measure(dense, batch, prompt, device, min_run_time), dtype=desc["dtype"])]
+        dense_runs = [dict(_measure(dense, batch, prompt, device, min_run_time, compile), dtype=desc["dtype"])]
         other = {torch.float32: torch.bfloat16, torch.bfloat16: torch.float32}.get(dtype)
         if device.type == "cpu" and other is not None:  # BENCHMARKING.md rule 2: the faster of fp32 and bf16
-            dense_runs.append(dict(_measure(copy.deepcopy(dense).to(other), batch, prompt, device, min_run_time),
-                                   dtype=str(other).replace("torch.", "")))
+            dense_runs.append(dict(_measure(copy.deepcopy(dense).to(other), batch, prompt, device, min_run_time,
+                                            compile), dtype=str(other).replace("torch.", "")))
         base = _best_dense(dense_runs)
         records = [_model_record(desc, "dense", 0.0, base, base, err=0.0)]
         if progress is not None:
             progress.step("dense")
         for fmt, sp in variants(fmts, sparsities):
-            records.append(_bench_variant(dense, desc, fmt, sp, base, batch, prompt, device, min_run_time))
+            records.append(_bench_variant(dense, desc, fmt, sp, base, batch, prompt, device, min_run_time, compile))
             if progress is not None:
                 progress.step(f"{fmt} {'' if sp is None else f'{sp:.0%}'}")
         if peers and device.type == "cpu":
@@ -386,8 +421,14 @@ def _best_dense(runs: List[Dict]) -> Dict:
     best = dict(runs[0])
     for what in ("prefill", "decode"):
         fastest = min(runs, key=lambda r: r[f"{what}_ms"])
-        best.update({k: v for k, v in fastest.items() if k.startswith(what + "_")})
+        best.update({k: v for k, v in fastest.items() if k.startswith(what + "_") and "compiled" not in k})
         best[f"{what}_dtype"] = fastest["dtype"]
+    compiled = [r for r in runs if r.get("decode_compiled_ms")]
+    if compiled:  # the compiled decode: the faster dtype compiled (it may differ from the eager one)
+        fastest = min(compiled, key=lambda r: r["decode_compiled_ms"])
+        best["decode_compiled_ms"], best["decode_compiled_dtype"] = fastest["decode_compiled_ms"], fastest["dtype"]
+    elif any("decode_compiled_error" in r for r in runs):
+        best["decode_compiled_error"] = next(r["decode_compiled_error"] for r in runs if "decode_compiled_error" in r)
     return best
 
 
@@ -407,7 +448,7 @@ def _tolerance(fmt: str, dtype: torch.dtype) -> float:
     return 0.1 if fmt in ("int8", "2:4+int8") else (1e-3 if dtype == torch.float32 else 3e-2)
 
 
-def _bench_variant(dense, desc, fmt, sp, base, batch, prompt, device, min_run_time) -> Dict:
+def _bench_variant(dense, desc, fmt, sp, base, batch, prompt, device, min_run_time, compile=None) -> Dict:
     """Checks the converted model against the pruned one holding the same weights, then times it;
     rel_error is against the pruned model itself (for int8 formats: the quantization error)."""
     dtype = next(dense.parameters()).dtype
@@ -416,7 +457,7 @@ def _bench_variant(dense, desc, fmt, sp, base, batch, prompt, device, min_run_ti
         ref = _logits(Runner(pruned, batch, prompt))
         exact = _logits(Runner(_stored_weights(pruned, model), batch, prompt)) if "int8" in fmt else ref
         del pruned
-        m = _measure(model, batch, prompt, device, min_run_time)
+        m = _measure(model, batch, prompt, device, min_run_time, compile)
         check = max(rel_error(m[k], exact[k]) for k in exact)
         if not check <= _tolerance(fmt, dtype):
             raise AssertionError(f"converted model differs from the pruned model: relative error {check:.3g}")
@@ -440,6 +481,13 @@ def _model_record(desc, fmt, sparsity, m, base, err, **extra) -> Dict:
             rec[f"{what}_graph_speedup"] = bg / g
         if f"{what}_graph_error" in m:
             rec[f"{what}_graph_error"] = m[f"{what}_graph_error"]
+    c, bc = m.get("decode_compiled_ms"), base.get("decode_compiled_ms")
+    if c is not None or "decode_compiled_error" in m:
+        rec["decode_compiled_ms"], rec["dense_decode_compiled_ms"] = c, bc
+        if c and bc:
+            rec["decode_compiled_speedup"] = bc / c
+        if "decode_compiled_error" in m:
+            rec["decode_compiled_error"] = m["decode_compiled_error"]
     best_decode_ms = min(v for v in (m["decode_ms"], m.get("decode_graph_ms")) if v)
     rec["decode_tok_s"] = batch / (best_decode_ms * 1e-3)
     rec.update(weight_bytes=m["weight_bytes"], dense_weight_bytes=base["weight_bytes"],

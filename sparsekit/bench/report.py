@@ -45,9 +45,11 @@ def layer_table(recs: List[dict]) -> str:
 def model_table(recs: List[dict]) -> str:
     """Model records -> markdown: prefill and decode against dense, weight bytes, peak memory, conversion time."""
     graphs = any(r.get("decode_graph_ms") is not None for r in recs)
+    compiled = any("decode_compiled_ms" in r or "decode_compiled_error" in r for r in recs)
     M = recs[0]["prefill_M"] if recs else "?"
     head = ["format", "sparsity", f"prefill ms (M={M})", "prefill speedup", "decode tok/s", "decode speedup"]
     head += ["graph prefill speedup", "graph decode speedup"] if graphs else []
+    head += ["compiled decode ms", "compiled decode speedup"] if compiled else []
     head += ["weight MiB", "peak MiB", "convert s", "rel. error"]
     rows = []
     for r in recs:
@@ -60,6 +62,9 @@ def model_table(recs: List[dict]) -> str:
         if graphs:
             row += [_f(r.get(f"{w}_graph_speedup"), "{:.2f}x", r.get(f"{w}_graph_error", "-")[:40])
                     for w in ("prefill", "decode")]
+        if compiled:
+            row += [_f(r.get("decode_compiled_ms"), "{:.3f}", r.get("decode_compiled_error", "-")[:40]),
+                    _f(r.get("decode_compiled_speedup"), "{:.2f}x")]
         rows.append(row + [_mib(r["weight_bytes"]), _mib(r.get("peak_mem_bytes")), _f(r.get("convert_s"), "{:.2f}"),
                            f"{r['rel_error']:.1e}"])
     return markdown_table(head, rows)

@@ -12,17 +12,21 @@ from typing import Callable, Dict, Optional
 import torch
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, min_run_time: float = 0.3) -> Dict[str, Optional[float]]:
+def time_ms(fn: Callable[[], object], device: torch.device, min_run_time: float = 0.3,
+            graph: bool = True) -> Dict[str, Optional[float]]:
     """Median milliseconds of fn() with the caches flushed before each call; on CUDA
     (triton.testing.do_bench, which flushes L2) also replayed from a CUDA graph ("graph_ms":
     do_bench_cudagraph captures fn after a warm-up call and times the replays with CUDA events;
-    None with the reason in "graph_error" when fn cannot be captured). The CPU has no graphs."""
+    None with the reason in "graph_error" when fn cannot be captured; not tried with graph=False,
+    e.g. for a function that replays its own graphs). The CPU has no graphs."""
     if device.type == "cuda":
         import triton.testing as tt
 
         fn()
         torch.cuda.synchronize()
         out = {"ms": float(tt.do_bench(fn, return_mode="median")), "graph_ms": None}
+        if not graph:
+            return out
         try:
             out["graph_ms"] = float(tt.do_bench_cudagraph(fn, return_mode="median"))
         except Exception as e:  # capture refused (a host sync, a CPU tensor, an allocation outside the pool)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops import _as_2d, call_no_grad_below_autograd
+from ..ops import _as_2d
 
 def check_weight_and_mask(weight: torch.Tensor, mask: torch.Tensor | None, what: str) -> torch.Tensor:
     """Validates a 2-d float weight and its bool mask (default: weight != 0); returns the mask."""
@@ -27,20 +27,27 @@ def check_int32_range(n: int, what: str) -> None:
         raise ValueError(f"{what} {n} exceeds the int32 index range")
 
 
+def input_rows(m, x):
+    """A module_forward's x (..., in_features) of any other rank than 2 as 2-d rows. Its width is checked
+    first: a reshape alone could regroup a wrong one. (A 2-d x goes straight to the op, which checks it.)"""
+    if x.dim() == 0 or x.shape[-1] != m.in_features:
+        raise ValueError(f"{type(m).__name__}: expected input of shape (..., {m.in_features}), got {tuple(x.shape)}")
+    return x.reshape(-1, m.in_features)
+
+
 def compressed_rows_forward(op, m, x):
     """A SparseLinear forward through an op of the (x, crow_indices, col_indices, values, out_features, bias)
     signature (csr_mm, bsr_mm): one direct op call on the module's buffers, x of any leading shape."""
     b = m._buffers
     args = (b["crow_indices"], b["col_indices"], b["values"], m.out_features, m._parameters["bias"])
     if x.dim() == 2:
-        return call_no_grad_below_autograd(op, x, *args)
-    return call_no_grad_below_autograd(op, x.reshape(-1, m.in_features), *args).reshape(*x.shape[:-1],
-                                                                                          m.out_features)
+        return op(x, *args)
+    return op(input_rows(m, x), *args).reshape(*x.shape[:-1], m.out_features)
 
 
 def compressed_rows_apply(op, name, x, shape, bias, crow_indices, col_indices, values):
     """The format's `apply` through such an op (`name` for messages): x of any leading shape."""
     if x.dim() == 2:
-        return call_no_grad_below_autograd(op, x, crow_indices, col_indices, values, shape[0], bias)
-    y = call_no_grad_below_autograd(op, _as_2d(x, name), crow_indices, col_indices, values, shape[0], bias)
+        return op(x, crow_indices, col_indices, values, shape[0], bias)
+    y = op(_as_2d(x, name), crow_indices, col_indices, values, shape[0], bias)
     return y.reshape(*x.shape[:-1], shape[0])

@@ -48,9 +48,10 @@ class SparseFormat:
 
     @staticmethod
     def module_forward(module, x: torch.Tensor) -> torch.Tensor:
-        """SparseLinear.forward after its shape check: the format's op(s) on the module's buffers, read
-        straight from ``module._buffers`` by name (never cached, so a buffer swapped in by load_state_dict,
-        ``.to()`` or torch.func.functional_call is the one used). Formats override it with one direct op call."""
+        """SparseLinear.forward: the format's op(s) on the module's buffers, read straight from
+        ``module._buffers`` by name (never cached, so a buffer swapped in by load_state_dict, ``.to()`` or
+        torch.func.functional_call is the one used). Formats override it with one direct op call; a 2-d x
+        goes to the op as it is (the op checks its width), any other x through ``_common.input_rows``."""
         raise NotImplementedError
 
     @staticmethod

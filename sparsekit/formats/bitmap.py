@@ -7,13 +7,12 @@ from typing import Dict
 import torch
 
 from .. import ops
-from ..ops import _as_2d
-from ..ops import call_no_grad_below_autograd as _call
-from ._common import check_int32_range, check_weight_and_mask
+from ..ops import _as_2d, linear_call
+from ._common import check_int32_range, check_weight_and_mask, input_rows
 from .base import SparseFormat, register
 
 
-_BITMAP_MM = torch.ops.sparsekit.bitmap_mm.default
+_BITMAP_MM = linear_call(torch.ops.sparsekit.bitmap_mm.default)
 
 
 @register
@@ -76,16 +75,16 @@ class BitmapWeight(SparseFormat):
     @staticmethod
     def apply(x, shape, bias, bitmap, word_offsets, values):
         if x.dim() == 2:
-            return _call(_BITMAP_MM, x, bitmap, word_offsets, values, bias)
-        y = _call(_BITMAP_MM, _as_2d(x, "bitmap_mm"), bitmap, word_offsets, values, bias)
+            return _BITMAP_MM(x, bitmap, word_offsets, values, bias)
+        y = _BITMAP_MM(_as_2d(x, "bitmap_mm"), bitmap, word_offsets, values, bias)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def module_forward(m, x):
         b = m._buffers
         if x.dim() == 2:
-            return _call(_BITMAP_MM, x, b["bitmap"], b["word_offsets"], b["values"], m._parameters["bias"])
-        y = _call(_BITMAP_MM, x.reshape(-1, m.in_features), b["bitmap"], b["word_offsets"], b["values"],
+            return _BITMAP_MM(x, b["bitmap"], b["word_offsets"], b["values"], m._parameters["bias"])
+        y = _BITMAP_MM(input_rows(m, x), b["bitmap"], b["word_offsets"], b["values"],
                   m._parameters["bias"])
         return y.reshape(*x.shape[:-1], m.out_features)
 

@@ -1,6 +1,7 @@
 """BSR: the weight cut into R x C blocks; only blocks holding a kept weight are stored."""
 from __future__ import annotations
 
+import functools
 from typing import Dict, Tuple
 
 import torch
@@ -12,7 +13,7 @@ from ._common import compressed_rows_forward as _compressed_rows_forward
 from .base import SparseFormat, register
 
 
-_BSR_MM = torch.ops.sparsekit.bsr_mm.default
+_BSR_MM = ops.linear_call(torch.ops.sparsekit.bsr_mm.default)
 
 
 @register
@@ -85,9 +86,8 @@ class BSRWeight(SparseFormat):
     def apply(x, shape, bias, crow_indices, col_indices, values):
         return _compressed_rows_apply(_BSR_MM, "bsr_mm", x, shape, bias, crow_indices, col_indices, values)
 
-    @staticmethod
-    def module_forward(m, x):
-        return _compressed_rows_forward(_BSR_MM, m, x)
+    # a partial, not a def: one Python frame less per call (compressed_rows_forward is the forward)
+    module_forward = staticmethod(functools.partial(_compressed_rows_forward, _BSR_MM))
 
     @property
     def nnz(self) -> int:

@@ -7,6 +7,7 @@ Buffers (the layout every kernel reads):
 """
 from __future__ import annotations
 
+import functools
 from typing import Dict, Tuple
 
 import torch
@@ -19,7 +20,7 @@ from ._common import compressed_rows_forward as _compressed_rows_forward
 from .base import SparseFormat, register
 
 
-_CSR_MM = torch.ops.sparsekit.csr_mm.default
+_CSR_MM = ops.linear_call(torch.ops.sparsekit.csr_mm.default)
 
 
 @register
@@ -95,9 +96,8 @@ class CSRWeight(SparseFormat):
     def apply(x, shape, bias, crow_indices, col_indices, values):
         return _compressed_rows_apply(_CSR_MM, "csr_mm", x, shape, bias, crow_indices, col_indices, values)
 
-    @staticmethod
-    def module_forward(m, x):
-        return _compressed_rows_forward(_CSR_MM, m, x)
+    # a partial, not a def: one Python frame less per call (compressed_rows_forward is the forward)
+    module_forward = staticmethod(functools.partial(_compressed_rows_forward, _CSR_MM))
 
     @property
     def nnz(self) -> int:

@@ -7,14 +7,13 @@ from typing import Dict, Tuple
 import torch
 
 from .. import ops  # noqa: F401  (defines the ops)
-from ..ops import _as_2d
-from ..ops import call_no_grad_below_autograd as _call
-from ._common import check_weight_and_mask
+from ..ops import _as_2d, linear_call
+from ._common import check_weight_and_mask, input_rows
 from .base import SparseFormat, register
 
 
-_INT8_LINEAR = torch.ops.sparsekit.int8_linear.default
-_INT8_WO_MM = torch.ops.sparsekit.int8_weight_only_mm.default
+_INT8_LINEAR = linear_call(torch.ops.sparsekit.int8_linear.default)
+_INT8_WO_MM = linear_call(torch.ops.sparsekit.int8_weight_only_mm.default)
 
 
 def quantize_rows(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +85,7 @@ class Int8Weight(_Int8Base):
         b = m._buffers
         if x.dim() == 2:
             return _INT8_LINEAR(x, b["qweight"], b["scale"], m._parameters["bias"])
-        y = _INT8_LINEAR(x.reshape(-1, m.in_features), b["qweight"], b["scale"], m._parameters["bias"])
+        y = _INT8_LINEAR(input_rows(m, x), b["qweight"], b["scale"], m._parameters["bias"])
         return y.reshape(*x.shape[:-1], m.out_features)
 
 
@@ -97,14 +96,14 @@ class Int8WeightOnly(_Int8Base):
     @staticmethod
     def apply(x, shape, bias, qweight, scale):
         if x.dim() == 2:
-            return _call(_INT8_WO_MM, x, qweight, scale, bias)
-        y = _call(_INT8_WO_MM, _as_2d(x, "int8_weight_only_mm"), qweight, scale, bias)
+            return _INT8_WO_MM(x, qweight, scale, bias)
+        y = _INT8_WO_MM(_as_2d(x, "int8_weight_only_mm"), qweight, scale, bias)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def module_forward(m, x):
         b = m._buffers
         if x.dim() == 2:
-            return _call(_INT8_WO_MM, x, b["qweight"], b["scale"], m._parameters["bias"])
-        y = _call(_INT8_WO_MM, x.reshape(-1, m.in_features), b["qweight"], b["scale"], m._parameters["bias"])
+            return _INT8_WO_MM(x, b["qweight"], b["scale"], m._parameters["bias"])
+        y = _INT8_WO_MM(input_rows(m, x), b["qweight"], b["scale"], m._parameters["bias"])
         return y.reshape(*x.shape[:-1], m.out_features)

@@ -11,10 +11,9 @@ from typing import Dict, Tuple
 import torch
 
 from .. import ops
-from ..ops import _as_2d
-from ..ops import call_no_grad_below_autograd as _call
+from ..ops import _as_2d, linear_call
 from ..ops._checks import cslt_shape_fits
-from ._common import check_weight_and_mask
+from ._common import check_weight_and_mask, input_rows
 from .base import SparseFormat, register
 from .int8 import quantize_rows
 
@@ -107,10 +106,10 @@ _CSLT_LOCK = threading.Lock()
 _CSLT_CACHE: Dict[int, tuple] = {}
 _FP16_MAX = 65504.0
 
-_SPARSE24_MM = torch.ops.sparsekit.sparse24_mm.default
+_SPARSE24_MM = linear_call(torch.ops.sparsekit.sparse24_mm.default)
 _SPARSE24_INT8_MM = torch.ops.sparsekit.sparse24_int8_mm.default
 _QUANTIZE = torch.ops.sparsekit.quantize_per_token.default
-_SPARSE24_INT8_LINEAR = torch.ops.sparsekit.sparse24_int8_linear.default
+_SPARSE24_INT8_LINEAR = linear_call(torch.ops.sparsekit.sparse24_int8_linear.default)
 _CSLT_MM = torch.ops.sparsekit.cslt_mm.default
 _CSLT_COMPRESS = torch.ops.sparsekit.cslt_compress.default
 _HALVES = (torch.float16, torch.bfloat16)
@@ -281,8 +280,8 @@ class Sparse24Weight(SparseFormat):
             if hit is not None:
                 return _restore(_cslt_call(hit, _as_2d(x, "cslt_mm"), shape[0], bias), x, shape[0])
         if x.dim() == 2:
-            return _call(_SPARSE24_MM, x, values, meta, bias)
-        return _restore(_call(_SPARSE24_MM, _as_2d(x, "sparse24_mm"), values, meta, bias), x, shape[0])
+            return _SPARSE24_MM(x, values, meta, bias)
+        return _restore(_SPARSE24_MM(_as_2d(x, "sparse24_mm"), values, meta, bias), x, shape[0])
 
     @staticmethod
     def module_forward(m, x):
@@ -291,8 +290,8 @@ class Sparse24Weight(SparseFormat):
             return Sparse24Weight.apply(x, (m.out_features, m.in_features), m._parameters["bias"], b["values"],
                                         b["meta"])
         if x.dim() == 2:
-            return _call(_SPARSE24_MM, x, b["values"], b["meta"], m._parameters["bias"])
-        y = _call(_SPARSE24_MM, x.reshape(-1, m.in_features), b["values"], b["meta"], m._parameters["bias"])
+            return _SPARSE24_MM(x, b["values"], b["meta"], m._parameters["bias"])
+        y = _SPARSE24_MM(input_rows(m, x), b["values"], b["meta"], m._parameters["bias"])
         return y.reshape(*x.shape[:-1], m.out_features)
 
     @property
@@ -376,7 +375,7 @@ class Sparse24Int8Weight(SparseFormat):
                                             b["meta"], b["scale"])
         if x.dim() == 2:
             return _SPARSE24_INT8_LINEAR(x, b["values"], b["meta"], b["scale"], m._parameters["bias"])
-        y = _SPARSE24_INT8_LINEAR(x.reshape(-1, m.in_features), b["values"], b["meta"], b["scale"],
+        y = _SPARSE24_INT8_LINEAR(input_rows(m, x), b["values"], b["meta"], b["scale"],
                                   m._parameters["bias"])
         return y.reshape(*x.shape[:-1], m.out_features)
 

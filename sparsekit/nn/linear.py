@@ -100,14 +100,19 @@ class SparseLinear(nn.Module):
 
     # ---------------------------------------------------------------------------------- run
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"SparseLinear: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}"
-            )
-        # One op call straight into torch.ops.sparsekit.<op> (the W8A8 formats: int8_linear /
-        # sparse24_int8_linear, which quantize per token inside; on CUDA 2:4+int8 quantizes first, then picks
-        # cuSPARSELt), below the Autograd key when no gradient is needed (formats/*.module_forward).
-        return self._format_cls.module_forward(self, x)
+        # One op call straight into torch.ops.sparsekit.<op> (formats/*.module_forward; the W8A8 formats:
+        # int8_linear / sparse24_int8_linear, which quantize per token inside; on CUDA 2:4+int8 quantizes
+        # first, then picks cuSPARSELt). Nothing is checked here on the way in: a 2-d x goes to the op, which
+        # checks its width, and module_forward checks any other x before reshaping it; a mismatch is reported
+        # below in this layer's words.
+        try:
+            return self._format_cls.module_forward(self, x)
+        except Exception as e:
+            if isinstance(x, torch.Tensor) and (x.dim() == 0 or x.shape[-1] != self.in_features):
+                raise ValueError(
+                    f"SparseLinear: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}"
+                ) from e
+            raise
 
     # ---------------------------------------------------------------------------------- save / load
     def get_extra_state(self) -> Dict[str, Any]:

@@ -8,6 +8,8 @@ registered), and kernels registered per device by the backends.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import _checks as C
@@ -57,11 +59,59 @@ def _register(name, check, ref, fake, data_check=None):
     FALLBACKS[name] = fallback
 
 
-def _register_linear_autograd(name, weight_of, bias_index, weight_args, extra_args=(), x_index=0):
-    """Gradients to the input (through the dense weight) and the bias; none to the packed weight.
+def _int8_wo_dense(w_q, w_scale, shape):
+    return w_q.float() * w_scale[:, None]
 
-    weight_of(in_features, *inputs[weight_args], *inputs[extra_args]) rebuilds the dense weight.
-    """
+
+#: format -> (reference unpacking (buffers..., (out_features, in_features)), fake dtype from the buffers)
+_DENSE_WEIGHT = {
+    "csr": (reference.csr_to_dense, lambda b: b[2].dtype),
+    "bsr": (reference.bsr_to_dense, lambda b: b[2].dtype),
+    "bitmap": (reference.bitmap_to_dense, lambda b: b[2].dtype),
+    "2:4": (lambda v, m, shape: reference.sparse24_to_dense(v, m, shape[1]), lambda b: b[0].dtype),
+    "int8-wo": (_int8_wo_dense, lambda b: torch.float32),
+    "2:4+int8": (lambda v, m, s, shape: reference.sparse24_to_dense(v, m, shape[1], torch.float32) * s[:, None],
+                 lambda b: torch.float32),
+}
+
+
+def _dense_weight_format(format):
+    if format not in _DENSE_WEIGHT:
+        raise ValueError(f"sparsekit._dense_weight: unknown format {format!r}, expected one of {sorted(_DENSE_WEIGHT)}")
+    return _DENSE_WEIGHT[format]
+
+
+def _dense_weight(format, buffers, out_features, in_features):
+    return _dense_weight_format(format)[0](*buffers, (out_features, in_features))
+
+
+def _dense_weight_fake(format, buffers, out_features, in_features):
+    return buffers[0].new_empty((out_features, in_features), dtype=_dense_weight_format(format)[1](buffers))
+
+
+torch.library.register_fake("sparsekit::_dense_weight")(_dense_weight_fake)
+_lib.impl("_dense_weight", _dense_weight, "CompositeExplicitAutograd")
+
+
+#: op -> (format, index of its bias, indices of the packed weight's tensors) of the ops with a gradient
+LINEAR_AUTOGRAD = {
+    "csr_mm": ("csr", 5, (1, 2, 3)),
+    "bsr_mm": ("bsr", 5, (1, 2, 3)),
+    "bitmap_mm": ("bitmap", 4, (1, 2, 3)),
+    "sparse24_mm": ("2:4", 3, (1, 2)),
+    "int8_weight_only_mm": ("int8-wo", 3, (1, 2)),
+    # W8A8: the backward pass takes the per-token quantization of x as the identity (straight-through)
+    "int8_linear": ("int8-wo", 3, (1, 2)),
+    "sparse24_int8_linear": ("2:4+int8", 4, (1, 2, 3)),
+}
+
+#: the ops of LINEAR_AUTOGRAD whose Autograd kernel is compiled (csrc/autograd.cpp), set by register_autograd()
+CPP_AUTOGRAD: set = set()
+
+
+def _register_linear_autograd(name, format, bias_index, weight_args):
+    """The Python twin of csrc/autograd.cpp (used without the compiled extension): gradients to the input
+    (through the dense weight) and the bias; none to the packed weight."""
 
     def setup_context(ctx, inputs, output):
         for i in weight_args:
@@ -72,21 +122,32 @@ def _register_linear_autograd(name, weight_of, bias_index, weight_args, extra_ar
                     "train the dense weight with its mask (sparsekit.prune) and convert afterwards"
                 )
         ctx.save_for_backward(*[inputs[i] for i in weight_args])
-        ctx.extra = [inputs[i] for i in extra_args]
-        ctx.in_features = inputs[x_index].shape[1]
+        ctx.in_features = inputs[0].shape[1]
         ctx.nargs = len(inputs)
-        ctx.has_bias = bias_index is not None and inputs[bias_index] is not None
 
     def backward(ctx, grad):
         grads = [None] * ctx.nargs
-        if ctx.needs_input_grad[x_index]:
-            w = weight_of(ctx.in_features, *ctx.saved_tensors, *ctx.extra)
-            grads[x_index] = grad @ w.to(grad.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[bias_index]:
+        if ctx.needs_input_grad[0]:
+            w = torch.ops.sparsekit._dense_weight(format, list(ctx.saved_tensors), grad.shape[1], ctx.in_features)
+            grads[0] = grad @ w.to(grad.dtype)
+        if ctx.needs_input_grad[bias_index]:
             grads[bias_index] = grad.sum(0)
         return tuple(grads)
 
     torch.library.register_autograd(f"sparsekit::{name}", backward, setup_context=setup_context)
+
+
+def register_autograd() -> None:
+    """The gradients of the linear ops: the compiled Autograd kernels where sparsekit._C registered them (a
+    call then costs no Python frame), the Python formula otherwise. Called once, after sparsekit._C loads."""
+    if CPP_AUTOGRAD or getattr(register_autograd, "done", False):
+        return
+    register_autograd.done = True
+    for name, (format, bias_index, weight_args) in LINEAR_AUTOGRAD.items():
+        if torch._C._dispatch_has_kernel_for_dispatch_key(f"sparsekit::{name}", "Autograd"):
+            CPP_AUTOGRAD.add(name)
+        else:
+            _register_linear_autograd(name, format, bias_index, weight_args)
 
 
 def _out(x, n, dtype=None):
@@ -143,18 +204,6 @@ _register("cslt_compress", C.check_cslt_compress, _cslt_unavailable("cslt_compre
 _register("cslt_mm", C.check_cslt_mm, _cslt_unavailable("cslt_mm"),
           lambda x, c, n, b, a, rs, od: _out(x, n, C.cslt_out_dtype(x, od)))
 
-_register_linear_autograd("csr_mm", lambda k, crow, col, val, n: reference.csr_to_dense(crow, col, val, (n, k)),
-                          bias_index=5, weight_args=(1, 2, 3), extra_args=(4,))
-_register_linear_autograd("bsr_mm", lambda k, crow, col, val, n: reference.bsr_to_dense(crow, col, val, (n, k)),
-                          bias_index=5, weight_args=(1, 2, 3), extra_args=(4,))
-_register_linear_autograd(
-    "bitmap_mm", lambda k, bm, wo, val: reference.bitmap_to_dense(bm, wo, val, (bm.shape[0], k)),
-    bias_index=4, weight_args=(1, 2, 3))
-_register_linear_autograd("sparse24_mm", lambda k, val, meta: reference.sparse24_to_dense(val, meta, k),
-                          bias_index=3, weight_args=(1, 2))
-_register_linear_autograd("int8_weight_only_mm", lambda k, wq, ws: wq.float() * ws[:, None], bias_index=3,
-                          weight_args=(1, 2))
-
 from . import packing  # noqa: E402
 
 packing.register()
@@ -167,7 +216,7 @@ _is_compiling = torch.compiler.is_compiling
 
 
 def call_no_grad_below_autograd(op, *args):
-    """``op(*args)`` for an op whose autograd formula is registered from Python (register_autograd above).
+    """``op(*args)`` for an op whose autograd formula is registered from Python (without the compiled extension).
 
     When no gradient is needed (grad mode off, or no argument requires grad) the call runs below the
     Autograd key, which is exactly the no-grad branch of torch.library's Python autograd kernel
@@ -179,6 +228,16 @@ def call_no_grad_below_autograd(op, *args):
         return op(*args)
     with _BELOW_AUTOGRAD():
         return op(*args)
+
+
+def linear_call(op):
+    """What the formats call for a linear op of LINEAR_AUTOGRAD: the op itself where its Autograd kernel is
+    compiled (csrc/autograd.cpp: no Python frame per call), else ``call_no_grad_below_autograd`` bound to it.
+
+    Decided once, when the formats import (after register_autograd())."""
+    if op._schema.name.split("::", 1)[1] in CPP_AUTOGRAD:
+        return op
+    return functools.partial(call_no_grad_below_autograd, op)
 
 
 def _as_2d(x, op):

@@ -61,6 +61,12 @@ SCHEMAS = {
     "cslt_compress": "cslt_compress(Tensor weight) -> Tensor",
     "cslt_mm": "cslt_mm(Tensor x, Tensor compressed, int out_features, Tensor? bias=None, Tensor? alpha=None, "
     "Tensor? row_scale=None, ScalarType? out_dtype=None) -> Tensor",
+    # The dense weight (out_features, in_features) of a packed one: format "csr" / "bsr" (buffers crow_indices,
+    # col_indices, values), "bitmap" (bitmap, word_offsets, values), "2:4" (values, meta), "int8-wo" (w_q,
+    # w_scale; float32), "2:4+int8" (values, meta, w_scale; float32). What the backward pass of the linear ops
+    # multiplies the gradient with (their Autograd kernels: csrc/autograd.cpp, or sparsekit/ops/__init__.py
+    # without the extension).
+    "_dense_weight": "_dense_weight(str format, Tensor[] buffers, int out_features, int in_features) -> Tensor",
     # Packers (sparsekit/ops/packing.py): the buffers of a format from a weight (N, K) and its bool mask
     # (default: weight != 0), bit for bit what sparsekit.formats.*.from_dense produces (LAYOUTS.md).
     "pack_sparse24": "pack_sparse24(Tensor weight, Tensor? mask=None) -> (Tensor, Tensor)",
