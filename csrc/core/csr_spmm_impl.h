@@ -28,8 +28,16 @@ inline void row_tile(const CsrSpmmArgs& a, int64_t n, int64_t m0, float* __restr
     for (int i = 0; i < R; ++i) acc[u][i] = vf{};
   int64_t j = a.crow[n];
   const int64_t end = a.crow[n + 1];
+  // the x rows of the kept weights kPrefetch ahead, while this one's FMAs run (within the row: col is
+  // read only inside [crow[n], crow[n + 1]))
+  constexpr int64_t kPrefetch = 8;
   for (; j + U <= end; j += U) {
     for (int u = 0; u < U; ++u) {
+      if (j + u + kPrefetch < end) {
+        const float* p = xt + static_cast<int64_t>(col[j + u + kPrefetch]) * ld;
+        __builtin_prefetch(p);
+        if (8 * NV > 16) __builtin_prefetch(p + 16);  // the tile's second cache line
+      }
       const float v = Elem<VD>::load(vals, j + u);
       const float* __restrict xr = xt + static_cast<int64_t>(col[j + u]) * ld;
       for (int i = 0; i < R; ++i) acc[u][i] += v * loadv(xr + kLanes * i);
