@@ -33,6 +33,9 @@ MS = (1, 2, 3, 8, 16, 17, 33)
 # A budget small enough to split K (b2 = smem_per_sm / 2 - 1 KB per block): see choose_chunking.
 SPLIT_24 = {"EMU_SMEM_PER_SM": 20000, "EMU_SMEM_OPTIN": 20000}
 SPLIT_BITMAP = {"EMU_SMEM_PER_SM": 40000, "EMU_SMEM_OPTIN": 40000}
+# The batched bitmap kernel (v2) needs more shared memory per warp: on 40000 bytes it gives way to v1; on
+# 140000 it runs and splits K (bf16) at M = 16 above ~2200 columns, at M = 1 above ~34000.
+SPLIT_BITMAP_V2 = {"EMU_SMEM_PER_SM": 140000, "EMU_SMEM_OPTIN": 140000}
 
 
 # ------------------------------------------------------------------------------------------ builds
@@ -294,16 +297,17 @@ def bitmap_v2_many_rows_cases(dtype, seed=25):
     ]
 
 
-def bitmap_v2_split_cases(dtype, seed=22):
+def bitmap_v2_split_cases(dtype, seed=22, split=True):
+    """Split-K cases for SPLIT_BITMAP_V2 (where v1, with less shared memory per warp, may keep K whole)."""
     g = gen(seed)
-    m = torch.rand((10, 4100), generator=g) < 0.08
+    m = torch.rand((10, 12000), generator=g) < 0.08
     m[3, :] = True
     m[4, :] = False
     return [
-        bitmap_case("v2 split sparse M=1", dtype, 1, 17, 4100, g, density=0.1, split=True),
-        bitmap_case("v2 split dense M=5", dtype, 5, 9, 3000, g, density=0.7, split=True),
-        bitmap_case("v2 split M=16 K=2049", dtype, 16, 7, 2049, g, density=0.12, split=True),
-        bitmap_case_mask("v2 split full and empty rows", dtype, 3, m, g, split=True),
+        bitmap_case("v2 split sparse M=1", dtype, 1, 17, 36000, g, density=0.05, split=split),
+        bitmap_case("v2 split dense M=5", dtype, 5, 9, 6000, g, density=0.7, split=split),
+        bitmap_case("v2 split M=16 K=4100", dtype, 16, 7, 4100, g, density=0.12, split=split),
+        bitmap_case_mask("v2 split full and empty rows", dtype, 3, m, g, split=split),
     ]
 
 
@@ -317,8 +321,13 @@ def test_bitmap_mm_variants(driver, tmp_path, dtype, variant):
     check_mm_cases(run(driver, cases, tmp_path / "whole", knobs), cases)
     cases = bitmap_v2_many_rows_cases(dtype)  # one SM: every warp walks several rows
     check_mm_cases(run(driver, cases, tmp_path / "rows", {"EMU_SMS": 1, **knobs}), cases)
-    cases = bitmap_v2_split_cases(dtype)
-    check_mm_cases(run(driver, cases, tmp_path / "split", {**SPLIT_BITMAP, **knobs}), cases)
+    cases = bitmap_v2_split_cases(dtype, split=True if variant == "v2" else None)
+    check_mm_cases(run(driver, cases, tmp_path / "split", {**SPLIT_BITMAP_V2, **knobs}), cases)
+    # budgets too small for v2's buffers: v1 runs (and splits K)
+    cases = bitmap_split_cases(dtype, seed=26)
+    check_mm_cases(run(driver, cases, tmp_path / "small", {**SPLIT_BITMAP, **knobs}), cases)
+    cases = bitmap_cases(dtype, seed=27)[:8]
+    check_mm_cases(run(driver, cases, tmp_path / "tiny", {**SPLIT_24, **knobs}), cases)
 
 
 def test_bitmap_mm_v1_on_the_first_cases(driver, tmp_path):

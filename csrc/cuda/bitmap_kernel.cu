@@ -397,10 +397,17 @@ struct BitmapDecode {
       const double density = cells > 0 ? static_cast<double>(a.nnz) / cells : 0.0;
       p.sparse = density * kTileCols / kV / 32.0 <= 0.6;
     }
-    // Shared bytes per warp besides the x tile (the largest any M tile of this plan asks for).
-    const size_t warp_bytes = p.variant == 1 ? kListBytes
-                              : p.sparse     ? V2Shape<1, true>::kWarpBytes
-                                             : V2Shape<1, false>::kWarpBytes;
+    // Shared bytes per warp besides the x tile (the largest any M tile of this plan asks for). Variant 2's
+    // per-warp buffers may take at most half of what two 256-thread blocks per SM get (so that the x tile
+    // keeps the other half); on a smaller budget (under ~130 KB per SM for the sparse shape) variant 1 runs.
+    size_t warp_bytes = p.variant == 1 ? kListBytes
+                        : p.sparse     ? V2Shape<1, true>::kWarpBytes
+                                       : V2Shape<1, false>::kWarpBytes;
+    const int64_t b2 = imin<int64_t>(d.smem_optin, d.smem_per_sm / 2 - 1024);
+    if (p.variant == 2 && 2 * 8 * static_cast<int64_t>(warp_bytes) > b2) {
+      p.variant = 1;
+      warp_bytes = kListBytes;
+    }
     p.ch = choose_chunking(a.K, kChunkAlign, warp_bytes, d, [&](int64_t cols) { return xtile_bytes<T, kSpan>(mt_max, cols); });
     plan_workspace(&p, a.M, a.N);
     *plan = p;
