@@ -118,7 +118,8 @@ def main():
     regs = regs_table()
     need = [RATE * lat / SMS / 1024 for lat in LAT]
     print(f"needed per SM at 4.3 TB/s: {need[0]:.1f} KB (600 ns) - {need[1]:.1f} KB (900 ns)\n")
-    print("| kernel | N x K | M | v1: regs, warps/SM, B/warp, KB/SM | v2: shape, regs, warps/SM, B/warp, KB/SM | v2 / 29 KB |")
+    print("| kernel | N x K | M | v1: regs, warps/SM, B/warp, KB/SM | v2: shape, regs, warps/SM, B/warp, KB/SM "
+          "| v2 / 29 KB |")
     print("|---|---|---:|---|---|---:|")
     for N, K in SHAPES:
         for M in (1, 4, 16):

@@ -583,10 +583,12 @@ PLANTED = {
               "          word &= word - 1;\n        }"),
         "bitmap_v2"),
     "bitmap v2 overflow chunks skipped": (
-        "f", ("bitmap_kernel.cu", "for (int q = lane + 32 * P; q < nq; q += 32)", "for (int q = lane + 32 * P; q < 0; q += 32)"),
+        "f", ("bitmap_kernel.cu", "for (int q = lane + 32 * P; q < nq; q += 32)",
+              "for (int q = lane + 32 * P; q < 0; q += 32)"),
         "bitmap_v2"),
     "bitmap v2 next batch's words one tile late": (
-        "g", ("bitmap_kernel.cu", "load_batch_words<D>(p, c, tiles,", "advance(c, tiles, n_stride);\n    load_batch_words<D>(p, c, tiles,"),
+        "g", ("bitmap_kernel.cu", "load_batch_words<D>(p, c, tiles,",
+              "advance(c, tiles, n_stride);\n    load_batch_words<D>(p, c, tiles,"),
         "bitmap_v2"),
     "csr off-by-one row end": (
         "a", ("csr_spmm_kernel.cu", "j < end; j += 32", "j <= end; j += 32"), "csr"),
