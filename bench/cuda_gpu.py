@@ -8,7 +8,9 @@ and do_bench_cudagraph (graph replays), beside, in the same process, same shapes
               once) and torch.sparse.to_sparse_semi_structured (PyTorch's cuSPARSELt / CUTLASS)
   2:4+int8    W8A8 with per-token quantization and scaling included: quantize_per_token + sparse24_int8_mm,
               and quantize_per_token + cslt_mm (int8 cuSPARSELt, alpha = weight scales, epilogue)
-  bitmap      sparsekit bitmap_mm (the CUDA kernel; the Triton one too when it imports)
+  bitmap      sparsekit bitmap_mm as routed, the compiled decode kernel in each design of --decode-variants
+              (SPARSEKIT_CUDA_DECODE=v2, the batched one and the default; v1, the first), the Triton one
+              too when it imports
   bsr         sparsekit bsr_mm (the CUDA kernel; the Triton one too when it imports)
   csr         sparsekit csr_mm (CUDA) and torch.sparse.mm on a CSR tensor (cuSPARSE)
 Each record carries the bytes the format must move, the cap (dense bytes / format bytes: the best a
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -51,6 +54,9 @@ def parse_args(argv=None):
     p.add_argument("--m", default=MS, help="activation rows M (default: %(default)s)")
     p.add_argument("--formats", default="2:4,bitmap,bsr,csr", help="formats to time (default: %(default)s)")
     p.add_argument("--bitmap-density", default="0.5,0.3,0.1", help="bitmap densities (default: %(default)s)")
+    p.add_argument("--decode-variants", default="v2,v1",
+                   help="designs of the CUDA bitmap decode kernel to time, each under SPARSEKIT_CUDA_DECODE "
+                        "(default: %(default)s)")
     p.add_argument("--bsr", default="16:0.3,64:0.1", help="BSR block:density pairs (default: %(default)s)")
     p.add_argument("--csr-density", default="0.1", help="CSR densities (default: %(default)s)")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
@@ -212,6 +218,12 @@ def main(argv=None):
                 elif key.startswith("bitmap"):
                     impls.append((f"sparsekit bitmap_mm ({env['bitmap_mm_cuda_kernel']})",
                                   lambda f=f: sparsekit.ops.bitmap_mm(x, f.bitmap, f.word_offsets, f.values)))
+                    # the compiled decode kernel itself (whatever bitmap_mm routes this M to), each design
+                    for var in [v for v in a.decode_variants.split(",") if v]:
+                        impls.append((f"sparsekit compiled bitmap decode {var}",
+                                      lambda f=f: torch.ops.sparsekit._cuda_bitmap_mm(x, f.bitmap, f.word_offsets,
+                                                                                     f.values, None),
+                                      {"SPARSEKIT_CUDA_DECODE": var}))
                     if triton_ok:
                         from sparsekit.triton import bitmap as tbm
 
@@ -235,19 +247,31 @@ def main(argv=None):
                         impls.append(("torch.sparse.mm CSR (cuSPARSE)", lambda wc=wc, xt=xt: torch.sparse.mm(wc, xt).T))
                     except Exception as e:
                         emit(dict(base, impl="torch.sparse.mm CSR (cuSPARSE)", fmt=key, status=f"unsupported: {e}"[:200]))
-                for name, fn in impls:
-                    rec = dict(base, impl=name, fmt=key, bytes=fmt_bytes, cap=dense_bytes / fmt_bytes)
+                for name, fn, *knobs in impls:
+                    # an environment for the call (the decode design): set for the check, the eager timing and
+                    # the graph capture, restored after
+                    knobs = knobs[0] if knobs else {}
+                    saved = {k: os.environ.get(k) for k in knobs}
+                    os.environ.update(knobs)
+                    rec = dict(base, impl=name, fmt=key, bytes=fmt_bytes, cap=dense_bytes / fmt_bytes, **knobs)
                     try:
-                        err = rel_err(fn(), ref)  # correctness first
-                    except Exception as e:
-                        emit(dict(rec, status=f"error: {type(e).__name__}: {e}"[:200]))
-                        continue
-                    rec["rel_err"] = err
-                    tol_here = tol if key != "2:4+int8" else INT8_TOL  # int8 quantization error included
-                    if not err <= tol_here or math.isnan(err):
-                        emit(dict(rec, status=f"WRONG: relative error {err:.3g} > {tol_here}"))
-                        continue
-                    t, g = bench(fn)
+                        try:
+                            err = rel_err(fn(), ref)  # correctness first
+                        except Exception as e:
+                            emit(dict(rec, status=f"error: {type(e).__name__}: {e}"[:200]))
+                            continue
+                        rec["rel_err"] = err
+                        tol_here = tol if key != "2:4+int8" else INT8_TOL  # int8 quantization error included
+                        if not err <= tol_here or math.isnan(err):
+                            emit(dict(rec, status=f"WRONG: relative error {err:.3g} > {tol_here}"))
+                            continue
+                        t, g = bench(fn)
+                    finally:
+                        for k, v in saved.items():
+                            if v is None:
+                                os.environ.pop(k, None)
+                            else:
+                                os.environ[k] = v
                     mfmt, mkw = model_args(key)
                     emit(annotate(dict(rec, ms=t, graph_ms=g, speedup=d_ms / t,
                                        speedup_graph=(d_g / g) if (g and d_g) else None, gbps=fmt_bytes / t / 1e6),

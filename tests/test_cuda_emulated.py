@@ -33,6 +33,9 @@ MS = (1, 2, 3, 8, 16, 17, 33)
 # A budget small enough to split K (b2 = smem_per_sm / 2 - 1 KB per block): see choose_chunking.
 SPLIT_24 = {"EMU_SMEM_PER_SM": 20000, "EMU_SMEM_OPTIN": 20000}
 SPLIT_BITMAP = {"EMU_SMEM_PER_SM": 40000, "EMU_SMEM_OPTIN": 40000}
+# The batched bitmap kernel (v2) needs more shared memory per warp: on 40000 bytes it gives way to v1; on
+# 140000 it runs and splits K (bf16) at M = 16 above ~2200 columns, at M = 1 above ~34000.
+SPLIT_BITMAP_V2 = {"EMU_SMEM_PER_SM": 140000, "EMU_SMEM_OPTIN": 140000}
 
 
 # ------------------------------------------------------------------------------------------ builds
@@ -236,6 +239,103 @@ def test_bitmap_mm(driver, tmp_path, dtype):
 def test_bitmap_mm_split_k(driver, tmp_path, dtype):
     cases = bitmap_split_cases(dtype)
     check_mm_cases(run(driver, cases, tmp_path, SPLIT_BITMAP), cases)
+
+
+def bitmap_case_mask(name, dtype, M, mask, g, bias=True, voff=0, split=None):
+    """A bitmap case with the given (N, K) keep mask."""
+    N, K = mask.shape
+    w = randn((N, K), dtype, g)
+    bw = BitmapWeight.from_dense(w, mask)
+    x, xbuf, xb, ld = activations(M, K, dtype, g)
+    b = randn((N,), dtype, g) if bias else None
+    return mm_case("bitmap_mm", name, x, xbuf, xb, ld, bw.to_dense(), b,
+                   {"bitmap": (bw.bitmap, 0), "word_offsets": (bw.word_offsets, 0),
+                    "values": (bw.values, voff * bw.values.element_size())},
+                   {"nnz": bw.values.numel()}, split)
+
+
+def bitmap_v2_cases(dtype, seed=21):
+    """What the batched variant (bitmap_decode_v2_kernel) must get right: both batch shapes (sparse:
+    density <= 15 % in 16-bit, 7.5 % in fp32; dense), batches that cross row ends (rows of 1-3 tiles: a
+    batch of 8 or 4 holds several rows), odd K, rows whose tiles are all empty, whole rows or single
+    tiles 100 % dense (runs longer than the chunks issued per lane: the overflow loads), every M tile."""
+    g = gen(seed)
+    cases = []
+    for i, M in enumerate((1, 2, 3, 4, 5, 8, 16)):
+        cases.append(bitmap_case(f"v2 sparse M={M} K=3001", dtype, M, 21, 3001, g, density=0.05, bias=i % 2 == 0,
+                                 empty_rows=(0, 7)))
+        cases.append(bitmap_case(f"v2 dense M={M} K=2050", dtype, M, 13, 2050, g, density=0.6, bias=i % 2 == 1,
+                                 empty_rows=(3,)))
+    for K in (1, 31, 97, 1024, 1025):  # one tile per row: a batch spans up to 8 rows
+        cases.append(bitmap_case(f"v2 rows of one tile K={K}", dtype, 3, 29, K, g, density=0.1))
+    # tiles 100 % dense next to empty ones, in a sparse matrix (the sparse shape with overflow loads)
+    m = torch.rand((19, 5000), generator=g) < 0.03
+    m[2, :] = True                  # a whole row dense
+    m[4, 1024:2048] = True          # one dense tile
+    m[5, :3000] = False             # empty tiles, then a few values
+    m[6, :] = False                 # an empty row
+    m[7, 4096:] = True              # the last (partial) tile dense
+    cases.append(bitmap_case_mask("v2 sparse with dense and empty tiles", dtype, 4, m, g))
+    m2 = torch.rand((11, 4500), generator=g) < 0.5
+    m2[1, :] = True
+    m2[2, 2048:4096] = False
+    m2[9, :] = False
+    cases.append(bitmap_case_mask("v2 dense with full and empty tiles", dtype, 16, m2, g))
+    cases.append(bitmap_case("v2 density 1 K=4100", dtype, 2, 6, 4100, g, density=1.0))
+    cases.append(bitmap_case("v2 density 0 K=2000", dtype, 7, 6, 2000, g, density=0.0))
+    return cases
+
+
+def bitmap_v2_many_rows_cases(dtype, seed=25):
+    """More rows than warps (run on one SM): batches that hold the ends of several rows (rows of one
+    tile) and rows longer than a batch (9 tiles: two sparse batches, three dense ones)."""
+    g = gen(seed)
+    return [
+        bitmap_case("v2 rows of one tile", dtype, 3, 150, 900, g, density=0.1, empty_rows=(3, 4, 70)),
+        bitmap_case("v2 sparse rows of 9 tiles", dtype, 1, 140, 9000, g, density=0.05, empty_rows=(1,)),
+        bitmap_case("v2 dense rows of 9 tiles", dtype, 5, 100, 8300, g, density=0.4, empty_rows=(9,)),
+    ]
+
+
+def bitmap_v2_split_cases(dtype, seed=22, split=True):
+    """Split-K cases for SPLIT_BITMAP_V2 (where v1, with less shared memory per warp, may keep K whole)."""
+    g = gen(seed)
+    m = torch.rand((10, 12000), generator=g) < 0.08
+    m[3, :] = True
+    m[4, :] = False
+    return [
+        bitmap_case("v2 split sparse M=1", dtype, 1, 17, 36000, g, density=0.05, split=split),
+        bitmap_case("v2 split dense M=5", dtype, 5, 9, 6000, g, density=0.7, split=split),
+        bitmap_case("v2 split M=16 K=4100", dtype, 16, 7, 4100, g, density=0.12, split=split),
+        bitmap_case_mask("v2 split full and empty rows", dtype, 3, m, g, split=split),
+    ]
+
+
+@pytest.mark.parametrize("variant", ["v2", "v1"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
+def test_bitmap_mm_variants(driver, tmp_path, dtype, variant):
+    """The batched kernel (default) and the first one (SPARSEKIT_CUDA_DECODE=v1), on the cases made for
+    the batched one, whole and split-K."""
+    knobs = {"SPARSEKIT_CUDA_DECODE": variant}
+    cases = bitmap_v2_cases(dtype)
+    check_mm_cases(run(driver, cases, tmp_path / "whole", knobs), cases)
+    cases = bitmap_v2_many_rows_cases(dtype)  # one SM: every warp walks several rows
+    check_mm_cases(run(driver, cases, tmp_path / "rows", {"EMU_SMS": 1, **knobs}), cases)
+    cases = bitmap_v2_split_cases(dtype, split=True if variant == "v2" else None)
+    check_mm_cases(run(driver, cases, tmp_path / "split", {**SPLIT_BITMAP_V2, **knobs}), cases)
+    # budgets too small for v2's buffers: v1 runs (and splits K)
+    cases = bitmap_split_cases(dtype, seed=26)
+    check_mm_cases(run(driver, cases, tmp_path / "small", {**SPLIT_BITMAP, **knobs}), cases)
+    cases = bitmap_cases(dtype, seed=27)[:8]
+    check_mm_cases(run(driver, cases, tmp_path / "tiny", {**SPLIT_24, **knobs}), cases)
+
+
+def test_bitmap_mm_v1_on_the_first_cases(driver, tmp_path):
+    """The first kernel stays selectable and correct on the original cases."""
+    cases = bitmap_cases(torch.bfloat16, seed=23) + bitmap_split_cases(torch.float32, seed=24)
+    check_mm_cases(run(driver, cases[:-4], tmp_path / "a", {"SPARSEKIT_CUDA_DECODE": "v1"}), cases[:-4])
+    check_mm_cases(run(driver, cases[-4:], tmp_path / "b", {"SPARSEKIT_CUDA_DECODE": "v1", **SPLIT_BITMAP}),
+                   cases[-4:])
 
 
 @pytest.mark.parametrize("knobs", [{"EMU_SCHEDULE": "fair"}, {"EMU_SCHEDULE": "reverse"}, {"EMU_SMS": 132}],
@@ -469,10 +569,27 @@ PLANTED = {
     "bitmap missing __syncwarp after the list": (
         "a", ("bitmap_kernel.cu", "        word &= word - 1;\n      }\n      __syncwarp();",
               "        word &= word - 1;\n      }"),
-        "bitmap"),
+        "bitmap_v1"),
     "bitmap off-by-one prefetch bound": (
         "b", ("bitmap_kernel.cu", "next_word = t0 + 32 + lane < w1 ?", "next_word = t0 + 32 + lane <= w1 ?"),
-        "bitmap"),
+        "bitmap_v1"),
+    "bitmap v2 row start offset from the wrong lane": (
+        "d", ("bitmap_kernel.cu", "__shfl_sync(kFullMask, row_off, s);", "__shfl_sync(kFullMask, row_off, 0);"),
+        "bitmap_v2"),
+    # (not the __syncwarp before the list is written: the shuffles of the run's start and length there
+    # already make the lanes wait for each other, which the emulator cannot tell from a memory barrier)
+    "bitmap v2 missing __syncwarp after the list": (
+        "e", ("bitmap_kernel.cu", "          word &= word - 1;\n        }\n        __syncwarp();",
+              "          word &= word - 1;\n        }"),
+        "bitmap_v2"),
+    "bitmap v2 overflow chunks skipped": (
+        "f", ("bitmap_kernel.cu", "for (int q = lane + 32 * P; q < nq; q += 32)",
+              "for (int q = lane + 32 * P; q < 0; q += 32)"),
+        "bitmap_v2"),
+    "bitmap v2 next batch's words one tile late": (
+        "g", ("bitmap_kernel.cu", "load_batch_words<D>(p, c, tiles,",
+              "advance(c, tiles, n_stride);\n    load_batch_words<D>(p, c, tiles,"),
+        "bitmap_v2"),
     "csr off-by-one row end": (
         "a", ("csr_spmm_kernel.cu", "j < end; j += 32", "j <= end; j += 32"), "csr"),
     "bsr a lane leaves before the warp reduction": (
@@ -492,13 +609,28 @@ PLANTED = {
 }
 
 
+# the mutations of the first bitmap kernel run with it selected (the batched one is the default)
+# and those of the batched one on one SM, so that every warp has several rows (batches that cross rows)
+PLANTED_KNOBS = {"bitmap_v1": {"SPARSEKIT_CUDA_DECODE": "v1"}, "bitmap_v2": {"EMU_SMS": 1}}
+
+
 def planted_cases(kind):
     dt = torch.float16
     if kind == "sparse24":
         return [s24_case("vec", dt, 3, 17, 256, gen(10)), s24_case("general", dt, 2, 9, 100, gen(11)),
                 s24_case("vec M=16", dt, 16, 9, 1152, gen(12))]
-    if kind == "bitmap":
+    if kind in ("bitmap", "bitmap_v1"):
         return [bitmap_case("two tiles", dt, 2, 9, 2080, gen(13)), bitmap_case("dense", dt, 16, 5, 1100, gen(14), 0.9)]
+    if kind == "bitmap_v2":
+        g = gen(19)
+        m = torch.rand((12, 2100), generator=g) < 0.08
+        m[1, :] = True
+        m[2, 1024:] = False
+        return [bitmap_case("v2 sparse rows of one tile", dt, 3, 150, 900, gen(20), density=0.1),
+                bitmap_case("v2 sparse rows of 9 tiles", dt, 1, 140, 9000, gen(22), density=0.05),
+                bitmap_case_mask("v2 sparse, dense and empty tiles", dt, 2, m, g),
+                bitmap_case("v2 dense", dt, 16, 9, 2080, gen(21), density=0.5),
+                bitmap_case("v2 dense rows of 5 tiles", dt, 4, 100, 4500, gen(23), density=0.5)]
     if kind == "bitmap_misaligned":
         return [bitmap_case("misaligned", dt, 3, 9, 300, gen(18), voff=1)]
     if kind == "csr":
@@ -533,16 +665,16 @@ def test_planted_bug_is_caught(emu_dir, tmp_path, name):
     group, _, kind = PLANTED[name]
     exe = mutant_driver(emu_dir, group)
     cases = planted_cases(kind)
-    why = outcome(run(exe, cases, tmp_path), cases, kind)
+    why = outcome(run(exe, cases, tmp_path, PLANTED_KNOBS.get(kind)), cases, kind)
     assert why is not None, f"the planted bug {name!r} went unnoticed"
     print(f"{name}: caught ({why})")
 
 
 def test_planted_cases_pass_unmutated(driver, tmp_path):
     """The planted-bug cases pass on the real kernels: what fails them is the bug."""
-    for kind in ("sparse24", "bitmap", "bitmap_misaligned", "csr", "bsr", "pack"):
+    for kind in ("sparse24", "bitmap", "bitmap_v1", "bitmap_v2", "bitmap_misaligned", "csr", "bsr", "pack"):
         cases = planted_cases(kind)
-        why = outcome(run(driver, cases, tmp_path / kind), cases, kind)
+        why = outcome(run(driver, cases, tmp_path / kind, PLANTED_KNOBS.get(kind)), cases, kind)
         assert why is None, f"{kind}: {why}"
 
 

@@ -137,7 +137,7 @@ def test_the_cuda_kernels_run_not_the_fallback():
     fbs = formats.BSRWeight.from_dense(w, block_mask(16, 64, 4, 8, 0.5), (4, 8))
     cases = [("sparse24_mm", "sparse24_decode_kernel",
               lambda: sparsekit.ops.sparse24_mm(x, f24.values.cuda(), f24.meta.cuda())),
-             ("bitmap_mm", "bitmap_decode_kernel",
+             ("bitmap_mm", "bitmap_decode",  # bitmap_decode_kernel (v1) or bitmap_decode_v2_kernel
               lambda: cpp_op("bitmap_mm")(x, fbm.bitmap.cuda(), fbm.word_offsets.cuda(), fbm.values.cuda())),
              ("bsr_mm", "bsr_mm_kernel",
               lambda: cpp_op("bsr_mm")(x, fbs.crow_indices.cuda(), fbs.col_indices.cuda(), fbs.values.cuda(), 16))]
@@ -314,6 +314,28 @@ def test_bitmap_mm_split_k_and_misaligned(dtype, M):
     vals.copy_(f.values)
     assert vals.data_ptr() % 16
     check(cpp_op("bitmap_mm")(x, f.bitmap.cuda(), f.word_offsets.cuda(), vals, b), x, f.to_dense().cuda(), b, dtype)
+
+
+@gpu
+@pytest.mark.parametrize("variant", ["v2", "v1"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=DTYPE_ID)
+@pytest.mark.parametrize("N,K,density", [(300, 900, 0.1), (200, 9000, 0.05), (150, 4100, 0.3), (70, 2050, 1.0)])
+@pytest.mark.parametrize("M", [1, 5, 16])
+def test_bitmap_decode_variants(monkeypatch, variant, dtype, N, K, density, M):
+    """Both designs of the decode kernel (SPARSEKIT_CUDA_DECODE), with more rows than a small grid's warps
+    (batches that cross rows), rows longer than a batch, empty and dense rows."""
+    require_cpp_kernel("bitmap_mm")
+    monkeypatch.setenv("SPARSEKIT_CUDA_DECODE", variant)
+    w = torch.randn(N, K).to(dtype)
+    mask = torch.rand(N, K) < density
+    mask[1] = False
+    mask[3] = True
+    f = formats.BitmapWeight.from_dense(w, mask)
+    x = make_x(M, K, dtype, "contiguous")
+    b = torch.randn(N, device="cuda").to(dtype) if M % 2 else None
+    poison_allocator()
+    y = torch.ops.sparsekit._cuda_bitmap_mm(x, f.bitmap.cuda(), f.word_offsets.cuda(), f.values.cuda(), b)
+    check(y, x, f.to_dense().cuda(), b, dtype)
 
 
 # ------------------------------------------------------------------------------------------ BSR

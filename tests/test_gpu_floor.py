@@ -66,3 +66,23 @@ def test_cli_writes_the_table(tmp_path):
     assert gpu_floor.main(["--shapes", "4096x4096", "--m", "1,2048", "--md", str(md)]) == 0
     text = md.read_text()
     assert "| 4096x4096 | 1 | 2:4 |" in text and "Not a measurement" in text
+
+
+def test_decode_inflight_model_reads_the_committed_resources():
+    """bench/decode_inflight.py (the bytes-in-flight model of csrc/cuda/README.md) finds every kernel it
+    needs in bench/results/gpu_static_cuda.jsonl and says what the README's table says: v1 short of the
+    copy rate's need at 90 %, v2 above it, 2:4 above it."""
+    import decode_inflight as D
+
+    regs = D.regs_table()
+    need_900 = D.RATE * D.LAT[1] / D.SMS
+    for N, K in D.SHAPES:
+        for M in (1, 4, 16):
+            for dens in (0.5, 0.3, 0.1):
+                a, b = D.bitmap_row(N, K, M, dens, 1, regs), D.bitmap_row(N, K, M, dens, 2, regs)
+                assert a is not None and b is not None, (N, K, M, dens)
+                assert b["per_sm"] > a["per_sm"]
+                assert b["warps"] == 16 and b["regs"] <= 128
+            assert D.s24_row(N, K, M, regs)["per_sm"] > need_900
+    assert D.bitmap_row(14336, 4096, 1, 0.1, 1, regs)["per_sm"] < need_900 / 2
+    assert D.bitmap_row(14336, 4096, 1, 0.1, 2, regs)["per_sm"] > need_900

@@ -193,6 +193,189 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_kernel(const BmP
   }
 }
 
+// ------------------------------------------------------------------------------------ variant 2
+// The same tiles, list and FMAs, with more bytes in flight per warp (SPARSEKIT_CUDA_DECODE=v2, the
+// default; csrc/cuda/README.md has the model). Variant 1 issues one tile's values, waits, consumes, so a
+// warp holds one tile (~200 bytes at 10 % density in bf16) in flight. Here a warp walks the flattened
+// sequence of its (row, tile) items in batches of D items, across row ends:
+//   1. the bitmap words of the batch's D tiles (and, in lane s, the word_offsets entry of slot s's row
+//      when slot s starts a row) were loaded one batch ahead;
+//   2. the D scans give each tile's run of values (a running base; word_offsets only at a row start),
+//      and the values of all D tiles are issued at once: P 16-byte chunks per lane per tile;
+//   3. the next batch's words and row offsets are issued;
+//   4. the D tiles are consumed in order (list, FMAs; a row's sum is reduced and written as soon as its
+//      last tile is consumed). A tile with more than 32 P chunks loads the rest as it consumes them.
+// Registers go to the values in flight: per-slot numbers a lane does not need for itself (run start and
+// length) live in lane s and are fetched with a shuffle; each lane's bitmap word and its place in the run
+// wait for the list in a per-warp shared buffer (8 bytes per lane and slot), not in registers.
+template <int MT, bool kSparse>
+struct V2Shape {
+  // kSparse (few values per tile): D = 8 tiles of 1 chunk per lane; else D = 4 tiles of 2 chunks
+  // (32 registers of values either way).
+  static constexpr int P = kSparse ? 1 : 2;
+  static constexpr int D = kSparse ? 8 : 4;
+  // Shared bytes per warp: the list, then (word, place) per lane for the deepest batch of this shape.
+  static constexpr int kWarpBytes = kListBytes + (kSparse ? 8 : 4) * 32 * 8;
+};
+
+struct Item {  // a warp's position in its sequence: row n, tile t of the row's K chunk
+  int64_t n;
+  int t;
+};
+
+__device__ __forceinline__ void advance(Item& it, int tiles, int64_t n_stride) {
+  if (++it.t == tiles) {
+    it.t = 0;
+    it.n += n_stride;
+  }
+}
+
+// The words of the D items from `it` (zero past the row's chunk or past N) and, in lane s, the first
+// word offset of slot s's row when slot s is a row's first tile.
+template <int D>
+__device__ __forceinline__ void load_batch_words(const BmParams& p, Item it, int tiles, int64_t n_stride,
+                                                 int64_t words, int64_t w0, int64_t w1, int lane,
+                                                 uint32_t (&wd)[D], int32_t& row_off) {
+  row_off = 0;
+#pragma unroll
+  for (int s = 0; s < D; ++s) {
+    const int64_t wi = w0 + static_cast<int64_t>(it.t) * 32 + lane;
+    wd[s] = (it.n < p.N && wi < w1) ? static_cast<uint32_t>(__ldg(p.bitmap + it.n * words + wi)) : 0u;
+    if (lane == s && it.t == 0 && it.n < p.N) row_off = __ldg(p.word_offsets + it.n * words + w0);
+    advance(it, tiles, n_stride);
+  }
+}
+
+template <typename T, int MT, bool kSparse>
+__global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const BmParams p) {
+  using Tile = XTile<T, MT, kSpan>;
+  constexpr int kV = 16 / static_cast<int>(sizeof(T));
+  constexpr int D = V2Shape<MT, kSparse>::D;
+  constexpr int P = V2Shape<MT, kSparse>::P;
+  extern __shared__ __align__(16) unsigned char smem[];
+
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int nwarps = blockDim.x >> 5;
+  const int splits = gridDim.y;
+  const int split = blockIdx.y;
+  const int64_t k0 = split * p.Kc;
+  const int kc = static_cast<int>(imin<int64_t>(p.Kc, p.K - k0));
+  const int64_t m0 = p.m_begin + static_cast<int64_t>(blockIdx.z) * MT;
+  const int mrows = static_cast<int>(imin<int64_t>(MT, p.M - m0));
+  const int64_t words = (p.K + 31) / 32;
+  const int64_t w0 = k0 / 32;
+  const int64_t w1 = (k0 + kc + 31) / 32;
+  const int tiles = static_cast<int>((w1 - w0 + 31) / 32);  // >= 1: every chunk has columns
+
+  unsigned char* xs = smem;
+  unsigned char* wsm = smem + Tile::bytes(p.Kc) + warp * V2Shape<MT, kSparse>::kWarpBytes;
+  uint16_t* list = reinterpret_cast<uint16_t*>(wsm);
+  uint2* wordbuf = reinterpret_cast<uint2*>(wsm + kListBytes);  // [slot][lane]: (word, place in the run)
+  const Bits<T>* vbits = static_cast<const Bits<T>*>(p.values);
+  const int64_t n_stride = static_cast<int64_t>(gridDim.x) * nwarps;
+
+  Item it{static_cast<int64_t>(blockIdx.x) * nwarps + warp, 0};
+  uint32_t wd[D];
+  int32_t row_off;
+  // The first batch's words are loaded before x is staged.
+  load_batch_words<D>(p, it, tiles, n_stride, words, w0, w1, lane, wd, row_off);
+
+  Tile::stage(xs, static_cast<const T*>(p.x) + m0 * p.ldx, p.ldx, mrows, k0, kc,
+              static_cast<int>(round_up<int64_t>(kc, kSpan)));
+  __syncthreads();
+
+  float acc[MT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) acc[m] = 0.f;
+  int64_t base = 0;  // where the next tile's run starts in `values`
+
+  while (it.n < p.N) {  // warp-uniform
+    uint4 v[D][P];
+    int64_t start_l = 0;  // lane s: run start of slot s
+    int total_l = 0;      // lane s: run length of slot s
+    Item c = it;
+#pragma unroll
+    for (int s = 0; s < D; ++s) {
+      const int cnt = __popc(wd[s]);
+      int incl = cnt;
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const int t = __shfl_up_sync(kFullMask, incl, o);
+        if (lane >= o) incl += t;
+      }
+      const int total = __shfl_sync(kFullMask, incl, 31);
+      // (each lane reads back only its own entries: no barrier)
+      wordbuf[s * 32 + lane] = make_uint2(wd[s], static_cast<uint32_t>(incl - cnt));
+      const int32_t rb = __shfl_sync(kFullMask, row_off, s);
+      if (c.t == 0) base = rb;
+      const int64_t start = base;
+      base += total;
+      if (lane == s) {
+        start_l = start;
+        total_l = total;
+      }
+      const int64_t aligned = start & ~static_cast<int64_t>(kV - 1);
+      const int shift = static_cast<int>(start - aligned);
+      const int nq = c.n < p.N ? (shift + total + kV - 1) / kV : 0;
+#pragma unroll
+      for (int i = 0; i < P; ++i) {
+        const int q = lane + 32 * i;
+        v[s][i] = q < nq ? load_chunk<T, true>(vbits, p.nnz, aligned + static_cast<int64_t>(q) * kV)
+                         : make_uint4(0u, 0u, 0u, 0u);
+      }
+      advance(c, tiles, n_stride);
+    }
+
+    // The next batch's words, in flight while this batch is consumed.
+    load_batch_words<D>(p, c, tiles, n_stride, words, w0, w1, lane, wd, row_off);
+
+    Item e = it;
+#pragma unroll
+    for (int s = 0; s < D; ++s) {
+      if (e.n < p.N) {  // warp-uniform; once past N, every later slot is too
+        const int64_t start = __shfl_sync(kFullMask, start_l, s);
+        const int total = __shfl_sync(kFullMask, total_l, s);
+        const int64_t aligned = start & ~static_cast<int64_t>(kV - 1);
+        const int shift = static_cast<int>(start - aligned);
+        const int nq = (shift + total + kV - 1) / kV;
+
+        __syncwarp();  // the previous tile's reads of the list are done
+        const uint2 wp = wordbuf[s * 32 + lane];
+        int pos = shift + static_cast<int>(wp.y);
+        const unsigned colbase = static_cast<unsigned>(lane) * 32u;
+        uint32_t word = wp.x;
+        while (word) {
+          const int b = __ffs(static_cast<int>(word)) - 1;
+          list[pos++] = static_cast<uint16_t>(colbase + b);
+          word &= word - 1;
+        }
+        __syncwarp();
+
+        const unsigned ctile = static_cast<unsigned>(e.t) * static_cast<unsigned>(kTileCols);
+#pragma unroll
+        for (int i = 0; i < P; ++i) {
+          const int q = lane + 32 * i;
+          if (q < nq) consume_chunk<T, MT>(v[s][i], q, list, shift, total, ctile, xs, acc);
+        }
+        for (int q = lane + 32 * P; q < nq; q += 32)
+          consume_chunk<T, MT>(load_chunk<T, true>(vbits, p.nnz, aligned + static_cast<int64_t>(q) * kV), q, list,
+                               shift, total, ctile, xs, acc);
+
+        if (e.t == tiles - 1) {  // the row's last tile: its sum is complete
+          const float r = warp_reduce_scatter<MT>(acc, lane);
+          const int m = reduce_scatter_row<MT>(lane);
+          if (reduce_scatter_writer<MT>(lane) && m < mrows) write_out<T>(p.out, splits, split, m0 + m, e.n, r);
+#pragma unroll
+          for (int mm = 0; mm < MT; ++mm) acc[mm] = 0.f;
+        }
+      }
+      advance(e, tiles, n_stride);
+    }
+    it = c;
+  }
+}
+
 struct BitmapDecode {
   using Launch = BitmapMmLaunch;
 
@@ -202,8 +385,30 @@ struct BitmapDecode {
   static cudaError_t make_plan(const Launch& a, const DevInfo& d, Plan* plan) {
     Plan p;
     const int mt_max = tile_m_for(a.M);
-    p.ch = choose_chunking(a.K, kChunkAlign, kListBytes, d, [&](int64_t cols) { return xtile_bytes<T, kSpan>(mt_max, cols); });
     p.vec = reinterpret_cast<uintptr_t>(a.values) % 16 == 0;
+    // Variant 2 has the 16-byte path only; unaligned values run variant 1.
+    p.variant = p.vec ? decode_variant() : 1;
+    // The deep batch (D = 8 tiles of one 16-byte chunk per lane) when an average tile's run fills at most
+    // about 60 % of one chunk per lane (density <= 15 % in fp16 / bf16, <= 7.5 % in fp32); else D = 4
+    // tiles of two chunks. Either way a denser tile is correct: it loads its other chunks as it goes.
+    {
+      constexpr double kV = 16.0 / sizeof(T);
+      const double cells = static_cast<double>(a.N) * static_cast<double>(a.K);
+      const double density = cells > 0 ? static_cast<double>(a.nnz) / cells : 0.0;
+      p.sparse = density * kTileCols / kV / 32.0 <= 0.6;
+    }
+    // Shared bytes per warp besides the x tile (the largest any M tile of this plan asks for). Variant 2's
+    // per-warp buffers may take at most half of what two 256-thread blocks per SM get (so that the x tile
+    // keeps the other half); on a smaller budget (under ~130 KB per SM for the sparse shape) variant 1 runs.
+    size_t warp_bytes = p.variant == 1 ? kListBytes
+                        : p.sparse     ? V2Shape<1, true>::kWarpBytes
+                                       : V2Shape<1, false>::kWarpBytes;
+    const int64_t b2 = imin<int64_t>(d.smem_optin, d.smem_per_sm / 2 - 1024);
+    if (p.variant == 2 && 2 * 8 * static_cast<int64_t>(warp_bytes) > b2) {
+      p.variant = 1;
+      warp_bytes = kListBytes;
+    }
+    p.ch = choose_chunking(a.K, kChunkAlign, warp_bytes, d, [&](int64_t cols) { return xtile_bytes<T, kSpan>(mt_max, cols); });
     plan_workspace(&p, a.M, a.N);
     *plan = p;
     return cudaSuccess;
@@ -212,8 +417,16 @@ struct BitmapDecode {
   template <typename T, int MT, bool kVec>
   static cudaError_t launch_tiles(const Launch& a, const Plan& plan, const DevInfo& d, const Output& out,
                                   int64_t m_begin, int64_t tiles, cudaStream_t stream) {
-    const auto kernel = bitmap_decode_kernel<T, MT, kVec>;
-    const size_t smem = XTile<T, MT, kSpan>::bytes(plan.ch.Kc) + static_cast<size_t>(plan.ch.threads / 32) * kListBytes;
+    auto kernel = bitmap_decode_kernel<T, MT, kVec>;
+    if constexpr (kVec) {
+      if (plan.variant == 2)
+        kernel = plan.sparse ? bitmap_decode_v2_kernel<T, MT, true> : bitmap_decode_v2_kernel<T, MT, false>;
+    }
+    size_t warp_bytes = kListBytes;
+    if constexpr (kVec) {
+      if (plan.variant == 2) warp_bytes = plan.sparse ? V2Shape<MT, true>::kWarpBytes : V2Shape<MT, false>::kWarpBytes;
+    }
+    const size_t smem = XTile<T, MT, kSpan>::bytes(plan.ch.Kc) + static_cast<size_t>(plan.ch.threads / 32) * warp_bytes;
     BmParams p;
     p.M = a.M; p.N = a.N; p.K = a.K;
     p.Kc = plan.ch.Kc;

@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -400,9 +401,19 @@ inline int tile_m_for(int64_t rows) {
 struct Plan {
   Chunking ch;
   bool vec = false;
+  int variant = 1;      // kernel design (decode_variant()); what a family does not have falls back to 1
+  bool sparse = false;  // variant 2 of bitmap_mm: the deep batch for sparse rows (see bitmap_kernel.cu)
   int64_t ws_rows = 0;  // activation rows whose partial sums the workspace holds at once
   size_t ws_bytes = 0;
 };
+
+// Which design of a decode kernel runs: SPARSEKIT_CUDA_DECODE=v1 the first one (one tile per warp in
+// flight), v2 (the default; unset, empty or anything else) the batched one where a family has it. Read
+// on every call (a getenv, well under a microsecond), so that one process can time both.
+inline int decode_variant() {
+  const char* v = std::getenv("SPARSEKIT_CUDA_DECODE");
+  return (v && std::strcmp(v, "v1") == 0) ? 1 : 2;
+}
 
 // Sizes the split-K workspace of `p` for an (M, N) output (none when K is not split).
 inline void plan_workspace(Plan* p, int64_t M, int64_t N) {

@@ -192,7 +192,8 @@ def _digest(*parts: bytes) -> str:
     return h.hexdigest()[:16]
 
 
-def build(out: Path, mutations: Sequence[Mutation] = (), jobs: int = 2, obj_cache: Optional[Path] = None) -> Path:
+def build(out: Path, mutations: Sequence[Mutation] = (), jobs: Optional[int] = None,
+          obj_cache: Optional[Path] = None) -> Path:
     """Builds out/driver from the transformed (and mutated) sources. Objects are cached in obj_cache
     (default out/obj) by the hash of their transformed sources, so that a mutated build recompiles only
     what the mutation changes."""
@@ -224,6 +225,8 @@ def build(out: Path, mutations: Sequence[Mutation] = (), jobs: int = 2, obj_cach
         _compile(cxx, s, tmp, includes)
         os.replace(tmp, o)
 
+    if jobs is None:  # SPARSEKIT_EMU_JOBS: compiler processes at once (default 2)
+        jobs = int(os.environ.get("SPARSEKIT_EMU_JOBS", "2") or 2)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
         list(ex.map(one, todo))
     exe = out / "driver"

@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""A model, not a measurement: the bytes each small-M decode kernel (csrc/cuda/bitmap_kernel.cu,
+sparse24_kernel.cu) keeps in flight per SM on an H200, against what Little's law asks for the copy rate.
+
+    python bench/decode_inflight.py            # markdown table to stdout (bf16, the GPU-speed shapes, M 1/4/16)
+
+    needed per SM  = rate x latency / SMs                      (4.3 TB/s, 132 SMs, 600-900 ns loaded latency)
+    in flight / SM = warps resident per SM x bytes one warp has requested and not yet used, at its peak
+
+Warps per SM come from the launch plan as the host code makes it (choose_chunking: threads, dynamic shared
+bytes; launch_decode_grid: blocks = min(resident, rows / warps per block)) and the occupancy the registers
+allow, read from bench/results/gpu_static_cuda.jsonl (sm_90a; `python bench/gpu_static.py --cuda` writes it),
+with an H200's 228 KB shared memory and 64 K registers per SM. Bytes per warp at the peak of one step:
+
+* bitmap v1: one 1024-column tile's values (density x 1024 x 2 bytes, at most the 4 x 512 bytes issued before
+  use) + the next tile's 32 bitmap words (128 bytes);
+* bitmap v2: D tiles' values (each at most the P x 512 bytes issued before use) + the next batch's D x 128
+  bytes of words (D, P: V2Shape in bitmap_kernel.cu; sparse shape when density <= 15 %);
+* 2:4: one tile: 8 x 512 bytes of values + 512 bytes of metadata (less when the row's chunk is shorter).
+
+The peak is an upper bound of the average: a warp waits for its loads, then computes with none in flight
+(v1 and 2:4 every tile; v2 every batch of D tiles). Nothing here ran on a GPU.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RATE, SMS, LAT = 4.3e12, 132, (600e-9, 900e-9)
+SMEM_SM, SMEM_OPTIN, REGS_SM, MAX_WARPS = 233472, 232448, 65536, 64
+SHAPES = [(14336, 4096), (4096, 14336), (5120, 13824)]
+E = 2  # bf16
+
+
+def regs_table():
+    out = {}
+    p = REPO / "bench" / "results" / "gpu_static_cuda.jsonl"
+    for line in p.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("arch") == "sm_90a" and "kernel" in r:
+            out[r["kernel"]] = r["regs"]
+    return out
+
+
+def xtile_bytes(mt, cols, span):
+    col = mt * E
+    access = min(col, 16)
+    pad = max(access, 4)
+    return math.ceil(math.ceil(cols / span) * (span * col + pad) / 16) * 16
+
+
+def chunking(K, align, extra_per_warp, mt, span):
+    """choose_chunking of decode_common.cuh: (Kc, splits, threads, smem)."""
+    b2 = min(SMEM_OPTIN, SMEM_SM // 2 - 1024)
+    b1 = min(SMEM_OPTIN, SMEM_SM - 1024)
+    whole = math.ceil(max(K, 1) / align) * align
+    if xtile_bytes(mt, whole, span) + 8 * extra_per_warp <= b2:
+        kc, threads = whole, 256
+    elif xtile_bytes(mt, whole, span) + 16 * extra_per_warp <= b1:
+        kc, threads = whole, 512
+    else:
+        threads = 256
+        avail = b2 - 8 * extra_per_warp
+        kmax = max(1, avail // xtile_bytes(mt, align, span)) * align
+        while kmax > align and xtile_bytes(mt, kmax, span) > avail:
+            kmax -= align
+        splits = math.ceil(K / kmax)
+        kc = math.ceil(math.ceil(K / splits) / align) * align
+    splits = max(1, math.ceil(K / kc))
+    return kc, splits, threads, xtile_bytes(mt, kc, span) + threads // 32 * extra_per_warp
+
+
+def warps_per_sm(regs, threads, smem, N, splits):
+    wpb = threads // 32
+    per_warp = math.ceil(max(regs, 1) / 8) * 8 * 32
+    by_regs = (REGS_SM // per_warp) // wpb
+    by_smem = SMEM_SM // (smem + 1024)
+    blocks = max(1, min(by_regs, by_smem, MAX_WARPS // wpb, 32))
+    grid = min(math.ceil(blocks * SMS / splits), math.ceil(N / wpb)) * splits
+    return min(blocks * wpb, grid * wpb / SMS), blocks
+
+
+def bitmap_row(N, K, M, density, variant, regs):
+    mt = min(16, 1 << max(0, (M - 1).bit_length()))
+    tile_vals = density * 1024 * E
+    list_bytes = (1024 + 16) * 2
+    if variant == 1:
+        name = f"bitmap_decode_kernel<__nv_bfloat16, {mt}, true>"
+        d, p, warp_bytes = 1, 4, list_bytes
+    else:
+        sparse = density * 1024 / 8 / 32 <= 0.6
+        name = f"bitmap_decode_v2_kernel<__nv_bfloat16, {mt}, {'true' if sparse else 'false'}>"
+        p, d = (1, 8) if sparse else (2, 4)
+        warp_bytes = list_bytes + d * 32 * 8
+    r = regs.get(name)
+    if r is None:
+        return None
+    kc, splits, threads, smem = chunking(K, 32, warp_bytes, mt, 32)
+    per_warp = d * (min(tile_vals, p * 512) + 128)
+    w, blocks = warps_per_sm(r, threads, smem, N, splits)
+    return dict(regs=r, threads=threads, blocks=blocks, splits=splits, warps=w, per_warp=per_warp,
+                per_sm=w * per_warp, shape=f"D={d} P={p}" if variant == 2 else "1 tile")
+
+
+def s24_row(N, K, M, regs):
+    mt = min(16, 1 << max(0, (M - 1).bit_length()))
+    kc, splits, threads, smem = chunking(K, 128, 512, mt, 16)
+    r = regs.get(f"sparse24_decode_kernel<__nv_bfloat16, {mt}, true>")
+    per_warp = min(8 * 512, kc // 2 * E) + min(512, kc // 8)
+    w, blocks = warps_per_sm(r, threads, smem, N, splits)
+    return dict(regs=r, threads=threads, blocks=blocks, splits=splits, warps=w, per_warp=per_warp,
+                per_sm=w * per_warp, shape="1 tile")
+
+
+def main():
+    regs = regs_table()
+    need = [RATE * lat / SMS / 1024 for lat in LAT]
+    print(f"needed per SM at 4.3 TB/s: {need[0]:.1f} KB (600 ns) - {need[1]:.1f} KB (900 ns)\n")
+    print("| kernel | N x K | M | v1: regs, warps/SM, B/warp, KB/SM | v2: shape, regs, warps/SM, B/warp, KB/SM "
+          "| v2 / 29 KB |")
+    print("|---|---|---:|---|---|---:|")
+    for N, K in SHAPES:
+        for M in (1, 4, 16):
+            for label, dens in (("bitmap 50 %", 0.5), ("bitmap 70 %", 0.3), ("bitmap 90 %", 0.1)):
+                a = bitmap_row(N, K, M, dens, 1, regs)
+                b = bitmap_row(N, K, M, dens, 2, regs)
+                fa = f"{a['regs']}, {a['warps']:.0f}, {a['per_warp']:.0f}, {a['per_sm'] / 1024:.1f}"
+                fb = "-" if b is None else (f"{b['shape']}, {b['regs']}, {b['warps']:.0f}, {b['per_warp']:.0f}, "
+                                            f"{b['per_sm'] / 1024:.1f}")
+                ratio = "-" if b is None else f"{b['per_sm'] / 1024 / need[1]:.1f}x"
+                print(f"| {label} | {N}x{K} | {M} | {fa} | {fb} | {ratio} |")
+            s = s24_row(N, K, M, regs)
+            print(f"| 2:4 | {N}x{K} | {M} | {s['regs']}, {s['warps']:.0f}, {s['per_warp']:.0f}, "
+                  f"{s['per_sm'] / 1024:.1f} | (no v2) | {s['per_sm'] / 1024 / need[1]:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
