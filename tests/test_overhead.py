@@ -96,6 +96,19 @@ def test_every_gradient_formula_is_compiled():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"sparsekit::{name}", "Autograd")
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_opcheck_linear_ops_and_dense_weight(fmt):
+    """torch.library.opcheck of each format's op with x requiring grad (schema, fake kernel, the Autograd
+    kernel's registration, AOT dispatch) and of _dense_weight on the format's buffers."""
+    sl, _ = layer(fmt)
+    b = [sl._buffers[n] for n in sl._format_cls.buffer_names]
+    x = torch.randn(5, 64, requires_grad=True)
+    (name,) = OPS[fmt]
+    args = (x, *b, 32, sl.bias) if fmt in ("csr", "bsr") else (x, *b, sl.bias)
+    torch.library.opcheck(getattr(torch.ops.sparsekit, name).default, args)
+    torch.library.opcheck(torch.ops.sparsekit._dense_weight.default, ("int8-wo" if fmt == "int8" else fmt, b, 32, 64))
+
+
 def test_dense_weight_op_refuses_an_unknown_format():
     with pytest.raises(ValueError, match=r"unknown format 'coo'"):
         torch.ops.sparsekit._dense_weight("coo", [torch.zeros(2)], 2, 2)
