@@ -1,6 +1,7 @@
 """format="auto": per layer, measure the formats its mask allows and keep the fastest (or dense)."""
 from __future__ import annotations
 
+import statistics
 from typing import Dict, List
 
 import torch
@@ -13,6 +14,10 @@ from .prune.masks import is_valid
 BSR_BLOCKS = (64, 32, 16)
 #: a format must beat dense by this factor to be chosen (timing noise must not pick a format)
 MARGIN = 1.05
+#: dense and the candidates are timed in turn, this many rounds, and each keeps its median: a machine
+#: that slows down or speeds up for a while then weighs on all of them alike instead of on whichever
+#: was being timed (one pass of each picked bitmap over a faster CSR on a loaded machine)
+ROUNDS = 3
 
 
 def _is_24(mask: torch.Tensor) -> bool:
@@ -40,7 +45,7 @@ def candidates(mask: torch.Tensor) -> List[Dict]:
 def _time_ms(fn, device) -> float:
     from .bench.timing import time_ms
 
-    return time_ms(fn, device, min_run_time=0.05)["ms"]
+    return time_ms(fn, device, min_run_time=0.02)["ms"]
 
 
 def _backend(fmt_name: str, device: torch.device) -> str:
@@ -54,28 +59,38 @@ def _backend(fmt_name: str, device: torch.device) -> str:
 
 @torch.no_grad()
 def choose(linear: nn.Linear, mask: torch.Tensor, cfg) -> Dict:
-    """Times dense and each candidate format at cfg.batch_size rows; returns the choice."""
+    """Times dense and each candidate format at cfg.batch_size rows (ROUNDS interleaved rounds, medians);
+    returns the choice."""
     w = linear.weight.detach()
     dtype = cfg.dtype or w.dtype
     device = w.device
     x = torch.randn(cfg.batch_size, w.shape[1], device=device, dtype=dtype)
     wd = (w * mask).to(dtype)
     bias = None if linear.bias is None else linear.bias.detach().to(dtype)
-    dense_ms = _time_ms(lambda: torch.nn.functional.linear(x, wd, bias), device)
     dense_bytes = wd.numel() * wd.element_size()
-    best = {"format": "dense", "options": {}, "ms": dense_ms, "dense_ms": dense_ms, "speedup": 1.0,
-            "bytes": dense_bytes, "backend": "torch", "tried": {"dense": dense_ms}}
+    fns = {"dense": lambda: torch.nn.functional.linear(x, wd, bias)}
+    packs = {}
     for cand in candidates(mask):
         packed = formats.get(cand["format"]).from_dense(wd, mask, **cand["options"])
         if packed.nbytes >= dense_bytes:
             # no fewer bytes and no less work than dense: a faster time would only say that one
             # kernel beats another on the same job, not that the sparsity pays
             continue
-        ms = _time_ms(lambda: packed.matmul(x, bias), device)
-        best["tried"][cand["format"]] = ms
+        packs[cand["format"]] = (cand, packed)
+        fns[cand["format"]] = lambda p=packed: p.matmul(x, bias)
+    samples = {name: [] for name in fns}
+    for _ in range(ROUNDS):
+        for name, fn in fns.items():
+            samples[name].append(_time_ms(fn, device))
+    tried = {name: statistics.median(v) for name, v in samples.items()}
+    dense_ms = tried["dense"]
+    best = {"format": "dense", "options": {}, "ms": dense_ms, "dense_ms": dense_ms, "speedup": 1.0,
+            "bytes": dense_bytes, "backend": "torch", "tried": tried}
+    for name, (cand, packed) in packs.items():
+        ms = tried[name]
         if ms * MARGIN < dense_ms and ms < best["ms"]:
-            best.update(format=cand["format"], options=cand["options"], ms=ms, speedup=dense_ms / ms,
-                        bytes=packed.nbytes, backend=_backend(cand["format"], device))
+            best.update(format=name, options=cand["options"], ms=ms, speedup=dense_ms / ms,
+                        bytes=packed.nbytes, backend=_backend(name, device))
     best["batch_size"] = cfg.batch_size
     return best
 

@@ -108,6 +108,8 @@ def test_layer_records_have_fields_and_environment(tmp_path):
         assert r["bytes_moved"] == moved
         assert r["gbps"] == pytest.approx(moved / (r["ms"] * 1e-3) / 1e9)
         assert r["tflops"] == pytest.approx(2 * r["M"] * 64 * 96 / (r["ms"] * 1e-3) / 1e12)
+        # the plain read of the same bytes, measured beside the row
+        assert r["read_gbps"] > 0 and r["read_bw_ratio"] == pytest.approx(r["gbps"] / r["read_gbps"])
     env = environment(CPU)
     for key in ("device", "cpu_model", "cpu_threads", "torch", "cuda", "triton", "driver", "sparsekit",
                 "sparsekit_commit", "transformers"):
@@ -135,6 +137,9 @@ def test_report_writes_markdown_and_plots(tmp_path):
     layer.write_text("".join(json.dumps(dict(r, env=environment(CPU))) + "\n" for r in recs))
     text = report(str(layer), str(tmp_path / "out"))
     assert "| 32x64 | 4 | 90% | sparsekit-csr |" in text and "n/a (to_sparse_semi_structured" in text
+    assert "| GB/s | of read BW | TFLOP/s |" in text
+    csr = next(r for r in recs if r["impl"] == "sparsekit-csr" and r["M"] == 4 and r["sparsity"] == 0.9)
+    assert f"| {csr['gbps']:.1f} | {csr['read_bw_ratio']:.0%} | {csr['tflops']:.3f} |" in text
     assert (tmp_path / "out" / "layer.md").read_text() == text
     for png in ("layer_vs_sparsity.png", "layer_vs_m.png"):
         assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"

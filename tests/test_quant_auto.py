@@ -64,3 +64,29 @@ def test_auto_candidates_follow_the_mask_structure():
     assert ("bsr", (16, 16)) in names
     rnd = torch.rand(64, 64) < 0.5
     assert [c["format"] for c in candidates(rnd)] == ["csr", "bitmap"]
+
+
+def test_auto_times_candidates_in_interleaved_rounds_and_keeps_medians(monkeypatch):
+    """One lucky sample must not pick a format: dense and each candidate are timed in turn, ROUNDS times,
+    and compared by their medians (here bitmap's first sample beats CSR, its median does not)."""
+    from sparsekit import auto
+
+    script = iter([10.0, 5.0, 3.0,  # round 1: dense, csr, bitmap (a lucky bitmap)
+                   10.0, 5.0, 8.0,
+                   10.0, 5.0, 8.0])
+    seen = []
+
+    def fake_time_ms(fn, device):
+        fn()  # the candidate runs as it would be timed
+        seen.append(fn)
+        return next(script)
+
+    monkeypatch.setattr(auto, "ROUNDS", 3)
+    monkeypatch.setattr(auto, "_time_ms", fake_time_ms)
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 64)
+    mask = torch.rand(64, 64) > 0.9
+    choice = auto.choose(lin, mask, sparsekit.SparseConfig("auto", batch_size=1))
+    assert choice["tried"] == {"dense": 10.0, "csr": 5.0, "bitmap": 8.0}
+    assert choice["format"] == "csr" and choice["speedup"] == 2.0
+    assert len(seen) == 9 and seen[0] is seen[3] is seen[6] and seen[2] is seen[5]  # the same three, in turn

@@ -35,7 +35,10 @@ const char* isa_name(Isa isa) {
 }
 
 void csr_spmm_rows(const CsrSpmmArgs& a, int64_t row_begin, int64_t row_end, Isa isa) {
-  if (resolve_isa(isa) >= Isa::kAvx2) {
+  const Isa level = resolve_isa(isa);
+  if (level >= Isa::kAvx512 && a.M >= 2 && a.M <= kCsrFewRowsMax) {
+    avx512::csr_spmm_few_rows(a, row_begin, row_end);
+  } else if (level >= Isa::kAvx2) {
     avx2::csr_spmm_rows(a, row_begin, row_end);
   } else {
     generic::csr_spmm_rows(a, row_begin, row_end);

@@ -133,7 +133,7 @@ int main() {
   std::mt19937 rng(1234);
   const Isa isas[] = {Isa::kGeneric, Isa::kAvx2, Isa::kAvx512};
   const DType types[] = {DType::f32, DType::bf16, DType::f16};
-  const int64_t Ms[] = {0, 1, 2, 3, 5, 17, 33, 70};
+  const int64_t Ms[] = {0, 1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 70};  // 2..16: the AVX-512 few-rows core's widths
   int cases = 0;
   for (Isa isa : isas) {
     if (resolve_isa(isa) != isa) {
@@ -151,7 +151,15 @@ int main() {
     run_case({4, 13, 40, 1.0, DType::f32, DType::f32, false, 0, 0}, isa, rng);  // dense
     run_case({1, 8, 1000, 0.5, DType::f32, DType::f32, true, 0, 0}, isa, rng);  // long rows: gather path
     run_case({3, 5, 0, 0.5, DType::f32, DType::f32, true, 0, 0}, isa, rng);     // K == 0
-    cases += 4;
+    // K past one panel (the AVX-512 few-rows core walks K in panels of 1024 columns where the rows are
+    // dense enough, else takes the AVX2 tiles): the rows' pieces per panel, rows without kept weights in
+    // a panel, a row block cut short (N % 16), each width (M <= 4, <= 8, <= 16)
+    run_case({4, 37, 1500, 0.7, DType::f32, DType::f32, true, 0, 0}, isa, rng);
+    run_case({2, 21, 2049, 0.98, DType::bf16, DType::f32, false, 0, 3}, isa, rng);
+    run_case({7, 18, 1100, 0.5, DType::f16, DType::bf16, true, 3, 0}, isa, rng);
+    run_case({16, 17, 700, 0.6, DType::f32, DType::f32, false, 0, 0}, isa, rng);
+    run_case({13, 11, 2300, 0.6, DType::bf16, DType::bf16, true, 5, 1}, isa, rng);
+    cases += 10;
   }
   std::printf("test_csr_spmm: %d cases, %d failures\n", cases, g_failures);
   return g_failures == 0 ? 0 : 1;

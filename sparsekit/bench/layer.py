@@ -6,7 +6,9 @@ dense_ms / candidate_ms with the dense baseline measured in the same process. Th
 baseline on the CPU is the faster of float32 and bfloat16 F.linear (BENCHMARKING.md rule 2).
 Beside each speedup: the bytes cap (the baseline's bytes moved / the candidate's, counting
 weight, activation and output bytes: the most a memory-bound kernel can gain), the achieved
-GB/s of those bytes and the dense-equivalent TFLOP/s (2 M N K / time).
+GB/s of those bytes, that against a plain streaming read of the same bytes timed right after
+the row (timing.read_gbps: the machine's bandwidth at that size, now) and the dense-equivalent
+TFLOP/s (2 M N K / time).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from ..convert import SparseConfig
 from ..prune import masks_from_scores
 from . import peers as _peers
 from .progress import Progress
-from .timing import short_error, time_ms
+from .timing import read_gbps, short_error, time_ms
 
 # N x K of the distinct projection shapes: attention (q/k/v/o) then MLP (gate/up, down)
 SHAPES = {
@@ -200,6 +202,11 @@ def bench_layer(N: int, K: int, Ms: Sequence[int], sparsities: Sequence[float], 
     out: List[tuple] = []  # (M's index, group, record): sorted at the end
 
     def add(M, group, rec):
+        if rec.get("bytes_moved"):
+            # the plain read of the same bytes, timed right after the row: what "reads its bytes at
+            # x % of the machine's bandwidth" is measured against (issue 15)
+            rd = read_gbps(rec["bytes_moved"], device, min_run_time)
+            rec.update(read_gbps=rd["gbps"], read_bw_ratio=rec["gbps"] / rd["gbps"])
         out.append((list(Ms).index(M), group, len(out), rec))
 
     bases = {}

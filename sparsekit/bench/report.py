@@ -23,11 +23,13 @@ def _mib(v):
 
 
 def layer_table(recs: List[dict]) -> str:
-    """Layer records -> markdown: time, speedup, (CUDA-graph time and speedup when any), bytes cap, GB/s, TFLOP/s."""
+    """Layer records -> markdown: time, speedup, (CUDA-graph time and speedup when any), bytes cap, GB/s, (that
+    as a share of a plain read of the same bytes, when recorded), TFLOP/s."""
     graphs = any(r.get("graph_ms") is not None for r in recs)
     head = ["N x K", "M", "sparsity", "impl", "ms", "speedup vs best dense"]
     head += ["graph ms", "graph speedup"] if graphs else []
-    head += ["bytes cap", "GB/s", "TFLOP/s"]
+    reads = any(r.get("read_bw_ratio") is not None for r in recs)
+    head += ["bytes cap", "GB/s"] + (["of read BW"] if reads else []) + ["TFLOP/s"]
     rows = []
     for r in recs:
         chain = f" (x{r['chain']})" if r.get("chain", 1) > 1 else ""
@@ -38,7 +40,9 @@ def layer_table(recs: List[dict]) -> str:
         row += [_f(r["ms"]), f"{r['speedup']:.2f}x"]
         if graphs:
             row += [_f(r.get("graph_ms")), _f(r.get("graph_speedup"), "{:.2f}x", r.get("graph_error", "-")[:40])]
-        rows.append(row + [_f(r.get("bytes_cap"), "{:.2f}x"), _f(r.get("gbps"), "{:.1f}"), _f(r.get("tflops"))])
+        row += [_f(r.get("bytes_cap"), "{:.2f}x"), _f(r.get("gbps"), "{:.1f}")]
+        row += [_f(r.get("read_bw_ratio"), "{:.0%}")] if reads else []
+        rows.append(row + [_f(r.get("tflops"))])
     return markdown_table(head, rows)
 
 

@@ -36,6 +36,25 @@ def time_ms(fn: Callable[[], object], device: torch.device, min_run_time: float 
     return {"ms": _cpu_median_ms(fn, min_run_time), "graph_ms": None}
 
 
+_READ_BUF: Dict[str, torch.Tensor] = {}
+
+
+def read_gbps(nbytes: int, device: torch.device, min_run_time: float = 0.3) -> Dict[str, float]:
+    """The machine's streaming read bandwidth at this size, measured now and timed as the kernels are
+    (caches flushed before each call on the CPU, do_bench on CUDA): torch.max over a float32 buffer of
+    nbytes (on a 2-core Zen 4 it reads 5-15 % faster than torch.sum) (at least 4 KiB; one buffer per device, grown on demand and sliced). A kernel that moves
+    nbytes in the same time reads at this bandwidth; BENCHMARKING.md's floor for a memory-bound call."""
+    n = max(int(nbytes) // 4, 1024)
+    key = str(device)
+    buf = _READ_BUF.get(key)
+    if buf is None or buf.numel() < n:
+        _READ_BUF.pop(key, None)
+        buf = _READ_BUF[key] = torch.ones(n, dtype=torch.float32, device=device)
+    view = buf[:n]
+    ms = time_ms(lambda: view.max(), device, min_run_time, graph=False)["ms"]
+    return {"ms": ms, "gbps": n * 4 / (ms * 1e-3) / 1e9}
+
+
 def short_error(e: BaseException) -> str:
     """The first line of an exception, shortened for a table cell or a JSON record."""
     lines = str(e).strip().splitlines()

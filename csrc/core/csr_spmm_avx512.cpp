@@ -1,0 +1,264 @@
+// AVX-512 CSR core for a few activation rows (2 <= M <= 16).
+//
+// The AVX2 tiles spend one 8-lane FMA, one broadcast, one load and the address arithmetic on every
+// kept weight whatever M is: at M = 4 half the lanes are padding, and the kept weight's overhead, not
+// the arithmetic or the bytes, sets the time (a chain of 4096 x 4096 layers at 70 % took as long at
+// M = 4 and 16 as twice M = 1). Here one 512-bit FMA serves G = 16 / W kept weights: W (4, 8 or 16, M
+// rounded up) floats of xt per kept weight, G such slices side by side in one register, against each
+// kept value repeated W times. A row's G groups are summed at its end. Per kept weight that is a
+// column load, the multiply by ldxt and one narrow load; the FMA, the values and the reduction are
+// shared by G of them. The reads of xt stay inside round_up(M, 8) per column (W <= round_up(M, 8)),
+// the padding that csr_spmm.h already requires readable; the lanes past M are dropped.
+#include <cstdint>
+#include <cstring>
+
+#include "csr_spmm.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx2,fma,f16c")
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 false positive inside avx512fintrin.h
+
+namespace sparsekit {
+namespace core {
+namespace avx512 {
+
+namespace {
+
+#define SK_VEC_FLOATS 16
+#include "tile_common_impl.h"
+#undef SK_VEC_FLOATS
+
+// xt's slices of width W for the G = 16 / W columns at col[0 .. G), side by side.
+template <int W>
+inline __m512 load_slices(const float* xt, int64_t ld, const int32_t* col) {
+  const float* p0 = xt + static_cast<int64_t>(col[0]) * ld;
+  if constexpr (W == 16) {
+    return _mm512_loadu_ps(p0);
+  } else if constexpr (W == 8) {
+    const __m512d lo = _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_loadu_ps(p0)));
+    const __m256 hi = _mm256_loadu_ps(xt + static_cast<int64_t>(col[1]) * ld);
+    return _mm512_castpd_ps(_mm512_insertf64x4(lo, _mm256_castps_pd(hi), 1));
+  } else {
+    __m512 v = _mm512_castps128_ps512(_mm_loadu_ps(p0));
+    v = _mm512_insertf32x4(v, _mm_loadu_ps(xt + static_cast<int64_t>(col[1]) * ld), 1);
+    v = _mm512_insertf32x4(v, _mm_loadu_ps(xt + static_cast<int64_t>(col[2]) * ld), 2);
+    return _mm512_insertf32x4(v, _mm_loadu_ps(xt + static_cast<int64_t>(col[3]) * ld), 3);
+  }
+}
+
+// G (4 or 2) kept values as float32 in the low lanes of a 128-bit register.
+template <DType VD, int G>
+inline __m128 load_values(const typename Elem<VD>::storage* v) {
+  if constexpr (VD == DType::f32) {
+    return G == 4 ? _mm_loadu_ps(reinterpret_cast<const float*>(v))
+                  : _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(v)));  // unaligned
+  } else {
+    __m128i h;
+    if constexpr (G == 4) {
+      h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(v));
+    } else {
+      int32_t bits;
+      std::memcpy(&bits, v, sizeof bits);
+      h = _mm_cvtsi32_si128(bits);
+    }
+    return VD == DType::bf16 ? _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(h), 16)) : _mm_cvtph_ps(h);
+  }
+}
+
+// The G kept values at v, each repeated W times, in the order of load_slices.
+template <DType VD, int W>
+inline __m512 load_repeated(const typename Elem<VD>::storage* v) {
+  if constexpr (W == 16) {
+    return _mm512_set1_ps(Elem<VD>::load(v, 0));
+  } else {
+    const __m512i idx = W == 8 ? _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
+                               : _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(load_values<VD, 16 / W>(v)));
+  }
+}
+
+// sum over kept weights j in [j, end) of vals[j] (repeated) * xt's slice of col[j], in the G groups.
+template <DType VD, int W>
+inline __m512 accumulate(const typename Elem<VD>::storage* __restrict vals, const int32_t* __restrict col,
+                         const float* __restrict xt, int64_t ld, int64_t j, int64_t end) {
+  using V = typename Elem<VD>::storage;
+  constexpr int G = 16 / W;
+  // four accumulators: the FMAs of consecutive steps do not wait on each other (4 cycles of latency)
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), acc2 = _mm512_setzero_ps(),
+         acc3 = _mm512_setzero_ps();
+  for (; j + 4 * G <= end; j += 4 * G) {
+    acc0 = _mm512_fmadd_ps(load_repeated<VD, W>(vals + j), load_slices<W>(xt, ld, col + j), acc0);
+    acc1 = _mm512_fmadd_ps(load_repeated<VD, W>(vals + j + G), load_slices<W>(xt, ld, col + j + G), acc1);
+    acc2 = _mm512_fmadd_ps(load_repeated<VD, W>(vals + j + 2 * G), load_slices<W>(xt, ld, col + j + 2 * G), acc2);
+    acc3 = _mm512_fmadd_ps(load_repeated<VD, W>(vals + j + 3 * G), load_slices<W>(xt, ld, col + j + 3 * G), acc3);
+  }
+  for (; j + G <= end; j += G)
+    acc0 = _mm512_fmadd_ps(load_repeated<VD, W>(vals + j), load_slices<W>(xt, ld, col + j), acc0);
+  if (j < end) {
+    // fewer than G left: their values and columns into the first groups, the other groups masked
+    // off (not multiplied by zero: 0 * inf would turn an inf sum into a NaN)
+    const int rest = static_cast<int>(end - j);
+    V v[G];
+    int32_t c[G];
+    for (int g = 0; g < G; ++g) {
+      v[g] = vals[j + (g < rest ? g : 0)];
+      c[g] = col[j + (g < rest ? g : 0)];
+    }
+    const __mmask16 keep = static_cast<__mmask16>((1u << (rest * W)) - 1u);
+    acc1 = _mm512_mask3_fmadd_ps(load_repeated<VD, W>(v), load_slices<W>(xt, ld, c), acc1, keep);
+  }
+  return _mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3));
+}
+
+// The G groups of acc summed: the W row sums of one output column, stored for the M rows.
+template <DType OD, int W>
+inline void store_row(const CsrSpmmArgs& a, int64_t n, __m512 acc) {
+  alignas(64) float out[16];
+  if constexpr (W == 16) {
+    _mm512_store_ps(out, acc);
+  } else if constexpr (W == 8) {
+    _mm256_store_ps(out, _mm256_add_ps(_mm512_castps512_ps256(acc),
+                                       _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1))));
+  } else {
+    const __m128 s01 = _mm_add_ps(_mm512_castps512_ps128(acc), _mm512_extractf32x4_ps(acc, 1));
+    const __m128 s23 = _mm_add_ps(_mm512_extractf32x4_ps(acc, 2), _mm512_extractf32x4_ps(acc, 3));
+    _mm_store_ps(out, _mm_add_ps(s01, s23));
+  }
+  store_column<OD>(a.y, a.ldy, a.bias, n, 0, static_cast<int>(a.M), out);
+}
+
+// The first kept weight in [lo, hi) whose column is >= k (hi if none): col is sorted within a row.
+// (Written out rather than std::lower_bound: no standard template is instantiated under the target
+// pragma, where it could become a weak symbol shared with code built for older CPUs.)
+inline int64_t first_col_at_least(const int32_t* col, int64_t lo, int64_t hi, int32_t k) {
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (col[mid] < k) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// Prefetches [p, end) into L2 a few lines per call, in order (the weights of the next row block).
+struct L2Stream {
+  const char* p = nullptr;
+  const char* end = nullptr;
+  int64_t lines = 0;  // per call
+  void step() {
+    for (int64_t i = 0; i < lines && p < end; ++i, p += 64) _mm_prefetch(p, _MM_HINT_T1);
+  }
+};
+
+constexpr int64_t kPanelCols = 1024;
+constexpr int64_t kMinPiece = 128;
+constexpr int64_t kRowBlock = 16;
+
+// Rows in blocks of kRowBlock, K in panels whose slice of xt fits in half the L1 cache (kPanelBytes):
+// every row of the block takes its kept weights of one panel before the next panel, so that xt is read
+// from L1 (without panels, K = 4096 at M = 4 misses L1 on nearly every kept weight: 1.2 ns per kept
+// weight against 0.6 at K = 256). The block's weights are read piecewise then, which the hardware
+// prefetchers do not follow (2.1 ns per kept weight); so the next block's weights are prefetched into
+// L2 in order, a few lines per step, while this block computes.
+template <DType VD, DType OD, int W>
+void rows_w(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
+  using V = typename Elem<VD>::storage;
+  const V* __restrict vals = static_cast<const V*>(a.values);
+  const int32_t* __restrict col = a.col;
+  const float* __restrict xt = a.xt;
+  const int64_t ld = a.ldxt;
+  const int64_t panel = kPanelCols;
+  if (a.K <= panel) {
+    for (int64_t n = r0; n < r1; ++n)
+      store_row<OD, W>(a, n, accumulate<VD, W>(vals, col, xt, ld, a.crow[n], a.crow[n + 1]));
+    return;
+  }
+  const int64_t panels = (a.K + panel - 1) / panel;
+  __m512 acc[kRowBlock];
+  int64_t cur[kRowBlock];
+  for (int64_t nb = r0; nb < r1; nb += kRowBlock) {
+    const int rows = static_cast<int>(r1 - nb < kRowBlock ? r1 - nb : kRowBlock);
+    const int64_t nn0 = nb + rows, nn1 = r1 - nn0 < kRowBlock ? r1 : nn0 + kRowBlock;
+    const int64_t steps = rows * panels;
+    L2Stream pv, pc;
+    if (nn0 < nn1) {
+      pv.p = reinterpret_cast<const char*>(vals + a.crow[nn0]);
+      pv.end = reinterpret_cast<const char*>(vals + a.crow[nn1]);
+      pc.p = reinterpret_cast<const char*>(col + a.crow[nn0]);
+      pc.end = reinterpret_cast<const char*>(col + a.crow[nn1]);
+      pv.lines = ((pv.end - pv.p) / 64 + steps) / steps;
+      pc.lines = ((pc.end - pc.p) / 64 + steps) / steps;
+    }
+    for (int i = 0; i < rows; ++i) {
+      acc[i] = _mm512_setzero_ps();
+      cur[i] = a.crow[nb + i];
+    }
+    for (int64_t k0 = 0; k0 < a.K; k0 += panel) {
+      const bool last = k0 + panel >= a.K;
+      for (int i = 0; i < rows; ++i) {
+        const int64_t row_end = a.crow[nb + i + 1];
+        const int64_t e = last ? row_end : first_col_at_least(col, cur[i], row_end, static_cast<int32_t>(k0 + panel));
+        if (e > cur[i]) acc[i] = _mm512_add_ps(acc[i], accumulate<VD, W>(vals, col, xt, ld, cur[i], e));
+        cur[i] = e;
+        pv.step();
+        pc.step();
+      }
+    }
+    for (int i = 0; i < rows; ++i) store_row<OD, W>(a, nb + i, acc[i]);
+  }
+}
+
+template <DType VD, DType OD>
+void run(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
+  if (a.M <= 4) {
+    rows_w<VD, OD, 4>(a, r0, r1);
+  } else if (a.M <= 8) {
+    rows_w<VD, OD, 8>(a, r0, r1);
+  } else {
+    rows_w<VD, OD, 16>(a, r0, r1);
+  }
+}
+
+template <DType VD>
+void run_out(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
+  switch (a.out_dtype) {
+    case DType::f32: run<VD, DType::f32>(a, r0, r1); break;
+    case DType::bf16: run<VD, DType::bf16>(a, r0, r1); break;
+    case DType::f16: run<VD, DType::f16>(a, r0, r1); break;
+  }
+}
+
+}  // namespace
+
+void csr_spmm_few_rows(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
+  if (a.M < 2 || a.M > kCsrFewRowsMax || r0 >= r1) return;
+  // Panels pay while a row's piece of one panel is long; below kMinPiece kept weights per piece on
+  // average (K = 4096 at 95 %: 51) the binary searches and short runs cost more than the misses they
+  // save, and the AVX2 tiles (which prefetch xt ahead) are faster (3.3 against 4.4 ms for 8 layers of
+  // 4096 x 4096 at M = 4, 2 threads).
+  if (a.K > kPanelCols && (a.crow[r1] - a.crow[r0]) * kPanelCols < kMinPiece * (r1 - r0) * a.K) {
+    avx2::csr_spmm_rows(a, r0, r1);
+    return;
+  }
+  switch (a.value_dtype) {
+    case DType::f32: run_out<DType::f32>(a, r0, r1); break;
+    case DType::bf16: run_out<DType::bf16>(a, r0, r1); break;
+    case DType::f16: run_out<DType::f16>(a, r0, r1); break;
+  }
+}
+
+}  // namespace avx512
+}  // namespace core
+}  // namespace sparsekit
+
+#pragma GCC pop_options
+#else
+namespace sparsekit {
+namespace core {
+namespace avx512 {
+void csr_spmm_few_rows(const CsrSpmmArgs& a, int64_t r0, int64_t r1) { avx2::csr_spmm_rows(a, r0, r1); }
+}  // namespace avx512
+}  // namespace core
+}  // namespace sparsekit
+#endif
