@@ -60,6 +60,8 @@ def main():
                    help="activations and (but for int8) weights; float32 also times bfloat16 dense")
     p.add_argument("--name", default="cpu_layers")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--chain", type=int, default=1,
+                   help="L distinct layers per shape run one after another (weights from memory, as in a model)")
     p.add_argument("--repeat", type=int, default=1,
                    help="run the whole sweep this many times and keep, per row, the run with the median time "
                         "(speedups against the median dense of its shape and M): for a noisy machine")
@@ -76,7 +78,7 @@ def main():
         for N, K in parse_shapes(a.shapes):
             recs += bench_layer(N, K, [int(m) for m in a.m.split(",")], [float(s) for s in a.sparsity.split(",")],
                                 getattr(torch, a.dtype), dev, min_run_time=0.1 if a.quick else 0.3,
-                                fmts=tuple(a.formats.split(",")))
+                                fmts=tuple(a.formats.split(",")), chain=a.chain)
             print(f"run {i + 1}/{a.repeat} {N}x{K}: {len(recs)} records", flush=True)
         runs.append(recs)
     with open(path, "w") as f:

@@ -36,8 +36,8 @@ const char* isa_name(Isa isa) {
 
 void csr_spmm_rows(const CsrSpmmArgs& a, int64_t row_begin, int64_t row_end, Isa isa) {
   const Isa level = resolve_isa(isa);
-  if (level >= Isa::kAvx512 && a.M >= 2 && a.M <= kCsrFewRowsMax) {
-    avx512::csr_spmm_few_rows(a, row_begin, row_end);
+  if (level >= Isa::kAvx512 && a.M >= 2) {
+    avx512::csr_spmm_rows(a, row_begin, row_end);
   } else if (level >= Isa::kAvx2) {
     avx2::csr_spmm_rows(a, row_begin, row_end);
   } else {

@@ -34,7 +34,7 @@ struct CsrSpmmArgs {
 
 // Instruction sets a core was compiled for; kAuto picks the best the CPU supports. kAvx512
 // means AVX2 everywhere plus the AVX-512 paths that exist (bitmap at M == 1, CSR at
-// 2 <= M <= kCsrFewRowsMax); forcing kAvx2 keeps AVX-512 out.
+// M >= 2); forcing kAvx2 keeps AVX-512 out.
 enum class Isa : int { kAuto = 0, kGeneric = 1, kAvx2 = 2, kAvx512 = 3 };
 
 // Computes the rows [row_begin, row_end) of y.
@@ -53,11 +53,9 @@ void csr_spmm_rows(const CsrSpmmArgs& a, int64_t row_begin, int64_t row_end);
 namespace avx2 {
 void csr_spmm_rows(const CsrSpmmArgs& a, int64_t row_begin, int64_t row_end);
 }
-// The most activation rows the AVX-512 few-rows CSR core takes (csr_spmm_avx512.cpp).
-constexpr int64_t kCsrFewRowsMax = 16;
 namespace avx512 {
-// 2 <= M <= kCsrFewRowsMax only (other M: nothing is computed).
-void csr_spmm_few_rows(const CsrSpmmArgs& a, int64_t row_begin, int64_t row_end);
+// M >= 2 only (M == 1: nothing is computed; the gather path serves it). csr_spmm_avx512.cpp.
+void csr_spmm_rows(const CsrSpmmArgs& a, int64_t row_begin, int64_t row_end);
 }
 
 }  // namespace core

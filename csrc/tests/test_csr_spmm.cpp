@@ -133,7 +133,7 @@ int main() {
   std::mt19937 rng(1234);
   const Isa isas[] = {Isa::kGeneric, Isa::kAvx2, Isa::kAvx512};
   const DType types[] = {DType::f32, DType::bf16, DType::f16};
-  const int64_t Ms[] = {0, 1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 70};  // 2..16: the AVX-512 few-rows core's widths
+  const int64_t Ms[] = {0, 1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 70};  // the AVX-512 core's widths (4, 8, 16) and registers
   int cases = 0;
   for (Isa isa : isas) {
     if (resolve_isa(isa) != isa) {
@@ -159,7 +159,12 @@ int main() {
     run_case({7, 18, 1100, 0.5, DType::f16, DType::bf16, true, 3, 0}, isa, rng);
     run_case({16, 17, 700, 0.6, DType::f32, DType::f32, false, 0, 0}, isa, rng);
     run_case({13, 11, 2300, 0.6, DType::bf16, DType::bf16, true, 5, 1}, isa, rng);
-    cases += 10;
+    // several registers per kept weight (17..64 rows), and tiles of 64 rows with a short last one
+    run_case({40, 19, 1500, 0.6, DType::f32, DType::f32, true, 0, 2}, isa, rng);
+    run_case({64, 5, 2100, 0.8, DType::f16, DType::f32, false, 3, 0}, isa, rng);
+    run_case({65, 9, 1100, 0.5, DType::bf16, DType::bf16, true, 0, 0}, isa, rng);
+    run_case({130, 7, 300, 0.5, DType::f32, DType::f16, true, 1, 1}, isa, rng);
+    cases += 18;
   }
   std::printf("test_csr_spmm: %d cases, %d failures\n", cases, g_failures);
   return g_failures == 0 ? 0 : 1;
