@@ -122,9 +122,11 @@ int main() {
             }, rng);
             ++cases;
           }
-          // ---- bitmap, K not a multiple of 32, densities from empty rows to full
-          for (double density : {0.0, 0.3, 1.0}) {
-            Dense W = random_dense(11, 77, density, rng);
+          // ---- bitmap, K not a multiple of 32 (3 and 7 words: the AVX-512 M == 1 kernels take words in
+          // pairs), densities from empty rows to full
+          for (auto kd : {std::pair<int64_t, double>{77, 0.0}, {77, 0.3}, {77, 1.0}, {200, 0.3}, {200, 0.7}}) {
+            const double density = kd.second;
+            Dense W = random_dense(11, kd.first, density, rng);
             const int64_t words = (W.K + 31) / 32;
             std::vector<uint32_t> bm(W.N * words, 0);
             std::vector<int32_t> off(W.N * words, 0);
