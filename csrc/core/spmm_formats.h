@@ -20,6 +20,7 @@ struct DenseIo {
   void* y = nullptr;           // M x ldy of out_dtype
   int64_t ldy = 0;
   DType out_dtype = DType::f32;
+  bool x_is_bf16 = false;      // every x is a bfloat16 value (x came as bfloat16): bf16 dot products are exact
 };
 
 struct BsrArgs {

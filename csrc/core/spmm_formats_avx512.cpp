@@ -195,10 +195,55 @@ void bitmap_m1_w16_impl(const BitmapArgs& a, int64_t r0, int64_t r1, const float
   }
 }
 
+// bf16 values times bf16 x (io.x_is_bf16) with AVX-512 BF16: vdpbf16ps multiplies the 32 expanded values by
+// 32 x values in pairs and adds into 16 float32 sums, so a word takes one expand and one instruction, with no
+// widening. The products of two bf16 values are exact in float32; vdpbf16ps treats denormal inputs and
+// results as zero (magnitudes below 1.2e-38). One thread, 8 layers of 4096 x 4096 at 70 %: 7.6 -> 5.5 ms.
+inline __m512 dpbf16(__m512 acc, __m512i a, __m512i b) {
+  asm("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+  return acc;
+}
+
+// x (float32 holding bf16 values) as bf16 in column order, zero past K: its upper halves, exactly.
+void stage_x_bf16(const float* x, int64_t K, int64_t words, uint16_t* xb) {
+  for (int64_t i = 0; i < 32 * words; i += 16) {
+    const int64_t valid = K - i;
+    const __mmask16 m = static_cast<__mmask16>(valid >= 16 ? 0xFFFFu : valid > 0 ? (1u << valid) - 1u : 0u);
+    const __m512i f = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, x + i));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(xb + i), _mm512_cvtepi32_epi16(_mm512_srli_epi32(f, 16)));
+  }
+}
+
+void bitmap_m1_dpbf16(const BitmapArgs& a, int64_t r0, int64_t r1, const uint16_t* xb) {
+  const uint16_t* vals = static_cast<const uint16_t*>(a.values);
+  const int64_t words = (a.io.K + 31) / 32;
+  for (int64_t n = r0; n < r1; ++n) {
+    const uint32_t* bm = a.bitmap + n * words;
+    const uint16_t* v = vals + (words ? a.word_offsets[n * words] : 0);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int64_t w = 0;
+    for (; w + 2 <= words; w += 2) {
+      const uint32_t wa = bm[w], wb = bm[w + 1];
+      const int ca = __builtin_popcount(wa), cb = __builtin_popcount(wb);
+      const __m512i ea = expandw_zeroed(wa, v), eb = expandw_zeroed(wb, v + ca);
+      v += ca + cb;
+      acc0 = dpbf16(acc0, ea, _mm512_load_si512(xb + 32 * w));
+      acc1 = dpbf16(acc1, eb, _mm512_load_si512(xb + 32 * w + 32));
+    }
+    if (w < words) acc0 = dpbf16(acc0, expandw_zeroed(bm[w], v), _mm512_load_si512(xb + 32 * w));
+    store_row(a.io, n, _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)));
+  }
+}
+
 void bitmap_m1_w16(const BitmapArgs& a, int64_t r0, int64_t r1) {
   const int64_t words = (a.io.K + 31) / 32;
   float* xp = static_cast<float*>(::operator new[](static_cast<size_t>(words) * 32 * sizeof(float), std::align_val_t{64}));
-  if (a.value_dtype == DType::bf16) {
+  static const bool bf16_dot = __builtin_cpu_supports("avx512bf16");
+  if (a.value_dtype == DType::bf16 && a.io.x_is_bf16 && bf16_dot) {
+    uint16_t* xb = reinterpret_cast<uint16_t*>(xp);
+    stage_x_bf16(a.io.xt, a.io.K, words, xb);
+    bitmap_m1_dpbf16(a, r0, r1, xb);
+  } else if (a.value_dtype == DType::bf16) {
     stage_x_words<true>(a.io.xt, a.io.K, words, xp);
     bitmap_m1_w16_impl<DType::bf16>(a, r0, r1, xp);
   } else {
