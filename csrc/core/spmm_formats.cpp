@@ -67,6 +67,7 @@ void bitmap_spmm_rows(const BitmapArgs& a, int64_t r0, int64_t r1, Isa isa) {
   const Isa level = resolve_isa(isa);
   static const bool bw_vl = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
   if (level == Isa::kAvx512 && a.io.M == 1 && (a.value_dtype == DType::f32 || bw_vl)) avx512::bitmap_m1(a, r0, r1);
+  else if (level == Isa::kAvx512 && bw_vl && avx512::bitmap_rows_supported(a)) avx512::bitmap_rows(a, r0, r1);
   else if (level >= Isa::kAvx2) avx2::bitmap_spmm_rows(a, r0, r1);
   else generic::bitmap_spmm_rows(a, r0, r1);
 }

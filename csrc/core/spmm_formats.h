@@ -20,7 +20,9 @@ struct DenseIo {
   void* y = nullptr;           // M x ldy of out_dtype
   int64_t ldy = 0;
   DType out_dtype = DType::f32;
-  bool x_is_bf16 = false;      // every x is a bfloat16 value (x came as bfloat16): bf16 dot products are exact
+  DType x_dtype = DType::f32;  // the dtype x came in; xt holds its values exactly (bf16: bf16 dot products are exact)
+  const void* x = nullptr;     // x as given, M x ldx of x_dtype with unit column stride, or null (kernels that
+  int64_t ldx = 0;             // read x by rows: the AVX-512 bitmap at 2 <= M <= 8)
 };
 
 struct BsrArgs {
@@ -87,6 +89,11 @@ void sparse24_decompress_rows(const void* values, const uint8_t* meta, DType vd,
 namespace avx512 {
 // M == 1 (y row 0 only; ldy irrelevant). float32 values need AVX-512 F, 16-bit ones also BW + VL.
 void bitmap_m1(const BitmapArgs& a, int64_t r0, int64_t r1);
+// 2 <= M <= kBitmapRowsMaxM with io.x set (AVX-512 F + BW + VL): whether this CPU runs bitmap_rows for a's
+// dtypes, and the kernel.
+constexpr int64_t kBitmapRowsMaxM = 8;
+bool bitmap_rows_supported(const BitmapArgs& a);
+void bitmap_rows(const BitmapArgs& a, int64_t r0, int64_t r1);
 }  // namespace avx512
 
 }  // namespace core

@@ -62,7 +62,11 @@ core::DenseIo dense_io(const at::Tensor& x, const Staged& st, const at::Tensor& 
   io.bias = b.defined() ? b.data_ptr() : nullptr;
   io.y = y.data_ptr(); io.ldy = y.size(1);
   io.out_dtype = to_core(y.scalar_type());
-  io.x_is_bf16 = x.scalar_type() == at::kBFloat16;
+  io.x_dtype = to_core(x.scalar_type());
+  if (x.size(1) <= 1 || x.stride(1) == 1) {
+    io.x = x.data_ptr();
+    io.ldx = x.stride(0);
+  }
   return io;
 }
 

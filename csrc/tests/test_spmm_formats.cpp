@@ -37,11 +37,20 @@ struct Vals {
 
 static void check_run(const char* what, Isa isa, const Dense& W, const Vals& vals, int64_t M, DType od,
                       bool bias, const std::function<void(DenseIo&)>& run, std::mt19937& rng,
-                      bool x_bf16 = false) {
+                      DType xd = DType::f32) {
   std::uniform_real_distribution<float> U(-1, 1);
   const int64_t ldxt = csr_spmm_ldxt(M), ldy = W.N + 3;
   std::vector<float> xt(std::max<int64_t>(W.K * ldxt, 1));
-  for (auto& v : xt) v = x_bf16 ? from16(DType::bf16, to16(DType::bf16, U(rng))) : U(rng);
+  for (auto& v : xt) v = xd != DType::f32 ? from16(xd, to16(xd, U(rng))) : U(rng);
+  // x by rows as well (io.x), with a row stride past K: float32, or xd's 16-bit values
+  const int64_t ldx = W.K + 5;
+  std::vector<float> xf(std::max<int64_t>(M * ldx, 1), 0.f);
+  std::vector<uint16_t> xh(xf.size(), 0);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < W.K; ++k) {
+      xf[m * ldx + k] = xt[k * (M == 1 ? 1 : ldxt) + m];
+      if (xd != DType::f32) xh[m * ldx + k] = to16(xd, xf[m * ldx + k]);
+    }
   std::vector<float> bf(W.N);
   std::vector<uint16_t> bh(W.N);
   for (int64_t n = 0; n < W.N; ++n) {
@@ -54,7 +63,9 @@ static void check_run(const char* what, Isa isa, const Dense& W, const Vals& val
   io.M = M; io.N = W.N; io.K = W.K; io.xt = xt.data(); io.ldxt = M == 1 ? 1 : ldxt;
   io.bias = !bias ? nullptr : (od == DType::f32 ? static_cast<const void*>(bf.data()) : bh.data());
   io.y = od == DType::f32 ? static_cast<void*>(yf.data()) : yh.data();
-  io.ldy = ldy; io.out_dtype = od; io.x_is_bf16 = x_bf16;
+  io.ldy = ldy; io.out_dtype = od; io.x_dtype = xd;
+  io.x = xd == DType::f32 ? static_cast<const void*>(xf.data()) : xh.data();
+  io.ldx = ldx;
   run(io);
   const double tol = od == DType::f32 ? 1e-4 : (od == DType::bf16 ? 1.6e-2 : 2e-3);
   for (int64_t m = 0; m < M; ++m)
@@ -143,15 +154,15 @@ int main() {
                     ++count;
                   }
               }
-            // x of bf16 values too (io.x_is_bf16: the AVX-512 BF16 dot product at M == 1 for bf16 values)
-            for (bool x_bf16 : {false, true}) {
-              if (x_bf16 && vd != DType::bf16) continue;
+            // x of the values' 16-bit dtype too (io.x_dtype; bf16: the AVX-512 BF16 dot products)
+            for (bool x16 : {false, true}) {
+              if (x16 && vd == DType::f32) continue;
               check_run("bitmap", isa, W, vals, M, od, bias, [&](DenseIo& io) {
                 BitmapArgs a; a.io = io; a.bitmap = bm.data(); a.word_offsets = off.data(); a.values = vals.data();
                 a.nnz = vals.size(); a.value_dtype = vd;
                 bitmap_spmm_rows(a, 0, 4, isa);
                 bitmap_spmm_rows(a, 4, W.N, isa);
-              }, rng, x_bf16);
+              }, rng, x16 ? vd : DType::f32);
               ++cases;
             }
           }
