@@ -269,7 +269,6 @@ void bitmap_m1_w16(const BitmapArgs& a, int64_t r0, int64_t r1) {
 // rows (two float32 rows, or four 16-bit ones, per pass: they stay in L1); the next block is prefetched into L2
 // meanwhile. Panels of K (x in L1 at any K) made it slower: a row read piece by piece does not stream.
 constexpr int kRowsTile = 4;
-
 constexpr int64_t kRowsBlock = 16;
 
 // 16 values of x row xm from column c as float32; kMasked: only `valid` columns exist from c.
@@ -335,24 +334,23 @@ inline void rows_word(uint32_t word, const typename Elem<VD>::storage*& v, int64
   }
 }
 
-// Row n's words [w0, w1) times x rows xr[0..MT) into acc (two words per step for kDot, one per slot).
+// Row n times x rows xr[0..MT) into acc (two words per step for kDot, one per slot).
 template <DType VD, DType XD, int MT, bool kDot>
-inline void rows_words(const BitmapArgs& a, int64_t n, int64_t w0, int64_t w1, const void* const* xr,
-                       __m512 (&acc)[kRowsTile][2]) {
+inline void rows_words(const BitmapArgs& a, int64_t n, const void* const* xr, __m512 (&acc)[kRowsTile][2]) {
   using V = typename Elem<VD>::storage;
   const int64_t K = a.io.K, words = (K + 31) / 32, full = K / 32;
+  if (words == 0) return;
   const uint32_t* bm = a.bitmap + n * words;
-  const V* v = static_cast<const V*>(a.values) + a.word_offsets[n * words + w0];
-  const int64_t wf = w1 < full ? w1 : full;
-  int64_t w = w0;
+  const V* v = static_cast<const V*>(a.values) + a.word_offsets[n * words];
+  int64_t w = 0;
   if constexpr (kDot) {
-    for (; w + 2 <= wf; w += 2) {
+    for (; w + 2 <= full; w += 2) {
       rows_word<VD, XD, MT, kDot, false>(bm[w], v, w, 32, xr, acc, 0);
       rows_word<VD, XD, MT, kDot, false>(bm[w + 1], v, w + 1, 32, xr, acc, 1);
     }
   }
-  for (; w < wf; ++w) rows_word<VD, XD, MT, kDot, false>(bm[w], v, w, 32, xr, acc, 0);
-  if (w < w1) rows_word<VD, XD, MT, kDot, true>(bm[w], v, w, K - 32 * w, xr, acc, 0);
+  for (; w < full; ++w) rows_word<VD, XD, MT, kDot, false>(bm[w], v, w, 32, xr, acc, 0);
+  if (w < words) rows_word<VD, XD, MT, kDot, true>(bm[w], v, w, K - 32 * w, xr, acc, 0);
 }
 
 // Prefetches [p, end) into L2 a slice at a time, spread over a block's work (64-byte lines).
@@ -366,7 +364,6 @@ struct L2Ahead {
 
 template <DType VD, DType XD, int MT, bool kDot>
 void rows_tile(const BitmapArgs& a, int64_t nb, int64_t ne, int64_t m0, L2Ahead& ahead, int64_t lines_per_row) {
-  const int64_t words = (a.io.K + 31) / 32;
   const void* xr[kRowsTile];
   for (int m = 0; m < MT; ++m)
     xr[m] = static_cast<const char*>(a.io.x) + (m0 + m) * a.io.ldx * (XD == DType::f32 ? 4 : 2);
@@ -374,7 +371,7 @@ void rows_tile(const BitmapArgs& a, int64_t nb, int64_t ne, int64_t m0, L2Ahead&
     ahead.step(lines_per_row);
     __m512 acc[kRowsTile][2];
     for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
-    rows_words<VD, XD, MT, kDot>(a, n, 0, words, xr, acc);
+    rows_words<VD, XD, MT, kDot>(a, n, xr, acc);
     for (int m = 0; m < MT; ++m) store_y(a.io, m0 + m, n, _mm512_reduce_add_ps(_mm512_add_ps(acc[m][0], acc[m][1])));
   }
 }
