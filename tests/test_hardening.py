@@ -558,16 +558,22 @@ def test_zero_sizes_every_format(fmt, M, N, K):
 # a token holding NaN/Inf gives NaN in every output of that token.
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_x_reaches_exactly_the_outputs_of_its_kept_weights(fmt, bad):
-    lin, mask, sl = _layer(fmt, 8, 16)
-    x = torch.randn(4, 16)
-    x[1, 3] = bad
-    x[2, 10] = bad
+# M = 1 and 4 with K = 80 (the kernels without a column list: bitmap at M = 1 on AVX2 / AVX-512 and by rows
+# on AVX-512), x by rows and with a column stride (the finiteness check on the staged copy)
+@pytest.mark.parametrize("M,K,layout", [(4, 16, "rows"), (1, 80, "rows"), (4, 80, "rows"), (4, 80, "strided"),
+                                        (1, 80, "strided")])
+def test_non_finite_x_reaches_exactly_the_outputs_of_its_kept_weights(fmt, bad, M, K, layout):
+    lin, mask, sl = _layer(fmt, 8, K)
+    x = torch.randn(M, K)
+    poisoned = torch.zeros(M, K, dtype=torch.bool)
+    poisoned[1 % M, 3] = poisoned[2 % M, K - 6] = True
+    x[poisoned] = bad
+    if layout == "strided":
+        x = torch.stack([x, x], 2).reshape(M, 2 * K)[:, ::2]
+        assert x.stride(1) == 2
     y = sl(x)
-    poisoned = torch.zeros(4, 16, dtype=torch.bool)
-    poisoned[1, 3] = poisoned[2, 10] = True
     if fmt in W8A8:
-        expect = poisoned.any(1, keepdim=True).expand(4, 8)
+        expect = poisoned.any(1, keepdim=True).expand(M, 8)
         assert torch.isnan(y[expect]).all()
     else:
         kept = torch.ones_like(mask) if fmt == "int8-wo" else mask

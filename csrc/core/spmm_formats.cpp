@@ -63,13 +63,56 @@ void bsr_spmm_rows(const BsrArgs& a, int64_t r0, int64_t r1, Isa isa) {
   if (resolve_isa(isa) >= Isa::kAvx2) avx2::bsr_spmm_rows(a, r0, r1);
   else generic::bsr_spmm_rows(a, r0, r1);
 }
+namespace {
+template <typename T>
+bool all_finite(const T* p, int64_t n, T exp_mask) {
+  T bad = 0;  // branch-free, so that the compiler vectorises it
+  for (int64_t i = 0; i < n; ++i) bad |= static_cast<T>((p[i] & exp_mask) == exp_mask);
+  return !bad;
+}
+}  // namespace
+
+bool dense_x_finite(const DenseIo& io) {
+  if (io.x) {
+    const bool f32 = io.x_dtype == DType::f32;
+    const uint16_t e16 = io.x_dtype == DType::bf16 ? 0x7F80 : 0x7C00;
+    for (int64_t m = 0; m < io.M; ++m) {
+      const bool ok = f32 ? all_finite(static_cast<const uint32_t*>(io.x) + m * io.ldx, io.K, 0x7F800000u)
+                          : all_finite(static_cast<const uint16_t*>(io.x) + m * io.ldx, io.K, e16);
+      if (!ok) return false;
+    }
+    return true;
+  }
+  // xt: K x ldxt float32 (M == 1: ldxt == 1); the padding columns past M are not x's
+  const uint32_t* xt = reinterpret_cast<const uint32_t*>(io.xt);
+  if (io.M == io.ldxt) return all_finite(xt, io.M * io.K, 0x7F800000u);
+  for (int64_t k = 0; k < io.K; ++k)
+    if (!all_finite(xt + k * io.ldxt, io.M, 0x7F800000u)) return false;
+  return true;
+}
+
 void bitmap_spmm_rows(const BitmapArgs& a, int64_t r0, int64_t r1, Isa isa) {
   const Isa level = resolve_isa(isa);
   static const bool bw_vl = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
-  if (level == Isa::kAvx512 && a.io.M == 1 && (a.value_dtype == DType::f32 || bw_vl)) avx512::bitmap_m1(a, r0, r1);
-  else if (level == Isa::kAvx512 && bw_vl && avx512::bitmap_rows_supported(a)) avx512::bitmap_rows(a, r0, r1);
-  else if (level >= Isa::kAvx2) avx2::bitmap_spmm_rows(a, r0, r1);
-  else generic::bitmap_spmm_rows(a, r0, r1);
+  const bool m1 = a.io.M == 1;
+  const bool m1_512 = level == Isa::kAvx512 && m1 && (a.value_dtype == DType::f32 || bw_vl);
+  const bool rows_512 = level == Isa::kAvx512 && !m1 && bw_vl && avx512::bitmap_rows_supported(a);
+  // The kernels without a column list (AVX2 and AVX-512 at M == 1, AVX-512 by rows) multiply x by the
+  // expanded zeros of pruned weights. A pruned weight is a structural zero (an Inf or NaN in x reaches only
+  // the outputs of its kept weights), so an x that is not all finite takes the column-list kernels.
+  if ((m1_512 || rows_512 || (m1 && level >= Isa::kAvx2)) &&
+      !(a.io.x_finite == 1 || (a.io.x_finite < 0 && dense_x_finite(a.io)))) {
+    if (m1) generic::bitmap_spmm_rows(a, r0, r1);
+    else avx2::bitmap_spmm_rows(a, r0, r1);
+  } else if (m1_512) {
+    avx512::bitmap_m1(a, r0, r1);
+  } else if (rows_512) {
+    avx512::bitmap_rows(a, r0, r1);
+  } else if (level >= Isa::kAvx2) {
+    avx2::bitmap_spmm_rows(a, r0, r1);
+  } else {
+    generic::bitmap_spmm_rows(a, r0, r1);
+  }
 }
 void sparse24_spmm_rows(const Sparse24Args& a, int64_t r0, int64_t r1, Isa isa) {
   if (resolve_isa(isa) >= Isa::kAvx2) avx2::sparse24_spmm_rows(a, r0, r1);

@@ -23,7 +23,13 @@ struct DenseIo {
   DType x_dtype = DType::f32;  // the dtype x came in; xt holds its values exactly (bf16: bf16 dot products are exact)
   const void* x = nullptr;     // x as given, M x ldx of x_dtype with unit column stride, or null (kernels that
   int64_t ldx = 0;             // read x by rows: the AVX-512 bitmap at 2 <= M <= 8)
+  // Whether every value of x is finite: 1 yes, 0 no, -1 not known (bitmap_spmm_rows then checks, per call;
+  // an op that splits rows across threads sets it once with dense_x_finite).
+  int8_t x_finite = -1;
 };
+
+// Whether every value of x's M rows is finite: io.x when set, else xt.
+bool dense_x_finite(const DenseIo& io);
 
 struct BsrArgs {
   DenseIo io;
@@ -87,6 +93,8 @@ void sparse24_decompress_rows(const void* values, const uint8_t* meta, DType vd,
                               void* out);
 }  // namespace avx2
 namespace avx512 {
+// These multiply x by the expanded zeros of pruned weights: x must be all finite (bitmap_spmm_rows sends an x
+// with Inf or NaN to the column-list kernels, so that pruned weights stay structural zeros).
 // M == 1 (y row 0 only; ldy irrelevant). float32 values need AVX-512 F, 16-bit ones also BW + VL.
 void bitmap_m1(const BitmapArgs& a, int64_t r0, int64_t r1);
 // 2 <= M <= kBitmapRowsMaxM with io.x set (AVX-512 F + BW + VL): whether this CPU runs bitmap_rows for a's

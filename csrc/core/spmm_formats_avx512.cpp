@@ -431,31 +431,8 @@ bool bitmap_rows_supported(const BitmapArgs& a) {
   return a.io.x_dtype == DType::f16;
 }
 
-// Whether every value of x's M rows is finite (exponent bits not all ones), 64 bytes at a time.
-bool x_rows_finite(const DenseIo& io) {
-  const int64_t es = io.x_dtype == DType::f32 ? 4 : 2, per = 64 / es, bytes = io.K * es;
-  const __m512i e32 = _mm512_set1_epi32(0x7F800000), ebf = _mm512_set1_epi16(0x7F80), ef16 = _mm512_set1_epi16(0x7C00);
-  for (int64_t m = 0; m < io.M; ++m) {
-    const char* row = static_cast<const char*>(io.x) + m * io.ldx * es;
-    for (int64_t i = 0; i < io.K; i += per) {
-      const int64_t left = bytes - i * es;
-      const __mmask64 k = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
-      const __m512i v = _mm512_maskz_loadu_epi8(k, row + i * es);
-      bool bad;
-      if (io.x_dtype == DType::f32) bad = _mm512_cmpeq_epi32_mask(_mm512_and_si512(v, e32), e32) != 0;
-      else if (io.x_dtype == DType::bf16) bad = _mm512_cmpeq_epi16_mask(_mm512_and_si512(v, ebf), ebf) != 0;
-      else bad = _mm512_cmpeq_epi16_mask(_mm512_and_si512(v, ef16), ef16) != 0;
-      if (bad) return false;
-    }
-  }
-  return true;
-}
-
 void bitmap_rows(const BitmapArgs& a, int64_t r0, int64_t r1) {
-  if (r0 >= r1) return;
-  // A pruned weight is a structural zero: an Inf or NaN in x reaches only the outputs of its kept weights.
-  // This kernel multiplies x by the expanded zeros, so an x that is not all finite takes the column-list one.
-  if (!x_rows_finite(a.io)) return avx2::bitmap_spmm_rows(a, r0, r1);
+  if (r0 >= r1) return;  // x is all finite (bitmap_spmm_rows sees to it)
   switch (a.value_dtype) {
     case DType::f32: bitmap_rows_impl<DType::f32, DType::f32, false>(a, r0, r1); break;
     case DType::bf16:

@@ -201,6 +201,8 @@ at::Tensor bitmap_mm_cpu(const at::Tensor& x, const at::Tensor& bitmap, const at
   a.bitmap = reinterpret_cast<const uint32_t*>(bm.data_ptr<int32_t>());
   a.word_offsets = wo_p;
   a.values = vals.data_ptr(); a.nnz = nnz; a.value_dtype = to_core(vals.scalar_type());
+  // once, not in every thread's call: the kernels that multiply x by pruned weights' zeros need x finite
+  if (M <= core::avx512::kBitmapRowsMaxM) a.io.x_finite = core::dense_x_finite(a.io) ? 1 : 0;
   const auto isa = current_isa();
   parallel_rows_by_nnz(row_start, N, M + 1, [&](int64_t r0, int64_t r1) {
     core::bitmap_spmm_rows(a, r0, r1, isa);

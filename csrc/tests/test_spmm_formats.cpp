@@ -35,13 +35,22 @@ struct Vals {
   int64_t size() const { return static_cast<int64_t>(d == DType::f32 ? f.size() : h.size()); }
 };
 
+// poison: x holds NaN, +Inf and -Inf at three places (k = 3, K - 2, K / 2), and the reference multiplies only
+// the kept weights (W.keep): a pruned weight is a structural zero, an output is non-finite exactly where a
+// kept weight meets a poisoned x.
 static void check_run(const char* what, Isa isa, const Dense& W, const Vals& vals, int64_t M, DType od,
                       bool bias, const std::function<void(DenseIo&)>& run, std::mt19937& rng,
-                      DType xd = DType::f32) {
+                      DType xd = DType::f32, bool poison = false) {
   std::uniform_real_distribution<float> U(-1, 1);
   const int64_t ldxt = csr_spmm_ldxt(M), ldy = W.N + 3;
   std::vector<float> xt(std::max<int64_t>(W.K * ldxt, 1));
   for (auto& v : xt) v = xd != DType::f32 ? from16(xd, to16(xd, U(rng))) : U(rng);
+  if (poison && M > 0 && W.K > 3) {
+    const int64_t step = M == 1 ? 1 : ldxt;
+    xt[3 * step + 0] = NAN;
+    xt[(W.K - 2) * step + (M - 1)] = INFINITY;
+    xt[(W.K / 2) * step + M / 2] = -INFINITY;
+  }
   // x by rows as well (io.x), with a row stride past K: float32, or xd's 16-bit values
   const int64_t ldx = W.K + 5;
   std::vector<float> xf(std::max<int64_t>(M * ldx, 1), 0.f);
@@ -72,12 +81,14 @@ static void check_run(const char* what, Isa isa, const Dense& W, const Vals& val
     for (int64_t n = 0; n < W.N; ++n) {
       double ref = bias ? bf[n] : 0.0, mag = std::fabs(ref);
       for (int64_t k = 0; k < W.K; ++k) {
+        if (poison && !W.keep[n * W.K + k]) continue;
         const double t = double(vals.round(W.w[n * W.K + k])) * xt[k * io.ldxt + m];
         ref += t; mag += std::fabs(t);
       }
       const size_t i = m * ldy + n;
       const double got = od == DType::f32 ? yf[i] : from16(od, yh[i]);
-      if (!(std::fabs(got - ref) <= tol * (mag + 1.0))) {
+      const bool ok = std::isfinite(ref) ? std::fabs(got - ref) <= tol * (mag + 1.0) : !std::isfinite(got);
+      if (!ok) {
         std::fprintf(stderr, "FAILED %s isa=%s M=%lld N=%lld K=%lld vd=%d od=%d m=%lld n=%lld got=%g ref=%g\n", what,
                      isa_name(isa), (long long)M, (long long)W.N, (long long)W.K, int(vals.d), int(od), (long long)m,
                      (long long)n, got, ref);
@@ -154,17 +165,21 @@ int main() {
                     ++count;
                   }
               }
-            // x of the values' 16-bit dtype too (io.x_dtype; bf16: the AVX-512 BF16 dot products)
-            for (bool x16 : {false, true}) {
-              if (x16 && vd == DType::f32) continue;
-              check_run("bitmap", isa, W, vals, M, od, bias, [&](DenseIo& io) {
-                BitmapArgs a; a.io = io; a.bitmap = bm.data(); a.word_offsets = off.data(); a.values = vals.data();
-                a.nnz = vals.size(); a.value_dtype = vd;
-                bitmap_spmm_rows(a, 0, 4, isa);
-                bitmap_spmm_rows(a, 4, W.N, isa);
-              }, rng, x16 ? vd : DType::f32);
-              ++cases;
-            }
+            // x of the values' 16-bit dtype too (io.x_dtype; bf16: the AVX-512 BF16 dot products); x with
+            // Inf / NaN (the kernels that multiply x by expanded zeros must not run), its finiteness not
+            // known to the core or told by the caller as the op does
+            for (bool x16 : {false, true})
+              for (int poison : {0, 1, 2}) {
+                if (x16 && vd == DType::f32) continue;
+                check_run("bitmap", isa, W, vals, M, od, bias, [&](DenseIo& io) {
+                  BitmapArgs a; a.io = io; a.bitmap = bm.data(); a.word_offsets = off.data(); a.values = vals.data();
+                  a.nnz = vals.size(); a.value_dtype = vd;
+                  if (poison == 2) a.io.x_finite = dense_x_finite(a.io) ? 1 : 0;
+                  bitmap_spmm_rows(a, 0, 4, isa);
+                  bitmap_spmm_rows(a, 4, W.N, isa);
+                }, rng, x16 ? vd : DType::f32, poison > 0);
+                ++cases;
+              }
           }
           // ---- 2:4 with K = 4 * odd groups (a padded last meta nibble)
           {
