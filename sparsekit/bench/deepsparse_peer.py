@@ -160,7 +160,8 @@ def _call(python: str, spec: dict, d: str, timeout: float) -> dict:
     out = _last_json(proc.stdout)
     if out is None:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
-        raise Unavailable(f"deepsparse worker exited {proc.returncode}: {tail}")
+        why = " (SIGKILL: out of memory?)" if proc.returncode == -9 else ""
+        raise Unavailable(f"deepsparse worker exited {proc.returncode}{why}: {tail}")
     if not out.get("ok"):
         raise Unavailable(f"deepsparse: {out.get('error', 'failed')}")
     return out

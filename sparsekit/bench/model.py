@@ -28,6 +28,7 @@ DeepSparse on ONNX graphs of the (pruned) model that its side process builds fro
 from __future__ import annotations
 
 import copy
+import gc
 import inspect
 import time
 from typing import Dict, List, Optional, Sequence
@@ -333,6 +334,9 @@ def model_peers(dense, desc, fmts, sparsities, base, batch, prompt, device, min_
             records.append(dict(desc, format=name, sparsity=0.0, error=f"n/a ({short_error(e)})"))
             continue
         records.append(_model_record(desc, name, 0.0, m, base, err))
+    # DeepSparse's worker needs the memory: the float32 copy and the quantized models go first
+    model = dense32 = None
+    gc.collect()
     sps = sorted({sp for fmt, sp in variants(fmts, sparsities) if prune_pattern(fmt) == "unstructured"})
     if sps:
         records.append(_deepsparse_model(dense, desc, "deepsparse-dense", 0.0, base, batch, prompt, min_run_time))
