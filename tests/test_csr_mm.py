@@ -41,6 +41,14 @@ def test_sparsity_extremes_and_bias(cpu_isa, density, bias):
         assert torch.count_nonzero(y) == 0
 
 
+# bf16 values and x from M = 9 take the AVX-512 BF16 kernel where the CPU has it (x staged as bf16, pairs of kept
+# weights): rows walked in panels of K, and sparse rows (below 1 in 8, K > 1024) without panels
+@pytest.mark.parametrize("M", [9, 16, 33, 70, 130])
+@pytest.mark.parametrize("K,density", [(1500, 0.4), (2100, 0.06)])
+def test_bf16_long_rows(cpu_isa, M, K, density):
+    run_and_check(19, K, M, density, torch.bfloat16)
+
+
 def test_large_rows_and_threads(cpu_isa):
     # enough work to be split across threads, with rows of very different lengths
     N, K = 300, 1000
@@ -78,14 +86,16 @@ def test_strided_and_batched_inputs(cpu_isa):
     torch.testing.assert_close(csr.matmul(x1), csr.matmul(x1[None])[0])
 
 
-def test_nan_and_inf_propagate(cpu_isa):
-    w = torch.ones(4, 6)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nan_and_inf_propagate(cpu_isa, dtype):
+    w = torch.ones(4, 6, dtype=dtype)
     mask = torch.zeros(4, 6, dtype=torch.bool)
     mask[0, 2] = mask[1, 2] = mask[2, 5] = True
+    mask[3, 0] = mask[3, 1] = mask[3, 3] = True  # three kept weights: a pair and one left over beside column 2
     csr = sparsekit.formats.CSRWeight.from_dense(w, mask)
     for bad in (float("nan"), float("inf")):
-        for M in (1, 3):
-            x = torch.zeros(M, 6)
+        for M in (1, 3, 9, 17):
+            x = torch.zeros(M, 6, dtype=dtype)
             x[:, 2] = bad
             y = csr.matmul(x)
             # rows that keep a weight in column 2 see the value; the others do not multiply it

@@ -1,6 +1,8 @@
 // Run-time choice of the instruction set for the CSR core.
 #include "csr_spmm.h"
 
+#include <stdexcept>
+
 namespace sparsekit {
 namespace core {
 
@@ -34,7 +36,23 @@ const char* isa_name(Isa isa) {
   return "?";
 }
 
+bool csr_spmm_bf16_xt(int64_t M, DType value_dtype, DType x_dtype, Isa isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool dot = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl");
+#else
+  static const bool dot = false;
+#endif
+  return dot && resolve_isa(isa) == Isa::kAvx512 && value_dtype == DType::bf16 && x_dtype == DType::bf16 && M >= 9;
+}
+
 void csr_spmm_rows(const CsrSpmmArgs& a, int64_t row_begin, int64_t row_end, Isa isa) {
+  if (a.xt16) {
+    if (!csr_spmm_bf16_xt(a.M, a.value_dtype, DType::bf16, isa))
+      throw std::logic_error("sparsekit: csr_spmm_rows got x staged as bf16 where csr_spmm_bf16_xt is false");
+    avx512::csr_spmm_rows(a, row_begin, row_end);
+    return;
+  }
   const Isa level = resolve_isa(isa);
   if (level >= Isa::kAvx512 && a.M >= 2) {
     avx512::csr_spmm_rows(a, row_begin, row_end);

@@ -26,6 +26,10 @@ struct CsrSpmmArgs {
   // best) and the padding columns must be readable: partial tiles load them and drop them.
   const float* xt = nullptr;
   int64_t ldxt = 0;
+  // Or, where csr_spmm_bf16_xt says so (bf16 values and bf16 x), xt as bf16 bits instead (xt null): K x ldxt,
+  // the padding columns readable (what is read there never reaches y). The AVX-512 core then multiplies pairs of kept weights by pairs of x values
+  // with vdpbf16ps (exact products, float32 sums; denormals flushed to zero): half the bytes per kept weight.
+  const uint16_t* xt16 = nullptr;
   const void* bias = nullptr;     // N entries of type out_dtype, or null
   void* y = nullptr;              // M x N, leading dimension ldy >= N, type out_dtype
   int64_t ldy = 0;
@@ -39,6 +43,11 @@ enum class Isa : int { kAuto = 0, kGeneric = 1, kAvx2 = 2, kAvx512 = 3 };
 
 // Computes the rows [row_begin, row_end) of y.
 void csr_spmm_rows(const CsrSpmmArgs& a, int64_t row_begin, int64_t row_end, Isa isa = Isa::kAuto);
+
+// Whether the cores want x staged as bf16 (CsrSpmmArgs::xt16) for these dtypes and M on this CPU: AVX-512 BF16
+// (and BW), bf16 values and bf16 x, M >= 9 (16 activation rows per register). Calling csr_spmm_rows with xt16
+// set where this is false throws std::logic_error.
+bool csr_spmm_bf16_xt(int64_t M, DType value_dtype, DType x_dtype, Isa isa = Isa::kAuto);
 
 // The leading dimension xt needs for M activation rows.
 inline int64_t csr_spmm_ldxt(int64_t M) { return M <= 1 ? 1 : (M + 7) / 8 * 8; }
@@ -54,7 +63,8 @@ namespace avx2 {
 void csr_spmm_rows(const CsrSpmmArgs& a, int64_t row_begin, int64_t row_end);
 }
 namespace avx512 {
-// M >= 2 only (M == 1: nothing is computed; the gather path serves it). csr_spmm_avx512.cpp.
+// M >= 2 only (M == 1: nothing is computed; the gather path serves it); xt16 only where csr_spmm_bf16_xt.
+// csr_spmm_avx512.cpp.
 void csr_spmm_rows(const CsrSpmmArgs& a, int64_t row_begin, int64_t row_end);
 }
 

@@ -169,6 +169,71 @@ inline void accumulate(const typename Elem<VD>::storage* __restrict vals, const 
   }
 }
 
+// ---- bf16 values times x staged as bf16 (xt16), AVX-512 BF16. One vdpbf16ps takes two kept weights: their
+// values as one 32-bit pair (adjacent in `vals`) against their two columns' slices of xt16 interleaved, and adds
+// w0 x0[m] + w1 x1[m] into lane m. Per 16 activation rows and two kept weights: two 32-byte loads, one vpermt2w
+// and one vdpbf16ps, where the float32 path loads 128 bytes and runs two FMAs. Both instructions are written as
+// inline asm (this file is not compiled for AVX-512 BF16 / BW; csr_spmm_bf16_xt checks the CPU).
+inline __m512 dpbf16(__m512 acc, __m512i a, __m512i b) {
+  asm("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+  return acc;
+}
+
+// The 16 bf16 of a and of b interleaved: a0 b0 a1 b1 ... a15 b15.
+inline __m512i interleave16(__m256i a, __m256i b) {
+  const __m512i idx = _mm512_set_epi32(0x002F000F, 0x002E000E, 0x002D000D, 0x002C000C, 0x002B000B, 0x002A000A,
+                                       0x00290009, 0x00280008, 0x00270007, 0x00260006, 0x00250005, 0x00240004,
+                                       0x00230003, 0x00220002, 0x00210001, 0x00200000);
+  __m512i r = _mm512_castsi256_si512(a);
+  asm("vpermt2w %2, %1, %0" : "+v"(r) : "v"(idx), "v"(_mm512_castsi256_si512(b)));
+  return r;
+}
+
+// 16 bf16 of an xt16 slice; the last register of a row only its first `last` 32-bit pairs (the lanes below M,
+// rounded up to a pair: xt16's padding is zero).
+template <bool kLast>
+inline __m256i load_x16(const uint16_t* p, __mmask8 last) {
+  if constexpr (kLast) return _mm256_maskz_loadu_epi32(last, p);
+  else return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+
+// Adds the kept weights [j, end) to `out` (R registers of 16 activation rows), two at a time.
+template <int R>
+inline void accumulate_dp(const uint16_t* __restrict vals, const int32_t* __restrict col,
+                          const uint16_t* __restrict xt, int64_t ld, int64_t j, int64_t end, __mmask8 last,
+                          Acc<R>& out) {
+  // U accumulator sets: vdpbf16ps has a latency of several cycles, and R chains alone would wait on it
+  constexpr int U = R == 1 ? 4 : 2;
+  __m512 acc[U][R];
+  for (int u = 0; u < U; ++u)
+    for (int r = 0; r < R; ++r) acc[u][r] = _mm512_setzero_ps();
+  auto pair = [&](int u, int64_t i) {
+    int32_t w2;
+    std::memcpy(&w2, vals + i, sizeof w2);
+    const __m512i w = _mm512_set1_epi32(w2);
+    const uint16_t* p0 = xt + static_cast<int64_t>(col[i]) * ld;
+    const uint16_t* p1 = xt + static_cast<int64_t>(col[i + 1]) * ld;
+    for (int r = 0; r < R - 1; ++r)
+      acc[u][r] = dpbf16(acc[u][r], interleave16(load_x16<false>(p0 + 16 * r, last), load_x16<false>(p1 + 16 * r, last)), w);
+    acc[u][R - 1] = dpbf16(acc[u][R - 1],
+                           interleave16(load_x16<true>(p0 + 16 * (R - 1), last), load_x16<true>(p1 + 16 * (R - 1), last)), w);
+  };
+  for (; j + 2 * U <= end; j += 2 * U)
+    for (int u = 0; u < U; ++u) pair(u, j + 2 * u);
+  for (; j + 2 <= end; j += 2) pair(0, j);
+  if (j < end) {
+    // one left: its value with a zero beside it, its slice with zeros between (0 * 0: no NaN from elsewhere)
+    const __m512i w = _mm512_set1_epi32(vals[j]);
+    const uint16_t* p0 = xt + static_cast<int64_t>(col[j]) * ld;
+    const __m256i z = _mm256_setzero_si256();
+    for (int r = 0; r < R - 1; ++r) acc[1 % U][r] = dpbf16(acc[1 % U][r], interleave16(load_x16<false>(p0 + 16 * r, last), z), w);
+    acc[1 % U][R - 1] = dpbf16(acc[1 % U][R - 1], interleave16(load_x16<true>(p0 + 16 * (R - 1), last), z), w);
+  }
+  for (int u = 1; u < U; ++u)
+    for (int r = 0; r < R; ++r) acc[0][r] = _mm512_add_ps(acc[0][r], acc[u][r]);
+  for (int r = 0; r < R; ++r) out.v[r] = _mm512_add_ps(out.v[r], acc[0][r]);
+}
+
 // The row sums of one output column (W < 16: the G groups summed), stored for the M rows.
 template <DType OD, int W, int R>
 inline void store_row(const CsrSpmmArgs& a, int64_t n, const Acc<R>& acc) {
@@ -215,9 +280,9 @@ struct L2Stream {
 
 constexpr int64_t kPanelBytes = 32 * 1024;
 // Columns per panel: kPanelBytes of xt (one L1), at least 128.
-// width: the floats of a column that a kept weight's reads cover (with the rest of their lines).
-inline int64_t panel_cols(int64_t width) {
-  const int64_t c = kPanelBytes / (width * static_cast<int64_t>(sizeof(float)));
+// bytes: what a kept weight's reads of one column cover (with the rest of their lines).
+inline int64_t panel_cols(int64_t bytes) {
+  const int64_t c = kPanelBytes / bytes;
   return c < 128 ? 128 : c;
 }
 constexpr int64_t kMinDensity = 8;
@@ -231,20 +296,28 @@ constexpr int64_t kRowBlock = 16;
 // L2 in order, a few lines per step, while this block computes. One thread, 4096 x 4096 at 70 %, ns per
 // kept weight: M = 4 0.66, M = 16 0.98, M = 32 1.56, M = 64 2.64 (panels of 1024 columns at every M:
 // 0.76, 1.03, 1.82, 3.08).
-template <DType VD, DType OD, int W, int R>
-void rows_w(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
+// kDp: bf16 values times xt16 (accumulate_dp, W = 16), and `direct` (rows sparser than 1 in kMinDensity): no
+// panels, the AVX2 tiles' job in the float32 path, which xt16 does not have.
+template <DType VD, DType OD, int W, int R, bool kDp = false>
+void rows_w(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct = false) {
   using V = typename Elem<VD>::storage;
+  static_assert(!kDp || (VD == DType::bf16 && W == 16), "pairs of bf16 kept weights, 16 rows per register");
   const V* __restrict vals = static_cast<const V*>(a.values);
   const int32_t* __restrict col = a.col;
-  const float* __restrict xt = a.xt;
   const int64_t ld = a.ldxt;
   const int tail = static_cast<int>(a.M - 16 * (R - 1));  // lanes of the last register (W = 16)
   const __mmask16 last = static_cast<__mmask16>(tail >= 16 ? 0xffffu : (1u << (tail > 0 ? tail : 0)) - 1u);
-  const int64_t panel = panel_cols(ld < 16 * R ? ld : 16 * R);
-  if (a.K <= panel) {
+  const __mmask8 last2 = static_cast<__mmask8>(tail >= 16 ? 0xffu : (1u << (tail > 0 ? (tail + 1) / 2 : 0)) - 1u);
+  auto add = [&](int64_t j, int64_t end, Acc<R>& acc) {
+    if constexpr (kDp) accumulate_dp<R>(vals, col, a.xt16, ld, j, end, last2, acc);
+    else accumulate<VD, W, R>(vals, col, a.xt, ld, j, end, last, acc);
+  };
+  const int64_t width = ld < 16 * R ? ld : 16 * R;
+  const int64_t panel = panel_cols(width * (kDp ? 2 : 4));
+  if (a.K <= panel || direct) {
     for (int64_t n = r0; n < r1; ++n) {
       Acc<R> acc = acc_zero<R>();
-      accumulate<VD, W, R>(vals, col, xt, ld, a.crow[n], a.crow[n + 1], last, acc);
+      add(a.crow[n], a.crow[n + 1], acc);
       store_row<OD, W, R>(a, n, acc);
     }
     return;
@@ -275,7 +348,7 @@ void rows_w(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
         const int64_t row_end = a.crow[nb + i + 1];
         const int64_t e =
             final_panel ? row_end : first_col_at_least(col, cur[i], row_end, static_cast<int32_t>(k0 + panel));
-        if (e > cur[i]) accumulate<VD, W, R>(vals, col, xt, ld, cur[i], e, last, acc[i]);
+        if (e > cur[i]) add(cur[i], e, acc[i]);
         cur[i] = e;
         pv.step();
         pc.step();
@@ -305,6 +378,25 @@ void run_tile(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
 
 constexpr int64_t kTileRows = 64;
 
+// bf16 values times xt16 (M >= 9): tiles of kTileRows activation rows, by their registers.
+template <DType OD>
+void run_dp(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct) {
+  const int64_t elt = OD == DType::f32 ? 4 : 2;
+  for (int64_t m0 = 0; m0 < a.M; m0 += kTileRows) {
+    CsrSpmmArgs t = a;
+    t.M = a.M - m0 < kTileRows ? a.M - m0 : kTileRows;
+    t.xt16 = a.xt16 + m0;
+    t.y = static_cast<char*>(a.y) + m0 * a.ldy * elt;
+    // a last tile of 1..8 rows reads its pairs within xt16's padding (ldxt = round_up(M, 8))
+    switch ((t.M + 15) / 16) {
+      case 1: rows_w<DType::bf16, OD, 16, 1, true>(t, r0, r1, direct); break;
+      case 2: rows_w<DType::bf16, OD, 16, 2, true>(t, r0, r1, direct); break;
+      case 3: rows_w<DType::bf16, OD, 16, 3, true>(t, r0, r1, direct); break;
+      default: rows_w<DType::bf16, OD, 16, 4, true>(t, r0, r1, direct); break;
+    }
+  }
+}
+
 // Activation rows in tiles of kTileRows (each reads its own rows of xt and writes its own rows of y).
 template <DType VD, DType OD>
 void run(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
@@ -332,10 +424,19 @@ void run_out(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
 
 void csr_spmm_rows(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
   if (a.M < 2 || r0 >= r1) return;
+  const bool sparse_rows = a.K > 1024 && (a.crow[r1] - a.crow[r0]) * kMinDensity < (r1 - r0) * a.K;
+  if (a.xt16) {
+    switch (a.out_dtype) {
+      case DType::f32: run_dp<DType::f32>(a, r0, r1, sparse_rows); break;
+      case DType::bf16: run_dp<DType::bf16>(a, r0, r1, sparse_rows); break;
+      case DType::f16: run_dp<DType::f16>(a, r0, r1, sparse_rows); break;
+    }
+    return;
+  }
   // Panels pay while a row's piece of one panel is long enough. In rows sparser than 1 in kMinDensity
   // (K > 1024) the AVX2 tiles, which prefetch xt ahead, are as fast or faster: 8 layers of 4096 x 4096,
   // 2 threads, at 95 % M = 4 3.7 against 4.0 ms, M = 64 15.7 against 21.0 ms; at 90 % within noise.
-  if (a.K > 1024 && (a.crow[r1] - a.crow[r0]) * kMinDensity < (r1 - r0) * a.K) {
+  if (sparse_rows) {
     avx2::csr_spmm_rows(a, r0, r1);
     return;
   }

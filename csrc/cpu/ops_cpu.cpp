@@ -40,7 +40,8 @@ struct Staged {
   int64_t ld;
 };
 
-Staged stage_x(const at::Tensor& x) {
+// as16: x (bf16) transposed as it is, for the CSR core's bf16 dot products (core::csr_spmm_bf16_xt; M > 1).
+Staged stage_x(const at::Tensor& x, bool as16 = false) {
   const int64_t M = x.size(0), K = x.size(1);
   if (M == 1) {
     // float32 with unit column stride: x itself, without a dispatched reshape / to / contiguous (the
@@ -49,7 +50,7 @@ Staged stage_x(const at::Tensor& x) {
     return {x.reshape({K}).to(at::kFloat).contiguous(), 1};
   }
   const int64_t ldxt = core::csr_spmm_ldxt(M);
-  auto xt = at::empty({K, ldxt}, x.options().dtype(at::kFloat));
+  auto xt = at::empty({K, ldxt}, x.options().dtype(as16 ? at::kBFloat16 : at::kFloat));
   if (ldxt > M) xt.narrow(1, M, ldxt - M).zero_();
   xt.narrow(1, 0, M).copy_(x.t());
   return {xt, ldxt};
@@ -119,7 +120,9 @@ at::Tensor csr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const auto vals = values.contiguous();
-  const Staged st = stage_x(x);
+  const auto isa = current_isa();
+  const bool x16 = core::csr_spmm_bf16_xt(M, to_core(vals.scalar_type()), to_core(x.scalar_type()), isa);
+  const Staged st = stage_x(x, x16);
   at::Tensor b;
   if (bias.has_value()) b = bias->contiguous();
 
@@ -129,13 +132,13 @@ at::Tensor csr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const
   a.col = col.data_ptr<int32_t>();
   a.values = vals.data_ptr();
   a.value_dtype = to_core(vals.scalar_type());
-  a.xt = st.xt.data_ptr<float>();
+  if (x16) a.xt16 = reinterpret_cast<const uint16_t*>(st.xt.data_ptr<at::BFloat16>());
+  else a.xt = st.xt.data_ptr<float>();
   a.ldxt = st.ld;
   a.bias = b.defined() ? b.data_ptr() : nullptr;
   a.y = y.data_ptr();
   a.ldy = N;
   a.out_dtype = to_core(y.scalar_type());
-  const auto isa = current_isa();
   auto row_start = [crow_p](int64_t n) -> int64_t { return crow_p[n]; };
   parallel_rows_by_nnz(row_start, N, M, [&](int64_t r0, int64_t r1) { core::csr_spmm_rows(a, r0, r1, isa); });
   return y;

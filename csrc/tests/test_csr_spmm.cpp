@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
 #include "core/csr_spmm.h"
@@ -32,6 +33,7 @@ struct Case {
   DType vd, od;
   bool bias;
   int64_t ldxt_pad, ldy_pad;
+  bool x16 = false;  // x of bf16 values: staged as xt16 where csr_spmm_bf16_xt says so (its padding NaN)
 };
 
 static void run_case(const Case& c, Isa isa, std::mt19937& rng) {
@@ -53,7 +55,15 @@ static void run_case(const Case& c, Isa isa, std::mt19937& rng) {
   }
   const int64_t ldxt = csr_spmm_ldxt(c.M) + c.ldxt_pad, ldy = c.N + c.ldy_pad;
   std::vector<float> xt(static_cast<size_t>(std::max<int64_t>(c.K * ldxt, 1)));
-  for (auto& v : xt) v = U(rng);
+  for (auto& v : xt) v = c.x16 ? bf16_to_f32(f32_to_bf16(U(rng))) : U(rng);
+  const bool staged16 = c.x16 && csr_spmm_bf16_xt(c.M, c.vd, DType::bf16, isa);
+  std::vector<uint16_t> xt16;
+  if (staged16) {
+    // the padding columns past M hold NaN: what the kernels read there must never reach y
+    xt16.assign(xt.size(), 0x7FC0);
+    for (int64_t k = 0; k < c.K; ++k)
+      for (int64_t m = 0; m < c.M; ++m) xt16[k * ldxt + m] = f32_to_bf16(xt[k * ldxt + m]);
+  }
   std::vector<float> bf(c.N);
   std::vector<uint16_t> bh(c.N);
   for (int64_t n = 0; n < c.N; ++n) {
@@ -69,7 +79,9 @@ static void run_case(const Case& c, Isa isa, std::mt19937& rng) {
   a.crow = crow.data(); a.col = col.data();
   a.values = c.vd == DType::f32 ? static_cast<const void*>(vf.data()) : vh.data();
   a.value_dtype = c.vd;
-  a.xt = xt.data(); a.ldxt = ldxt;
+  if (staged16) a.xt16 = xt16.data();
+  else a.xt = xt.data();
+  a.ldxt = ldxt;
   a.bias = !c.bias ? nullptr : (c.od == DType::f32 ? static_cast<const void*>(bf.data()) : bh.data());
   a.y = c.od == DType::f32 ? static_cast<void*>(yf.data()) : yh.data();
   a.ldy = ldy; a.out_dtype = c.od;
@@ -165,6 +177,44 @@ int main() {
     run_case({65, 9, 1100, 0.5, DType::bf16, DType::bf16, true, 0, 0}, isa, rng);
     run_case({130, 7, 300, 0.5, DType::f32, DType::f16, true, 1, 1}, isa, rng);
     cases += 18;
+    // bf16 values times x as bf16 (AVX-512 BF16: pairs of kept weights, vdpbf16ps): every register count and a
+    // last tile of 1..8 rows (odd: a pair half in the padding), odd kept counts per row (one left over), rows
+    // in panels (K past one) and sparse rows without panels (density below 1 / 8, K > 1024)
+    for (int64_t M : {2, 9, 15, 16, 17, 33, 48, 64, 65, 71, 130})
+      for (DType od : types) {
+        run_case({M, 23, 203, 0.3, DType::bf16, od, M % 2 == 1, 0, 2, true}, isa, rng);
+        run_case({M, 19, 1500, 0.4, DType::bf16, od, false, 3, 0, true}, isa, rng);
+        run_case({M, 21, 2100, 0.06, DType::bf16, od, true, 0, 1, true}, isa, rng);
+        cases += 3;
+      }
+    run_case({20, 7, 300, 0.5, DType::f32, DType::f32, true, 0, 0, true}, isa, rng);  // float32 values: xt
+    ++cases;
+  }
+  // xt16 where csr_spmm_bf16_xt is false (a forced lower ISA, float32 values): refused, nothing computed
+  {
+    std::vector<int32_t> crow{0, 1}, col{0};
+    std::vector<uint16_t> v{0x3f80}, xt16(16, 0x3f80);
+    std::vector<float> y(16, 5.f);
+    CsrSpmmArgs a;
+    a.M = 9; a.N = 1; a.K = 1; a.crow = crow.data(); a.col = col.data(); a.values = v.data();
+    a.value_dtype = DType::bf16; a.xt16 = xt16.data(); a.ldxt = 16; a.y = y.data(); a.ldy = 1;
+    for (Isa isa : {Isa::kGeneric, Isa::kAvx2}) {
+      bool threw = false;
+      try {
+        csr_spmm_rows(a, 0, 1, isa);
+      } catch (const std::logic_error&) {
+        threw = true;
+      }
+      EXPECT(threw && y[0] == 5.f, "xt16 at isa=%s not refused", isa_name(isa));
+    }
+    a.value_dtype = DType::f32;
+    bool threw = false;
+    try {
+      csr_spmm_rows(a, 0, 1);
+    } catch (const std::logic_error&) {
+      threw = true;
+    }
+    EXPECT(threw, "xt16 with float32 values not refused");
   }
   std::printf("test_csr_spmm: %d cases, %d failures\n", cases, g_failures);
   return g_failures == 0 ? 0 : 1;
