@@ -17,6 +17,8 @@
 //    tiles of up to 64 rows.
 // 8 layers of 4096 x 4096 at 70 %, 2 threads, AVX2 tiles -> this: M = 4 24.7 -> 16.5 ms, M = 16 25.9 ->
 // 20.8 ms, M = 64 75.5 -> 68.3 ms (one thread: 2.6 ns per kept weight at M = 64, bound by xt reads).
+//  - bf16 values and x staged as bf16 (xt16, M >= 9, AVX-512 BF16): two kept weights per vdpbf16ps, half
+//    the bytes of xt per kept weight (accumulate_dp); sparse rows then go without panels (docs/cpu.md).
 #include <cstdint>
 #include <cstring>
 
