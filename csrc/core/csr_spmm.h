@@ -27,8 +27,9 @@ struct CsrSpmmArgs {
   const float* xt = nullptr;
   int64_t ldxt = 0;
   // Or, where csr_spmm_bf16_xt says so (bf16 values and bf16 x), xt as bf16 bits instead (xt null): K x ldxt,
-  // the padding columns readable (what is read there never reaches y). The AVX-512 core then multiplies pairs of kept weights by pairs of x values
-  // with vdpbf16ps (exact products, float32 sums; denormals flushed to zero): half the bytes per kept weight.
+  // the padding columns readable (what is read there never reaches y). The AVX-512 core then multiplies pairs
+  // of kept weights by pairs of x values with vdpbf16ps (exact products, float32 sums; denormals flushed to
+  // zero): half the bytes per kept weight.
   const uint16_t* xt16 = nullptr;
   const void* bias = nullptr;     // N entries of type out_dtype, or null
   void* y = nullptr;              // M x N, leading dimension ldy >= N, type out_dtype

@@ -192,7 +192,7 @@ inline __m512i interleave16(__m256i a, __m256i b) {
 }
 
 // 16 bf16 of an xt16 slice; the last register of a row only its first `last` 32-bit pairs (the lanes below M,
-// rounded up to a pair: xt16's padding is zero).
+// rounded up to a pair: the lane past an odd M reads xt16's padding and is dropped).
 template <bool kLast>
 inline __m256i load_x16(const uint16_t* p, __mmask8 last) {
   if constexpr (kLast) return _mm256_maskz_loadu_epi32(last, p);
@@ -380,15 +380,22 @@ void run_tile(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
 
 constexpr int64_t kTileRows = 64;
 
+// The tile of at most kTileRows activation rows from m0: its rows of xt (or xt16) and of y.
+template <DType OD>
+CsrSpmmArgs tile_at(const CsrSpmmArgs& a, int64_t m0) {
+  CsrSpmmArgs t = a;
+  t.M = a.M - m0 < kTileRows ? a.M - m0 : kTileRows;
+  if (a.xt) t.xt = a.xt + m0;
+  if (a.xt16) t.xt16 = a.xt16 + m0;
+  t.y = static_cast<char*>(a.y) + m0 * a.ldy * static_cast<int64_t>(OD == DType::f32 ? 4 : 2);
+  return t;
+}
+
 // bf16 values times xt16 (M >= 9): tiles of kTileRows activation rows, by their registers.
 template <DType OD>
 void run_dp(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct) {
-  const int64_t elt = OD == DType::f32 ? 4 : 2;
   for (int64_t m0 = 0; m0 < a.M; m0 += kTileRows) {
-    CsrSpmmArgs t = a;
-    t.M = a.M - m0 < kTileRows ? a.M - m0 : kTileRows;
-    t.xt16 = a.xt16 + m0;
-    t.y = static_cast<char*>(a.y) + m0 * a.ldy * elt;
+    const CsrSpmmArgs t = tile_at<OD>(a, m0);
     // a last tile of 1..8 rows reads its pairs within xt16's padding (ldxt = round_up(M, 8))
     switch ((t.M + 15) / 16) {
       case 1: rows_w<DType::bf16, OD, 16, 1, true>(t, r0, r1, direct); break;
@@ -403,14 +410,7 @@ void run_dp(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct) {
 template <DType VD, DType OD>
 void run(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
   if (a.M <= kTileRows) return run_tile<VD, OD>(a, r0, r1);
-  const int64_t elt = OD == DType::f32 ? 4 : 2;
-  for (int64_t m0 = 0; m0 < a.M; m0 += kTileRows) {
-    CsrSpmmArgs t = a;
-    t.M = a.M - m0 < kTileRows ? a.M - m0 : kTileRows;
-    t.xt = a.xt + m0;
-    t.y = static_cast<char*>(a.y) + m0 * a.ldy * elt;
-    run_tile<VD, OD>(t, r0, r1);
-  }
+  for (int64_t m0 = 0; m0 < a.M; m0 += kTileRows) run_tile<VD, OD>(tile_at<OD>(a, m0), r0, r1);
 }
 
 template <DType VD>

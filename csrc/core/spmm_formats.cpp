@@ -100,7 +100,7 @@ void bitmap_spmm_rows(const BitmapArgs& a, int64_t r0, int64_t r1, Isa isa) {
   // The kernels without a column list (AVX2 and AVX-512 at M == 1, AVX-512 by rows) multiply x by the
   // expanded zeros of pruned weights. A pruned weight is a structural zero (an Inf or NaN in x reaches only
   // the outputs of its kept weights), so an x that is not all finite takes the column-list kernels.
-  if ((m1_512 || rows_512 || (m1 && level >= Isa::kAvx2)) &&
+  if (((m1 && level >= Isa::kAvx2) || rows_512) &&
       !(a.io.x_finite == 1 || (a.io.x_finite < 0 && dense_x_finite(a.io)))) {
     if (m1) generic::bitmap_spmm_rows(a, r0, r1);
     else avx2::bitmap_spmm_rows(a, r0, r1);
