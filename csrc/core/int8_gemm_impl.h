@@ -264,10 +264,14 @@ typedef int16_t AT;
 #else
 typedef int8_t AT;
 #endif
-using MicroFn = void (*)(const AT*, int64_t, const int8_t*, int64_t, int64_t, int32_t*, int64_t, int32_t*);
+// pf, pfn: the next chunk of weight rows, pulled into L2 while this one computes: pfn lines of 64
+// bytes per step of K, from pf on (pfn = 0: none). See gemm_chunk.
+using MicroFn = void (*)(const AT*, int64_t, const int8_t*, int64_t, int64_t, int32_t*, int64_t, int32_t*,
+                         const char*, int);
 
 #if SK_I8_LEVEL == 0
 constexpr int kMR = 4, kNR = 4, kNR1 = 4;
+constexpr int kW = 64;  // the step of K the prefetch stream counts in (the generic micro-kernel ignores it)
 
 inline int32_t dot_i8(const int8_t* __restrict a, const int8_t* __restrict b, int64_t K) {
   uint32_t s = 0;  // wraps like the SIMD paths instead of overflowing
@@ -282,7 +286,7 @@ inline int32_t sum_i8(const int8_t* __restrict b, int64_t K) {
 
 template <int MR, int NR, bool RS>
 void micro(const int8_t* A, int64_t lda, const int8_t* B, int64_t ldb, int64_t K, int32_t* C, int64_t ldc,
-           int32_t* rs) {
+           int32_t* rs, const char*, int) {
   for (int j = 0; j < NR; ++j) {
     const int8_t* b = B + j * ldb;
     if constexpr (RS) rs[j] = sum_i8(b, K);
@@ -305,11 +309,9 @@ inline VI vzero() { return _mm512_setzero_si512(); }
 inline VI vones() { return _mm512_set1_epi8(1); }
 inline __mmask64 tail_mask(int64_t n) { return n >= 64 ? ~0ull : ((1ull << n) - 1ull); }
 inline VI ld_b(const int8_t* p) { return _mm512_loadu_si512(p); }
-inline VI ld_a(const int8_t* p) { return _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_set1_epi8(-128)); }
+inline VI ld_a(const int8_t* p) { return _mm512_loadu_si512(p); }  // offset by the driver (offset_rows)
 inline VI ld_b_tail(const int8_t* p, int64_t n) { return _mm512_maskz_loadu_epi8(tail_mask(n), p); }
-inline VI ld_a_tail(const int8_t* p, int64_t n) {
-  return _mm512_xor_si512(_mm512_maskz_loadu_epi8(tail_mask(n), p), _mm512_set1_epi8(-128));
-}
+inline VI ld_a_tail(const int8_t* p, int64_t n) { return _mm512_maskz_loadu_epi8(tail_mask(n), p); }
 inline VI vdot_(VI acc, VI a, VI b) {
   __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
   return acc;
@@ -322,13 +324,13 @@ constexpr int kMR = 4, kNR = 2, kNR1 = 4;
 inline VI vzero() { return _mm256_setzero_si256(); }
 inline VI vones() { return _mm256_set1_epi8(1); }
 inline VI ld_b(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-inline VI ld_a(const int8_t* p) { return _mm256_xor_si256(ld_b(p), _mm256_set1_epi8(-128)); }
+inline VI ld_a(const int8_t* p) { return ld_b(p); }  // offset by the driver (offset_rows)
 inline VI ld_b_tail(const int8_t* p, int64_t n) {
   alignas(32) int8_t buf[32] = {};
   std::memcpy(buf, p, static_cast<size_t>(n));
   return ld_b(buf);
 }
-inline VI ld_a_tail(const int8_t* p, int64_t n) { return _mm256_xor_si256(ld_b_tail(p, n), _mm256_set1_epi8(-128)); }
+inline VI ld_a_tail(const int8_t* p, int64_t n) { return ld_b_tail(p, n); }
 // {vex}: the AVX-VNNI encoding, also where the assembler would prefer AVX512-VNNI's EVEX one
 inline VI vdot_(VI acc, VI a, VI b) {
   __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(a), "x"(b));
@@ -362,7 +364,7 @@ inline void vdot(VI& acc, VI a, VI b) { acc = vdot_(acc, a, b); }
 
 template <int MR, int NR, bool RS>
 void micro(const AT* __restrict A, int64_t lda, const int8_t* __restrict B, int64_t ldb, int64_t K,
-           int32_t* __restrict C, int64_t ldc, int32_t* __restrict rs) {
+           int32_t* __restrict C, int64_t ldc, int32_t* __restrict rs, const char* pf, int pfn) {
   VI acc[MR][NR];
   VI r[NR];
   const VI ones = vones();
@@ -374,6 +376,8 @@ void micro(const AT* __restrict A, int64_t lda, const int8_t* __restrict B, int6
   for (int j = 0; j < NR; ++j) r[j] = vzero();
   int64_t k = 0;
   for (; k + kW <= K; k += kW) {
+    for (int p = 0; p < pfn; ++p) __builtin_prefetch(pf + 64 * p, 0, 2);
+    pf += 64 * pfn;
     VI b[NR];
 #pragma GCC unroll 16
     for (int j = 0; j < NR; ++j) b[j] = ld_b(B + j * ldb + k);
@@ -447,9 +451,23 @@ struct Scratch {
 };
 
 // One chunk of weight rows: Bc points at row nc0 (leading dimension ldb), nlen <= kNCMax rows.
+// next, next_bytes: the weight bytes the following chunk will read (null / 0: none). They are
+// prefetched into L2 spread evenly over this chunk's micro-kernel steps, so that the memory
+// reads of the next chunk overlap the arithmetic of this one instead of following it (without it,
+// small M ran at about the sum of its memory time and its compute time).
 void gemm_chunk(const GemmView& g, EpiFn epi, int64_t nc0, int64_t nlen, const int8_t* Bc, int64_t ldb, bool rs_ready,
-                Scratch& s) {
+                Scratch& s, const int8_t* next, int64_t next_bytes) {
   load_bias(*g.ep, nc0, nlen, s.bias_f);
+  const int64_t ksteps = g.K / kW;  // the full steps of one micro-kernel call (each prefetches pfn lines)
+  const char* pf = reinterpret_cast<const char*>(next);
+  const char* const pf_end = pf + (next ? next_bytes : 0);
+  int pfn = 0;
+  if (next && next_bytes > 0 && ksteps > 0) {
+    int64_t calls = 0;
+    for (int64_t m0 = 0; m0 < g.M; m0 += kMR) calls += (nlen + (g.M - m0 == 1 ? kNR1 : kNR) - 1) / (g.M - m0 == 1 ? kNR1 : kNR);
+    const int64_t steps = calls * ksteps, lines = (next_bytes + 63) / 64;
+    pfn = static_cast<int>(min64(16, (lines + steps - 1) / steps));
+  }
   for (int64_t m0 = 0; m0 < g.M; m0 += kMR) {
     const int mr = static_cast<int>(min64(kMR, g.M - m0));
     const int nrw = mr == 1 ? kNR1 : kNR;
@@ -471,7 +489,9 @@ void gemm_chunk(const GemmView& g, EpiFn epi, int64_t nc0, int64_t nlen, const i
     for (int64_t j = 0; j < nlen; j += nrw) {
       const int nr = static_cast<int>(min64(nrw, nlen - j));
       const MicroFn f = rs_now ? pick_micro<true>(mr, nr) : pick_micro<false>(mr, nr);
-      f(A, lda, Bc + j * ldb, ldb, g.K, s.acc + j, kNCMax, s.rs + j);
+      const int n_pf = pf < pf_end ? pfn : 0;
+      f(A, lda, Bc + j * ldb, ldb, g.K, s.acc + j, kNCMax, s.rs + j, pf, n_pf);
+      pf += 64 * n_pf * ksteps;
     }
     epi(g, m0, mr, nc0, nlen, s.acc, kNCMax, s.rs, s.bias_f);
   }
@@ -916,12 +936,51 @@ void quantize_rows_t(const QuantizeArgs& a, int64_t m0, int64_t m1) {
 
 }  // namespace
 
+// Levels 2 and 3: the activations as vpdpbusd's unsigned operand, a ^ 0x80 = a + 128, written
+// once per call into a buffer (M rows of K bytes, 64-byte aligned rows) that every chunk then
+// reads, instead of one xor per activation load in the micro-kernels. Up to 2 MiB the buffer is
+// per thread and kept between calls; a larger one (long prompts) is `own`'s, freed with it.
+// Returns g with a and lda pointing at the buffer; other levels return g unchanged.
+GemmView offset_rows(GemmView g, ScratchBuf& own) {
+#if SK_I8_LEVEL >= 2
+  const int64_t ld = (g.K + 63) / 64 * 64;
+  const size_t bytes = static_cast<size_t>(max64(g.M * ld, 1));
+  int8_t* u;
+  if (bytes <= (size_t(2) << 20)) {
+    u = thread_scratch<int8_t, 2>(bytes);
+  } else {
+    own.p = new unsigned char[bytes + 64];
+    own.cap = bytes;
+    u = reinterpret_cast<int8_t*>((reinterpret_cast<uintptr_t>(own.p) + 63) & ~uintptr_t(63));
+  }
+  for (int64_t m = 0; m < g.M; ++m) {
+    const int8_t* src = g.a + m * g.lda;
+    int8_t* dst = u + m * ld;
+    int64_t k = 0;
+    for (; k + kW <= g.K; k += kW) {
+#if SK_I8_LEVEL == 3
+      _mm512_store_si512(dst + k, _mm512_xor_si512(_mm512_loadu_si512(src + k), _mm512_set1_epi8(-128)));
+#else
+      _mm256_store_si256(reinterpret_cast<__m256i*>(dst + k), _mm256_xor_si256(ld_b(src + k), _mm256_set1_epi8(-128)));
+#endif
+    }
+    for (; k < g.K; ++k) dst[k] = static_cast<int8_t>(src[k] ^ 0x80);
+  }
+  g.a = u;
+  g.lda = ld;
+#else
+  (void)own;
+#endif
+  return g;
+}
+
 // ==========================================================================================
 // entry points
 // ==========================================================================================
 void int8_gemm_rows(const Int8GemmArgs& a, int64_t n0, int64_t n1) {
   if (a.M <= 0 || n0 >= n1) return;
-  const GemmView g{a.M, a.K, a.a, a.lda, &a.ep, kOffset || a.ep.x_zero != nullptr};
+  ScratchBuf own;
+  const GemmView g = offset_rows({a.M, a.K, a.a, a.lda, &a.ep, kOffset || a.ep.x_zero != nullptr}, own);
   const EpiFn epi = pick_epi(a.ep);
   Scratch s;
   const int64_t NC = chunk_rows(a.K);
@@ -932,13 +991,16 @@ void int8_gemm_rows(const Int8GemmArgs& a, int64_t n0, int64_t n1) {
       std::memcpy(s.rs, a.ep.b_rowsum + nc0, static_cast<size_t>(nlen) * sizeof(int32_t));
       rs_ready = true;
     }
-    gemm_chunk(g, epi, nc0, nlen, a.b + nc0 * a.ldb, a.ldb, rs_ready, s);
+    const int64_t next_rows = min64(NC, n1 - nc0 - nlen);  // rows of the following chunk
+    gemm_chunk(g, epi, nc0, nlen, a.b + nc0 * a.ldb, a.ldb, rs_ready, s, a.b + (nc0 + nlen) * a.ldb,
+               next_rows > 0 ? (next_rows - 1) * a.ldb + a.K : 0);
   }
 }
 
 void sparse24_int8_rows(const Sparse24Int8Args& a, int64_t n0, int64_t n1) {
   if (a.M <= 0 || n0 >= n1) return;
-  const GemmView g{a.M, a.K, a.x, a.ldx, &a.ep, kOffset || a.ep.x_zero != nullptr};
+  ScratchBuf own;
+  const GemmView g = offset_rows({a.M, a.K, a.x, a.ldx, &a.ep, kOffset || a.ep.x_zero != nullptr}, own);
   const EpiFn epi = pick_epi(a.ep);
   Scratch s;
   const int64_t NC = min64(chunk_rows(a.K), n1 - n0);
@@ -958,7 +1020,11 @@ void sparse24_int8_rows(const Sparse24Int8Args& a, int64_t n0, int64_t n1) {
       std::memcpy(s.rs, a.ep.b_rowsum + nc0, static_cast<size_t>(nlen) * sizeof(int32_t));
       rs_ready = true;
     }
-    gemm_chunk(g, epi, nc0, nlen, dense, a.K, rs_ready, s);
+    // the values of the following chunk come in while this one computes (its meta, 1/4 of that, is
+    // left to the hardware prefetcher)
+    const int64_t next_rows = min64(NC, n1 - nc0 - nlen);
+    gemm_chunk(g, epi, nc0, nlen, dense, a.K, rs_ready, s, a.values + (nc0 + nlen) * half,
+               next_rows > 0 ? next_rows * half : 0);
   }
 }
 

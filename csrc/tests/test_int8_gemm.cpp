@@ -300,6 +300,14 @@ static void test_gemm(const std::vector<Int8Isa>& isas, std::mt19937& rng) {
     run_gemm_case({9, 700, 300, Fill::kRandom, Fill::kRandom, false, DType::f32, true, true, false, 2, false}, isa, rng);
     run_gemm_case({9, 700, 300, Fill::kRandom, Fill::kRandom, false, DType::bf16, false, false, false, 2, true}, isa,
                   rng);
+    // several chunks inside one thread's range (K = 4097: chunks of 32 rows; ranges of 33, 47, 20
+    // rows): the next chunk's prefetch, a short last chunk, a row stride past K
+    run_gemm_case({5, 100, 4097, Fill::kRandom, Fill::kRandom, false, DType::f32, true, false, false, 3, false}, isa,
+                  rng);
+    run_gemm_case({1, 100, 4097, Fill::kRandom, Fill::kRandom, true, DType::f32, false, false, true, 0, false}, isa, rng);
+    // offset activations past the per-thread buffer's 2 MiB (levels 2 and 3 allocate them per call)
+    run_gemm_case({70, 3, 32768, Fill::kRandom, Fill::kRandom, false, DType::bf16, true, true, false, 1, false}, isa,
+                  rng);
     // K == 0: y = bias (or 0)
     run_gemm_case({4, 13, 0, Fill::kRandom, Fill::kRandom, false, DType::f32, true, true, false, 0, false}, isa, rng);
     run_gemm_case({4, 13, 0, Fill::kRandom, Fill::kRandom, false, DType::f16, true, false, false, 0, true}, isa, rng);
