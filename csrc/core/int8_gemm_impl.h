@@ -601,10 +601,12 @@ void decompress_row(const int8_t* __restrict v, const uint8_t* __restrict mt, in
 // ==========================================================================================
 #if SK_I8_LEVEL != 2
 
-using WoMicroFn = void (*)(const float*, int64_t, const int8_t*, int64_t, int64_t, float*, int64_t);
+// pf, pfn: as MicroFn's (the next chunk's weight rows, pfn lines per step of K).
+using WoMicroFn = void (*)(const float*, int64_t, const int8_t*, int64_t, int64_t, float*, int64_t, const char*, int);
 
 #if SK_I8_LEVEL == 0
 constexpr int kWoMR = 4, kWoNR = 4, kWoNR1 = 4;
+constexpr int kWF = 16;  // the step of K the prefetch stream counts in (the generic micro-kernel ignores it)
 inline float dot_wo(const float* __restrict x, const int8_t* __restrict q, int64_t K) {
   float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
   int64_t k = 0;
@@ -614,7 +616,8 @@ inline float dot_wo(const float* __restrict x, const int8_t* __restrict q, int64
   return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
 }
 template <int MR, int NR>
-void wo_micro(const float* X, int64_t ldx, const int8_t* Q, int64_t ldq, int64_t K, float* C, int64_t ldc) {
+void wo_micro(const float* X, int64_t ldx, const int8_t* Q, int64_t ldq, int64_t K, float* C, int64_t ldc, const char*,
+              int) {
   for (int j = 0; j < NR; ++j)
     for (int i = 0; i < MR; ++i) C[i * ldc + j] = dot_wo(X + i * ldx, Q + j * ldq, K);
 }
@@ -668,7 +671,7 @@ inline __m256 ffold(VF v) { return v; }
 
 template <int MR, int NR>
 void wo_micro(const float* __restrict X, int64_t ldx_, const int8_t* __restrict Q, int64_t ldq_, int64_t K,
-              float* __restrict C, int64_t ldc) {
+              float* __restrict C, int64_t ldc, const char* pf, int pfn) {
   VF acc[MR][NR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
@@ -676,6 +679,8 @@ void wo_micro(const float* __restrict X, int64_t ldx_, const int8_t* __restrict 
     for (int j = 0; j < NR; ++j) acc[i][j] = vfzero();
   int64_t k = 0;
   for (; k + kWF <= K; k += kWF) {
+    for (int p = 0; p < pfn; ++p) __builtin_prefetch(pf + 64 * p, 0, 2);
+    pf += 64 * pfn;
     VF b[NR];
 #pragma GCC unroll 16
     for (int j = 0; j < NR; ++j) b[j] = ldq(Q + j * ldq_ + k);
@@ -757,11 +762,26 @@ void wo_run(const Int8WeightOnlyArgs& a, int64_t n0, int64_t n1) {
     alignas(64) float bias_f[kNCMax];
   } s;
   const int64_t NC = chunk_rows(a.K);
+  const int64_t ksteps = a.K / kWF;  // full steps of K per micro-kernel call
   for (int64_t nc0 = n0; nc0 < n1; nc0 += NC) {
     const int64_t nlen = min64(NC, n1 - nc0);
     if constexpr (kBias) {
       using O = typename Elem<OD>::storage;
       for (int64_t j = 0; j < nlen; ++j) s.bias_f[j] = Elem<OD>::load(static_cast<const O*>(a.bias), nc0 + j);
+    }
+    // the next chunk's rows into L2 over this chunk's steps, as gemm_chunk does
+    const int64_t next_rows = min64(NC, n1 - nc0 - nlen);
+    const char* pf = reinterpret_cast<const char*>(a.q + (nc0 + nlen) * a.ldq);
+    const char* const pf_end = pf + (next_rows > 0 ? (next_rows - 1) * a.ldq + a.K : 0);
+    int pfn = 0;
+    if (next_rows > 0 && ksteps > 0) {
+      int64_t calls = 0;
+      for (int64_t m0 = 0; m0 < a.M; m0 += kWoMR) {
+        const int64_t nrw = a.M - m0 == 1 ? kWoNR1 : kWoNR;
+        calls += (nlen + nrw - 1) / nrw;
+      }
+      const int64_t steps = calls * ksteps, lines = (pf_end - pf + 63) / 64;
+      pfn = static_cast<int>(min64(16, (lines + steps - 1) / steps));
     }
     for (int64_t m0 = 0; m0 < a.M; m0 += kWoMR) {
       const int mr = static_cast<int>(min64(kWoMR, a.M - m0));
@@ -769,7 +789,9 @@ void wo_run(const Int8WeightOnlyArgs& a, int64_t n0, int64_t n1) {
       const float* X = a.x + m0 * a.ldx;
       for (int64_t j = 0; j < nlen; j += nrw) {
         const int nr = static_cast<int>(min64(nrw, nlen - j));
-        wo_pick(mr, nr)(X, a.ldx, a.q + (nc0 + j) * a.ldq, a.ldq, a.K, s.acc + j, kNCMax);
+        const int n_pf = pf < pf_end ? pfn : 0;
+        wo_pick(mr, nr)(X, a.ldx, a.q + (nc0 + j) * a.ldq, a.ldq, a.K, s.acc + j, kNCMax, pf, n_pf);
+        pf += 64 * n_pf * ksteps;
       }
       wo_epilogue<OD, kBias>(a, m0, mr, nc0, nlen, s.acc, kNCMax, s.bias_f);
     }

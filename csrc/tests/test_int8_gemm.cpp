@@ -544,6 +544,9 @@ static void test_weight_only(const std::vector<Int8Isa>& isas, std::mt19937& rng
         for (int b = 0; b < 2; ++b) run_wo_case(M, 37, 77, od, bool(b), 1, isa, rng);
     }
     run_wo_case(6, 700, 300, DType::bf16, true, 0, isa, rng);  // several chunks
+    // K = 4097: chunks of 32 rows, several per range (the next chunk's prefetch), rows padded
+    run_wo_case(1, 100, 4097, DType::f32, false, 3, isa, rng);
+    run_wo_case(5, 100, 4097, DType::f16, true, 0, isa, rng);
   }
 }
 
