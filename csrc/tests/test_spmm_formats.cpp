@@ -111,7 +111,7 @@ int main() {
   std::mt19937 rng(7);
   const Isa isas[] = {Isa::kGeneric, Isa::kAvx2, Isa::kAvx512};
   const DType types[] = {DType::f32, DType::bf16, DType::f16};
-  const int64_t Ms[] = {0, 1, 2, 5, 8, 17, 33, 40};
+  const int64_t Ms[] = {0, 1, 2, 3, 5, 8, 17, 33, 40};
   int cases = 0;
   for (Isa isa : isas) {
     if (resolve_isa(isa) != isa) continue;
