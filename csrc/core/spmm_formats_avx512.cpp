@@ -57,6 +57,15 @@ inline __m512 expand_kept(__mmask16 m, const typename Elem<VD>::storage* v, int 
   }
 }
 
+// The M = 1 kernels read the values as one stream, row after row; two lines 8 KiB ahead of it go into L2 per step
+// of two words (64 columns) so that the reads overlap the expands (one thread, 8 layers of 2048 x 4096 fp32 at
+// 70 %: 7.0 -> 5.4-5.8 ms; 2 KiB ahead gained nothing, 16-32 KiB less). Prefetches never fault past the end.
+constexpr int64_t kM1Ahead = 8192;
+inline void m1_ahead(const void* v) {
+  _mm_prefetch(static_cast<const char*>(v) + kM1Ahead, _MM_HINT_T1);
+  _mm_prefetch(static_cast<const char*>(v) + kM1Ahead + 64, _MM_HINT_T1);
+}
+
 // y[m][n] = s plus the bias, in y's dtype.
 inline void store_y(const DenseIo& io, int64_t m, int64_t n, float s) {
   const int64_t i = m * io.ldy + n;
@@ -93,6 +102,7 @@ void bitmap_m1_impl(const BitmapArgs& a, int64_t r0, int64_t r1) {
            acc3 = _mm512_setzero_ps();
     int64_t w = 0;
     for (; w + 2 <= full; w += 2) {
+      m1_ahead(v);
       const uint32_t wa = bm[w], wb = bm[w + 1];
       const __mmask16 m0 = static_cast<__mmask16>(wa & 0xFFFFu), m1 = static_cast<__mmask16>(wa >> 16),
                       m2 = static_cast<__mmask16>(wb & 0xFFFFu), m3 = static_cast<__mmask16>(wb >> 16);
@@ -186,6 +196,7 @@ void bitmap_m1_w16_impl(const BitmapArgs& a, int64_t r0, int64_t r1, const float
     __m512 e0, e1, e2, e3;
     int64_t w = 0;
     for (; w + 2 <= words; w += 2) {
+      m1_ahead(v);
       const uint32_t wa = bm[w], wb = bm[w + 1];
       const int ca = __builtin_popcount(wa), cb = __builtin_popcount(wb);
       widen_word<VD>(expandw_zeroed(wa, v), e0, e1);
@@ -234,6 +245,7 @@ void bitmap_m1_dpbf16(const BitmapArgs& a, int64_t r0, int64_t r1, const uint16_
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     int64_t w = 0;
     for (; w + 2 <= words; w += 2) {
+      m1_ahead(v);
       const uint32_t wa = bm[w], wb = bm[w + 1];
       const int ca = __builtin_popcount(wa), cb = __builtin_popcount(wb);
       const __m512i ea = expandw_zeroed(wa, v), eb = expandw_zeroed(wb, v + ca);
