@@ -4,9 +4,10 @@
 //
 // Every GEMM-like core computes a range of OUTPUT COLUMNS n in [n_begin, n_end) (rows of the
 // weight) for all M activation rows; the caller splits the columns across threads (ranges
-// that are multiples of 16 are best). The cores are single-threaded and reentrant; the AVX2
-// GEMM and the 2:4 cores keep a per-thread scratch buffer between calls (an int16 copy of 4
-// activation rows; the decompressed chunk of about 192 KiB of 2:4 weight rows). Layouts and
+// that are multiples of 16 are best). The cores are single-threaded and reentrant; the GEMM and
+// 2:4 cores keep per-thread scratch buffers between calls (AVX2: an int16 copy of 4 activation
+// rows; VNNI: the activations offset by +128, up to 2 MiB, larger ones allocated per call; the
+// decompressed chunk of about 192 KiB of 2:4 weight rows). Layouts and
 // formulas: sparsekit/formats/LAYOUTS.md, and the references in sparsekit/ops/reference.py,
 // which these cores match:
 //

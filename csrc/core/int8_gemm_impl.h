@@ -11,8 +11,10 @@
 // horizontally at the end. The weight rows are walked in chunks of NC rows (NC * K bytes stay
 // in L2); for each chunk every panel of MR activation rows (in L1) streams the chunk. The weight
 // is read from memory exactly once, so small M runs at the memory bandwidth; large M re-reads
-// the activations once per chunk, from cache. The int32 sums of a chunk land in a small buffer
-// and the epilogue runs vectorised over it.
+// the activations once per chunk, from cache. While a chunk computes, the next one is prefetched
+// into L2 a few lines per micro-kernel step (NextChunk), so that its memory reads overlap this
+// chunk's arithmetic. The int32 sums of a chunk land in a small buffer and the epilogue runs
+// vectorised over it.
 #ifndef SK_I8_NS
 #error "define SK_I8_NS before including int8_gemm_impl.h"
 #endif
@@ -255,6 +257,39 @@ T* thread_scratch(size_t n) {
   return reinterpret_cast<T*>((p + 63) & ~uintptr_t(63));
 }
 
+// The next chunk's weight bytes [p, end), prefetched into L2 while the current chunk computes: `per_step`
+// lines of 64 bytes per micro-kernel step of K, spread over the chunk's `calls` micro-kernel calls of
+// `ksteps` steps each (at most 16 lines a step; once p reaches end, none).
+struct NextChunk {
+  const char* p = nullptr;
+  const char* end = nullptr;
+  int per_step = 0;
+  NextChunk(const void* next, int64_t bytes, int64_t calls, int64_t ksteps) {
+    if (!next || bytes <= 0 || calls <= 0 || ksteps <= 0) return;
+    p = static_cast<const char*>(next);
+    end = p + bytes;
+    const int64_t steps = calls * ksteps, lines = (bytes + 63) / 64;
+    per_step = static_cast<int>(min64(16, (lines + steps - 1) / steps));
+  }
+  // The lines per step for the next call (then advance past what that call prefetches).
+  int take(int64_t ksteps) {
+    const int n = p < end ? per_step : 0;
+    p += 64 * n * ksteps;
+    return n;
+  }
+};
+
+// Micro-kernel calls for M activation rows in panels of mr_max (a panel of one row takes nr1 weight
+// rows per call, others nr) over nlen weight rows.
+inline int64_t micro_calls(int64_t M, int64_t nlen, int mr_max, int nr, int nr1) {
+  int64_t calls = 0;
+  for (int64_t m0 = 0; m0 < M; m0 += mr_max) {
+    const int64_t w = M - m0 == 1 ? nr1 : nr;
+    calls += (nlen + w - 1) / w;
+  }
+  return calls;
+}
+
 // ---- micro-kernels: C[i * ldc + j] = raw sum_k A[i, k] B[j, k] (offset included), rs[j] = rowsum
 // A is int8 (AT = int8_t), except at level 1 where the driver sign-extends each panel of
 // activation rows to int16 once (AT = int16_t, rows zero-padded to a multiple of 16): the panel
@@ -458,16 +493,8 @@ struct Scratch {
 void gemm_chunk(const GemmView& g, EpiFn epi, int64_t nc0, int64_t nlen, const int8_t* Bc, int64_t ldb, bool rs_ready,
                 Scratch& s, const int8_t* next, int64_t next_bytes) {
   load_bias(*g.ep, nc0, nlen, s.bias_f);
-  const int64_t ksteps = g.K / kW;  // the full steps of one micro-kernel call (each prefetches pfn lines)
-  const char* pf = reinterpret_cast<const char*>(next);
-  const char* const pf_end = pf + (next ? next_bytes : 0);
-  int pfn = 0;
-  if (next && next_bytes > 0 && ksteps > 0) {
-    int64_t calls = 0;
-    for (int64_t m0 = 0; m0 < g.M; m0 += kMR) calls += (nlen + (g.M - m0 == 1 ? kNR1 : kNR) - 1) / (g.M - m0 == 1 ? kNR1 : kNR);
-    const int64_t steps = calls * ksteps, lines = (next_bytes + 63) / 64;
-    pfn = static_cast<int>(min64(16, (lines + steps - 1) / steps));
-  }
+  const int64_t ksteps = g.K / kW;  // the full steps of K of one micro-kernel call
+  NextChunk ahead(next, next_bytes, micro_calls(g.M, nlen, kMR, kNR, kNR1), ksteps);
   for (int64_t m0 = 0; m0 < g.M; m0 += kMR) {
     const int mr = static_cast<int>(min64(kMR, g.M - m0));
     const int nrw = mr == 1 ? kNR1 : kNR;
@@ -489,9 +516,8 @@ void gemm_chunk(const GemmView& g, EpiFn epi, int64_t nc0, int64_t nlen, const i
     for (int64_t j = 0; j < nlen; j += nrw) {
       const int nr = static_cast<int>(min64(nrw, nlen - j));
       const MicroFn f = rs_now ? pick_micro<true>(mr, nr) : pick_micro<false>(mr, nr);
-      const int n_pf = pf < pf_end ? pfn : 0;
-      f(A, lda, Bc + j * ldb, ldb, g.K, s.acc + j, kNCMax, s.rs + j, pf, n_pf);
-      pf += 64 * n_pf * ksteps;
+      const char* pf = ahead.p;
+      f(A, lda, Bc + j * ldb, ldb, g.K, s.acc + j, kNCMax, s.rs + j, pf, ahead.take(ksteps));
     }
     epi(g, m0, mr, nc0, nlen, s.acc, kNCMax, s.rs, s.bias_f);
   }
@@ -771,27 +797,16 @@ void wo_run(const Int8WeightOnlyArgs& a, int64_t n0, int64_t n1) {
     }
     // the next chunk's rows into L2 over this chunk's steps, as gemm_chunk does
     const int64_t next_rows = min64(NC, n1 - nc0 - nlen);
-    const char* pf = reinterpret_cast<const char*>(a.q + (nc0 + nlen) * a.ldq);
-    const char* const pf_end = pf + (next_rows > 0 ? (next_rows - 1) * a.ldq + a.K : 0);
-    int pfn = 0;
-    if (next_rows > 0 && ksteps > 0) {
-      int64_t calls = 0;
-      for (int64_t m0 = 0; m0 < a.M; m0 += kWoMR) {
-        const int64_t nrw = a.M - m0 == 1 ? kWoNR1 : kWoNR;
-        calls += (nlen + nrw - 1) / nrw;
-      }
-      const int64_t steps = calls * ksteps, lines = (pf_end - pf + 63) / 64;
-      pfn = static_cast<int>(min64(16, (lines + steps - 1) / steps));
-    }
+    NextChunk ahead(a.q + (nc0 + nlen) * a.ldq, next_rows > 0 ? (next_rows - 1) * a.ldq + a.K : 0,
+                    micro_calls(a.M, nlen, kWoMR, kWoNR, kWoNR1), ksteps);
     for (int64_t m0 = 0; m0 < a.M; m0 += kWoMR) {
       const int mr = static_cast<int>(min64(kWoMR, a.M - m0));
       const int nrw = mr == 1 ? kWoNR1 : kWoNR;
       const float* X = a.x + m0 * a.ldx;
       for (int64_t j = 0; j < nlen; j += nrw) {
         const int nr = static_cast<int>(min64(nrw, nlen - j));
-        const int n_pf = pf < pf_end ? pfn : 0;
-        wo_pick(mr, nr)(X, a.ldx, a.q + (nc0 + j) * a.ldq, a.ldq, a.K, s.acc + j, kNCMax, pf, n_pf);
-        pf += 64 * n_pf * ksteps;
+        const char* pf = ahead.p;
+        wo_pick(mr, nr)(X, a.ldx, a.q + (nc0 + j) * a.ldq, a.ldq, a.K, s.acc + j, kNCMax, pf, ahead.take(ksteps));
       }
       wo_epilogue<OD, kBias>(a, m0, mr, nc0, nlen, s.acc, kNCMax, s.bias_f);
     }
