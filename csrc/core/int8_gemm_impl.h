@@ -233,28 +233,31 @@ inline void load_bias(const Int8Epilogue& ep, int64_t nc0, int64_t nlen, float* 
   }
 }
 
-// A per-thread buffer of at least n elements, 64-byte aligned, kept between calls (a fresh
-// allocation of a few hundred KiB would be an mmap and page faults on every call). Slot tells
-// buffers apart.
+// A buffer of at least `bytes`, 64-byte aligned, reallocated (contents dropped) only when it
+// must grow, freed with the holder.
 // (A holder of our own rather than std::unique_ptr: no standard template gets instantiated under
 // the target pragma, where it could become a shared weak symbol compiled for AVX-512.)
 struct ScratchBuf {
   unsigned char* p = nullptr;
   size_t cap = 0;
   ~ScratchBuf() { delete[] p; }
+  void* get(size_t bytes) {
+    if (cap < bytes) {
+      delete[] p;
+      p = nullptr;
+      cap = 0;
+      p = new unsigned char[bytes + 64];
+      cap = bytes;
+    }
+    return reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
+  }
 };
+// A per-thread buffer of at least n elements, kept between calls (a fresh allocation of a few
+// hundred KiB would be an mmap and page faults on every call). Slot tells buffers apart.
 template <typename T, int Slot>
 T* thread_scratch(size_t n) {
   thread_local ScratchBuf buf;
-  if (buf.cap < n) {
-    delete[] buf.p;
-    buf.p = nullptr;
-    buf.cap = 0;
-    buf.p = new unsigned char[n * sizeof(T) + 64];
-    buf.cap = n;
-  }
-  const uintptr_t p = reinterpret_cast<uintptr_t>(buf.p);
-  return reinterpret_cast<T*>((p + 63) & ~uintptr_t(63));
+  return static_cast<T*>(buf.get(n * sizeof(T)));
 }
 
 // The next chunk's weight bytes [p, end), prefetched into L2 while the current chunk computes: `per_step`
@@ -982,14 +985,7 @@ GemmView offset_rows(GemmView g, ScratchBuf& own) {
 #if SK_I8_LEVEL >= 2
   const int64_t ld = (g.K + 63) / 64 * 64;
   const size_t bytes = static_cast<size_t>(max64(g.M * ld, 1));
-  int8_t* u;
-  if (bytes <= (size_t(2) << 20)) {
-    u = thread_scratch<int8_t, 2>(bytes);
-  } else {
-    own.p = new unsigned char[bytes + 64];
-    own.cap = bytes;
-    u = reinterpret_cast<int8_t*>((reinterpret_cast<uintptr_t>(own.p) + 63) & ~uintptr_t(63));
-  }
+  int8_t* u = bytes <= (size_t(2) << 20) ? thread_scratch<int8_t, 2>(bytes) : static_cast<int8_t*>(own.get(bytes));
   for (int64_t m = 0; m < g.M; ++m) {
     const int8_t* src = g.a + m * g.lda;
     int8_t* dst = u + m * ld;
