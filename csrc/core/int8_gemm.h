@@ -29,9 +29,11 @@
 //
 // Performance shape: the weight is read from memory once per call (small M runs at the memory
 // bandwidth); activations are re-read from cache once per chunk of weight rows; K and N need no
-// alignment (tails are zero-padded in registers); 2:4 weights are decompressed a chunk at a time
-// into a dense int8 buffer that the dense micro-kernels then read (AVX-512 VBMI where the CPU has
-// it, else SSSE3 table shuffles).
+// alignment (tails are zero-padded in registers). 2:4 weights: up to M = 8 on CPUs with AVX-512
+// VBMI, multiplied without decompression (per 64 kept values, their activation bytes gathered by
+// one vpermi2b from the meta, then one vpdpbusd: only the compressed bytes are read); otherwise
+// decompressed a chunk at a time into a dense int8 buffer that the dense micro-kernels then read
+// (AVX-512 VBMI where the CPU has it, else SSSE3 table shuffles).
 //
 // Instruction sets. int8 has its own enum, Int8Isa, whose first three values equal core::Isa's
 // (kAuto = 0, kGeneric = 1, kAvx2 = 2), so the value that sparsekit.cpu's set_isa stores maps

@@ -625,6 +625,133 @@ void decompress_row(const int8_t* __restrict v, const uint8_t* __restrict mt, in
   for (int64_t k = 4 * G; k < K; ++k) out[k] = 0;  // K % 4 != 0 is not a 2:4 layout; read zeros
 }
 
+#if SK_I8_LEVEL == 3
+// ---- 2:4 at small M without decompression (AVX-512 VBMI + VNNI). The dense path above writes every chunk out as
+// dense int8 and reads it back, which at M = 1 made 2:4 + int8 no faster than dense int8 with 5/8 of its bytes.
+// Here a window of 128 columns (32 groups) is one step: its 64 kept values (one 64-byte load) and their 16 bytes of
+// meta (2 bits per value, value i's position at bits 2i .. 2i + 1) give each value the index of its activation byte
+// in the window, 4 * (i / 2) + position (vpmovzxwq puts the meta of values 8q .. 8q + 7 in qword q, vpmultishiftqb
+// moves each value's two bits to its byte, vpternlogd masks them and adds the group's base); vpermi2b then
+// gathers those activation bytes from the window's 128 (two registers, per activation row) and one vpdpbusd
+// multiplies them by the values. Per 64 kept values and activation row: one vpermi2b and one vpdpbusd, plus the
+// decode (shared by the rows) and one vpdpbusd for the row sum. A nibble naming one position twice keeps the
+// second value (as decompress_row and the reference do): the first is zeroed.
+inline __m512i permute2b(__m512i idx, __m512i lo, __m512i hi) {  // vpermi2b: idx's bytes pick from lo:hi
+  __asm__("vpermi2b %2, %1, %0" : "+v"(idx) : "v"(lo), "v"(hi));
+  return idx;
+}
+inline __m512i multishift(__m512i ctrl, __m512i data) {  // vpmultishiftqb
+  __m512i r;
+  __asm__("vpmultishiftqb %2, %1, %0" : "=v"(r) : "v"(ctrl), "v"(data));
+  return r;
+}
+
+struct S24Window {
+  __m512i idx;   // per value: its activation byte's index in the window (0 .. 127)
+  __m512i vals;  // the values (zeros past the row's end and for a malformed nibble's first value)
+};
+
+// The window of 32 groups from group g0 of one row (vals: the row's values, mt: its meta), `groups` of them valid.
+inline S24Window s24_window(const int8_t* vals, const uint8_t* mt, int64_t g0, int64_t groups) {
+  const __m512i shifts = _mm512_set1_epi64(0x0E0C0A0806040200ll);  // byte j of each qword: bit 2j
+  // byte i: 4 * (i / 2), the first column of value i's group
+  const __m512i base = _mm512_set_epi64(0x7C7C787874747070ll, 0x6C6C686864646060ll, 0x5C5C585854545050ll,
+                                        0x4C4C484844444040ll, 0x3C3C383834343030ll, 0x2C2C282824242020ll,
+                                        0x1C1C181814141010ll, 0x0C0C080804040000ll);
+  __m128i m16;
+  __m512i v;
+  if (groups >= 32) {
+    m16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(mt + g0 / 2));
+    v = _mm512_loadu_si512(vals + 2 * g0);
+  } else {
+    m16 = _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << ((groups + 1) / 2)) - 1u), mt + g0 / 2);
+    v = _mm512_maskz_loadu_epi8((1ull << (2 * groups)) - 1ull, vals + 2 * g0);
+  }
+  const __m512i pos = multishift(shifts, _mm512_cvtepu16_epi64(m16));
+  S24Window w;
+  w.idx = _mm512_ternarylogic_epi32(pos, base, _mm512_set1_epi8(3), 0xEC);  // (pos & 3) | base
+  // a first value (even byte) whose index equals the second's: zeroed
+  const __mmask64 dup = _mm512_mask_cmpeq_epi8_mask(0x5555555555555555ull, w.idx, _mm512_srli_epi16(w.idx, 8));
+  w.vals = _mm512_maskz_mov_epi8(~dup, v);
+  return w;
+}
+
+// One chunk of 2:4 weight rows for the direct path: MR activation rows (a, lda: offset bytes) against the rows
+// [0, nlen) from vals (K / 2 per row) and mt (mbytes per row); raw sums (offset included) into acc (ldacc per
+// activation row), the row sums into rs when rs_now.
+struct S24Chunk {
+  const int8_t* a;
+  int64_t lda, K;
+  const int8_t* vals;
+  const uint8_t* mt;
+  int64_t mbytes;
+  int64_t avail;  // rows readable from vals / mt (this chunk's and the following ones of the thread's range)
+  int64_t ahead;  // rows ahead whose lines are prefetched into L2 (about 64 KiB of values)
+  int32_t* acc;
+  int64_t ldacc;
+  int32_t* rs;
+  bool rs_now;
+};
+
+// Rows j0 .. j0 + NR of the chunk (NR independent accumulator chains), window by window. Each row-window step
+// prefetches the same window of the row `ahead` rows on (and its meta every fourth window): the rows are short
+// streams (K / 2 bytes) that the hardware prefetchers pick up too late; without it M = 1 read about 21 GB/s
+// where dense int8 read 40 (8 layers 4096 x 4096, 2 threads).
+template <int MR, int NR>
+void s24_direct_rows(const S24Chunk& c, int64_t j0) {
+  const int64_t G = c.K / 4, half = c.K / 2;
+  VI s[NR][MR], r[NR];
+  for (int j = 0; j < NR; ++j) {
+    r[j] = vzero();
+    for (int i = 0; i < MR; ++i) s[j][i] = vzero();
+  }
+  const VI ones = vones();
+  const bool pf = j0 + NR - 1 + c.ahead < c.avail;
+  for (int64_t g0 = 0; g0 < G; g0 += 32) {
+    const int64_t groups = min64(32, G - g0), k0 = 4 * g0;
+    VI lo[MR], hi[MR];
+    for (int i = 0; i < MR; ++i) {
+      const int8_t* x = c.a + i * c.lda + k0;
+      if (groups >= 32) {
+        lo[i] = _mm512_loadu_si512(x);
+        hi[i] = _mm512_loadu_si512(x + 64);
+      } else {
+        lo[i] = ld_a_tail(x, 4 * groups);
+        hi[i] = 4 * groups > 64 ? ld_a_tail(x + 64, 4 * groups - 64) : vzero();
+      }
+    }
+    for (int j = 0; j < NR; ++j) {
+      const int64_t n = j0 + j;
+      if (pf) {
+        _mm_prefetch(reinterpret_cast<const char*>(c.vals + (n + c.ahead) * half + 2 * g0), _MM_HINT_T1);
+        if ((g0 & 127) == 0) _mm_prefetch(reinterpret_cast<const char*>(c.mt + (n + c.ahead) * c.mbytes + g0 / 2), _MM_HINT_T1);
+      }
+      const S24Window w = s24_window(c.vals + n * half, c.mt + n * c.mbytes, g0, groups);
+      if (c.rs_now) vdot(r[j], ones, w.vals);
+      for (int i = 0; i < MR; ++i) vdot(s[j][i], permute2b(w.idx, lo[i], hi[i]), w.vals);
+    }
+  }
+  for (int j = 0; j < NR; ++j) {
+    for (int i = 0; i < MR; ++i) c.acc[i * c.ldacc + j0 + j] = _mm512_reduce_add_epi32(s[j][i]);
+    if (c.rs_now) c.rs[j0 + j] = _mm512_reduce_add_epi32(r[j]);
+  }
+}
+
+// Activation rows up to which 2:4 goes without decompression, in panels of up to kMR rows that each decode the
+// meta again. 8 layers of 4096 x 4096, 2 threads, ms, decompressed chunks -> this: M = 1 4.0-4.2 -> 2.3-2.9,
+// M = 4 4.4-5.0 -> 2.4-3.0, M = 5 5.2-5.4 -> 4.1-4.3, M = 8 5.7-5.9 -> 4.8-4.9; at M = 16 both 8.3-8.6.
+constexpr int64_t kS24DirectMaxM = 8;
+
+// The chunk's rows, one at a time up to 2 activation rows (one sequential stream), else two at a time.
+template <int MR>
+void s24_direct_chunk(const S24Chunk& c, int64_t nlen) {
+  constexpr int NR = MR <= 2 ? 1 : 2;
+  int64_t j = 0;
+  for (; j + NR <= nlen; j += NR) s24_direct_rows<MR, NR>(c, j);
+  for (; j < nlen; ++j) s24_direct_rows<MR, 1>(c, j);
+}
+#endif
+
 // ==========================================================================================
 // weight-only: float32 x int8 -> float32
 // ==========================================================================================
@@ -1038,10 +1165,37 @@ void sparse24_int8_rows(const Sparse24Int8Args& a, int64_t n0, int64_t n1) {
   Scratch s;
   const int64_t NC = min64(chunk_rows(a.K), n1 - n0);
   const int64_t half = a.K / 2, mbytes = (a.K + 7) / 8;
-  int8_t* dense = thread_scratch<int8_t, 0>(static_cast<size_t>(max64(NC * a.K, 1)));  // the decompressed chunk
 #if SK_I8_LEVEL == 3
-  const bool vbmi = __builtin_cpu_supports("avx512vbmi");
-#else
+  static const bool vbmi = __builtin_cpu_supports("avx512vbmi");
+  if (vbmi && g.M <= kS24DirectMaxM && a.K % 4 == 0) {
+    S24Chunk c{g.a, g.lda, a.K, nullptr, nullptr, mbytes, 0, max64(1, (int64_t(64) << 10) / max64(half, 1)),
+               s.acc, kNCMax, s.rs, false};
+    for (int64_t nc0 = n0; nc0 < n1; nc0 += kNCMax) {
+      const int64_t nlen = min64(kNCMax, n1 - nc0);
+      load_bias(a.ep, nc0, nlen, s.bias_f);
+      const bool rs_ready = g.need_rs && a.ep.b_rowsum;
+      if (rs_ready) std::memcpy(s.rs, a.ep.b_rowsum + nc0, static_cast<size_t>(nlen) * sizeof(int32_t));
+      c.vals = a.values + nc0 * half;
+      c.mt = a.meta + nc0 * mbytes;
+      c.avail = n1 - nc0;
+      for (int64_t m0 = 0; m0 < g.M; m0 += kMR) {  // panels of up to kMR activation rows
+        const int mr = static_cast<int>(min64(kMR, g.M - m0));
+        c.a = g.a + m0 * g.lda;
+        c.rs_now = g.need_rs && !rs_ready && m0 == 0;
+        switch (mr) {
+          case 1: s24_direct_chunk<1>(c, nlen); break;
+          case 2: s24_direct_chunk<2>(c, nlen); break;
+          case 3: s24_direct_chunk<3>(c, nlen); break;
+          default: s24_direct_chunk<4>(c, nlen); break;
+        }
+        epi(g, m0, mr, nc0, nlen, s.acc, kNCMax, s.rs, s.bias_f);
+      }
+    }
+    return;
+  }
+#endif
+  int8_t* dense = thread_scratch<int8_t, 0>(static_cast<size_t>(max64(NC * a.K, 1)));  // the decompressed chunk
+#if SK_I8_LEVEL != 3
   const bool vbmi = false;
 #endif
   for (int64_t nc0 = n0; nc0 < n1; nc0 += NC) {
