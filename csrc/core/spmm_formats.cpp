@@ -59,8 +59,19 @@ const int32_t (&kPerm24)[256][8] = kPerm24Table.t;
 const uint8_t (&kExpand24x16)[256][16] = kExpand24Table.x16;
 const int32_t (&kExpand24x32)[256][8] = kExpand24Table.x32;
 
+namespace {
+// The AVX-512 kernels here need BW and VL beside F.
+bool avx512_bw_vl() {
+  static const bool yes = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  return yes;
+}
+}  // namespace
+
 void bsr_spmm_rows(const BsrArgs& a, int64_t r0, int64_t r1, Isa isa) {
-  if (resolve_isa(isa) >= Isa::kAvx2) avx2::bsr_spmm_rows(a, r0, r1);
+  const Isa level = resolve_isa(isa);
+  if (level == Isa::kAvx512 && avx512_bw_vl() && avx512::bsr_m1_supported(a)) avx512::bsr_m1(a, r0, r1);
+  else if (level == Isa::kAvx512 && avx512_bw_vl() && avx512::bsr_rows_supported(a)) avx512::bsr_rows(a, r0, r1);
+  else if (level >= Isa::kAvx2) avx2::bsr_spmm_rows(a, r0, r1);
   else generic::bsr_spmm_rows(a, r0, r1);
 }
 namespace {
@@ -93,7 +104,7 @@ bool dense_x_finite(const DenseIo& io) {
 
 void bitmap_spmm_rows(const BitmapArgs& a, int64_t r0, int64_t r1, Isa isa) {
   const Isa level = resolve_isa(isa);
-  static const bool bw_vl = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  const bool bw_vl = avx512_bw_vl();
   const bool m1 = a.io.M == 1;
   const bool m1_512 = level == Isa::kAvx512 && m1 && (a.value_dtype == DType::f32 || bw_vl);
   const bool rows_512 = level == Isa::kAvx512 && !m1 && bw_vl && avx512::bitmap_rows_supported(a);
@@ -115,7 +126,9 @@ void bitmap_spmm_rows(const BitmapArgs& a, int64_t r0, int64_t r1, Isa isa) {
   }
 }
 void sparse24_spmm_rows(const Sparse24Args& a, int64_t r0, int64_t r1, Isa isa) {
-  if (resolve_isa(isa) >= Isa::kAvx2) avx2::sparse24_spmm_rows(a, r0, r1);
+  const Isa level = resolve_isa(isa);
+  if (level == Isa::kAvx512 && avx512_bw_vl() && avx512::sparse24_rows_supported(a)) avx512::sparse24_rows(a, r0, r1);
+  else if (level >= Isa::kAvx2) avx2::sparse24_spmm_rows(a, r0, r1);
   else generic::sparse24_spmm_rows(a, r0, r1);
 }
 void sparse24_decompress_rows(const void* values, const uint8_t* meta, DType vd, int64_t K, int64_t r0, int64_t r1,

@@ -102,6 +102,20 @@ void bitmap_m1(const BitmapArgs& a, int64_t r0, int64_t r1);
 constexpr int64_t kBitmapRowsMaxM = 8;
 bool bitmap_rows_supported(const BitmapArgs& a);
 void bitmap_rows(const BitmapArgs& a, int64_t r0, int64_t r1);
+// 2:4 with io.x set, 1 <= M <= kSparse24RowsMaxM, x of the values' dtype: float32, or bf16 with AVX-512 BF16
+// (AVX-512 F + BW + VL): whether this CPU runs sparse24_rows for a's arguments. Unlike the bitmap kernels above it
+// reads x only at kept columns: any x.
+constexpr int64_t kSparse24RowsMaxM = 16;
+bool sparse24_rows_supported(const Sparse24Args& a);
+void sparse24_rows(const Sparse24Args& a, int64_t r0, int64_t r1);
+// BSR at M == 1 with blocks 16, 32 or 64 columns wide (AVX-512 F; 16-bit values also BW + VL): whether
+// bsr_m1 runs for a's arguments (block rows r0 .. r1, as bsr_spmm_rows), and the kernel.
+bool bsr_m1_supported(const BsrArgs& a);
+void bsr_m1(const BsrArgs& a, int64_t r0, int64_t r1);
+// BSR with io.x set, M >= 2, x of the values' dtype (float32, or bf16 with AVX-512 BF16), blocks a multiple of 16
+// columns wide: whether bsr_rows runs for a's arguments, and the kernel.
+bool bsr_rows_supported(const BsrArgs& a);
+void bsr_rows(const BsrArgs& a, int64_t r0, int64_t r1);
 }  // namespace avx512
 
 }  // namespace core

@@ -12,7 +12,8 @@
 #include <immintrin.h>
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c,popcnt")
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 false positive inside avx512fintrin.h
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 false positives inside avx512fintrin.h
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 namespace sparsekit {
 namespace core {
@@ -446,6 +447,393 @@ void bitmap_rows_impl(const BitmapArgs& a, int64_t r0, int64_t r1) {
   }
 }
 
+// ---- 2:4, x by rows. A window of columns at a time: its kept values in one register (float32: 32 columns, 16
+// values; bf16: 64 columns, 32 values), and from the window's meta each value's column in the window, 4 * group +
+// position (float32: the 32-bit meta broadcast and shifted by 2 i per lane, vpsrlvd; bf16: the 64-bit meta's word
+// i / 8 to lane i, vpermw, shifted by 2 (i % 8), vpsrlvw; then vpternlogd masks the position and adds the group's
+// base). Per row of x, one two-register permutation (vpermi2ps / vpermi2w) gathers the window's x at those columns
+// and one FMA (vdpbf16ps for bf16 x bf16: a group's two products per float32 lane) adds them up. Only kept columns
+// are read, so an Inf or NaN in x reaches only the outputs of weights kept against it, as in the reference. The
+// AVX2 kernel it replaces loaded and broadcast each kept value and FMA'd a column of the transposed x per value.
+// Weight rows go in blocks of kRowsBlock, per pass over up to kRowsTile rows of x, in groups that share each
+// window's loads of x; the next block is prefetched into L2 meanwhile.
+template <DType VD>
+struct S24Traits;
+template <>
+struct S24Traits<DType::f32> {
+  static constexpr int kGroups = 8;  // groups of four columns per window
+};
+template <>
+struct S24Traits<DType::bf16> {
+  static constexpr int kGroups = 16;
+};
+
+struct S24Win {
+  __m512i idx;   // each value's column in the window
+  __m512i vals;  // the values (zero past the row's end)
+};
+
+// The window of weight row v / mt (values, meta of the row) from group g0; `groups` of them exist (a full window or
+// the row's last, short one: kMasked).
+template <DType VD, bool kMasked>
+inline S24Win s24_win(const void* v, const uint8_t* mt, int64_t g0, int groups) {
+  S24Win w;
+  if constexpr (VD == DType::f32) {
+    const float* vf = static_cast<const float*>(v) + 2 * g0;
+    uint32_t bits = 0;
+    if constexpr (kMasked) {
+      std::memcpy(&bits, mt + g0 / 2, static_cast<size_t>((groups + 1) / 2));
+      w.vals = _mm512_castps_si512(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << (2 * groups)) - 1u), vf));
+    } else {
+      std::memcpy(&bits, mt + g0 / 2, 4);
+      w.vals = _mm512_castps_si512(_mm512_loadu_ps(vf));
+    }
+    const __m512i sh = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i base = _mm512_set_epi32(28, 28, 24, 24, 20, 20, 16, 16, 12, 12, 8, 8, 4, 4, 0, 0);
+    const __m512i pos = _mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(bits)), sh);
+    w.idx = _mm512_ternarylogic_epi32(pos, base, _mm512_set1_epi32(3), 0xEC);  // (pos & 3) | base
+  } else {
+    const uint16_t* vh = static_cast<const uint16_t*>(v) + 2 * g0;
+    uint64_t bits = 0;
+    if constexpr (kMasked) {
+      std::memcpy(&bits, mt + g0 / 2, static_cast<size_t>((groups + 1) / 2));
+      w.vals = _mm512_maskz_loadu_epi16(static_cast<__mmask32>((uint64_t(1) << (2 * groups)) - 1u), vh);
+    } else {
+      std::memcpy(&bits, mt + g0 / 2, 8);
+      w.vals = _mm512_loadu_si512(vh);
+    }
+    // lane i (a 16-bit value): the meta's word i / 8, shifted right by 2 (i % 8)
+    const __m512i word = _mm512_set_epi16(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0,
+                                          0, 0, 0, 0, 0, 0);
+    const __m512i sh = _mm512_set_epi16(14, 12, 10, 8, 6, 4, 2, 0, 14, 12, 10, 8, 6, 4, 2, 0, 14, 12, 10, 8, 6, 4, 2, 0,
+                                        14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i base = _mm512_set_epi16(60, 60, 56, 56, 52, 52, 48, 48, 44, 44, 40, 40, 36, 36, 32, 32, 28, 28, 24,
+                                          24, 20, 20, 16, 16, 12, 12, 8, 8, 4, 4, 0, 0);
+    const __m512i pos =
+        _mm512_srlv_epi16(_mm512_permutexvar_epi16(word, _mm512_castsi128_si512(_mm_cvtsi64_si128(
+                                                             static_cast<long long>(bits)))),
+                          sh);
+    w.idx = _mm512_ternarylogic_epi32(pos, base, _mm512_set1_epi16(3), 0xEC);
+  }
+  return w;
+}
+
+// The window's x of row xm from column c: two registers (kMasked: only `cols` columns exist, zeros after them).
+template <DType VD, bool kMasked>
+inline void s24_x(const void* xm, int64_t c, int cols, __m512i& lo, __m512i& hi) {
+  if constexpr (VD == DType::f32) {
+    const float* p = static_cast<const float*>(xm) + c;
+    if constexpr (kMasked) {
+      const int l = cols < 16 ? cols : 16, h = cols - l;
+      lo = _mm512_castps_si512(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << l) - 1u), p));
+      hi = _mm512_castps_si512(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << h) - 1u), p + 16));
+    } else {
+      lo = _mm512_castps_si512(_mm512_loadu_ps(p));
+      hi = _mm512_castps_si512(_mm512_loadu_ps(p + 16));
+    }
+  } else {
+    const uint16_t* p = static_cast<const uint16_t*>(xm) + c;
+    if constexpr (kMasked) {
+      const int l = cols < 32 ? cols : 32, h = cols - l;
+      lo = _mm512_maskz_loadu_epi16(static_cast<__mmask32>((uint64_t(1) << l) - 1u), p);
+      hi = _mm512_maskz_loadu_epi16(static_cast<__mmask32>((uint64_t(1) << h) - 1u), p + 32);
+    } else {
+      lo = _mm512_loadu_si512(p);
+      hi = _mm512_loadu_si512(p + 32);
+    }
+  }
+}
+
+// acc += the window's values times x gathered at their columns. In a short window the lanes past the row's groups
+// hold zero values and point at columns past the row, where s24_x left zeros: 0 x 0, never 0 x Inf.
+template <DType VD>
+inline __m512 s24_fma(__m512 acc, const S24Win& w, __m512i lo, __m512i hi) {
+  if constexpr (VD == DType::f32) {
+    const __m512 xg = _mm512_permutex2var_ps(_mm512_castsi512_ps(lo), w.idx, _mm512_castsi512_ps(hi));
+    return _mm512_fmadd_ps(_mm512_castsi512_ps(w.vals), xg, acc);
+  } else {
+    return dpbf16(acc, w.vals, _mm512_permutex2var_epi16(lo, w.idx, hi));
+  }
+}
+
+// Weight rows n .. n + R times x rows m0 .. m0 + MT (xr) into y; `lines` of `ahead` prefetched on the way.
+template <DType VD, int MT, int R>
+void s24_group(const Sparse24Args& a, int64_t n, int64_t m0, const void* const* xr, L2Ahead& ahead, int64_t lines) {
+  using V = typename Elem<VD>::storage;
+  constexpr int WG = S24Traits<VD>::kGroups;
+  const int64_t K = a.io.K, G = K / 4, mbytes = (K + 7) / 8, full = G / WG;
+  const V* v[R];
+  const uint8_t* mt[R];
+  for (int r = 0; r < R; ++r) {
+    v[r] = static_cast<const V*>(a.values) + (n + r) * (K / 2);
+    mt[r] = a.meta + (n + r) * mbytes;
+  }
+  __m512 acc[R][MT];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MT; ++m) acc[r][m] = _mm512_setzero_ps();
+  const int64_t per_win = full > 0 ? lines / full + 1 : lines;
+  for (int64_t i = 0; i < full; ++i) {
+    ahead.step(per_win);
+    const int64_t g0 = i * WG;
+    __m512i lo[MT], hi[MT];
+    for (int m = 0; m < MT; ++m) s24_x<VD, false>(xr[m], 4 * g0, 4 * WG, lo[m], hi[m]);
+    for (int r = 0; r < R; ++r) {
+      const S24Win w = s24_win<VD, false>(v[r], mt[r], g0, WG);
+      for (int m = 0; m < MT; ++m) acc[r][m] = s24_fma<VD>(acc[r][m], w, lo[m], hi[m]);
+    }
+  }
+  if (full * WG < G) {
+    const int64_t g0 = full * WG;
+    const int groups = static_cast<int>(G - g0);
+    __m512i lo[MT], hi[MT];
+    for (int m = 0; m < MT; ++m) s24_x<VD, true>(xr[m], 4 * g0, 4 * groups, lo[m], hi[m]);
+    for (int r = 0; r < R; ++r) {
+      const S24Win w = s24_win<VD, true>(v[r], mt[r], g0, groups);
+      for (int m = 0; m < MT; ++m) acc[r][m] = s24_fma<VD>(acc[r][m], w, lo[m], hi[m]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MT; ++m) store_y(a.io, m0 + m, n + r, _mm512_reduce_add_ps(acc[r][m]));
+}
+
+template <DType VD, int MT>
+void s24_tile(const Sparse24Args& a, int64_t nb, int64_t ne, int64_t m0, L2Ahead& ahead, int64_t lines_per_row) {
+  constexpr int R = MT <= 2 ? 4 : 2;  // weight rows per group: R x MT accumulators, 2 MT registers of x
+  const void* xr[kRowsTile];
+  for (int m = 0; m < MT; ++m)
+    xr[m] = static_cast<const char*>(a.io.x) + (m0 + m) * a.io.ldx * (VD == DType::f32 ? 4 : 2);
+  int64_t n = nb;
+  for (; n + R <= ne; n += R) s24_group<VD, MT, R>(a, n, m0, xr, ahead, lines_per_row * R);
+  for (; n < ne; ++n) s24_group<VD, MT, 1>(a, n, m0, xr, ahead, lines_per_row);
+}
+
+template <DType VD>
+void s24_rows_impl(const Sparse24Args& a, int64_t r0, int64_t r1) {
+  using V = typename Elem<VD>::storage;
+  const int64_t M = a.io.M, K = a.io.K, mbytes = (K + 7) / 8;
+  const int64_t passes = (M + kRowsTile - 1) / kRowsTile;
+  for (int64_t nb = r0; nb < r1; nb += kRowsBlock) {
+    const int64_t ne = nb + kRowsBlock < r1 ? nb + kRowsBlock : r1;
+    // the next block's values into L2 (its meta, 1/16 of them at float32 and 1/8 at bf16, in one burst)
+    L2Ahead ahead;
+    int64_t lines_per_row = 0;
+    if (ne < r1) {
+      const int64_t ne2 = ne + kRowsBlock < r1 ? ne + kRowsBlock : r1;
+      ahead.p = reinterpret_cast<const char*>(static_cast<const V*>(a.values) + ne * (K / 2));
+      ahead.end = reinterpret_cast<const char*>(static_cast<const V*>(a.values) + ne2 * (K / 2));
+      for (const char* p = reinterpret_cast<const char*>(a.meta + ne * mbytes);
+           p < reinterpret_cast<const char*>(a.meta + ne2 * mbytes); p += 64)
+        _mm_prefetch(p, _MM_HINT_T1);
+      lines_per_row = (ahead.end - ahead.p) / 64 / ((ne - nb) * passes) + 1;
+    }
+    for (int64_t m0 = 0; m0 < M; m0 += kRowsTile) {
+      switch (M - m0 < kRowsTile ? M - m0 : kRowsTile) {
+        case 4: s24_tile<VD, 4>(a, nb, ne, m0, ahead, lines_per_row); break;
+        case 3: s24_tile<VD, 3>(a, nb, ne, m0, ahead, lines_per_row); break;
+        case 2: s24_tile<VD, 2>(a, nb, ne, m0, ahead, lines_per_row); break;
+        default: s24_tile<VD, 1>(a, nb, ne, m0, ahead, lines_per_row); break;
+      }
+    }
+  }
+}
+
+// ---- BSR at M = 1, blocks 16, 32 or 64 columns wide. The portable kernel took one row of a block row at a time
+// across all its blocks: per block it read one row of the block (C values) and reloaded x's block, so the values
+// came as pieces of one row per block, R times over the block row (8 layers of 4096 x 4096 at 70 %, 2 threads,
+// float32: 16x16 blocks read at 49 %, 32x32 at 38 % of the read bandwidth). Here a pass takes up to 16 rows of
+// the block row, one accumulator each, and per block loads x's block once (C / 16 registers) and then the pass's
+// rows of the block, which lie contiguous in memory; with R <= 16 the whole block row is one sequential stream.
+// 16-bit values are widened to float32 exactly (bf16: a shift; f16: vcvtph2ps), x is float32 (M = 1 staging).
+template <DType VD>
+inline __m512 load_w16(const typename Elem<VD>::storage* p) {
+  if constexpr (VD == DType::f32) {
+    return _mm512_loadu_ps(p);
+  } else {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    if constexpr (VD == DType::bf16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    else return _mm512_cvtph_ps(h);
+  }
+}
+
+// Rows r0 .. r0 + P of block row br; CV = C / 16 registers per block row.
+template <DType VD, int CV, int P>
+void bsr_m1_pass(const BsrArgs& a, int64_t br, int64_t r0) {
+  using V = typename Elem<VD>::storage;
+  constexpr int64_t C = 16 * CV;
+  const V* vals = static_cast<const V*>(a.values);
+  __m512 acc[P];
+  for (int p = 0; p < P; ++p) acc[p] = _mm512_setzero_ps();
+  for (int64_t j = a.crow[br]; j < a.crow[br + 1]; ++j) {
+    const float* xb = a.io.xt + static_cast<int64_t>(a.col[j]) * C;
+    __m512 xv[CV];
+    for (int c = 0; c < CV; ++c) xv[c] = _mm512_loadu_ps(xb + 16 * c);
+    const V* vb = vals + (j * a.R + r0) * C;
+    for (int p = 0; p < P; ++p)
+      for (int c = 0; c < CV; ++c) acc[p] = _mm512_fmadd_ps(load_w16<VD>(vb + p * C + 16 * c), xv[c], acc[p]);
+  }
+  for (int p = 0; p < P; ++p) store_row(a.io, br * a.R + r0 + p, _mm512_reduce_add_ps(acc[p]));
+}
+
+// Block rows of R = 16 k rows, k <= kBsrWideMax: each block is read whole, in order (R x C values), 16 rows at a
+// time into registers that start from and go back to a per-row partial sum in L1 (macc); one pass per block row.
+// Taking 16 rows per pass over the whole block row instead read pieces of 16 rows at a stride of R rows, which
+// the hardware prefetchers followed badly (32x32 and 64x64 blocks ran slower than 16x16 on the same bytes).
+constexpr int64_t kBsrWideMax = 8;
+template <DType VD, int CV>
+void bsr_m1_wide(const BsrArgs& a, int64_t br) {
+  using V = typename Elem<VD>::storage;
+  constexpr int64_t C = 16 * CV;
+  const V* vals = static_cast<const V*>(a.values);
+  const int64_t R = a.R;
+  alignas(64) float macc[16 * 16 * kBsrWideMax];
+  for (int64_t i = 0; i < 16 * R; i += 16) _mm512_store_ps(macc + i, _mm512_setzero_ps());
+  for (int64_t j = a.crow[br]; j < a.crow[br + 1]; ++j) {
+    const float* xb = a.io.xt + static_cast<int64_t>(a.col[j]) * C;
+    __m512 xv[CV];
+    for (int c = 0; c < CV; ++c) xv[c] = _mm512_loadu_ps(xb + 16 * c);
+    const V* vb = vals + j * R * C;
+    for (int64_t r0 = 0; r0 < R; r0 += 16) {
+      __m512 acc[16];
+      for (int p = 0; p < 16; ++p) acc[p] = _mm512_load_ps(macc + 16 * (r0 + p));
+      for (int p = 0; p < 16; ++p)
+        for (int c = 0; c < CV; ++c) acc[p] = _mm512_fmadd_ps(load_w16<VD>(vb + (r0 + p) * C + 16 * c), xv[c], acc[p]);
+      for (int p = 0; p < 16; ++p) _mm512_store_ps(macc + 16 * (r0 + p), acc[p]);
+    }
+  }
+  for (int64_t r = 0; r < R; ++r) store_row(a.io, br * R + r, _mm512_reduce_add_ps(_mm512_load_ps(macc + 16 * r)));
+}
+
+template <DType VD, int CV>
+void bsr_m1_impl(const BsrArgs& a, int64_t br0, int64_t br1) {
+  if (a.R > 16 && a.R % 16 == 0 && a.R <= 16 * kBsrWideMax) {
+    for (int64_t br = br0; br < br1; ++br) bsr_m1_wide<VD, CV>(a, br);
+    return;
+  }
+  for (int64_t br = br0; br < br1; ++br) {
+    int64_t r = 0;
+    for (; r + 16 <= a.R; r += 16) bsr_m1_pass<VD, CV, 16>(a, br, r);
+    if (r + 8 <= a.R) { bsr_m1_pass<VD, CV, 8>(a, br, r); r += 8; }
+    if (r + 4 <= a.R) { bsr_m1_pass<VD, CV, 4>(a, br, r); r += 4; }
+    if (r + 2 <= a.R) { bsr_m1_pass<VD, CV, 2>(a, br, r); r += 2; }
+    if (r < a.R) bsr_m1_pass<VD, CV, 1>(a, br, r);
+  }
+}
+
+template <DType VD>
+void bsr_m1_cv(const BsrArgs& a, int64_t br0, int64_t br1) {
+  switch (a.C) {
+    case 16: bsr_m1_impl<VD, 1>(a, br0, br1); break;
+    case 32: bsr_m1_impl<VD, 2>(a, br0, br1); break;
+    default: bsr_m1_impl<VD, 4>(a, br0, br1); break;
+  }
+}
+
+// ---- BSR from M = 2, x by rows: each kept block is a small dense product, y[m, r] += sum_c x[m, c] w[r, c], done
+// as dot products along the block's columns, MT <= 4 rows of x by RT <= 4 rows of the block at a time: per 16
+// columns (float32; 32 for bf16 x bf16 through vdpbf16ps) MT loads of x and RT loads of the block's rows feed
+// MT x RT FMAs into as many accumulators, summed across lanes once per block row. The portable kernel instead
+// broadcast each block value and FMA'd it with a column of the transposed x (a load and a broadcast per FMA).
+// bf16 blocks 16 columns wide (C % 32 != 0) take 256-bit vdpbf16ps (kHalf).
+inline __m256 dpbf16_256(__m256 acc, __m256i a, __m256i b) {
+  asm("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+  return acc;
+}
+
+template <bool kHalf>
+struct BsrAcc {
+  typedef __m512 T;
+};
+template <>
+struct BsrAcc<true> {
+  typedef __m256 T;
+};
+
+template <DType VD, int RT, int MT, bool kHalf>
+void bsr_rows_tile(const BsrArgs& a, int64_t br, int64_t r0, int64_t m0, const void* const* xr) {
+  using V = typename Elem<VD>::storage;
+  constexpr int kStep = VD == DType::f32 || kHalf ? 16 : 32;  // columns per register
+  using Acc = typename BsrAcc<kHalf>::T;
+  const V* vals = static_cast<const V*>(a.values);
+  const int64_t R = a.R, C = a.C;
+  Acc acc[RT][MT];
+  for (int r = 0; r < RT; ++r)
+    for (int m = 0; m < MT; ++m) {
+      if constexpr (kHalf) acc[r][m] = _mm256_setzero_ps();
+      else acc[r][m] = _mm512_setzero_ps();
+    }
+  for (int64_t j = a.crow[br]; j < a.crow[br + 1]; ++j) {
+    const int64_t c0 = static_cast<int64_t>(a.col[j]) * C;
+    const V* vb = vals + (j * R + r0) * C;
+    for (int64_t c = 0; c < C; c += kStep) {
+      if constexpr (kHalf) {
+        __m256i xv[MT];
+        for (int m = 0; m < MT; ++m)
+          xv[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(xr[m]) + c0 + c));
+        for (int r = 0; r < RT; ++r) {
+          const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(vb + r * C + c));
+          for (int m = 0; m < MT; ++m) acc[r][m] = dpbf16_256(acc[r][m], wv, xv[m]);
+        }
+      } else if constexpr (VD == DType::f32) {
+        __m512 xv[MT];
+        for (int m = 0; m < MT; ++m) xv[m] = _mm512_loadu_ps(static_cast<const float*>(xr[m]) + c0 + c);
+        for (int r = 0; r < RT; ++r) {
+          const __m512 wv = _mm512_loadu_ps(vb + r * C + c);
+          for (int m = 0; m < MT; ++m) acc[r][m] = _mm512_fmadd_ps(wv, xv[m], acc[r][m]);
+        }
+      } else {
+        __m512i xv[MT];
+        for (int m = 0; m < MT; ++m) xv[m] = _mm512_loadu_si512(static_cast<const uint16_t*>(xr[m]) + c0 + c);
+        for (int r = 0; r < RT; ++r) {
+          const __m512i wv = _mm512_loadu_si512(vb + r * C + c);
+          for (int m = 0; m < MT; ++m) acc[r][m] = dpbf16(acc[r][m], wv, xv[m]);
+        }
+      }
+    }
+  }
+  for (int r = 0; r < RT; ++r)
+    for (int m = 0; m < MT; ++m) {
+      float sum;
+      if constexpr (kHalf) {
+        const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[r][m]), _mm256_extractf128_ps(acc[r][m], 1));
+        const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        sum = _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+      } else {
+        sum = _mm512_reduce_add_ps(acc[r][m]);
+      }
+      store_y(a.io, m0 + m, br * R + r0 + r, sum);
+    }
+}
+
+template <DType VD, int MT, bool kHalf>
+void bsr_rows_m(const BsrArgs& a, int64_t br, int64_t m0) {
+  const void* xr[4];
+  for (int m = 0; m < MT; ++m)
+    xr[m] = static_cast<const char*>(a.io.x) + (m0 + m) * a.io.ldx * (VD == DType::f32 ? 4 : 2);
+  int64_t r = 0;
+  for (; r + 4 <= a.R; r += 4) bsr_rows_tile<VD, 4, MT, kHalf>(a, br, r, m0, xr);
+  switch (a.R - r) {
+    case 3: bsr_rows_tile<VD, 3, MT, kHalf>(a, br, r, m0, xr); break;
+    case 2: bsr_rows_tile<VD, 2, MT, kHalf>(a, br, r, m0, xr); break;
+    case 1: bsr_rows_tile<VD, 1, MT, kHalf>(a, br, r, m0, xr); break;
+    default: break;
+  }
+}
+
+template <DType VD, bool kHalf>
+void bsr_rows_impl(const BsrArgs& a, int64_t br0, int64_t br1) {
+  const int64_t M = a.io.M;
+  for (int64_t br = br0; br < br1; ++br) {
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+      switch (M - m0 < 4 ? M - m0 : 4) {
+        case 4: bsr_rows_m<VD, 4, kHalf>(a, br, m0); break;
+        case 3: bsr_rows_m<VD, 3, kHalf>(a, br, m0); break;
+        case 2: bsr_rows_m<VD, 2, kHalf>(a, br, m0); break;
+        default: bsr_rows_m<VD, 1, kHalf>(a, br, m0); break;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void bitmap_m1(const BitmapArgs& a, int64_t r0, int64_t r1) {
@@ -483,6 +871,41 @@ void bitmap_rows(const BitmapArgs& a, int64_t r0, int64_t r1) {
   }
 }
 
+bool bsr_m1_supported(const BsrArgs& a) { return a.io.M == 1 && (a.C == 16 || a.C == 32 || a.C == 64); }
+
+void bsr_m1(const BsrArgs& a, int64_t br0, int64_t br1) {
+  if (br0 >= br1) return;
+  switch (a.value_dtype) {
+    case DType::f32: bsr_m1_cv<DType::f32>(a, br0, br1); break;
+    case DType::bf16: bsr_m1_cv<DType::bf16>(a, br0, br1); break;
+    case DType::f16: bsr_m1_cv<DType::f16>(a, br0, br1); break;
+  }
+}
+
+bool bsr_rows_supported(const BsrArgs& a) {
+  if (!a.io.x || a.io.M < 2 || a.io.x_dtype != a.value_dtype) return false;
+  return a.C % 16 == 0 && (a.value_dtype == DType::f32 || (a.value_dtype == DType::bf16 && has_bf16_dot()));
+}
+
+void bsr_rows(const BsrArgs& a, int64_t br0, int64_t br1) {
+  if (br0 >= br1) return;
+  if (a.value_dtype == DType::f32) bsr_rows_impl<DType::f32, false>(a, br0, br1);
+  else if (a.C % 32 == 0) bsr_rows_impl<DType::bf16, false>(a, br0, br1);
+  else bsr_rows_impl<DType::bf16, true>(a, br0, br1);
+}
+
+bool sparse24_rows_supported(const Sparse24Args& a) {
+  if (!a.io.x || a.io.M < 1 || a.io.M > kSparse24RowsMaxM || a.io.K % 4 != 0 || a.io.x_dtype != a.value_dtype)
+    return false;
+  return a.value_dtype == DType::f32 || (a.value_dtype == DType::bf16 && has_bf16_dot());
+}
+
+void sparse24_rows(const Sparse24Args& a, int64_t r0, int64_t r1) {
+  if (r0 >= r1) return;
+  if (a.value_dtype == DType::f32) s24_rows_impl<DType::f32>(a, r0, r1);
+  else s24_rows_impl<DType::bf16>(a, r0, r1);
+}
+
 }  // namespace avx512
 }  // namespace core
 }  // namespace sparsekit
@@ -493,6 +916,12 @@ namespace core {
 namespace avx512 {
 void bitmap_m1(const BitmapArgs& a, int64_t r0, int64_t r1) { generic::bitmap_spmm_rows(a, r0, r1); }
 bool bitmap_rows_supported(const BitmapArgs&) { return false; }
+bool sparse24_rows_supported(const Sparse24Args&) { return false; }
+bool bsr_m1_supported(const BsrArgs&) { return false; }
+bool bsr_rows_supported(const BsrArgs&) { return false; }
+void bsr_rows(const BsrArgs& a, int64_t r0, int64_t r1) { generic::bsr_spmm_rows(a, r0, r1); }
+void bsr_m1(const BsrArgs& a, int64_t r0, int64_t r1) { generic::bsr_spmm_rows(a, r0, r1); }
+void sparse24_rows(const Sparse24Args& a, int64_t r0, int64_t r1) { generic::sparse24_spmm_rows(a, r0, r1); }
 void bitmap_rows(const BitmapArgs& a, int64_t r0, int64_t r1) { generic::bitmap_spmm_rows(a, r0, r1); }
 }  // namespace avx512
 }  // namespace core

@@ -49,10 +49,11 @@ inline void set(int64_t m) {
 // The automatic thresholds, measured on an AMD EPYC with avx512_bf16, 2 threads, LLaMA-7B shapes,
 // caches flushed (bench/results/cpu_24_dense.md, cpu_int8wo_dense.md), for layers of at least
 // kMinWeights weights (below, the fixed costs eat the gain):
-// - 2:4, bf16: from M = 2 (its kernel does float32 FMAs per kept weight; dense bf16 runs native dot
-//   products); float32: from M = 256. bf16 without native dot products (no avx512_bf16 / amx_bf16)
-//   is taken to be as fast as float32 (not measured). float16: never (ATen's float16 GEMM is ten
-//   times slower than bf16 here).
+// - 2:4, bf16: from M = 17, where the AVX-512 BF16 kernel (csrc/core/spmm_formats_avx512.cpp, up to M = 16)
+//   hands over (8 layers of 4096 x 4096, 2 threads, ms, kernel / panels / dense bf16: M = 16 17.2 / 21.5 /
+//   19.4, M = 32 (the same kernel allowed) 34.0 / 31.6 / 28.8); float32: from M = 256. bf16 without
+//   native dot products (no avx512_bf16 / amx_bf16) is taken to be as fast as float32 (not measured).
+//   float16: never (ATen's float16 GEMM is ten times slower than bf16 here).
 // - int8 weight-only, bf16 x with native bf16: from M = 64; otherwise never (the int8 kernel beats a
 //   float32 GEMM at every M measured).
 constexpr int64_t kMinWeights = int64_t(1) << 22;
@@ -64,7 +65,7 @@ inline int64_t auto_min_m(Op op, at::ScalarType t) {
   if (op == Op::kInt8WeightOnly) return t == at::kBFloat16 && native_bf16() ? 64 : 0;
   switch (t) {
     case at::kFloat: return 256;
-    case at::kBFloat16: return native_bf16() ? 2 : 256;
+    case at::kBFloat16: return native_bf16() ? 17 : 256;
     default: return 0;
   }
 }

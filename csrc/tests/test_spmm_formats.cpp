@@ -119,8 +119,12 @@ int main() {
       for (DType od : types)
         for (int64_t M : Ms) {
           const bool bias = (M % 2) == 1;
-          // ---- BSR, blocks 4x8 and 8x16 (and 3x5: odd blocks)
-          for (auto rc : {std::pair<int, int>{4, 8}, {8, 16}, {3, 5}}) {
+          // ---- BSR, blocks 4x8 and 8x16 (and 3x5: odd blocks); for the AVX-512 M = 1 kernel 24x16, 5x64 and 6x16 (passes
+          // of 16, 8, 4, 2 and 1 rows of a block row), 32x32 and 48x64 (whole blocks, 16 rows at a time; 1, 2 and 4
+          // registers per block row); for the AVX-512 kernel from M = 2 (x by rows, of the values' dtype as well:
+          // bf16 through vdpbf16ps where C % 32 == 0) tiles of 4 block rows and 3, 2 and 1 left (7x32, 6x16, 5x64)
+          for (auto rc : {std::pair<int, int>{4, 8}, {8, 16}, {3, 5}, {24, 16}, {32, 32}, {5, 64}, {6, 16}, {48, 64},
+                          {7, 32}}) {
             const int R = rc.first, C = rc.second;
             Dense W = random_dense(R * 5, C * 7, 0.05, rng);
             std::vector<int32_t> crow{0}, col;
@@ -137,13 +141,16 @@ int main() {
               }
               crow.push_back(int32_t(col.size()));
             }
-            check_run("bsr", isa, W, vals, M, od, bias, [&](DenseIo& io) {
-              BsrArgs a; a.io = io; a.R = R; a.C = C; a.crow = crow.data(); a.col = col.data();
-              a.values = vals.data(); a.value_dtype = vd;
-              bsr_spmm_rows(a, 0, 2, isa);
-              bsr_spmm_rows(a, 2, W.N / R, isa);
-            }, rng);
-            ++cases;
+            for (bool x16 : {false, true}) {
+              if (x16 && vd == DType::f32) continue;
+              check_run("bsr", isa, W, vals, M, od, bias, [&](DenseIo& io) {
+                BsrArgs a; a.io = io; a.R = R; a.C = C; a.crow = crow.data(); a.col = col.data();
+                a.values = vals.data(); a.value_dtype = vd;
+                bsr_spmm_rows(a, 0, 2, isa);
+                bsr_spmm_rows(a, 2, W.N / R, isa);
+              }, rng, x16 ? vd : DType::f32);
+              ++cases;
+            }
           }
           // ---- bitmap, K not a multiple of 32 (3 and 7 words: the AVX-512 M == 1 kernels take words in
           // pairs), densities from empty rows to full
@@ -184,9 +191,12 @@ int main() {
                 ++cases;
               }
           }
-          // ---- 2:4 with K = 4 * odd groups (a padded last meta nibble)
-          {
-            Dense W = random_dense(9, 4 * 13, 0.0, rng);
+          // ---- 2:4 with K = 4 * odd groups (a padded last meta nibble): 13 groups (float32 windows of 8 groups
+          // and a short one; a bf16 window of 16 that is short), and 83 groups in 37 rows (several windows, blocks
+          // of 16 rows and groups of rows with some left); x of the values' dtype as well (the AVX-512 kernel reads
+          // x by rows), and x with Inf / NaN (only the kept columns' x may reach an output)
+          for (auto kn : {std::pair<int64_t, int64_t>{13, 9}, {83, 37}}) {
+            Dense W = random_dense(kn.second, 4 * kn.first, 0.0, rng);
             std::uniform_int_distribution<int> P(0, 3);
             std::uniform_real_distribution<float> U(-1, 1);
             const int64_t groups = W.K / 4, mbytes = (W.K + 7) / 8;
@@ -200,16 +210,21 @@ int main() {
                 for (int i : {i0, i1}) {
                   const float v = (n + g) % 5 ? U(rng) : 0.f;
                   W.w[n * W.K + 4 * g + i] = v;
+                  W.keep[n * W.K + 4 * g + i] = 1;
                   vals.push(v);
                 }
                 meta[n * mbytes + g / 2] |= uint8_t((i0 | (i1 << 2)) << ((g & 1) * 4));
               }
-            check_run("2:4", isa, W, vals, M, od, bias, [&](DenseIo& io) {
-              Sparse24Args a; a.io = io; a.values = vals.data(); a.meta = meta.data(); a.value_dtype = vd;
-              sparse24_spmm_rows(a, 0, 3, isa);
-              sparse24_spmm_rows(a, 3, W.N, isa);
-            }, rng);
-            ++cases;
+            for (bool x16 : {false, true})
+              for (bool poison : {false, true}) {
+                if (x16 && vd == DType::f32) continue;
+                check_run("2:4", isa, W, vals, M, od, bias, [&](DenseIo& io) {
+                  Sparse24Args a; a.io = io; a.values = vals.data(); a.meta = meta.data(); a.value_dtype = vd;
+                  sparse24_spmm_rows(a, 0, 3, isa);
+                  sparse24_spmm_rows(a, 3, W.N, isa);
+                }, rng, x16 ? vd : DType::f32, poison);
+                ++cases;
+              }
           }
         }
   }
