@@ -724,7 +724,8 @@ void s24_direct_rows(const S24Chunk& c, int64_t j0) {
       const int64_t n = j0 + j;
       if (pf) {
         _mm_prefetch(reinterpret_cast<const char*>(c.vals + (n + c.ahead) * half + 2 * g0), _MM_HINT_T1);
-        if ((g0 & 127) == 0) _mm_prefetch(reinterpret_cast<const char*>(c.mt + (n + c.ahead) * c.mbytes + g0 / 2), _MM_HINT_T1);
+        if ((g0 & 127) == 0)
+          _mm_prefetch(reinterpret_cast<const char*>(c.mt + (n + c.ahead) * c.mbytes + g0 / 2), _MM_HINT_T1);
       }
       const S24Window w = s24_window(c.vals + n * half, c.mt + n * c.mbytes, g0, groups);
       if (c.rs_now) vdot(r[j], ones, w.vals);

@@ -416,35 +416,47 @@ void rows_tile(const BitmapArgs& a, int64_t nb, int64_t ne, int64_t m0, L2Ahead&
   }
 }
 
-template <DType VD, DType XD, bool kDot>
-void bitmap_rows_impl(const BitmapArgs& a, int64_t r0, int64_t r1) {
-  using V = typename Elem<VD>::storage;
-  const int64_t M = a.io.M, words = (a.io.K + 31) / 32;
+// Weight rows r0 .. r1 in blocks of kRowsBlock, each block once per pass over up to kRowsTile rows of x:
+// tile(nb, ne, m0, rows of x, ahead, lines per row). span(ne, ne2, ahead) points `ahead` at the next block's
+// bytes (and may prefetch its small side arrays at once); they go into L2 a few lines per step of the block's
+// rows and passes: without it the passes over a block of rows read memory piece by piece (2 threads, bitmap,
+// M = 4, fp32 at 70 %: 23 -> 16 ms).
+template <class Span, class Tile>
+void by_row_blocks(int64_t r0, int64_t r1, int64_t M, Span&& span, Tile&& tile) {
   const int64_t passes = (M + kRowsTile - 1) / kRowsTile;
   for (int64_t nb = r0; nb < r1; nb += kRowsBlock) {
     const int64_t ne = nb + kRowsBlock < r1 ? nb + kRowsBlock : r1;
-    // the next block's values and bitmap into L2, spread over this block's rows and passes: without it the
-    // passes over a block of rows read memory piece by piece (2 threads, M = 4, fp32 at 70 %: 23 -> 16 ms)
     L2Ahead ahead;
     int64_t lines_per_row = 0;
     if (ne < r1) {
-      const int64_t ne2 = ne + kRowsBlock < r1 ? ne + kRowsBlock : r1;
-      const int64_t v0 = words ? a.word_offsets[ne * words] : 0;
-      const int64_t v1 = ne2 < a.io.N && words ? a.word_offsets[ne2 * words] : a.nnz;
-      ahead.p = reinterpret_cast<const char*>(static_cast<const V*>(a.values) + v0);
-      ahead.end = reinterpret_cast<const char*>(static_cast<const V*>(a.values) + v1);
-      for (int64_t n = ne; n < ne2; ++n) _mm_prefetch(reinterpret_cast<const char*>(a.bitmap + n * words), _MM_HINT_T1);
+      span(ne, ne + kRowsBlock < r1 ? ne + kRowsBlock : r1, ahead);
       lines_per_row = (ahead.end - ahead.p) / 64 / ((ne - nb) * passes) + 1;
     }
-    for (int64_t m0 = 0; m0 < M; m0 += kRowsTile) {
-      switch (M - m0 < kRowsTile ? M - m0 : kRowsTile) {
-        case 4: rows_tile<VD, XD, 4, kDot>(a, nb, ne, m0, ahead, lines_per_row); break;
-        case 3: rows_tile<VD, XD, 3, kDot>(a, nb, ne, m0, ahead, lines_per_row); break;
-        case 2: rows_tile<VD, XD, 2, kDot>(a, nb, ne, m0, ahead, lines_per_row); break;
-        default: rows_tile<VD, XD, 1, kDot>(a, nb, ne, m0, ahead, lines_per_row); break;
-      }
-    }
+    for (int64_t m0 = 0; m0 < M; m0 += kRowsTile)
+      tile(nb, ne, m0, static_cast<int>(M - m0 < kRowsTile ? M - m0 : kRowsTile), ahead, lines_per_row);
   }
+}
+
+template <DType VD, DType XD, bool kDot>
+void bitmap_rows_impl(const BitmapArgs& a, int64_t r0, int64_t r1) {
+  using V = typename Elem<VD>::storage;
+  const int64_t words = (a.io.K + 31) / 32;
+  auto span = [&](int64_t ne, int64_t ne2, L2Ahead& ahead) {  // values, and the rows' bitmap words at once
+    const int64_t v0 = words ? a.word_offsets[ne * words] : 0;
+    const int64_t v1 = ne2 < a.io.N && words ? a.word_offsets[ne2 * words] : a.nnz;
+    ahead.p = reinterpret_cast<const char*>(static_cast<const V*>(a.values) + v0);
+    ahead.end = reinterpret_cast<const char*>(static_cast<const V*>(a.values) + v1);
+    for (int64_t n = ne; n < ne2; ++n) _mm_prefetch(reinterpret_cast<const char*>(a.bitmap + n * words), _MM_HINT_T1);
+  };
+  auto tile = [&](int64_t nb, int64_t ne, int64_t m0, int mt, L2Ahead& ahead, int64_t lines) {
+    switch (mt) {
+      case 4: rows_tile<VD, XD, 4, kDot>(a, nb, ne, m0, ahead, lines); break;
+      case 3: rows_tile<VD, XD, 3, kDot>(a, nb, ne, m0, ahead, lines); break;
+      case 2: rows_tile<VD, XD, 2, kDot>(a, nb, ne, m0, ahead, lines); break;
+      default: rows_tile<VD, XD, 1, kDot>(a, nb, ne, m0, ahead, lines); break;
+    }
+  };
+  by_row_blocks(r0, r1, a.io.M, span, tile);
 }
 
 // ---- 2:4, x by rows. A window of columns at a time: its kept values in one register (float32: 32 columns, 16
@@ -610,31 +622,23 @@ void s24_tile(const Sparse24Args& a, int64_t nb, int64_t ne, int64_t m0, L2Ahead
 template <DType VD>
 void s24_rows_impl(const Sparse24Args& a, int64_t r0, int64_t r1) {
   using V = typename Elem<VD>::storage;
-  const int64_t M = a.io.M, K = a.io.K, mbytes = (K + 7) / 8;
-  const int64_t passes = (M + kRowsTile - 1) / kRowsTile;
-  for (int64_t nb = r0; nb < r1; nb += kRowsBlock) {
-    const int64_t ne = nb + kRowsBlock < r1 ? nb + kRowsBlock : r1;
-    // the next block's values into L2 (its meta, 1/16 of them at float32 and 1/8 at bf16, in one burst)
-    L2Ahead ahead;
-    int64_t lines_per_row = 0;
-    if (ne < r1) {
-      const int64_t ne2 = ne + kRowsBlock < r1 ? ne + kRowsBlock : r1;
-      ahead.p = reinterpret_cast<const char*>(static_cast<const V*>(a.values) + ne * (K / 2));
-      ahead.end = reinterpret_cast<const char*>(static_cast<const V*>(a.values) + ne2 * (K / 2));
-      for (const char* p = reinterpret_cast<const char*>(a.meta + ne * mbytes);
-           p < reinterpret_cast<const char*>(a.meta + ne2 * mbytes); p += 64)
-        _mm_prefetch(p, _MM_HINT_T1);
-      lines_per_row = (ahead.end - ahead.p) / 64 / ((ne - nb) * passes) + 1;
+  const int64_t K = a.io.K, mbytes = (K + 7) / 8;
+  auto span = [&](int64_t ne, int64_t ne2, L2Ahead& ahead) {  // values, and the meta (1/16 or 1/8 of that) at once
+    ahead.p = reinterpret_cast<const char*>(static_cast<const V*>(a.values) + ne * (K / 2));
+    ahead.end = reinterpret_cast<const char*>(static_cast<const V*>(a.values) + ne2 * (K / 2));
+    for (const char* p = reinterpret_cast<const char*>(a.meta + ne * mbytes);
+         p < reinterpret_cast<const char*>(a.meta + ne2 * mbytes); p += 64)
+      _mm_prefetch(p, _MM_HINT_T1);
+  };
+  auto tile = [&](int64_t nb, int64_t ne, int64_t m0, int mt, L2Ahead& ahead, int64_t lines) {
+    switch (mt) {
+      case 4: s24_tile<VD, 4>(a, nb, ne, m0, ahead, lines); break;
+      case 3: s24_tile<VD, 3>(a, nb, ne, m0, ahead, lines); break;
+      case 2: s24_tile<VD, 2>(a, nb, ne, m0, ahead, lines); break;
+      default: s24_tile<VD, 1>(a, nb, ne, m0, ahead, lines); break;
     }
-    for (int64_t m0 = 0; m0 < M; m0 += kRowsTile) {
-      switch (M - m0 < kRowsTile ? M - m0 : kRowsTile) {
-        case 4: s24_tile<VD, 4>(a, nb, ne, m0, ahead, lines_per_row); break;
-        case 3: s24_tile<VD, 3>(a, nb, ne, m0, ahead, lines_per_row); break;
-        case 2: s24_tile<VD, 2>(a, nb, ne, m0, ahead, lines_per_row); break;
-        default: s24_tile<VD, 1>(a, nb, ne, m0, ahead, lines_per_row); break;
-      }
-    }
-  }
+  };
+  by_row_blocks(r0, r1, a.io.M, span, tile);
 }
 
 // ---- BSR at M = 1, blocks 16, 32 or 64 columns wide. The portable kernel took one row of a block row at a time

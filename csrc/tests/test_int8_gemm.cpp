@@ -308,9 +308,12 @@ static void test_gemm(const std::vector<Int8Isa>& isas, std::mt19937& rng) {
     // 2:4 without decompression (AVX-512 VBMI, M <= 8): two full panels of activation rows, 4 + 2, and 1 (one row
     // at a time); windows of 128 columns with a short last one (K = 4100: 32 windows and one group); more rows than
     // a chunk of 256 in one range, with and without given row sums
-    run_gemm_case({8, 700, 1028, Fill::kRandom, Fill::kRandom, false, DType::f32, true, true, false, 0, true}, isa, rng);
-    run_gemm_case({6, 40, 4100, Fill::kRandom, Fill::kRandom, true, DType::f32, false, false, true, 2, true}, isa, rng);
-    run_gemm_case({1, 900, 516, Fill::kRandom, Fill::kRandom, false, DType::bf16, false, true, true, 0, true}, isa, rng);
+    run_gemm_case({8, 700, 1028, Fill::kRandom, Fill::kRandom, false, DType::f32, true, true, false, 0, true}, isa,
+                  rng);
+    run_gemm_case({6, 40, 4100, Fill::kRandom, Fill::kRandom, true, DType::f32, false, false, true, 2, true}, isa,
+                  rng);
+    run_gemm_case({1, 900, 516, Fill::kRandom, Fill::kRandom, false, DType::bf16, false, true, true, 0, true}, isa,
+                  rng);
     // offset activations past the per-thread buffer's 2 MiB (levels 2 and 3 allocate them per call)
     run_gemm_case({70, 3, 32768, Fill::kRandom, Fill::kRandom, false, DType::bf16, true, true, false, 1, false}, isa,
                   rng);

@@ -119,10 +119,11 @@ int main() {
       for (DType od : types)
         for (int64_t M : Ms) {
           const bool bias = (M % 2) == 1;
-          // ---- BSR, blocks 4x8 and 8x16 (and 3x5: odd blocks); for the AVX-512 M = 1 kernel 24x16, 5x64 and 6x16 (passes
-          // of 16, 8, 4, 2 and 1 rows of a block row), 32x32 and 48x64 (whole blocks, 16 rows at a time; 1, 2 and 4
-          // registers per block row); for the AVX-512 kernel from M = 2 (x by rows, of the values' dtype as well:
-          // bf16 through vdpbf16ps where C % 32 == 0) tiles of 4 block rows and 3, 2 and 1 left (7x32, 6x16, 5x64)
+          // ---- BSR, blocks 4x8 and 8x16 (and 3x5: odd blocks); for the AVX-512 M = 1 kernel 24x16, 5x64 and 6x16
+          // (passes of 16, 8, 4, 2 and 1 rows of a block row), 32x32 and 48x64 (whole blocks, 16 rows at a time; 1, 2
+          // and 4 registers per block row); for the AVX-512 kernel from M = 2 (x by rows, of the values' dtype as
+          // well: bf16 through vdpbf16ps, 256-bit where C = 16) tiles of 4 block rows and 3, 2 and 1 left (7x32, 6x16,
+          // 5x64)
           for (auto rc : {std::pair<int, int>{4, 8}, {8, 16}, {3, 5}, {24, 16}, {32, 32}, {5, 64}, {6, 16}, {48, 64},
                           {7, 32}}) {
             const int R = rc.first, C = rc.second;
