@@ -48,7 +48,8 @@ def make(fmt, N, K, dtype, **kw):
 
 FLOAT_FORMATS = [("bsr", 24, 40, {"blocksize": (4, 8)}), ("bsr", 32, 48, {"blocksize": (16, 16)}),
                  ("bsr", 9, 10, {"blocksize": (3, 5)}), ("bitmap", 37, 77, {}), ("bitmap", 9, 200, {"density": 0.6}), ("bitmap", 5, 32, {"density": 1.0}),
-                 ("bitmap", 6, 40, {"density": 0.0}), ("2:4", 21, 52, {}), ("2:4", 16, 64, {})]
+                 ("bitmap", 6, 40, {"density": 0.0}), ("2:4", 21, 52, {}), ("2:4", 16, 64, {}),
+                 ("bsr", 64, 96, {"blocksize": (32, 32)})]
 
 
 @pytest.mark.parametrize("fmt,N,K,kw", FLOAT_FORMATS)
