@@ -469,17 +469,6 @@ void bitmap_rows_impl(const BitmapArgs& a, int64_t r0, int64_t r1) {
 // AVX2 kernel it replaces loaded and broadcast each kept value and FMA'd a column of the transposed x per value.
 // Weight rows go in blocks of kRowsBlock, per pass over up to kRowsTile rows of x, in groups that share each
 // window's loads of x; the next block is prefetched into L2 meanwhile.
-template <DType VD>
-struct S24Traits;
-template <>
-struct S24Traits<DType::f32> {
-  static constexpr int kGroups = 8;  // groups of four columns per window
-};
-template <>
-struct S24Traits<DType::bf16> {
-  static constexpr int kGroups = 16;
-};
-
 struct S24Win {
   __m512i idx;   // each value's column in the window
   __m512i vals;  // the values (zero past the row's end)
@@ -572,7 +561,7 @@ inline __m512 s24_fma(__m512 acc, const S24Win& w, __m512i lo, __m512i hi) {
 template <DType VD, int MT, int R>
 void s24_group(const Sparse24Args& a, int64_t n, int64_t m0, const void* const* xr, L2Ahead& ahead, int64_t lines) {
   using V = typename Elem<VD>::storage;
-  constexpr int WG = S24Traits<VD>::kGroups;
+  constexpr int WG = VD == DType::f32 ? 8 : 16;  // groups of four columns per window: 16 values of 4 / 32 of 2 bytes
   const int64_t K = a.io.K, G = K / 4, mbytes = (K + 7) / 8, full = G / WG;
   const V* v[R];
   const uint8_t* mt[R];
