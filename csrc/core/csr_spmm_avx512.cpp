@@ -11,10 +11,11 @@
 //  - K is walked in panels (rows_w), a block of 16 rows at a time, so that the panel's slice of xt
 //    (32 KiB, at least 128 columns) stays in L1; the next block's weights are prefetched into L2
 //    meanwhile, since a block read piece by piece does not stream by itself. A row's piece of a panel
-//    is found by a forward scan, 16 columns per compare. Rows sparser than 1 in 8 (K > 1024) give
-//    pieces too short to pay for it, and go to the AVX2 tiles instead (csr_spmm_rows).
+//    is found by a forward scan, 16 columns per compare. Rows sparser than 1 in 8 (K > 1024; 1 in 16
+//    from M = 49) give pieces too short to pay for it, and go to the AVX2 tiles instead (csr_spmm_rows).
+//    From M = 49 the blocks are 64 rows and the panels larger (Blocking).
 //  - from M = 17, R = ceil(M / 16) registers per kept weight (the last one loaded under a mask), in
-//    tiles of up to 64 rows.
+//    tiles of up to 128 rows.
 // 8 layers of 4096 x 4096 at 70 %, 2 threads, AVX2 tiles -> this: M = 4 24.7 -> 16.5 ms, M = 16 25.9 ->
 // 20.8 ms, M = 64 75.5 -> 68.3 ms (one thread: 2.6 ns per kept weight at M = 64, bound by xt reads).
 //  - bf16 values and x staged as bf16 (xt16, M >= 9, AVX-512 BF16): two kept weights per vdpbf16ps, half
@@ -270,35 +271,52 @@ inline int64_t first_col_at_least(const int32_t* col, int64_t lo, int64_t hi, in
   return hi;
 }
 
-// Prefetches [p, end) into L2 a few lines per call, in order (the weights of the next row block).
-struct L2Stream {
+// Prefetches [p, end) a few lines per call, in order (the weights of the next row block): into L2, or into
+// L1 (kL1) where a kept weight's FMAs take long enough for the lines to stay there until used.
+template <bool kL1>
+struct Stream {
   const char* p = nullptr;
   const char* end = nullptr;
   int64_t lines = 0;  // per call
   void step() {
-    for (int64_t i = 0; i < lines && p < end; ++i, p += 64) _mm_prefetch(p, _MM_HINT_T1);
+    for (int64_t i = 0; i < lines && p < end; ++i, p += 64) _mm_prefetch(p, kL1 ? _MM_HINT_T0 : _MM_HINT_T1);
   }
 };
 
-constexpr int64_t kPanelBytes = 32 * 1024;
-// Columns per panel: kPanelBytes of xt (one L1), at least 128.
-// bytes: what a kept weight's reads of one column cover (with the rest of their lines).
-inline int64_t panel_cols(int64_t bytes) {
-  const int64_t c = kPanelBytes / bytes;
-  return c < 128 ? 128 : c;
-}
-constexpr int64_t kMinDensity = 8;
-constexpr int64_t kRowBlock = 16;
+// How rows_w walks the weights for R registers per kept weight. Up to R = 3 (M <= 48): blocks of 16 rows,
+// panels of 32 KiB of xt (one L1), at least 128 columns, the next block prefetched into L2. From R = 4
+// (M > 48): blocks of 64 rows, panels of 48 KiB (96 columns at R = 8, 192 at R = 4), the next block into
+// L1: a row's piece of a panel then costs about as much as its fixed costs (the scan, the accumulators,
+// the mispredicted end of its loop), and a panel's slice of xt, read from L2 once per block, serves four
+// times as many kept weights. One thread, 4096 x 4096 at 70 %, ns per kept weight: M = 64 2.55 -> 2.35,
+// M = 128 (one tile of R = 8 instead of two of R = 4) 6.3 -> 4.6; at 90 % (then in panels, below) M = 64
+// 3.95 -> 3.2, M = 128 7.8 -> 7.0. bf16 pairs (xt16), 8 layers of 4096 x 4096, 2 threads, 70 %: M = 64 46 -> 43 ms.
+template <int R>
+struct Blocking {
+  static constexpr bool kWide = R >= 4;
+  static constexpr int64_t kRows = kWide ? 64 : 16;
+  static constexpr int64_t kPanelBytes = (kWide ? 48 : 32) * 1024;
+  static constexpr int64_t kMinCols = kWide ? 32 : 128;
+  // Columns per panel; bytes: what a kept weight's reads of one column cover (with the rest of their lines).
+  static int64_t panel_cols(int64_t bytes) {
+    const int64_t c = kPanelBytes / bytes;
+    return c < kMinCols ? kMinCols : c;
+  }
+};
+// Rows sparser than 1 in this many kept weights (K > 1024) go without panels: M <= 48 (and bf16 xt16) 8,
+// float32 x with M > 48 16 (panels of 64 rows measured faster at 90 %, slower at 95 %: M = 128 11.1 against
+// 8.8 ns per kept weight).
+inline int64_t min_density(int64_t M, bool dp) { return M > 48 && !dp ? 16 : 8; }
 
-// Rows in blocks of kRowBlock, K in panels of panel_cols columns: every row of the block takes its
+// Rows in blocks (Blocking), K in panels of panel_cols columns: every row of the block takes its
 // kept weights of one panel before the next panel, so that the panel's slice of xt stays in L1
 // (without panels, K = 4096 at M = 4 misses L1 on nearly every kept weight: 1.2 ns per kept weight
 // against 0.65 at K = 256). The block's weights are read piecewise then, which the hardware
-// prefetchers do not follow (2.1 ns per kept weight); so the next block's weights are prefetched into
-// L2 in order, a few lines per step, while this block computes. One thread, 4096 x 4096 at 70 %, ns per
+// prefetchers do not follow (2.1 ns per kept weight); so the next block's weights are prefetched in
+// order, a few lines per step, while this block computes. One thread, 4096 x 4096 at 70 %, ns per
 // kept weight: M = 4 0.66, M = 16 0.98, M = 32 1.56, M = 64 2.64 (panels of 1024 columns at every M:
 // 0.76, 1.03, 1.82, 3.08).
-// kDp: bf16 values times xt16 (accumulate_dp, W = 16), and `direct` (rows sparser than 1 in kMinDensity): no
+// kDp: bf16 values times xt16 (accumulate_dp, W = 16), and `direct` (rows sparser than min_density): no
 // panels, the AVX2 tiles' job in the float32 path, which xt16 does not have.
 template <DType VD, DType OD, int W, int R, bool kDp = false>
 void rows_w(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct = false) {
@@ -314,8 +332,10 @@ void rows_w(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct = false) {
     if constexpr (kDp) accumulate_dp<R>(vals, col, a.xt16, ld, j, end, last2, acc);
     else accumulate<VD, W, R>(vals, col, a.xt, ld, j, end, last, acc);
   };
+  using B = Blocking<R>;
+  constexpr int64_t kRowBlock = B::kRows;
   const int64_t width = ld < 16 * R ? ld : 16 * R;
-  const int64_t panel = panel_cols(width * (kDp ? 2 : 4));
+  const int64_t panel = B::panel_cols(width * (kDp ? 2 : 4));
   if (a.K <= panel || direct) {
     for (int64_t n = r0; n < r1; ++n) {
       Acc<R> acc = acc_zero<R>();
@@ -331,7 +351,7 @@ void rows_w(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct = false) {
     const int rows = static_cast<int>(r1 - nb < kRowBlock ? r1 - nb : kRowBlock);
     const int64_t nn0 = nb + rows, nn1 = r1 - nn0 < kRowBlock ? r1 : nn0 + kRowBlock;
     const int64_t steps = rows * panels;
-    L2Stream pv, pc;
+    Stream<B::kWide> pv, pc;
     if (nn0 < nn1) {
       pv.p = reinterpret_cast<const char*>(vals + a.crow[nn0]);
       pv.end = reinterpret_cast<const char*>(vals + a.crow[nn1]);
@@ -373,12 +393,23 @@ void run_tile(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
     rows_w<VD, OD, 16, 2>(a, r0, r1);
   } else if (a.M <= 48) {
     rows_w<VD, OD, 16, 3>(a, r0, r1);
-  } else {
+  } else if (a.M <= 64) {
     rows_w<VD, OD, 16, 4>(a, r0, r1);
+  } else if (a.M <= 80) {
+    rows_w<VD, OD, 16, 5>(a, r0, r1);
+  } else if (a.M <= 96) {
+    rows_w<VD, OD, 16, 6>(a, r0, r1);
+  } else if (a.M <= 112) {
+    rows_w<VD, OD, 16, 7>(a, r0, r1);
+  } else {
+    rows_w<VD, OD, 16, 8>(a, r0, r1);
   }
 }
 
-constexpr int64_t kTileRows = 64;
+// Activation rows per tile: up to 8 registers per kept weight, one pass over the weights for M = 128 (float32
+// x: 4.6 ns per kept weight against 6.3 for two tiles of 64, one thread, 70 %; bf16 pairs, 8 layers of
+// 4096 x 4096, 2 threads, 70 %: 92 -> 85 ms).
+constexpr int64_t kTileRows = 128;
 
 // The tile of at most kTileRows activation rows from m0: its rows of xt (or xt16) and of y.
 template <DType OD>
@@ -401,7 +432,11 @@ void run_dp(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct) {
       case 1: rows_w<DType::bf16, OD, 16, 1, true>(t, r0, r1, direct); break;
       case 2: rows_w<DType::bf16, OD, 16, 2, true>(t, r0, r1, direct); break;
       case 3: rows_w<DType::bf16, OD, 16, 3, true>(t, r0, r1, direct); break;
-      default: rows_w<DType::bf16, OD, 16, 4, true>(t, r0, r1, direct); break;
+      case 4: rows_w<DType::bf16, OD, 16, 4, true>(t, r0, r1, direct); break;
+      case 5: rows_w<DType::bf16, OD, 16, 5, true>(t, r0, r1, direct); break;
+      case 6: rows_w<DType::bf16, OD, 16, 6, true>(t, r0, r1, direct); break;
+      case 7: rows_w<DType::bf16, OD, 16, 7, true>(t, r0, r1, direct); break;
+      default: rows_w<DType::bf16, OD, 16, 8, true>(t, r0, r1, direct); break;
     }
   }
 }
@@ -426,8 +461,9 @@ void run_out(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
 
 void csr_spmm_rows(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
   if (a.M < 2 || r0 >= r1) return;
-  const bool sparse_rows = a.K > 1024 && (a.crow[r1] - a.crow[r0]) * kMinDensity < (r1 - r0) * a.K;
-  if (a.xt16) {
+  const bool dp = a.xt16 != nullptr;
+  const bool sparse_rows = a.K > 1024 && (a.crow[r1] - a.crow[r0]) * min_density(a.M, dp) < (r1 - r0) * a.K;
+  if (dp) {
     switch (a.out_dtype) {
       case DType::f32: run_dp<DType::f32>(a, r0, r1, sparse_rows); break;
       case DType::bf16: run_dp<DType::bf16>(a, r0, r1, sparse_rows); break;
@@ -435,9 +471,9 @@ void csr_spmm_rows(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
     }
     return;
   }
-  // Panels pay while a row's piece of one panel is long enough. In rows sparser than 1 in kMinDensity
-  // (K > 1024) the AVX2 tiles, which prefetch xt ahead, are as fast or faster: 8 layers of 4096 x 4096,
-  // 2 threads, at 95 % M = 4 3.7 against 4.0 ms, M = 64 15.7 against 21.0 ms; at 90 % within noise.
+  // Panels pay while a row's piece of one panel is long enough. In rows sparser than min_density (K > 1024)
+  // the AVX2 tiles, which prefetch xt ahead, are as fast or faster: 8 layers of 4096 x 4096, 2 threads, at
+  // 95 % M = 4 3.7 against 4.0 ms, M = 64 15.7 against 21.0 ms (blocks of 16 rows); at 90 % within noise.
   if (sparse_rows) {
     avx2::csr_spmm_rows(a, r0, r1);
     return;

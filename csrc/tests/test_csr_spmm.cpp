@@ -176,11 +176,19 @@ int main() {
     run_case({64, 5, 2100, 0.8, DType::f16, DType::f32, false, 3, 0}, isa, rng);
     run_case({65, 9, 1100, 0.5, DType::bf16, DType::bf16, true, 0, 0}, isa, rng);
     run_case({130, 7, 300, 0.5, DType::f32, DType::f16, true, 1, 1}, isa, rng);
-    cases += 18;
+    // from M = 49: blocks of 64 rows (several, the last cut short), panels of 48 KiB of xt, 5..8 registers per
+    // kept weight in tiles of up to 128 rows; rows of 1 in 10 kept in panels, 1 in 20 in the AVX2 tiles
+    run_case({49, 150, 1200, 0.5, DType::f32, DType::f16, true, 0, 3}, isa, rng);
+    run_case({100, 150, 1500, 0.1, DType::f32, DType::f32, false, 0, 0}, isa, rng);
+    run_case({90, 67, 1300, 0.05, DType::f16, DType::bf16, true, 3, 0}, isa, rng);
+    run_case({128, 70, 2100, 0.3, DType::bf16, DType::f32, true, 0, 1}, isa, rng);
+    run_case({112, 65, 700, 0.4, DType::f32, DType::f32, false, 5, 0}, isa, rng);
+    run_case({77, 66, 1100, 0.2, DType::f32, DType::bf16, true, 0, 0}, isa, rng);
+    cases += 24;
     // bf16 values times x as bf16 (AVX-512 BF16: pairs of kept weights, vdpbf16ps): every register count and a
     // last tile of 1..8 rows (odd: a pair half in the padding), odd kept counts per row (one left over), rows
     // in panels (K past one) and sparse rows without panels (density below 1 / 8, K > 1024)
-    for (int64_t M : {2, 9, 15, 16, 17, 33, 48, 64, 65, 71, 130})
+    for (int64_t M : {2, 9, 15, 16, 17, 33, 48, 64, 65, 71, 100, 128, 130})
       for (DType od : types) {
         run_case({M, 23, 203, 0.3, DType::bf16, od, M % 2 == 1, 0, 2, true}, isa, rng);
         run_case({M, 19, 1500, 0.4, DType::bf16, od, false, 3, 0, true}, isa, rng);
