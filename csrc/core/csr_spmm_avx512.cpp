@@ -380,30 +380,27 @@ void rows_w(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct = false) {
   }
 }
 
-// One tile of at most kTileRows activation rows (a.M), by its width.
+// rows_w with R = ceil(M / 16) registers of 16 activation rows per kept weight (t.M <= 128).
+template <DType VD, DType OD, bool kDp = false>
+void by_registers(const CsrSpmmArgs& t, int64_t r0, int64_t r1, bool direct = false) {
+  switch ((t.M + 15) / 16) {
+    case 1: return rows_w<VD, OD, 16, 1, kDp>(t, r0, r1, direct);
+    case 2: return rows_w<VD, OD, 16, 2, kDp>(t, r0, r1, direct);
+    case 3: return rows_w<VD, OD, 16, 3, kDp>(t, r0, r1, direct);
+    case 4: return rows_w<VD, OD, 16, 4, kDp>(t, r0, r1, direct);
+    case 5: return rows_w<VD, OD, 16, 5, kDp>(t, r0, r1, direct);
+    case 6: return rows_w<VD, OD, 16, 6, kDp>(t, r0, r1, direct);
+    case 7: return rows_w<VD, OD, 16, 7, kDp>(t, r0, r1, direct);
+    default: return rows_w<VD, OD, 16, 8, kDp>(t, r0, r1, direct);
+  }
+}
+
+// One tile of at most kTileRows activation rows (a.M), by its width: up to 8 rows G kept weights per register.
 template <DType VD, DType OD>
 void run_tile(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
-  if (a.M <= 4) {
-    rows_w<VD, OD, 4, 1>(a, r0, r1);
-  } else if (a.M <= 8) {
-    rows_w<VD, OD, 8, 1>(a, r0, r1);
-  } else if (a.M <= 16) {
-    rows_w<VD, OD, 16, 1>(a, r0, r1);
-  } else if (a.M <= 32) {
-    rows_w<VD, OD, 16, 2>(a, r0, r1);
-  } else if (a.M <= 48) {
-    rows_w<VD, OD, 16, 3>(a, r0, r1);
-  } else if (a.M <= 64) {
-    rows_w<VD, OD, 16, 4>(a, r0, r1);
-  } else if (a.M <= 80) {
-    rows_w<VD, OD, 16, 5>(a, r0, r1);
-  } else if (a.M <= 96) {
-    rows_w<VD, OD, 16, 6>(a, r0, r1);
-  } else if (a.M <= 112) {
-    rows_w<VD, OD, 16, 7>(a, r0, r1);
-  } else {
-    rows_w<VD, OD, 16, 8>(a, r0, r1);
-  }
+  if (a.M <= 4) return rows_w<VD, OD, 4, 1>(a, r0, r1);
+  if (a.M <= 8) return rows_w<VD, OD, 8, 1>(a, r0, r1);
+  by_registers<VD, OD>(a, r0, r1);
 }
 
 // Activation rows per tile: up to 8 registers per kept weight, one pass over the weights for M = 128 (float32
@@ -431,17 +428,8 @@ void run_dp(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct) {
   const int64_t rows = direct ? kDirectTileRows : kTileRows;
   for (int64_t m0 = 0; m0 < a.M; m0 += rows) {
     const CsrSpmmArgs t = tile_at<OD>(a, m0, rows);
-    // a last tile of 1..8 rows reads its pairs within xt16's padding (ldxt = round_up(M, 8))
-    switch ((t.M + 15) / 16) {
-      case 1: rows_w<DType::bf16, OD, 16, 1, true>(t, r0, r1, direct); break;
-      case 2: rows_w<DType::bf16, OD, 16, 2, true>(t, r0, r1, direct); break;
-      case 3: rows_w<DType::bf16, OD, 16, 3, true>(t, r0, r1, direct); break;
-      case 4: rows_w<DType::bf16, OD, 16, 4, true>(t, r0, r1, direct); break;
-      case 5: rows_w<DType::bf16, OD, 16, 5, true>(t, r0, r1, direct); break;
-      case 6: rows_w<DType::bf16, OD, 16, 6, true>(t, r0, r1, direct); break;
-      case 7: rows_w<DType::bf16, OD, 16, 7, true>(t, r0, r1, direct); break;
-      default: rows_w<DType::bf16, OD, 16, 8, true>(t, r0, r1, direct); break;
-    }
+    // a last tile of 1..8 rows reads its pairs within xt16's padding (ldxt = csr_spmm_ldxt(M))
+    by_registers<DType::bf16, OD, true>(t, r0, r1, direct);
   }
 }
 
