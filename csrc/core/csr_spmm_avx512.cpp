@@ -395,7 +395,8 @@ void by_registers(const CsrSpmmArgs& t, int64_t r0, int64_t r1, bool direct = fa
   }
 }
 
-// One tile of at most kTileRows activation rows (a.M), by its width: up to 8 rows G kept weights per register.
+// One tile of at most kTileRows activation rows (a.M): up to 8 rows several kept weights per register (W = 4
+// or 8), beyond that by registers per kept weight.
 template <DType VD, DType OD>
 void run_tile(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
   if (a.M <= 4) return rows_w<VD, OD, 4, 1>(a, r0, r1);
