@@ -11,7 +11,9 @@ For each LLaMA-7B layer shape (N x K = out x in features) and each M it times, b
   w8a8        sparsekit quantize_per_token + int8_mm (the quantization included)
   w8a8_gemm   sparsekit int8_mm alone (activations already quantized)
   int_mm      torch._int_mm (int8 x int8 -> int32, no scales; peer; needs M > 16)
-  w8a16       sparsekit int8_weight_only_mm
+  w8a16       sparsekit int8_weight_only_mm (the CUDA router: the compiled tensor-core kernel for float16 /
+              bfloat16 at M <= 16 on sm_80+, Triton's otherwise)
+  w8a16_triton  the Triton int8_weight_only_mm launcher itself, whatever M (the router's other choice)
 
 each eagerly (triton.testing.do_bench) and in a CUDA graph (do_bench_cudagraph). Every candidate
 is first checked against the reference; a wrong one is recorded and not timed. Every kernel is
@@ -46,12 +48,13 @@ def model_args(kernel: str, params: dict) -> tuple:
         return "bsr", {"density": params["density"], "block": params["block"]}
     if kernel in ("bitmap", "csr_torch"):
         return ("bitmap" if kernel == "bitmap" else "csr"), {"density": 1 - params["sparsity"]}
-    return {"dense": ("dense", {}), "w8a8": ("int8", {}), "w8a16": ("int8-wo", {})}.get(kernel)
+    return {"dense": ("dense", {}), "w8a8": ("int8", {}), "w8a16": ("int8-wo", {}),
+            "w8a16_triton": ("int8-wo", {})}.get(kernel)
 
 OUT = Path(__file__).resolve().parent / "results"
 SHAPES = "4096x4096,11008x4096,4096x11008"
 MS = "1,2,4,8,16,32,64,128,512,2048,8192"
-KERNELS = ("dense", "bsr", "bsr_torch", "bitmap", "csr_torch", "w8a8", "w8a8_gemm", "int_mm", "w8a16")
+KERNELS = ("dense", "bsr", "bsr_torch", "bitmap", "csr_torch", "w8a8", "w8a8_gemm", "int_mm", "w8a16", "w8a16_triton")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
@@ -181,7 +184,7 @@ def make_cases(N, K, M, dtype, a, gen, dev):
             nb = Wc.values().numel() * 2 + Wc.col_indices().numel() * 8 + Wc.crow_indices().numel() * 8
             yield ("csr_torch", params, (lambda Wc=Wc: torch.sparse.mm(Wc, x.t())), (lambda r=ref: r().t()), nb + io)
 
-    if ks & {"w8a8", "w8a8_gemm", "int_mm", "w8a16"}:
+    if ks & {"w8a8", "w8a8_gemm", "int_mm", "w8a16", "w8a16_triton"}:
         I = Int8Weight.from_dense(w)
         wnb = N * K + N * 4
         q, s, _ = sparsekit.ops.reference.quantize_per_token(x)
@@ -198,9 +201,12 @@ def make_cases(N, K, M, dtype, a, gen, dev):
             wt = I.qweight.t()  # column-major (K, N), as _int_mm wants
             yield ("int_mm", {}, (lambda: torch._int_mm(q, wt)),
                    (lambda: sparsekit.ops.reference.int8_gemm_i32(q, I.qweight)), N * K + M * K + M * N * 4)
+        refwo = (lambda: F.linear(x.float(), I.qweight.float() * I.scale[:, None]))
         if "w8a16" in ks:
-            refwo = (lambda: F.linear(x.float(), I.qweight.float() * I.scale[:, None]))
             yield ("w8a16", {}, (lambda: ops.int8_weight_only_mm(x, I.qweight, I.scale)), refwo, wnb + io)
+        if "w8a16_triton" in ks and x.is_cuda:
+            from sparsekit.triton import int8 as tint8
+            yield ("w8a16_triton", {}, (lambda: tint8.int8_weight_only_mm(x, I.qweight, I.scale)), refwo, wnb + io)
 
 
 # ------------------------------------------------------------------------------------ report

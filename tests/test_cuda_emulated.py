@@ -348,6 +348,117 @@ def test_decode_kernels_other_schedules_and_grids(driver, tmp_path, knobs):
     check_mm_cases(run(driver, cases, tmp_path, knobs), cases)
 
 
+# ------------------------------------------------------------------------------------------ int8 weight-only
+WO_DTYPES = [torch.float16, torch.bfloat16]  # the tensor-core kernel's x dtypes (float32 stays on Triton)
+# K split for int8_wo_mm: b2 = 38976 bytes a block; at M = 16 the partial-sum buffers of 8 warps take 16 KB and
+# each 64 columns of x 2304 bytes (chunks of 576 columns; 512 threads, one block, keep K <= ~1500 whole); at M = 1,
+# 144 bytes per 64 columns: K above ~34000 splits.
+SPLIT_WO = {"EMU_SMEM_PER_SM": 80000, "EMU_SMEM_OPTIN": 80000}
+
+
+def int8_wo_case(name, dtype, M, N, K, g, bias=True, woff=0, xpad=0, xoff=0, split=None):
+    """y = x @ (w_q * w_scale).T + bias, w_q int8 over the whole range (-128 too), per-row float32 scales."""
+    q = torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int16).to(torch.int8)
+    scale = torch.rand(N, generator=g) * 0.02 + 0.001
+    x, xbuf, xb, ld = activations(M, K, dtype, g, xpad, xoff)
+    b = randn((N,), dtype, g) if bias else None
+    bufs = {"x": (xbuf, xb), "w_q": (q, woff), "w_scale": (scale, 0)}
+    if b is not None:
+        bufs["bias"] = (b, 0)
+    check = {"x": x, "w": q.double() * scale.double()[:, None], "bias": b}
+    if split is not None:
+        check["split"] = split
+    return H.Case("int8_wo_mm", dict(dtype=H.DTYPE_NAMES[dtype], M=M, N=N, K=K, ldx=ld), bufs, check, name=name)
+
+
+def int8_wo_cases(dtype, seed=40):
+    g = gen(seed)
+    cases = []
+    for i, M in enumerate(MS + (4, 5, 9)):
+        # 16-byte loads (K % 16 == 0, aligned); N = 40: three row groups, the last one 8 rows short
+        cases.append(int8_wo_case(f"vec M={M}", dtype, M, 40, 256, g, bias=i % 2 == 0))
+    for M in (1, 3, 17):
+        cases.append(int8_wo_case(f"bytewise K=100 M={M}", dtype, M, 21, 100, g, bias=M != 3))
+    for K in (1, 16, 48, 80, 1152, 2000):  # one lane's columns only; a partial step; 18 steps: warps idle
+        cases.append(int8_wo_case(f"K={K}", dtype, 3, 17, K, g))
+    cases.append(int8_wo_case("w misaligned", dtype, 8, 19, 256, g, woff=1))
+    cases.append(int8_wo_case("w misaligned M=16", dtype, 16, 5, 320, g, woff=8, bias=False))
+    cases.append(int8_wo_case("x strided + offset", dtype, 17, 11, 256, g, xpad=3, xoff=1))
+    cases.append(int8_wo_case("N=1", dtype, 5, 1, 128, g))
+    cases.append(int8_wo_case("N=16", dtype, 16, 16, 512, g))
+    cases.append(int8_wo_case("K=0", dtype, 3, 5, 0, g))
+    cases.append(int8_wo_case("K=0 no bias", dtype, 2, 5, 0, g, bias=False))
+    cases.append(int8_wo_case("M=16 K=4096", dtype, 16, 9, 4096, g, split=False))  # x tile > 48 KB
+    return cases
+
+
+def int8_wo_many_groups_cases(dtype, seed=41):
+    """More row groups than blocks (one SM): every block walks several groups (the next group's loads
+    issued before the reduction, the two partial-sum buffers)."""
+    g = gen(seed)
+    return [int8_wo_case("groups M=1", dtype, 1, 300, 640, g),
+            int8_wo_case("groups M=7", dtype, 7, 170, 1024, g, bias=False),
+            int8_wo_case("groups M=16", dtype, 16, 100, 192, g),
+            int8_wo_case("groups bytewise M=2", dtype, 2, 90, 99, g)]
+
+
+def int8_wo_split_cases(dtype, seed=42):
+    g = gen(seed)
+    return [int8_wo_case("split M=1", dtype, 1, 9, 40000, g, split=True),
+            int8_wo_case("split M=16", dtype, 16, 19, 2048, g, split=True),
+            int8_wo_case("split M=33", dtype, 33, 13, 1700, g, bias=False, split=True),
+            int8_wo_case("split bytewise M=9", dtype, 9, 7, 2001, g, split=True),
+            int8_wo_case("split misaligned M=4", dtype, 4, 11, 9000, g, woff=2, split=True)]
+
+
+@pytest.mark.parametrize("dtype", WO_DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
+def test_int8_wo_mm(driver, tmp_path, dtype):
+    cases = int8_wo_cases(dtype)
+    check_mm_cases(run(driver, cases, tmp_path / "whole"), cases)
+    cases = int8_wo_many_groups_cases(dtype)
+    check_mm_cases(run(driver, cases, tmp_path / "groups", {"EMU_SMS": 1}), cases)
+    cases = int8_wo_split_cases(dtype)
+    check_mm_cases(run(driver, cases, tmp_path / "split", SPLIT_WO), cases)
+
+
+@pytest.mark.parametrize("dtype", WO_DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
+def test_emulated_mma_follows_the_ptx_fragment_layout(driver, tmp_path, dtype):
+    """The emulated mma_16816 (csrc/cuda/mma_sync.cuh) against A @ B, with the fragments built in the driver
+    from the PTX ISA's layout, written independently of the kernels: a kernel and the emulator cannot agree
+    on a wrong layout unnoticed."""
+    g = gen(44)
+    cases = []
+    for i in range(3):
+        A = randn((16, 16), dtype, g)
+        B = randn((16, 8), dtype, g)
+        if i == 2:  # integers: every product and sum exact
+            A = torch.randint(-20, 20, (16, 16), generator=g).to(dtype)
+            B = torch.randint(-20, 20, (16, 8), generator=g).to(dtype)
+        cases.append(H.Case("mma_probe", {"dtype": H.DTYPE_NAMES[dtype]}, {"A": (A, 0), "B": (B, 0)},
+                            {"A": A, "B": B}, name=f"mma {i}"))
+    res = run(driver, cases, tmp_path)
+    expect_ok(res, cases)
+    for c in cases:
+        want = c.check["A"].double() @ c.check["B"].double()
+        got = c.out("D", torch.float32, (16, 8)).double()
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+
+
+def test_int8_wo_mm_refusals(driver, tmp_path):
+    """float32 x: cudaErrorInvalidValue (1); a device below sm_80 (no m16n8k16 mma): cudaErrorInvalidDeviceFunction
+    (98). Nothing is written (the output keeps the driver's NaN bytes)."""
+    g = gen(43)
+    f32 = int8_wo_case("float32", torch.float32, 2, 5, 64, g)
+    res = run(driver, [f32], tmp_path / "f32")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (f32.status or "").startswith("1 "), f32.status
+    old = int8_wo_case("sm_75", torch.float16, 2, 5, 64, g)
+    res = run(driver, [old], tmp_path / "sm75", {"EMU_CC_MAJOR": 7})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (old.status or "").startswith("98 "), old.status
+    assert bool(torch.isnan(old.out("y", torch.float16, (2, 5))).all())
+
+
 # ------------------------------------------------------------------------------------------ BSR, CSR
 def bsr_case(name, dtype, M, N, K, R, C, g, density=0.4, bias=True, empty_block_rows=(), voff=0, xpad=0, xoff=0):
     w = randn((N, K), dtype, g)
@@ -606,12 +717,28 @@ PLANTED = {
               "  if (lane == 0) __syncthreads();\n  const float s = warp_reduce_scatter<kTileM>(acc, lane);"), "bsr"),
     "pack bitmap words off-by-one": (
         "a", ("pack_kernel.cu", "for (int b = 0; b < valid; ++b)", "for (int b = 0; b <= valid; ++b)"), "pack"),
+    "int8_wo x columns of the mma's two k halves swapped": (
+        "a", ("int8_wo_kernel.cu", "const uint32_t b[2] = {xw[nt][2 * j], xw[nt][2 * j + 1]};",
+              "const uint32_t b[2] = {xw[nt][2 * j + 1], xw[nt][2 * j]};"), "int8_wo"),
+    "int8_wo missing __syncthreads before the reduction": (
+        "b", ("int8_wo_kernel.cu", "    __syncthreads();\n    const float* all", "    const float* all"), "int8_wo"),
+    "int8_wo one partial-sum buffer": (
+        "c", ("int8_wo_kernel.cu", "grp += gridDim.x, buf ^= 1)", "grp += gridDim.x, buf ^= 0)"), "int8_wo"),
+    "int8_wo next group's loads from this group": (
+        "d", ("int8_wo_kernel.cu", "k0, kc, (grp + gridDim.x) * kGroupRows,", "k0, kc, grp * kGroupRows,"), "int8_wo"),
+    "int8_wo vector loads without the alignment check": (
+        "e", ("int8_wo_kernel.cu", "p.vec = a.K % 16 == 0 && reinterpret_cast<uintptr_t>(a.w_q) % 16 == 0;",
+              "p.vec = a.K % 16 == 0;"), "int8_wo_misaligned"),
+    "int8_wo x rows past M staged from memory": (
+        "f", ("int8_wo_kernel.cu", "(m < mrows && c < kc) ? static_cast<uint16_t>", "(c < kc) ? static_cast<uint16_t>"),
+        "int8_wo"),
 }
 
 
 # the mutations of the first bitmap kernel run with it selected (the batched one is the default)
 # and those of the batched one on one SM, so that every warp has several rows (batches that cross rows)
-PLANTED_KNOBS = {"bitmap_v1": {"SPARSEKIT_CUDA_DECODE": "v1"}, "bitmap_v2": {"EMU_SMS": 1}}
+# (the int8 weight-only kernel's also on one SM: every block walks several row groups)
+PLANTED_KNOBS = {"bitmap_v1": {"SPARSEKIT_CUDA_DECODE": "v1"}, "bitmap_v2": {"EMU_SMS": 1}, "int8_wo": {"EMU_SMS": 1}}
 
 
 def planted_cases(kind):
@@ -631,6 +758,12 @@ def planted_cases(kind):
                 bitmap_case_mask("v2 sparse, dense and empty tiles", dt, 2, m, g),
                 bitmap_case("v2 dense", dt, 16, 9, 2080, gen(21), density=0.5),
                 bitmap_case("v2 dense rows of 5 tiles", dt, 4, 100, 4500, gen(23), density=0.5)]
+    if kind == "int8_wo":
+        # more row groups than the 8 blocks one SM holds
+        return [int8_wo_case("int8_wo M=3", dt, 3, 200, 256, gen(30)), int8_wo_case("int8_wo M=16", dt, 16, 150, 1152, gen(31)),
+                int8_wo_case("int8_wo M=5 bytewise", dt, 5, 180, 100, gen(32))]
+    if kind == "int8_wo_misaligned":
+        return [int8_wo_case("int8_wo misaligned", dt, 2, 9, 256, gen(33), woff=1)]
     if kind == "bitmap_misaligned":
         return [bitmap_case("misaligned", dt, 3, 9, 300, gen(18), voff=1)]
     if kind == "csr":
@@ -672,7 +805,8 @@ def test_planted_bug_is_caught(emu_dir, tmp_path, name):
 
 def test_planted_cases_pass_unmutated(driver, tmp_path):
     """The planted-bug cases pass on the real kernels: what fails them is the bug."""
-    for kind in ("sparse24", "bitmap", "bitmap_v1", "bitmap_v2", "bitmap_misaligned", "csr", "bsr", "pack"):
+    for kind in ("sparse24", "bitmap", "bitmap_v1", "bitmap_v2", "bitmap_misaligned", "csr", "bsr", "pack", "int8_wo",
+                 "int8_wo_misaligned"):
         cases = planted_cases(kind)
         why = outcome(run(driver, cases, tmp_path / kind, PLANTED_KNOBS.get(kind)), cases, kind)
         assert why is None, f"{kind}: {why}"

@@ -168,9 +168,53 @@ def test_cuda_backend_choice_by_m_and_setting(monkeypatch):
         skt.set_backend("csr_mm", "triton")
     with pytest.raises(ValueError, match="expected backend in"):
         skt.set_backend("bitmap_mm", "cuda")
-    monkeypatch.setenv("SPARSEKIT_CUDA_BACKEND", "bitmap_mm=compiled, bsr_mm=triton")
+    assert [skt.backend("int8_weight_only_mm", m) for m in (1, 16, 17)] == ["triton", "triton", "triton"]
+    monkeypatch.setattr(skt, "_compiled_cuda", lambda: True)
+    assert [skt.backend("int8_weight_only_mm", m) for m in (1, 16, 17)] == ["compiled", "compiled", "triton"]
+    monkeypatch.setenv("SPARSEKIT_CUDA_BACKEND", "bitmap_mm=compiled, bsr_mm=triton, int8_weight_only_mm=triton")
     skt._parse_env()
-    assert skt._backend == {"bitmap_mm": "compiled", "bsr_mm": "triton"}
+    assert skt._backend == {"bitmap_mm": "compiled", "bsr_mm": "triton", "int8_weight_only_mm": "triton"}
+
+
+def test_int8_weight_only_router_picks_the_compiled_kernel_for_small_m_halves(monkeypatch):
+    """The CUDA implementation of int8_weight_only_mm (sparsekit/triton): float16 / bfloat16 x with M <= 16
+    on an sm_80+ device -> the compiled tensor-core kernel (its _cuda_ alias); float32 x, larger M, an older
+    device or backend "triton" -> the Triton launcher. Logic only: CPU tensors, the launcher a stand-in, the
+    alias's CPU fallback (the reference) standing in for the kernel."""
+    from sparsekit import triton as skt
+
+    calls = []
+
+    def fake_lazy(module, name):
+        return lambda: (lambda *a: calls.append(name) or torch.zeros(a[0].shape[0], a[1].shape[0], dtype=a[0].dtype))
+
+    monkeypatch.setattr(skt, "_lazy", fake_lazy)
+    monkeypatch.setattr(skt, "_compiled_cuda", lambda: True)
+    monkeypatch.setattr(skt, "_backend", dict.fromkeys(skt._AUTO_MAX_M, "auto"))
+    mma = {"ok": True}
+    monkeypatch.setattr(skt, "_has_mma", lambda device: mma["ok"])
+    impl = skt._make_impls()["int8_weight_only_mm"]
+    w = formats.Int8Weight.from_dense(torch.randn(8, 32))
+
+    def route(M, dtype):
+        calls.clear()
+        x = torch.randn(M, 32).to(dtype)
+        y = impl(x, w.qweight, w.scale, None)
+        if calls:
+            return "triton"
+        torch.testing.assert_close(y, reference.int8_weight_only_mm(x, w.qweight, w.scale), rtol=0, atol=0)
+        return "compiled"
+
+    assert [route(m, torch.bfloat16) for m in (1, 16, 17)] == ["compiled", "compiled", "triton"]
+    assert [route(m, torch.float16) for m in (3, 33)] == ["compiled", "triton"]
+    assert route(1, torch.float32) == "triton"
+    mma["ok"] = False  # below sm_80
+    assert route(1, torch.float16) == "triton"
+    mma["ok"] = True
+    skt.set_backend("int8_weight_only_mm", "triton")
+    assert route(1, torch.float16) == "triton"
+    monkeypatch.undo()
+    assert skt._has_mma(torch.device("cpu")) is False  # not a CUDA device: never the compiled kernel
 
 
 @gpu
@@ -564,10 +608,105 @@ def test_gpu_pack_sparse24_rejects_non_24_masks_like_the_cpu():
     assert "row 3, columns 12..15 keep 4 of 4" in str(gpu_err.value)
 
 
+# ------------------------------------------------------------------------------------------ int8 weight-only
+# (M, N, K): row groups of 16 with a short last one, K % 16 != 0 (byte loads), 18+ steps, K split on an
+# H100 / H200 at M = 16 (K = 8192) and M = 1 (K = 65536), several M tiles (33).
+WO_SHAPES = [(1, 40, 256), (3, 17, 100), (7, 300, 1024), (16, 33, 4096), (16, 20, 8192), (17, 9, 48), (33, 65, 640),
+             (2, 5, 1), (1, 9, 65536), (4, 4096, 4096)]
+
+
+def require_int8_wo_kernel():
+    if not sparsekit._ext.available():
+        pytest.skip(f"the compiled extension is not loaded: {sparsekit._ext.load_error}")
+    src = cuda_kernel_source("_cuda_int8_weight_only_mm")
+    if src is None or "ops_cuda.cpp" not in src:
+        pytest.skip(f"no compiled CUDA kernel behind sparsekit::_cuda_int8_weight_only_mm (registered at {src})")
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("the int8 weight-only tensor-core kernel needs sm_80+")
+
+
+def int8_wo_inputs(M, N, K, dtype, g):
+    q = torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int16).to(torch.int8)
+    s = torch.rand(N, generator=g) * 0.02 + 1e-3
+    x = torch.randn(M, K, generator=g).to(dtype)
+    b = torch.randn(N, generator=g).to(dtype)
+    return q, s, x, b
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=DTYPE_ID)
+@pytest.mark.parametrize("M,N,K", WO_SHAPES)
+def test_int8_weight_only_compiled_kernel(dtype, M, N, K):
+    """The tensor-core kernel (csrc/cuda/int8_wo_kernel.cu) against the float64 reference, every output
+    written (the allocator poisoned first), with and without bias."""
+    require_int8_wo_kernel()
+    g = torch.Generator().manual_seed(M * 7919 + N * 31 + K)
+    q, s, x, b = int8_wo_inputs(M, N, K, dtype, g)
+    w = q.double() * s.double()[:, None]
+    for bias in (b, None):
+        poison_allocator()
+        y = torch.ops.sparsekit._cuda_int8_weight_only_mm(x.cuda(), q.cuda(), s.cuda(),
+                                                          None if bias is None else bias.cuda())
+        check(y, x.cuda(), w.cuda(), None if bias is None else bias.cuda(), dtype)
+
+
+@gpu
+def test_int8_weight_only_compiled_kernel_layouts_and_refusals():
+    require_int8_wo_kernel()
+    g = torch.Generator().manual_seed(5)
+    q, s, x, b = int8_wo_inputs(5, 37, 320, torch.bfloat16, g)
+    w = q.double() * s.double()[:, None]
+    op = torch.ops.sparsekit._cuda_int8_weight_only_mm
+    for layout in ("row-stride", "transposed"):
+        xl = make_x(5, 320, torch.bfloat16, layout)
+        check(op(xl, q.cuda(), s.cuda(), b.cuda()), xl, w.cuda(), b.cuda(), torch.bfloat16)
+    # a weight view 1 byte past a 16-byte boundary: made contiguous (aligned) by the binding; a view with
+    # unit stride at an odd offset takes the byte loads
+    big = torch.randint(-128, 128, (37, 321), dtype=torch.int16).to(torch.int8).cuda()
+    wv = big[:, 1:]
+    xx = x.cuda()
+    check(op(xx, wv, s.cuda(), None), xx, (wv.double() * s.double().cuda()[:, None]), None, torch.bfloat16)
+    flat = torch.randint(-128, 128, (37 * 320 + 1,), dtype=torch.int16).to(torch.int8).cuda()
+    wm = flat[1:].view(37, 320)  # contiguous, data pointer odd
+    check(op(xx, wm, s.cuda(), None), xx, (wm.double() * s.double().cuda()[:, None]), None, torch.bfloat16)
+    with pytest.raises(TypeError, match=r"sparsekit\.int8_weight_only_mm: the compiled CUDA kernel takes float16"):
+        op(xx.float(), q.cuda(), s.cuda(), None)
+    with pytest.raises(ValueError, match=r"sparsekit\.int8_weight_only_mm: expected w_q of shape"):
+        op(xx, q[:, :16].cuda(), s.cuda(), None)
+    assert op(xx[:0], q.cuda(), s.cuda(), None).shape == (0, 37)
+    y0 = op(xx[:, :0], q[:, :0].cuda(), s.cuda(), b.cuda())
+    torch.testing.assert_close(y0, b.cuda().expand(5, 37))
+    # the router sends small-M halves here
+    require_cpp_kernel("bitmap_mm")  # (any compiled kernel: the extension's CUDA half is loaded)
+    names = cuda_kernels_run(lambda: sparsekit.ops.int8_weight_only_mm(xx, q.cuda(), s.cuda(), b.cuda()))
+    from sparsekit import triton as skt
+    if skt.registered():
+        assert any("int8_wo_decode_kernel" in n for n in names), names
+
+
+@gpu
+def test_int8_weight_only_compiled_kernel_under_graph_capture():
+    require_int8_wo_kernel()
+    g = torch.Generator().manual_seed(6)
+    q, s, x, b = int8_wo_inputs(16, 64, 8192, torch.float16, g)  # split K: the workspace inside the graph
+    q, s, x, b = q.cuda(), s.cuda(), x.cuda(), b.cuda()
+    op = torch.ops.sparsekit._cuda_int8_weight_only_mm
+    want = op(x, q, s, b)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = op(x, q, s, b)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, want)
+
+
 def _alias_args(op, device="cpu"):
     torch.manual_seed(0)
     w = torch.randn(16, 64)
     x = torch.randn(3, 64, device=device)
+    if op == "_cuda_int8_weight_only_mm":
+        f = formats.Int8Weight.from_dense(w)
+        return (x.half() if device == "cuda" else x, f.qweight.to(device), f.scale.to(device), None)
     if op == "_cuda_bitmap_mm":
         f = formats.BitmapWeight.from_dense(w, torch.rand(16, 64) < 0.4)
         return (x, f.bitmap.to(device), f.word_offsets.to(device), f.values.to(device), None)
@@ -575,7 +714,7 @@ def _alias_args(op, device="cpu"):
     return (x, f.crow_indices.to(device), f.col_indices.to(device), f.values.to(device), 16, torch.randn(16, device=device))
 
 
-@pytest.mark.parametrize("op", ["_cuda_bitmap_mm", "_cuda_bsr_mm"])
+@pytest.mark.parametrize("op", ["_cuda_bitmap_mm", "_cuda_bsr_mm", "_cuda_int8_weight_only_mm"])
 def test_compiled_cuda_aliases_opcheck_and_checks_on_cpu(op):
     """The _cuda_ names of the compiled CUDA kernels are ops of their own: on the CPU they fall back to the
     checked reference, with the public op's messages."""
@@ -590,9 +729,12 @@ def test_compiled_cuda_aliases_opcheck_and_checks_on_cpu(op):
 
 
 @gpu
-@pytest.mark.parametrize("op", ["_cuda_bitmap_mm", "_cuda_bsr_mm"])
+@pytest.mark.parametrize("op", ["_cuda_bitmap_mm", "_cuda_bsr_mm", "_cuda_int8_weight_only_mm"])
 def test_compiled_cuda_aliases_opcheck_cuda(op):
-    require_cpp_kernel(op[len("_cuda_"):])
+    if op == "_cuda_int8_weight_only_mm":
+        require_int8_wo_kernel()
+    else:
+        require_cpp_kernel(op[len("_cuda_"):])
     torch.library.opcheck(getattr(torch.ops.sparsekit, op), _alias_args(op, "cuda"))
 
 

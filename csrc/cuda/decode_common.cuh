@@ -286,6 +286,7 @@ struct DevInfo {
   int sms = 1;
   int smem_optin = 48 * 1024;    // bytes of shared memory one block may ask for
   int smem_per_sm = 64 * 1024;   // bytes per multiprocessor
+  int cc_major = 8;              // compute capability (major): the tensor-core kernels need 8 or more
 };
 
 inline cudaError_t dev_info(DevInfo* out) {
@@ -305,6 +306,7 @@ inline cudaError_t dev_info(DevInfo* out) {
     if ((e = cudaDeviceGetAttribute(&d.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev)) !=
         cudaSuccess)
       return e;
+    if ((e = cudaDeviceGetAttribute(&d.cc_major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess) return e;
     it = cache.emplace(dev, d).first;
   }
   *out = it->second;

@@ -177,6 +177,8 @@ _register("sparse24_int8_linear", C.check_sparse24_int8_linear, reference.sparse
 _register("_cuda_bsr_mm", C.check_bsr_mm, reference.bsr_mm, lambda x, cr, ci, v, n, b: _out(x, n), C.check_bsr_mm_data)
 _register("_cuda_bitmap_mm", C.check_bitmap_mm, reference.bitmap_mm, lambda x, bm, wo, v, b: _out(x, bm.shape[0]),
           C.check_bitmap_mm_data)
+_register("_cuda_int8_weight_only_mm", C.check_int8_weight_only_mm, reference.int8_weight_only_mm,
+          lambda x, wq, ws, b: _out(x, wq.shape[0]))
 
 
 def _cslt_unavailable(op):

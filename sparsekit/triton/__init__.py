@@ -45,8 +45,10 @@ _why_not: str | None = None
 # memory, the weight streamed with 16-byte loads) built for M <= 16, Triton's tiles use tl.dot and serve
 # larger M; the compiled BSR kernel is a simple one, so auto never picks it. These thresholds are
 # choices made without a GPU run: bench/cuda_gpu.py and bench/triton_gpu.py time both to confirm them.
+# int8_weight_only_mm: the compiled kernel (csrc/cuda/int8_wo_kernel.cu) streams the int8 weight into
+# tensor-core mmas for M <= 16 with float16 / bfloat16 x on sm_80+; float32 x always runs Triton's.
 BACKENDS = ("auto", "triton", "compiled")
-_AUTO_MAX_M = {"bitmap_mm": 16, "bsr_mm": 0}
+_AUTO_MAX_M = {"bitmap_mm": 16, "bsr_mm": 0, "int8_weight_only_mm": 16}
 _backend = {op: "auto" for op in _AUTO_MAX_M}
 
 
@@ -59,8 +61,8 @@ def _parse_env() -> None:
 
 
 def set_backend(op: str, backend: str) -> None:
-    """Which CUDA kernel serves `op` ("bitmap_mm" or "bsr_mm"): "triton", "compiled" (csrc/cuda) or
-    "auto" (by M, see `backend`). A process-wide setting, read on every call."""
+    """Which CUDA kernel serves `op` ("bitmap_mm", "bsr_mm" or "int8_weight_only_mm"): "triton", "compiled"
+    (csrc/cuda) or "auto" (by M, see `backend`). A process-wide setting, read on every call."""
     if op not in _backend:
         raise ValueError(f"sparsekit.triton.set_backend: expected op in {sorted(_backend)}, got {op!r}")
     if backend not in BACKENDS:
@@ -89,6 +91,22 @@ def _compiled_cuda() -> bool:
 
         _compiled = _ext.C is not None and bool(getattr(_ext.C, "with_cuda", 0))
     return _compiled
+
+
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+_mma_devices: dict = {}
+
+
+def _has_mma(device: torch.device) -> bool:
+    """Whether the device runs the bfloat16 / float16 m16n8k16 mma (a CUDA device of sm_80+), looked up once
+    per device."""
+    if device.type != "cuda":
+        return False
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    ok = _mma_devices.get(idx)
+    if ok is None:
+        ok = _mma_devices[idx] = torch.cuda.get_device_capability(idx)[0] >= 8
+    return ok
 
 
 def available() -> bool:
@@ -141,6 +159,9 @@ def _make_impls():
         return _i8()(x_q, x_scale, x_zero, w_q, w_scale, bias, out_dtype)
 
     def int8_weight_only_mm(x, w_q, w_scale, bias=None):
+        if (x.dtype in _HALF_DTYPES and backend("int8_weight_only_mm", x.shape[0]) == "compiled"
+                and _has_mma(x.device)):
+            return torch.ops.sparsekit._cuda_int8_weight_only_mm(x, w_q, w_scale, bias)
         return _wo()(x, w_q, w_scale, bias)
 
     # The one-call W8A8 linears on CUDA: the two Triton launches (quantize_per_token, int8_mm) called

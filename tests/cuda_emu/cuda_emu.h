@@ -128,6 +128,14 @@ inline float __bfloat162float(__nv_bfloat16 b) { return cuda_emu::f32_from(stati
 inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16{cuda_emu::f32_to_bf16_rn(f)}; }
 inline __nv_bfloat16 __float2bfloat16(float f) { return __float2bfloat16_rn(f); }
 inline float2 __bfloat1622float2(__nv_bfloat162 h) { return float2{__bfloat162float(h.x), __bfloat162float(h.y)}; }
+// Paired subtraction, rounded once to the type (the float difference of two halves / bfloat16s is exact).
+inline __half2 __hsub2(__half2 a, __half2 b) {
+  return __half2{__float2half_rn(__half2float(a.x) - __half2float(b.x)), __float2half_rn(__half2float(a.y) - __half2float(b.y))};
+}
+inline __nv_bfloat162 __hsub2(__nv_bfloat162 a, __nv_bfloat162 b) {
+  return __nv_bfloat162{__float2bfloat16_rn(__bfloat162float(a.x) - __bfloat162float(b.x)),
+                        __float2bfloat16_rn(__bfloat162float(a.y) - __bfloat162float(b.y))};
+}
 
 // ------------------------------------------------------------------------------------ runtime API
 enum cudaError_t {
@@ -144,6 +152,7 @@ typedef CUstream_st* cudaStream_t;
 enum cudaDeviceAttr {
   cudaDevAttrMaxThreadsPerBlock = 1,
   cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrComputeCapabilityMajor = 75,
   cudaDevAttrMaxSharedMemoryPerMultiprocessor = 81,
   cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
 };
@@ -186,6 +195,7 @@ struct Knobs {
   int sms = 2;
   int smem_optin = 232448;
   int smem_per_sm = 233472;
+  int cc_major = 9;  // compute capability (major)
   unsigned seed = 1;
   int schedule = 0;  // 0 greedy, 1 forward, 2 reverse, 3 fair (random order)
 };
@@ -280,6 +290,13 @@ inline int __all_sync(unsigned mask, int pred) {
 template <typename T>
 inline T __ldg(const T* p) { return *p; }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
+// byte i of the result = byte (selector nibble i & 7) of the 8 bytes y:x (the default mode of PRMT)
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+  const uint64_t v = (static_cast<uint64_t>(y) << 32) | x;
+  unsigned r = 0;
+  for (int i = 0; i < 4; ++i) r |= static_cast<unsigned>((v >> (8 * ((s >> (4 * i)) & 7u))) & 0xffu) << (8 * i);
+  return r;
+}
 inline int __popcll(unsigned long long v) { return __builtin_popcountll(v); }
 inline int __ffs(int v) { return __builtin_ffs(v); }
 inline int __ffsll(long long v) { return __builtin_ffsll(v); }

@@ -22,6 +22,8 @@
 #include "cuda/bitmap_kernel.cuh"
 #include "cuda/bsr_kernel.cuh"
 #include "cuda/csr_spmm_kernel.cuh"
+#include "cuda/int8_wo_kernel.cuh"
+#include "cuda/mma_sync.cuh"
 #include "cuda/pack_kernel.cuh"
 #include "cuda/scale_epilogue_kernel.cuh"
 #include "cuda/sparse24_kernel.cuh"
@@ -187,6 +189,27 @@ Buf copy_in(const void* src, size_t bytes) {
   return b;
 }
 
+// One warp: A (16 x 16, row-major) and B (16 x 8, row-major: B[k][n]) of 16-bit elements into the m16n8k16
+// fragments exactly as the PTX ISA lays them out (written here independently of the kernels), one
+// mma_16816, D (16 x 8 float32, row-major) out. Pins the emulated mma to the documented contract.
+template <typename T>
+__global__ void mma_probe_kernel(const uint16_t* A, const uint16_t* B, float* D) {
+  const int lane = static_cast<int>(threadIdx.x);
+  const int g = lane / 4, t = lane % 4;
+  auto pair = [](const uint16_t* p, int lo, int hi) { return uint32_t(p[lo]) | (uint32_t(p[hi]) << 16); };
+  const uint32_t a[4] = {pair(A, g * 16 + 2 * t, g * 16 + 2 * t + 1),
+                         pair(A, (g + 8) * 16 + 2 * t, (g + 8) * 16 + 2 * t + 1),
+                         pair(A, g * 16 + 2 * t + 8, g * 16 + 2 * t + 9),
+                         pair(A, (g + 8) * 16 + 2 * t + 8, (g + 8) * 16 + 2 * t + 9)};
+  const uint32_t b[2] = {pair(B, (2 * t) * 8 + g, (2 * t + 1) * 8 + g), pair(B, (2 * t + 8) * 8 + g, (2 * t + 9) * 8 + g)};
+  float d[4] = {0.f, 0.f, 0.f, 0.f};
+  sparsekit::cuda::decode::mma_16816<T>(d, a, b);
+  D[g * 8 + 2 * t] = d[0];
+  D[g * 8 + 2 * t + 1] = d[1];
+  D[(g + 8) * 8 + 2 * t] = d[2];
+  D[(g + 8) * 8 + 2 * t + 1] = d[3];
+}
+
 cudaError_t run(Case& c) {
   const std::string op = c.s("op");
   cudaStream_t stream = nullptr;
@@ -207,6 +230,17 @@ cudaError_t run(Case& c) {
     a.nnz = c.i("nnz");
     void* ws = workspace(c, a, &bitmap_mm_workspace_bytes);
     return bitmap_mm(a, ws, stream);
+  }
+  if (op == "int8_wo_mm") {
+    Int8WoMmLaunch a;
+    set_io(c, a);
+    a.w_q = static_cast<const int8_t*>(c.ptr("w_q"));
+    a.w_scale = static_cast<const float*>(c.ptr("w_scale"));
+    cudaError_t e = cudaSuccess;  // a refused launch (float32, below sm_80) is refused by the query too
+    int8_wo_mm_workspace_bytes(a, &e);
+    if (e != cudaSuccess) return e;
+    void* ws = workspace(c, a, &int8_wo_mm_workspace_bytes);
+    return int8_wo_mm(a, ws, stream);
   }
   if (op == "bsr_mm") {
     BsrMmLaunch a;
@@ -231,6 +265,17 @@ cudaError_t run(Case& c) {
     c.output_inplace("y");
     return scale_rows_add_bias(c.mut("y"), M, N, dtype_of(c.s("dtype")), static_cast<const float*>(c.ptr("row_scale")),
                                c.ptr("bias"), stream);
+  }
+  if (op == "mma_probe") {
+    const auto* A = static_cast<const uint16_t*>(c.ptr("A"));
+    const auto* B = static_cast<const uint16_t*>(c.ptr("B"));
+    auto* D = reinterpret_cast<float*>(c.output("D", 16 * 8 * 4));
+    if (c.s("dtype") == "bf16") {
+      ::cuda_emu::launch(mma_probe_kernel<__nv_bfloat16>, ::cuda_emu::Cfg(1, 32), A, B, D);
+    } else {
+      ::cuda_emu::launch(mma_probe_kernel<__half>, ::cuda_emu::Cfg(1, 32), A, B, D);
+    }
+    return cudaGetLastError();
   }
   if (op == "convert") {  // the emulator's own half / bfloat16 conversions, checked against torch's
     const Buf* f = c.buf("f");

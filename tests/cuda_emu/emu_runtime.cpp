@@ -64,6 +64,7 @@ const Knobs& knobs() {
     k.sms = env_int("EMU_SMS", k.sms);
     k.smem_optin = env_int("EMU_SMEM_OPTIN", k.smem_optin);
     k.smem_per_sm = env_int("EMU_SMEM_PER_SM", k.smem_per_sm);
+    k.cc_major = env_int("EMU_CC_MAJOR", k.cc_major);
     k.seed = static_cast<unsigned>(env_int("EMU_SEED", static_cast<int>(k.seed)));
     const char* s = std::getenv("EMU_SCHEDULE");
     if (s && std::string(s) == "forward") k.schedule = 1;
@@ -498,6 +499,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = knobs().smem_optin; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = knobs().smem_per_sm; return cudaSuccess;
     case cudaDevAttrMaxThreadsPerBlock: *value = 1024; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *value = knobs().cc_major; return cudaSuccess;
   }
   return cudaErrorInvalidValue;
 }
