@@ -8,6 +8,8 @@ and do_bench_cudagraph (graph replays), beside, in the same process, same shapes
               once) and torch.sparse.to_sparse_semi_structured (PyTorch's cuSPARSELt / CUTLASS)
   2:4+int8    W8A8 with per-token quantization and scaling included: quantize_per_token + sparse24_int8_mm,
               and quantize_per_token + cslt_mm (int8 cuSPARSELt, alpha = weight scales, epilogue)
+  2:4 own     sparsekit sparse24_mm in each design of --decode-variants (v1 FMAs; v2 tensor cores from M = 2,
+              the default; v3 tensor cores at every M)
   bitmap      sparsekit bitmap_mm as routed, the compiled decode kernel in each design of --decode-variants
               (SPARSEKIT_CUDA_DECODE=v2, the batched one and the default; v1, the first), the Triton one
               too when it imports
@@ -55,8 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--formats", default="2:4,bitmap,bsr,csr", help="formats to time (default: %(default)s)")
     p.add_argument("--bitmap-density", default="0.5,0.3,0.1", help="bitmap densities (default: %(default)s)")
     p.add_argument("--decode-variants", default="v2,v1",
-                   help="designs of the CUDA bitmap decode kernel to time, each under SPARSEKIT_CUDA_DECODE "
-                        "(default: %(default)s)")
+                   help="designs of the CUDA decode kernels to time, each under SPARSEKIT_CUDA_DECODE (bitmap: v1, "
+                        "v2; 2:4: v1 FMAs, v2 tensor cores from M = 2, v3 tensor cores at every M; default: "
+                        "%(default)s)")
     p.add_argument("--bsr", default="16:0.3,64:0.1", help="BSR block:density pairs (default: %(default)s)")
     p.add_argument("--csr-density", default="0.1", help="CSR densities (default: %(default)s)")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
@@ -205,6 +208,11 @@ def main(argv=None):
                 impls = []
                 if key == "2:4":
                     impls.append(("sparsekit sparse24_mm (CUDA)", lambda f=f: sparsekit.ops.sparse24_mm(x, f.values, f.meta)))
+                    # each design of the own kernel (v1 FMAs; v2 tensor cores from M = 2; v3 tensor cores at every M)
+                    for var in [v for v in a.decode_variants.split(",") if v]:
+                        impls.append((f"sparsekit sparse24_mm decode {var}",
+                                      lambda f=f: sparsekit.ops.sparse24_mm(x, f.values, f.meta),
+                                      {"SPARSEKIT_CUDA_DECODE": var}))
                     impls += cslt_impls(sparsekit.ops, x, wm, N, emit, dict(base, fmt=key))
                 elif key == "2:4+int8":
                     impls += int8_24_impls(sparsekit.ops, x, f, N, emit, dict(base, fmt=key))

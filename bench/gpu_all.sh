@@ -87,10 +87,11 @@ step gpu_tests "$T_TEST" env CUDA_LAUNCH_BLOCKING=1 "$PY" -m pytest tests -q -p 
   --timeout 120 -rfE "${GPU_TESTS[@]}"
 echo "gpu tests (-n 8, CUDA_LAUNCH_BLOCKING=1): $(grep -E '^(=+ )?[0-9]+ (passed|failed|error)' "$OUT/gpu_tests.log" | tail -n 1)" >>"$SUMMARY"
 grep -E "^(FAILED|ERROR) " "$OUT/gpu_tests.log" | head -n 60 >>"$SUMMARY"
-# The two designs of the CUDA bitmap decode kernel (SPARSEKIT_CUDA_DECODE=v2, the default, and v1) on the
-# GPU-speed issue's shapes, in one process: the first timing of v2 (csrc/cuda/README.md, "bytes in flight").
-step cuda_decode_variants "$T_BENCH" "$PY" bench/cuda_gpu.py --formats bitmap --bitmap-density 0.1,0.3,0.5 \
-  --m 1,4,16 --shapes 14336x4096,4096x14336,5120x13824 --dtype bfloat16 --decode-variants v2,v1 \
+# The designs of the CUDA decode kernels (SPARSEKIT_CUDA_DECODE: bitmap v2 batched / v1; 2:4 v1 FMAs, v2 tensor
+# cores from M = 2, v3 tensor cores at every M) on the GPU-speed issue's shapes, in one process: the first
+# timings of bitmap v2 and of the 2:4 tensor-core kernel (csrc/cuda/README.md).
+step cuda_decode_variants "$T_BENCH" "$PY" bench/cuda_gpu.py --formats 2:4,bitmap --bitmap-density 0.1,0.3,0.5 \
+  --m 1,3,7,16 --shapes 14336x4096,4096x14336,5120x13824 --dtype bfloat16 --decode-variants v2,v1,v3 \
   --name cuda_decode_variants --out "$OUT"
 # The int8 weight-only tensor-core decode kernel (csrc/cuda/int8_wo_kernel.cu, never run on a GPU before) against
 # the Triton launcher and dense in one process, at the GPU-speed issue's shapes.

@@ -176,16 +176,48 @@ def sparse24_split_cases(dtype, seed=1):
          if dtype == torch.float16 else [])
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
-def test_sparse24_mm(driver, tmp_path, dtype):
+# The 2:4 designs (SPARSEKIT_CUDA_DECODE): v1 the FMA kernel at every M, v2 (default) the tensor-core kernel
+# (mma_decode.cuh) from M = 2 in float16 / bfloat16, v3 the tensor-core kernel at every M. float32 runs the FMA
+# kernel whatever the setting (one variant is enough there).
+S24_VARIANTS = [pytest.param(dt, v, id=f"{H.DTYPE_NAMES[dt]}-{v}") for dt in DTYPES
+                for v in (("v2",) if dt == torch.float32 else ("v2", "v1", "v3"))]
+
+
+@pytest.mark.parametrize("dtype,variant", S24_VARIANTS)
+def test_sparse24_mm(driver, tmp_path, dtype, variant):
     cases = sparse24_cases(dtype)
-    check_mm_cases(run(driver, cases, tmp_path), cases)
+    check_mm_cases(run(driver, cases, tmp_path, {"SPARSEKIT_CUDA_DECODE": variant}), cases)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
-def test_sparse24_mm_split_k(driver, tmp_path, dtype):
+@pytest.mark.parametrize("dtype,variant", S24_VARIANTS)
+def test_sparse24_mm_split_k(driver, tmp_path, dtype, variant):
     cases = sparse24_split_cases(dtype)
-    check_mm_cases(run(driver, cases, tmp_path, SPLIT_24), cases)
+    if variant == "v3":  # the tensor-core kernel keeps M = 1's x row (16 KB at K = 8192) whole on this budget
+        for c in cases:
+            if c.scalars["M"] == 1:
+                c.check.pop("split", None)
+    check_mm_cases(run(driver, cases, tmp_path, {**SPLIT_24, "SPARSEKIT_CUDA_DECODE": variant}), cases)
+
+
+def sparse24_mma_cases(dtype, seed=45):
+    """What the tensor-core 2:4 path adds: more row groups than blocks (run on one SM), K % 16 != 0 (the
+    group-by-group loads), metadata at an odd address (2-byte loads refused), a weight keeping at most one
+    value per group, several M tiles."""
+    g = gen(seed)
+    return [s24_case("mma groups M=2", dtype, 2, 300, 256, g, empty_rows=(5, 40)),
+            s24_case("mma groups M=16", dtype, 16, 150, 1152, g, bias=False),
+            s24_case("mma K=52 M=5", dtype, 5, 70, 52, g),
+            s24_case("mma K=1028 M=9", dtype, 9, 40, 1028, g, keep=1),
+            s24_case("mma meta odd M=3", dtype, 3, 37, 512, g, moff=1),
+            s24_case("mma values misaligned M=33", dtype, 33, 21, 320, g, voff=1)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: H.DTYPE_NAMES[d])
+def test_sparse24_mm_tensor_core_path(driver, tmp_path, dtype):
+    cases = sparse24_mma_cases(dtype)
+    check_mm_cases(run(driver, cases, tmp_path / "v3", {"EMU_SMS": 1, "SPARSEKIT_CUDA_DECODE": "v3"}), cases)
+    cases = sparse24_mma_cases(dtype, seed=46)  # and a device below sm_80: the FMA kernel serves
+    check_mm_cases(run(driver, cases, tmp_path / "sm75", {"EMU_SMS": 1, "EMU_CC_MAJOR": 7}), cases)
 
 
 # ------------------------------------------------------------------------------------------ bitmap
@@ -718,27 +750,38 @@ PLANTED = {
     "pack bitmap words off-by-one": (
         "a", ("pack_kernel.cu", "for (int b = 0; b < valid; ++b)", "for (int b = 0; b <= valid; ++b)"), "pack"),
     "int8_wo x columns of the mma's two k halves swapped": (
-        "a", ("int8_wo_kernel.cu", "const uint32_t b[2] = {xw[nt][2 * j], xw[nt][2 * j + 1]};",
+        "a", ("mma_decode.cuh", "const uint32_t b[2] = {xw[nt][2 * j], xw[nt][2 * j + 1]};",
               "const uint32_t b[2] = {xw[nt][2 * j + 1], xw[nt][2 * j]};"), "int8_wo"),
     "int8_wo missing __syncthreads before the reduction": (
-        "b", ("int8_wo_kernel.cu", "    __syncthreads();\n    const float* all", "    const float* all"), "int8_wo"),
+        "b", ("mma_decode.cuh", "    __syncthreads();\n    const float* all", "    const float* all"), "int8_wo"),
     "int8_wo one partial-sum buffer": (
-        "c", ("int8_wo_kernel.cu", "grp += gridDim.x, buf ^= 1)", "grp += gridDim.x, buf ^= 0)"), "int8_wo"),
+        "c", ("mma_decode.cuh", "grp += gridDim.x, buf ^= 1)", "grp += gridDim.x, buf ^= 0)"), "int8_wo"),
     "int8_wo next group's loads from this group": (
-        "d", ("int8_wo_kernel.cu", "k0, kc, (grp + gridDim.x) * kGroupRows,", "k0, kc, grp * kGroupRows,"), "int8_wo"),
+        "d", ("mma_decode.cuh", "k0, kc, (grp + gridDim.x) * kGroupRows,", "k0, kc, grp * kGroupRows,"), "int8_wo"),
     "int8_wo vector loads without the alignment check": (
         "e", ("int8_wo_kernel.cu", "p.vec = a.K % 16 == 0 && reinterpret_cast<uintptr_t>(a.w_q) % 16 == 0;",
               "p.vec = a.K % 16 == 0;"), "int8_wo_misaligned"),
+    "s24 mma selector: the two values of a group swapped": (
+        "h", ("mma_decode.cuh", "p == (nibble >> 2) ? 0x32u : p == (nibble & 3u) ? 0x10u : 0x44u",
+              "p == (nibble >> 2) ? 0x10u : p == (nibble & 3u) ? 0x32u : 0x44u"), "s24_mma"),
+    "s24 mma group-by-group loads: nibbles of neighbouring groups swapped": (
+        "i", ("mma_decode.cuh", "& 15u)\n                     << (4 * q);", "& 15u)\n                     << (4 * (q ^ 1));"),
+        "s24_mma"),
+    "s24 mma 2-byte metadata loads without the alignment check": (
+        "j", ("sparse24_kernel.cu", " &&\n              reinterpret_cast<uintptr_t>(a.meta) % 2 == 0;", ";"),
+        "s24_mma_misaligned"),
     "int8_wo x rows past M staged from memory": (
-        "f", ("int8_wo_kernel.cu", "(m < mrows && c < kc) ? static_cast<uint16_t>", "(c < kc) ? static_cast<uint16_t>"),
+        "f", ("mma_decode.cuh", "(m < mrows && c < kc) ? static_cast<uint16_t>", "(c < kc) ? static_cast<uint16_t>"),
         "int8_wo"),
 }
 
 
 # the mutations of the first bitmap kernel run with it selected (the batched one is the default)
 # and those of the batched one on one SM, so that every warp has several rows (batches that cross rows)
-# (the int8 weight-only kernel's also on one SM: every block walks several row groups)
-PLANTED_KNOBS = {"bitmap_v1": {"SPARSEKIT_CUDA_DECODE": "v1"}, "bitmap_v2": {"EMU_SMS": 1}, "int8_wo": {"EMU_SMS": 1}}
+# (the tensor-core kernel's also on one SM: every block walks several row groups; the 2:4 FMA kernel's with it
+# selected at every M, v1)
+PLANTED_KNOBS = {"bitmap_v1": {"SPARSEKIT_CUDA_DECODE": "v1"}, "bitmap_v2": {"EMU_SMS": 1}, "int8_wo": {"EMU_SMS": 1},
+                 "sparse24": {"SPARSEKIT_CUDA_DECODE": "v1"}, "s24_mma": {"EMU_SMS": 1, "SPARSEKIT_CUDA_DECODE": "v3"}}
 
 
 def planted_cases(kind):
@@ -762,6 +805,11 @@ def planted_cases(kind):
         # more row groups than the 8 blocks one SM holds
         return [int8_wo_case("int8_wo M=3", dt, 3, 200, 256, gen(30)), int8_wo_case("int8_wo M=16", dt, 16, 150, 1152, gen(31)),
                 int8_wo_case("int8_wo M=5 bytewise", dt, 5, 180, 100, gen(32))]
+    if kind == "s24_mma":
+        return [s24_case("s24 mma M=1", dt, 1, 200, 256, gen(34)), s24_case("s24 mma K=100 M=4", dt, 4, 180, 100, gen(35)),
+                s24_case("s24 mma M=16", dt, 16, 150, 640, gen(36))]
+    if kind == "s24_mma_misaligned":
+        return [s24_case("s24 mma meta odd", dt, 3, 40, 256, gen(37), moff=1)]
     if kind == "int8_wo_misaligned":
         return [int8_wo_case("int8_wo misaligned", dt, 2, 9, 256, gen(33), woff=1)]
     if kind == "bitmap_misaligned":
@@ -806,7 +854,7 @@ def test_planted_bug_is_caught(emu_dir, tmp_path, name):
 def test_planted_cases_pass_unmutated(driver, tmp_path):
     """The planted-bug cases pass on the real kernels: what fails them is the bug."""
     for kind in ("sparse24", "bitmap", "bitmap_v1", "bitmap_v2", "bitmap_misaligned", "csr", "bsr", "pack", "int8_wo",
-                 "int8_wo_misaligned"):
+                 "int8_wo_misaligned", "s24_mma", "s24_mma_misaligned"):
         cases = planted_cases(kind)
         why = outcome(run(driver, cases, tmp_path / kind, PLANTED_KNOBS.get(kind)), cases, kind)
         assert why is None, f"{kind}: {why}"
@@ -888,7 +936,11 @@ def random_mm_case(rnd, split_knobs=False):
     g = gen(rnd.randrange(10 ** 6))
     M = rnd.choice([1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40])
     N = rnd.randint(1, 45)
-    kind = rnd.choice(["s24", "bm", "bsr", "csr"])
+    kind = rnd.choice(["s24", "bm", "bsr", "csr"] + (["wo"] if dt != torch.float32 else []))
+    if kind == "wo":
+        K = rnd.choice([1024, 2000, 4096] if split_knobs else [0, 1, 16, 48, 100, 256, 640, 1000, 2048])
+        return int8_wo_case(f"int8_wo {dt} M={M} N={N} K={K}", dt, M, N, K, g, bias=rnd.random() < 0.5,
+                            woff=rnd.choice([0, 0, 0, 1, 8]), xpad=rnd.choice([0, 0, 3]), xoff=rnd.choice([0, 0, 1]))
     if kind == "s24":
         K = rnd.choice([512, 1024, 2048, 4096] if split_knobs else [0, 4, 8, 12, 128, 132, 256, 384, 640, 1024, 2048])
         return s24_case(f"s24 {dt} M={M} N={N} K={K}", dt, M, N, K, g, keep=rnd.choice([0, 1, 2, 2, 2]),

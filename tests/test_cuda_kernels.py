@@ -382,6 +382,27 @@ def test_bitmap_decode_variants(monkeypatch, variant, dtype, N, K, density, M):
     check(y, x, f.to_dense().cuda(), b, dtype)
 
 
+@gpu
+@pytest.mark.parametrize("variant", ["v2", "v1", "v3"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=DTYPE_ID)
+@pytest.mark.parametrize("N,K", [(300, 256), (150, 1152), (70, 52), (40, 8192), (4096, 4096)])
+@pytest.mark.parametrize("M", [1, 2, 7, 16, 33])
+def test_sparse24_decode_variants(monkeypatch, variant, dtype, N, K, M):
+    """The 2:4 designs (SPARSEKIT_CUDA_DECODE): v1 the FMA kernel, v2 the tensor-core kernel from M = 2
+    (mma_decode.cuh), v3 the tensor-core kernel at every M; more row groups than blocks, K % 16 != 0, split K."""
+    require_cpp_kernel("sparse24_mm")
+    monkeypatch.setenv("SPARSEKIT_CUDA_DECODE", variant)
+    w = torch.randn(N, K).to(dtype)
+    mask = mask_24(N, K)
+    mask[1] = False
+    f = formats.Sparse24Weight.from_dense(w, mask)
+    x = make_x(M, K, dtype, "contiguous")
+    b = torch.randn(N, device="cuda").to(dtype) if M % 2 else None
+    poison_allocator()
+    y = sparsekit.ops.sparse24_mm(x, f.values.cuda(), f.meta.cuda(), b)
+    check(y, x, f.to_dense().cuda(), b, dtype)
+
+
 # ------------------------------------------------------------------------------------------ BSR
 @gpu
 @pytest.mark.parametrize("dtype", FLOATS, ids=DTYPE_ID)

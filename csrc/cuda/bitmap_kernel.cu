@@ -387,7 +387,7 @@ struct BitmapDecode {
     const int mt_max = tile_m_for(a.M);
     p.vec = reinterpret_cast<uintptr_t>(a.values) % 16 == 0;
     // Variant 2 has the 16-byte path only; unaligned values run variant 1.
-    p.variant = p.vec ? decode_variant() : 1;
+    p.variant = p.vec && decode_variant() != 1 ? 2 : 1;  // (v3 is a 2:4 design: bitmap runs v2)
     // The deep batch (D = 8 tiles of one 16-byte chunk per lane) when an average tile's run fills at most
     // about 60 % of one chunk per lane (density <= 15 % in fp16 / bf16, <= 7.5 % in fp32); else D = 4
     // tiles of two chunks. Either way a denser tile is correct: it loads its other chunks as it goes.

@@ -403,18 +403,22 @@ inline int tile_m_for(int64_t rows) {
 struct Plan {
   Chunking ch;
   bool vec = false;
-  int variant = 1;      // kernel design (decode_variant()); what a family does not have falls back to 1
+  int variant = 1;      // kernel design (decode_variant()); 3: the tensor-core kernel (mma_decode.cuh)
   bool sparse = false;  // variant 2 of bitmap_mm: the deep batch for sparse rows (see bitmap_kernel.cu)
   int64_t ws_rows = 0;  // activation rows whose partial sums the workspace holds at once
   size_t ws_bytes = 0;
 };
 
-// Which design of a decode kernel runs: SPARSEKIT_CUDA_DECODE=v1 the first one (one tile per warp in
-// flight), v2 (the default; unset, empty or anything else) the batched one where a family has it. Read
-// on every call (a getenv, well under a microsecond), so that one process can time both.
+// Which design of a decode kernel runs: SPARSEKIT_CUDA_DECODE=v1 the first ones (bitmap: one tile per warp
+// in flight; 2:4: CUDA-core FMAs at every M), v2 (the default; unset, empty or anything else) the batched
+// bitmap kernel and, for 2:4 in float16 / bfloat16 on sm_80+, the tensor-core kernel from M = 2, v3 as v2
+// but the 2:4 tensor-core kernel at M = 1 too. Read on every call (a getenv, well under a microsecond), so
+// that one process can time them all.
 inline int decode_variant() {
   const char* v = std::getenv("SPARSEKIT_CUDA_DECODE");
-  return (v && std::strcmp(v, "v1") == 0) ? 1 : 2;
+  if (v && std::strcmp(v, "v1") == 0) return 1;
+  if (v && std::strcmp(v, "v3") == 0) return 3;
+  return 2;
 }
 
 // Sizes the split-K workspace of `p` for an (M, N) output (none when K is not split).

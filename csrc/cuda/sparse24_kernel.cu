@@ -1,5 +1,9 @@
 // 2:4 x dense for small M, built to stream the weight at memory bandwidth.
 //
+// Two kernels: float16 / bfloat16 on sm_80+ from M = 2 run the tensor-core decode kernel of mma_decode.cuh
+// (S24Rows: each group expanded into dense mma fragments); M = 1 and float32 run the FMA kernel below.
+// SPARSEKIT_CUDA_DECODE=v1 keeps the FMA kernel at every M, v3 takes the tensor cores at M = 1 too.
+//
 // Work split: a warp owns one output column n (a weight row) at a time and walks it; the block's
 // warps share an x tile (MT activation rows x a chunk of K columns) staged once in shared memory,
 // transposed so that one column's MT values are one to four vector loads. Blocks are persistent-ish:
@@ -22,6 +26,7 @@
 #include "cuda/sparse24_kernel.cuh"
 
 #include "cuda/decode_common.cuh"
+#include "cuda/mma_decode.cuh"
 
 namespace sparsekit {
 namespace cuda {
@@ -178,9 +183,32 @@ struct Sparse24Decode {
 
   static bool valid(const Launch& a) { return a.K % 4 == 0; }
 
+  // The tensor-core kernel (mma_decode.cuh, S24Rows) for float16 / bfloat16 on sm_80+ from M = 2 (every M
+  // with SPARSEKIT_CUDA_DECODE=v3; never with v1): at M >= 2 the FMA kernel below costs an FMA per kept
+  // weight and activation row. Its 16-byte path needs K % 16 == 0, 16-byte aligned values and 2-byte
+  // aligned metadata.
+  template <typename T>
+  static bool use_mma(const Launch& a, const DevInfo& d) {
+    if constexpr (sizeof(T) != 2) {
+      return false;
+    } else {
+      const int v = decode_variant();
+      return d.cc_major >= 8 && (v == 3 || (v == 2 && a.M >= 2));
+    }
+  }
+
   template <typename T>
   static cudaError_t make_plan(const Launch& a, const DevInfo& d, Plan* plan) {
     Plan p;
+    if (use_mma<T>(a, d)) {
+      p.variant = 3;
+      p.ch = mma::chunking<mma::S24Rows>(a.M, a.K, d);
+      p.vec = a.K % 16 == 0 && reinterpret_cast<uintptr_t>(a.values) % 16 == 0 &&
+              reinterpret_cast<uintptr_t>(a.meta) % 2 == 0;
+      plan_workspace(&p, a.M, a.N);
+      *plan = p;
+      return cudaSuccess;
+    }
     // The largest M tile used sizes the chunks (the smaller launch reuses the same chunks).
     const int mt_max = tile_m_for(a.M);
     p.ch = choose_chunking(a.K, kChunkAlign, S24<T>::kMetaStage, d,
@@ -195,6 +223,15 @@ struct Sparse24Decode {
   template <typename T, int MT, bool kVec>
   static cudaError_t launch_tiles(const Launch& a, const Plan& plan, const DevInfo& d, const Output& out,
                                   int64_t m_begin, int64_t tiles, cudaStream_t stream) {
+    if constexpr (sizeof(T) == 2) {
+      if (plan.variant == 3) {
+        mma::Params p;
+        p.M = a.M; p.N = a.N; p.K = a.K;
+        p.w = a.values; p.meta = a.meta; p.x = a.x; p.ldx = a.ldx;
+        p.out = out;
+        return mma::launch<mma::S24Rows, T, MT, kVec>(p, plan, d, m_begin, tiles, stream);
+      }
+    }
     const auto kernel = sparse24_decode_kernel<T, MT, kVec>;
     const size_t smem = XTile<T, MT, S24<T>::kSpan>::bytes(plan.ch.Kc) +
                         static_cast<size_t>(plan.ch.threads / 32) * S24<T>::kMetaStage;

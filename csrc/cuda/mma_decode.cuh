@@ -1,0 +1,413 @@
+// The tensor-core decode kernel shared by int8 weight-only (int8_wo_kernel.cu) and 2:4 (sparse24_kernel.cu,
+// M >= 2) for small M, float16 / bfloat16 x, sm_80+: the weight is streamed with 16-byte loads, expanded in
+// registers into dense m16n8k16 A fragments (a weight policy W says how) and multiplied by x from shared
+// memory on the tensor cores.
+//
+// Why tensor cores at decode sizes: a decode kernel must stream its weight bytes at the copy rate, and
+// float32 FMAs on the CUDA cores cost one instruction per weight and activation row: at M = 8-16 they alone
+// take longer than dense bf16 takes to read its weight. One mma multiplies 16 weight rows x 16 columns by
+// 8 activation rows; at M = 1 seven of its eight columns are padding, tensor-core time the kernel does not
+// otherwise use.
+//
+// Work split: a block owns a row group (16 weight rows) at a time and walks the block's row groups (grid.x
+// about as many blocks as fit at once, so x is staged once per block); its warps split the group's K chunk
+// into contiguous ranges of 64-column steps and their float32 partial sums are added through shared memory
+// at the end of the group (two buffers, one __syncthreads per group).
+//
+// A step, per lane (g = lane / 4, t = lane % 4): the 16 columns 16t..16t+15 of the step of weight rows g and
+// g + 8 (a warp-wide load covers 8 rows x 64 contiguous columns); the lane issues the loads of kBatch = 4
+// steps before using the first, and the first batch of the next row group before the group's reduction
+// barrier. The k order inside a step is permuted so that no data moves between lanes: mma j (0..3) takes, as
+// its k = 2t, 2t+1 | 2t+8, 2t+9, the columns 16t+4j, 16t+4j+1 | 16t+4j+2, 16t+4j+3 of the lane's own
+// columns, as A (the policy's pairs of rows g and g + 8) and as B (four columns of x row g: one 32-byte read
+// of the row-major x tile per step and 8-row tile of activations).
+//
+// K split: when K columns of x do not fit in shared memory, grid.y cuts K into chunks (multiples of 64) and
+// finish_kernel adds the float32 partial sums with the bias (decode_common.cuh).
+#pragma once
+#include "cuda/decode_common.cuh"
+#include "cuda/mma_sync.cuh"
+
+namespace sparsekit {
+namespace cuda {
+namespace decode {
+namespace mma {
+
+constexpr int kStepCols = 64;   // weight columns per step (16 per lane of a quad)
+constexpr int kGroupRows = 16;  // weight rows per row group (the mma's M)
+constexpr int kBatch = 4;       // steps whose loads a lane has in flight before the first is used
+
+// The x tile: rows [0, MT) of the chunk, row-major, 2-byte elements, each row's bytes rounded up to a
+// multiple of 128 plus 16: the 8 lanes of a quarter warp reading rows g and g + 1 at the same columns
+// then hit different banks.
+template <int MT>
+struct RowTile {
+  __host__ __device__ static constexpr size_t ld(int64_t cols) {
+    return round_up<size_t>(static_cast<size_t>(round_up<int64_t>(cols, kStepCols)) * 2, 128) + 16;
+  }
+  __host__ __device__ static constexpr size_t bytes(int64_t cols) { return MT * ld(cols); }
+};
+
+inline size_t rowtile_bytes(int mt, int64_t cols) {
+  switch (mt) {
+    case 1: return RowTile<1>::bytes(cols);
+    case 2: return RowTile<2>::bytes(cols);
+    case 4: return RowTile<4>::bytes(cols);
+    case 8: return RowTile<8>::bytes(cols);
+    default: return RowTile<16>::bytes(cols);
+  }
+}
+
+// Two buffers of mt x 16 float32 partial sums per warp.
+inline size_t red_bytes_per_warp(int mt) { return 2 * static_cast<size_t>(mt) * kGroupRows * sizeof(float); }
+
+struct Params {
+  int64_t M = 0, N = 0, K = 0;
+  int64_t m_begin = 0;  // first activation row of this launch (grid.z tiles of MT rows from here)
+  int64_t Kc = 0;       // columns per split (grid.y)
+  const void* w = nullptr;        // the weight's values (int8 rows, or 2:4 values)
+  const uint8_t* meta = nullptr;  // 2:4 metadata (N, ceil(K/8))
+  const float* scale = nullptr;   // per-row scale (int8) or null
+  const void* x = nullptr;
+  int64_t ldx = 0;
+  Output out;
+};
+
+template <typename P>
+__device__ __forceinline__ P as_pair(uint32_t bits) {
+  P p;
+  memcpy(&p, &bits, 4);
+  return p;
+}
+template <typename P>
+__device__ __forceinline__ uint32_t pair_bits(P p) {
+  uint32_t bits;
+  memcpy(&bits, &p, 4);
+  return bits;
+}
+__device__ __forceinline__ uint32_t word_of(const uint4& q, int j) {
+  return j == 0 ? q.x : j == 1 ? q.y : j == 2 ? q.z : q.w;  // j is a constant after unrolling
+}
+
+// Whether a lane's 16 columns starting at chunk column c of step s0 + u, row r, are to be loaded.
+__device__ __forceinline__ bool lane_cols_live(int s, int s_end, int64_t r, int64_t N, int c, int kc) {
+  return s < s_end && r < N && c < kc;
+}
+
+// ------------------------------------------------------------------------------------ int8 rows
+// w_q int8 (N, K) row-major, a float32 scale per row. Per row and step a lane holds 16 bytes.
+struct Int8Rows {
+  struct Regs {
+    uint4 v[kBatch][2];
+  };
+  static constexpr int kLutWords = 0;
+  static constexpr bool kScaled = true;
+  __device__ static void init_lut(uint32_t*) {}
+
+  template <bool kVec>
+  __device__ __forceinline__ static void load(const Params& p, int64_t k0, int kc, int64_t r0, int s0, int s_end,
+                                              int g, int t, Regs& r) {
+    const int8_t* rows[2];  // the lane's rows, at the chunk's first column
+#pragma unroll
+    for (int h = 0; h < 2; ++h) rows[h] = static_cast<const int8_t*>(p.w) + (r0 + g + 8 * h) * p.K + k0;
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int c = (s0 + u) * kStepCols + 16 * t;  // chunk-relative column of the lane's 16 bytes
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t row = r0 + g + 8 * h;
+        r.v[u][h] = make_uint4(0u, 0u, 0u, 0u);
+        if (lane_cols_live(s0 + u, s_end, row, p.N, c, kc)) {
+          const int8_t* src = rows[h] + c;
+          if constexpr (kVec) {
+            r.v[u][h] = __ldg(reinterpret_cast<const uint4*>(src));  // c < kc implies c + 16 <= kc (K % 16 == 0)
+          } else {  // a rolled loop: this path is the rare one, its code small
+            uint64_t lo = 0, hi = 0;
+            const int n = imin(16, kc - c);
+#pragma unroll 1
+            for (int e = 0; e < n; ++e) {
+              const uint64_t byte = static_cast<uint8_t>(__ldg(src + e));
+              if (e < 8) {
+                lo |= byte << (8 * e);
+              } else {
+                hi |= byte << (8 * (e - 8));
+              }
+            }
+            r.v[u][h] = make_uint4(static_cast<uint32_t>(lo), static_cast<uint32_t>(lo >> 32),
+                                   static_cast<uint32_t>(hi), static_cast<uint32_t>(hi >> 32));
+          }
+        }
+      }
+    }
+  }
+
+  // Four int8 (word j of the lane's 16 bytes) as two pairs of T, exactly: bytes 0, 1 -> lo, bytes 2, 3 -> hi
+  // (every integer of [-128, 127] is a float16 and a bfloat16). One byte permute and one paired subtraction
+  // per pair:
+  //  float16:  0x64XX is 1024 + XX; with XX = byte + 128 (the byte xor 0x80), subtract 1152;
+  //  bfloat16: 0x43XX is 128 + (XX & 127) when bit 7 of XX is clear; with XX = the byte, (0x4300 | low 7
+  //            bits) minus (0x4300 | bit 7), i.e. minus 128 or 256, is the byte (two's complement).
+  template <typename T>
+  __device__ __forceinline__ static void pairs(const Regs& r, int u, int h, int j, const uint32_t*, uint32_t& lo,
+                                               uint32_t& hi) {
+    const uint32_t w = word_of(r.v[u][h], j);
+    if constexpr (std::is_same_v<T, __half>) {
+      const uint32_t x = w ^ 0x80808080u;
+      const __half2 k1152 = as_pair<__half2>(0x64806480u);
+      lo = pair_bits(__hsub2(as_pair<__half2>(__byte_perm(x, 0x64u, 0x4140u)), k1152));
+      hi = pair_bits(__hsub2(as_pair<__half2>(__byte_perm(x, 0x64u, 0x4342u)), k1152));
+    } else {
+      const uint32_t pl = __byte_perm(w, 0x43u, 0x4140u), ph = __byte_perm(w, 0x43u, 0x4342u);
+      lo = pair_bits(__hsub2(as_pair<__nv_bfloat162>(pl & 0xff7fff7fu), as_pair<__nv_bfloat162>(pl & 0xff80ff80u)));
+      hi = pair_bits(__hsub2(as_pair<__nv_bfloat162>(ph & 0xff7fff7fu), as_pair<__nv_bfloat162>(ph & 0xff80ff80u)));
+    }
+  }
+};
+
+// ------------------------------------------------------------------------------------ 2:4 rows
+// values (N, K/2) float16 / bfloat16 and meta uint8 (N, ceil(K/8)) in the layout of LAYOUTS.md (group G =
+// columns 4G..4G+3 keeps values[2G] at i0 and values[2G+1] at i1, its nibble i0 | i1 << 2). A lane's 16
+// columns are 4 groups: 16 bytes of values (word j = group j's two values) and 16 bits of metadata (nibble
+// j = group j's). A group expands into the pairs (columns 0, 1) and (2, 3) with two byte permutes whose
+// selectors come from a 16-entry table in shared memory, indexed by the nibble.
+struct S24Rows {
+  struct Regs {
+    uint4 v[kBatch][2];
+    uint32_t m[kBatch];  // the 16 metadata bits of row g (low half) and g + 8 (high half)
+  };
+  static constexpr int kLutWords = 32;  // 16 entries of (selector of columns 0, 1; selector of columns 2, 3)
+  static constexpr bool kScaled = false;
+
+  // Selector of byte_perm(values word, 0, .) for columns p = 0, 1 (low 16 bits) and 2, 3 (high): per column
+  // 0x10 (the first value's two bytes), 0x32 (the second's) or 0x44 (zero bytes).
+  __host__ __device__ static constexpr uint32_t selector(uint32_t nibble) {
+    uint32_t s = 0;
+    for (uint32_t p = 0; p < 4; ++p) {
+      const uint32_t code = p == (nibble >> 2) ? 0x32u : p == (nibble & 3u) ? 0x10u : 0x44u;
+      s |= code << (8 * p);
+    }
+    return s;
+  }
+  __device__ static void init_lut(uint32_t* lut) {
+    for (int i = threadIdx.x; i < 16; i += blockDim.x) {
+      const uint32_t s = selector(static_cast<uint32_t>(i));
+      lut[2 * i] = s & 0xffffu;
+      lut[2 * i + 1] = s >> 16;
+    }
+  }
+
+  template <bool kVec>
+  __device__ __forceinline__ static void load(const Params& p, int64_t k0, int kc, int64_t r0, int s0, int s_end,
+                                              int g, int t, Regs& r) {
+    const int64_t half_k = p.K / 2, meta_ld = (p.K + 7) / 8;
+    const uint16_t* vrow[2];  // the lane's rows of values and metadata
+    const uint8_t* mrow[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      vrow[h] = static_cast<const uint16_t*>(p.w) + (r0 + g + 8 * h) * half_k;
+      mrow[h] = p.meta + (r0 + g + 8 * h) * meta_ld;
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int c = (s0 + u) * kStepCols + 16 * t;
+      r.m[u] = 0u;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t row = r0 + g + 8 * h;
+        r.v[u][h] = make_uint4(0u, 0u, 0u, 0u);
+        if (lane_cols_live(s0 + u, s_end, row, p.N, c, kc)) {
+          const int64_t col = k0 + c;  // a multiple of 16
+          if constexpr (kVec) {      // K % 16 == 0: c < kc implies c + 16 <= kc
+            r.v[u][h] = __ldg(reinterpret_cast<const uint4*>(vrow[h] + col / 2));
+            r.m[u] |= static_cast<uint32_t>(__ldg(reinterpret_cast<const uint16_t*>(mrow[h] + col / 8))) << (16 * h);
+          } else {  // groups one at a time (K % 4 == 0), those past the chunk zero; a rolled loop (rare path)
+            uint64_t lo = 0, hi = 0;  // groups 0, 1 and 2, 3: their two values each
+            uint32_t nib = 0u;
+            const int n = imin(4, (kc - c) / 4);
+#pragma unroll 1
+            for (int q = 0; q < n; ++q) {
+              const int64_t G = col / 4 + q;
+              const uint64_t pair = static_cast<uint64_t>(__ldg(vrow[h] + 2 * G)) |
+                                    (static_cast<uint64_t>(__ldg(vrow[h] + 2 * G + 1)) << 16);
+              if (q < 2) {
+                lo |= pair << (32 * q);
+              } else {
+                hi |= pair << (32 * (q - 2));
+              }
+              nib |= ((static_cast<uint32_t>(__ldg(mrow[h] + G / 2)) >> (4 * (G & 1))) & 15u)
+                     << (4 * q);
+            }
+            r.v[u][h] = make_uint4(static_cast<uint32_t>(lo), static_cast<uint32_t>(lo >> 32),
+                                   static_cast<uint32_t>(hi), static_cast<uint32_t>(hi >> 32));
+            r.m[u] |= nib << (16 * h);
+          }
+        }
+      }
+    }
+  }
+
+  template <typename T>
+  __device__ __forceinline__ static void pairs(const Regs& r, int u, int h, int j, const uint32_t* lut, uint32_t& lo,
+                                               uint32_t& hi) {
+    const uint2 sel = reinterpret_cast<const uint2*>(lut)[(r.m[u] >> (16 * h + 4 * j)) & 15u];
+    const uint32_t w = word_of(r.v[u][h], j);
+    lo = __byte_perm(w, 0u, sel.x);
+    hi = __byte_perm(w, 0u, sel.y);
+  }
+};
+
+// ------------------------------------------------------------------------------------ the kernel
+template <typename W, typename T, int MT, bool kVec>
+__global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params p) {
+  constexpr int NT = MT > 8 ? 2 : 1;  // mma n-tiles of 8 activation rows
+  extern __shared__ __align__(16) unsigned char smem[];
+
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int nwarps = blockDim.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int splits = gridDim.y;
+  const int split = blockIdx.y;
+  const int64_t k0 = split * p.Kc;
+  const int kc = static_cast<int>(imin<int64_t>(p.Kc, p.K - k0));  // columns of this chunk
+  const int steps = ceil_div(kc, kStepCols);
+  const int per_warp = ceil_div(steps, nwarps);
+  const int s_begin = imin(warp * per_warp, steps);
+  const int s_end = imin(s_begin + per_warp, steps);
+  const int64_t m0 = p.m_begin + static_cast<int64_t>(blockIdx.z) * MT;
+  const int mrows = static_cast<int>(imin<int64_t>(MT, p.M - m0));
+  const int64_t groups = ceil_div<int64_t>(p.N, kGroupRows);
+
+  const size_t ld = RowTile<MT>::ld(p.Kc);
+  unsigned char* xs = smem;
+  float* red = reinterpret_cast<float*>(smem + RowTile<MT>::bytes(p.Kc));
+  uint32_t* lut = reinterpret_cast<uint32_t*>(red + static_cast<size_t>(nwarps) * 2 * MT * kGroupRows);
+
+  int64_t grp = blockIdx.x;
+  typename W::Regs regs;
+  bool preloaded = false;
+  if (grp < groups && s_begin < s_end) {  // in flight while x is staged
+    W::template load<kVec>(p, k0, kc, grp * kGroupRows, s_begin, s_end, g, t, regs);
+    preloaded = true;
+  }
+
+  {  // stage x rows [m0, m0 + mrows), columns [k0, k0 + kc); zero up to MT rows and whole steps
+    const Bits<T>* xb = reinterpret_cast<const Bits<T>*>(p.x) + m0 * p.ldx + k0;
+    const int cols = steps * kStepCols;
+    for (int i = threadIdx.x; i < MT * cols; i += blockDim.x) {
+      const int m = i / cols, c = i - m * cols;
+      *reinterpret_cast<uint16_t*>(xs + m * ld + 2 * c) =
+          (m < mrows && c < kc) ? static_cast<uint16_t>(xb[m * p.ldx + c]) : static_cast<uint16_t>(0);
+    }
+    W::init_lut(lut);
+  }
+  __syncthreads();
+
+  for (int buf = 0; grp < groups; grp += gridDim.x, buf ^= 1) {
+    const int64_t r0 = grp * kGroupRows;
+    float acc[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[nt][i] = 0.f;
+
+    for (int s0 = s_begin; s0 < s_end; s0 += kBatch) {
+      if (!preloaded) W::template load<kVec>(p, k0, kc, r0, s0, s_end, g, t, regs);
+      preloaded = false;
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        if (s0 + u < s_end) {
+          uint32_t xw[NT][8];
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            const int row = 8 * nt + g;
+            uint4 q0 = make_uint4(0u, 0u, 0u, 0u), q1 = q0;
+            if (row < MT) {
+              const uint4* xp = reinterpret_cast<const uint4*>(xs + row * ld + 2 * ((s0 + u) * kStepCols + 16 * t));
+              q0 = xp[0];
+              q1 = xp[1];
+            }
+            xw[nt][0] = q0.x; xw[nt][1] = q0.y; xw[nt][2] = q0.z; xw[nt][3] = q0.w;
+            xw[nt][4] = q1.x; xw[nt][5] = q1.y; xw[nt][6] = q1.z; xw[nt][7] = q1.w;
+          }
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            uint32_t a[4];
+            W::template pairs<T>(regs, u, 0, j, lut, a[0], a[2]);
+            W::template pairs<T>(regs, u, 1, j, lut, a[1], a[3]);
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+              const uint32_t b[2] = {xw[nt][2 * j], xw[nt][2 * j + 1]};
+              mma_16816<T>(acc[nt], a, b);
+            }
+          }
+        }
+      }
+    }
+
+    // the next group's first batch goes out before the reduction waits
+    if (grp + gridDim.x < groups && s_begin < s_end) {
+      W::template load<kVec>(p, k0, kc, (grp + gridDim.x) * kGroupRows, s_begin, s_end, g, t, regs);
+      preloaded = true;
+    }
+
+    // partial sums [warp][activation row][weight row]; buffer buf, so the next group's writes (to the
+    // other buffer) need no second barrier
+    float* mine = red + (static_cast<size_t>(buf) * nwarps + warp) * MT * kGroupRows;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int m = 8 * nt + 2 * t + e;
+        if (m < MT) {
+          mine[m * kGroupRows + g] = acc[nt][e];
+          mine[m * kGroupRows + g + 8] = acc[nt][2 + e];
+        }
+      }
+    __syncthreads();
+    const float* all = red + static_cast<size_t>(buf) * nwarps * MT * kGroupRows;
+    for (int i = threadIdx.x; i < MT * kGroupRows; i += blockDim.x) {
+      const int m = i / kGroupRows, row = i - m * kGroupRows;
+      const int64_t n = r0 + row;
+      if (m < mrows && n < p.N) {
+        float s = 0.f;
+        for (int w = 0; w < nwarps; ++w) s += all[static_cast<size_t>(w) * MT * kGroupRows + i];
+        if constexpr (W::kScaled) s *= p.scale[n];
+        write_out<T>(p.out, splits, split, m0 + m, n, s);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------ host side
+// Shared bytes of a launch: the x tile, the partial sums of `threads / 32` warps, the policy's table.
+template <typename W>
+size_t smem_bytes(int mt, int64_t Kc, int threads) {
+  return rowtile_bytes(mt, Kc) + static_cast<size_t>(threads / 32) * red_bytes_per_warp(mt) +
+         static_cast<size_t>(W::kLutWords) * 4;
+}
+
+// The K chunks of a launch for M activation rows (the largest M tile used sizes them).
+template <typename W>
+Chunking chunking(int64_t M, int64_t K, const DevInfo& d) {
+  const int mt_max = tile_m_for(M);
+  return choose_chunking(K, kStepCols, red_bytes_per_warp(mt_max), d, [&](int64_t cols) {
+    return rowtile_bytes(mt_max, cols) + static_cast<size_t>(W::kLutWords) * 4;
+  });
+}
+
+// Launches mma_decode_kernel<W, T, MT, kVec> over `tiles` M tiles from m_begin (a block per row group at
+// most: no more blocks than groups).
+template <typename W, typename T, int MT, bool kVec>
+cudaError_t launch(Params p, const Plan& plan, const DevInfo& d, int64_t m_begin, int64_t tiles, cudaStream_t stream) {
+  const auto kernel = mma_decode_kernel<W, T, MT, kVec>;
+  p.Kc = plan.ch.Kc;
+  const int64_t groups = ceil_div<int64_t>(p.N, kGroupRows);
+  return launch_decode_grid<MT>(kernel, p, plan, d, smem_bytes<W>(MT, plan.ch.Kc, plan.ch.threads),
+                                groups * (plan.ch.threads / 32), m_begin, tiles, stream);
+}
+
+}  // namespace mma
+}  // namespace decode
+}  // namespace cuda
+}  // namespace sparsekit
