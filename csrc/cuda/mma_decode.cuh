@@ -200,33 +200,33 @@ struct S24Rows {
   __device__ __forceinline__ static void load(const Params& p, int64_t k0, int kc, int64_t r0, int s0, int s_end,
                                               int g, int t, Regs& r) {
     const int64_t half_k = p.K / 2, meta_ld = (p.K + 7) / 8;
-    const uint16_t* vrow[2];  // the lane's rows of values and metadata
+    const uint16_t* vrow[2];  // the lane's rows of values and metadata, at the chunk's first column (k0 % 64 == 0)
     const uint8_t* mrow[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      vrow[h] = static_cast<const uint16_t*>(p.w) + (r0 + g + 8 * h) * half_k;
-      mrow[h] = p.meta + (r0 + g + 8 * h) * meta_ld;
+      vrow[h] = static_cast<const uint16_t*>(p.w) + (r0 + g + 8 * h) * half_k + k0 / 2;
+      mrow[h] = p.meta + (r0 + g + 8 * h) * meta_ld + k0 / 8;
     }
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
-      const int c = (s0 + u) * kStepCols + 16 * t;
+      const int c = (s0 + u) * kStepCols + 16 * t;  // chunk-relative, a multiple of 16
       r.m[u] = 0u;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int64_t row = r0 + g + 8 * h;
         r.v[u][h] = make_uint4(0u, 0u, 0u, 0u);
         if (lane_cols_live(s0 + u, s_end, row, p.N, c, kc)) {
-          const int64_t col = k0 + c;  // a multiple of 16
-          if constexpr (kVec) {      // K % 16 == 0: c < kc implies c + 16 <= kc
-            r.v[u][h] = __ldg(reinterpret_cast<const uint4*>(vrow[h] + col / 2));
-            r.m[u] |= static_cast<uint32_t>(__ldg(reinterpret_cast<const uint16_t*>(mrow[h] + col / 8))) << (16 * h);
+          const unsigned cu = static_cast<unsigned>(c);
+          if constexpr (kVec) {  // K % 16 == 0: c < kc implies c + 16 <= kc
+            r.v[u][h] = __ldg(reinterpret_cast<const uint4*>(vrow[h] + (cu >> 1)));
+            r.m[u] |= static_cast<uint32_t>(__ldg(reinterpret_cast<const uint16_t*>(mrow[h] + (cu >> 3)))) << (16 * h);
           } else {  // groups one at a time (K % 4 == 0), those past the chunk zero; a rolled loop (rare path)
             uint64_t lo = 0, hi = 0;  // groups 0, 1 and 2, 3: their two values each
             uint32_t nib = 0u;
             const int n = imin(4, (kc - c) / 4);
 #pragma unroll 1
             for (int q = 0; q < n; ++q) {
-              const int64_t G = col / 4 + q;
+              const unsigned G = (cu >> 2) + q;  // the group, from the chunk's first
               const uint64_t pair = static_cast<uint64_t>(__ldg(vrow[h] + 2 * G)) |
                                     (static_cast<uint64_t>(__ldg(vrow[h] + 2 * G + 1)) << 16);
               if (q < 2) {
