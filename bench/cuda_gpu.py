@@ -344,6 +344,14 @@ def int8_24_impls(ops, x, f, N, emit, rec):
         return ops.sparse24_int8_mm(q, s, None, f.values, f.meta, f.scale, None, x.dtype)
 
     impls = [("sparsekit 2:4+int8 quantize + sparse24_int8_mm", own)]
+    import torch
+
+    if hasattr(torch.ops.sparsekit, "_cuda_sparse24_int8_mm") and torch.cuda.get_device_capability()[0] >= 8:
+        def compiled():  # the W8A8 tensor-core decode kernel (csrc/cuda/w8a8_kernel.cu), what M <= 16 runs
+            q, s, _ = ops.quantize_per_token(x, True)
+            return torch.ops.sparsekit._cuda_sparse24_int8_mm(q, s, None, f.values, f.meta, f.scale, None, x.dtype)
+
+        impls.append(("sparsekit 2:4+int8 quantize + compiled W8A8 kernel", compiled))
     if not ops.cslt_available():
         return impls
     try:

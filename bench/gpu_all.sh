@@ -93,10 +93,10 @@ grep -E "^(FAILED|ERROR) " "$OUT/gpu_tests.log" | head -n 60 >>"$SUMMARY"
 step cuda_decode_variants "$T_BENCH" "$PY" bench/cuda_gpu.py --formats 2:4,bitmap --bitmap-density 0.1,0.3,0.5 \
   --m 1,3,7,16 --shapes 14336x4096,4096x14336,5120x13824 --dtype bfloat16 --decode-variants v2,v1,v3 \
   --name cuda_decode_variants --out "$OUT"
-# The int8 weight-only tensor-core decode kernel (csrc/cuda/int8_wo_kernel.cu, never run on a GPU before) against
-# the Triton launcher and dense in one process, at the GPU-speed issue's shapes.
-step int8_wo_decode "$T_BENCH" "$PY" bench/triton_gpu.py --kernels dense,w8a16,w8a16_triton --dtype bf16 \
-  --shapes 14336x4096,4096x14336,5120x13824 --m 1,3,7,16 --name int8_wo_decode --out "$OUT"
+# The int8 tensor-core decode kernels (weight-only and W8A8; csrc/cuda/mma_decode.cuh, never run on a GPU
+# before) against the Triton launchers and dense in one process, at the GPU-speed issue's shapes.
+step int8_decode "$T_BENCH" "$PY" bench/triton_gpu.py --kernels dense,w8a16,w8a16_triton,w8a8,w8a8_triton \
+  --dtype bf16 --shapes 14336x4096,4096x14336,5120x13824 --m 1,3,7,16 --name int8_decode --out "$OUT"
 step cslt_probe 90 "$PY" bench/cslt_probe.py --out "$OUT"
 echo "cslt probe: $(tail -n 1 "$OUT/cslt_probe.log")" >>"$SUMMARY"
 step sanitize "$T_SAN" env PYTHON="$PY" OUT="$OUT" QUICK="$QUICK" bench/cuda_sanitize.sh

@@ -25,6 +25,7 @@ import emu_build  # noqa: E402
 import emu_harness as H  # noqa: E402
 
 from sparsekit.formats import BitmapWeight, BSRWeight, CSRWeight, Sparse24Weight  # noqa: E402
+from sparsekit.ops import reference  # noqa: E402
 
 pytestmark = pytest.mark.skipif(emu_build.compiler() is None, reason="needs a C++ compiler (g++ or clang++)")
 
@@ -491,6 +492,118 @@ def test_int8_wo_mm_refusals(driver, tmp_path):
     assert bool(torch.isnan(old.out("y", torch.float16, (2, 5))).all())
 
 
+# ------------------------------------------------------------------------------------------ W8A8 (int8 x)
+# K split for w8a8_mm: int8 x rows of (K rounded to 128) + 16 bytes; at M = 16 the int32 partial sums of 8 warps
+# take 16 KB, so on 80000 bytes chunks of 1344 columns (512 threads keep up to ~2900 whole).
+SPLIT_W8A8 = {"EMU_SMEM_PER_SM": 80000, "EMU_SMEM_OPTIN": 80000}
+OUT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def w8a8_case(name, out_dtype, M, N, K, g, sparse=False, bias=True, keep=2, woff=0, moff=0, xpad=0, xoff=0,
+              split=None):
+    """int8 x_q (M, K) with per-row scales against an int8 weight (dense, or 2:4 when `sparse`); the expected
+    output is the reference op's, byte for byte."""
+    xq_full = torch.randint(-127, 128, (M, K + xpad), generator=g, dtype=torch.int16).to(torch.int8)
+    x_q = xq_full[:, :K]
+    xbuf = xq_full.reshape(-1)[: (M - 1) * (K + xpad) + K] if M > 0 else xq_full.reshape(-1)[:0]
+    x_scale = torch.rand(M, generator=g) * 0.05 + 1e-3
+    w_scale = torch.rand(N, generator=g) * 0.02 + 1e-3
+    b = randn((N,), out_dtype, g) if bias else None
+    bufs = {"x": (xbuf, xoff), "x_scale": (x_scale, 0), "w_scale": (w_scale, 0)}
+    if sparse:
+        w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int16).to(torch.float32)
+        mask = mask_24(N, K, g, keep)
+        from sparsekit.ops.packing import reference_pack_sparse24
+        values, meta = reference_pack_sparse24(w, mask)
+        values = values.to(torch.int8)
+        bufs["w"] = (values, woff)
+        bufs["meta"] = (meta, moff)
+        want = reference.sparse24_int8_mm(x_q, x_scale, None, values, meta, w_scale, b, out_dtype)
+    else:
+        w_q = torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int16).to(torch.int8)
+        bufs["w"] = (w_q, woff)
+        want = reference.int8_mm(x_q, x_scale, None, w_q, w_scale, b, out_dtype)
+    if b is not None:
+        bufs["bias"] = (b, 0)
+    check = {"want": want, "split": split}
+    return H.Case("w8a8_mm", dict(dtype=H.DTYPE_NAMES[out_dtype], M=M, N=N, K=K, ldx=K + xpad), bufs, check,
+                  name=name)
+
+
+def check_w8a8_cases(res, cases):
+    expect_ok(res, cases)
+    errors = []
+    for c in cases:
+        want = c.check["want"]
+        got = c.out("y", want.dtype, tuple(want.shape))
+        if not torch.equal(got.view(torch.int16 if want.element_size() == 2 else torch.int32),
+                           want.view(torch.int16 if want.element_size() == 2 else torch.int32)):
+            bad = (got != want).nonzero()
+            i = tuple(bad[0].tolist()) if len(bad) else None
+            errors.append(f"{c.name}: {len(bad)} of {want.numel()} outputs differ from the reference's bytes, e.g. "
+                          f"y{list(i)} = {got[i].item()!r}, expected {want[i].item()!r}" if i else f"{c.name}: bytes differ")
+        ws = int((c.dir / "workspace.txt").read_text()) if (c.dir / "workspace.txt").exists() else 0
+        if c.check["split"] is not None and (ws > 0) != c.check["split"]:
+            errors.append(f"{c.name}: split-K expected {c.check['split']}, workspace {ws} bytes")
+    assert not errors, f"{len(errors)} of {len(cases)} cases wrong:\n" + "\n".join(errors[:10])
+
+
+def w8a8_cases(out_dtype, seed=50):
+    g = gen(seed)
+    cases = []
+    for i, M in enumerate(MS + (4, 5, 9)):
+        cases.append(w8a8_case(f"dense M={M}", out_dtype, M, 40, 256, g, bias=i % 2 == 0))
+        cases.append(w8a8_case(f"2:4 M={M}", out_dtype, M, 37, 256, g, sparse=True, bias=i % 2 == 1))
+    for K in (1, 16, 100, 1152):
+        cases.append(w8a8_case(f"dense K={K}", out_dtype, 3, 17, K, g))
+    for K in (4, 52, 100, 1028):
+        cases.append(w8a8_case(f"2:4 K={K}", out_dtype, 5, 19, K, g, sparse=True, keep=1 if K == 52 else 2))
+    cases.append(w8a8_case("dense w misaligned", out_dtype, 8, 19, 256, g, woff=1))
+    cases.append(w8a8_case("2:4 values misaligned", out_dtype, 8, 19, 256, g, sparse=True, woff=4))
+    cases.append(w8a8_case("2:4 meta odd", out_dtype, 2, 21, 512, g, sparse=True, moff=1))
+    cases.append(w8a8_case("2:4 keeps none", out_dtype, 3, 9, 128, g, sparse=True, keep=0))
+    cases.append(w8a8_case("x strided + offset", out_dtype, 17, 11, 256, g, xpad=5, xoff=3))
+    cases.append(w8a8_case("K=0", out_dtype, 3, 5, 0, g))
+    cases.append(w8a8_case("N=1", out_dtype, 5, 1, 128, g, sparse=True))
+    return cases
+
+
+def w8a8_groups_and_split_cases(out_dtype, seed=51):
+    g = gen(seed)
+    groups = [w8a8_case("groups dense M=1", out_dtype, 1, 300, 640, g),
+              w8a8_case("groups 2:4 M=16", out_dtype, 16, 150, 1152, g, sparse=True),
+              w8a8_case("groups 2:4 K=100 M=3", out_dtype, 3, 180, 100, g, sparse=True)]
+    split = [w8a8_case("split dense M=16", out_dtype, 16, 19, 4096, g, split=True),
+             w8a8_case("split 2:4 M=16", out_dtype, 16, 21, 4096, g, sparse=True, split=True),
+             w8a8_case("split 2:4 K=3004 M=9", out_dtype, 9, 13, 3004, g, sparse=True, bias=False, split=True),
+             w8a8_case("split dense M=33", out_dtype, 33, 7, 3000, g, split=True)]
+    return groups, split
+
+
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
+def test_w8a8_mm(driver, tmp_path, out_dtype):
+    """int8 x int8 on the tensor cores (dense and 2:4), byte for byte the reference ops' outputs (exact int32
+    sums, the same float32 epilogue), whole K, several row groups per block and split K."""
+    cases = w8a8_cases(out_dtype)
+    check_w8a8_cases(run(driver, cases, tmp_path / "whole"), cases)
+    groups, split = w8a8_groups_and_split_cases(out_dtype)
+    check_w8a8_cases(run(driver, groups, tmp_path / "groups", {"EMU_SMS": 1}), groups)
+    check_w8a8_cases(run(driver, split, tmp_path / "split", SPLIT_W8A8), split)
+
+
+def test_w8a8_mm_refusals(driver, tmp_path):
+    g = gen(52)
+    old = w8a8_case("sm_75", torch.float16, 2, 5, 64, g)
+    res = run(driver, [old], tmp_path / "sm75", {"EMU_CC_MAJOR": 7})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (old.status or "").startswith("98 "), old.status
+    bad = w8a8_case("2:4 K % 4", torch.float16, 2, 5, 8, g, sparse=True)
+    bad.scalars["K"] = 6  # the launcher is told K = 6 (not a multiple of 4)
+    res = run(driver, [bad], tmp_path / "k")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (bad.status or "").startswith("1 "), bad.status
+
+
 # ------------------------------------------------------------------------------------------ BSR, CSR
 def bsr_case(name, dtype, M, N, K, R, C, g, density=0.4, bias=True, empty_block_rows=(), voff=0, xpad=0, xoff=0):
     w = randn((N, K), dtype, g)
@@ -753,7 +866,7 @@ PLANTED = {
         "a", ("mma_decode.cuh", "const uint32_t b[2] = {xw[nt][2 * j], xw[nt][2 * j + 1]};",
               "const uint32_t b[2] = {xw[nt][2 * j + 1], xw[nt][2 * j]};"), "int8_wo"),
     "int8_wo missing __syncthreads before the reduction": (
-        "b", ("mma_decode.cuh", "    __syncthreads();\n    const float* all", "    const float* all"), "int8_wo"),
+        "b", ("mma_decode.cuh", "    __syncthreads();\n    const Acc* all", "    const Acc* all"), "int8_wo"),
     "int8_wo one partial-sum buffer": (
         "c", ("mma_decode.cuh", "grp += gridDim.x, buf ^= 1)", "grp += gridDim.x, buf ^= 0)"), "int8_wo"),
     "int8_wo next group's loads from this group": (
@@ -770,8 +883,17 @@ PLANTED = {
     "s24 mma 2-byte metadata loads without the alignment check": (
         "j", ("sparse24_kernel.cu", " &&\n              reinterpret_cast<uintptr_t>(a.meta) % 2 == 0;", ";"),
         "s24_mma_misaligned"),
+    "w8a8 int8 mma k halves swapped": (
+        "k", ("mma_decode.cuh", "      lo = word_of(r.v[u][h], 2 * j);\n      hi = word_of(r.v[u][h], 2 * j + 1);",
+              "      lo = word_of(r.v[u][h], 2 * j + 1);\n      hi = word_of(r.v[u][h], 2 * j);"), "w8a8"),
+    "w8a8 2:4 selectors of the high group read the low group's bytes": (
+        "l", ("mma_decode.cuh", "lut[2 * i + 1] = selector(static_cast<uint32_t>(i), 2);",
+              "lut[2 * i + 1] = selector(static_cast<uint32_t>(i), 0);"), "w8a8"),
+    "w8a8 split-K partials written as float": (
+        "m", ("mma_decode.cuh", "reinterpret_cast<int*>(o.ws)[(static_cast<int64_t>(split)",
+              "o.ws[(static_cast<int64_t>(split)"), "w8a8_split"),
     "int8_wo x rows past M staged from memory": (
-        "f", ("mma_decode.cuh", "(m < mrows && c < kc) ? static_cast<uint16_t>", "(c < kc) ? static_cast<uint16_t>"),
+        "f", ("mma_decode.cuh", "(m < mrows && c < kc) ? xb[m * p.ldx + c]", "(c < kc) ? xb[m * p.ldx + c]"),
         "int8_wo"),
 }
 
@@ -781,7 +903,8 @@ PLANTED = {
 # (the tensor-core kernel's also on one SM: every block walks several row groups; the 2:4 FMA kernel's with it
 # selected at every M, v1)
 PLANTED_KNOBS = {"bitmap_v1": {"SPARSEKIT_CUDA_DECODE": "v1"}, "bitmap_v2": {"EMU_SMS": 1}, "int8_wo": {"EMU_SMS": 1},
-                 "sparse24": {"SPARSEKIT_CUDA_DECODE": "v1"}, "s24_mma": {"EMU_SMS": 1, "SPARSEKIT_CUDA_DECODE": "v3"}}
+                 "sparse24": {"SPARSEKIT_CUDA_DECODE": "v1"}, "s24_mma": {"EMU_SMS": 1, "SPARSEKIT_CUDA_DECODE": "v3"},
+                 "w8a8_split": SPLIT_W8A8}
 
 
 def planted_cases(kind):
@@ -805,6 +928,12 @@ def planted_cases(kind):
         # more row groups than the 8 blocks one SM holds
         return [int8_wo_case("int8_wo M=3", dt, 3, 200, 256, gen(30)), int8_wo_case("int8_wo M=16", dt, 16, 150, 1152, gen(31)),
                 int8_wo_case("int8_wo M=5 bytewise", dt, 5, 180, 100, gen(32))]
+    if kind == "w8a8":
+        return [w8a8_case("w8a8 dense M=3", torch.bfloat16, 3, 40, 256, gen(38)),
+                w8a8_case("w8a8 2:4 M=16", torch.float16, 16, 50, 640, gen(39), sparse=True),
+                w8a8_case("w8a8 2:4 K=100 M=2", torch.float32, 2, 33, 100, gen(40), sparse=True)]
+    if kind == "w8a8_split":
+        return [w8a8_case("w8a8 split", torch.bfloat16, 16, 19, 4096, gen(41), sparse=True, split=True)]
     if kind == "s24_mma":
         return [s24_case("s24 mma M=1", dt, 1, 200, 256, gen(34)), s24_case("s24 mma K=100 M=4", dt, 4, 180, 100, gen(35)),
                 s24_case("s24 mma M=16", dt, 16, 150, 640, gen(36))]
@@ -834,6 +963,8 @@ def outcome(res, cases, kind):
             bw = BitmapWeight.from_dense(c.check["w"], c.check["mask"])
             errs = compare_bytes(c, {"bitmap": bw.bitmap, "word_offsets": bw.word_offsets, "values": bw.values})
             assert not errs, errs
+        elif kind.startswith("w8a8"):
+            check_w8a8_cases(res, cases)
         else:
             check_mm_cases(res, cases)
     except AssertionError as e:
@@ -854,7 +985,7 @@ def test_planted_bug_is_caught(emu_dir, tmp_path, name):
 def test_planted_cases_pass_unmutated(driver, tmp_path):
     """The planted-bug cases pass on the real kernels: what fails them is the bug."""
     for kind in ("sparse24", "bitmap", "bitmap_v1", "bitmap_v2", "bitmap_misaligned", "csr", "bsr", "pack", "int8_wo",
-                 "int8_wo_misaligned", "s24_mma", "s24_mma_misaligned"):
+                 "int8_wo_misaligned", "s24_mma", "s24_mma_misaligned", "w8a8", "w8a8_split"):
         cases = planted_cases(kind)
         why = outcome(run(driver, cases, tmp_path / kind, PLANTED_KNOBS.get(kind)), cases, kind)
         assert why is None, f"{kind}: {why}"

@@ -171,9 +171,11 @@ def test_cuda_backend_choice_by_m_and_setting(monkeypatch):
     assert [skt.backend("int8_weight_only_mm", m) for m in (1, 16, 17)] == ["triton", "triton", "triton"]
     monkeypatch.setattr(skt, "_compiled_cuda", lambda: True)
     assert [skt.backend("int8_weight_only_mm", m) for m in (1, 16, 17)] == ["compiled", "compiled", "triton"]
+    assert [skt.backend("sparse24_int8_mm", m) for m in (1, 16, 17)] == ["compiled", "compiled", "triton"]
     monkeypatch.setenv("SPARSEKIT_CUDA_BACKEND", "bitmap_mm=compiled, bsr_mm=triton, int8_weight_only_mm=triton")
     skt._parse_env()
-    assert skt._backend == {"bitmap_mm": "compiled", "bsr_mm": "triton", "int8_weight_only_mm": "triton"}
+    assert skt._backend == {"bitmap_mm": "compiled", "bsr_mm": "triton", "int8_weight_only_mm": "triton",
+                            "int8_mm": "auto", "sparse24_int8_mm": "auto"}
 
 
 def test_int8_weight_only_router_picks_the_compiled_kernel_for_small_m_halves(monkeypatch):
@@ -706,6 +708,38 @@ def test_int8_weight_only_compiled_kernel_layouts_and_refusals():
 
 
 @gpu
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16], ids=DTYPE_ID)
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "2:4"])
+@pytest.mark.parametrize("M,N,K", [(1, 40, 256), (3, 17, 100), (7, 300, 1024), (16, 33, 4096), (16, 20, 16384),
+                                   (33, 65, 640), (1, 4096, 4096)])
+def test_w8a8_compiled_kernel_bytes_equal_the_reference(out_dtype, sparse, M, N, K):
+    """The compiled W8A8 kernel (int8 tensor-core mma, exact int32 sums, the reference's float32 epilogue)
+    gives the reference op's bytes, with and without bias, whole K and split K."""
+    require_int8_wo_kernel()
+    g = torch.Generator().manual_seed(M * 131 + N + K)
+    x_q = torch.randint(-127, 128, (M, K), generator=g, dtype=torch.int16).to(torch.int8)
+    x_scale = torch.rand(M, generator=g) * 0.05 + 1e-3
+    w_scale = torch.rand(N, generator=g) * 0.02 + 1e-3
+    b = torch.randn(N, generator=g).to(out_dtype)
+    if sparse:
+        f = formats.Sparse24Int8Weight.from_dense(torch.randn(N, K, generator=g), mask_24(N, K, g=g))
+        wargs = (f.values, f.meta)
+        op, ref = torch.ops.sparsekit._cuda_sparse24_int8_mm, reference.sparse24_int8_mm
+    else:
+        wargs = (torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int16).to(torch.int8),)
+        op, ref = torch.ops.sparsekit._cuda_int8_mm, reference.int8_mm
+    for bias in (b, None):
+        want = ref(x_q, x_scale, None, *wargs, w_scale, bias, out_dtype)
+        poison_allocator()
+        got = op(x_q.cuda(), x_scale.cuda(), None, *(t.cuda() for t in wargs), w_scale.cuda(),
+                 None if bias is None else bias.cuda(), out_dtype)
+        assert torch.equal(got.cpu(), want), (got.cpu() - want).abs().max()
+    with pytest.raises(ValueError, match="symmetric activations"):
+        op(x_q.cuda(), x_scale.cuda(), torch.zeros(M, dtype=torch.int32, device="cuda"), *(t.cuda() for t in wargs),
+           w_scale.cuda(), None, out_dtype)
+
+
+@gpu
 def test_int8_weight_only_compiled_kernel_under_graph_capture():
     require_int8_wo_kernel()
     g = torch.Generator().manual_seed(6)
@@ -721,6 +755,70 @@ def test_int8_weight_only_compiled_kernel_under_graph_capture():
     assert torch.equal(y, want)
 
 
+def test_w8a8_router_picks_the_compiled_kernel_for_small_m(monkeypatch):
+    """int8_mm / int8_linear / sparse24_int8_linear on CUDA (sparsekit/triton's implementations): symmetric
+    activations with M <= 16 on an sm_80+ device -> the compiled W8A8 kernel (its _cuda_ alias); a zero point,
+    larger M, an older device or backend "triton" -> Triton's int8_mm / the public sparse24_int8_mm. Logic only:
+    CPU tensors, the Triton launchers stand-ins, the aliases' CPU fallbacks (the references) stand in for the
+    kernels."""
+    from sparsekit import triton as skt
+    from sparsekit.formats import Int8Weight, Sparse24Int8Weight
+
+    calls = []
+
+    def fake_lazy(module, name):
+        if name == "quantize_per_token":
+            return lambda: reference.quantize_per_token
+        return lambda: (lambda *a: calls.append(name) or torch.zeros(a[0].shape[0], a[3].shape[0], dtype=a[-1]))
+
+    monkeypatch.setattr(skt, "_lazy", fake_lazy)
+    monkeypatch.setattr(skt, "_compiled_cuda", lambda: True)
+    monkeypatch.setattr(skt, "_backend", dict.fromkeys(skt._AUTO_MAX_M, "auto"))
+    mma = {"ok": True}
+    monkeypatch.setattr(skt, "_has_mma", lambda device: mma["ok"])
+    impls = skt._make_impls()
+    w = Int8Weight.from_dense(torch.randn(8, 32))
+    w24 = Sparse24Int8Weight.from_dense(torch.randn(8, 32) * torch.tensor([1.0, 0, 0, 1]).repeat(8))
+
+    def int8_mm(M, zero=False):
+        calls.clear()
+        q, s, z = reference.quantize_per_token(torch.randn(M, 32), not zero)
+        y = impls["int8_mm"](q, s, z if zero else None, w.qweight, w.scale, None, torch.float16)
+        if calls:
+            return "triton"
+        assert torch.equal(y, reference.int8_mm(q, s, None, w.qweight, w.scale, None, torch.float16))
+        return "compiled"
+
+    def int8_linear(M):
+        calls.clear()
+        x = torch.randn(M, 32).to(torch.bfloat16)
+        y = impls["int8_linear"](x, w.qweight, w.scale)
+        if calls:
+            return "triton"
+        assert torch.equal(y, reference.int8_linear(x, w.qweight, w.scale))
+        return "compiled"
+
+    def sparse24_int8_linear(M):
+        x = torch.randn(M, 32).to(torch.float16)
+        seen = []
+        real = torch.ops.sparsekit._cuda_sparse24_int8_mm
+        with monkeypatch.context() as mp:
+            mp.setattr(torch.ops.sparsekit, "_cuda_sparse24_int8_mm", lambda *a: seen.append(1) or real(*a))
+            y = impls["sparse24_int8_linear"](x, w24.values, w24.meta, w24.scale)
+        assert torch.equal(y, reference.sparse24_int8_linear(x, w24.values, w24.meta, w24.scale))
+        return "compiled" if seen else "public op"
+
+    assert [int8_mm(m) for m in (1, 16, 17)] == ["compiled", "compiled", "triton"]
+    assert int8_mm(3, zero=True) == "triton"  # a zero point: Triton's int8_mm
+    assert [int8_linear(m) for m in (2, 40)] == ["compiled", "triton"]
+    assert [sparse24_int8_linear(m) for m in (5, 17)] == ["compiled", "public op"]
+    mma["ok"] = False
+    assert int8_mm(1) == "triton" and sparse24_int8_linear(1) == "public op"
+    mma["ok"] = True
+    skt.set_backend("int8_mm", "triton")
+    assert int8_mm(1) == "triton"
+
+
 def _alias_args(op, device="cpu"):
     torch.manual_seed(0)
     w = torch.randn(16, 64)
@@ -728,6 +826,14 @@ def _alias_args(op, device="cpu"):
     if op == "_cuda_int8_weight_only_mm":
         f = formats.Int8Weight.from_dense(w)
         return (x.half() if device == "cuda" else x, f.qweight.to(device), f.scale.to(device), None)
+    if op in ("_cuda_int8_mm", "_cuda_sparse24_int8_mm"):
+        q, s, _ = reference.quantize_per_token(x)
+        b = torch.randn(16, device=device)
+        if op == "_cuda_int8_mm":
+            f = formats.Int8Weight.from_dense(w)
+            return (q, s, None, f.qweight.to(device), f.scale.to(device), b, torch.float32)
+        f = formats.Sparse24Int8Weight.from_dense(w * torch.tensor([1.0, 0, 0, 1]).repeat(16))
+        return (q, s, None, f.values.to(device), f.meta.to(device), f.scale.to(device), b, torch.float32)
     if op == "_cuda_bitmap_mm":
         f = formats.BitmapWeight.from_dense(w, torch.rand(16, 64) < 0.4)
         return (x, f.bitmap.to(device), f.word_offsets.to(device), f.values.to(device), None)
@@ -735,7 +841,8 @@ def _alias_args(op, device="cpu"):
     return (x, f.crow_indices.to(device), f.col_indices.to(device), f.values.to(device), 16, torch.randn(16, device=device))
 
 
-@pytest.mark.parametrize("op", ["_cuda_bitmap_mm", "_cuda_bsr_mm", "_cuda_int8_weight_only_mm"])
+@pytest.mark.parametrize("op", ["_cuda_bitmap_mm", "_cuda_bsr_mm", "_cuda_int8_weight_only_mm", "_cuda_int8_mm",
+                                "_cuda_sparse24_int8_mm"])
 def test_compiled_cuda_aliases_opcheck_and_checks_on_cpu(op):
     """The _cuda_ names of the compiled CUDA kernels are ops of their own: on the CPU they fall back to the
     checked reference, with the public op's messages."""
@@ -745,14 +852,15 @@ def test_compiled_cuda_aliases_opcheck_and_checks_on_cpu(op):
     # the public op runs the compiled CPU kernel (another summation order than the reference)
     torch.testing.assert_close(getattr(torch.ops.sparsekit, op)(*args), public(*args), rtol=1e-5, atol=1e-5)
     bad = (args[0].double(),) + args[1:]
-    with pytest.raises(TypeError, match=rf"sparsekit\.{op[len('_cuda_'):]}: expected x of dtype"):
+    with pytest.raises(TypeError, match=rf"sparsekit\.{op[len('_cuda_'):]}: expected x(_q)? of dtype"):
         getattr(torch.ops.sparsekit, op)(*bad)
 
 
 @gpu
-@pytest.mark.parametrize("op", ["_cuda_bitmap_mm", "_cuda_bsr_mm", "_cuda_int8_weight_only_mm"])
+@pytest.mark.parametrize("op", ["_cuda_bitmap_mm", "_cuda_bsr_mm", "_cuda_int8_weight_only_mm", "_cuda_int8_mm",
+                                "_cuda_sparse24_int8_mm"])
 def test_compiled_cuda_aliases_opcheck_cuda(op):
-    if op == "_cuda_int8_weight_only_mm":
+    if op in ("_cuda_int8_weight_only_mm", "_cuda_int8_mm", "_cuda_sparse24_int8_mm"):
         require_int8_wo_kernel()
     else:
         require_cpp_kernel(op[len("_cuda_"):])

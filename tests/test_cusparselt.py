@@ -242,7 +242,7 @@ def test_format_routing_by_m(fmt, dtype, monkeypatch):
     int8 = fmt == "2:4+int8"
     own_op = ops.sparse24_int8_mm if int8 else ops.sparse24_mm
     cslt = spy(monkeypatch, "_CSLT_MM")
-    own = spy(monkeypatch, "_SPARSE24_INT8_MM" if int8 else "_SPARSE24_MM")
+    own = spy(monkeypatch, "_CUDA_SPARSE24_INT8_MM" if int8 else "_SPARSE24_MM")
     for M in (4, 16, 17, 128):
         x = torch.randn(M, K, device="cuda", dtype=dtype)
         y = f.matmul(x, b)
@@ -252,10 +252,8 @@ def test_format_routing_by_m(fmt, dtype, monkeypatch):
         else:
             want = ref_halves(x, f.to_dense(), b)
         assert_close_to_ref(y.cpu(), want.cpu(), x.cpu(), f.to_dense().float().cpu(), dtype)
-    if int8:  # no own CUDA kernel for 2:4+int8: cuSPARSELt serves every M
-        assert cslt == [4, 16, 17, 128] and own == []
-    else:
-        assert cslt == [17, 128] and own == [4, 16]
+    # M <= 16: the own kernels (2:4+int8: the compiled W8A8 tensor-core kernel), cuSPARSELt above
+    assert cslt == [17, 128] and own == [4, 16]
 
 
 @gpu_cslt

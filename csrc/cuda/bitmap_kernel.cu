@@ -376,7 +376,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const 
   }
 }
 
-struct BitmapDecode {
+struct BitmapDecode : FloatFinish {
   using Launch = BitmapMmLaunch;
 
   static bool valid(const Launch& a) { return a.nnz >= 0; }

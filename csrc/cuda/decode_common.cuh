@@ -466,12 +466,22 @@ cudaError_t launch_decode_grid(void (*kernel)(Params), Params p, const Plan& pla
   return cudaSuccess;
 }
 
+// How the split-K partials of a decode family become y: float32 sums, then the bias (finish_kernel).
+struct FloatFinish {
+  template <typename T, typename Launch>
+  static cudaError_t finish(const Launch&, const Output& out, int splits, cudaStream_t stream) {
+    return launch_finish<T>(out, splits, stream);
+  }
+};
+
 // The host side shared by the decode kernels. Op is the kernel family:
 //   using Launch = ...;                                   the launch arguments (M, N, K, y, ldy, bias, dtype)
 //   static bool valid(const Launch&);                     sizes the kernel accepts
 //   template <typename T> static cudaError_t make_plan(const Launch&, const DevInfo&, Plan*);
 //   template <typename T, int MT, bool kVec> static cudaError_t launch_tiles(const Launch&, const Plan&,
 //       const DevInfo&, const Output&, int64_t m_begin, int64_t tiles, cudaStream_t);
+//   template <typename T> static cudaError_t finish(const Launch&, const Output&, int splits, cudaStream_t);
+//       the split-K finish (FloatFinish: float32 partials)
 template <typename Op>
 struct Driver {
   using Launch = typename Op::Launch;
@@ -529,7 +539,7 @@ struct Driver {
       out.ws_m0 = m;
       out.ws_rows = imin<int64_t>(plan.ws_rows, a.M - m);
       if ((e = dispatch_rows<T>(a, plan, d, out, m, out.ws_rows, stream)) != cudaSuccess) return e;
-      if ((e = launch_finish<T>(out, plan.ch.splits, stream)) != cudaSuccess) return e;
+      if ((e = Op::template finish<T>(a, out, plan.ch.splits, stream)) != cudaSuccess) return e;
     }
     return cudaSuccess;
   }

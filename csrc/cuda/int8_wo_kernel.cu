@@ -11,7 +11,7 @@ namespace {
 
 using namespace decode;
 
-struct Int8WoDecode {
+struct Int8WoDecode : FloatFinish {
   using Launch = Int8WoMmLaunch;
 
   static bool valid(const Launch& a) { return a.dtype != DType::f32; }
@@ -23,7 +23,7 @@ struct Int8WoDecode {
     } else {
       if (d.cc_major < 8) return cudaErrorInvalidDeviceFunction;
       Plan p;
-      p.ch = mma::chunking<mma::Int8Rows>(a.M, a.K, d);
+      p.ch = mma::chunking<mma::Int8Rows, mma::HalfX<T>>(a.M, a.K, d);
       p.vec = a.K % 16 == 0 && reinterpret_cast<uintptr_t>(a.w_q) % 16 == 0;
       plan_workspace(&p, a.M, a.N);
       *plan = p;
@@ -41,7 +41,7 @@ struct Int8WoDecode {
       p.M = a.M; p.N = a.N; p.K = a.K;
       p.w = a.w_q; p.scale = a.w_scale; p.x = a.x; p.ldx = a.ldx;
       p.out = out;
-      return mma::launch<mma::Int8Rows, T, MT, kVec>(p, plan, d, m_begin, tiles, stream);
+      return mma::launch<mma::Int8Rows, mma::HalfX<T>, MT, kVec>(p, plan, d, m_begin, tiles, stream);
     }
   }
 };

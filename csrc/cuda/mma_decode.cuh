@@ -37,29 +37,14 @@ constexpr int kStepCols = 64;   // weight columns per step (16 per lane of a qua
 constexpr int kGroupRows = 16;  // weight rows per row group (the mma's M)
 constexpr int kBatch = 4;       // steps whose loads a lane has in flight before the first is used
 
-// The x tile: rows [0, MT) of the chunk, row-major, 2-byte elements, each row's bytes rounded up to a
-// multiple of 128 plus 16: the 8 lanes of a quarter warp reading rows g and g + 1 at the same columns
-// then hit different banks.
-template <int MT>
-struct RowTile {
-  __host__ __device__ static constexpr size_t ld(int64_t cols) {
-    return round_up<size_t>(static_cast<size_t>(round_up<int64_t>(cols, kStepCols)) * 2, 128) + 16;
-  }
-  __host__ __device__ static constexpr size_t bytes(int64_t cols) { return MT * ld(cols); }
-};
-
-inline size_t rowtile_bytes(int mt, int64_t cols) {
-  switch (mt) {
-    case 1: return RowTile<1>::bytes(cols);
-    case 2: return RowTile<2>::bytes(cols);
-    case 4: return RowTile<4>::bytes(cols);
-    case 8: return RowTile<8>::bytes(cols);
-    default: return RowTile<16>::bytes(cols);
-  }
+// The x tile: rows [0, MT) of the chunk, row-major, elements of EB bytes (2: float16 / bfloat16 x, 1: int8
+// x), each row's bytes rounded up to a multiple of 128 plus 16: the 8 lanes of a quarter warp reading rows g
+// and g + 1 at the same columns then hit different banks.
+__host__ __device__ constexpr size_t row_ld(int64_t cols, int eb) {
+  return round_up<size_t>(static_cast<size_t>(round_up<int64_t>(cols, kStepCols)) * eb, 128) + 16;
 }
+inline size_t rowtile_bytes(int mt, int64_t cols, int eb) { return static_cast<size_t>(mt) * row_ld(cols, eb); }
 
-// Two buffers of mt x 16 float32 partial sums per warp.
-inline size_t red_bytes_per_warp(int mt) { return 2 * static_cast<size_t>(mt) * kGroupRows * sizeof(float); }
 
 struct Params {
   int64_t M = 0, N = 0, K = 0;
@@ -67,7 +52,8 @@ struct Params {
   int64_t Kc = 0;       // columns per split (grid.y)
   const void* w = nullptr;        // the weight's values (int8 rows, or 2:4 values)
   const uint8_t* meta = nullptr;  // 2:4 metadata (N, ceil(K/8))
-  const float* scale = nullptr;   // per-row scale (int8) or null
+  const float* scale = nullptr;   // per-row scale of an int8 weight, or null
+  const float* x_scale = nullptr; // per-row scale of int8 x (W8A8)
   const void* x = nullptr;
   int64_t ldx = 0;
   Output out;
@@ -151,7 +137,11 @@ struct Int8Rows {
   __device__ __forceinline__ static void pairs(const Regs& r, int u, int h, int j, const uint32_t*, uint32_t& lo,
                                                uint32_t& hi) {
     const uint32_t w = word_of(r.v[u][h], j);
-    if constexpr (std::is_same_v<T, __half>) {
+    if constexpr (std::is_same_v<T, int8_t>) {  // int8 x (m16n8k32): the bytes as they are, words 2j, 2j + 1
+      lo = word_of(r.v[u][h], 2 * j);
+      hi = word_of(r.v[u][h], 2 * j + 1);
+      (void)w;
+    } else if constexpr (std::is_same_v<T, __half>) {
       const uint32_t x = w ^ 0x80808080u;
       const __half2 k1152 = as_pair<__half2>(0x64806480u);
       lo = pair_bits(__hsub2(as_pair<__half2>(__byte_perm(x, 0x64u, 0x4140u)), k1152));
@@ -256,10 +246,173 @@ struct S24Rows {
   }
 };
 
+// ------------------------------------------------------------------------------------ 2:4 int8 rows
+// values int8 (N, K/2) and meta as S24Rows (2:4+int8, W8A8 with int8 x). A lane's 16 columns are 4 groups:
+// 8 bytes of values (bytes 2q, 2q + 1: group q's) and 16 bits of metadata. Group q expands into the four
+// int8 of its columns with one byte permute, its selector from a table indexed by the nibble (the first
+// half of an entry for a group in the low half of its word, the second for the high half).
+struct S24Int8Rows {
+  struct Regs {
+    uint2 v[kBatch][2];
+    uint32_t m[kBatch];  // the 16 metadata bits of row g (low half) and g + 8 (high half)
+  };
+  static constexpr int kLutWords = 32;
+  static constexpr bool kScaled = true;
+
+  // byte_perm(word, 0, .) selector putting the group's two bytes (at byte `at` and at + 1 of the word) at
+  // their columns i0, i1 and zero bytes elsewhere.
+  __host__ __device__ static constexpr uint32_t selector(uint32_t nibble, uint32_t at) {
+    uint32_t s = 0;
+    for (uint32_t p = 0; p < 4; ++p) {
+      const uint32_t code = p == (nibble >> 2) ? at + 1 : p == (nibble & 3u) ? at : 4u;
+      s |= code << (4 * p);
+    }
+    return s;
+  }
+  __device__ static void init_lut(uint32_t* lut) {
+    for (int i = threadIdx.x; i < 16; i += blockDim.x) {
+      lut[2 * i] = selector(static_cast<uint32_t>(i), 0);
+      lut[2 * i + 1] = selector(static_cast<uint32_t>(i), 2);
+    }
+  }
+
+  template <bool kVec>
+  __device__ __forceinline__ static void load(const Params& p, int64_t k0, int kc, int64_t r0, int s0, int s_end,
+                                              int g, int t, Regs& r) {
+    const int64_t half_k = p.K / 2, meta_ld = (p.K + 7) / 8;
+    const uint8_t* vrow[2];  // the lane's rows of values and metadata, at the chunk's first column
+    const uint8_t* mrow[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      vrow[h] = static_cast<const uint8_t*>(p.w) + (r0 + g + 8 * h) * half_k + k0 / 2;
+      mrow[h] = p.meta + (r0 + g + 8 * h) * meta_ld + k0 / 8;
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int c = (s0 + u) * kStepCols + 16 * t;
+      r.m[u] = 0u;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t row = r0 + g + 8 * h;
+        r.v[u][h] = make_uint2(0u, 0u);
+        if (lane_cols_live(s0 + u, s_end, row, p.N, c, kc)) {
+          const unsigned cu = static_cast<unsigned>(c);
+          if constexpr (kVec) {  // K % 16 == 0: 8-byte aligned rows of values
+            r.v[u][h] = __ldg(reinterpret_cast<const uint2*>(vrow[h] + (cu >> 1)));
+            r.m[u] |= static_cast<uint32_t>(__ldg(reinterpret_cast<const uint16_t*>(mrow[h] + (cu >> 3)))) << (16 * h);
+          } else {  // groups one at a time, those past the chunk zero; a rolled loop (rare path)
+            uint64_t vals = 0;
+            uint32_t nib = 0u;
+            const int n = imin(4, (kc - c) / 4);
+#pragma unroll 1
+            for (int q = 0; q < n; ++q) {
+              const unsigned G = (cu >> 2) + q;
+              vals |= (static_cast<uint64_t>(__ldg(vrow[h] + 2 * G)) |
+                       (static_cast<uint64_t>(__ldg(vrow[h] + 2 * G + 1)) << 8))
+                      << (16 * q);
+              nib |= ((static_cast<uint32_t>(__ldg(mrow[h] + G / 2)) >> (4 * (G & 1))) & 15u) << (4 * q);
+            }
+            r.v[u][h] = make_uint2(static_cast<uint32_t>(vals), static_cast<uint32_t>(vals >> 32));
+            r.m[u] |= nib << (16 * h);
+          }
+        }
+      }
+    }
+  }
+
+  // mma j (m16n8k32) of the lane's columns: groups 2j (lo: columns 8j..8j+3) and 2j + 1 (hi), both in word j.
+  template <typename T>
+  __device__ __forceinline__ static void pairs(const Regs& r, int u, int h, int j, const uint32_t* lut, uint32_t& lo,
+                                               uint32_t& hi) {
+    static_assert(std::is_same_v<T, int8_t>, "2:4 int8 values multiply int8 activations");
+    const uint32_t w = j == 0 ? r.v[u][h].x : r.v[u][h].y;
+    const uint32_t nib = r.m[u] >> (16 * h + 8 * j);
+    lo = __byte_perm(w, 0u, lut[2 * (nib & 15u)]);
+    hi = __byte_perm(w, 0u, lut[2 * ((nib >> 4) & 15u) + 1]);
+  }
+};
+
+// ------------------------------------------------------------------------------------ activations
+// HalfX<T>: float16 / bfloat16 x, m16n8k16 (4 mmas per step), float32 sums, times the weight's scale when W
+// has one, written by write_out (split-K: float32 partials). Int8X<OutT>: int8 x (W8A8), m16n8k32 (2 mmas
+// per step), exact int32 sums; y = float(sum) * x_scale[m] * w_scale[n] (+ bias[n]) in float32 without
+// contraction, rounded once to OutT: the reference's bytes; split-K partials are int32, added exactly by
+// w8a8_finish_kernel.
+template <typename T>
+struct HalfX {
+  using Acc = float;
+  using Elem = T;  // the fragments' element type
+  using OutT = T;
+  static constexpr int kXBytes = 2, kMmas = 4;
+  __device__ __forceinline__ static void mma(Acc (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    mma_16816<T>(d, a, b);
+  }
+  template <typename W>
+  __device__ __forceinline__ static void write(const Params& p, int splits, int split, int64_t m, int64_t n, Acc s) {
+    if constexpr (W::kScaled) s *= p.scale[n];
+    write_out<T>(p.out, splits, split, m, n, s);
+  }
+};
+
+template <typename O>
+__device__ __forceinline__ void w8a8_store(const Output& o, int64_t m, int64_t n, int acc, float xs, float ws) {
+  float y = __fmul_rn(__fmul_rn(static_cast<float>(acc), xs), ws);
+  if (o.bias) y = __fadd_rn(y, to_f(static_cast<const O*>(o.bias)[n]));
+  static_cast<O*>(o.y)[m * o.ldy + n] = from_f<O>(y);
+}
+
+template <typename O>
+struct Int8X {
+  using Acc = int;
+  using Elem = int8_t;
+  using OutT = O;
+  static constexpr int kXBytes = 1, kMmas = 2;
+  __device__ __forceinline__ static void mma(Acc (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    mma_s8_16832(d, a, b);
+  }
+  template <typename W>
+  __device__ __forceinline__ static void write(const Params& p, int splits, int split, int64_t m, int64_t n, Acc s) {
+    const Output& o = p.out;
+    if (splits == 1) {
+      w8a8_store<O>(o, m, n, s, p.x_scale[m], p.scale[n]);
+    } else {
+      reinterpret_cast<int*>(o.ws)[(static_cast<int64_t>(split) * o.ws_rows + (m - o.ws_m0)) * o.N + n] = s;
+    }
+  }
+};
+
+// The W8A8 split-K finish: y[m, n] from the int32 partials of every split, exactly.
+template <typename O>
+__global__ void __launch_bounds__(256) w8a8_finish_kernel(const Output o, int splits, const float* x_scale,
+                                                          const float* w_scale) {
+  const int64_t total = o.ws_rows * o.N;
+  const int* ws = reinterpret_cast<const int*>(o.ws);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / o.N, n = i - r * o.N;
+    int s = 0;
+    for (int k = 0; k < splits; ++k) s += ws[(static_cast<int64_t>(k) * o.ws_rows + r) * o.N + n];
+    w8a8_store<O>(o, o.ws_m0 + r, n, s, x_scale[o.ws_m0 + r], w_scale[n]);
+  }
+}
+
+template <typename O>
+cudaError_t launch_w8a8_finish(const Output& o, int splits, const float* x_scale, const float* w_scale,
+                               cudaStream_t stream) {
+  const int64_t total = o.ws_rows * o.N;
+  if (total == 0) return cudaSuccess;
+  const int64_t blocks = imin<int64_t>(ceil_div<int64_t>(total, 256), 65535);
+  w8a8_finish_kernel<O><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(o, splits, x_scale, w_scale);
+  return cudaGetLastError();
+}
+
 // ------------------------------------------------------------------------------------ the kernel
-template <typename W, typename T, int MT, bool kVec>
+template <typename W, typename X, int MT, bool kVec>
 __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params p) {
   constexpr int NT = MT > 8 ? 2 : 1;  // mma n-tiles of 8 activation rows
+  constexpr int XW = 2 * X::kMmas;    // 32-bit words of x per lane, step and n-tile
+  using Acc = typename X::Acc;
+  using XBits = std::conditional_t<X::kXBytes == 2, uint16_t, uint8_t>;
   extern __shared__ __align__(16) unsigned char smem[];
 
   const int lane = threadIdx.x & 31;
@@ -278,9 +431,9 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
   const int mrows = static_cast<int>(imin<int64_t>(MT, p.M - m0));
   const int64_t groups = ceil_div<int64_t>(p.N, kGroupRows);
 
-  const size_t ld = RowTile<MT>::ld(p.Kc);
+  const size_t ld = row_ld(p.Kc, X::kXBytes);
   unsigned char* xs = smem;
-  float* red = reinterpret_cast<float*>(smem + RowTile<MT>::bytes(p.Kc));
+  Acc* red = reinterpret_cast<Acc*>(smem + MT * ld);
   uint32_t* lut = reinterpret_cast<uint32_t*>(red + static_cast<size_t>(nwarps) * 2 * MT * kGroupRows);
 
   int64_t grp = blockIdx.x;
@@ -292,12 +445,12 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
   }
 
   {  // stage x rows [m0, m0 + mrows), columns [k0, k0 + kc); zero up to MT rows and whole steps
-    const Bits<T>* xb = reinterpret_cast<const Bits<T>*>(p.x) + m0 * p.ldx + k0;
+    const XBits* xb = reinterpret_cast<const XBits*>(p.x) + m0 * p.ldx + k0;
     const int cols = steps * kStepCols;
     for (int i = threadIdx.x; i < MT * cols; i += blockDim.x) {
       const int m = i / cols, c = i - m * cols;
-      *reinterpret_cast<uint16_t*>(xs + m * ld + 2 * c) =
-          (m < mrows && c < kc) ? static_cast<uint16_t>(xb[m * p.ldx + c]) : static_cast<uint16_t>(0);
+      *reinterpret_cast<XBits*>(xs + m * ld + X::kXBytes * c) =
+          (m < mrows && c < kc) ? xb[m * p.ldx + c] : static_cast<XBits>(0);
     }
     W::init_lut(lut);
   }
@@ -305,11 +458,11 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
 
   for (int buf = 0; grp < groups; grp += gridDim.x, buf ^= 1) {
     const int64_t r0 = grp * kGroupRows;
-    float acc[NT][4];
+    Acc acc[NT][4];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) acc[nt][i] = 0.f;
+      for (int i = 0; i < 4; ++i) acc[nt][i] = Acc(0);
 
     for (int s0 = s_begin; s0 < s_end; s0 += kBatch) {
       if (!preloaded) W::template load<kVec>(p, k0, kc, r0, s0, s_end, g, t, regs);
@@ -317,28 +470,27 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         if (s0 + u < s_end) {
-          uint32_t xw[NT][8];
+          uint32_t xw[NT][XW];
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) {
             const int row = 8 * nt + g;
-            uint4 q0 = make_uint4(0u, 0u, 0u, 0u), q1 = q0;
-            if (row < MT) {
-              const uint4* xp = reinterpret_cast<const uint4*>(xs + row * ld + 2 * ((s0 + u) * kStepCols + 16 * t));
-              q0 = xp[0];
-              q1 = xp[1];
+#pragma unroll
+            for (int q = 0; q < XW / 4; ++q) {
+              uint4 v = make_uint4(0u, 0u, 0u, 0u);
+              if (row < MT)
+                v = reinterpret_cast<const uint4*>(xs + row * ld + X::kXBytes * ((s0 + u) * kStepCols + 16 * t))[q];
+              xw[nt][4 * q] = v.x; xw[nt][4 * q + 1] = v.y; xw[nt][4 * q + 2] = v.z; xw[nt][4 * q + 3] = v.w;
             }
-            xw[nt][0] = q0.x; xw[nt][1] = q0.y; xw[nt][2] = q0.z; xw[nt][3] = q0.w;
-            xw[nt][4] = q1.x; xw[nt][5] = q1.y; xw[nt][6] = q1.z; xw[nt][7] = q1.w;
           }
 #pragma unroll
-          for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < X::kMmas; ++j) {
             uint32_t a[4];
-            W::template pairs<T>(regs, u, 0, j, lut, a[0], a[2]);
-            W::template pairs<T>(regs, u, 1, j, lut, a[1], a[3]);
+            W::template pairs<typename X::Elem>(regs, u, 0, j, lut, a[0], a[2]);
+            W::template pairs<typename X::Elem>(regs, u, 1, j, lut, a[1], a[3]);
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
               const uint32_t b[2] = {xw[nt][2 * j], xw[nt][2 * j + 1]};
-              mma_16816<T>(acc[nt], a, b);
+              X::mma(acc[nt], a, b);
             }
           }
         }
@@ -353,7 +505,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
 
     // partial sums [warp][activation row][weight row]; buffer buf, so the next group's writes (to the
     // other buffer) need no second barrier
-    float* mine = red + (static_cast<size_t>(buf) * nwarps + warp) * MT * kGroupRows;
+    Acc* mine = red + (static_cast<size_t>(buf) * nwarps + warp) * MT * kGroupRows;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -365,45 +517,47 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
         }
       }
     __syncthreads();
-    const float* all = red + static_cast<size_t>(buf) * nwarps * MT * kGroupRows;
+    const Acc* all = red + static_cast<size_t>(buf) * nwarps * MT * kGroupRows;
     for (int i = threadIdx.x; i < MT * kGroupRows; i += blockDim.x) {
       const int m = i / kGroupRows, row = i - m * kGroupRows;
       const int64_t n = r0 + row;
       if (m < mrows && n < p.N) {
-        float s = 0.f;
+        Acc s = Acc(0);
         for (int w = 0; w < nwarps; ++w) s += all[static_cast<size_t>(w) * MT * kGroupRows + i];
-        if constexpr (W::kScaled) s *= p.scale[n];
-        write_out<T>(p.out, splits, split, m0 + m, n, s);
+        X::template write<W>(p, splits, split, m0 + m, n, s);
       }
     }
   }
 }
 
 // ------------------------------------------------------------------------------------ host side
+// Two buffers of mt x 16 partial sums (float32 or int32) per warp.
+inline size_t red_bytes_per_warp(int mt) { return 2 * static_cast<size_t>(mt) * kGroupRows * 4; }
+
 // Shared bytes of a launch: the x tile, the partial sums of `threads / 32` warps, the policy's table.
-template <typename W>
+template <typename W, typename X>
 size_t smem_bytes(int mt, int64_t Kc, int threads) {
-  return rowtile_bytes(mt, Kc) + static_cast<size_t>(threads / 32) * red_bytes_per_warp(mt) +
+  return rowtile_bytes(mt, Kc, X::kXBytes) + static_cast<size_t>(threads / 32) * red_bytes_per_warp(mt) +
          static_cast<size_t>(W::kLutWords) * 4;
 }
 
 // The K chunks of a launch for M activation rows (the largest M tile used sizes them).
-template <typename W>
+template <typename W, typename X>
 Chunking chunking(int64_t M, int64_t K, const DevInfo& d) {
   const int mt_max = tile_m_for(M);
   return choose_chunking(K, kStepCols, red_bytes_per_warp(mt_max), d, [&](int64_t cols) {
-    return rowtile_bytes(mt_max, cols) + static_cast<size_t>(W::kLutWords) * 4;
+    return rowtile_bytes(mt_max, cols, X::kXBytes) + static_cast<size_t>(W::kLutWords) * 4;
   });
 }
 
-// Launches mma_decode_kernel<W, T, MT, kVec> over `tiles` M tiles from m_begin (a block per row group at
+// Launches mma_decode_kernel<W, X, MT, kVec> over `tiles` M tiles from m_begin (a block per row group at
 // most: no more blocks than groups).
-template <typename W, typename T, int MT, bool kVec>
+template <typename W, typename X, int MT, bool kVec>
 cudaError_t launch(Params p, const Plan& plan, const DevInfo& d, int64_t m_begin, int64_t tiles, cudaStream_t stream) {
-  const auto kernel = mma_decode_kernel<W, T, MT, kVec>;
+  const auto kernel = mma_decode_kernel<W, X, MT, kVec>;
   p.Kc = plan.ch.Kc;
   const int64_t groups = ceil_div<int64_t>(p.N, kGroupRows);
-  return launch_decode_grid<MT>(kernel, p, plan, d, smem_bytes<W>(MT, plan.ch.Kc, plan.ch.threads),
+  return launch_decode_grid<MT>(kernel, p, plan, d, smem_bytes<W, X>(MT, plan.ch.Kc, plan.ch.threads),
                                 groups * (plan.ch.threads / 32), m_begin, tiles, stream);
 }
 

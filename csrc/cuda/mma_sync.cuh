@@ -1,4 +1,4 @@
-// The warp-wide tensor-core product the decode kernels use: mma.sync.aligned.m16n8k16 with float32
+// The warp-wide tensor-core products the decode kernels use: mma.sync.aligned.m16n8k16 with float32
 // accumulators (sm_80+), D (16 x 8) += A (16 x 16, row-major) * B (16 x 8, column-major), A and B in
 // float16 or bfloat16. The fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point
 // type"), for lane l with g = l / 4 and t = l % 4, the low 16 bits of a register holding the lower index:
@@ -71,6 +71,49 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
   }
 #elif defined(__CUDA_ARCH__)
   __trap();  // the launchers refuse devices below sm_80 before launching (DevInfo::cc_major)
+#endif
+}
+
+// mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 (sm_80+): D (16 x 8, int32) += A (16 x 32 int8) * B (32 x 8
+// int8), exact. Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k32"), 4 int8 per register, the lowest k
+// in the low byte:
+//   a[0] = A[g][4t..4t+3]       a[1] = A[g+8][4t..4t+3]   a[2] = A[g][4t+16..4t+19]   a[3] = A[g+8][4t+16..4t+19]
+//   b[0] = B[4t..4t+3][g]       b[1] = B[4t+16..4t+19][g]
+//   d as mma_16816's.
+#if defined(__CUDACC__EMU)
+namespace mma_emu {
+inline int dot4_s8(uint32_t a, uint32_t b) {
+  int s = 0;
+  for (int i = 0; i < 4; ++i) s += static_cast<int8_t>(a >> (8 * i)) * static_cast<int8_t>(b >> (8 * i));
+  return s;
+}
+}  // namespace mma_emu
+#endif
+
+__device__ __forceinline__ void mma_s8_16832(int (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if defined(__CUDACC__EMU)
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  const int g = lane >> 2, t = lane & 3;
+  int s[4] = {0, 0, 0, 0};
+  for (int q = 0; q < 4; ++q) {  // k = 4q..4q+3 and 4q+16..4q+19 live in lane 4 * row + q
+    uint32_t ar[4], bc[2][2];
+    for (int i = 0; i < 4; ++i) ar[i] = __shfl_sync(0xffffffffu, a[i], 4 * g + q);
+    for (int c = 0; c < 2; ++c)
+      for (int i = 0; i < 2; ++i) bc[c][i] = __shfl_sync(0xffffffffu, b[i], 4 * (2 * t + c) + q);
+    for (int c = 0; c < 2; ++c) {
+      s[c] += mma_emu::dot4_s8(ar[0], bc[c][0]) + mma_emu::dot4_s8(ar[2], bc[c][1]);
+      s[2 + c] += mma_emu::dot4_s8(ar[1], bc[c][0]) + mma_emu::dot4_s8(ar[3], bc[c][1]);
+    }
+  }
+  for (int i = 0; i < 4; ++i) d[i] += s[i];
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#elif defined(__CUDA_ARCH__)
+  __trap();
 #endif
 }
 

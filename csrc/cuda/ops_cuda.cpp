@@ -9,6 +9,8 @@
 #include "cuda/checked_once_cuda.h"
 #include "cuda/csr_spmm_kernel.cuh"
 #include "cuda/int8_wo_kernel.cuh"
+#include "cuda/w8a8_kernel.cuh"
+#include "index_checks.h"
 #include "cpu/int8_checks.h"
 
 #include <ATen/cuda/CUDAContext.h>
@@ -68,6 +70,58 @@ at::Tensor int8_weight_only_mm_cuda(const at::Tensor& x, const at::Tensor& w_q, 
   return y;
 }
 
+// W8A8 on the tensor cores (int8 x quantized per token, symmetric: x_zero None): the compiled kernel behind
+// _cuda_int8_mm and _cuda_sparse24_int8_mm (meta given), which the CUDA paths call for small M; y is the
+// reference's, byte for byte.
+at::Tensor w8a8_cuda(const char* op, const at::Tensor& x_q, const at::Tensor& x_scale,
+                     const std::optional<at::Tensor>& x_zero, const at::Tensor& w, const at::Tensor* meta,
+                     const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, at::ScalarType out_dtype) {
+  check_cuda(op, x_q);
+  TORCH_CHECK_VALUE(!x_zero.has_value(), op,
+                    ": the compiled CUDA kernel takes symmetric activations (x_zero None); asymmetric ones run the "
+                    "public op");
+  const c10::cuda::CUDAGuard guard(x_q.device());
+  TORCH_CHECK(at::cuda::getDeviceProperties(x_q.device().index())->major >= 8, op,
+              ": the compiled CUDA kernel needs int8 tensor-core mma (sm_80 or newer)");
+  const int64_t M = x_q.size(0), N = w.size(0), K = x_q.size(1);
+  if (meta) check_index_buffers_once(op, {meta}, {N, K}, [&] { aten_checks::check_meta_positions(op, *meta, K); });
+  auto y = at::empty({M, N}, x_q.options().dtype(out_dtype));
+  if (M == 0 || N == 0) return y;
+  const auto xq = x_q.stride(1) == 1 ? x_q : x_q.contiguous();
+  const auto xs = x_scale.contiguous();
+  const auto wc = w.contiguous();
+  const auto ws = w_scale.contiguous();
+  const at::Tensor mc = meta ? meta->contiguous() : at::Tensor();
+  const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
+  W8A8MmLaunch a;
+  a.M = M; a.N = N; a.K = K;
+  a.x = xq.data_ptr(); a.ldx = xq.stride(0);
+  a.x_scale = xs.data_ptr<float>();
+  a.w = wc.data_ptr();
+  a.meta = meta ? mc.data_ptr<uint8_t>() : nullptr;
+  a.w_scale = ws.data_ptr<float>();
+  a.bias = bc.defined() ? bc.data_ptr() : nullptr;
+  a.y = y.data_ptr(); a.ldy = N;
+  a.dtype = kernel_dtype(out_dtype);
+  launch_with_workspace(op, a, &w8a8_mm_workspace_bytes, &w8a8_mm, x_q);
+  return y;
+}
+
+at::Tensor int8_mm_cuda(const at::Tensor& x_q, const at::Tensor& x_scale, const std::optional<at::Tensor>& x_zero,
+                        const at::Tensor& w_q, const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
+                        at::ScalarType out_dtype) {
+  int8chk::check_int8_mm_args(x_q, x_scale, x_zero, w_q, w_scale, bias, out_dtype);
+  return w8a8_cuda("sparsekit.int8_mm", x_q, x_scale, x_zero, w_q, nullptr, w_scale, bias, out_dtype);
+}
+
+at::Tensor sparse24_int8_mm_cuda(const at::Tensor& x_q, const at::Tensor& x_scale,
+                                 const std::optional<at::Tensor>& x_zero, const at::Tensor& values,
+                                 const at::Tensor& meta, const at::Tensor& w_scale,
+                                 const std::optional<at::Tensor>& bias, at::ScalarType out_dtype) {
+  int8chk::check_sparse24_int8_mm_args(x_q, x_scale, x_zero, values, meta, w_scale, bias, out_dtype);
+  return w8a8_cuda("sparsekit.sparse24_int8_mm", x_q, x_scale, x_zero, values, &meta, w_scale, bias, out_dtype);
+}
+
 }  // namespace
 }  // namespace cuda
 }  // namespace sparsekit
@@ -76,4 +130,6 @@ TORCH_LIBRARY_IMPL(sparsekit, CUDA, m) {
   m.impl("csr_mm", &sparsekit::cuda::csr_mm_cuda);
   // under its own name, for the CUDA router of sparsekit/triton (see _schemas.py)
   m.impl("_cuda_int8_weight_only_mm", &sparsekit::cuda::int8_weight_only_mm_cuda);
+  m.impl("_cuda_int8_mm", &sparsekit::cuda::int8_mm_cuda);
+  m.impl("_cuda_sparse24_int8_mm", &sparsekit::cuda::sparse24_int8_mm_cuda);
 }

@@ -178,7 +178,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) sparse24_decode_kernel(const S
   }
 }
 
-struct Sparse24Decode {
+struct Sparse24Decode : FloatFinish {
   using Launch = Sparse24MmLaunch;
 
   static bool valid(const Launch& a) { return a.K % 4 == 0; }
@@ -202,7 +202,7 @@ struct Sparse24Decode {
     Plan p;
     if (use_mma<T>(a, d)) {
       p.variant = 3;
-      p.ch = mma::chunking<mma::S24Rows>(a.M, a.K, d);
+      p.ch = mma::chunking<mma::S24Rows, mma::HalfX<T>>(a.M, a.K, d);
       p.vec = a.K % 16 == 0 && reinterpret_cast<uintptr_t>(a.values) % 16 == 0 &&
               reinterpret_cast<uintptr_t>(a.meta) % 2 == 0;
       plan_workspace(&p, a.M, a.N);
@@ -229,7 +229,7 @@ struct Sparse24Decode {
         p.M = a.M; p.N = a.N; p.K = a.K;
         p.w = a.values; p.meta = a.meta; p.x = a.x; p.ldx = a.ldx;
         p.out = out;
-        return mma::launch<mma::S24Rows, T, MT, kVec>(p, plan, d, m_begin, tiles, stream);
+        return mma::launch<mma::S24Rows, mma::HalfX<T>, MT, kVec>(p, plan, d, m_begin, tiles, stream);
       }
     }
     const auto kernel = sparse24_decode_kernel<T, MT, kVec>;

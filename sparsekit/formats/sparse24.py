@@ -11,6 +11,7 @@ from typing import Dict, Tuple
 import torch
 
 from .. import ops
+from .. import triton as _sk_triton
 from ..ops import _as_2d, linear_call
 from ..ops._checks import cslt_shape_fits
 from ._common import check_weight_and_mask, input_rows
@@ -108,6 +109,16 @@ _FP16_MAX = 65504.0
 
 _SPARSE24_MM = linear_call(torch.ops.sparsekit.sparse24_mm.default)
 _SPARSE24_INT8_MM = torch.ops.sparsekit.sparse24_int8_mm.default
+_CUDA_SPARSE24_INT8_MM = torch.ops.sparsekit._cuda_sparse24_int8_mm.default
+
+
+def _compiled_w8a8(q: torch.Tensor) -> bool:
+    """Whether the quantized rows q go to the compiled 2:4 W8A8 kernel (sparsekit.triton.use_compiled)."""
+    return not torch.compiler.is_compiling() and _sk_triton.use_compiled("sparse24_int8_mm", q)
+
+
+def _restore_rows(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 _QUANTIZE = torch.ops.sparsekit.quantize_per_token.default
 _SPARSE24_INT8_LINEAR = linear_call(torch.ops.sparsekit.sparse24_int8_linear.default)
 _CSLT_MM = torch.ops.sparsekit.cslt_mm.default
@@ -355,8 +366,10 @@ class Sparse24Int8Weight(SparseFormat):
             return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
         q, s, _ = _QUANTIZE(x2, True)
         y = None
-        # sparse24_int8_mm has no CUDA kernel of its own (its fallback decodes the weight on every call),
-        # so on CUDA cuSPARSELt serves every M it can
+        # M <= 16 (decode) on sm_80+: the compiled W8A8 tensor-core kernel (csrc/cuda/w8a8_kernel.cu); else
+        # cuSPARSELt for every M it can take (sparse24_int8_mm's own fallback decodes the weight on every call)
+        if _compiled_w8a8(q):
+            return _restore_rows(_CUDA_SPARSE24_INT8_MM(q, s, None, values, meta, scale, bias, x.dtype), x)
         if x.dtype in _HALVES and _use_cslt(x2, shape, torch.int8, bias, min_m=0):
             hit = _cslt_lookup(values, meta, scale)
             if hit is not None and (hit[3] or x.dtype == torch.bfloat16):

@@ -179,6 +179,9 @@ _register("_cuda_bitmap_mm", C.check_bitmap_mm, reference.bitmap_mm, lambda x, b
           C.check_bitmap_mm_data)
 _register("_cuda_int8_weight_only_mm", C.check_int8_weight_only_mm, reference.int8_weight_only_mm,
           lambda x, wq, ws, b: _out(x, wq.shape[0]))
+_register("_cuda_int8_mm", C.check_int8_mm, reference.int8_mm, lambda xq, xs, xz, wq, ws, b, od: _out(xq, wq.shape[0], od))
+_register("_cuda_sparse24_int8_mm", C.check_sparse24_int8_mm, reference.sparse24_int8_mm,
+          lambda xq, xs, xz, v, m, ws, b, od: _out(xq, v.shape[0], od), C.check_sparse24_int8_mm_data)
 
 
 def _cslt_unavailable(op):

@@ -47,8 +47,11 @@ _why_not: str | None = None
 # choices made without a GPU run: bench/cuda_gpu.py and bench/triton_gpu.py time both to confirm them.
 # int8_weight_only_mm: the compiled kernel (csrc/cuda/int8_wo_kernel.cu) streams the int8 weight into
 # tensor-core mmas for M <= 16 with float16 / bfloat16 x on sm_80+; float32 x always runs Triton's.
+# int8_mm / sparse24_int8_mm (and the one-call linears int8_linear / sparse24_int8_linear after their
+# quantization): the compiled W8A8 kernel (csrc/cuda/w8a8_kernel.cu, int8 tensor-core mmas, sm_80+) for
+# M <= 16 with symmetric activations; else Triton's int8_mm, and for 2:4 cuSPARSELt or the reference.
 BACKENDS = ("auto", "triton", "compiled")
-_AUTO_MAX_M = {"bitmap_mm": 16, "bsr_mm": 0, "int8_weight_only_mm": 16}
+_AUTO_MAX_M = {"bitmap_mm": 16, "bsr_mm": 0, "int8_weight_only_mm": 16, "int8_mm": 16, "sparse24_int8_mm": 16}
 _backend = {op: "auto" for op in _AUTO_MAX_M}
 
 
@@ -61,8 +64,9 @@ def _parse_env() -> None:
 
 
 def set_backend(op: str, backend: str) -> None:
-    """Which CUDA kernel serves `op` ("bitmap_mm", "bsr_mm" or "int8_weight_only_mm"): "triton", "compiled"
-    (csrc/cuda) or "auto" (by M, see `backend`). A process-wide setting, read on every call."""
+    """Which CUDA kernel serves `op` ("bitmap_mm", "bsr_mm", "int8_weight_only_mm", "int8_mm" or
+    "sparse24_int8_mm"): "triton" (for sparse24_int8_mm: cuSPARSELt or the reference), "compiled" (csrc/cuda)
+    or "auto" (by M, see `backend`). A process-wide setting, read on every call."""
     if op not in _backend:
         raise ValueError(f"sparsekit.triton.set_backend: expected op in {sorted(_backend)}, got {op!r}")
     if backend not in BACKENDS:
@@ -107,6 +111,12 @@ def _has_mma(device: torch.device) -> bool:
     if ok is None:
         ok = _mma_devices[idx] = torch.cuda.get_device_capability(idx)[0] >= 8
     return ok
+
+
+def use_compiled(op: str, x: torch.Tensor) -> bool:
+    """Whether a call of `op` with activations x (2-d) takes the compiled tensor-core kernel: the backend
+    setting for x's rows says "compiled" and x is on an sm_80+ CUDA device."""
+    return backend(op, x.shape[0]) == "compiled" and _has_mma(x.device)
 
 
 def available() -> bool:
@@ -156,6 +166,8 @@ def _make_impls():
         return _quant()(x, symmetric)
 
     def int8_mm(x_q, x_scale, x_zero, w_q, w_scale, bias, out_dtype):
+        if x_zero is None and use_compiled("int8_mm", x_q):
+            return torch.ops.sparsekit._cuda_int8_mm(x_q, x_scale, None, w_q, w_scale, bias, out_dtype)
         return _i8()(x_q, x_scale, x_zero, w_q, w_scale, bias, out_dtype)
 
     def int8_weight_only_mm(x, w_q, w_scale, bias=None):
@@ -164,17 +176,21 @@ def _make_impls():
             return torch.ops.sparsekit._cuda_int8_weight_only_mm(x, w_q, w_scale, bias)
         return _wo()(x, w_q, w_scale, bias)
 
-    # The one-call W8A8 linears on CUDA: the two Triton launches (quantize_per_token, int8_mm) called
-    # directly, without a second dispatch; sparse24_int8_mm has no CUDA kernel of its own, so the 2:4 one
-    # calls the op (its fallback). Not a fused kernel: the quantized rows go through global memory.
+    # The one-call W8A8 linears on CUDA: the Triton quantization, then the compiled W8A8 kernel for small M
+    # (its _cuda_ alias) or Triton's int8_mm / the sparse24_int8_mm op (its reference fallback), called
+    # directly, without a second dispatch. Not fused: the quantized rows go through global memory.
     def int8_linear(x, w_q, w_scale, bias=None):
         _checks.check_int8_linear(x, w_q, w_scale, bias)
         q, s, _ = _quant()(x, True)
+        if use_compiled("int8_mm", q):
+            return torch.ops.sparsekit._cuda_int8_mm(q, s, None, w_q, w_scale, bias, x.dtype)
         return _i8()(q, s, None, w_q, w_scale, bias, x.dtype)
 
     def sparse24_int8_linear(x, values, meta, w_scale, bias=None):
         _checks.check_sparse24_int8_linear(x, values, meta, w_scale, bias)
         q, s, _ = _quant()(x, True)
+        if use_compiled("sparse24_int8_mm", q):
+            return torch.ops.sparsekit._cuda_sparse24_int8_mm(q, s, None, values, meta, w_scale, bias, x.dtype)
         return torch.ops.sparsekit.sparse24_int8_mm(q, s, None, values, meta, w_scale, bias, x.dtype)
 
     return {"bsr_mm": bsr_mm, "bitmap_mm": bitmap_mm, "quantize_per_token": quantize_per_token,

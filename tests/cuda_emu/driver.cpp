@@ -23,6 +23,7 @@
 #include "cuda/bsr_kernel.cuh"
 #include "cuda/csr_spmm_kernel.cuh"
 #include "cuda/int8_wo_kernel.cuh"
+#include "cuda/w8a8_kernel.cuh"
 #include "cuda/mma_sync.cuh"
 #include "cuda/pack_kernel.cuh"
 #include "cuda/scale_epilogue_kernel.cuh"
@@ -241,6 +242,27 @@ cudaError_t run(Case& c) {
     if (e != cudaSuccess) return e;
     void* ws = workspace(c, a, &int8_wo_mm_workspace_bytes);
     return int8_wo_mm(a, ws, stream);
+  }
+  if (op == "w8a8_mm") {  // int8 x_q (M, K) with its scales; a dense int8 weight, or 2:4 (meta given)
+    W8A8MmLaunch a;
+    a.M = c.i("M");
+    a.N = c.i("N");
+    a.K = c.i("K");
+    a.dtype = dtype_of(c.s("dtype"));
+    a.x = c.ptr("x");
+    a.ldx = c.i("ldx");
+    a.x_scale = static_cast<const float*>(c.ptr("x_scale"));
+    a.w = c.ptr("w");
+    a.meta = static_cast<const uint8_t*>(c.ptr("meta"));
+    a.w_scale = static_cast<const float*>(c.ptr("w_scale"));
+    a.bias = c.ptr("bias");
+    a.ldy = a.N;
+    a.y = c.output("y", static_cast<size_t>(a.M * a.N) * dtype_size(a.dtype));
+    cudaError_t e = cudaSuccess;
+    w8a8_mm_workspace_bytes(a, &e);
+    if (e != cudaSuccess) return e;
+    void* ws = workspace(c, a, &w8a8_mm_workspace_bytes);
+    return w8a8_mm(a, ws, stream);
   }
   if (op == "bsr_mm") {
     BsrMmLaunch a;

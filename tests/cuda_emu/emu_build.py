@@ -30,9 +30,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 CUDA_SRC = REPO / "csrc" / "cuda"
 KERNEL_TUS = ("sparse24_kernel.cu", "bitmap_kernel.cu", "bsr_kernel.cu", "csr_spmm_kernel.cu", "pack_kernel.cu",
-              "scale_epilogue_kernel.cu", "int8_wo_kernel.cu")
+              "scale_epilogue_kernel.cu", "int8_wo_kernel.cu", "w8a8_kernel.cu")
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
-CXXFLAGS = ["-std=c++17", "-O0", "-g1", "-w", *SANITIZE]
+CXXFLAGS = ["-std=c++17", "-O0", "-g1", "-w", "-ffp-contract=off", *SANITIZE]
 
 # (file, old text, new text): a planted bug; `old` must occur exactly once in `file`.
 Mutation = Tuple[str, str, str]

@@ -1,0 +1,38 @@
+// Torch-free CUDA W8A8 kernel for small M (decode): int8 activations (quantized per token, symmetric) times
+// an int8 weight, dense (int8_mm) or 2:4 (sparse24_int8_mm), on the tensor cores (m16n8k32, sm_80+):
+//   y[m, n] = float32(sum_k x_q[m, k] * w_q[n, k]) * x_scale[m] * w_scale[n] (+ bias[n])
+// the int32 sum exact, the epilogue in float32 in that order without contraction: the reference's bytes.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cuda/csr_spmm_kernel.cuh"  // DType
+
+namespace sparsekit {
+namespace cuda {
+
+struct W8A8MmLaunch {
+  int64_t M = 0, N = 0, K = 0;     // x_q (M, K), weight (N, K) dense or 2:4, y (M, N)
+  const void* x = nullptr;         // x_q int8 (M, K), row stride ldx, unit column stride
+  int64_t ldx = 0;
+  const float* x_scale = nullptr;  // (M,)
+  const void* w = nullptr;         // int8: (N, K) contiguous (meta null) or 2:4 values (N, K/2) contiguous
+  const uint8_t* meta = nullptr;   // 2:4 metadata (N, ceil(K/8)) contiguous, or null for a dense weight
+  const float* w_scale = nullptr;  // (N,)
+  const void* bias = nullptr;      // (N,) or null, dtype
+  void* y = nullptr;               // (M, N), row stride ldy, dtype
+  int64_t ldy = 0;
+  DType dtype = DType::bf16;       // the output's (and bias's) dtype
+};
+
+// Workspace bytes w8a8_mm needs on the current device (0: none; only when K is split: int32 partials).
+size_t w8a8_mm_workspace_bytes(const W8A8MmLaunch& a, cudaError_t* err = nullptr);
+
+// Enqueues the kernels on `stream`. cudaErrorInvalidValue for a 2:4 K % 4 != 0,
+// cudaErrorInvalidDeviceFunction on a device below sm_80.
+cudaError_t w8a8_mm(const W8A8MmLaunch& a, void* workspace, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace sparsekit
