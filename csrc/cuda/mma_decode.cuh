@@ -154,6 +154,19 @@ struct Int8Rows {
   }
 };
 
+// The lane's two rows (g and g + 8 of the group at r0) of 2:4 values (V: 2-byte or int8) and metadata, at
+// the chunk's first column k0 (a multiple of 64: whole metadata bytes).
+template <typename V>
+__device__ __forceinline__ void s24_rows(const Params& p, int64_t k0, int64_t r0, int g, const V* (&vrow)[2],
+                                         const uint8_t* (&mrow)[2]) {
+  const int64_t half_k = p.K / 2, meta_ld = (p.K + 7) / 8;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    vrow[h] = static_cast<const V*>(p.w) + (r0 + g + 8 * h) * half_k + k0 / 2;
+    mrow[h] = p.meta + (r0 + g + 8 * h) * meta_ld + k0 / 8;
+  }
+}
+
 // ------------------------------------------------------------------------------------ 2:4 rows
 // values (N, K/2) float16 / bfloat16 and meta uint8 (N, ceil(K/8)) in the layout of LAYOUTS.md (group G =
 // columns 4G..4G+3 keeps values[2G] at i0 and values[2G+1] at i1, its nibble i0 | i1 << 2). A lane's 16
@@ -189,14 +202,9 @@ struct S24Rows {
   template <bool kVec>
   __device__ __forceinline__ static void load(const Params& p, int64_t k0, int kc, int64_t r0, int s0, int s_end,
                                               int g, int t, Regs& r) {
-    const int64_t half_k = p.K / 2, meta_ld = (p.K + 7) / 8;
-    const uint16_t* vrow[2];  // the lane's rows of values and metadata, at the chunk's first column (k0 % 64 == 0)
+    const uint16_t* vrow[2];
     const uint8_t* mrow[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      vrow[h] = static_cast<const uint16_t*>(p.w) + (r0 + g + 8 * h) * half_k + k0 / 2;
-      mrow[h] = p.meta + (r0 + g + 8 * h) * meta_ld + k0 / 8;
-    }
+    s24_rows(p, k0, r0, g, vrow, mrow);
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       const int c = (s0 + u) * kStepCols + 16 * t;  // chunk-relative, a multiple of 16
@@ -279,14 +287,9 @@ struct S24Int8Rows {
   template <bool kVec>
   __device__ __forceinline__ static void load(const Params& p, int64_t k0, int kc, int64_t r0, int s0, int s_end,
                                               int g, int t, Regs& r) {
-    const int64_t half_k = p.K / 2, meta_ld = (p.K + 7) / 8;
-    const uint8_t* vrow[2];  // the lane's rows of values and metadata, at the chunk's first column
+    const uint8_t* vrow[2];
     const uint8_t* mrow[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      vrow[h] = static_cast<const uint8_t*>(p.w) + (r0 + g + 8 * h) * half_k + k0 / 2;
-      mrow[h] = p.meta + (r0 + g + 8 * h) * meta_ld + k0 / 8;
-    }
+    s24_rows(p, k0, r0, g, vrow, mrow);
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       const int c = (s0 + u) * kStepCols + 16 * t;

@@ -43,6 +43,12 @@ at::Tensor csr_mm_cuda(const at::Tensor& x, const at::Tensor& crow_indices, cons
   return y;
 }
 
+// The tensor-core kernels (mma_decode.cuh) need an sm_80+ device; the CUDA routers check before calling.
+void require_sm80(const char* op, const at::Tensor& x, const char* what) {
+  TORCH_CHECK(at::cuda::getDeviceProperties(x.device().index())->major >= 8, op,
+              ": the compiled CUDA kernel needs tensor cores with ", what, " mma (sm_80 or newer)");
+}
+
 // int8 weight-only (W8A16) on the tensor cores, float16 / bfloat16 x: the compiled kernel behind
 // _cuda_int8_weight_only_mm, which the CUDA router of sparsekit/triton calls for small M (float32 x and
 // larger M run the Triton kernel there).
@@ -55,8 +61,7 @@ at::Tensor int8_weight_only_mm_cuda(const at::Tensor& x, const at::Tensor& w_q, 
                    ": the compiled CUDA kernel takes float16 or bfloat16 x (float32 runs on the Triton kernel), got "
                    "torch.", dtype_name(x.scalar_type()));
   const c10::cuda::CUDAGuard guard(x.device());
-  TORCH_CHECK(at::cuda::getDeviceProperties(x.device().index())->major >= 8, op,
-              ": the compiled CUDA kernel needs tensor cores with bfloat16 / float16 mma (sm_80 or newer)");
+  require_sm80(op, x, "bfloat16 / float16");
   const int64_t M = x.size(0), N = w_q.size(0);
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
@@ -81,8 +86,7 @@ at::Tensor w8a8_cuda(const char* op, const at::Tensor& x_q, const at::Tensor& x_
                     ": the compiled CUDA kernel takes symmetric activations (x_zero None); asymmetric ones run the "
                     "public op");
   const c10::cuda::CUDAGuard guard(x_q.device());
-  TORCH_CHECK(at::cuda::getDeviceProperties(x_q.device().index())->major >= 8, op,
-              ": the compiled CUDA kernel needs int8 tensor-core mma (sm_80 or newer)");
+  require_sm80(op, x_q, "int8");
   const int64_t M = x_q.size(0), N = w.size(0), K = x_q.size(1);
   if (meta) check_index_buffers_once(op, {meta}, {N, K}, [&] { aten_checks::check_meta_positions(op, *meta, K); });
   auto y = at::empty({M, N}, x_q.options().dtype(out_dtype));

@@ -245,19 +245,11 @@ cudaError_t run(Case& c) {
   }
   if (op == "w8a8_mm") {  // int8 x_q (M, K) with its scales; a dense int8 weight, or 2:4 (meta given)
     W8A8MmLaunch a;
-    a.M = c.i("M");
-    a.N = c.i("N");
-    a.K = c.i("K");
-    a.dtype = dtype_of(c.s("dtype"));
-    a.x = c.ptr("x");
-    a.ldx = c.i("ldx");
+    set_io(c, a);  // dtype: the output's
     a.x_scale = static_cast<const float*>(c.ptr("x_scale"));
     a.w = c.ptr("w");
     a.meta = static_cast<const uint8_t*>(c.ptr("meta"));
     a.w_scale = static_cast<const float*>(c.ptr("w_scale"));
-    a.bias = c.ptr("bias");
-    a.ldy = a.N;
-    a.y = c.output("y", static_cast<size_t>(a.M * a.N) * dtype_size(a.dtype));
     cudaError_t e = cudaSuccess;
     w8a8_mm_workspace_bytes(a, &e);
     if (e != cudaSuccess) return e;
