@@ -110,15 +110,6 @@ _FP16_MAX = 65504.0
 _SPARSE24_MM = linear_call(torch.ops.sparsekit.sparse24_mm.default)
 _SPARSE24_INT8_MM = torch.ops.sparsekit.sparse24_int8_mm.default
 _CUDA_SPARSE24_INT8_MM = torch.ops.sparsekit._cuda_sparse24_int8_mm.default
-
-
-def _compiled_w8a8(q: torch.Tensor) -> bool:
-    """Whether the quantized rows q go to the compiled 2:4 W8A8 kernel (sparsekit.triton.use_compiled)."""
-    return not torch.compiler.is_compiling() and _sk_triton.use_compiled("sparse24_int8_mm", q)
-
-
-def _restore_rows(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 _QUANTIZE = torch.ops.sparsekit.quantize_per_token.default
 _SPARSE24_INT8_LINEAR = linear_call(torch.ops.sparsekit.sparse24_int8_linear.default)
 _CSLT_MM = torch.ops.sparsekit.cslt_mm.default
@@ -245,6 +236,11 @@ def _restore(y, x, n):
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], n)
 
 
+def _compiled_w8a8(q: torch.Tensor) -> bool:
+    """Whether the quantized rows q go to the compiled 2:4 W8A8 kernel (sparsekit.triton.use_compiled)."""
+    return not torch.compiler.is_compiling() and _sk_triton.use_compiled("sparse24_int8_mm", q)
+
+
 @register
 class Sparse24Weight(SparseFormat):
     name = "2:4"
@@ -363,13 +359,13 @@ class Sparse24Int8Weight(SparseFormat):
         x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
         if not _cuda(x2):  # quantization and the 2:4 int8 product in one op (CUDA: cuSPARSELt may take it)
             y = _SPARSE24_INT8_LINEAR(x2, values, meta, scale, bias)
-            return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
+            return _restore(y, x, shape[0])
         q, s, _ = _QUANTIZE(x2, True)
         y = None
         # M <= 16 (decode) on sm_80+: the compiled W8A8 tensor-core kernel (csrc/cuda/w8a8_kernel.cu); else
         # cuSPARSELt for every M it can take (sparse24_int8_mm's own fallback decodes the weight on every call)
         if _compiled_w8a8(q):
-            return _restore_rows(_CUDA_SPARSE24_INT8_MM(q, s, None, values, meta, scale, bias, x.dtype), x)
+            return _restore(_CUDA_SPARSE24_INT8_MM(q, s, None, values, meta, scale, bias, x.dtype), x, shape[0])
         if x.dtype in _HALVES and _use_cslt(x2, shape, torch.int8, bias, min_m=0):
             hit = _cslt_lookup(values, meta, scale)
             if hit is not None and (hit[3] or x.dtype == torch.bfloat16):
@@ -378,7 +374,7 @@ class Sparse24Int8Weight(SparseFormat):
                 y = _cslt_call(hit, q, shape[0], bias, scale, s, x.dtype)
         if y is None:
             y = _SPARSE24_INT8_MM(q, s, None, values, meta, scale, bias, x.dtype)
-        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
+        return _restore(y, x, shape[0])
 
     @staticmethod
     def module_forward(m, x):

@@ -116,7 +116,7 @@ def _has_mma(device: torch.device) -> bool:
 def use_compiled(op: str, x: torch.Tensor) -> bool:
     """Whether a call of `op` with activations x (2-d) takes the compiled tensor-core kernel: the backend
     setting for x's rows says "compiled" and x is on an sm_80+ CUDA device."""
-    return backend(op, x.shape[0]) == "compiled" and _has_mma(x.device)
+    return x.dim() == 2 and backend(op, x.shape[0]) == "compiled" and _has_mma(x.device)
 
 
 def available() -> bool:
@@ -171,8 +171,7 @@ def _make_impls():
         return _i8()(x_q, x_scale, x_zero, w_q, w_scale, bias, out_dtype)
 
     def int8_weight_only_mm(x, w_q, w_scale, bias=None):
-        if (x.dtype in _HALF_DTYPES and backend("int8_weight_only_mm", x.shape[0]) == "compiled"
-                and _has_mma(x.device)):
+        if x.dtype in _HALF_DTYPES and use_compiled("int8_weight_only_mm", x):
             return torch.ops.sparsekit._cuda_int8_weight_only_mm(x, w_q, w_scale, bias)
         return _wo()(x, w_q, w_scale, bias)
 
