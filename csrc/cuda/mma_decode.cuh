@@ -1,7 +1,8 @@
-// The tensor-core decode kernel shared by int8 weight-only (int8_wo_kernel.cu) and 2:4 (sparse24_kernel.cu,
-// M >= 2) for small M, float16 / bfloat16 x, sm_80+: the weight is streamed with 16-byte loads, expanded in
-// registers into dense m16n8k16 A fragments (a weight policy W says how) and multiplied by x from shared
-// memory on the tensor cores.
+// The tensor-core decode kernel for small M on sm_80+, shared by int8 weight-only (int8_wo_kernel.cu), 2:4
+// (sparse24_kernel.cu, M >= 2) and W8A8 dense / 2:4 (w8a8_kernel.cu): the weight is streamed with 16-byte
+// loads, expanded in registers into dense mma A fragments (a weight policy W says how) and multiplied on the
+// tensor cores by x from shared memory: float16 / bfloat16 x with m16n8k16 (HalfX), int8 x with m16n8k32
+// (Int8X; an activation policy X says which).
 //
 // Why tensor cores at decode sizes: a decode kernel must stream its weight bytes at the copy rate, and
 // float32 FMAs on the CUDA cores cost one instruction per weight and activation row: at M = 8-16 they alone
