@@ -1067,7 +1067,14 @@ def random_mm_case(rnd, split_knobs=False):
     g = gen(rnd.randrange(10 ** 6))
     M = rnd.choice([1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40])
     N = rnd.randint(1, 45)
-    kind = rnd.choice(["s24", "bm", "bsr", "csr"] + (["wo"] if dt != torch.float32 else []))
+    kind = rnd.choice(["s24", "bm", "bsr", "csr", "w8"] + (["wo"] if dt != torch.float32 else []))
+    if kind == "w8":  # W8A8, dense or 2:4, output in dt
+        sparse = rnd.random() < 0.5
+        K = rnd.choice([1024, 2048, 4096] if split_knobs else [0, 4, 16, 52, 100, 256, 640, 1028])
+        K = K if sparse else K + rnd.choice([0, 0, 1, 3])
+        return w8a8_case(f"w8a8 {'2:4' if sparse else 'dense'} {dt} M={M} N={N} K={K}", dt, M, N, K, g,
+                         sparse=sparse, bias=rnd.random() < 0.5, woff=rnd.choice([0, 0, 0, 8, 1]),
+                         xpad=rnd.choice([0, 0, 3]), xoff=rnd.choice([0, 0, 1]))
     if kind == "wo":
         K = rnd.choice([1024, 2000, 4096] if split_knobs else [0, 1, 16, 48, 100, 256, 640, 1000, 2048])
         return int8_wo_case(f"int8_wo {dt} M={M} N={N} K={K}", dt, M, N, K, g, bias=rnd.random() < 0.5,
@@ -1100,4 +1107,6 @@ def test_random_cases(driver, tmp_path, knobs):
     rnd = random.Random(f"{os.environ.get('SPARSEKIT_EMU_SEED', '0')} {sorted(knobs.items())}")
     cases = [random_mm_case(rnd, split_knobs=bool(knobs.get("EMU_SMEM_PER_SM", 0) in (20000, 40000)))
              for _ in range(FUZZ)]
-    check_mm_cases(run(driver, cases, tmp_path, knobs), cases)
+    res = run(driver, cases, tmp_path, knobs)
+    check_mm_cases(res, [c for c in cases if c.op != "w8a8_mm"])
+    check_w8a8_cases(res, [c for c in cases if c.op == "w8a8_mm"])
