@@ -137,17 +137,16 @@ struct Int8Rows {
   template <typename T>
   __device__ __forceinline__ static void pairs(const Regs& r, int u, int h, int j, const uint32_t*, uint32_t& lo,
                                                uint32_t& hi) {
-    const uint32_t w = word_of(r.v[u][h], j);
     if constexpr (std::is_same_v<T, int8_t>) {  // int8 x (m16n8k32): the bytes as they are, words 2j, 2j + 1
       lo = word_of(r.v[u][h], 2 * j);
       hi = word_of(r.v[u][h], 2 * j + 1);
-      (void)w;
     } else if constexpr (std::is_same_v<T, __half>) {
-      const uint32_t x = w ^ 0x80808080u;
+      const uint32_t x = word_of(r.v[u][h], j) ^ 0x80808080u;
       const __half2 k1152 = as_pair<__half2>(0x64806480u);
       lo = pair_bits(__hsub2(as_pair<__half2>(__byte_perm(x, 0x64u, 0x4140u)), k1152));
       hi = pair_bits(__hsub2(as_pair<__half2>(__byte_perm(x, 0x64u, 0x4342u)), k1152));
     } else {
+      const uint32_t w = word_of(r.v[u][h], j);
       const uint32_t pl = __byte_perm(w, 0x43u, 0x4140u), ph = __byte_perm(w, 0x43u, 0x4342u);
       lo = pair_bits(__hsub2(as_pair<__nv_bfloat162>(pl & 0xff7fff7fu), as_pair<__nv_bfloat162>(pl & 0xff80ff80u)));
       hi = pair_bits(__hsub2(as_pair<__nv_bfloat162>(ph & 0xff7fff7fu), as_pair<__nv_bfloat162>(ph & 0xff80ff80u)));
@@ -266,7 +265,6 @@ struct S24Int8Rows {
     uint32_t m[kBatch];  // the 16 metadata bits of row g (low half) and g + 8 (high half)
   };
   static constexpr int kLutWords = 32;
-  static constexpr bool kScaled = true;
 
   // byte_perm(word, 0, .) selector putting the group's two bytes (at byte `at` and at + 1 of the word) at
   // their columns i0, i1 and zero bytes elsewhere.
@@ -346,7 +344,6 @@ template <typename T>
 struct HalfX {
   using Acc = float;
   using Elem = T;  // the fragments' element type
-  using OutT = T;
   static constexpr int kXBytes = 2, kMmas = 4;
   __device__ __forceinline__ static void mma(Acc (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     mma_16816<T>(d, a, b);
@@ -369,7 +366,6 @@ template <typename O>
 struct Int8X {
   using Acc = int;
   using Elem = int8_t;
-  using OutT = O;
   static constexpr int kXBytes = 1, kMmas = 2;
   __device__ __forceinline__ static void mma(Acc (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     mma_s8_16832(d, a, b);
