@@ -352,6 +352,11 @@ def int8_24_impls(ops, x, f, N, emit, rec):
             return torch.ops.sparsekit._cuda_sparse24_int8_mm(q, s, None, f.values, f.meta, f.scale, None, x.dtype)
 
         impls.append(("sparsekit 2:4+int8 quantize + compiled W8A8 kernel", compiled))
+        if hasattr(torch.ops.sparsekit, "_cuda_sparse24_int8_linear"):
+            def one_call():  # what the 2:4+int8 format runs at M <= 16: x quantized inside the W8A8 kernel
+                return torch.ops.sparsekit._cuda_sparse24_int8_linear(x, f.values, f.meta, f.scale, None)
+
+            impls.append(("sparsekit 2:4+int8 one-call linear (compiled, quantization fused)", one_call))
     if not ops.cslt_available():
         return impls
     try:

@@ -95,7 +95,7 @@ step cuda_decode_variants "$T_BENCH" "$PY" bench/cuda_gpu.py --formats 2:4,bitma
   --name cuda_decode_variants --out "$OUT"
 # The int8 tensor-core decode kernels (weight-only and W8A8; csrc/cuda/mma_decode.cuh, never run on a GPU
 # before) against the Triton launchers and dense in one process, at the GPU-speed issue's shapes.
-step int8_decode "$T_BENCH" "$PY" bench/triton_gpu.py --kernels dense,w8a16,w8a16_triton,w8a8,w8a8_triton \
+step int8_decode "$T_BENCH" "$PY" bench/triton_gpu.py --kernels dense,w8a16,w8a16_triton,w8a8_linear,w8a8,w8a8_triton \
   --dtype bf16 --shapes 14336x4096,4096x14336,5120x13824 --m 1,3,7,16 --name int8_decode --out "$OUT"
 step cslt_probe 90 "$PY" bench/cslt_probe.py --out "$OUT"
 echo "cslt probe: $(tail -n 1 "$OUT/cslt_probe.log")" >>"$SUMMARY"

@@ -11,6 +11,8 @@ For each LLaMA-7B layer shape (N x K = out x in features) and each M it times, b
   w8a8        sparsekit quantize_per_token + int8_mm (the quantization included; int8_mm routed: the compiled
               tensor-core W8A8 kernel at M <= 16 on sm_80+, Triton's otherwise)
   w8a8_triton the same with Triton's int8_mm launcher itself
+  w8a8_linear sparsekit int8_linear, what the int8 format runs (at M <= 16 on sm_80+ one call of the compiled
+              W8A8 kernel that quantizes x per token itself; else Triton's quantization + int8_mm)
   w8a8_gemm   sparsekit int8_mm alone (activations already quantized)
   int_mm      torch._int_mm (int8 x int8 -> int32, no scales; peer; needs M > 16)
   w8a16       sparsekit int8_weight_only_mm (the CUDA router: the compiled tensor-core kernel for float16 /
@@ -50,14 +52,15 @@ def model_args(kernel: str, params: dict) -> tuple:
         return "bsr", {"density": params["density"], "block": params["block"]}
     if kernel in ("bitmap", "csr_torch"):
         return ("bitmap" if kernel == "bitmap" else "csr"), {"density": 1 - params["sparsity"]}
-    return {"dense": ("dense", {}), "w8a8": ("int8", {}), "w8a8_triton": ("int8", {}), "w8a16": ("int8-wo", {}),
+    return {"dense": ("dense", {}), "w8a8": ("int8", {}), "w8a8_triton": ("int8", {}), "w8a8_linear": ("int8", {}),
+            "w8a16": ("int8-wo", {}),
             "w8a16_triton": ("int8-wo", {})}.get(kernel)
 
 OUT = Path(__file__).resolve().parent / "results"
 SHAPES = "4096x4096,11008x4096,4096x11008"
 MS = "1,2,4,8,16,32,64,128,512,2048,8192"
-KERNELS = ("dense", "bsr", "bsr_torch", "bitmap", "csr_torch", "w8a8", "w8a8_triton", "w8a8_gemm", "int_mm", "w8a16",
-           "w8a16_triton")
+KERNELS = ("dense", "bsr", "bsr_torch", "bitmap", "csr_torch", "w8a8", "w8a8_triton", "w8a8_linear", "w8a8_gemm",
+           "int_mm", "w8a16", "w8a16_triton")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
@@ -187,7 +190,7 @@ def make_cases(N, K, M, dtype, a, gen, dev):
             nb = Wc.values().numel() * 2 + Wc.col_indices().numel() * 8 + Wc.crow_indices().numel() * 8
             yield ("csr_torch", params, (lambda Wc=Wc: torch.sparse.mm(Wc, x.t())), (lambda r=ref: r().t()), nb + io)
 
-    if ks & {"w8a8", "w8a8_triton", "w8a8_gemm", "int_mm", "w8a16", "w8a16_triton"}:
+    if ks & {"w8a8", "w8a8_triton", "w8a8_linear", "w8a8_gemm", "int_mm", "w8a16", "w8a16_triton"}:
         I = Int8Weight.from_dense(w)
         wnb = N * K + N * 4
         q, s, _ = sparsekit.ops.reference.quantize_per_token(x)
@@ -204,6 +207,9 @@ def make_cases(N, K, M, dtype, a, gen, dev):
                 xq, xs, _ = ops.quantize_per_token(x)
                 return tint8.int8_mm(xq, xs, None, I.qweight, I.scale, None, dtype)
             yield "w8a8_triton", {}, w8a8_triton, ref8, wnb + io + M * K
+        if "w8a8_linear" in ks:
+            yield ("w8a8_linear", {}, (lambda: ops.int8_linear(x, I.qweight, I.scale)), ref8,
+                   wnb + io)
         if "w8a8_gemm" in ks:
             yield ("w8a8_gemm", {}, (lambda: ops.int8_mm(q, s, None, I.qweight, I.scale, None, dtype)), ref8,
                    wnb + M * K + M * N * x.element_size())

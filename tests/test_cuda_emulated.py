@@ -604,6 +604,155 @@ def test_w8a8_mm_refusals(driver, tmp_path):
     assert (bad.status or "").startswith("1 "), bad.status
 
 
+# ------------------------------------------------------------------------------------------ W8A8 linear (float x)
+# w8a8_linear: the launcher with `quantize`: float x quantized per token inside the W8A8 kernel (float16 /
+# bfloat16 while an M tile's rows are at most 32 KB of x) or by the quantization kernel first (longer rows,
+# float32 x). The expected output is the reference int8_linear's, byte for byte (NaN where it is NaN).
+FUSED_BYTES = 32 * 1024
+
+
+def fused(dtype, M, K):
+    return dtype != torch.float32 and min(M, 16) * K * 2 <= FUSED_BYTES
+
+
+def special_rows(x, kinds):
+    """Writes the named rows: "nan" / "inf" (one such value among normal ones), "zero", "ties" (max |x| = 127,
+    so the scale is 1 and halves are rounding ties), "tiny" (values near float32's subnormals)."""
+    K = x.shape[1]
+    for r, kind in kinds.items():
+        if K == 0:
+            break
+        if kind == "nan":
+            x[r, K // 2] = float("nan")
+        elif kind == "inf":
+            x[r, 0] = float("-inf")
+        elif kind == "zero":
+            x[r] = 0
+        elif kind == "ties":
+            v = (torch.arange(K) % 17 - 8).float() + 0.5
+            v[0] = 127.0
+            x[r] = v.to(x.dtype)
+        elif kind == "tiny":
+            x[r] = (x[r].float() * 1e-36).to(x.dtype)
+
+
+def w8a8_linear_case(name, dtype, M, N, K, g, sparse=False, bias=True, xpad=0, xoff=0, rows=None, ws=None):
+    """float x (M, K) quantized per token inside the launch against an int8 weight (dense, or 2:4 when
+    `sparse`). ws: whether the launch asks for a workspace (None: not checked)."""
+    x, xbuf, off, ld = activations(M, K, dtype, g, xpad, xoff)
+    if rows:
+        special_rows(x, rows)
+        xbuf = x.contiguous().reshape(-1) if xpad == 0 else torch.cat(
+            [torch.cat([x[i], xbuf.new_zeros(xpad)]) if i < M - 1 else x[i] for i in range(M)])
+    w_scale = torch.rand(N, generator=g) * 0.02 + 1e-3
+    b = randn((N,), dtype, g) if bias else None
+    bufs = {"x": (xbuf, off), "w_scale": (w_scale, 0)}
+    if sparse:
+        w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int16).to(torch.float32)
+        from sparsekit.ops.packing import reference_pack_sparse24
+        values, meta = reference_pack_sparse24(w, mask_24(N, K, g))
+        values = values.to(torch.int8)
+        bufs["w"], bufs["meta"] = (values, 0), (meta, 0)
+        want = reference.sparse24_int8_linear(x, values, meta, w_scale, b)
+    else:
+        w_q = torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int16).to(torch.int8)
+        bufs["w"] = (w_q, 0)
+        want = reference.int8_linear(x, w_q, w_scale, b)
+    if b is not None:
+        bufs["bias"] = (b, 0)
+    return H.Case("w8a8_linear", dict(dtype=H.DTYPE_NAMES[dtype], M=M, N=N, K=K, ldx=ld), bufs,
+                  {"want": want, "ws": ws}, name=name)
+
+
+def check_w8a8_linear_cases(res, cases):
+    expect_ok(res, cases)
+    errors = []
+    for c in cases:
+        want = c.check["want"]
+        got = c.out("y", want.dtype, tuple(want.shape))
+        nan_w, nan_g = torch.isnan(want), torch.isnan(got)
+        view = torch.int16 if want.element_size() == 2 else torch.int32
+        same = torch.equal(nan_w, nan_g) and torch.equal(got.masked_fill(nan_g, 0).view(view),
+                                                         want.masked_fill(nan_w, 0).view(view))
+        if not same:
+            bad = ((got != want) & ~(nan_w & nan_g)).nonzero()
+            i = tuple(bad[0].tolist()) if len(bad) else None
+            errors.append(f"{c.name}: {len(bad)} of {want.numel()} outputs differ from the reference's bytes" +
+                          (f", e.g. y{list(i)} = {got[i].item()!r}, expected {want[i].item()!r}" if i else ""))
+        ws = int((c.dir / "workspace.txt").read_text()) if (c.dir / "workspace.txt").exists() else 0
+        if c.check["ws"] is not None and (ws > 0) != c.check["ws"]:
+            errors.append(f"{c.name}: workspace expected {c.check['ws']}, got {ws} bytes")
+    assert not errors, f"{len(errors)} of {len(cases)} cases wrong:\n" + "\n".join(errors[:10])
+
+
+def w8a8_linear_cases(dtype, seed=53):
+    g = gen(seed)
+    cases = []
+    for i, M in enumerate(MS + (4, 5)):
+        cases.append(w8a8_linear_case(f"dense M={M}", dtype, M, 40, 256, g, bias=i % 2 == 0, ws=not fused(dtype, M, 256)))
+        cases.append(w8a8_linear_case(f"2:4 M={M}", dtype, M, 37, 256, g, sparse=True, bias=i % 2 == 1))
+    for K in (1, 100, 1000):  # K % 8 != 0: the element path
+        cases.append(w8a8_linear_case(f"dense K={K}", dtype, 3, 17, K, g))
+    cases.append(w8a8_linear_case("2:4 K=52", dtype, 5, 19, 52, g, sparse=True))
+    cases.append(w8a8_linear_case("x strided", dtype, 9, 11, 256, g, xpad=3))
+    cases.append(w8a8_linear_case("x misaligned", dtype, 4, 11, 256, g, sparse=True, xoff=1))
+    cases.append(w8a8_linear_case("special rows", dtype, 5, 23, 256, g,
+                                  rows={0: "nan", 1: "zero", 2: "ties", 3: "inf", 4: "tiny"}))
+    cases.append(w8a8_linear_case("special rows, element path", dtype, 4, 9, 100, g, sparse=True,
+                                  rows={0: "ties", 1: "nan", 3: "zero"}))
+    # rows too long to fuse: the quantization kernel first (a workspace holds the quantized rows)
+    cases.append(w8a8_linear_case("dense M=16 K=1152", dtype, 16, 21, 1152, g, ws=True, rows={5: "nan", 6: "ties"}))
+    cases.append(w8a8_linear_case("2:4 M=16 K=1028", dtype, 16, 13, 1028, g, sparse=True, ws=True))
+    cases.append(w8a8_linear_case("K=0", dtype, 3, 5, 0, g, ws=False))
+    return cases
+
+
+# On SPLIT_24 the x tile of M = 1 still fits whole up to ~17000 columns (512 threads): M = 1 splits on less.
+SPLIT_Q1 = {"EMU_SMEM_PER_SM": 12000, "EMU_SMEM_OPTIN": 12000}
+
+
+def w8a8_linear_split_cases(dtype, seed=54):
+    """(cases for SPLIT_24, cases for SPLIT_Q1): K split, fused (the scales go through the workspace) and not."""
+    g = gen(seed)
+    return ([w8a8_linear_case("split M=4 K=4096", dtype, 4, 19, 4096, g, ws=True, rows={1: "ties", 2: "nan"}),
+             w8a8_linear_case("split M=33 K=600", dtype, 33, 7, 600, g, sparse=True, ws=True, rows={20: "zero"}),
+             w8a8_linear_case("split unfused M=16 K=4096", dtype, 16, 11, 4096, g, ws=True)],
+            [w8a8_linear_case("split 2:4 M=1 K=9000", dtype, 1, 21, 9000, g, sparse=True, ws=True),
+             w8a8_linear_case("split M=1 K=8998 element path", dtype, 1, 9, 8998, g, ws=True)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
+def test_w8a8_linear(driver, tmp_path, dtype):
+    """float x quantized per token inside the W8A8 launch (fused into the tensor-core kernel, or the quantization
+    kernel first), dense and 2:4: byte for byte the reference int8_linear / sparse24_int8_linear, rounding ties,
+    NaN / Inf / zero rows, strided and misaligned x, several row groups per block and split K."""
+    cases = w8a8_linear_cases(dtype)
+    check_w8a8_linear_cases(run(driver, cases, tmp_path / "whole"), cases)
+    groups = [w8a8_linear_case("groups dense M=1", dtype, 1, 300, 640, gen(55)),
+              w8a8_linear_case("groups 2:4 M=16", dtype, 16, 150, 512, gen(56), sparse=True)]
+    check_w8a8_linear_cases(run(driver, groups, tmp_path / "groups", {"EMU_SMS": 1}), groups)
+    split, split1 = w8a8_linear_split_cases(dtype)
+    check_w8a8_linear_cases(run(driver, split, tmp_path / "split", SPLIT_24), split)
+    check_w8a8_linear_cases(run(driver, split1, tmp_path / "split1", SPLIT_Q1), split1)
+
+
+def test_w8a8_linear_refusals(driver, tmp_path):
+    """Below sm_80 both paths refuse (98) before writing anything; 2:4 with K % 4 != 0 is refused (1)."""
+    g = gen(57)
+    old = [w8a8_linear_case("sm_75 fused", torch.float16, 2, 5, 64, g),
+           w8a8_linear_case("sm_75 unfused", torch.float32, 2, 5, 64, g)]
+    res = run(driver, old, tmp_path / "sm75", {"EMU_CC_MAJOR": 7})
+    assert res.returncode == 0, res.stderr[-3000:]
+    for c in old:
+        assert (c.status or "").startswith("98 "), (c.name, c.status)
+        assert bool(torch.isnan(c.out("y", c.check["want"].dtype, (2, 5))).all())
+    bad = w8a8_linear_case("2:4 K % 4", torch.float32, 2, 5, 8, g, sparse=True)
+    bad.scalars["K"] = 6
+    res = run(driver, [bad], tmp_path / "k")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (bad.status or "").startswith("1 "), bad.status
+
+
 # ------------------------------------------------------------------------------------------ BSR, CSR
 def bsr_case(name, dtype, M, N, K, R, C, g, density=0.4, bias=True, empty_block_rows=(), voff=0, xpad=0, xoff=0):
     w = randn((N, K), dtype, g)
@@ -892,6 +1041,21 @@ PLANTED = {
     "w8a8 split-K partials written as float": (
         "m", ("mma_decode.cuh", "reinterpret_cast<int*>(o.ws)[(static_cast<int64_t>(split)",
               "o.ws[(static_cast<int64_t>(split)"), "w8a8_split"),
+    "w8a8_linear scale by a reciprocal instead of IEEE division": (
+        "n", ("mma_decode.cuh", "amax > 0.f ? __fdiv_rn(amax, 127.f) : 1.f", "amax > 0.f ? amax * (1.f / 127.f) : 1.f"),
+        "w8a8_linear"),
+    "w8a8_linear rounds halves away from zero": (
+        "o", ("mma_decode.cuh", "fmaxf(rintf(__fdiv_rn(v, scale))", "fmaxf(roundf(__fdiv_rn(v, scale))"), "w8a8_linear"),
+    "w8a8_linear a NaN does not flag its row": (
+        "p", ("mma_decode.cuh", "return a < q_inf() ? a : q_inf();", "return a;"), "w8a8_linear"),
+    "w8a8_linear max |x| of the K chunk only": (
+        "q", ("mma_decode.cuh", "q_row_part(x + m * p.ldx, p.K, vec,", "q_row_part(x + m * p.ldx + k0, kc, vec,"),
+        "w8a8_linear_split"),
+    "w8a8_linear scales of a split K not left for the finish": (
+        "r", ("mma_decode.cuh", "split_x_scales(p.out, splits)[m0 + threadIdx.x - p.out.ws_m0] = s;", "(void)s;"),
+        "w8a8_linear_split"),
+    "w8a8_linear quantization kernel keeps the last row's max": (
+        "s", ("w8a8_kernel.cu", "    if (threadIdx.x == 0) amax = 0u;\n", ""), "w8a8_linear"),
     "int8_wo x rows past M staged from memory": (
         "f", ("mma_decode.cuh", "(m < mrows && c < kc) ? xb[m * p.ldx + c]", "(c < kc) ? xb[m * p.ldx + c]"),
         "int8_wo"),
@@ -904,7 +1068,7 @@ PLANTED = {
 # selected at every M, v1)
 PLANTED_KNOBS = {"bitmap_v1": {"SPARSEKIT_CUDA_DECODE": "v1"}, "bitmap_v2": {"EMU_SMS": 1}, "int8_wo": {"EMU_SMS": 1},
                  "sparse24": {"SPARSEKIT_CUDA_DECODE": "v1"}, "s24_mma": {"EMU_SMS": 1, "SPARSEKIT_CUDA_DECODE": "v3"},
-                 "w8a8_split": SPLIT_W8A8}
+                 "w8a8_split": SPLIT_W8A8, "w8a8_linear_split": SPLIT_24}
 
 
 def planted_cases(kind):
@@ -932,6 +1096,14 @@ def planted_cases(kind):
         return [w8a8_case("w8a8 dense M=3", torch.bfloat16, 3, 40, 256, gen(38)),
                 w8a8_case("w8a8 2:4 M=16", torch.float16, 16, 50, 640, gen(39), sparse=True),
                 w8a8_case("w8a8 2:4 K=100 M=2", torch.float32, 2, 33, 100, gen(40), sparse=True)]
+    if kind == "w8a8_linear":
+        return [w8a8_linear_case("w8a8_linear fused", torch.bfloat16, 5, 40, 256, gen(58),
+                                 rows={0: "ties", 1: "nan", 3: "zero"}),
+                w8a8_linear_case("w8a8_linear 2:4 fused", torch.float16, 16, 50, 640, gen(59), sparse=True,
+                                 rows={4: "ties"}),
+                w8a8_linear_case("w8a8_linear unfused", torch.float16, 16, 21, 1152, gen(60), rows={2: "ties"})]
+    if kind == "w8a8_linear_split":
+        return [w8a8_linear_case("w8a8_linear split", torch.bfloat16, 4, 19, 4096, gen(61), ws=True)]
     if kind == "w8a8_split":
         return [w8a8_case("w8a8 split", torch.bfloat16, 16, 19, 4096, gen(41), sparse=True, split=True)]
     if kind == "s24_mma":
@@ -963,6 +1135,8 @@ def outcome(res, cases, kind):
             bw = BitmapWeight.from_dense(c.check["w"], c.check["mask"])
             errs = compare_bytes(c, {"bitmap": bw.bitmap, "word_offsets": bw.word_offsets, "values": bw.values})
             assert not errs, errs
+        elif kind.startswith("w8a8_linear"):
+            check_w8a8_linear_cases(res, cases)
         elif kind.startswith("w8a8"):
             check_w8a8_cases(res, cases)
         else:
@@ -985,7 +1159,8 @@ def test_planted_bug_is_caught(emu_dir, tmp_path, name):
 def test_planted_cases_pass_unmutated(driver, tmp_path):
     """The planted-bug cases pass on the real kernels: what fails them is the bug."""
     for kind in ("sparse24", "bitmap", "bitmap_v1", "bitmap_v2", "bitmap_misaligned", "csr", "bsr", "pack", "int8_wo",
-                 "int8_wo_misaligned", "s24_mma", "s24_mma_misaligned", "w8a8", "w8a8_split"):
+                 "int8_wo_misaligned", "s24_mma", "s24_mma_misaligned", "w8a8", "w8a8_split", "w8a8_linear",
+                 "w8a8_linear_split"):
         cases = planted_cases(kind)
         why = outcome(run(driver, cases, tmp_path / kind, PLANTED_KNOBS.get(kind)), cases, kind)
         assert why is None, f"{kind}: {why}"
@@ -1067,7 +1242,15 @@ def random_mm_case(rnd, split_knobs=False):
     g = gen(rnd.randrange(10 ** 6))
     M = rnd.choice([1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40])
     N = rnd.randint(1, 45)
-    kind = rnd.choice(["s24", "bm", "bsr", "csr", "w8"] + (["wo"] if dt != torch.float32 else []))
+    kind = rnd.choice(["s24", "bm", "bsr", "csr", "w8", "w8l"] + (["wo"] if dt != torch.float32 else []))
+    if kind == "w8l":  # the one-call W8A8 linear (x quantized inside), dense or 2:4
+        sparse = rnd.random() < 0.5
+        K = rnd.choice([1024, 2048, 4096, 9000] if split_knobs else [0, 4, 16, 52, 100, 256, 640, 1028])
+        K = K if sparse else K + rnd.choice([0, 0, 1, 3])
+        rows = {rnd.randrange(M): rnd.choice(["nan", "inf", "zero", "ties", "tiny"])} if rnd.random() < 0.4 else None
+        return w8a8_linear_case(f"w8a8_linear {'2:4' if sparse else 'dense'} {dt} M={M} N={N} K={K}", dt, M, N, K,
+                                g, sparse=sparse, bias=rnd.random() < 0.5, xpad=rnd.choice([0, 0, 3]),
+                                xoff=rnd.choice([0, 0, 1]), rows=rows)
     if kind == "w8":  # W8A8, dense or 2:4, output in dt
         sparse = rnd.random() < 0.5
         K = rnd.choice([1024, 2048, 4096] if split_knobs else [0, 4, 16, 52, 100, 256, 640, 1028])
@@ -1108,5 +1291,6 @@ def test_random_cases(driver, tmp_path, knobs):
     cases = [random_mm_case(rnd, split_knobs=bool(knobs.get("EMU_SMEM_PER_SM", 0) in (20000, 40000)))
              for _ in range(FUZZ)]
     res = run(driver, cases, tmp_path, knobs)
-    check_mm_cases(res, [c for c in cases if c.op != "w8a8_mm"])
+    check_mm_cases(res, [c for c in cases if c.op not in ("w8a8_mm", "w8a8_linear")])
     check_w8a8_cases(res, [c for c in cases if c.op == "w8a8_mm"])
+    check_w8a8_linear_cases(res, [c for c in cases if c.op == "w8a8_linear"])

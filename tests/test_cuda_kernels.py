@@ -740,6 +740,57 @@ def test_w8a8_compiled_kernel_bytes_equal_the_reference(out_dtype, sparse, M, N,
 
 
 @gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=DTYPE_ID)
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "2:4"])
+@pytest.mark.parametrize("M,N,K", [(1, 40, 256), (3, 17, 100), (2, 300, 4096), (16, 33, 1024), (16, 20, 4096),
+                                   (1, 64, 14336), (33, 65, 640)])
+def test_w8a8_linear_compiled_kernel_bytes_equal_the_reference(dtype, sparse, M, N, K):
+    """The one-call compiled W8A8 linears (x quantized per token inside the tensor-core kernel, or by the compiled
+    quantization kernel first for long rows and float32) give the reference's bytes; a NaN row gives NaN."""
+    require_int8_wo_kernel()
+    g = torch.Generator().manual_seed(M * 71 + N + K)
+    x = torch.randn(M, K, generator=g).to(dtype)
+    if M > 2:
+        x[1, K // 3] = float("nan")
+        x[2] = 0
+    w_scale = torch.rand(N, generator=g) * 0.02 + 1e-3
+    b = torch.randn(N, generator=g).to(dtype)
+    if sparse:
+        f = formats.Sparse24Int8Weight.from_dense(torch.randn(N, K, generator=g), mask_24(N, K, g=g))
+        wargs = (f.values, f.meta)
+        op, ref = torch.ops.sparsekit._cuda_sparse24_int8_linear, reference.sparse24_int8_linear
+    else:
+        wargs = (torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int16).to(torch.int8),)
+        op, ref = torch.ops.sparsekit._cuda_int8_linear, reference.int8_linear
+    for bias in (b, None):
+        want = ref(x, *wargs, w_scale, bias)
+        poison_allocator()
+        got = op(x.cuda(), *(t.cuda() for t in wargs), w_scale.cuda(), None if bias is None else bias.cuda()).cpu()
+        assert torch.equal(torch.isnan(got), torch.isnan(want))
+        assert torch.equal(got.nan_to_num(0.0), want.nan_to_num(0.0)), (got - want).abs().nan_to_num(0).max()
+
+
+@gpu
+def test_w8a8_linear_compiled_kernel_under_graph_capture():
+    """Both paths of the one-call linear (fused: M = 1; the quantization kernel first: M = 16, K = 4096, whose
+    workspace comes from the caching allocator) replay under a CUDA graph."""
+    require_int8_wo_kernel()
+    g = torch.Generator().manual_seed(8)
+    f = formats.Int8Weight.from_dense(torch.randn(64, 4096, generator=g))
+    op = torch.ops.sparsekit._cuda_int8_linear
+    for M in (1, 16):
+        x = torch.randn(M, 4096, generator=g).half().cuda()
+        args = (x, f.qweight.cuda(), f.scale.cuda(), None)
+        want = op(*args)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y = op(*args)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(y, want)
+
+
+@gpu
 def test_int8_weight_only_compiled_kernel_under_graph_capture():
     require_int8_wo_kernel()
     g = torch.Generator().manual_seed(6)
@@ -789,21 +840,26 @@ def test_w8a8_router_picks_the_compiled_kernel_for_small_m(monkeypatch):
         assert torch.equal(y, reference.int8_mm(q, s, None, w.qweight, w.scale, None, torch.float16))
         return "compiled"
 
-    def int8_linear(M):
+    def int8_linear(M, dtype=torch.bfloat16):
         calls.clear()
-        x = torch.randn(M, 32).to(torch.bfloat16)
-        y = impls["int8_linear"](x, w.qweight, w.scale)
+        x = torch.randn(M, 32).to(dtype)
+        seen = []
+        real = torch.ops.sparsekit._cuda_int8_linear
+        with monkeypatch.context() as mp:  # the one-call compiled kernel quantizes inside: no Triton launch
+            mp.setattr(torch.ops.sparsekit, "_cuda_int8_linear", lambda *a: seen.append(1) or real(*a))
+            y = impls["int8_linear"](x, w.qweight, w.scale)
         if calls:
+            assert not seen
             return "triton"
-        assert torch.equal(y, reference.int8_linear(x, w.qweight, w.scale))
+        assert seen and torch.equal(y, reference.int8_linear(x, w.qweight, w.scale))
         return "compiled"
 
     def sparse24_int8_linear(M):
         x = torch.randn(M, 32).to(torch.float16)
         seen = []
-        real = torch.ops.sparsekit._cuda_sparse24_int8_mm
+        real = torch.ops.sparsekit._cuda_sparse24_int8_linear
         with monkeypatch.context() as mp:
-            mp.setattr(torch.ops.sparsekit, "_cuda_sparse24_int8_mm", lambda *a: seen.append(1) or real(*a))
+            mp.setattr(torch.ops.sparsekit, "_cuda_sparse24_int8_linear", lambda *a: seen.append(1) or real(*a))
             y = impls["sparse24_int8_linear"](x, w24.values, w24.meta, w24.scale)
         assert torch.equal(y, reference.sparse24_int8_linear(x, w24.values, w24.meta, w24.scale))
         return "compiled" if seen else "public op"
@@ -811,6 +867,7 @@ def test_w8a8_router_picks_the_compiled_kernel_for_small_m(monkeypatch):
     assert [int8_mm(m) for m in (1, 16, 17)] == ["compiled", "compiled", "triton"]
     assert int8_mm(3, zero=True) == "triton"  # a zero point: Triton's int8_mm
     assert [int8_linear(m) for m in (2, 40)] == ["compiled", "triton"]
+    assert int8_linear(3, torch.float32) == "compiled"  # float32 x: quantized by the compiled kernel first
     assert [sparse24_int8_linear(m) for m in (5, 17)] == ["compiled", "public op"]
     mma["ok"] = False
     assert int8_mm(1) == "triton" and sparse24_int8_linear(1) == "public op"
@@ -826,6 +883,13 @@ def _alias_args(op, device="cpu"):
     if op == "_cuda_int8_weight_only_mm":
         f = formats.Int8Weight.from_dense(w)
         return (x.half() if device == "cuda" else x, f.qweight.to(device), f.scale.to(device), None)
+    if op in ("_cuda_int8_linear", "_cuda_sparse24_int8_linear"):
+        b = torch.randn(16, device=device)
+        if op == "_cuda_int8_linear":
+            f = formats.Int8Weight.from_dense(w)
+            return (x, f.qweight.to(device), f.scale.to(device), b)
+        f = formats.Sparse24Int8Weight.from_dense(w * torch.tensor([1.0, 0, 0, 1]).repeat(16))
+        return (x, f.values.to(device), f.meta.to(device), f.scale.to(device), b)
     if op in ("_cuda_int8_mm", "_cuda_sparse24_int8_mm"):
         q, s, _ = reference.quantize_per_token(x)
         b = torch.randn(16, device=device)
@@ -842,7 +906,7 @@ def _alias_args(op, device="cpu"):
 
 
 @pytest.mark.parametrize("op", ["_cuda_bitmap_mm", "_cuda_bsr_mm", "_cuda_int8_weight_only_mm", "_cuda_int8_mm",
-                                "_cuda_sparse24_int8_mm"])
+                                "_cuda_sparse24_int8_mm", "_cuda_int8_linear", "_cuda_sparse24_int8_linear"])
 def test_compiled_cuda_aliases_opcheck_and_checks_on_cpu(op):
     """The _cuda_ names of the compiled CUDA kernels are ops of their own: on the CPU they fall back to the
     checked reference, with the public op's messages."""
@@ -858,9 +922,10 @@ def test_compiled_cuda_aliases_opcheck_and_checks_on_cpu(op):
 
 @gpu
 @pytest.mark.parametrize("op", ["_cuda_bitmap_mm", "_cuda_bsr_mm", "_cuda_int8_weight_only_mm", "_cuda_int8_mm",
-                                "_cuda_sparse24_int8_mm"])
+                                "_cuda_sparse24_int8_mm", "_cuda_int8_linear", "_cuda_sparse24_int8_linear"])
 def test_compiled_cuda_aliases_opcheck_cuda(op):
-    if op in ("_cuda_int8_weight_only_mm", "_cuda_int8_mm", "_cuda_sparse24_int8_mm"):
+    if op in ("_cuda_int8_weight_only_mm", "_cuda_int8_mm", "_cuda_sparse24_int8_mm", "_cuda_int8_linear",
+              "_cuda_sparse24_int8_linear"):
         require_int8_wo_kernel()
     else:
         require_cpp_kernel(op[len("_cuda_"):])

@@ -374,17 +374,19 @@ def test_cslt_not_used_while_compiling(fake_cslt, monkeypatch):
 
 
 def test_2_4_int8_small_m_takes_the_compiled_w8a8_kernel(fake_cslt, monkeypatch):
-    """2:4+int8 on CUDA (CPU stand-ins): with the compiled W8A8 kernel available (sm_80+), M <= 16 goes to its
-    _cuda_ alias (whose CPU fallback, the reference, stands in for it), not to cuSPARSELt; larger M, or the
-    backend set to "triton", keeps cuSPARSELt; 3-d x gets its rows back."""
+    """2:4+int8 on CUDA (CPU stand-ins): with the compiled W8A8 kernel available (sm_80+), M <= 16 goes in one
+    call to the one-call linear's _cuda_ alias, which quantizes x itself (its CPU fallback, the reference, stands
+    in for it), not to cuSPARSELt; larger M, or the backend set to "triton", keeps cuSPARSELt; 3-d x gets its
+    rows back."""
     from sparsekit import triton as skt
 
     monkeypatch.setattr(skt, "_has_mma", lambda device: True)
     monkeypatch.setattr(skt, "_compiled_cuda", lambda: True)
     monkeypatch.setattr(skt, "_backend", dict.fromkeys(skt._AUTO_MAX_M, "auto"))
     calls = []
-    real = s24._CUDA_SPARSE24_INT8_MM
-    monkeypatch.setattr(s24, "_CUDA_SPARSE24_INT8_MM", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    real = s24._CUDA_SPARSE24_INT8_LINEAR
+    monkeypatch.setattr(s24, "_CUDA_SPARSE24_INT8_LINEAR",
+                        lambda *a: calls.append((a[0].shape[0], a[0].dtype)) or real(*a))
     sl = half_layer("2:4+int8")
     for shape in [(1, 128), (16, 128), (2, 3, 128), (32, 128)]:
         x = torch.randn(*shape, dtype=torch.bfloat16)
@@ -393,11 +395,12 @@ def test_2_4_int8_small_m_takes_the_compiled_w8a8_kernel(fake_cslt, monkeypatch)
         if x.numel() // 128 <= 16:
             want = ops.reference.sparse24_int8_linear(x.reshape(-1, 128), sl.values, sl.meta, sl.scale, sl.bias)
             assert torch.equal(y.reshape(-1, 64), want)
-    assert calls == [1, 16, 6] and fake_cslt["mm"] == [32]
+    bf = torch.bfloat16
+    assert calls == [(1, bf), (16, bf), (6, bf)] and fake_cslt["mm"] == [32]
     skt.set_backend("sparse24_int8_mm", "triton")
     s24.Sparse24Int8Weight.apply(torch.randn(4, 128, dtype=torch.bfloat16), (64, 128), sl.bias, sl.values, sl.meta,
                                  sl.scale)
-    assert calls == [1, 16, 6] and fake_cslt["mm"] == [32, 4]
+    assert calls == [(1, bf), (16, bf), (6, bf)] and fake_cslt["mm"] == [32, 4]
 
 
 # ------------------------------------------------------------------------------------------ the bench

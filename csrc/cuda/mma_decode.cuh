@@ -345,11 +345,14 @@ struct HalfX {
   using Acc = float;
   using Elem = T;  // the fragments' element type
   static constexpr int kXBytes = 2, kMmas = 4;
+  static constexpr bool kQuant = false;
+  static constexpr size_t kExtraBytes = 0;
   __device__ __forceinline__ static void mma(Acc (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     mma_16816<T>(d, a, b);
   }
   template <typename W>
-  __device__ __forceinline__ static void write(const Params& p, int splits, int split, int64_t m, int64_t n, Acc s) {
+  __device__ __forceinline__ static void write(const Params& p, int splits, int split, int64_t m, int64_t n, Acc s,
+                                               float) {
     if constexpr (W::kScaled) s *= p.scale[n];
     write_out<T>(p.out, splits, split, m, n, s);
   }
@@ -362,29 +365,34 @@ __device__ __forceinline__ void w8a8_store(const Output& o, int64_t m, int64_t n
   static_cast<O*>(o.y)[m * o.ldy + n] = from_f<O>(y);
 }
 
-template <typename O>
+template <typename O, bool kQuantize = false>
 struct Int8X {
   using Acc = int;
   using Elem = int8_t;
+  using In = O;  // kQuant: x's element type
   static constexpr int kXBytes = 1, kMmas = 2;
+  static constexpr bool kQuant = kQuantize;
+  static constexpr size_t kExtraBytes = kQuant ? 2 * kGroupRows * 4 : 0;  // the rows' scales and max |x| bits
   __device__ __forceinline__ static void mma(Acc (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     mma_s8_16832(d, a, b);
   }
   template <typename W>
-  __device__ __forceinline__ static void write(const Params& p, int splits, int split, int64_t m, int64_t n, Acc s) {
+  __device__ __forceinline__ static void write(const Params& p, int splits, int split, int64_t m, int64_t n, Acc s,
+                                               float xs) {
     const Output& o = p.out;
     if (splits == 1) {
-      w8a8_store<O>(o, m, n, s, p.x_scale[m], p.scale[n]);
+      w8a8_store<O>(o, m, n, s, xs, p.scale[n]);
     } else {
       reinterpret_cast<int*>(o.ws)[(static_cast<int64_t>(split) * o.ws_rows + (m - o.ws_m0)) * o.N + n] = s;
     }
   }
 };
 
-// The W8A8 split-K finish: y[m, n] from the int32 partials of every split, exactly.
+// The W8A8 split-K finish: y[m, n] from the int32 partials of every split, exactly; row m's scale is
+// x_scale[m - xs_m0] (xs_m0 = 0: the caller's scales; o.ws_m0: those the fused quantization left in the workspace).
 template <typename O>
 __global__ void __launch_bounds__(256) w8a8_finish_kernel(const Output o, int splits, const float* x_scale,
-                                                          const float* w_scale) {
+                                                          int64_t xs_m0, const float* w_scale) {
   const int64_t total = o.ws_rows * o.N;
   const int* ws = reinterpret_cast<const int*>(o.ws);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
@@ -392,19 +400,142 @@ __global__ void __launch_bounds__(256) w8a8_finish_kernel(const Output o, int sp
     const int64_t r = i / o.N, n = i - r * o.N;
     int s = 0;
     for (int k = 0; k < splits; ++k) s += ws[(static_cast<int64_t>(k) * o.ws_rows + r) * o.N + n];
-    w8a8_store<O>(o, o.ws_m0 + r, n, s, x_scale[o.ws_m0 + r], w_scale[n]);
+    w8a8_store<O>(o, o.ws_m0 + r, n, s, x_scale[o.ws_m0 + r - xs_m0], w_scale[n]);
   }
 }
 
 template <typename O>
-cudaError_t launch_w8a8_finish(const Output& o, int splits, const float* x_scale, const float* w_scale,
+cudaError_t launch_w8a8_finish(const Output& o, int splits, const float* x_scale, int64_t xs_m0, const float* w_scale,
                                cudaStream_t stream) {
   const int64_t total = o.ws_rows * o.N;
   if (total == 0) return cudaSuccess;
   const int64_t blocks = imin<int64_t>(ceil_div<int64_t>(total, 256), 65535);
-  w8a8_finish_kernel<O><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(o, splits, x_scale, w_scale);
+  w8a8_finish_kernel<O><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(o, splits, x_scale, xs_m0, w_scale);
   return cudaGetLastError();
 }
+
+// Where the fused quantization leaves the rows' scales when K is split (for w8a8_finish_kernel): after the
+// int32 partials of the workspace, row m at m - o.ws_m0.
+__host__ __device__ inline float* split_x_scales(const Output& o, int splits) {
+  return reinterpret_cast<float*>(reinterpret_cast<int*>(o.ws) + static_cast<int64_t>(splits) * o.ws_rows * o.N);
+}
+
+// ------------------------------------------------------------------------------------ per-token quantization
+// The reference's symmetric quantize_per_token, bit for bit: a row's scale is max |x| / 127 (IEEE division; 1
+// for a row of zeros; NaN for a row holding NaN or +-Inf), q = clamp(round_half_even(x / scale), -127, 127) with
+// IEEE division, 0 throughout a NaN row. QuantX (below) does it inside the W8A8 kernel; quantize_rows_kernel as
+// a kernel of its own (w8a8_kernel.cu).
+constexpr int kQVec = 8;  // x elements per 16-byte load (float16 / bfloat16)
+
+__device__ __forceinline__ float q_inf() { return __uint_as_float(0x7f800000u); }
+// |v| when v is finite, else +inf: the row's max then says whether it holds a NaN / +-Inf
+__device__ __forceinline__ float q_mag(float v) {
+  const float a = fabsf(v);
+  return a < q_inf() ? a : q_inf();
+}
+__device__ __forceinline__ float q_scale(float amax) {
+  return !(amax < q_inf()) ? __uint_as_float(0x7fffffffu) : amax > 0.f ? __fdiv_rn(amax, 127.f) : 1.f;
+}
+__device__ __forceinline__ uint32_t q_byte(float v, float scale) {
+  if (scale != scale) return 0u;
+  const float r = fminf(fmaxf(rintf(__fdiv_rn(v, scale)), -127.f), 127.f);
+  return static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(r)));
+}
+template <typename T>
+__device__ __forceinline__ void q_unpack(const uint4& v, T (&e)[kQVec]) {
+  static_assert(sizeof(T) == 2, "16-byte vectors of float16 / bfloat16");
+  memcpy(&e, &v, 16);
+}
+template <typename T>
+__device__ __forceinline__ uint2 q_vec(const uint4& v, float scale) {  // 8 elements to 8 int8 (little-endian)
+  T e[kQVec];
+  q_unpack(v, e);
+  uint32_t w[2] = {0u, 0u};
+#pragma unroll
+  for (int i = 0; i < kQVec; ++i) w[i / 4] |= q_byte(to_f(e[i]), scale) << (8 * (i % 4));
+  return make_uint2(w[0], w[1]);
+}
+
+// Whether x's rows are read as 16-byte vectors: float16 / bfloat16, 16-byte aligned, K and the row stride
+// multiples of 8 elements.
+template <typename T>
+__host__ __device__ inline bool q_vec_rows(const void* x, int64_t ldx, int64_t K) {
+  return sizeof(T) == 2 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && ldx % kQVec == 0 && K % kQVec == 0;
+}
+
+// This thread's part of max q_mag over a row of K elements: vectors (or elements) i0, i0 + stride, ...
+template <typename T>
+__device__ __forceinline__ float q_row_part(const T* row, int64_t K, bool vec, int i0, int stride) {
+  float a = 0.f;
+  if constexpr (sizeof(T) == 2) {
+    if (vec) {
+      const uint4* rv = reinterpret_cast<const uint4*>(row);
+      for (int64_t v = i0; v < K / kQVec; v += stride) {
+        T e[kQVec];
+        q_unpack(__ldg(rv + v), e);
+#pragma unroll
+        for (int i = 0; i < kQVec; ++i) a = fmaxf(a, q_mag(to_f(e[i])));
+      }
+      return a;
+    }
+  }
+  for (int64_t k = i0; k < K; k += stride) a = fmaxf(a, q_mag(to_f(row[k])));
+  return a;
+}
+
+// Max over `width` consecutive lanes (a power of two, at most 32; every lane of the warp calls), then one lane
+// of each group raises *slot (the bits of a non-negative float order as the float).
+__device__ __forceinline__ void q_reduce(float a, int width, unsigned* slot, bool live) {
+  for (int o = width / 2; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+  if (live && (threadIdx.x & (width - 1)) == 0) atomicMax(slot, __float_as_uint(a));
+}
+
+// Stages the chunk [k0, k0 + kc) of x rows [m0, m0 + mrows) quantized (the x tile of mma_decode_kernel, `cols`
+// columns, zeros past mrows and kc) and leaves each row's scale in xsc[m]: first max |x| over the row's whole K
+// (blockDim / MT threads a row), then the chunk. Every block reads its rows of x whole (from L2 after the
+// first), which is why the host fuses only while they are few bytes. With K split, block (0, 0) of the tile
+// also writes the scales to the workspace for w8a8_finish_kernel.
+template <typename T, int MT>
+__device__ void stage_quantized(const Params& p, unsigned char* xs, size_t ld, int64_t m0, int mrows, int64_t k0,
+                                int kc, int cols, float* xsc, unsigned* amax, int splits) {
+  const T* x = static_cast<const T*>(p.x) + m0 * p.ldx;
+  const bool vec = q_vec_rows<T>(p.x, p.ldx, p.K);
+  if (threadIdx.x < MT) amax[threadIdx.x] = 0u;
+  __syncthreads();
+  const int tpr = static_cast<int>(blockDim.x) / MT;  // 16 or more: MT <= 16, 256 or 512 threads
+  const int m = static_cast<int>(threadIdx.x) / tpr;
+  const bool live = m < mrows;
+  const float a = live ? q_row_part(x + m * p.ldx, p.K, vec, static_cast<int>(threadIdx.x) - m * tpr, tpr) : 0.f;
+  q_reduce(a, imin(tpr, 32), amax + m, live);
+  __syncthreads();
+  if (threadIdx.x < MT) {
+    const float s = q_scale(__uint_as_float(amax[threadIdx.x]));
+    xsc[threadIdx.x] = s;
+    if (splits > 1 && blockIdx.x == 0 && blockIdx.y == 0 && static_cast<int>(threadIdx.x) < mrows)
+      split_x_scales(p.out, splits)[m0 + threadIdx.x - p.out.ws_m0] = s;
+  }
+  __syncthreads();
+  const T* xc = x + k0;
+  if (vec) {  // kc % 8 == 0 (K % 8 == 0, k0 % 64 == 0): 16 bytes in, 8 bytes out
+    const int vcols = cols / kQVec;
+    for (int i = threadIdx.x; i < MT * vcols; i += blockDim.x) {
+      const int r = i / vcols, c = (i - r * vcols) * kQVec;
+      uint2 q = make_uint2(0u, 0u);
+      if (r < mrows && c < kc) q = q_vec<T>(__ldg(reinterpret_cast<const uint4*>(xc + r * p.ldx + c)), xsc[r]);
+      *reinterpret_cast<uint2*>(xs + r * ld + c) = q;
+    }
+  } else {
+    for (int i = threadIdx.x; i < MT * cols; i += blockDim.x) {
+      const int r = i / cols, c = i - r * cols;
+      xs[r * ld + c] = static_cast<unsigned char>((r < mrows && c < kc) ? q_byte(to_f(xc[r * p.ldx + c]), xsc[r]) : 0u);
+    }
+  }
+}
+
+// W8A8 with float16 / bfloat16 x quantized per token inside the kernel (the one-launch int8_linear): Int8X whose
+// x tile is staged by stage_quantized and whose epilogue takes the block's own scales.
+template <typename T>
+using QuantX = Int8X<T, true>;
 
 // ------------------------------------------------------------------------------------ the kernel
 template <typename W, typename X, int MT, bool kVec>
@@ -444,13 +575,19 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
     preloaded = true;
   }
 
+  float* xsc = reinterpret_cast<float*>(lut + W::kLutWords);  // QuantX: the rows' scales, then max |x| bits
   {  // stage x rows [m0, m0 + mrows), columns [k0, k0 + kc); zero up to MT rows and whole steps
-    const XBits* xb = reinterpret_cast<const XBits*>(p.x) + m0 * p.ldx + k0;
     const int cols = steps * kStepCols;
-    for (int i = threadIdx.x; i < MT * cols; i += blockDim.x) {
-      const int m = i / cols, c = i - m * cols;
-      *reinterpret_cast<XBits*>(xs + m * ld + X::kXBytes * c) =
-          (m < mrows && c < kc) ? xb[m * p.ldx + c] : static_cast<XBits>(0);
+    if constexpr (X::kQuant) {
+      stage_quantized<typename X::In, MT>(p, xs, ld, m0, mrows, k0, kc, cols, xsc,
+                                          reinterpret_cast<unsigned*>(xsc + kGroupRows), splits);
+    } else {
+      const XBits* xb = reinterpret_cast<const XBits*>(p.x) + m0 * p.ldx + k0;
+      for (int i = threadIdx.x; i < MT * cols; i += blockDim.x) {
+        const int m = i / cols, c = i - m * cols;
+        *reinterpret_cast<XBits*>(xs + m * ld + X::kXBytes * c) =
+            (m < mrows && c < kc) ? xb[m * p.ldx + c] : static_cast<XBits>(0);
+      }
     }
     W::init_lut(lut);
   }
@@ -524,7 +661,9 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
       if (m < mrows && n < p.N) {
         Acc s = Acc(0);
         for (int w = 0; w < nwarps; ++w) s += all[static_cast<size_t>(w) * MT * kGroupRows + i];
-        X::template write<W>(p, splits, split, m0 + m, n, s);
+        float xscale = 0.f;  // int8 x: the row's scale
+        if constexpr (X::kXBytes == 1) xscale = X::kQuant ? xsc[m] : p.x_scale[m0 + m];
+        X::template write<W>(p, splits, split, m0 + m, n, s, xscale);
       }
     }
   }
@@ -538,7 +677,7 @@ inline size_t red_bytes_per_warp(int mt) { return 2 * static_cast<size_t>(mt) * 
 template <typename W, typename X>
 size_t smem_bytes(int mt, int64_t Kc, int threads) {
   return rowtile_bytes(mt, Kc, X::kXBytes) + static_cast<size_t>(threads / 32) * red_bytes_per_warp(mt) +
-         static_cast<size_t>(W::kLutWords) * 4;
+         static_cast<size_t>(W::kLutWords) * 4 + X::kExtraBytes;
 }
 
 // The K chunks of a launch for M activation rows (the largest M tile used sizes them).
@@ -546,7 +685,7 @@ template <typename W, typename X>
 Chunking chunking(int64_t M, int64_t K, const DevInfo& d) {
   const int mt_max = tile_m_for(M);
   return choose_chunking(K, kStepCols, red_bytes_per_warp(mt_max), d, [&](int64_t cols) {
-    return rowtile_bytes(mt_max, cols, X::kXBytes) + static_cast<size_t>(W::kLutWords) * 4;
+    return rowtile_bytes(mt_max, cols, X::kXBytes) + static_cast<size_t>(W::kLutWords) * 4 + X::kExtraBytes;
   });
 }
 

@@ -75,55 +75,77 @@ at::Tensor int8_weight_only_mm_cuda(const at::Tensor& x, const at::Tensor& w_q, 
   return y;
 }
 
-// W8A8 on the tensor cores (int8 x quantized per token, symmetric: x_zero None): the compiled kernel behind
-// _cuda_int8_mm and _cuda_sparse24_int8_mm (meta given), which the CUDA paths call for small M; y is the
-// reference's, byte for byte.
-at::Tensor w8a8_cuda(const char* op, const at::Tensor& x_q, const at::Tensor& x_scale,
-                     const std::optional<at::Tensor>& x_zero, const at::Tensor& w, const at::Tensor* meta,
-                     const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, at::ScalarType out_dtype) {
-  check_cuda(op, x_q);
-  TORCH_CHECK_VALUE(!x_zero.has_value(), op,
-                    ": the compiled CUDA kernel takes symmetric activations (x_zero None); asymmetric ones run the "
-                    "public op");
-  const c10::cuda::CUDAGuard guard(x_q.device());
-  require_sm80(op, x_q, "int8");
-  const int64_t M = x_q.size(0), N = w.size(0), K = x_q.size(1);
+// W8A8 on the tensor cores: the compiled kernel behind _cuda_int8_mm and _cuda_sparse24_int8_mm (meta given;
+// int8 x quantized per token, symmetric: x_zero None) and behind the one-call linears _cuda_int8_linear and
+// _cuda_sparse24_int8_linear (x_scale null: float x, quantized inside the launch), which the CUDA paths call for
+// small M; y is the reference's, byte for byte.
+at::Tensor w8a8_cuda(const char* op, const at::Tensor& x, const at::Tensor* x_scale, const at::Tensor& w,
+                     const at::Tensor* meta, const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
+                     at::ScalarType out_dtype) {
+  check_cuda(op, x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  require_sm80(op, x, "int8");
+  const int64_t M = x.size(0), N = w.size(0), K = x.size(1);
   if (meta) check_index_buffers_once(op, {meta}, {N, K}, [&] { aten_checks::check_meta_positions(op, *meta, K); });
-  auto y = at::empty({M, N}, x_q.options().dtype(out_dtype));
+  auto y = at::empty({M, N}, x.options().dtype(out_dtype));
   if (M == 0 || N == 0) return y;
-  const auto xq = x_q.stride(1) == 1 ? x_q : x_q.contiguous();
-  const auto xs = x_scale.contiguous();
+  const auto xc = x.stride(1) == 1 ? x : x.contiguous();
+  const at::Tensor xs = x_scale ? x_scale->contiguous() : at::Tensor();
   const auto wc = w.contiguous();
   const auto ws = w_scale.contiguous();
   const at::Tensor mc = meta ? meta->contiguous() : at::Tensor();
   const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
   W8A8MmLaunch a;
   a.M = M; a.N = N; a.K = K;
-  a.x = xq.data_ptr(); a.ldx = xq.stride(0);
-  a.x_scale = xs.data_ptr<float>();
+  a.x = xc.data_ptr(); a.ldx = xc.stride(0);
+  a.quantize = x_scale == nullptr;
+  a.x_scale = x_scale ? xs.data_ptr<float>() : nullptr;
   a.w = wc.data_ptr();
   a.meta = meta ? mc.data_ptr<uint8_t>() : nullptr;
   a.w_scale = ws.data_ptr<float>();
   a.bias = bc.defined() ? bc.data_ptr() : nullptr;
   a.y = y.data_ptr(); a.ldy = N;
   a.dtype = kernel_dtype(out_dtype);
-  launch_with_workspace(op, a, &w8a8_mm_workspace_bytes, &w8a8_mm, x_q);
+  launch_with_workspace(op, a, &w8a8_mm_workspace_bytes, &w8a8_mm, x);
   return y;
+}
+
+void require_symmetric(const char* op, const std::optional<at::Tensor>& x_zero) {
+  TORCH_CHECK_VALUE(!x_zero.has_value(), op,
+                    ": the compiled CUDA kernel takes symmetric activations (x_zero None); asymmetric ones run the "
+                    "public op");
 }
 
 at::Tensor int8_mm_cuda(const at::Tensor& x_q, const at::Tensor& x_scale, const std::optional<at::Tensor>& x_zero,
                         const at::Tensor& w_q, const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
                         at::ScalarType out_dtype) {
+  constexpr const char* op = "sparsekit.int8_mm";
   int8chk::check_int8_mm_args(x_q, x_scale, x_zero, w_q, w_scale, bias, out_dtype);
-  return w8a8_cuda("sparsekit.int8_mm", x_q, x_scale, x_zero, w_q, nullptr, w_scale, bias, out_dtype);
+  require_symmetric(op, x_zero);
+  return w8a8_cuda(op, x_q, &x_scale, w_q, nullptr, w_scale, bias, out_dtype);
 }
 
 at::Tensor sparse24_int8_mm_cuda(const at::Tensor& x_q, const at::Tensor& x_scale,
                                  const std::optional<at::Tensor>& x_zero, const at::Tensor& values,
                                  const at::Tensor& meta, const at::Tensor& w_scale,
                                  const std::optional<at::Tensor>& bias, at::ScalarType out_dtype) {
+  constexpr const char* op = "sparsekit.sparse24_int8_mm";
   int8chk::check_sparse24_int8_mm_args(x_q, x_scale, x_zero, values, meta, w_scale, bias, out_dtype);
-  return w8a8_cuda("sparsekit.sparse24_int8_mm", x_q, x_scale, x_zero, values, &meta, w_scale, bias, out_dtype);
+  require_symmetric(op, x_zero);
+  return w8a8_cuda(op, x_q, &x_scale, values, &meta, w_scale, bias, out_dtype);
+}
+
+// The one-call W8A8 linears: quantize_per_token(x, True) and the product in one launch (or two, see w8a8_mm).
+at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_scale,
+                            const std::optional<at::Tensor>& bias) {
+  int8chk::check_int8_linear_args(x, w_q, w_scale, bias);
+  return w8a8_cuda("sparsekit.int8_linear", x, nullptr, w_q, nullptr, w_scale, bias, x.scalar_type());
+}
+
+at::Tensor sparse24_int8_linear_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                                     const at::Tensor& w_scale, const std::optional<at::Tensor>& bias) {
+  int8chk::check_sparse24_int8_linear_args(x, values, meta, w_scale, bias);
+  return w8a8_cuda("sparsekit.sparse24_int8_linear", x, nullptr, values, &meta, w_scale, bias, x.scalar_type());
 }
 
 }  // namespace
@@ -136,4 +158,6 @@ TORCH_LIBRARY_IMPL(sparsekit, CUDA, m) {
   m.impl("_cuda_int8_weight_only_mm", &sparsekit::cuda::int8_weight_only_mm_cuda);
   m.impl("_cuda_int8_mm", &sparsekit::cuda::int8_mm_cuda);
   m.impl("_cuda_sparse24_int8_mm", &sparsekit::cuda::sparse24_int8_mm_cuda);
+  m.impl("_cuda_int8_linear", &sparsekit::cuda::int8_linear_cuda);
+  m.impl("_cuda_sparse24_int8_linear", &sparsekit::cuda::sparse24_int8_linear_cuda);
 }

@@ -2,6 +2,9 @@
 // an int8 weight, dense (int8_mm) or 2:4 (sparse24_int8_mm), on the tensor cores (m16n8k32, sm_80+):
 //   y[m, n] = float32(sum_k x_q[m, k] * w_q[n, k]) * x_scale[m] * w_scale[n] (+ bias[n])
 // the int32 sum exact, the epilogue in float32 in that order without contraction: the reference's bytes.
+// With `quantize` it is the whole one-call linear (int8_linear / sparse24_int8_linear): x is float activations,
+// quantized per token as quantize_per_token(x, True) does, bit for bit, inside the W8A8 kernel (one launch)
+// while the rows of an M tile are at most kFusedQuantBytes of x, else by a quantization kernel first.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -25,9 +28,15 @@ struct W8A8MmLaunch {
   void* y = nullptr;               // (M, N), row stride ldy, dtype
   int64_t ldy = 0;
   DType dtype = DType::bf16;       // the output's (and bias's) dtype
+  bool quantize = false;           // x is float (M, K) of `dtype`, quantized per token here; x_scale unused
 };
 
-// Workspace bytes w8a8_mm needs on the current device (0: none; only when K is split: int32 partials).
+// The fused quantization reads its tile's whole rows of x in every block: fused while those are at most this
+// many bytes (a choice made without a GPU run; above it the quantization kernel runs first).
+constexpr int64_t kFusedQuantBytes = 32 * 1024;
+
+// Workspace bytes w8a8_mm needs on the current device (0: none): with K split the int32 partials (and the
+// fused quantization's scales); when `quantize` runs a kernel of its own, x quantized and its scales first.
 size_t w8a8_mm_workspace_bytes(const W8A8MmLaunch& a, cudaError_t* err = nullptr);
 
 // Enqueues the kernels on `stream`. cudaErrorInvalidValue for a 2:4 K % 4 != 0,

@@ -109,7 +109,7 @@ _FP16_MAX = 65504.0
 
 _SPARSE24_MM = linear_call(torch.ops.sparsekit.sparse24_mm.default)
 _SPARSE24_INT8_MM = torch.ops.sparsekit.sparse24_int8_mm.default
-_CUDA_SPARSE24_INT8_MM = torch.ops.sparsekit._cuda_sparse24_int8_mm.default
+_CUDA_SPARSE24_INT8_LINEAR = torch.ops.sparsekit._cuda_sparse24_int8_linear.default
 _QUANTIZE = torch.ops.sparsekit.quantize_per_token.default
 _SPARSE24_INT8_LINEAR = linear_call(torch.ops.sparsekit.sparse24_int8_linear.default)
 _CSLT_MM = torch.ops.sparsekit.cslt_mm.default
@@ -236,9 +236,9 @@ def _restore(y, x, n):
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], n)
 
 
-def _compiled_w8a8(q: torch.Tensor) -> bool:
-    """Whether the quantized rows q go to the compiled 2:4 W8A8 kernel (sparsekit.triton.use_compiled)."""
-    return not torch.compiler.is_compiling() and _sk_triton.use_compiled("sparse24_int8_mm", q)
+def _compiled_w8a8(x: torch.Tensor) -> bool:
+    """Whether the rows x (2-d) go to the compiled 2:4 W8A8 kernel (sparsekit.triton.use_compiled)."""
+    return not torch.compiler.is_compiling() and _sk_triton.use_compiled("sparse24_int8_mm", x)
 
 
 @register
@@ -360,12 +360,13 @@ class Sparse24Int8Weight(SparseFormat):
         if not _cuda(x2):  # quantization and the 2:4 int8 product in one op (CUDA: cuSPARSELt may take it)
             y = _SPARSE24_INT8_LINEAR(x2, values, meta, scale, bias)
             return _restore(y, x, shape[0])
+        # M <= 16 (decode) on sm_80+: the compiled W8A8 tensor-core kernel, x quantized per token inside it
+        # (csrc/cuda/w8a8_kernel.cu); else cuSPARSELt for every M it can take (sparse24_int8_mm's own fallback
+        # decodes the weight on every call)
+        if _compiled_w8a8(x2):
+            return _restore(_CUDA_SPARSE24_INT8_LINEAR(x2, values, meta, scale, bias), x, shape[0])
         q, s, _ = _QUANTIZE(x2, True)
         y = None
-        # M <= 16 (decode) on sm_80+: the compiled W8A8 tensor-core kernel (csrc/cuda/w8a8_kernel.cu); else
-        # cuSPARSELt for every M it can take (sparse24_int8_mm's own fallback decodes the weight on every call)
-        if _compiled_w8a8(q):
-            return _restore(_CUDA_SPARSE24_INT8_MM(q, s, None, values, meta, scale, bias, x.dtype), x, shape[0])
         if x.dtype in _HALVES and _use_cslt(x2, shape, torch.int8, bias, min_m=0):
             hit = _cslt_lookup(values, meta, scale)
             if hit is not None and (hit[3] or x.dtype == torch.bfloat16):

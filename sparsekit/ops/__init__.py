@@ -182,6 +182,9 @@ _register("_cuda_int8_weight_only_mm", C.check_int8_weight_only_mm, reference.in
 _register("_cuda_int8_mm", C.check_int8_mm, reference.int8_mm, lambda xq, xs, xz, wq, ws, b, od: _out(xq, wq.shape[0], od))
 _register("_cuda_sparse24_int8_mm", C.check_sparse24_int8_mm, reference.sparse24_int8_mm,
           lambda xq, xs, xz, v, m, ws, b, od: _out(xq, v.shape[0], od), C.check_sparse24_int8_mm_data)
+_register("_cuda_int8_linear", C.check_int8_linear, reference.int8_linear, lambda x, wq, ws, b: _out(x, wq.shape[0]))
+_register("_cuda_sparse24_int8_linear", C.check_sparse24_int8_linear, reference.sparse24_int8_linear,
+          lambda x, v, m, ws, b: _out(x, v.shape[0]), C.check_sparse24_int8_linear_data)
 
 
 def _cslt_unavailable(op):

@@ -47,9 +47,10 @@ _why_not: str | None = None
 # choices made without a GPU run: bench/cuda_gpu.py and bench/triton_gpu.py time both to confirm them.
 # int8_weight_only_mm: the compiled kernel (csrc/cuda/int8_wo_kernel.cu) streams the int8 weight into
 # tensor-core mmas for M <= 16 with float16 / bfloat16 x on sm_80+; float32 x always runs Triton's.
-# int8_mm / sparse24_int8_mm (and the one-call linears int8_linear / sparse24_int8_linear after their
-# quantization): the compiled W8A8 kernel (csrc/cuda/w8a8_kernel.cu, int8 tensor-core mmas, sm_80+) for
-# M <= 16 with symmetric activations; else Triton's int8_mm, and for 2:4 cuSPARSELt or the reference.
+# int8_mm / sparse24_int8_mm: the compiled W8A8 kernel (csrc/cuda/w8a8_kernel.cu, int8 tensor-core mmas, sm_80+)
+# for M <= 16 with symmetric activations; else Triton's int8_mm, and for 2:4 cuSPARSELt or the reference. Their
+# settings also route the one-call linears int8_linear / sparse24_int8_linear, whose compiled kernel quantizes x
+# per token inside the W8A8 launch.
 BACKENDS = ("auto", "triton", "compiled")
 _AUTO_MAX_M = {"bitmap_mm": 16, "bsr_mm": 0, "int8_weight_only_mm": 16, "int8_mm": 16, "sparse24_int8_mm": 16}
 _backend = {op: "auto" for op in _AUTO_MAX_M}
@@ -175,21 +176,22 @@ def _make_impls():
             return torch.ops.sparsekit._cuda_int8_weight_only_mm(x, w_q, w_scale, bias)
         return _wo()(x, w_q, w_scale, bias)
 
-    # The one-call W8A8 linears on CUDA: the Triton quantization, then the compiled W8A8 kernel for small M
-    # (its _cuda_ alias) or Triton's int8_mm / the sparse24_int8_mm op (its reference fallback), called
-    # directly, without a second dispatch. Not fused: the quantized rows go through global memory.
+    # The one-call W8A8 linears on CUDA: for small M on sm_80+ the compiled W8A8 kernel quantizes x per token
+    # itself (_cuda_int8_linear / _cuda_sparse24_int8_linear: one launch while a tile's rows are short, else the
+    # compiled quantization kernel first; one op call either way); else the Triton quantization, then Triton's
+    # int8_mm / the sparse24_int8_mm op (its reference fallback), called directly, without a second dispatch.
     def int8_linear(x, w_q, w_scale, bias=None):
+        if use_compiled("int8_mm", x):
+            return torch.ops.sparsekit._cuda_int8_linear(x, w_q, w_scale, bias)
         _checks.check_int8_linear(x, w_q, w_scale, bias)
         q, s, _ = _quant()(x, True)
-        if use_compiled("int8_mm", q):
-            return torch.ops.sparsekit._cuda_int8_mm(q, s, None, w_q, w_scale, bias, x.dtype)
         return _i8()(q, s, None, w_q, w_scale, bias, x.dtype)
 
     def sparse24_int8_linear(x, values, meta, w_scale, bias=None):
+        if use_compiled("sparse24_int8_mm", x):
+            return torch.ops.sparsekit._cuda_sparse24_int8_linear(x, values, meta, w_scale, bias)
         _checks.check_sparse24_int8_linear(x, values, meta, w_scale, bias)
         q, s, _ = _quant()(x, True)
-        if use_compiled("sparse24_int8_mm", q):
-            return torch.ops.sparsekit._cuda_sparse24_int8_mm(q, s, None, values, meta, w_scale, bias, x.dtype)
         return torch.ops.sparsekit.sparse24_int8_mm(q, s, None, values, meta, w_scale, bias, x.dtype)
 
     return {"bsr_mm": bsr_mm, "bitmap_mm": bitmap_mm, "quantize_per_token": quantize_per_token,

@@ -292,6 +292,9 @@ inline T __ldg(const T* p) { return *p; }
 // IEEE single operations rounded to nearest, never contracted (the driver is built without -ffp-contract=fast)
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline unsigned __float_as_uint(float v) { unsigned u; std::memcpy(&u, &v, 4); return u; }
+inline float __uint_as_float(unsigned u) { float v; std::memcpy(&v, &u, 4); return v; }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
 // byte i of the result = byte (selector nibble i & 7) of the 8 bytes y:x (the default mode of PRMT)
 inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {

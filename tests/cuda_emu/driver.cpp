@@ -243,10 +243,11 @@ cudaError_t run(Case& c) {
     void* ws = workspace(c, a, &int8_wo_mm_workspace_bytes);
     return int8_wo_mm(a, ws, stream);
   }
-  if (op == "w8a8_mm") {  // int8 x_q (M, K) with its scales; a dense int8 weight, or 2:4 (meta given)
-    W8A8MmLaunch a;
-    set_io(c, a);  // dtype: the output's
-    a.x_scale = static_cast<const float*>(c.ptr("x_scale"));
+  if (op == "w8a8_mm" || op == "w8a8_linear") {  // int8 x_q (M, K) with its scales (w8a8_linear: float x,
+    W8A8MmLaunch a;                               // quantized inside); a dense int8 weight, or 2:4 (meta given)
+    set_io(c, a);  // dtype: the output's (and w8a8_linear's x's)
+    a.quantize = op == "w8a8_linear";
+    a.x_scale = a.quantize ? nullptr : static_cast<const float*>(c.ptr("x_scale"));
     a.w = c.ptr("w");
     a.meta = static_cast<const uint8_t*>(c.ptr("meta"));
     a.w_scale = static_cast<const float*>(c.ptr("w_scale"));
