@@ -791,6 +791,37 @@ def test_w8a8_linear_compiled_kernel_under_graph_capture():
 
 
 @gpu
+@pytest.mark.parametrize("fmt,kernel", [("int8", "mma_decode_kernel"), ("2:4+int8", "mma_decode_kernel"),
+                                        ("int8-wo", "mma_decode_kernel"), ("bitmap", "bitmap_decode_kernel")])
+def test_converted_layers_launch_one_compiled_kernel_at_decode(fmt, kernel):
+    """A converted layer on CUDA at M = 1 (eager, no_grad) launches the compiled decode kernel alone (the W8A8
+    formats quantize inside it: no quantization launch), matches the layer on the CPU, and keeps its backward
+    when a gradient is needed (the public op)."""
+    require_int8_wo_kernel()
+    if os.environ.get("SPARSEKIT_UNDER_SANITIZER"):
+        pytest.skip("the profiler cannot subscribe under compute-sanitizer")
+    from sparsekit.nn import SparseLinear
+
+    torch.manual_seed(3)
+    lin = torch.nn.Linear(256, 96).to(torch.bfloat16)
+    mask = mask_24(96, 256) if fmt == "2:4+int8" else torch.rand(96, 256) < 0.5
+    sl = SparseLinear.from_linear(lin, mask=mask, format=fmt)
+    x = torch.randn(1, 256).to(torch.bfloat16)
+    with torch.no_grad():
+        want = sl(x)
+        sl = sl.cuda()
+        xc = x.cuda()
+        sl(xc)
+        names = cuda_kernels_run(lambda: sl(xc))
+        got = sl(xc).cpu()
+    assert [n for n in names if kernel in n] and len(names) == 1, names
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+    xg = xc.clone().requires_grad_()
+    sl(xg).float().sum().backward()
+    assert xg.grad is not None and xg.grad.shape == xg.shape
+
+
+@gpu
 def test_int8_weight_only_compiled_kernel_under_graph_capture():
     require_int8_wo_kernel()
     g = torch.Generator().manual_seed(6)

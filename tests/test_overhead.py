@@ -403,6 +403,85 @@ def test_2_4_int8_small_m_takes_the_compiled_w8a8_kernel(fake_cslt, monkeypatch)
     assert calls == [(1, bf), (16, bf), (6, bf)] and fake_cslt["mm"] == [32, 4]
 
 
+class FakeCuda(torch.Tensor):
+    """A CPU tensor that says it is on CUDA (the ops run on the CPU, their results stay FakeCuda)."""
+
+    @property
+    def is_cuda(self):
+        return True
+
+
+@pytest.fixture
+def fake_compiled_cuda(monkeypatch):
+    """An sm_80+ device whose build has the compiled CUDA kernels (FakeCuda tensors stand in for its
+    tensors); the backends are "auto"."""
+    from sparsekit import triton as skt
+
+    monkeypatch.setattr(skt, "_has_mma", lambda device: True)
+    monkeypatch.setattr(skt, "_compiled_cuda", lambda: True)
+    monkeypatch.setattr(skt, "_backend", dict.fromkeys(skt._AUTO_MAX_M, "auto"))
+
+
+@pytest.mark.parametrize("fmt,module,alias,dtype", [("int8", "int8", "_CUDA_INT8_LINEAR", torch.bfloat16),
+                                                    ("int8", "int8", "_CUDA_INT8_LINEAR", torch.float32),
+                                                    ("int8-wo", "int8", "_CUDA_INT8_WO_MM", torch.float16),
+                                                    ("bitmap", "bitmap", "_CUDA_BITMAP_MM", torch.bfloat16)])
+def test_cuda_forward_is_one_op_call_into_the_compiled_kernel(fmt, module, alias, dtype, fake_compiled_cuda,
+                                                              monkeypatch):
+    """On CUDA (CPU stand-ins) a converted layer calls the compiled kernel's _cuda_ alias itself for the rows the
+    router sends there (M <= 16), not the public op and then the router; larger M, a gradient to record (the
+    aliases have no backward) or the backend set to "triton" take the public op, whose backward works."""
+    import importlib
+
+    from sparsekit import triton as skt
+
+    mod = importlib.import_module(f"sparsekit.formats.{module}")
+    calls = []
+    real = getattr(mod, alias)
+    monkeypatch.setattr(mod, alias, lambda *a: calls.append(tuple(a[0].shape)) or real(*a))
+    lin = nn.Linear(64, 32).to(dtype)
+    sl = SparseLinear.from_linear(lin, mask=torch.rand(32, 64) < 0.5, format=fmt)
+    with torch.no_grad():  # the bias is a Parameter that requires grad: no_grad is what skips the backward
+        for shape in [(1, 64), (16, 64), (2, 3, 64), (17, 64)]:
+            x = torch.randn(*shape).to(dtype)
+            y = sl(x.as_subclass(FakeCuda))
+            assert y.shape == (*shape[:-1], 32)
+            # the alias's CPU fallback (the reference) against the public op's CPU kernel
+            torch.testing.assert_close(y.as_subclass(torch.Tensor), sl(x), rtol=1e-2, atol=1e-2)
+        assert calls == [(1, 64), (16, 64), (6, 64)]
+        sl(torch.randn(2, 64).to(dtype))  # a CPU tensor: the public op
+    assert len(calls) == 3
+    x = torch.randn(3, 64).to(dtype).as_subclass(FakeCuda).requires_grad_()
+    sl(x).float().sum().backward()  # the public op, with its straight-through backward
+    assert len(calls) == 3 and x.grad is not None and sl.bias.grad is not None
+    skt.set_backend({"int8": "int8_mm", "int8-wo": "int8_weight_only_mm", "bitmap": "bitmap_mm"}[fmt], "triton")
+    with torch.no_grad():
+        sl(torch.randn(2, 64).to(dtype).as_subclass(FakeCuda))
+    assert len(calls) == 3
+
+
+def test_2_4_int8_on_cuda_keeps_the_backward_when_a_gradient_is_needed(fake_cslt, fake_compiled_cuda, monkeypatch):
+    """2:4+int8 on CUDA (CPU stand-ins): the compiled kernel and cuSPARSELt have no backward, so a call that must
+    record one (x or the bias requiring grad, grad mode on) runs the public sparse24_int8_linear, whose gradient
+    reaches x and the bias; without it, M <= 16 takes the compiled one-call kernel."""
+    from sparsekit import triton as skt
+
+    monkeypatch.setattr(skt, "_has_mma", lambda device: True)
+    calls = []
+    real = s24._CUDA_SPARSE24_INT8_LINEAR
+    monkeypatch.setattr(s24, "_CUDA_SPARSE24_INT8_LINEAR", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    sl = half_layer("2:4+int8")
+    sl.bias.requires_grad_(True)
+    x = torch.randn(4, 128, dtype=torch.bfloat16).as_subclass(FakeCuda).requires_grad_()
+    y = sl(x)
+    y.float().sum().backward()
+    assert calls == [] and fake_cslt["mm"] == [] and x.grad is not None and sl.bias.grad is not None
+    torch.testing.assert_close(sl.bias.grad, torch.full((64,), 4.0, dtype=torch.bfloat16))
+    with torch.no_grad():
+        sl(torch.randn(4, 128, dtype=torch.bfloat16).as_subclass(FakeCuda))
+    assert calls == [4]
+
+
 # ------------------------------------------------------------------------------------------ the bench
 def test_bench_overhead_records_and_tables():
     from sparsekit.bench.overhead import cpu_overhead, overhead_tables

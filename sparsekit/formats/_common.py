@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import triton as _sk_triton
 from ..ops import _as_2d
 
 def check_weight_and_mask(weight: torch.Tensor, mask: torch.Tensor | None, what: str) -> torch.Tensor:
@@ -25,6 +26,30 @@ def check_weight_and_mask(weight: torch.Tensor, mask: torch.Tensor | None, what:
 def check_int32_range(n: int, what: str) -> None:
     if n > 2**31 - 1:
         raise ValueError(f"{what} {n} exceeds the int32 index range")
+
+
+def needs_grad(x: torch.Tensor, bias) -> bool:
+    """Whether this call must record a backward (gradients to x or the bias): the public linear ops have one,
+    the kernels the CUDA fast paths call directly (the _cuda_ aliases, cuSPARSELt) do not."""
+    return torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
+
+
+def direct_cuda(op: str, x: torch.Tensor, bias) -> bool:
+    """Whether a forward with rows x (2-d, on CUDA: the caller checks x.is_cuda first, so that the CPU path
+    makes no extra call) calls op's compiled kernel through its _cuda_ alias: one op call, not the public op
+    and then sparsekit.triton's router, which would pick the same kernel (`use_compiled`: the backend setting
+    for x's rows says "compiled", an sm_80+ device); eager only (torch.compile traces the public op) and
+    without a gradient to record."""
+    return not torch.compiler.is_compiling() and not needs_grad(x, bias) and _sk_triton.use_compiled(op, x)
+
+
+def cuda_rows_forward(m, x, alias, op, route: str, *weight):
+    """A module_forward on CUDA (x of any leading shape): the compiled kernel through its _cuda_ alias where
+    `direct_cuda(route, ...)` says so (alias None: never), else the public op; both take (x, *weight, bias)."""
+    bias = m._parameters["bias"]
+    x2 = x if x.dim() == 2 else input_rows(m, x)
+    y = (alias if alias is not None and direct_cuda(route, x2, bias) else op)(x2, *weight, bias)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], m.out_features)
 
 
 def input_rows(m, x):

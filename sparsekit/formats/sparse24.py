@@ -14,7 +14,7 @@ from .. import ops
 from .. import triton as _sk_triton
 from ..ops import _as_2d, linear_call
 from ..ops._checks import cslt_shape_fits
-from ._common import check_weight_and_mask, input_rows
+from ._common import check_weight_and_mask, input_rows, needs_grad
 from .base import SparseFormat, register
 from .int8 import quantize_rows
 
@@ -137,7 +137,7 @@ def _use_cslt(x: torch.Tensor, shape, weight_dtype: torch.dtype, bias, min_m=Non
     if not cslt_shape_fits(n, k, weight_dtype) or x.numel() // k <= min_m or not ops.cslt_available():
         return False
     # cslt_mm has no autograd formula; the own ops do (gradients to x and bias)
-    return not (torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)))
+    return not needs_grad(x, bias)
 
 
 def _stamp(*tensors):
@@ -237,7 +237,7 @@ def _restore(y, x, n):
 
 
 def _compiled_w8a8(x: torch.Tensor) -> bool:
-    """Whether the rows x (2-d) go to the compiled 2:4 W8A8 kernel (sparsekit.triton.use_compiled)."""
+    """Whether the rows x (2-d, on CUDA) go to the compiled 2:4 W8A8 kernel (sparsekit.triton.use_compiled)."""
     return not torch.compiler.is_compiling() and _sk_triton.use_compiled("sparse24_int8_mm", x)
 
 
@@ -357,7 +357,9 @@ class Sparse24Int8Weight(SparseFormat):
         # quantize_per_token, sparse24_int8_mm, sparse24_int8_linear and cslt_mm have no Python autograd
         # kernel: called as they are
         x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-        if not _cuda(x2):  # quantization and the 2:4 int8 product in one op (CUDA: cuSPARSELt may take it)
+        # quantization and the 2:4 int8 product in one op, with its backward (on CUDA when a gradient is needed:
+        # the kernels below have none)
+        if not _cuda(x2) or needs_grad(x2, bias):
             y = _SPARSE24_INT8_LINEAR(x2, values, meta, scale, bias)
             return _restore(y, x, shape[0])
         # M <= 16 (decode) on sm_80+: the compiled W8A8 tensor-core kernel, x quantized per token inside it
