@@ -13,7 +13,8 @@ and do_bench_cudagraph (graph replays), beside, in the same process, same shapes
   bitmap      sparsekit bitmap_mm as routed, the compiled decode kernel in each design of --decode-variants
               (SPARSEKIT_CUDA_DECODE=v2, the batched one and the default; v1, the first), the Triton one
               too when it imports
-  bsr         sparsekit bsr_mm (the CUDA kernel; the Triton one too when it imports)
+  bsr         sparsekit bsr_mm as routed, the compiled kernel in each design of --decode-variants (v2: the
+              tensor-core decode kernel where it applies, v1: the simple one), the Triton one when it imports
   csr         sparsekit csr_mm (CUDA) and torch.sparse.mm on a CSR tensor (cuSPARSE)
 Each record carries the bytes the format must move, the cap (dense bytes / format bytes: the best a
 memory-bound kernel can gain), the achieved GB/s, the speedup over dense, and the performance model of
@@ -240,6 +241,12 @@ def main(argv=None):
                 elif key.startswith("bsr"):
                     impls.append((f"sparsekit bsr_mm ({env['bsr_mm_cuda_kernel']})",
                                   lambda f=f: sparsekit.ops.bsr_mm(x, f.crow_indices, f.col_indices, f.values, N)))
+                    # the compiled kernel itself: v2 its tensor-core path where it applies, v1 the simple one
+                    for var in [v for v in a.decode_variants.split(",") if v in ("v1", "v2")]:
+                        impls.append((f"sparsekit compiled bsr {var}",
+                                      lambda f=f: torch.ops.sparsekit._cuda_bsr_mm(x, f.crow_indices, f.col_indices,
+                                                                                  f.values, N, None),
+                                      {"SPARSEKIT_CUDA_DECODE": var}))
                     if triton_ok:
                         from sparsekit.triton import bsr as tbs
 

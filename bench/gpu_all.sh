@@ -88,9 +88,9 @@ step gpu_tests "$T_TEST" env CUDA_LAUNCH_BLOCKING=1 "$PY" -m pytest tests -q -p 
 echo "gpu tests (-n 8, CUDA_LAUNCH_BLOCKING=1): $(grep -E '^(=+ )?[0-9]+ (passed|failed|error)' "$OUT/gpu_tests.log" | tail -n 1)" >>"$SUMMARY"
 grep -E "^(FAILED|ERROR) " "$OUT/gpu_tests.log" | head -n 60 >>"$SUMMARY"
 # The designs of the CUDA decode kernels (SPARSEKIT_CUDA_DECODE: bitmap v2 batched / v1; 2:4 v1 FMAs, v2 tensor
-# cores from M = 2, v3 tensor cores at every M) on the GPU-speed issue's shapes, in one process: the first
+# cores from M = 2, v3 tensor cores at every M; BSR v2 tensor cores / v1 simple) on the GPU-speed issue's shapes, in one process: the first
 # timings of bitmap v2 and of the 2:4 tensor-core kernel (csrc/cuda/README.md).
-step cuda_decode_variants "$T_BENCH" "$PY" bench/cuda_gpu.py --formats 2:4,bitmap --bitmap-density 0.1,0.3,0.5 \
+step cuda_decode_variants "$T_BENCH" "$PY" bench/cuda_gpu.py --formats 2:4,bitmap,bsr --bitmap-density 0.1,0.3,0.5 --bsr 64:0.1 \
   --m 1,3,7,16 --shapes 14336x4096,4096x14336,5120x13824 --dtype bfloat16 --decode-variants v2,v1,v3 \
   --name cuda_decode_variants --out "$OUT"
 # The int8 tensor-core decode kernels (weight-only and W8A8; csrc/cuda/mma_decode.cuh, never run on a GPU

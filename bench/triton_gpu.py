@@ -4,7 +4,8 @@ For each LLaMA-7B layer shape (N x K = out x in features) and each M it times, b
 /work/shared/BENCHMARKING.md (medians, L2 flushed, dense baseline in the same process):
 
   dense       F.linear (cuBLAS), fp16 (--dtype)
-  bsr         sparsekit bsr_mm (Triton), blocks --bsr-blocks at --bsr-density kept blocks
+  bsr         sparsekit bsr_mm as routed (the compiled tensor-core kernel at M <= 16 where it applies, else
+              Triton), blocks --bsr-blocks at --bsr-density kept blocks
   bsr_torch   torch.sparse._triton_ops.bsr_dense_mm on the same BSR weight (peer)
   bitmap      sparsekit bitmap_mm (Triton) at each --bitmap-sparsity (fraction pruned)
   csr_torch   torch.sparse.mm with the same weight in CSR (cuSPARSE, peer)

@@ -810,6 +810,44 @@ def test_bsr_mm(driver, tmp_path, dtype):
     check_mm_cases(run(driver, cases, tmp_path), cases)
 
 
+# BSR with R % 16 == 0 and C % 16 == 0 in float16 / bfloat16: the tensor-core decode kernel (BsrRows) while x fits
+# in shared memory; the simple kernel otherwise (and under SPARSEKIT_CUDA_DECODE=v1).
+MMA_BLOCKS = [(16, 16), (64, 64), (32, 48), (16, 64), (48, 16)]
+
+
+def bsr_mma_cases(dtype, seed=6):
+    g = gen(seed)
+    cases = []
+    for i, M in enumerate(MS + (4, 5)):
+        R, C = MMA_BLOCKS[i % len(MMA_BLOCKS)]
+        cases.append(bsr_case(f"M={M} {R}x{C}", dtype, M, 3 * R, 5 * C, R, C, g, density=0.5, bias=i % 2 == 0,
+                              empty_block_rows=(1,)))
+    cases.append(bsr_case("all blocks 32x48", dtype, 3, 64, 240, 32, 48, g, density=1.0))
+    cases.append(bsr_case("no block 16x16", dtype, 2, 32, 64, 16, 16, g, density=0.0))
+    cases.append(bsr_case("values misaligned 16x32", dtype, 5, 48, 160, 16, 32, g, voff=1))
+    cases.append(bsr_case("x strided + offset 64x64", dtype, 9, 128, 320, 64, 64, g, xpad=3, xoff=1))
+    cases.append(bsr_case("K=0", dtype, 2, 32, 0, 16, 16, g))
+    return cases
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: H.DTYPE_NAMES[d])
+def test_bsr_mm_tensor_cores(driver, tmp_path, dtype):
+    """BSR on the tensor cores: block shapes whose pieces of 16 columns mix blocks within a step, empty block rows,
+    misaligned values (2-byte loads), strided x, every M tile; several row groups per block (one SM) with
+    different block counts; x too wide for shared memory (the simple kernel) and the v1 switch give the same."""
+    cases = bsr_mma_cases(dtype)
+    check_mm_cases(run(driver, cases, tmp_path / "whole"), cases)
+    g = gen(7)
+    groups = [bsr_case("groups 16x64 M=1", dtype, 1, 320, 640, 16, 64, g, density=0.3),
+              bsr_case("groups 32x32 M=16", dtype, 16, 256, 512, 32, 32, g, density=0.6, empty_block_rows=(2, 3)),
+              bsr_case("groups 16x16 many steps", dtype, 1, 640, 2048, 16, 16, g, density=0.5)]
+    check_mm_cases(run(driver, groups, tmp_path / "groups", {"EMU_SMS": 1}), groups)
+    wide = [bsr_case("x wider than shared memory", dtype, 16, 32, 1024, 16, 64, g)]
+    check_mm_cases(run(driver, wide, tmp_path / "wide", SPLIT_24), wide)
+    v1 = bsr_mma_cases(dtype, seed=8)[:4]
+    check_mm_cases(run(driver, v1, tmp_path / "v1", {"SPARSEKIT_CUDA_DECODE": "v1"}), v1)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
 def test_csr_mm(driver, tmp_path, dtype):
     cases = csr_cases(dtype)
@@ -1056,6 +1094,15 @@ PLANTED = {
         "w8a8_linear_split"),
     "w8a8_linear quantization kernel keeps the last row's max": (
         "s", ("w8a8_kernel.cu", "    if (threadIdx.x == 0) amax = 0u;\n", ""), "w8a8_linear"),
+    "bsr mma: a piece's columns within its block dropped": (
+        "t", ("mma_decode.cuh", "static_cast<int64_t>(__ldg(p.col + blk)) * p.C + c16 - k0", "static_cast<int64_t>(__ldg(p.col + blk)) * p.C - k0"),
+        "bsr_mma"),
+    "bsr mma: the next group's loads over this group's steps": (
+        "u", ("mma_decode.cuh", "if constexpr (W::kVarSteps) warp_steps((grp + gridDim.x) * kGroupRows, nb, ne);", ""),
+        "bsr_mma"),
+    "bsr mma: the two column pairs of an mma swapped": (
+        "v", ("mma_decode.cuh", "    lo = word_of(q, 2 * (j & 1));\n    hi = word_of(q, 2 * (j & 1) + 1);",
+              "    lo = word_of(q, 2 * (j & 1) + 1);\n    hi = word_of(q, 2 * (j & 1));"), "bsr_mma"),
     "int8_wo x rows past M staged from memory": (
         "f", ("mma_decode.cuh", "(m < mrows && c < kc) ? xb[m * p.ldx + c]", "(c < kc) ? xb[m * p.ldx + c]"),
         "int8_wo"),
@@ -1068,7 +1115,7 @@ PLANTED = {
 # selected at every M, v1)
 PLANTED_KNOBS = {"bitmap_v1": {"SPARSEKIT_CUDA_DECODE": "v1"}, "bitmap_v2": {"EMU_SMS": 1}, "int8_wo": {"EMU_SMS": 1},
                  "sparse24": {"SPARSEKIT_CUDA_DECODE": "v1"}, "s24_mma": {"EMU_SMS": 1, "SPARSEKIT_CUDA_DECODE": "v3"},
-                 "w8a8_split": SPLIT_W8A8, "w8a8_linear_split": SPLIT_24}
+                 "w8a8_split": SPLIT_W8A8, "w8a8_linear_split": SPLIT_24, "bsr_mma": {"EMU_SMS": 1}}
 
 
 def planted_cases(kind):
@@ -1096,6 +1143,13 @@ def planted_cases(kind):
         return [w8a8_case("w8a8 dense M=3", torch.bfloat16, 3, 40, 256, gen(38)),
                 w8a8_case("w8a8 2:4 M=16", torch.float16, 16, 50, 640, gen(39), sparse=True),
                 w8a8_case("w8a8 2:4 K=100 M=2", torch.float32, 2, 33, 100, gen(40), sparse=True)]
+    if kind == "bsr_mma":  # one SM: blocks walk row groups of different block counts
+        g = gen(62)
+        return [bsr_case("bsr mma 16x64", dt, 3, 320, 640, 16, 64, g, density=0.4, empty_block_rows=(2,)),
+                bsr_case("bsr mma 32x16 M=16", dt, 16, 256, 256, 32, 16, g, density=0.5),
+                # 40 groups on 8 blocks, more steps than warps in numbers that differ between groups (16 +- 1.5):
+                # the warps' ranges differ between a block's groups
+                bsr_case("bsr mma many steps", dt, 1, 640, 2048, 16, 16, g, density=0.5)]
     if kind == "w8a8_linear":
         return [w8a8_linear_case("w8a8_linear fused", torch.bfloat16, 5, 40, 256, gen(58),
                                  rows={0: "ties", 1: "nan", 3: "zero"}),
@@ -1160,7 +1214,7 @@ def test_planted_cases_pass_unmutated(driver, tmp_path):
     """The planted-bug cases pass on the real kernels: what fails them is the bug."""
     for kind in ("sparse24", "bitmap", "bitmap_v1", "bitmap_v2", "bitmap_misaligned", "csr", "bsr", "pack", "int8_wo",
                  "int8_wo_misaligned", "s24_mma", "s24_mma_misaligned", "w8a8", "w8a8_split", "w8a8_linear",
-                 "w8a8_linear_split"):
+                 "w8a8_linear_split", "bsr_mma"):
         cases = planted_cases(kind)
         why = outcome(run(driver, cases, tmp_path / kind, PLANTED_KNOBS.get(kind)), cases, kind)
         assert why is None, f"{kind}: {why}"
@@ -1274,7 +1328,7 @@ def random_mm_case(rnd, split_knobs=False):
                            bias=rnd.random() < 0.5, voff=rnd.choice([0, 0, 1, 3]), xpad=rnd.choice([0, 0, 3]),
                            xoff=rnd.choice([0, 1]))
     if kind == "bsr":
-        R, C = rnd.choice([(1, 1), (2, 2), (3, 7), (16, 16), (32, 1), (1, 33), (5, 4)])
+        R, C = rnd.choice([(1, 1), (2, 2), (3, 7), (16, 16), (32, 1), (1, 33), (5, 4), (16, 48), (32, 32)])
         return bsr_case(f"bsr {dt} M={M} {R}x{C}", dt, M, R * rnd.randint(1, 6), C * rnd.randint(0, 6), R, C, g,
                         density=rnd.choice([0, .2, .6, 1]), bias=rnd.random() < 0.5, voff=rnd.choice([0, 1]),
                         xpad=rnd.choice([0, 2]), xoff=rnd.choice([0, 1]))

@@ -157,7 +157,7 @@ def test_cuda_backend_choice_by_m_and_setting(monkeypatch):
     monkeypatch.setattr(skt, "_backend", dict.fromkeys(skt._AUTO_MAX_M, "auto"))
     monkeypatch.setattr(skt, "_compiled_cuda", lambda: True)
     assert [skt.backend("bitmap_mm", m) for m in (1, 16, 17)] == ["compiled", "compiled", "triton"]
-    assert skt.backend("bsr_mm", 1) == "triton"
+    assert [skt.backend("bsr_mm", m) for m in (1, 17)] == ["compiled", "triton"]  # (and use_compiled_bsr)
     skt.set_backend("bsr_mm", "compiled")
     assert skt.backend("bsr_mm", 4096) == "compiled"
     skt.set_backend("bitmap_mm", "triton")
@@ -176,6 +176,39 @@ def test_cuda_backend_choice_by_m_and_setting(monkeypatch):
     skt._parse_env()
     assert skt._backend == {"bitmap_mm": "compiled", "bsr_mm": "triton", "int8_weight_only_mm": "triton",
                             "int8_mm": "auto", "sparse24_int8_mm": "auto"}
+
+
+def test_bsr_router_takes_the_compiled_kernel_where_its_tensor_cores_apply(monkeypatch):
+    """bsr_mm on CUDA (sparsekit/triton's implementation, logic only): "auto" sends M <= 16 to the compiled kernel
+    only for float16 / bfloat16 with blocks of multiples of 16 on sm_80+ and x's rows fitting in shared memory (the
+    C++ test, mirrored: at 227 KB per block, M = 16 fits up to K = 6144, M = 1 far beyond); "compiled" always,
+    "triton" never."""
+    from sparsekit import triton as skt
+
+    monkeypatch.setattr(skt, "_backend", dict.fromkeys(skt._AUTO_MAX_M, "auto"))
+    monkeypatch.setattr(skt, "_compiled_cuda", lambda: True)
+    mma = {"ok": True}
+    monkeypatch.setattr(skt, "_has_mma", lambda device: mma["ok"])
+    monkeypatch.setattr(skt, "_smem_blocks", {0: 227 * 1024})
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    dev = torch.device("cuda", 0)
+    assert skt._bsr_tile_fits(16, 6144, dev) and not skt._bsr_tile_fits(16, 6208, dev)
+    assert skt._bsr_tile_fits(1, 100_000, dev) and skt._bsr_tile_fits(4, 14336, dev)
+    assert skt._bsr_tile_fits(8, 11008, dev) and not skt._bsr_tile_fits(8, 14336, dev)
+
+    def takes(M, K=256, dtype=torch.bfloat16, block=(64, 64)):
+        return skt.use_compiled_bsr(torch.empty(M, K, dtype=dtype), torch.empty(3, *block, dtype=dtype))
+
+    assert [takes(m) for m in (1, 16, 17)] == [True, True, False]
+    assert not takes(1, dtype=torch.float32) and not takes(1, block=(16, 8)) and not takes(1, block=(8, 16))
+    assert not takes(16, K=8192) and takes(1, K=8192)
+    mma["ok"] = False
+    assert not takes(1)
+    skt.set_backend("bsr_mm", "compiled")
+    assert takes(1, dtype=torch.float32) and takes(4096)
+    skt.set_backend("bsr_mm", "triton")
+    mma["ok"] = True
+    assert not takes(1)
 
 
 def test_int8_weight_only_router_picks_the_compiled_kernel_for_small_m_halves(monkeypatch):
@@ -819,6 +852,52 @@ def test_converted_layers_launch_one_compiled_kernel_at_decode(fmt, kernel):
     xg = xc.clone().requires_grad_()
     sl(xg).float().sum().backward()
     assert xg.grad is not None and xg.grad.shape == xg.shape
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=DTYPE_ID)
+@pytest.mark.parametrize("R,C", [(16, 16), (64, 64), (32, 48), (16, 64)])
+@pytest.mark.parametrize("M", [1, 3, 16, 33])
+def test_bsr_tensor_core_kernel_matches_the_reference(dtype, R, C, M, monkeypatch):
+    """The compiled BSR kernel on the tensor cores (blocks of multiples of 16, x whole in shared memory) against
+    the float64 reference, with an empty block row; also under SPARSEKIT_CUDA_DECODE=v1 (the simple kernel), and
+    the router sends M <= 16 there (the kernel named in the profile)."""
+    require_int8_wo_kernel()
+    torch.manual_seed(R * 7 + C + M)
+    N, K = 8 * R, 12 * C
+    w = torch.randn(N, K)
+    f = formats.BSRWeight.from_dense(w, block_mask(N, K, R, C, 0.4), (R, C))
+    x = torch.randn(M, K).to(dtype)
+    b = torch.randn(N).to(dtype)
+    args = (f.crow_indices.cuda(), f.col_indices.cuda(), f.values.to(dtype).cuda(), N, b.cuda())
+    ref = reference.bsr_mm(x.double(), f.crow_indices, f.col_indices, f.values.to(dtype).double(), N, b.double())
+    got = torch.ops.sparsekit._cuda_bsr_mm(x.cuda(), *args)
+    assert_close_to_ref(got.cpu(), ref, x, f.to_dense().to(dtype), dtype)
+    with monkeypatch.context() as mp:
+        mp.setenv("SPARSEKIT_CUDA_DECODE", "v1")
+        assert_close_to_ref(torch.ops.sparsekit._cuda_bsr_mm(x.cuda(), *args).cpu(), ref, x, f.to_dense().to(dtype), dtype)
+    if M <= 16 and not os.environ.get("SPARSEKIT_UNDER_SANITIZER"):
+        names = cuda_kernels_run(lambda: sparsekit.ops.bsr_mm(x.cuda(), *args))
+        from sparsekit import triton as skt
+        if skt.registered():
+            assert any("mma_decode_kernel" in n for n in names), names
+
+
+@gpu
+def test_bsr_tensor_core_kernel_under_graph_capture():
+    require_int8_wo_kernel()
+    torch.manual_seed(9)
+    f = formats.BSRWeight.from_dense(torch.randn(256, 4096), block_mask(256, 4096, 64, 64, 0.1), (64, 64))
+    args = (f.crow_indices.cuda(), f.col_indices.cuda(), f.values.half().cuda(), 256, None)
+    x = torch.randn(1, 4096).half().cuda()
+    op = torch.ops.sparsekit._cuda_bsr_mm
+    want = op(x, *args)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = op(x, *args)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, want)
 
 
 @gpu

@@ -422,42 +422,46 @@ def fake_compiled_cuda(monkeypatch):
     monkeypatch.setattr(skt, "_backend", dict.fromkeys(skt._AUTO_MAX_M, "auto"))
 
 
-@pytest.mark.parametrize("fmt,module,alias,dtype", [("int8", "int8", "_CUDA_INT8_LINEAR", torch.bfloat16),
-                                                    ("int8", "int8", "_CUDA_INT8_LINEAR", torch.float32),
-                                                    ("int8-wo", "int8", "_CUDA_INT8_WO_MM", torch.float16),
-                                                    ("bitmap", "bitmap", "_CUDA_BITMAP_MM", torch.bfloat16)])
-def test_cuda_forward_is_one_op_call_into_the_compiled_kernel(fmt, module, alias, dtype, fake_compiled_cuda,
-                                                              monkeypatch):
+@pytest.mark.parametrize("fmt,dtype", [("int8", torch.bfloat16), ("int8", torch.float32), ("int8-wo", torch.float16),
+                                       ("bitmap", torch.bfloat16), ("bsr:16", torch.float16)])
+def test_cuda_forward_is_one_op_call_into_the_compiled_kernel(fmt, dtype, fake_compiled_cuda, monkeypatch):
     """On CUDA (CPU stand-ins) a converted layer calls the compiled kernel's _cuda_ alias itself for the rows the
     router sends there (M <= 16), not the public op and then the router; larger M, a gradient to record (the
     aliases have no backward) or the backend set to "triton" take the public op, whose backward works."""
-    import importlib
-
     from sparsekit import triton as skt
 
-    mod = importlib.import_module(f"sparsekit.formats.{module}")
-    calls = []
-    real = getattr(mod, alias)
-    monkeypatch.setattr(mod, alias, lambda *a: calls.append(tuple(a[0].shape)) or real(*a))
+    public = {"int8": "int8_linear", "int8-wo": "int8_weight_only_mm", "bitmap": "bitmap_mm", "bsr:16": "bsr_mm"}[fmt]
+    monkeypatch.setattr(skt, "_bsr_tile_fits", lambda M, K, device: True)
     lin = nn.Linear(64, 32).to(dtype)
-    sl = SparseLinear.from_linear(lin, mask=torch.rand(32, 64) < 0.5, format=fmt)
+    if fmt == "bsr:16":
+        mask = (torch.rand(2, 4) < 0.6).repeat_interleave(16, 0).repeat_interleave(16, 1)
+        sl = SparseLinear.from_linear(lin, mask=mask, format="bsr", blocksize=(16, 16))
+    else:
+        sl = SparseLinear.from_linear(lin, mask=torch.rand(32, 64) < 0.5, format=fmt)
+
+    def ops_of(x):
+        with _OpLog() as log:
+            y = sl(x)
+        return log.ops, y
+
     with torch.no_grad():  # the bias is a Parameter that requires grad: no_grad is what skips the backward
-        for shape in [(1, 64), (16, 64), (2, 3, 64), (17, 64)]:
+        for shape, want in [((1, 64), "_cuda_" + public), ((16, 64), "_cuda_" + public), ((2, 3, 64), "_cuda_" + public),
+                            ((17, 64), public)]:
             x = torch.randn(*shape).to(dtype)
-            y = sl(x.as_subclass(FakeCuda))
+            called, y = ops_of(x.as_subclass(FakeCuda))
+            assert called == [want], (shape, called)
             assert y.shape == (*shape[:-1], 32)
             # the alias's CPU fallback (the reference) against the public op's CPU kernel
             torch.testing.assert_close(y.as_subclass(torch.Tensor), sl(x), rtol=1e-2, atol=1e-2)
-        assert calls == [(1, 64), (16, 64), (6, 64)]
-        sl(torch.randn(2, 64).to(dtype))  # a CPU tensor: the public op
-    assert len(calls) == 3
+        assert ops_of(torch.randn(2, 64).to(dtype))[0] == [public]  # a CPU tensor: the public op
     x = torch.randn(3, 64).to(dtype).as_subclass(FakeCuda).requires_grad_()
-    sl(x).float().sum().backward()  # the public op, with its straight-through backward
-    assert len(calls) == 3 and x.grad is not None and sl.bias.grad is not None
-    skt.set_backend({"int8": "int8_mm", "int8-wo": "int8_weight_only_mm", "bitmap": "bitmap_mm"}[fmt], "triton")
+    called, y = ops_of(x)
+    y.float().sum().backward()  # the public op, with its straight-through backward
+    assert called == [public] and x.grad is not None and sl.bias.grad is not None
+    skt.set_backend({"int8": "int8_mm", "int8-wo": "int8_weight_only_mm", "bitmap": "bitmap_mm",
+                     "bsr:16": "bsr_mm"}[fmt], "triton")
     with torch.no_grad():
-        sl(torch.randn(2, 64).to(dtype).as_subclass(FakeCuda))
-    assert len(calls) == 3
+        assert ops_of(torch.randn(2, 64).to(dtype).as_subclass(FakeCuda))[0] == [public]
 
 
 def test_2_4_int8_on_cuda_keeps_the_backward_when_a_gradient_is_needed(fake_cslt, fake_compiled_cuda, monkeypatch):

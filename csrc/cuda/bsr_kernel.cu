@@ -3,9 +3,14 @@
 // flattened, so that any C keeps all 32 lanes busy and consecutive lanes read consecutive values of a
 // block row and consecutive columns of x; float32 accumulation in registers, a warp reduction, no
 // atomics. x is read through the caches (L1/L2), not staged.
+//
+// Float16 / bfloat16 with R % 16 == 0 and C % 16 == 0 on sm_80+ take the tensor-core decode kernel instead
+// (mma_decode.cuh with BsrRows: each row group's stored blocks streamed with 16-byte loads straight into
+// m16n8k16 A fragments, x staged whole in shared memory), while x's rows fit there (no K split); the simple
+// kernel serves the rest, and every case under SPARSEKIT_CUDA_DECODE=v1.
 #include "cuda/bsr_kernel.cuh"
 
-#include "cuda/decode_common.cuh"
+#include "cuda/mma_decode.cuh"
 
 namespace sparsekit {
 namespace cuda {
@@ -93,9 +98,67 @@ cudaError_t launch(const BsrMmLaunch& a, cudaStream_t stream) {
   return cudaSuccess;
 }
 
+// The tensor-core path (mma_decode.cuh, BsrRows) through the decode Driver.
+struct BsrDecode {
+  using Launch = BsrMmLaunch;
+
+  static bool valid(const Launch& a) {
+    return a.dtype != DType::f32 && a.R > 0 && a.C > 0 && a.R % 16 == 0 && a.C % 16 == 0 && a.N % a.R == 0 &&
+           a.K % a.C == 0 && a.K <= 2147483647LL - 2 * mma::kStepCols;
+  }
+
+  // x whole in shared memory, on sm_80+; else cudaErrorNotSupported (the simple kernel serves the call)
+  template <typename T>
+  static cudaError_t make_plan(const Launch& a, const DevInfo& d, Plan* plan) {
+    if constexpr (std::is_same_v<T, float>) {
+      return cudaErrorNotSupported;
+    } else {
+      if (d.cc_major < 8) return cudaErrorNotSupported;
+      Plan p;
+      p.ch = mma::chunking<mma::BsrRows, mma::HalfX<T>>(a.M, a.K, d);
+      if (p.ch.splits > 1) return cudaErrorNotSupported;
+      p.vec = reinterpret_cast<uintptr_t>(a.values) % 16 == 0;
+      *plan = p;
+      return cudaSuccess;
+    }
+  }
+
+  template <typename T, int MT, bool kVec>
+  static cudaError_t launch_tiles(const Launch& a, const Plan& plan, const DevInfo& d, const Output& out,
+                                  int64_t m_begin, int64_t tiles, cudaStream_t stream) {
+    if constexpr (std::is_same_v<T, float>) {
+      return cudaErrorNotSupported;
+    } else {
+      mma::Params p;
+      p.M = a.M; p.N = a.N; p.K = a.K;
+      p.w = a.values; p.crow = a.crow; p.col = a.col; p.R = a.R; p.C = a.C;
+      p.x = a.x; p.ldx = a.ldx;
+      p.out = out;
+      return mma::launch<mma::BsrRows, mma::HalfX<T>, MT, kVec>(p, plan, d, m_begin, tiles, stream);
+    }
+  }
+
+  template <typename T>
+  static cudaError_t finish(const Launch&, const Output& out, int splits, cudaStream_t stream) {
+    return launch_finish<T>(out, splits, stream);
+  }
+};
+
+// Whether the tensor-core path takes the call (the same test Driver<BsrDecode>::run makes first).
+bool bsr_mma_applies(const BsrMmLaunch& a) {
+  if (decode_variant() == 1 || !BsrDecode::valid(a) || a.M <= 0 || a.N <= 0 || a.K <= 0) return false;
+  DevInfo d;
+  if (dev_info(&d) != cudaSuccess) return false;
+  Plan plan;
+  const cudaError_t e = a.dtype == DType::f16 ? BsrDecode::make_plan<__half>(a, d, &plan)
+                                              : BsrDecode::make_plan<__nv_bfloat16>(a, d, &plan);
+  return e == cudaSuccess;
+}
+
 }  // namespace
 
 cudaError_t bsr_mm(const BsrMmLaunch& a, cudaStream_t stream) {
+  if (bsr_mma_applies(a)) return Driver<BsrDecode>::run(a, nullptr, stream);
   switch (a.dtype) {
     case DType::f32: return launch<float>(a, stream);
     case DType::f16: return launch<__half>(a, stream);

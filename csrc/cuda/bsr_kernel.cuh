@@ -1,6 +1,8 @@
-// Torch-free CUDA BSR x dense kernel: y = x @ W.T + bias with W in BSR (blocks R x C, layout of
-// sparsekit/formats/LAYOUTS.md). A simple, correct kernel for any R, C and M; the Triton kernel
-// (sparsekit/triton/bsr.py) is the fast path for large blocks and M.
+// Torch-free CUDA BSR x dense kernels: y = x @ W.T + bias with W in BSR (blocks R x C, layout of
+// sparsekit/formats/LAYOUTS.md). float16 / bfloat16 with R % 16 == 0 and C % 16 == 0 on sm_80+, while x's rows
+// (a tile of up to 16) fit in shared memory: the tensor-core decode kernel (mma_decode.cuh), for small M; else
+// a simple, correct kernel for any R, C and M. The Triton kernel (sparsekit/triton/bsr.py) is the fast path
+// for large M.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -25,7 +27,8 @@ struct BsrMmLaunch {
   DType dtype = DType::f32;
 };
 
-// Enqueues the kernel on `stream`; returns the launch error, if any.
+// Enqueues the kernel(s) on `stream`; returns the launch error, if any. Needs no workspace (the tensor-core
+// path never splits K).
 cudaError_t bsr_mm(const BsrMmLaunch& a, cudaStream_t stream);
 
 }  // namespace cuda

@@ -57,6 +57,9 @@ struct Params {
   const float* x_scale = nullptr; // per-row scale of int8 x (W8A8)
   const void* x = nullptr;
   int64_t ldx = 0;
+  const int32_t* crow = nullptr;  // BSR: block-row pointers (N / R + 1) and block columns
+  const int32_t* col = nullptr;
+  int64_t R = 0, C = 0;           // BSR: block rows, block columns
   Output out;
 };
 
@@ -83,7 +86,18 @@ __device__ __forceinline__ bool lane_cols_live(int s, int s_end, int64_t r, int6
 
 // ------------------------------------------------------------------------------------ int8 rows
 // w_q int8 (N, K) row-major, a float32 scale per row. Per row and step a lane holds 16 bytes.
-struct Int8Rows {
+// The hooks every weight policy has (DenseSteps for the ones whose k is K itself): kBatch, the steps of a row
+// group (the chunk's, or fewer: kVarSteps, and then the x tile carries one more step, of zeros, for lanes
+// without weights), and the x column a lane's 16 weight columns of batch entry u meet.
+struct DenseSteps {
+  static constexpr int kBatch = mma::kBatch;
+  static constexpr bool kVarSteps = false;
+  __device__ __forceinline__ static int group_steps(const Params&, int64_t, int steps) { return steps; }
+  template <typename Regs>
+  __device__ __forceinline__ static int xcol(const Regs&, int, int s, int t) { return s * kStepCols + 16 * t; }
+};
+
+struct Int8Rows : DenseSteps {
   struct Regs {
     uint4 v[kBatch][2];
   };
@@ -173,7 +187,7 @@ __device__ __forceinline__ void s24_rows(const Params& p, int64_t k0, int64_t r0
 // columns are 4 groups: 16 bytes of values (word j = group j's two values) and 16 bits of metadata (nibble
 // j = group j's). A group expands into the pairs (columns 0, 1) and (2, 3) with two byte permutes whose
 // selectors come from a 16-entry table in shared memory, indexed by the nibble.
-struct S24Rows {
+struct S24Rows : DenseSteps {
   struct Regs {
     uint4 v[kBatch][2];
     uint32_t m[kBatch];  // the 16 metadata bits of row g (low half) and g + 8 (high half)
@@ -259,7 +273,7 @@ struct S24Rows {
 // 8 bytes of values (bytes 2q, 2q + 1: group q's) and 16 bits of metadata. Group q expands into the four
 // int8 of its columns with one byte permute, its selector from a table indexed by the nibble (the first
 // half of an entry for a group in the low half of its word, the second for the high half).
-struct S24Int8Rows {
+struct S24Int8Rows : DenseSteps {
   struct Regs {
     uint2 v[kBatch][2];
     uint32_t m[kBatch];  // the 16 metadata bits of row g (low half) and g + 8 (high half)
@@ -331,6 +345,85 @@ struct S24Int8Rows {
     const uint32_t nib = r.m[u] >> (16 * h + 8 * j);
     lo = __byte_perm(w, 0u, lut[2 * (nib & 15u)]);
     hi = __byte_perm(w, 0u, lut[2 * ((nib >> 4) & 15u) + 1]);
+  }
+};
+
+// ------------------------------------------------------------------------------------ BSR rows
+// values (nblocks, R, C) float16 / bfloat16 with R % 16 == 0 and C % 16 == 0, crow (N / R + 1), col (nblocks), the
+// layout of LAYOUTS.md: a row group lies in one block row, and its k is its stored blocks cut into pieces of 16
+// columns (piece q: block crow[br] + q / (C / 16), its columns 16 (q % (C / 16)) ... + 15). Step s gives piece
+// 4s + t to lane t: 32 bytes of values per row, and the x columns of the piece's block. The lanes of a quad may
+// hold pieces of different blocks: the mma splits k by t, and each lane supplies A and B of its own k slice, so
+// their columns need only agree between the lane's A and B (every lane with the same t holds the same piece).
+// Lanes past the group's last piece take zero weights and a column of zeros of x (the tile's extra step), so
+// that no x value (an Inf) meets a weight that is not there. The whole K of x is one chunk (no split).
+struct BsrRows {
+  static constexpr int kBatch = 2;  // 2 x 64 bytes of values in flight per lane
+  static constexpr bool kVarSteps = true;
+  static constexpr int kLutWords = 0;
+  static constexpr bool kScaled = false;
+  struct Regs {
+    uint4 v[kBatch][2][2];  // [u][row g, g + 8][columns 0-7, 8-15]
+    int xc[kBatch];         // chunk column of x the lane's piece meets
+  };
+  __device__ static void init_lut(uint32_t*) {}
+
+  __device__ __forceinline__ static int pieces(const Params& p, int64_t br) {
+    return (__ldg(p.crow + br + 1) - __ldg(p.crow + br)) * static_cast<int>(p.C / 16);
+  }
+  __device__ __forceinline__ static int group_steps(const Params& p, int64_t r0, int) {
+    return ceil_div(pieces(p, r0 / p.R), 4);
+  }
+  __device__ __forceinline__ static int xcol(const Regs& r, int u, int, int) { return r.xc[u]; }
+
+  template <bool kVec>
+  __device__ __forceinline__ static void load(const Params& p, int64_t k0, int kc, int64_t r0, int s0, int s_end,
+                                              int g, int t, Regs& r) {
+    const int64_t br = r0 / p.R;
+    const int64_t b0 = __ldg(p.crow + br);
+    const int np = pieces(p, br);
+    const int ppb = static_cast<int>(p.C / 16);  // pieces per block
+    const int64_t rr = r0 - br * p.R + g;         // the lane's first row within the block
+    const int zero = round_up(kc, kStepCols);     // the tile's step of zeros
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int q = 4 * (s0 + u) + t;
+      r.xc[u] = zero;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) r.v[u][h][0] = r.v[u][h][1] = make_uint4(0u, 0u, 0u, 0u);
+      if (s0 + u < s_end && q < np) {
+        const int qb = q / ppb;
+        const int c16 = (q - qb * ppb) * 16;
+        const int64_t blk = b0 + qb;
+        r.xc[u] = static_cast<int>(static_cast<int64_t>(__ldg(p.col + blk)) * p.C + c16 - k0);
+        const uint16_t* src = static_cast<const uint16_t*>(p.w) + (blk * p.R + rr) * p.C + c16;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint16_t* row = src + 8 * h * p.C;
+          if constexpr (kVec) {  // values 16-byte aligned, C % 16 == 0
+            r.v[u][h][0] = __ldg(reinterpret_cast<const uint4*>(row));
+            r.v[u][h][1] = __ldg(reinterpret_cast<const uint4*>(row) + 1);
+          } else {  // 2 bytes at a time (the rare path; unrolled, so that w stays in registers)
+            uint32_t w[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e)
+              w[e] = static_cast<uint32_t>(__ldg(row + 2 * e)) | (static_cast<uint32_t>(__ldg(row + 2 * e + 1)) << 16);
+            r.v[u][h][0] = make_uint4(w[0], w[1], w[2], w[3]);
+            r.v[u][h][1] = make_uint4(w[4], w[5], w[6], w[7]);
+          }
+        }
+      }
+    }
+  }
+
+  // mma j takes the lane's columns 4j .. 4j + 3: words 2j (lo) and 2j + 1 (hi) of its 32 bytes
+  template <typename T>
+  __device__ __forceinline__ static void pairs(const Regs& r, int u, int h, int j, const uint32_t*, uint32_t& lo,
+                                               uint32_t& hi) {
+    static_assert(sizeof(T) == 2, "BSR values multiply float16 / bfloat16 activations");
+    const uint4& q = r.v[u][h][j >> 1];
+    lo = word_of(q, 2 * (j & 1));
+    hi = word_of(q, 2 * (j & 1) + 1);
   }
 };
 
@@ -555,14 +648,18 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
   const int64_t k0 = split * p.Kc;
   const int kc = static_cast<int>(imin<int64_t>(p.Kc, p.K - k0));  // columns of this chunk
   const int steps = ceil_div(kc, kStepCols);
-  const int per_warp = ceil_div(steps, nwarps);
-  const int s_begin = imin(warp * per_warp, steps);
-  const int s_end = imin(s_begin + per_warp, steps);
+  // the warp's steps [sb, se) of the row group at r0 (the chunk's steps split between the warps)
+  auto warp_steps = [&](int64_t r0, int& sb, int& se) {
+    const int st = W::group_steps(p, r0, steps);
+    const int per_warp = ceil_div(st, nwarps);
+    sb = imin(warp * per_warp, st);
+    se = imin(sb + per_warp, st);
+  };
   const int64_t m0 = p.m_begin + static_cast<int64_t>(blockIdx.z) * MT;
   const int mrows = static_cast<int>(imin<int64_t>(MT, p.M - m0));
   const int64_t groups = ceil_div<int64_t>(p.N, kGroupRows);
 
-  const size_t ld = row_ld(p.Kc, X::kXBytes);
+  const size_t ld = row_ld(p.Kc + (W::kVarSteps ? kStepCols : 0), X::kXBytes);
   unsigned char* xs = smem;
   Acc* red = reinterpret_cast<Acc*>(smem + MT * ld);
   uint32_t* lut = reinterpret_cast<uint32_t*>(red + static_cast<size_t>(nwarps) * 2 * MT * kGroupRows);
@@ -570,14 +667,18 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
   int64_t grp = blockIdx.x;
   typename W::Regs regs;
   bool preloaded = false;
-  if (grp < groups && s_begin < s_end) {  // in flight while x is staged
-    W::template load<kVec>(p, k0, kc, grp * kGroupRows, s_begin, s_end, g, t, regs);
-    preloaded = true;
+  int s_begin = 0, s_end = 0;
+  if (grp < groups) {  // in flight while x is staged
+    warp_steps(grp * kGroupRows, s_begin, s_end);
+    if (s_begin < s_end) {
+      W::template load<kVec>(p, k0, kc, grp * kGroupRows, s_begin, s_end, g, t, regs);
+      preloaded = true;
+    }
   }
 
   float* xsc = reinterpret_cast<float*>(lut + W::kLutWords);  // QuantX: the rows' scales, then max |x| bits
   {  // stage x rows [m0, m0 + mrows), columns [k0, k0 + kc); zero up to MT rows and whole steps
-    const int cols = steps * kStepCols;
+    const int cols = (steps + (W::kVarSteps ? 1 : 0)) * kStepCols;
     if constexpr (X::kQuant) {
       stage_quantized<typename X::In, MT>(p, xs, ld, m0, mrows, k0, kc, cols, xsc,
                                           reinterpret_cast<unsigned*>(xsc + kGroupRows), splits);
@@ -595,17 +696,18 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
 
   for (int buf = 0; grp < groups; grp += gridDim.x, buf ^= 1) {
     const int64_t r0 = grp * kGroupRows;
+    if (grp != blockIdx.x) warp_steps(r0, s_begin, s_end);  // (the first group's were taken for its preload)
     Acc acc[NT][4];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[nt][i] = Acc(0);
 
-    for (int s0 = s_begin; s0 < s_end; s0 += kBatch) {
+    for (int s0 = s_begin; s0 < s_end; s0 += W::kBatch) {
       if (!preloaded) W::template load<kVec>(p, k0, kc, r0, s0, s_end, g, t, regs);
       preloaded = false;
 #pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
+      for (int u = 0; u < W::kBatch; ++u) {
         if (s0 + u < s_end) {
           uint32_t xw[NT][XW];
 #pragma unroll
@@ -615,7 +717,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
             for (int q = 0; q < XW / 4; ++q) {
               uint4 v = make_uint4(0u, 0u, 0u, 0u);
               if (row < MT)
-                v = reinterpret_cast<const uint4*>(xs + row * ld + X::kXBytes * ((s0 + u) * kStepCols + 16 * t))[q];
+                v = reinterpret_cast<const uint4*>(xs + row * ld + X::kXBytes * W::xcol(regs, u, s0 + u, t))[q];
               xw[nt][4 * q] = v.x; xw[nt][4 * q + 1] = v.y; xw[nt][4 * q + 2] = v.z; xw[nt][4 * q + 3] = v.w;
             }
           }
@@ -635,9 +737,13 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
     }
 
     // the next group's first batch goes out before the reduction waits
-    if (grp + gridDim.x < groups && s_begin < s_end) {
-      W::template load<kVec>(p, k0, kc, (grp + gridDim.x) * kGroupRows, s_begin, s_end, g, t, regs);
-      preloaded = true;
+    if (grp + gridDim.x < groups) {
+      int nb = s_begin, ne = s_end;  // the dense policies' steps are the same for every group
+      if constexpr (W::kVarSteps) warp_steps((grp + gridDim.x) * kGroupRows, nb, ne);
+      if (nb < ne) {
+        W::template load<kVec>(p, k0, kc, (grp + gridDim.x) * kGroupRows, nb, ne, g, t, regs);
+        preloaded = true;
+      }
     }
 
     // partial sums [warp][activation row][weight row]; buffer buf, so the next group's writes (to the
@@ -676,7 +782,8 @@ inline size_t red_bytes_per_warp(int mt) { return 2 * static_cast<size_t>(mt) * 
 // Shared bytes of a launch: the x tile, the partial sums of `threads / 32` warps, the policy's table.
 template <typename W, typename X>
 size_t smem_bytes(int mt, int64_t Kc, int threads) {
-  return rowtile_bytes(mt, Kc, X::kXBytes) + static_cast<size_t>(threads / 32) * red_bytes_per_warp(mt) +
+  return rowtile_bytes(mt, Kc + (W::kVarSteps ? kStepCols : 0), X::kXBytes) +
+         static_cast<size_t>(threads / 32) * red_bytes_per_warp(mt) +
          static_cast<size_t>(W::kLutWords) * 4 + X::kExtraBytes;
 }
 
@@ -685,7 +792,8 @@ template <typename W, typename X>
 Chunking chunking(int64_t M, int64_t K, const DevInfo& d) {
   const int mt_max = tile_m_for(M);
   return choose_chunking(K, kStepCols, red_bytes_per_warp(mt_max), d, [&](int64_t cols) {
-    return rowtile_bytes(mt_max, cols, X::kXBytes) + static_cast<size_t>(W::kLutWords) * 4 + X::kExtraBytes;
+    return rowtile_bytes(mt_max, cols + (W::kVarSteps ? kStepCols : 0), X::kXBytes) +
+           static_cast<size_t>(W::kLutWords) * 4 + X::kExtraBytes;
   });
 }
 

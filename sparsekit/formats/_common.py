@@ -43,6 +43,18 @@ def direct_cuda(op: str, x: torch.Tensor, bias) -> bool:
     return not torch.compiler.is_compiling() and not needs_grad(x, bias) and _sk_triton.use_compiled(op, x)
 
 
+def compressed_rows_cuda_forward(alias, op, m, x):
+    """compressed_rows_forward on CUDA for bsr_mm: its compiled kernel through the _cuda_ alias where the
+    router would pick it (`use_compiled_bsr`), eager and without a gradient to record; else the public op."""
+    b = m._buffers
+    bias = m._parameters["bias"]
+    x2 = x if x.dim() == 2 else input_rows(m, x)
+    direct = (not torch.compiler.is_compiling() and not needs_grad(x2, bias)
+              and _sk_triton.use_compiled_bsr(x2, b["values"]))
+    y = (alias if direct else op)(x2, b["crow_indices"], b["col_indices"], b["values"], m.out_features, bias)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], m.out_features)
+
+
 def cuda_rows_forward(m, x, alias, op, route: str, *weight):
     """A module_forward on CUDA (x of any leading shape): the compiled kernel through its _cuda_ alias where
     `direct_cuda(route, ...)` says so (alias None: never), else the public op; both take (x, *weight, bias)."""
@@ -60,9 +72,12 @@ def input_rows(m, x):
     return x.reshape(-1, m.in_features)
 
 
-def compressed_rows_forward(op, m, x):
+def compressed_rows_forward(op, m, x, alias=None):
     """A SparseLinear forward through an op of the (x, crow_indices, col_indices, values, out_features, bias)
-    signature (csr_mm, bsr_mm): one direct op call on the module's buffers, x of any leading shape."""
+    signature (csr_mm, bsr_mm): one direct op call on the module's buffers, x of any leading shape. With the
+    _cuda_ alias of bsr_mm: on CUDA, compressed_rows_cuda_forward."""
+    if alias is not None and x.is_cuda:
+        return compressed_rows_cuda_forward(alias, op, m, x)
     b = m._buffers
     args = (b["crow_indices"], b["col_indices"], b["values"], m.out_features, m._parameters["bias"])
     if x.dim() == 2:

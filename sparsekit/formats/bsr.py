@@ -14,6 +14,7 @@ from .base import SparseFormat, register
 
 
 _BSR_MM = ops.linear_call(torch.ops.sparsekit.bsr_mm.default)
+_CUDA_BSR_MM = torch.ops.sparsekit._cuda_bsr_mm.default
 
 
 @register
@@ -86,8 +87,9 @@ class BSRWeight(SparseFormat):
     def apply(x, shape, bias, crow_indices, col_indices, values):
         return _compressed_rows_apply(_BSR_MM, "bsr_mm", x, shape, bias, crow_indices, col_indices, values)
 
-    # a partial, not a def: one Python frame less per call (compressed_rows_forward is the forward)
-    module_forward = staticmethod(functools.partial(_compressed_rows_forward, _BSR_MM))
+    # a partial, not a def: one Python frame less per call (compressed_rows_forward is the forward; on CUDA,
+    # M <= 16 where the tensor cores apply, it calls the compiled kernel directly: one op call)
+    module_forward = staticmethod(functools.partial(_compressed_rows_forward, _BSR_MM, alias=_CUDA_BSR_MM))
 
     @property
     def nnz(self) -> int:

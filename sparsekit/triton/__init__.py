@@ -11,8 +11,9 @@ nothing heavy: triton and the kernel modules are imported on the first call of a
 Each kernel also has a plain launcher taking the op's arguments (`sparsekit.triton.bsr.bsr_mm`,
 `bitmap.bitmap_mm`, `int8.quantize_per_token`, `int8.int8_mm`, `int8.int8_weight_only_mm`, and
 `int8.int8_mm_i32` for the raw int32 accumulator), which runs on CPU tensors under
-``TRITON_INTERPRET=1``. ``bitmap_mm`` and ``bsr_mm`` also have compiled CUDA kernels: `set_backend` /
-`backend` say which one a call takes (by default the compiled bitmap kernel for M <= 16). Configurations are tuned per (shape, M bucket, dtype) and cached: see
+``TRITON_INTERPRET=1``. ``bitmap_mm``, ``bsr_mm`` and the int8 ops also have compiled CUDA kernels: `set_backend` /
+`backend` say which one a call takes (by default the compiled kernels for M <= 16; for bsr_mm only where its
+tensor-core kernel applies, `use_compiled_bsr`). Configurations are tuned per (shape, M bucket, dtype) and cached: see
 `sparsekit.triton.autotune`.
 """
 from __future__ import annotations
@@ -43,7 +44,9 @@ _why_not: str | None = None
 # implementation registered here routes each call. "auto" sends M <= the op's threshold to the compiled
 # kernel and the rest to Triton: the compiled bitmap kernel is a decode kernel (x staged once in shared
 # memory, the weight streamed with 16-byte loads) built for M <= 16, Triton's tiles use tl.dot and serve
-# larger M; the compiled BSR kernel is a simple one, so auto never picks it. These thresholds are
+# larger M. bsr_mm: auto picks the compiled kernel for M <= 16 only where it runs on the tensor cores
+# (`use_compiled_bsr`: float16 / bfloat16, blocks of multiples of 16, sm_80+, x's rows fit in shared memory);
+# its other path is a simple kernel, which "compiled" alone selects. These thresholds are
 # choices made without a GPU run: bench/cuda_gpu.py and bench/triton_gpu.py time both to confirm them.
 # int8_weight_only_mm: the compiled kernel (csrc/cuda/int8_wo_kernel.cu) streams the int8 weight into
 # tensor-core mmas for M <= 16 with float16 / bfloat16 x on sm_80+; float32 x always runs Triton's.
@@ -52,7 +55,7 @@ _why_not: str | None = None
 # settings also route the one-call linears int8_linear / sparse24_int8_linear, whose compiled kernel quantizes x
 # per token inside the W8A8 launch.
 BACKENDS = ("auto", "triton", "compiled")
-_AUTO_MAX_M = {"bitmap_mm": 16, "bsr_mm": 0, "int8_weight_only_mm": 16, "int8_mm": 16, "sparse24_int8_mm": 16}
+_AUTO_MAX_M = {"bitmap_mm": 16, "bsr_mm": 16, "int8_weight_only_mm": 16, "int8_mm": 16, "sparse24_int8_mm": 16}
 _backend = {op: "auto" for op in _AUTO_MAX_M}
 
 
@@ -120,6 +123,42 @@ def use_compiled(op: str, x: torch.Tensor) -> bool:
     return x.dim() == 2 and backend(op, x.shape[0]) == "compiled" and _has_mma(x.device)
 
 
+_smem_blocks: dict = {}
+
+
+def _bsr_tile_fits(M: int, K: int, device: torch.device) -> bool:
+    """Whether x's rows fit whole in the shared memory of the compiled tensor-core BSR kernel: the test of
+    csrc/cuda (mma_decode.cuh's chunking with BsrRows, HalfX) made here so that the router never sends it
+    a call it would give to its simple kernel. Mirrors: an M tile of mt <= 16 rows, each round_up(2 (K + 64
+    rounded to 64), 128) + 16 bytes, plus 128 mt bytes of partial sums per warp, 16 warps, within
+    min(opt-in bytes per block, bytes per multiprocessor - 1 KB)."""
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    limit = _smem_blocks.get(idx)
+    if limit is None:
+        props = torch.cuda.get_device_properties(idx)
+        optin = getattr(props, "shared_memory_per_block_optin", 48 * 1024)
+        per_sm = getattr(props, "shared_memory_per_multiprocessor", 2 * optin)
+        limit = _smem_blocks[idx] = min(optin, per_sm - 1024)
+    mt = 16 if M >= 16 else 1 << max(M - 1, 0).bit_length()
+    row = -(-(((K + 63) // 64 * 64 + 64) * 2) // 128) * 128 + 16
+    return mt * row + 16 * 128 * mt <= limit
+
+
+def use_compiled_bsr(x: torch.Tensor, values: torch.Tensor) -> bool:
+    """Whether a CUDA bsr_mm call with activations x (2-d) and block values (nblocks, R, C) takes the compiled
+    kernel: backend "compiled" always (its simple kernel where the tensor cores do not apply); "auto" for M <= 16
+    where the tensor-core kernel applies."""
+    choice = _backend["bsr_mm"]
+    if choice == "triton" or x.dim() != 2 or not _compiled_cuda():
+        return False
+    if choice == "compiled":
+        return True
+    M = x.shape[0]
+    return (M <= _AUTO_MAX_M["bsr_mm"] and x.dtype in _HALF_DTYPES and values.dim() == 3
+            and values.shape[1] % 16 == 0 and values.shape[2] % 16 == 0 and _has_mma(x.device)
+            and _bsr_tile_fits(M, x.shape[1], x.device))
+
+
 def available() -> bool:
     """True when triton can be imported (checked without importing it)."""
     global _why_not
@@ -154,7 +193,7 @@ def _make_impls():
 
     # Python kernels receive what the caller passed, so the schema's defaults are repeated here.
     def bsr_mm(x, crow_indices, col_indices, values, out_features, bias=None):
-        if backend("bsr_mm", x.shape[0]) == "compiled":
+        if use_compiled_bsr(x, values):
             return torch.ops.sparsekit._cuda_bsr_mm(x, crow_indices, col_indices, values, out_features, bias)
         return _bsr()(x, crow_indices, col_indices, values, out_features, bias)
 

@@ -145,6 +145,7 @@ enum cudaError_t {
   cudaErrorInvalidConfiguration = 9,
   cudaErrorInvalidDeviceFunction = 98,
   cudaErrorLaunchOutOfResources = 701,
+  cudaErrorNotSupported = 801,
 };
 typedef cudaError_t cudaError;
 struct CUstream_st;
