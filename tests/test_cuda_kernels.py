@@ -740,6 +740,18 @@ def test_int8_weight_only_compiled_kernel_layouts_and_refusals():
         assert any("int8_wo_decode_kernel" in n for n in names), names
 
 
+def w8a8_weight(N, K, g, sparse, kind):
+    """(weight arguments, compiled op, reference op) of the W8A8 `kind` ("mm": x already quantized, "linear":
+    the one-call linear), dense int8 or 2:4 int8."""
+    name = ("sparse24_int8_" if sparse else "int8_") + kind
+    if sparse:
+        f = formats.Sparse24Int8Weight.from_dense(torch.randn(N, K, generator=g), mask_24(N, K, g=g))
+        wargs = (f.values, f.meta)
+    else:
+        wargs = (torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int16).to(torch.int8),)
+    return wargs, getattr(torch.ops.sparsekit, "_cuda_" + name), getattr(reference, name)
+
+
 @gpu
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16], ids=DTYPE_ID)
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "2:4"])
@@ -754,13 +766,7 @@ def test_w8a8_compiled_kernel_bytes_equal_the_reference(out_dtype, sparse, M, N,
     x_scale = torch.rand(M, generator=g) * 0.05 + 1e-3
     w_scale = torch.rand(N, generator=g) * 0.02 + 1e-3
     b = torch.randn(N, generator=g).to(out_dtype)
-    if sparse:
-        f = formats.Sparse24Int8Weight.from_dense(torch.randn(N, K, generator=g), mask_24(N, K, g=g))
-        wargs = (f.values, f.meta)
-        op, ref = torch.ops.sparsekit._cuda_sparse24_int8_mm, reference.sparse24_int8_mm
-    else:
-        wargs = (torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int16).to(torch.int8),)
-        op, ref = torch.ops.sparsekit._cuda_int8_mm, reference.int8_mm
+    wargs, op, ref = w8a8_weight(N, K, g, sparse, "mm")
     for bias in (b, None):
         want = ref(x_q, x_scale, None, *wargs, w_scale, bias, out_dtype)
         poison_allocator()
@@ -788,13 +794,7 @@ def test_w8a8_linear_compiled_kernel_bytes_equal_the_reference(dtype, sparse, M,
         x[2] = 0
     w_scale = torch.rand(N, generator=g) * 0.02 + 1e-3
     b = torch.randn(N, generator=g).to(dtype)
-    if sparse:
-        f = formats.Sparse24Int8Weight.from_dense(torch.randn(N, K, generator=g), mask_24(N, K, g=g))
-        wargs = (f.values, f.meta)
-        op, ref = torch.ops.sparsekit._cuda_sparse24_int8_linear, reference.sparse24_int8_linear
-    else:
-        wargs = (torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int16).to(torch.int8),)
-        op, ref = torch.ops.sparsekit._cuda_int8_linear, reference.int8_linear
+    wargs, op, ref = w8a8_weight(N, K, g, sparse, "linear")
     for bias in (b, None):
         want = ref(x, *wargs, w_scale, bias)
         poison_allocator()
