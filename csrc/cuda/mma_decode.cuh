@@ -1,5 +1,6 @@
 // The tensor-core decode kernel for small M on sm_80+, shared by int8 weight-only (int8_wo_kernel.cu), 2:4
-// (sparse24_kernel.cu, M >= 2) and W8A8 dense / 2:4 (w8a8_kernel.cu): the weight is streamed with 16-byte
+// (sparse24_kernel.cu, M >= 2), W8A8 dense / 2:4 (w8a8_kernel.cu, x quantized inside or not) and BSR
+// (bsr_kernel.cu, blocks of multiples of 16): the weight is streamed with 16-byte
 // loads, expanded in registers into dense mma A fragments (a weight policy W says how) and multiplied on the
 // tensor cores by x from shared memory: float16 / bfloat16 x with m16n8k16 (HalfX), int8 x with m16n8k32
 // (Int8X; an activation policy X says which).
@@ -84,8 +85,6 @@ __device__ __forceinline__ bool lane_cols_live(int s, int s_end, int64_t r, int6
   return s < s_end && r < N && c < kc;
 }
 
-// ------------------------------------------------------------------------------------ int8 rows
-// w_q int8 (N, K) row-major, a float32 scale per row. Per row and step a lane holds 16 bytes.
 // The hooks every weight policy has (DenseSteps for the ones whose k is K itself): kBatch, the steps of a row
 // group (the chunk's, or fewer: kVarSteps, and then the x tile carries one more step, of zeros, for lanes
 // without weights), and the x column a lane's 16 weight columns of batch entry u meet.
@@ -97,6 +96,8 @@ struct DenseSteps {
   __device__ __forceinline__ static int xcol(const Regs&, int, int s, int t) { return s * kStepCols + 16 * t; }
 };
 
+// ------------------------------------------------------------------------------------ int8 rows
+// w_q int8 (N, K) row-major, a float32 scale per row. Per row and step a lane holds 16 bytes.
 struct Int8Rows : DenseSteps {
   struct Regs {
     uint4 v[kBatch][2];
