@@ -89,7 +89,7 @@ class BSRWeight(SparseFormat):
 
     # a partial, not a def: one Python frame less per call (compressed_rows_forward is the forward; on CUDA,
     # M <= 16 where the tensor cores apply, it calls the compiled kernel directly: one op call)
-    module_forward = staticmethod(functools.partial(_compressed_rows_forward, _BSR_MM, alias=_CUDA_BSR_MM))
+    module_forward = staticmethod(functools.partial(_compressed_rows_forward, _BSR_MM, _CUDA_BSR_MM))
 
     @property
     def nnz(self) -> int:

@@ -97,7 +97,7 @@ class CSRWeight(SparseFormat):
         return _compressed_rows_apply(_CSR_MM, "csr_mm", x, shape, bias, crow_indices, col_indices, values)
 
     # a partial, not a def: one Python frame less per call (compressed_rows_forward is the forward)
-    module_forward = staticmethod(functools.partial(_compressed_rows_forward, _CSR_MM))
+    module_forward = staticmethod(functools.partial(_compressed_rows_forward, _CSR_MM, None))
 
     @property
     def nnz(self) -> int:
