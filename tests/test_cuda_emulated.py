@@ -848,6 +848,33 @@ def test_bsr_mm_tensor_cores(driver, tmp_path, dtype):
     check_mm_cases(run(driver, v1, tmp_path / "v1", {"SPARSEKIT_CUDA_DECODE": "v1"}), v1)
 
 
+@pytest.mark.parametrize("limit", [80_000, 120_000, 227 * 1024])
+def test_bsr_router_mirrors_the_tensor_core_size_test(driver, tmp_path, limit, monkeypatch):
+    """sparsekit.triton's _bsr_tile_fits (what the router and the BSR format decide on) says what bsr_mm's own
+    test says (bsr_mm_uses_tensor_cores: mma_decode.cuh's chunking), for every M tile and K around each
+    boundary, on a device with `limit` bytes of shared memory per block."""
+    from sparsekit import triton as skt
+
+    monkeypatch.setattr(skt, "_smem_blocks", {0: limit})
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    dev = torch.device("cuda", 0)
+    cases, want = [], []
+    for M in (1, 2, 3, 5, 8, 9, 16, 17, 40):
+        fits = [K for K in range(64, 140_000, 64) if skt._bsr_tile_fits(M, K, dev)]
+        edge = fits[-1] if fits else 64
+        for K in sorted({64, 1024, edge - 64, edge, edge + 64, edge + 128}):
+            if K > 0:
+                cases.append(H.Case("bsr_plan", dict(M=M, N=64, K=K, R=16, C=64, dtype="bf16"), {}, None,
+                                    name=f"M={M} K={K}"))
+                want.append(skt._bsr_tile_fits(M, K, dev))
+    res = run(driver, cases, tmp_path, {"EMU_SMEM_OPTIN": limit, "EMU_SMEM_PER_SM": limit + 1024})
+    expect_ok(res, cases)
+    got = [bool(c.out("uses", torch.int32, (1,)).item()) for c in cases]
+    wrong = [(c.name, w, g) for c, w, g in zip(cases, want, got) if w != g]
+    assert not wrong, f"router and kernel disagree (case, router, kernel): {wrong[:8]}"
+    assert any(want) and not all(want)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
 def test_csr_mm(driver, tmp_path, dtype):
     cases = csr_cases(dtype)

@@ -157,6 +157,8 @@ bool bsr_mma_applies(const BsrMmLaunch& a) {
 
 }  // namespace
 
+bool bsr_mm_uses_tensor_cores(const BsrMmLaunch& a) { return bsr_mma_applies(a); }
+
 cudaError_t bsr_mm(const BsrMmLaunch& a, cudaStream_t stream) {
   if (bsr_mma_applies(a)) return Driver<BsrDecode>::run(a, nullptr, stream);
   switch (a.dtype) {

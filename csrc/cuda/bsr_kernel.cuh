@@ -31,5 +31,9 @@ struct BsrMmLaunch {
 // path never splits K).
 cudaError_t bsr_mm(const BsrMmLaunch& a, cudaStream_t stream);
 
+// Whether bsr_mm serves this launch on the current device with the tensor-core kernel (the test it makes
+// first; sparsekit.triton.use_compiled_bsr mirrors it, and the emulator's tests hold the two together).
+bool bsr_mm_uses_tensor_cores(const BsrMmLaunch& a);
+
 }  // namespace cuda
 }  // namespace sparsekit

@@ -131,7 +131,8 @@ def _bsr_tile_fits(M: int, K: int, device: torch.device) -> bool:
     csrc/cuda (mma_decode.cuh's chunking with BsrRows, HalfX) made here so that the router never sends it
     a call it would give to its simple kernel. Mirrors: an M tile of mt <= 16 rows, each round_up(2 (K + 64
     rounded to 64), 128) + 16 bytes, plus 128 mt bytes of partial sums per warp, 16 warps, within
-    min(opt-in bytes per block, bytes per multiprocessor - 1 KB)."""
+    min(opt-in bytes per block, bytes per multiprocessor - 1 KB). tests/test_cuda_emulated.py compares the two
+    (test_bsr_router_mirrors_the_tensor_core_size_test)."""
     idx = device.index if device.index is not None else torch.cuda.current_device()
     limit = _smem_blocks.get(idx)
     if limit is None:

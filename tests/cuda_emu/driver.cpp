@@ -267,6 +267,13 @@ cudaError_t run(Case& c) {
     a.values = c.ptr("values");
     return bsr_mm(a, stream);
   }
+  if (op == "bsr_plan") {  // whether bsr_mm would take the tensor-core path (nothing runs): 1 or 0, int32
+    BsrMmLaunch a;
+    a.M = c.i("M"); a.N = c.i("N"); a.K = c.i("K"); a.R = c.i("R"); a.C = c.i("C");
+    a.dtype = dtype_of(c.s("dtype"));
+    *reinterpret_cast<int32_t*>(c.output("uses", 4)) = bsr_mm_uses_tensor_cores(a) ? 1 : 0;
+    return cudaSuccess;
+  }
   if (op == "csr_mm") {
     CsrMmLaunch a;
     set_io(c, a);
