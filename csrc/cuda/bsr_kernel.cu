@@ -144,7 +144,7 @@ struct BsrDecode {
   }
 };
 
-// Whether the tensor-core path takes the call (the same test Driver<BsrDecode>::run makes first).
+// Whether the tensor-core path takes the call (the test bsr_mm makes through Driver<BsrDecode>::run's plan).
 bool bsr_mma_applies(const BsrMmLaunch& a) {
   if (decode_variant() == 1 || !BsrDecode::valid(a) || a.M <= 0 || a.N <= 0 || a.K <= 0) return false;
   DevInfo d;
@@ -160,7 +160,12 @@ bool bsr_mma_applies(const BsrMmLaunch& a) {
 bool bsr_mm_uses_tensor_cores(const BsrMmLaunch& a) { return bsr_mma_applies(a); }
 
 cudaError_t bsr_mm(const BsrMmLaunch& a, cudaStream_t stream) {
-  if (bsr_mma_applies(a)) return Driver<BsrDecode>::run(a, nullptr, stream);
+  // the tensor-core path plans first and answers cudaErrorNotSupported, having launched nothing, where it does
+  // not apply (float32, below sm_80, x too wide): the simple kernel then (one plan per call, no second test)
+  if (decode_variant() != 1 && BsrDecode::valid(a)) {
+    const cudaError_t e = Driver<BsrDecode>::run(a, nullptr, stream);
+    if (e != cudaErrorNotSupported) return e;
+  }
   switch (a.dtype) {
     case DType::f32: return launch<float>(a, stream);
     case DType::f16: return launch<__half>(a, stream);

@@ -1,6 +1,8 @@
 """Checks and the forward shared by the formats."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .. import triton as _sk_triton
@@ -34,34 +36,23 @@ def needs_grad(x: torch.Tensor, bias) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
 
 
-def direct_cuda(op: str, x: torch.Tensor, bias) -> bool:
-    """Whether a forward with rows x (2-d, on CUDA: the caller checks x.is_cuda first, so that the CPU path
-    makes no extra call) calls op's compiled kernel through its _cuda_ alias: one op call, not the public op
-    and then sparsekit.triton's router, which would pick the same kernel (`use_compiled`: the backend setting
-    for x's rows says "compiled", an sm_80+ device); eager only (torch.compile traces the public op) and
-    without a gradient to record."""
-    return not torch.compiler.is_compiling() and not needs_grad(x, bias) and _sk_triton.use_compiled(op, x)
-
-
-def compressed_rows_cuda_forward(alias, op, m, x):
-    """compressed_rows_forward on CUDA for bsr_mm: its compiled kernel through the _cuda_ alias where the
-    router would pick it (`use_compiled_bsr`), eager and without a gradient to record; else the public op."""
-    b = m._buffers
+def cuda_rows_forward(m, x, alias, op, use, *weight):
+    """A module_forward on CUDA (x of any leading shape; the caller tests x.is_cuda, so that the CPU path makes
+    no extra call): the compiled kernel through its _cuda_ alias where the router of sparsekit.triton would pick
+    it (`use(x2)`: its test for these rows) - one op call, not the public op and then the router - eagerly
+    (torch.compile traces the public op) and without a gradient to record (the aliases have no backward); else
+    the public op. alias None: always the public op. Both take (x, *weight, bias)."""
     bias = m._parameters["bias"]
     x2 = x if x.dim() == 2 else input_rows(m, x)
-    direct = (not torch.compiler.is_compiling() and not needs_grad(x2, bias)
-              and _sk_triton.use_compiled_bsr(x2, b["values"]))
-    y = (alias if direct else op)(x2, b["crow_indices"], b["col_indices"], b["values"], m.out_features, bias)
+    direct = (alias is not None and not torch.compiler.is_compiling() and not needs_grad(x2, bias)
+              and use(x2))
+    y = (alias if direct else op)(x2, *weight, bias)
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], m.out_features)
 
 
-def cuda_rows_forward(m, x, alias, op, route: str, *weight):
-    """A module_forward on CUDA (x of any leading shape): the compiled kernel through its _cuda_ alias where
-    `direct_cuda(route, ...)` says so (alias None: never), else the public op; both take (x, *weight, bias)."""
-    bias = m._parameters["bias"]
-    x2 = x if x.dim() == 2 else input_rows(m, x)
-    y = (alias if alias is not None and direct_cuda(route, x2, bias) else op)(x2, *weight, bias)
-    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], m.out_features)
+def route(op: str):
+    """`use` of cuda_rows_forward for an op whose router decides by the rows alone (sparsekit.triton.use_compiled)."""
+    return functools.partial(_sk_triton.use_compiled, op)
 
 
 def input_rows(m, x):
@@ -75,11 +66,12 @@ def input_rows(m, x):
 def compressed_rows_forward(op, alias, m, x):
     """A SparseLinear forward through an op of the (x, crow_indices, col_indices, values, out_features, bias)
     signature (csr_mm, bsr_mm): one direct op call on the module's buffers, x of any leading shape. With the
-    _cuda_ alias of bsr_mm (else None): on CUDA, compressed_rows_cuda_forward. (The formats bind op and alias
+    _cuda_ alias of bsr_mm (else None): on CUDA, cuda_rows_forward. (The formats bind op and alias
     positionally with functools.partial: a keyword costs a few tenths of a microsecond per call.)"""
-    if alias is not None and x.is_cuda:
-        return compressed_rows_cuda_forward(alias, op, m, x)
     b = m._buffers
+    if alias is not None and x.is_cuda:  # bsr_mm: the router's test needs the blocks
+        return cuda_rows_forward(m, x, alias, op, lambda x2: _sk_triton.use_compiled_bsr(x2, b["values"]),
+                                 b["crow_indices"], b["col_indices"], b["values"], m.out_features)
     args = (b["crow_indices"], b["col_indices"], b["values"], m.out_features, m._parameters["bias"])
     if x.dim() == 2:
         return op(x, *args)

@@ -8,12 +8,13 @@ import torch
 
 from .. import ops
 from ..ops import _as_2d, linear_call
-from ._common import check_int32_range, check_weight_and_mask, cuda_rows_forward, input_rows
+from ._common import check_int32_range, check_weight_and_mask, cuda_rows_forward, input_rows, route
 from .base import SparseFormat, register
 
 
 _BITMAP_MM = linear_call(torch.ops.sparsekit.bitmap_mm.default)
 _CUDA_BITMAP_MM = torch.ops.sparsekit._cuda_bitmap_mm.default
+_ROUTE = route("bitmap_mm")
 
 
 @register
@@ -84,7 +85,7 @@ class BitmapWeight(SparseFormat):
     def module_forward(m, x):
         b = m._buffers
         if x.is_cuda:  # M <= 16: the compiled decode kernel directly (one op call; the router would pick it too)
-            return cuda_rows_forward(m, x, _CUDA_BITMAP_MM, _BITMAP_MM, "bitmap_mm", b["bitmap"], b["word_offsets"],
+            return cuda_rows_forward(m, x, _CUDA_BITMAP_MM, _BITMAP_MM, _ROUTE, b["bitmap"], b["word_offsets"],
                                      b["values"])
         if x.dim() == 2:
             return _BITMAP_MM(x, b["bitmap"], b["word_offsets"], b["values"], m._parameters["bias"])

@@ -8,7 +8,7 @@ import torch
 
 from .. import ops  # noqa: F401  (defines the ops)
 from ..ops import _as_2d, linear_call
-from ._common import check_weight_and_mask, cuda_rows_forward, input_rows
+from ._common import check_weight_and_mask, cuda_rows_forward, input_rows, route
 from .base import SparseFormat, register
 
 
@@ -17,6 +17,8 @@ _INT8_WO_MM = linear_call(torch.ops.sparsekit.int8_weight_only_mm.default)
 _CUDA_INT8_LINEAR = torch.ops.sparsekit._cuda_int8_linear.default
 _CUDA_INT8_WO_MM = torch.ops.sparsekit._cuda_int8_weight_only_mm.default
 _HALVES = (torch.float16, torch.bfloat16)
+_ROUTE_W8A8 = route("int8_mm")  # (int8_linear follows int8_mm's setting)
+_ROUTE_WO = route("int8_weight_only_mm")
 
 
 def quantize_rows(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +89,7 @@ class Int8Weight(_Int8Base):
     def module_forward(m, x):
         b = m._buffers
         if x.is_cuda:  # M <= 16: the compiled W8A8 kernel, x quantized inside it, called directly (one op call)
-            return cuda_rows_forward(m, x, _CUDA_INT8_LINEAR, _INT8_LINEAR, "int8_mm", b["qweight"], b["scale"])
+            return cuda_rows_forward(m, x, _CUDA_INT8_LINEAR, _INT8_LINEAR, _ROUTE_W8A8, b["qweight"], b["scale"])
         if x.dim() == 2:
             return _INT8_LINEAR(x, b["qweight"], b["scale"], m._parameters["bias"])
         y = _INT8_LINEAR(input_rows(m, x), b["qweight"], b["scale"], m._parameters["bias"])
@@ -110,7 +112,7 @@ class Int8WeightOnly(_Int8Base):
         b = m._buffers
         if x.is_cuda:  # float16 / bfloat16, M <= 16: the compiled tensor-core kernel directly (one op call)
             return cuda_rows_forward(m, x, _CUDA_INT8_WO_MM if x.dtype in _HALVES else None, _INT8_WO_MM,
-                                     "int8_weight_only_mm", b["qweight"], b["scale"])
+                                     _ROUTE_WO, b["qweight"], b["scale"])
         if x.dim() == 2:
             return _INT8_WO_MM(x, b["qweight"], b["scale"], m._parameters["bias"])
         y = _INT8_WO_MM(input_rows(m, x), b["qweight"], b["scale"], m._parameters["bias"])
