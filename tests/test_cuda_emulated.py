@@ -753,6 +753,43 @@ def test_w8a8_linear_refusals(driver, tmp_path):
     assert (bad.status or "").startswith("1 "), bad.status
 
 
+def quantize_case(name, dtype, M, K, g, xpad=0, xoff=0, rows=None):
+    x, xbuf, off, ld = activations(M, K, dtype, g, xpad, xoff)
+    if rows:
+        special_rows(x, rows)
+        xbuf = x.contiguous().reshape(-1) if xpad == 0 else torch.cat(
+            [torch.cat([x[i], xbuf.new_zeros(xpad)]) if i < M - 1 else x[i] for i in range(M)])
+    q, s, _ = reference.quantize_per_token(x, True)
+    return H.Case("quantize_per_token", dict(dtype=H.DTYPE_NAMES[dtype], M=M, K=K, ldx=ld), {"x": (xbuf, off)},
+                  {"q": q, "scale": s}, name=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
+def test_quantize_per_token_kernel(driver, tmp_path, dtype):
+    """The per-token quantization as a launch of its own (quantize_per_token_rows: the CUDA router's and the
+    2:4+int8 format's before cuSPARSELt): q and the scales byte for byte the reference's, the vector and element
+    paths, strided (vector and element) and misaligned x, NaN / Inf / zero / tie rows, K = 0 and M = 0."""
+    g = gen(58)
+    cases = [quantize_case("M=1 K=4096", dtype, 1, 4096, g),
+             quantize_case("M=33 K=256", dtype, 33, 256, g, rows={0: "nan", 1: "zero", 2: "ties", 3: "inf", 4: "tiny"}),
+             quantize_case("K=100 element path", dtype, 5, 100, g, rows={1: "ties", 3: "nan"}),
+             quantize_case("x strided, vectors", dtype, 6, 256, g, xpad=8),
+             quantize_case("x strided, elements", dtype, 6, 264, g, xpad=3),
+             quantize_case("x misaligned", dtype, 4, 256, g, xoff=1),
+             quantize_case("K=1", dtype, 3, 1, g),
+             quantize_case("K=0", dtype, 2, 0, g),
+             quantize_case("M=0", dtype, 0, 64, g)]
+    res = run(driver, cases, tmp_path / "q")
+    expect_ok(res, cases)
+    for c in cases:
+        want_q, want_s = c.check["q"], c.check["scale"]
+        got_q = c.out("q", torch.int8, tuple(want_q.shape))
+        got_s = c.out("scale", torch.float32, tuple(want_s.shape))
+        assert torch.equal(got_q, want_q), (c.name, (got_q != want_q).nonzero()[:3].tolist())
+        assert torch.equal(got_s.isnan(), want_s.isnan()), c.name
+        assert torch.equal(got_s.nan_to_num(0).view(torch.int32), want_s.nan_to_num(0).view(torch.int32)), c.name
+
+
 # ------------------------------------------------------------------------------------------ BSR, CSR
 def bsr_case(name, dtype, M, N, K, R, C, g, density=0.4, bias=True, empty_block_rows=(), voff=0, xpad=0, xoff=0):
     w = randn((N, K), dtype, g)

@@ -175,7 +175,9 @@ def test_cuda_backend_choice_by_m_and_setting(monkeypatch):
     monkeypatch.setenv("SPARSEKIT_CUDA_BACKEND", "bitmap_mm=compiled, bsr_mm=triton, int8_weight_only_mm=triton")
     skt._parse_env()
     assert skt._backend == {"bitmap_mm": "compiled", "bsr_mm": "triton", "int8_weight_only_mm": "triton",
-                            "int8_mm": "auto", "sparse24_int8_mm": "auto"}
+                            "int8_mm": "auto", "sparse24_int8_mm": "auto", "quantize_per_token": "auto"}
+    # symmetric quantize_per_token: the compiled kernel at every M under "auto"
+    assert [skt.backend("quantize_per_token", m) for m in (1, 17, 1 << 20)] == ["compiled"] * 3
 
 
 def test_bsr_router_takes_the_compiled_kernel_where_its_tensor_cores_apply(monkeypatch):
@@ -804,6 +806,31 @@ def test_w8a8_linear_compiled_kernel_bytes_equal_the_reference(dtype, sparse, M,
 
 
 @gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=DTYPE_ID)
+@pytest.mark.parametrize("M,K", [(1, 4096), (5, 100), (40, 4096), (2048, 256), (3, 0), (0, 64)])
+def test_compiled_quantize_per_token_bytes_equal_the_reference(dtype, M, K):
+    """_cuda_quantize_per_token (symmetric quantize_per_token on CUDA, one compiled launch) gives the reference's
+    q and scales byte for byte, a NaN row a NaN scale and zeros; strided x; asymmetric is refused with a message."""
+    require_int8_wo_kernel()
+    g = torch.Generator().manual_seed(M * 7 + K)
+    x = torch.randn(M, K + 3, generator=g).to(dtype)[:, :K]
+    if M > 2 and K:
+        x[1, K // 2] = float("nan")
+        x[2] = 0
+    op = torch.ops.sparsekit._cuda_quantize_per_token
+    for xi in (x, x.contiguous()):
+        want = reference.quantize_per_token(xi, True)
+        poison_allocator()
+        got = [t.cpu() for t in op(xi.cuda(), True)]
+        assert torch.equal(got[0], want[0])
+        assert torch.equal(got[1].isnan(), want[1].isnan())
+        assert torch.equal(got[1].nan_to_num(0).view(torch.int32), want[1].nan_to_num(0).view(torch.int32))
+        assert torch.equal(got[2], want[2])
+    with pytest.raises(ValueError, match="quantizes symmetrically"):
+        op(x.cuda(), False)
+
+
+@gpu
 def test_w8a8_linear_compiled_kernel_under_graph_capture():
     """Both paths of the one-call linear (fused: M = 1; the quantization kernel first: M = 16, K = 4096, whose
     workspace comes from the caching allocator) replay under a CUDA graph."""
@@ -990,6 +1017,8 @@ def _alias_args(op, device="cpu"):
     torch.manual_seed(0)
     w = torch.randn(16, 64)
     x = torch.randn(3, 64, device=device)
+    if op == "_cuda_quantize_per_token":
+        return (x, True)
     if op == "_cuda_int8_weight_only_mm":
         f = formats.Int8Weight.from_dense(w)
         return (x.half() if device == "cuda" else x, f.qweight.to(device), f.scale.to(device), None)
@@ -1016,7 +1045,8 @@ def _alias_args(op, device="cpu"):
 
 
 @pytest.mark.parametrize("op", ["_cuda_bitmap_mm", "_cuda_bsr_mm", "_cuda_int8_weight_only_mm", "_cuda_int8_mm",
-                                "_cuda_sparse24_int8_mm", "_cuda_int8_linear", "_cuda_sparse24_int8_linear"])
+                                "_cuda_sparse24_int8_mm", "_cuda_int8_linear", "_cuda_sparse24_int8_linear",
+                                "_cuda_quantize_per_token"])
 def test_compiled_cuda_aliases_opcheck_and_checks_on_cpu(op):
     """The _cuda_ names of the compiled CUDA kernels are ops of their own: on the CPU they fall back to the
     checked reference, with the public op's messages."""
@@ -1032,10 +1062,11 @@ def test_compiled_cuda_aliases_opcheck_and_checks_on_cpu(op):
 
 @gpu
 @pytest.mark.parametrize("op", ["_cuda_bitmap_mm", "_cuda_bsr_mm", "_cuda_int8_weight_only_mm", "_cuda_int8_mm",
-                                "_cuda_sparse24_int8_mm", "_cuda_int8_linear", "_cuda_sparse24_int8_linear"])
+                                "_cuda_sparse24_int8_mm", "_cuda_int8_linear", "_cuda_sparse24_int8_linear",
+                                "_cuda_quantize_per_token"])
 def test_compiled_cuda_aliases_opcheck_cuda(op):
     if op in ("_cuda_int8_weight_only_mm", "_cuda_int8_mm", "_cuda_sparse24_int8_mm", "_cuda_int8_linear",
-              "_cuda_sparse24_int8_linear"):
+              "_cuda_sparse24_int8_linear", "_cuda_quantize_per_token"):
         require_int8_wo_kernel()
     else:
         require_cpp_kernel(op[len("_cuda_"):])

@@ -486,6 +486,52 @@ def test_2_4_int8_on_cuda_keeps_the_backward_when_a_gradient_is_needed(fake_cslt
     assert calls == [4]
 
 
+def test_2_4_int8_large_m_quantizes_with_the_compiled_kernel(fake_cslt, fake_compiled_cuda):
+    """2:4+int8 on CUDA (CPU stand-ins) above the compiled W8A8 kernel's M: x is quantized by the compiled
+    per-token kernel's _cuda_ alias (one op call, no Python launch), then cuSPARSELt; with quantize_per_token set
+    to "triton" the public op quantizes."""
+    from sparsekit import triton as skt
+
+    sl = half_layer("2:4+int8")
+    x = torch.randn(32, 128, dtype=torch.bfloat16).as_subclass(FakeCuda)
+    with torch.no_grad():
+        for setting, want in [("auto", "_cuda_quantize_per_token"), ("triton", "quantize_per_token")]:
+            skt.set_backend("quantize_per_token", setting)
+            with _OpLog() as log:
+                y = sl(x)
+            assert log.ops[0] == want, log.ops
+            assert y.shape == (32, 64)
+    assert fake_cslt["mm"] == [32, 32]
+
+
+def test_router_quantizes_symmetric_rows_with_the_compiled_kernel(fake_compiled_cuda):
+    """The CUDA router of quantize_per_token and of the int8 linears above M = 16 (CPU stand-ins): symmetric
+    quantization takes _cuda_quantize_per_token at every M; asymmetric, or the backend set to "triton", the Triton
+    launcher."""
+    from sparsekit import triton as skt
+
+    launched = []
+
+    def launcher(x, symmetric=True):
+        launched.append(symmetric)
+        return ops.reference.quantize_per_token(x.as_subclass(torch.Tensor), symmetric)
+
+    impls = skt._make_impls()
+    x = torch.randn(40, 64).as_subclass(FakeCuda)
+    with _OpLog() as log:
+        q, s, z = impls["quantize_per_token"](x)
+    assert log.ops == ["_cuda_quantize_per_token"] and launched == []
+    assert torch.equal(q.as_subclass(torch.Tensor), ops.reference.quantize_per_token(x.as_subclass(torch.Tensor))[0])
+    from unittest import mock
+    with mock.patch.object(skt, "_lazy", lambda module, name: (lambda: launcher)):
+        impls = skt._make_impls()
+        impls["quantize_per_token"](x, False)
+        assert launched == [False]
+        skt.set_backend("quantize_per_token", "triton")
+        impls["quantize_per_token"](x)
+        assert launched == [False, True]
+
+
 # ------------------------------------------------------------------------------------------ the bench
 def test_bench_overhead_records_and_tables():
     from sparsekit.bench.overhead import cpu_overhead, overhead_tables

@@ -148,6 +148,27 @@ at::Tensor sparse24_int8_linear_cuda(const at::Tensor& x, const at::Tensor& valu
   return w8a8_cuda("sparsekit.sparse24_int8_linear", x, nullptr, values, &meta, w_scale, bias, x.scalar_type());
 }
 
+// quantize_per_token(x, True) in one compiled launch: what the CUDA router of sparsekit/triton runs for symmetric
+// quantization (a Triton launch costs tens of microseconds of host time), and the 2:4+int8 format before
+// cuSPARSELt. Asymmetric quantization has no compiled kernel: the public op (Triton) serves it.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_token_cuda(const at::Tensor& x, bool symmetric) {
+  constexpr const char* op = "sparsekit.quantize_per_token";
+  int8chk::check_quantize_per_token_args(x);
+  check_cuda(op, x);
+  TORCH_CHECK_VALUE(symmetric, op,
+                    ": the compiled CUDA kernel quantizes symmetrically; asymmetric quantization runs the public op");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t M = x.size(0), K = x.size(1);
+  auto q = at::empty({M, K}, x.options().dtype(at::kChar));
+  auto scale = at::empty({M}, x.options().dtype(at::kFloat));
+  auto zero = at::zeros({M}, x.options().dtype(at::kInt));
+  if (M == 0) return {q, scale, zero};
+  const auto xc = x.stride(1) == 1 ? x : x.contiguous();
+  check_launch(op, quantize_per_token_rows(xc.data_ptr(), xc.stride(0), M, K, kernel_dtype(x.scalar_type()),
+                                           q.data_ptr<int8_t>(), scale.data_ptr<float>(), stream_of(x)));
+  return {q, scale, zero};
+}
+
 }  // namespace
 }  // namespace cuda
 }  // namespace sparsekit
@@ -160,4 +181,5 @@ TORCH_LIBRARY_IMPL(sparsekit, CUDA, m) {
   m.impl("_cuda_sparse24_int8_mm", &sparsekit::cuda::sparse24_int8_mm_cuda);
   m.impl("_cuda_int8_linear", &sparsekit::cuda::int8_linear_cuda);
   m.impl("_cuda_sparse24_int8_linear", &sparsekit::cuda::sparse24_int8_linear_cuda);
+  m.impl("_cuda_quantize_per_token", &sparsekit::cuda::quantize_per_token_cuda);
 }

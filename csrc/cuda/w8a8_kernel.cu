@@ -132,12 +132,22 @@ W8A8MmLaunch after_prequant(const W8A8MmLaunch& a, void* ws) {
 }
 
 template <typename T>
-cudaError_t launch_quantize_rows(const W8A8MmLaunch& a, const W8A8MmLaunch& b, cudaStream_t stream) {
-  const unsigned blocks = static_cast<unsigned>(imin<int64_t>(a.M, 65535));
-  quantize_rows_kernel<T><<<blocks, 256, 0, stream>>>(static_cast<const T*>(a.x), a.ldx, a.M, a.K,
-                                                      static_cast<uint8_t*>(const_cast<void*>(b.x)),
-                                                      const_cast<float*>(b.x_scale));
+cudaError_t launch_quantize_rows(const void* x, int64_t ldx, int64_t M, int64_t K, void* q, float* scale,
+                                 cudaStream_t stream) {
+  const unsigned blocks = static_cast<unsigned>(imin<int64_t>(M, 65535));
+  quantize_rows_kernel<T><<<blocks, 256, 0, stream>>>(static_cast<const T*>(x), ldx, M, K, static_cast<uint8_t*>(q),
+                                                      scale);
   return cudaGetLastError();
+}
+
+cudaError_t quantize_rows(const void* x, int64_t ldx, int64_t M, int64_t K, DType dtype, void* q, float* scale,
+                          cudaStream_t stream) {
+  switch (dtype) {
+    case DType::f32: return launch_quantize_rows<float>(x, ldx, M, K, q, scale, stream);
+    case DType::f16: return launch_quantize_rows<__half>(x, ldx, M, K, q, scale, stream);
+    case DType::bf16: return launch_quantize_rows<__nv_bfloat16>(x, ldx, M, K, q, scale, stream);
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 }  // namespace
@@ -158,14 +168,18 @@ cudaError_t w8a8_mm(const W8A8MmLaunch& a, void* workspace, cudaStream_t stream)
   if (d.cc_major < 8) return cudaErrorInvalidDeviceFunction;
   if (workspace == nullptr || reinterpret_cast<uintptr_t>(workspace) % 16 != 0) return cudaErrorInvalidValue;
   const W8A8MmLaunch b = after_prequant(a, workspace);
-  switch (a.dtype) {
-    case DType::f32: e = launch_quantize_rows<float>(a, b, stream); break;
-    case DType::f16: e = launch_quantize_rows<__half>(a, b, stream); break;
-    case DType::bf16: e = launch_quantize_rows<__nv_bfloat16>(a, b, stream); break;
-    default: return cudaErrorInvalidValue;
-  }
+  e = quantize_rows(a.x, a.ldx, a.M, a.K, a.dtype, const_cast<void*>(b.x), const_cast<float*>(b.x_scale), stream);
   if (e != cudaSuccess) return e;
   return Driver<W8A8Decode>::run(b, static_cast<char*>(workspace) + prequant_bytes(a), stream);
+}
+
+cudaError_t quantize_per_token_rows(const void* x, int64_t ldx, int64_t M, int64_t K, DType dtype, int8_t* q,
+                                    float* scale, cudaStream_t stream) {
+  if (M < 0 || K < 0 || (M > 0 && (x == nullptr || q == nullptr || scale == nullptr)) ||
+      reinterpret_cast<uintptr_t>(q) % 8 != 0)  // rows of q written 8 bytes at a time
+    return cudaErrorInvalidValue;
+  if (M == 0) return cudaSuccess;
+  return quantize_rows(x, ldx, M, K, dtype, q, scale, stream);
 }
 
 }  // namespace cuda

@@ -43,5 +43,12 @@ size_t w8a8_mm_workspace_bytes(const W8A8MmLaunch& a, cudaError_t* err = nullptr
 // cudaErrorInvalidDeviceFunction on a device below sm_80.
 cudaError_t w8a8_mm(const W8A8MmLaunch& a, void* workspace, cudaStream_t stream);
 
+// quantize_per_token(x, True) as a launch of its own (the per-token quantization kernel w8a8_mm runs first for
+// long rows), bit for bit: x (M, K) of `dtype` (float32 / float16 / bfloat16) with row stride ldx and unit column
+// stride; q int8 (M, K) contiguous (8-byte aligned) and scale (M,) float32 written. Nothing runs for M == 0. For the CUDA paths
+// that quantize before a matmul of another library (2:4+int8 through cuSPARSELt) or before Triton's int8_mm.
+cudaError_t quantize_per_token_rows(const void* x, int64_t ldx, int64_t M, int64_t K, DType dtype, int8_t* q,
+                                    float* scale, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace sparsekit

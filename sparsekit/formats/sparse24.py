@@ -111,6 +111,7 @@ _SPARSE24_MM = linear_call(torch.ops.sparsekit.sparse24_mm.default)
 _SPARSE24_INT8_MM = torch.ops.sparsekit.sparse24_int8_mm.default
 _CUDA_SPARSE24_INT8_LINEAR = torch.ops.sparsekit._cuda_sparse24_int8_linear.default
 _QUANTIZE = torch.ops.sparsekit.quantize_per_token.default
+_CUDA_QUANTIZE = torch.ops.sparsekit._cuda_quantize_per_token.default
 _SPARSE24_INT8_LINEAR = linear_call(torch.ops.sparsekit.sparse24_int8_linear.default)
 _CSLT_MM = torch.ops.sparsekit.cslt_mm.default
 _CSLT_COMPRESS = torch.ops.sparsekit.cslt_compress.default
@@ -363,11 +364,12 @@ class Sparse24Int8Weight(SparseFormat):
             y = _SPARSE24_INT8_LINEAR(x2, values, meta, scale, bias)
             return _restore(y, x, shape[0])
         # M <= 16 (decode) on sm_80+: the compiled W8A8 tensor-core kernel, x quantized per token inside it
-        # (csrc/cuda/w8a8_kernel.cu); else cuSPARSELt for every M it can take (sparse24_int8_mm's own fallback
-        # decodes the weight on every call)
+        # (csrc/cuda/w8a8_kernel.cu); else x quantized by the compiled per-token kernel (one launch, no Python
+        # launch), then cuSPARSELt for every M it can take (sparse24_int8_mm's own fallback decodes the weight on
+        # every call)
         if _compiled_w8a8(x2):
             return _restore(_CUDA_SPARSE24_INT8_LINEAR(x2, values, meta, scale, bias), x, shape[0])
-        q, s, _ = _QUANTIZE(x2, True)
+        q, s, _ = (_CUDA_QUANTIZE if _sk_triton.quantize_compiled(x2) else _QUANTIZE)(x2, True)
         y = None
         if x.dtype in _HALVES and _use_cslt(x2, shape, torch.int8, bias, min_m=0):
             hit = _cslt_lookup(values, meta, scale)

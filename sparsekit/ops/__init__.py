@@ -162,9 +162,14 @@ _register("sparse24_mm", C.check_sparse24_mm, reference.sparse24_mm, lambda x, v
           C.check_sparse24_mm_data)
 _register("int8_gemm_i32", C.check_int8_gemm_i32, reference.int8_gemm_i32,
           lambda a, b: _out(a, b.shape[0], torch.int32))
+
+def _quantized_like(x, symmetric):
+    return (x.new_empty(x.shape, dtype=torch.int8), x.new_empty((x.shape[0],), dtype=torch.float32),
+            x.new_empty((x.shape[0],), dtype=torch.int32))
+
+
 _register("quantize_per_token", lambda x, sym: C.check_quantize_per_token(x), reference.quantize_per_token,
-          lambda x, sym: (x.new_empty(x.shape, dtype=torch.int8), x.new_empty((x.shape[0],), dtype=torch.float32),
-                          x.new_empty((x.shape[0],), dtype=torch.int32)))
+          _quantized_like)
 _register("int8_mm", C.check_int8_mm, reference.int8_mm,
           lambda xq, xs, xz, wq, ws, b, od: _out(xq, wq.shape[0], od))
 _register("int8_weight_only_mm", C.check_int8_weight_only_mm, reference.int8_weight_only_mm,
@@ -185,6 +190,8 @@ _register("_cuda_sparse24_int8_mm", C.check_sparse24_int8_mm, reference.sparse24
 _register("_cuda_int8_linear", C.check_int8_linear, reference.int8_linear, lambda x, wq, ws, b: _out(x, wq.shape[0]))
 _register("_cuda_sparse24_int8_linear", C.check_sparse24_int8_linear, reference.sparse24_int8_linear,
           lambda x, v, m, ws, b: _out(x, v.shape[0]), C.check_sparse24_int8_linear_data)
+_register("_cuda_quantize_per_token", lambda x, sym: C.check_quantize_per_token(x), reference.quantize_per_token,
+          _quantized_like)
 
 
 def _cslt_unavailable(op):

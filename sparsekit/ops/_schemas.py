@@ -79,7 +79,7 @@ SCHEMAS = {
 # routes by M between Triton and the compiled kernel), the compiled CUDA kernel is also registered
 # under its own name, with the public op's schema: "_cuda_<op>".
 COMPILED_CUDA_ALIASES = ("bitmap_mm", "bsr_mm", "int8_weight_only_mm", "int8_mm", "sparse24_int8_mm", "int8_linear",
-                         "sparse24_int8_linear")
+                         "sparse24_int8_linear", "quantize_per_token")
 for _op in COMPILED_CUDA_ALIASES:
     SCHEMAS[f"_cuda_{_op}"] = f"_cuda_{SCHEMAS[_op]}"
 

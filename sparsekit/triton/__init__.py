@@ -13,7 +13,7 @@ Each kernel also has a plain launcher taking the op's arguments (`sparsekit.trit
 `int8.int8_mm_i32` for the raw int32 accumulator), which runs on CPU tensors under
 ``TRITON_INTERPRET=1``. ``bitmap_mm``, ``bsr_mm`` and the int8 ops also have compiled CUDA kernels: `set_backend` /
 `backend` say which one a call takes (by default the compiled kernels for M <= 16; for bsr_mm only where its
-tensor-core kernel applies, `use_compiled_bsr`). Configurations are tuned per (shape, M bucket, dtype) and cached: see
+tensor-core kernel applies, `use_compiled_bsr`; for symmetric quantize_per_token at every M). Configurations are tuned per (shape, M bucket, dtype) and cached: see
 `sparsekit.triton.autotune`.
 """
 from __future__ import annotations
@@ -53,9 +53,13 @@ _why_not: str | None = None
 # int8_mm / sparse24_int8_mm: the compiled W8A8 kernel (csrc/cuda/w8a8_kernel.cu, int8 tensor-core mmas, sm_80+)
 # for M <= 16 with symmetric activations; else Triton's int8_mm, and for 2:4 cuSPARSELt or the reference. Their
 # settings also route the one-call linears int8_linear / sparse24_int8_linear, whose compiled kernel quantizes x
-# per token inside the W8A8 launch.
+# per token inside the W8A8 launch. quantize_per_token: the compiled kernel (one block per row, two passes, the
+# reference's bytes) for symmetric quantization at every M under "auto" (Triton's is no faster on the device and
+# costs a Python launch); asymmetric quantization always runs Triton's. The int8 linears quantize through this
+# setting at M > 16.
 BACKENDS = ("auto", "triton", "compiled")
-_AUTO_MAX_M = {"bitmap_mm": 16, "bsr_mm": 16, "int8_weight_only_mm": 16, "int8_mm": 16, "sparse24_int8_mm": 16}
+_AUTO_MAX_M = {"bitmap_mm": 16, "bsr_mm": 16, "int8_weight_only_mm": 16, "int8_mm": 16, "sparse24_int8_mm": 16,
+               "quantize_per_token": 1 << 62}
 _backend = {op: "auto" for op in _AUTO_MAX_M}
 
 
@@ -68,9 +72,9 @@ def _parse_env() -> None:
 
 
 def set_backend(op: str, backend: str) -> None:
-    """Which CUDA kernel serves `op` ("bitmap_mm", "bsr_mm", "int8_weight_only_mm", "int8_mm" or
-    "sparse24_int8_mm"): "triton" (for sparse24_int8_mm: cuSPARSELt or the reference), "compiled" (csrc/cuda)
-    or "auto" (by M, see `backend`). A process-wide setting, read on every call."""
+    """Which CUDA kernel serves `op` ("bitmap_mm", "bsr_mm", "int8_weight_only_mm", "int8_mm",
+    "sparse24_int8_mm" or "quantize_per_token"): "triton" (for sparse24_int8_mm: cuSPARSELt or the reference),
+    "compiled" (csrc/cuda) or "auto" (by M, see `backend`). A process-wide setting, read on every call."""
     if op not in _backend:
         raise ValueError(f"sparsekit.triton.set_backend: expected op in {sorted(_backend)}, got {op!r}")
     if backend not in BACKENDS:
@@ -145,6 +149,12 @@ def _bsr_tile_fits(M: int, K: int, device: torch.device) -> bool:
     return mt * row + 16 * 128 * mt <= limit
 
 
+def quantize_compiled(x: torch.Tensor) -> bool:
+    """Whether symmetric quantize_per_token of x takes the compiled kernel (_cuda_quantize_per_token): x is a
+    2-d CUDA tensor and the backend setting for its rows says "compiled"."""
+    return x.is_cuda and x.dim() == 2 and backend("quantize_per_token", x.shape[0]) == "compiled"
+
+
 def use_compiled_bsr(x: torch.Tensor, values: torch.Tensor) -> bool:
     """Whether a CUDA bsr_mm call with activations x (2-d) and block values (nblocks, R, C) takes the compiled
     kernel: backend "compiled" always (its simple kernel where the tensor cores do not apply); "auto" for M <= 16
@@ -203,8 +213,13 @@ def _make_impls():
             return torch.ops.sparsekit._cuda_bitmap_mm(x, bitmap, word_offsets, values, bias)
         return _bitmap()(x, bitmap, word_offsets, values, bias)
 
+    def quantize(x):  # symmetric
+        if quantize_compiled(x):
+            return torch.ops.sparsekit._cuda_quantize_per_token(x, True)
+        return _quant()(x, True)
+
     def quantize_per_token(x, symmetric=True):
-        return _quant()(x, symmetric)
+        return quantize(x) if symmetric else _quant()(x, False)
 
     def int8_mm(x_q, x_scale, x_zero, w_q, w_scale, bias, out_dtype):
         if x_zero is None and use_compiled("int8_mm", x_q):
@@ -219,19 +234,20 @@ def _make_impls():
     # The one-call W8A8 linears on CUDA: for small M on sm_80+ the compiled W8A8 kernel quantizes x per token
     # itself (_cuda_int8_linear / _cuda_sparse24_int8_linear: one launch while a tile's rows are short, else the
     # compiled quantization kernel first; one op call either way); else the Triton quantization, then Triton's
-    # int8_mm / the sparse24_int8_mm op (its reference fallback), called directly, without a second dispatch.
+    # int8_mm / the sparse24_int8_mm op (its reference fallback), called directly, without a second dispatch. The
+    # quantization is the compiled kernel's (one launch, no Python one) unless quantize_per_token is set to triton.
     def int8_linear(x, w_q, w_scale, bias=None):
         if use_compiled("int8_mm", x):
             return torch.ops.sparsekit._cuda_int8_linear(x, w_q, w_scale, bias)
         _checks.check_int8_linear(x, w_q, w_scale, bias)
-        q, s, _ = _quant()(x, True)
+        q, s, _ = quantize(x)
         return _i8()(q, s, None, w_q, w_scale, bias, x.dtype)
 
     def sparse24_int8_linear(x, values, meta, w_scale, bias=None):
         if use_compiled("sparse24_int8_mm", x):
             return torch.ops.sparsekit._cuda_sparse24_int8_linear(x, values, meta, w_scale, bias)
         _checks.check_sparse24_int8_linear(x, values, meta, w_scale, bias)
-        q, s, _ = _quant()(x, True)
+        q, s, _ = quantize(x)
         return torch.ops.sparsekit.sparse24_int8_mm(q, s, None, values, meta, w_scale, bias, x.dtype)
 
     return {"bsr_mm": bsr_mm, "bitmap_mm": bitmap_mm, "quantize_per_token": quantize_per_token,

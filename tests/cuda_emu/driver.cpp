@@ -257,6 +257,12 @@ cudaError_t run(Case& c) {
     void* ws = workspace(c, a, &w8a8_mm_workspace_bytes);
     return w8a8_mm(a, ws, stream);
   }
+  if (op == "quantize_per_token") {  // the standalone per-token quantization: q (M, K) int8 and scale (M,)
+    const int64_t M = c.i("M"), K = c.i("K");
+    return quantize_per_token_rows(c.ptr("x"), c.i("ldx"), M, K, dtype_of(c.s("dtype")),
+                                   reinterpret_cast<int8_t*>(c.output("q", static_cast<size_t>(M * K))),
+                                   reinterpret_cast<float*>(c.output("scale", static_cast<size_t>(M) * 4)), stream);
+  }
   if (op == "bsr_mm") {
     BsrMmLaunch a;
     set_io(c, a);
