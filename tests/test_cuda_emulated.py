@@ -363,6 +363,47 @@ def test_bitmap_mm_variants(driver, tmp_path, dtype, variant):
     check_mm_cases(run(driver, cases, tmp_path / "tiny", {**SPLIT_24, **knobs}), cases)
 
 
+V3 = {"SPARSEKIT_CUDA_DECODE": "v3"}
+
+
+def bitmap_mma_cases(dtype, seed=27):
+    g = gen(seed)
+    cases = []
+    dens = (0.5, 0.05, 0.3, 0.9, 1.0)
+    for i, M in enumerate(MS + (4, 5)):
+        cases.append(bitmap_case(f"M={M} d={dens[i % 5]}", dtype, M, 37, 320, g, density=dens[i % 5],
+                                 bias=i % 2 == 0, empty_rows=(0, 20)))
+    cases.append(bitmap_case("K=97 (a step past K, one word)", dtype, 3, 19, 97, g, density=0.6))
+    cases.append(bitmap_case("K=31", dtype, 2, 9, 31, g, density=0.7))
+    cases.append(bitmap_case("K=1100 d=0.2", dtype, 16, 21, 1100, g, density=0.2))
+    cases.append(bitmap_case("dense rows K=2080", dtype, 8, 17, 2080, g, density=1.0))
+    cases.append(bitmap_case("no value", dtype, 4, 16, 256, g, density=0.0))
+    cases.append(bitmap_case("values misaligned (2-byte path)", dtype, 5, 23, 300, g, density=0.4, voff=1))
+    cases.append(bitmap_case("x strided + offset", dtype, 9, 18, 256, g, density=0.5, xpad=3, xoff=1))
+    cases.append(bitmap_case("K=0", dtype, 2, 8, 0, g))
+    return cases
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: H.DTYPE_NAMES[d])
+def test_bitmap_mm_tensor_cores(driver, tmp_path, dtype):
+    """Bitmap on the tensor cores (SPARSEKIT_CUDA_DECODE=v3: BitmapRows of mma_decode.cuh): every M tile, densities
+    from empty to full rows (runs of 0 to 9 vectors), K not a multiple of 64 or 32, the last value of `values` at
+    the end of its buffer (the tail read elementwise), misaligned values, strided x; several row groups per block
+    (one SM); K split."""
+    cases = bitmap_mma_cases(dtype)
+    check_mm_cases(run(driver, cases, tmp_path / "whole", V3), cases)
+    g = gen(28)
+    groups = [bitmap_case("groups M=3", dtype, 3, 200, 640, g, density=0.3),
+              bitmap_case("groups M=16 d=0.1", dtype, 16, 150, 512, g, density=0.1)]
+    check_mm_cases(run(driver, groups, tmp_path / "groups", {**V3, "EMU_SMS": 1}), groups)
+    split = [bitmap_case("split M=16", dtype, 16, 40, 2048, g, density=0.5, split=True),
+             bitmap_case("split M=1 K=30000", dtype, 1, 20, 30000, g, density=0.2, split=True)]
+    check_mm_cases(run(driver, split, tmp_path / "split", {**V3, **SPLIT_WO}), split)
+    # too little shared memory for the per-warp buffers: the FMA kernel serves the call
+    small = [bitmap_case("small device M=16", dtype, 16, 20, 512, g, density=0.5)]
+    check_mm_cases(run(driver, small, tmp_path / "small", {**V3, **SPLIT_BITMAP}), small)
+
+
 def test_bitmap_mm_v1_on_the_first_cases(driver, tmp_path):
     """The first kernel stays selectable and correct on the original cases."""
     cases = bitmap_cases(torch.bfloat16, seed=23) + bitmap_split_cases(torch.float32, seed=24)
@@ -791,18 +832,25 @@ def test_quantize_per_token_kernel(driver, tmp_path, dtype):
 
 
 # ------------------------------------------------------------------------------------------ BSR, CSR
-def bsr_case(name, dtype, M, N, K, R, C, g, density=0.4, bias=True, empty_block_rows=(), voff=0, xpad=0, xoff=0):
+def bsr_case(name, dtype, M, N, K, R, C, g, density=0.4, bias=True, empty_block_rows=(), voff=0, xpad=0, xoff=0,
+             shuffled_rows=(), split=None):
+    """shuffled_rows: block rows whose stored blocks are put in a random order (columns not ascending)."""
     w = randn((N, K), dtype, g)
     bm = torch.rand((N // R, K // C), generator=g) < density
     for e in empty_block_rows:
         bm[e] = False
     mask = bm.repeat_interleave(R, 0).repeat_interleave(C, 1) & (torch.rand((N, K), generator=g) < 0.8)
     sw = BSRWeight.from_dense(w, mask, blocksize=(R, C))
+    col, values = sw.col_indices.clone(), sw.values.clone()
+    for br in shuffled_rows:
+        b0, b1 = int(sw.crow_indices[br]), int(sw.crow_indices[br + 1])
+        perm = b0 + torch.randperm(b1 - b0, generator=g)
+        col[b0:b1], values[b0:b1] = col[perm], values[perm]
     x, xbuf, xb, ld = activations(M, K, dtype, g, xpad, xoff)
     b = randn((N,), dtype, g) if bias else None
     return mm_case("bsr_mm", name, x, xbuf, xb, ld, sw.to_dense(), b,
-                   {"crow": (sw.crow_indices, 0), "col": (sw.col_indices, 0),
-                    "values": (sw.values, voff * sw.values.element_size())}, {"R": R, "C": C})
+                   {"crow": (sw.crow_indices, 0), "col": (col, 0),
+                    "values": (values, voff * values.element_size())}, {"R": R, "C": C}, split=split)
 
 
 def bsr_cases(dtype, seed=4):
@@ -879,31 +927,65 @@ def test_bsr_mm_tensor_cores(driver, tmp_path, dtype):
               bsr_case("groups 32x32 M=16", dtype, 16, 256, 512, 32, 32, g, density=0.6, empty_block_rows=(2, 3)),
               bsr_case("groups 16x16 many steps", dtype, 1, 640, 2048, 16, 16, g, density=0.5)]
     check_mm_cases(run(driver, groups, tmp_path / "groups", {"EMU_SMS": 1}), groups)
-    wide = [bsr_case("x wider than shared memory", dtype, 16, 32, 1024, 16, 64, g)]
+    # not even one chunk of 64 columns fits at M = 16 on SPLIT_24: the simple kernel (no workspace)
+    wide = [bsr_case("one chunk wider than shared memory", dtype, 16, 32, 1024, 16, 64, g, split=False)]
     check_mm_cases(run(driver, wide, tmp_path / "wide", SPLIT_24), wide)
     v1 = bsr_mma_cases(dtype, seed=8)[:4]
     check_mm_cases(run(driver, v1, tmp_path / "v1", {"SPARSEKIT_CUDA_DECODE": "v1"}), v1)
 
 
+# On 60000 bytes per SM: M = 16 splits K into chunks of 256 columns (C = 64) or 192 (C = 48); M <= 4 from ~7000
+# columns (whole K up to there, with 512 threads above ~3500).
+SPLIT_BSR = {"EMU_SMEM_PER_SM": 60000, "EMU_SMEM_OPTIN": 60000}
+
+
+def bsr_split_cases(dtype, seed=9):
+    g = gen(seed)
+    return [bsr_case("split 64x64 M=16", dtype, 16, 128, 1024, 64, 64, g, density=0.5, empty_block_rows=(1,), split=True),
+            bsr_case("split 16x48 M=3", dtype, 3, 32, 7680, 16, 48, g, density=0.3, split=True),
+            bsr_case("split 32x32 M=33", dtype, 33, 64, 1024, 32, 32, g, density=0.6, bias=False, split=True),
+            bsr_case("split 16x16 M=8", dtype, 8, 48, 4096, 16, 16, g, density=0.2, empty_block_rows=(0, 2), split=True),
+            bsr_case("split all blocks 16x64 M=16", dtype, 16, 32, 768, 16, 64, g, density=1.0, split=True),
+            bsr_case("split columns not ascending 16x64 M=16", dtype, 16, 64, 1024, 16, 64, g, density=0.7,
+                     shuffled_rows=(0, 2), split=True),
+            bsr_case("split columns not ascending 16x48 M=2", dtype, 2, 48, 15360, 16, 48, g, density=0.2,
+                     shuffled_rows=(1,), split=True),
+            bsr_case("split values misaligned + x strided 32x64 M=16", dtype, 16, 64, 1024, 32, 64, g, voff=1, xpad=3,
+                     split=True)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: H.DTYPE_NAMES[d])
+def test_bsr_mm_tensor_cores_split_k(driver, tmp_path, dtype):
+    """BSR on the tensor cores with K split into chunks of whole blocks (x's rows longer than shared memory holds):
+    the chunk's run of blocks found by ballots over ascending columns, rows whose columns do not ascend walking all
+    their blocks, chunks of lcm(64, C) columns for C = 48, empty block rows, M > 16 (tiles and the workspace), the
+    2-byte path; several row groups per block (one SM)."""
+    cases = bsr_split_cases(dtype)
+    check_mm_cases(run(driver, cases, tmp_path / "split", SPLIT_BSR), cases)
+    one = bsr_split_cases(dtype, seed=10)[:3]
+    check_mm_cases(run(driver, one, tmp_path / "one_sm", {**SPLIT_BSR, "EMU_SMS": 1}), one)
+
+
 @pytest.mark.parametrize("limit", [80_000, 120_000, 227 * 1024])
 def test_bsr_router_mirrors_the_tensor_core_size_test(driver, tmp_path, limit, monkeypatch):
     """sparsekit.triton's _bsr_tile_fits (what the router and the BSR format decide on) says what bsr_mm's own
-    test says (bsr_mm_uses_tensor_cores: mma_decode.cuh's chunking), for every M tile and K around each
-    boundary, on a device with `limit` bytes of shared memory per block."""
+    test says (bsr_mm_uses_tensor_cores: mma_decode.cuh's chunking with K split into chunks of whole blocks), for
+    M tiles, block widths around the widest that fits, and K whole or split, on a device with `limit` bytes of
+    shared memory per block."""
     from sparsekit import triton as skt
 
-    monkeypatch.setattr(skt, "_smem_blocks", {0: limit})
+    monkeypatch.setattr(skt, "_smem_blocks", {0: (limit, limit + 1024)})
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     dev = torch.device("cuda", 0)
     cases, want = [], []
-    for M in (1, 2, 3, 5, 8, 9, 16, 17, 40):
-        fits = [K for K in range(64, 140_000, 64) if skt._bsr_tile_fits(M, K, dev)]
-        edge = fits[-1] if fits else 64
-        for K in sorted({64, 1024, edge - 64, edge, edge + 64, edge + 128}):
-            if K > 0:
-                cases.append(H.Case("bsr_plan", dict(M=M, N=64, K=K, R=16, C=64, dtype="bf16"), {}, None,
-                                    name=f"M={M} K={K}"))
-                want.append(skt._bsr_tile_fits(M, K, dev))
+    for M in (1, 3, 8, 16, 40):
+        fits = [C for C in range(16, 8192 + 1, 16) if skt._bsr_tile_fits(M, 4 * C, C, dev)]
+        edge = fits[-1] if fits else 16
+        for C in sorted({16, 48, 64, edge, edge + 16, edge + 48}):
+            for K in (C, 4 * C, 37 * C):
+                cases.append(H.Case("bsr_plan", dict(M=M, N=64, K=K, R=16, C=C, dtype="bf16"), {}, None,
+                                    name=f"M={M} C={C} K={K}"))
+                want.append(skt._bsr_tile_fits(M, K, C, dev))
     res = run(driver, cases, tmp_path, {"EMU_SMEM_OPTIN": limit, "EMU_SMEM_PER_SM": limit + 1024})
     expect_ok(res, cases)
     got = [bool(c.out("uses", torch.int32, (1,)).item()) for c in cases]
@@ -1159,11 +1241,27 @@ PLANTED = {
     "w8a8_linear quantization kernel keeps the last row's max": (
         "s", ("w8a8_kernel.cu", "    if (threadIdx.x == 0) amax = 0u;\n", ""), "w8a8_linear"),
     "bsr mma: a piece's columns within its block dropped": (
-        "t", ("mma_decode.cuh", "static_cast<int64_t>(__ldg(p.col + blk)) * p.C + c16 - k0", "static_cast<int64_t>(__ldg(p.col + blk)) * p.C - k0"),
+        "t", ("mma_decode.cuh", "r.xc[u] = static_cast<int>(xc) + c16;", "r.xc[u] = static_cast<int>(xc);"),
         "bsr_mma"),
     "bsr mma: the next group's loads over this group's steps": (
-        "u", ("mma_decode.cuh", "if constexpr (W::kVarSteps) warp_steps((grp + gridDim.x) * kGroupRows, nb, ne);", ""),
+        "u", ("mma_decode.cuh", "if constexpr (W::kVarSteps) warp_steps((grp + gridDim.x) * kGroupRows, nb, ne, next);",
+              ""),
         "bsr_mma"),
+    "bitmap mma: the lane's first value placed without its word's lower half": (
+        "s", ("mma_decode.cuh", "const int before = (t & 1) ? __popc(word & 0xffffu) : 0;", "const int before = 0;"),
+        "bitmap_mma"),
+    "bitmap mma: the run's last vector not loaded": (
+        "w", ("mma_decode.cuh", "r.v[u][h][i] = q < nvec ?", "r.v[u][h][i] = q + 1 < nvec ?"), "bitmap_mma"),
+    "bitmap mma: an odd rank not shifted to its value": (
+        "x", ("mma_decode.cuh", "const uint32_t v01 = (d & 1) ? __byte_perm(x0, x1, 0x5432u) : x0;",
+              "const uint32_t v01 = x0;"), "bitmap_mma"),
+    "bsr mma split: the chunk's first block counted as before it": (
+        "e", ("mma_decode.cuh", "in && c < c_lo", "in && c <= c_lo"), "bsr_mma_split"),
+    "bsr mma split: columns taken as ascending in every row": (
+        "g", ("mma_decode.cuh", "ascending = ascending && !__any_sync(0xffffffffu, in && c < prev);",
+              "ascending = ascending && !__any_sync(0xffffffffu, in && c < prev && c < 0);"), "bsr_mma_split"),
+    "bsr mma split: blocks outside the chunk not skipped": (
+        "j", ("mma_decode.cuh", "if (xc >= 0 && xc < kc) {", "if (xc >= -p.K) {"), "bsr_mma_split"),
     "bsr mma: the two column pairs of an mma swapped": (
         "v", ("mma_decode.cuh", "    lo = word_of(q, 2 * (j & 1));\n    hi = word_of(q, 2 * (j & 1) + 1);",
               "    lo = word_of(q, 2 * (j & 1) + 1);\n    hi = word_of(q, 2 * (j & 1));"), "bsr_mma"),
@@ -1179,7 +1277,8 @@ PLANTED = {
 # selected at every M, v1)
 PLANTED_KNOBS = {"bitmap_v1": {"SPARSEKIT_CUDA_DECODE": "v1"}, "bitmap_v2": {"EMU_SMS": 1}, "int8_wo": {"EMU_SMS": 1},
                  "sparse24": {"SPARSEKIT_CUDA_DECODE": "v1"}, "s24_mma": {"EMU_SMS": 1, "SPARSEKIT_CUDA_DECODE": "v3"},
-                 "w8a8_split": SPLIT_W8A8, "w8a8_linear_split": SPLIT_24, "bsr_mma": {"EMU_SMS": 1}}
+                 "w8a8_split": SPLIT_W8A8, "w8a8_linear_split": SPLIT_24, "bsr_mma": {"EMU_SMS": 1},
+                 "bsr_mma_split": SPLIT_BSR, "bitmap_mma": {"SPARSEKIT_CUDA_DECODE": "v3", "EMU_SMS": 1}}
 
 
 def planted_cases(kind):
@@ -1220,6 +1319,15 @@ def planted_cases(kind):
                 w8a8_linear_case("w8a8_linear 2:4 fused", torch.float16, 16, 50, 640, gen(59), sparse=True,
                                  rows={4: "ties"}),
                 w8a8_linear_case("w8a8_linear unfused", torch.float16, 16, 21, 1152, gen(60), rows={2: "ties"})]
+    if kind == "bitmap_mma":  # one SM: blocks walk several row groups
+        g = gen(64)
+        return [bitmap_case("bitmap mma M=3", dt, 3, 150, 640, g, density=0.5),
+                bitmap_case("bitmap mma M=16 sparse", dt, 16, 140, 320, g, density=0.1),
+                bitmap_case("bitmap mma M=2 dense rows", dt, 2, 60, 256, g, density=0.95)]
+    if kind == "bsr_mma_split":  # K split (C = 64: chunks of 256 columns at M = 16), two rows not ascending
+        g = gen(63)
+        return [bsr_case("bsr mma split", dt, 16, 64, 1024, 16, 64, g, density=0.6, shuffled_rows=(1, 3), split=True),
+                bsr_case("bsr mma split ascending", dt, 16, 64, 1024, 16, 64, g, density=0.6, split=True)]
     if kind == "w8a8_linear_split":
         return [w8a8_linear_case("w8a8_linear split", torch.bfloat16, 4, 19, 4096, gen(61), ws=True)]
     if kind == "w8a8_split":
@@ -1392,18 +1500,22 @@ def random_mm_case(rnd, split_knobs=False):
                            bias=rnd.random() < 0.5, voff=rnd.choice([0, 0, 1, 3]), xpad=rnd.choice([0, 0, 3]),
                            xoff=rnd.choice([0, 1]))
     if kind == "bsr":
-        R, C = rnd.choice([(1, 1), (2, 2), (3, 7), (16, 16), (32, 1), (1, 33), (5, 4), (16, 48), (32, 32)])
-        return bsr_case(f"bsr {dt} M={M} {R}x{C}", dt, M, R * rnd.randint(1, 6), C * rnd.randint(0, 6), R, C, g,
+        R, C = rnd.choice([(1, 1), (2, 2), (3, 7), (16, 16), (32, 1), (1, 33), (5, 4), (16, 48), (32, 32), (16, 64)])
+        nr = rnd.randint(1, 6)
+        nc = rnd.randint(0, 6) if rnd.random() < 0.7 else rnd.randint(20, 160)  # long rows: K split (tensor cores)
+        shuffled = tuple(i for i in range(nr) if rnd.random() < 0.3)  # block columns not ascending
+        return bsr_case(f"bsr {dt} M={M} {R}x{C} K={C * nc} shuffled {shuffled}", dt, M, R * nr, C * nc, R, C, g,
                         density=rnd.choice([0, .2, .6, 1]), bias=rnd.random() < 0.5, voff=rnd.choice([0, 1]),
-                        xpad=rnd.choice([0, 2]), xoff=rnd.choice([0, 1]))
+                        xpad=rnd.choice([0, 2]), xoff=rnd.choice([0, 1]), shuffled_rows=shuffled)
     return csr_case(f"csr {dt} M={M}", dt, M, N, rnd.randint(1, 300), g, density=rnd.choice([0, .1, .5, 1]),
                     bias=rnd.random() < 0.5, voff=rnd.choice([0, 1]), xpad=rnd.choice([0, 2]), xoff=rnd.choice([0, 1]))
 
 
 @pytest.mark.skipif(FUZZ <= 0, reason="random cases: set SPARSEKIT_EMU_FUZZ=<cases per device> (SPARSEKIT_EMU_SEED)")
 @pytest.mark.parametrize("knobs", [{}, SPLIT_24, SPLIT_BITMAP, {"EMU_SMS": 132},
-                                   {"EMU_SMEM_PER_SM": 60000, "EMU_SMEM_OPTIN": 60000, "EMU_SCHEDULE": "fair"}],
-                         ids=["default", "split 2:4", "split bitmap", "132 SMs", "60 KB fair"])
+                                   {"EMU_SMEM_PER_SM": 60000, "EMU_SMEM_OPTIN": 60000, "EMU_SCHEDULE": "fair"},
+                                   {"SPARSEKIT_CUDA_DECODE": "v3", "EMU_SMEM_PER_SM": 80000, "EMU_SMEM_OPTIN": 80000}],
+                         ids=["default", "split 2:4", "split bitmap", "132 SMs", "60 KB fair", "v3 80 KB"])
 def test_random_cases(driver, tmp_path, knobs):
     rnd = random.Random(f"{os.environ.get('SPARSEKIT_EMU_SEED', '0')} {sorted(knobs.items())}")
     cases = [random_mm_case(rnd, split_knobs=bool(knobs.get("EMU_SMEM_PER_SM", 0) in (20000, 40000)))

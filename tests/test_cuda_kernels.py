@@ -182,28 +182,31 @@ def test_cuda_backend_choice_by_m_and_setting(monkeypatch):
 
 def test_bsr_router_takes_the_compiled_kernel_where_its_tensor_cores_apply(monkeypatch):
     """bsr_mm on CUDA (sparsekit/triton's implementation, logic only): "auto" sends M <= 16 to the compiled kernel
-    only for float16 / bfloat16 with blocks of multiples of 16 on sm_80+ and x's rows fitting in shared memory (the
-    C++ test, mirrored: at 227 KB per block, M = 16 fits up to K = 6144, M = 1 far beyond); "compiled" always,
-    "triton" never."""
+    only for float16 / bfloat16 with blocks of multiples of 16 on sm_80+ and one chunk of blocks fitting in shared
+    memory (the C++ test, mirrored: at 227 KB per block any K, K split where x's rows do not fit whole, unless a
+    block is so wide that one chunk of M = 16 rows does not fit); "compiled" always, "triton" never."""
     from sparsekit import triton as skt
 
     monkeypatch.setattr(skt, "_backend", dict.fromkeys(skt._AUTO_MAX_M, "auto"))
     monkeypatch.setattr(skt, "_compiled_cuda", lambda: True)
     mma = {"ok": True}
     monkeypatch.setattr(skt, "_has_mma", lambda device: mma["ok"])
-    monkeypatch.setattr(skt, "_smem_blocks", {0: 227 * 1024})
+    monkeypatch.setattr(skt, "_smem_blocks", {0: (227 * 1024, 228 * 1024)})
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     dev = torch.device("cuda", 0)
-    assert skt._bsr_tile_fits(16, 6144, dev) and not skt._bsr_tile_fits(16, 6208, dev)
-    assert skt._bsr_tile_fits(1, 100_000, dev) and skt._bsr_tile_fits(4, 14336, dev)
-    assert skt._bsr_tile_fits(8, 11008, dev) and not skt._bsr_tile_fits(8, 14336, dev)
+    assert skt._bsr_tile_fits(16, 6144, 64, dev) and skt._bsr_tile_fits(16, 14336, 64, dev)
+    assert skt._bsr_tile_fits(1, 100_000, 64, dev) and skt._bsr_tile_fits(8, 14336, 48, dev)
+    assert not skt._bsr_tile_fits(16, 16384, 8192, dev) and skt._bsr_tile_fits(1, 16384, 8192, dev)
+    # x whole in shared memory up to K = 6144 at M = 16: beyond it the chunked launch (8 warps)
+    assert skt._bsr_chunk_smem(16, 6144, 64, 227 * 1024, 228 * 1024) == 16 * (12416 + 16) + 16 * 2048
+    assert skt._bsr_chunk_smem(16, 6208, 64, 227 * 1024, 228 * 1024) < 16 * (12416 + 16) + 8 * 2048
 
     def takes(M, K=256, dtype=torch.bfloat16, block=(64, 64)):
         return skt.use_compiled_bsr(torch.empty(M, K, dtype=dtype), torch.empty(3, *block, dtype=dtype))
 
     assert [takes(m) for m in (1, 16, 17)] == [True, True, False]
     assert not takes(1, dtype=torch.float32) and not takes(1, block=(16, 8)) and not takes(1, block=(8, 16))
-    assert not takes(16, K=8192) and takes(1, K=8192)
+    assert takes(16, K=14336) and takes(1, K=14336) and not takes(16, K=16384, block=(16, 8192))
     mma["ok"] = False
     assert not takes(1)
     skt.set_backend("bsr_mm", "compiled")
@@ -398,13 +401,15 @@ def test_bitmap_mm_split_k_and_misaligned(dtype, M):
 
 
 @gpu
-@pytest.mark.parametrize("variant", ["v2", "v1"])
+@pytest.mark.parametrize("variant", ["v2", "v1", "v3"])
 @pytest.mark.parametrize("dtype", FLOATS, ids=DTYPE_ID)
-@pytest.mark.parametrize("N,K,density", [(300, 900, 0.1), (200, 9000, 0.05), (150, 4100, 0.3), (70, 2050, 1.0)])
+@pytest.mark.parametrize("N,K,density", [(300, 900, 0.1), (200, 9000, 0.05), (150, 4100, 0.3), (70, 2050, 1.0),
+                                         (64, 14336, 0.3)])
 @pytest.mark.parametrize("M", [1, 5, 16])
 def test_bitmap_decode_variants(monkeypatch, variant, dtype, N, K, density, M):
-    """Both designs of the decode kernel (SPARSEKIT_CUDA_DECODE), with more rows than a small grid's warps
-    (batches that cross rows), rows longer than a batch, empty and dense rows."""
+    """The designs of the decode kernel (SPARSEKIT_CUDA_DECODE; v3: the tensor-core kernel for float16 /
+    bfloat16, the batched one for float32), with more rows than a small grid's warps (batches that cross rows),
+    rows longer than a batch, empty and dense rows, K split."""
     require_cpp_kernel("bitmap_mm")
     monkeypatch.setenv("SPARSEKIT_CUDA_DECODE", variant)
     w = torch.randn(N, K).to(dtype)
@@ -911,12 +916,14 @@ def test_bsr_tensor_core_kernel_matches_the_reference(dtype, R, C, M, monkeypatc
 
 
 @gpu
-def test_bsr_tensor_core_kernel_under_graph_capture():
+@pytest.mark.parametrize("M,K", [(1, 4096), (16, 14336)], ids=["whole", "split K"])
+def test_bsr_tensor_core_kernel_under_graph_capture(M, K):
+    """Both plans replay under a CUDA graph: x whole, and K split (its workspace from the caching allocator)."""
     require_int8_wo_kernel()
     torch.manual_seed(9)
-    f = formats.BSRWeight.from_dense(torch.randn(256, 4096), block_mask(256, 4096, 64, 64, 0.1), (64, 64))
+    f = formats.BSRWeight.from_dense(torch.randn(256, K), block_mask(256, K, 64, 64, 0.1), (64, 64))
     args = (f.crow_indices.cuda(), f.col_indices.cuda(), f.values.half().cuda(), 256, None)
-    x = torch.randn(1, 4096).half().cuda()
+    x = torch.randn(M, K).half().cuda()
     op = torch.ops.sparsekit._cuda_bsr_mm
     want = op(x, *args)
     graph = torch.cuda.CUDAGraph()
@@ -925,6 +932,32 @@ def test_bsr_tensor_core_kernel_under_graph_capture():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(y, want)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=DTYPE_ID)
+@pytest.mark.parametrize("M,N,K,C,shuffle", [(16, 128, 14336, 64, False), (8, 96, 13824, 48, False),
+                                            (16, 64, 11008, 16, True), (3, 64, 30720, 64, True)])
+def test_bsr_tensor_core_kernel_splits_long_k(dtype, M, N, K, C, shuffle):
+    """K split into chunks of whole blocks where x's rows do not fit in shared memory (llama's down projection at
+    M = 8-16), against the float64 reference; block columns ascending as packed, or shuffled within each block
+    row (every chunk then walks all of the row's blocks)."""
+    require_int8_wo_kernel()
+    torch.manual_seed(M + K + C)
+    f = formats.BSRWeight.from_dense(torch.randn(N, K), block_mask(N, K, 16, C, 0.1), (16, C))
+    col, values = f.col_indices.clone(), f.values.clone()
+    if shuffle:
+        for br in range(N // 16):
+            b0, b1 = int(f.crow_indices[br]), int(f.crow_indices[br + 1])
+            perm = b0 + torch.randperm(b1 - b0)
+            col[b0:b1], values[b0:b1] = col[perm], values[perm]
+    x = torch.randn(M, K).to(dtype)
+    b = torch.randn(N).to(dtype)
+    ref = reference.bsr_mm(x.double(), f.crow_indices, f.col_indices, f.values.to(dtype).double(), N, b.double())
+    poison_allocator()
+    got = torch.ops.sparsekit._cuda_bsr_mm(x.cuda(), f.crow_indices.cuda(), col.cuda(), values.to(dtype).cuda(), N,
+                                            b.cuda())
+    assert_close_to_ref(got.cpu(), ref, x, f.to_dense().to(dtype), dtype)
 
 
 @gpu

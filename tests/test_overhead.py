@@ -431,7 +431,7 @@ def test_cuda_forward_is_one_op_call_into_the_compiled_kernel(fmt, dtype, fake_c
     from sparsekit import triton as skt
 
     public = {"int8": "int8_linear", "int8-wo": "int8_weight_only_mm", "bitmap": "bitmap_mm", "bsr:16": "bsr_mm"}[fmt]
-    monkeypatch.setattr(skt, "_bsr_tile_fits", lambda M, K, device: True)
+    monkeypatch.setattr(skt, "_bsr_tile_fits", lambda M, K, C, device: True)
     lin = nn.Linear(64, 32).to(dtype)
     if fmt == "bsr:16":
         mask = (torch.rand(2, 4) < 0.6).repeat_interleave(16, 0).repeat_interleave(16, 1)

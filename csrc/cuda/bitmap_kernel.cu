@@ -12,9 +12,14 @@
 // so that lanes then share the kept values evenly whatever the density). Each lane then takes a 16-byte
 // chunk of values and the matching 8 or 4 list entries (one shared vector load) and does the FMAs with
 // the x columns from the tile. Warp reduce-scatter and split-K as in sparse24_kernel.cu.
+//
+// SPARSEKIT_CUDA_DECODE=v3 (float16 / bfloat16 on sm_80+, every M) runs the tensor-core decode kernel instead
+// (mma_decode.cuh, BitmapRows: a row's run of a step staged in shared memory by its quad, each lane expanding
+// its 16 columns into m16n8k16 A fragments): opt-in until a GPU run says from which M it is the faster one.
 #include "cuda/bitmap_kernel.cuh"
 
 #include "cuda/decode_common.cuh"
+#include "cuda/mma_decode.cuh"
 
 namespace sparsekit {
 namespace cuda {
@@ -384,6 +389,20 @@ struct BitmapDecode : FloatFinish {
   template <typename T>
   static cudaError_t make_plan(const Launch& a, const DevInfo& d, Plan* plan) {
     Plan p;
+    if constexpr (sizeof(T) == 2) {  // the tensor-core kernel (v3 only, for now)
+      if (d.cc_major >= 8 && decode_variant() == 3) {
+        p.variant = 3;
+        p.ch = mma::chunking<mma::BitmapRows, mma::HalfX<T>>(a.M, a.K, d);
+        p.vec = (reinterpret_cast<uintptr_t>(a.values) & 15u) == 0;
+        plan_workspace(&p, a.M, a.N);
+        // a device whose shared memory cannot hold the per-warp buffers and a chunk: the FMA kernels below
+        if (static_cast<int64_t>(p.ch.smem) <= imin<int64_t>(d.smem_optin, d.smem_per_sm - 1024)) {
+          *plan = p;
+          return cudaSuccess;
+        }
+        p = Plan();
+      }
+    }
     const int mt_max = tile_m_for(a.M);
     p.vec = reinterpret_cast<uintptr_t>(a.values) % 16 == 0;
     // Variant 2 has the 16-byte path only; unaligned values run variant 1.
@@ -417,6 +436,16 @@ struct BitmapDecode : FloatFinish {
   template <typename T, int MT, bool kVec>
   static cudaError_t launch_tiles(const Launch& a, const Plan& plan, const DevInfo& d, const Output& out,
                                   int64_t m_begin, int64_t tiles, cudaStream_t stream) {
+    if constexpr (sizeof(T) == 2) {
+      if (plan.variant == 3) {
+        mma::Params p;
+        p.M = a.M; p.N = a.N; p.K = a.K;
+        p.w = a.values; p.bitmap = a.bitmap; p.word_offsets = a.word_offsets; p.nnz = a.nnz;
+        p.x = a.x; p.ldx = a.ldx;
+        p.out = out;
+        return mma::launch<mma::BitmapRows, mma::HalfX<T>, MT, kVec>(p, plan, d, m_begin, tiles, stream);
+      }
+    }
     auto kernel = bitmap_decode_kernel<T, MT, kVec>;
     if constexpr (kVec) {
       if (plan.variant == 2)

@@ -6,9 +6,13 @@
 //
 // Float16 / bfloat16 with R % 16 == 0 and C % 16 == 0 on sm_80+ take the tensor-core decode kernel instead
 // (mma_decode.cuh with BsrRows: each row group's stored blocks streamed with 16-byte loads straight into
-// m16n8k16 A fragments, x staged whole in shared memory), while x's rows fit there (no K split); the simple
-// kernel serves the rest, and every case under SPARSEKIT_CUDA_DECODE=v1.
+// m16n8k16 A fragments, x staged in shared memory; where x's rows do not fit, K is split into chunks of a
+// multiple of lcm(64, C) columns and finish_kernel adds the partial sums); the simple kernel serves the rest
+// (float32, below sm_80, a block so wide that one chunk does not fit), and every case under
+// SPARSEKIT_CUDA_DECODE=v1.
 #include "cuda/bsr_kernel.cuh"
+
+#include <numeric>
 
 #include "cuda/mma_decode.cuh"
 
@@ -107,7 +111,8 @@ struct BsrDecode {
            a.K % a.C == 0 && a.K <= 2147483647LL - 2 * mma::kStepCols;
   }
 
-  // x whole in shared memory, on sm_80+; else cudaErrorNotSupported (the simple kernel serves the call)
+  // On sm_80+, K in chunks of whole blocks (a multiple of lcm(64, C) columns) when x's rows do not fit whole;
+  // else cudaErrorNotSupported (the simple kernel serves the call)
   template <typename T>
   static cudaError_t make_plan(const Launch& a, const DevInfo& d, Plan* plan) {
     if constexpr (std::is_same_v<T, float>) {
@@ -115,9 +120,12 @@ struct BsrDecode {
     } else {
       if (d.cc_major < 8) return cudaErrorNotSupported;
       Plan p;
-      p.ch = mma::chunking<mma::BsrRows, mma::HalfX<T>>(a.M, a.K, d);
-      if (p.ch.splits > 1) return cudaErrorNotSupported;
+      const int64_t align = std::lcm<int64_t>(mma::kStepCols, a.C);
+      p.ch = mma::chunking<mma::BsrRows, mma::HalfX<T>>(a.M, a.K, d, align);
+      const int64_t limit = imin<int64_t>(d.smem_optin, d.smem_per_sm - 1024);
+      if (static_cast<int64_t>(p.ch.smem) > limit) return cudaErrorNotSupported;  // one chunk of blocks too wide
       p.vec = reinterpret_cast<uintptr_t>(a.values) % 16 == 0;
+      plan_workspace(&p, a.M, a.N);
       *plan = p;
       return cudaSuccess;
     }
@@ -159,11 +167,22 @@ bool bsr_mma_applies(const BsrMmLaunch& a) {
 
 bool bsr_mm_uses_tensor_cores(const BsrMmLaunch& a) { return bsr_mma_applies(a); }
 
-cudaError_t bsr_mm(const BsrMmLaunch& a, cudaStream_t stream) {
+size_t bsr_mm_workspace_bytes(const BsrMmLaunch& a, cudaError_t* err) {
+  if (err) *err = cudaSuccess;
+  if (decode_variant() == 1 || !BsrDecode::valid(a)) return 0;
+  cudaError_t e = cudaSuccess;
+  const size_t bytes = Driver<BsrDecode>::workspace_bytes(a, &e);
+  if (e == cudaErrorNotSupported) return 0;  // the simple kernel: no workspace
+  if (err) *err = e;
+  return e == cudaSuccess ? bytes : 0;
+}
+
+cudaError_t bsr_mm(const BsrMmLaunch& a, void* workspace, cudaStream_t stream) {
   // the tensor-core path plans first and answers cudaErrorNotSupported, having launched nothing, where it does
-  // not apply (float32, below sm_80, x too wide): the simple kernel then (one plan per call, no second test)
+  // not apply (float32, below sm_80, a chunk of blocks too wide): the simple kernel then (one plan per call, no
+  // second test)
   if (decode_variant() != 1 && BsrDecode::valid(a)) {
-    const cudaError_t e = Driver<BsrDecode>::run(a, nullptr, stream);
+    const cudaError_t e = Driver<BsrDecode>::run(a, workspace, stream);
     if (e != cudaErrorNotSupported) return e;
   }
   switch (a.dtype) {

@@ -1,7 +1,7 @@
 // Torch-free CUDA BSR x dense kernels: y = x @ W.T + bias with W in BSR (blocks R x C, layout of
-// sparsekit/formats/LAYOUTS.md). float16 / bfloat16 with R % 16 == 0 and C % 16 == 0 on sm_80+, while x's rows
-// (a tile of up to 16) fit in shared memory: the tensor-core decode kernel (mma_decode.cuh), for small M; else
-// a simple, correct kernel for any R, C and M. The Triton kernel (sparsekit/triton/bsr.py) is the fast path
+// sparsekit/formats/LAYOUTS.md). float16 / bfloat16 with R % 16 == 0 and C % 16 == 0 on sm_80+: the tensor-core
+// decode kernel (mma_decode.cuh), for small M, K split into chunks of whole blocks where x's rows do not fit in
+// shared memory; else a simple, correct kernel for any R, C and M. The Triton kernel (sparsekit/triton/bsr.py) is the fast path
 // for large M.
 #pragma once
 #include <cuda_runtime.h>
@@ -27,9 +27,13 @@ struct BsrMmLaunch {
   DType dtype = DType::f32;
 };
 
-// Enqueues the kernel(s) on `stream`; returns the launch error, if any. Needs no workspace (the tensor-core
-// path never splits K).
-cudaError_t bsr_mm(const BsrMmLaunch& a, cudaStream_t stream);
+// Workspace bytes bsr_mm needs on the current device (0: none): the tensor-core path's float32 partial sums when
+// it splits K (x's rows too long for shared memory).
+size_t bsr_mm_workspace_bytes(const BsrMmLaunch& a, cudaError_t* err = nullptr);
+
+// Enqueues the kernel(s) on `stream`; returns the launch error, if any. `workspace`: bsr_mm_workspace_bytes of
+// device memory, 16-byte aligned (null when that is 0).
+cudaError_t bsr_mm(const BsrMmLaunch& a, void* workspace, cudaStream_t stream);
 
 // Whether bsr_mm serves this launch on the current device with the tensor-core kernel (the test it makes
 // first; sparsekit.triton.use_compiled_bsr mirrors it, and the emulator's tests hold the two together).

@@ -412,7 +412,8 @@ struct Plan {
 // Which design of a decode kernel runs: SPARSEKIT_CUDA_DECODE=v1 the first ones (bitmap: one tile per warp
 // in flight; 2:4: CUDA-core FMAs at every M), v2 (the default; unset, empty or anything else) the batched
 // bitmap kernel and, for 2:4 in float16 / bfloat16 on sm_80+, the tensor-core kernel from M = 2, v3 as v2
-// but the 2:4 tensor-core kernel at M = 1 too. Read on every call (a getenv, well under a microsecond), so
+// but the 2:4 tensor-core kernel at M = 1 too and bitmap (float16 / bfloat16) on the tensor cores at every M.
+// Read on every call (a getenv, well under a microsecond), so
 // that one process can time them all.
 inline int decode_variant() {
   const char* v = std::getenv("SPARSEKIT_CUDA_DECODE");

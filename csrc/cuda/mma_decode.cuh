@@ -61,6 +61,9 @@ struct Params {
   const int32_t* crow = nullptr;  // BSR: block-row pointers (N / R + 1) and block columns
   const int32_t* col = nullptr;
   int64_t R = 0, C = 0;           // BSR: block rows, block columns
+  const int32_t* bitmap = nullptr;        // bitmap: words (N, ceil(K/32)), word_offsets (N, ceil(K/32)), nnz values
+  const int32_t* word_offsets = nullptr;
+  int64_t nnz = 0;
   Output out;
 };
 
@@ -86,12 +89,19 @@ __device__ __forceinline__ bool lane_cols_live(int s, int s_end, int64_t r, int6
 }
 
 // The hooks every weight policy has (DenseSteps for the ones whose k is K itself): kBatch, the steps of a row
-// group (the chunk's, or fewer: kVarSteps, and then the x tile carries one more step, of zeros, for lanes
-// without weights), and the x column a lane's 16 weight columns of batch entry u meet.
+// group in the chunk (the chunk's, or fewer: kVarSteps, and then the x tile carries one more step, of zeros, for
+// lanes without weights) with what the group's loads need (Group), and the x column a lane's 16 weight columns
+// of batch entry u meet.
 struct DenseSteps {
   static constexpr int kBatch = mma::kBatch;
   static constexpr bool kVarSteps = false;
-  __device__ __forceinline__ static int group_steps(const Params&, int64_t, int steps) { return steps; }
+  struct Group {};  // what a policy works out once per row group and chunk for its loads (BsrRows: the blocks)
+  static constexpr size_t kWarpBytes = 0;  // shared bytes per warp the policy stages through (BitmapRows)
+  template <typename Regs>
+  __device__ __forceinline__ static void prepare(Regs&, int, unsigned char*) {}  // before step u's pairs
+  __device__ __forceinline__ static int group_steps(const Params&, int64_t, int64_t, int, int steps, Group&) {
+    return steps;
+  }
   template <typename Regs>
   __device__ __forceinline__ static int xcol(const Regs&, int, int s, int t) { return s * kStepCols + 16 * t; }
 };
@@ -108,7 +118,7 @@ struct Int8Rows : DenseSteps {
 
   template <bool kVec>
   __device__ __forceinline__ static void load(const Params& p, int64_t k0, int kc, int64_t r0, int s0, int s_end,
-                                              int g, int t, Regs& r) {
+                                              int g, int t, Regs& r, const Group&) {
     const int8_t* rows[2];  // the lane's rows, at the chunk's first column
 #pragma unroll
     for (int h = 0; h < 2; ++h) rows[h] = static_cast<const int8_t*>(p.w) + (r0 + g + 8 * h) * p.K + k0;
@@ -216,7 +226,7 @@ struct S24Rows : DenseSteps {
 
   template <bool kVec>
   __device__ __forceinline__ static void load(const Params& p, int64_t k0, int kc, int64_t r0, int s0, int s_end,
-                                              int g, int t, Regs& r) {
+                                              int g, int t, Regs& r, const Group&) {
     const uint16_t* vrow[2];
     const uint8_t* mrow[2];
     s24_rows(p, k0, r0, g, vrow, mrow);
@@ -300,7 +310,7 @@ struct S24Int8Rows : DenseSteps {
 
   template <bool kVec>
   __device__ __forceinline__ static void load(const Params& p, int64_t k0, int kc, int64_t r0, int s0, int s_end,
-                                              int g, int t, Regs& r) {
+                                              int g, int t, Regs& r, const Group&) {
     const uint8_t* vrow[2];
     const uint8_t* mrow[2];
     s24_rows(p, k0, r0, g, vrow, mrow);
@@ -351,13 +361,19 @@ struct S24Int8Rows : DenseSteps {
 
 // ------------------------------------------------------------------------------------ BSR rows
 // values (nblocks, R, C) float16 / bfloat16 with R % 16 == 0 and C % 16 == 0, crow (N / R + 1), col (nblocks), the
-// layout of LAYOUTS.md: a row group lies in one block row, and its k is its stored blocks cut into pieces of 16
-// columns (piece q: block crow[br] + q / (C / 16), its columns 16 (q % (C / 16)) ... + 15). Step s gives piece
-// 4s + t to lane t: 32 bytes of values per row, and the x columns of the piece's block. The lanes of a quad may
-// hold pieces of different blocks: the mma splits k by t, and each lane supplies A and B of its own k slice, so
-// their columns need only agree between the lane's A and B (every lane with the same t holds the same piece).
-// Lanes past the group's last piece take zero weights and a column of zeros of x (the tile's extra step), so
-// that no x value (an Inf) meets a weight that is not there. The whole K of x is one chunk (no split).
+// layout of LAYOUTS.md: a row group lies in one block row, and its k is its stored blocks in the chunk cut into
+// pieces of 16 columns (piece q: block b0 + q / (C / 16) of the chunk's run, its columns 16 (q % (C / 16)) ... +
+// 15). Step s gives piece 4s + t to lane t: 32 bytes of values per row, and the x columns of the piece's block.
+// The lanes of a quad may hold pieces of different blocks: the mma splits k by t, and each lane supplies A and B
+// of its own k slice, so their columns need only agree between the lane's A and B (every lane with the same t
+// holds the same piece). Lanes past the group's last piece, and pieces of a block outside the chunk, take zero
+// weights and a column of zeros of x (the tile's extra step), so that no x value (an Inf) meets a weight that
+// is not there.
+//
+// K split (chunks of a multiple of C columns, so that every block lies in one chunk): a chunk's blocks of a
+// block row are a run of its stored blocks where the row's block columns ascend (as from_dense, the GPU packer
+// and torch's BSR make them); the warp finds the run with two ballots per 32 column indices. A row whose
+// columns do not ascend walks all its blocks in every chunk, those outside the chunk skipped: slower, as correct.
 struct BsrRows {
   static constexpr int kBatch = 2;  // 2 x 64 bytes of values in flight per lane
   static constexpr bool kVarSteps = true;
@@ -367,22 +383,54 @@ struct BsrRows {
     uint4 v[kBatch][2][2];  // [u][row g, g + 8][columns 0-7, 8-15]
     int xc[kBatch];         // chunk column of x the lane's piece meets
   };
+  struct Group {
+    int64_t b0 = 0;  // the first stored block of the chunk's run in the group's block row
+    int np = 0;      // pieces of 16 columns in the run
+  };
+  static constexpr size_t kWarpBytes = 0;
+  __device__ __forceinline__ static void prepare(Regs&, int, unsigned char*) {}
   __device__ static void init_lut(uint32_t*) {}
 
-  __device__ __forceinline__ static int pieces(const Params& p, int64_t br) {
-    return (__ldg(p.crow + br + 1) - __ldg(p.crow + br)) * static_cast<int>(p.C / 16);
+  // Every lane of the warp calls (ballots when K is split).
+  __device__ static Group chunk_group(const Params& p, int64_t br, int64_t k0, int kc) {
+    const int64_t b0 = __ldg(p.crow + br), b1 = __ldg(p.crow + br + 1);
+    Group gs;
+    gs.b0 = b0;
+    int64_t end = b1;
+    if (k0 > 0 || kc < p.K) {
+      const unsigned lane = threadIdx.x & 31u;
+      const int64_t c_lo = k0 / p.C, c_hi = (k0 + kc) / p.C;  // the chunk's block columns [c_lo, c_hi)
+      int before = 0, upto = 0, prev_last = -1;
+      bool ascending = true;
+      for (int64_t i = b0; i < b1; i += 32) {
+        const bool in = i + lane < b1;
+        const int c = in ? __ldg(p.col + i + lane) : 0x7fffffff;
+        int prev = __shfl_up_sync(0xffffffffu, c, 1);
+        if (lane == 0) prev = prev_last;
+        ascending = ascending && !__any_sync(0xffffffffu, in && c < prev);
+        before += __popc(__ballot_sync(0xffffffffu, in && c < c_lo));
+        upto += __popc(__ballot_sync(0xffffffffu, in && c < c_hi));
+        prev_last = __shfl_sync(0xffffffffu, c, 31);
+      }
+      if (ascending) {
+        gs.b0 = b0 + before;
+        end = b0 + upto;
+      }
+    }
+    gs.np = static_cast<int>(end - gs.b0) * static_cast<int>(p.C / 16);
+    return gs;
   }
-  __device__ __forceinline__ static int group_steps(const Params& p, int64_t r0, int) {
-    return ceil_div(pieces(p, r0 / p.R), 4);
+  __device__ __forceinline__ static int group_steps(const Params& p, int64_t r0, int64_t k0, int kc, int,
+                                                    Group& gs) {
+    gs = chunk_group(p, r0 / p.R, k0, kc);
+    return ceil_div(gs.np, 4);
   }
   __device__ __forceinline__ static int xcol(const Regs& r, int u, int, int) { return r.xc[u]; }
 
   template <bool kVec>
   __device__ __forceinline__ static void load(const Params& p, int64_t k0, int kc, int64_t r0, int s0, int s_end,
-                                              int g, int t, Regs& r) {
+                                              int g, int t, Regs& r, const Group& gs) {
     const int64_t br = r0 / p.R;
-    const int64_t b0 = __ldg(p.crow + br);
-    const int np = pieces(p, br);
     const int ppb = static_cast<int>(p.C / 16);  // pieces per block
     const int64_t rr = r0 - br * p.R + g;         // the lane's first row within the block
     const int zero = round_up(kc, kStepCols);     // the tile's step of zeros
@@ -392,25 +440,28 @@ struct BsrRows {
       r.xc[u] = zero;
 #pragma unroll
       for (int h = 0; h < 2; ++h) r.v[u][h][0] = r.v[u][h][1] = make_uint4(0u, 0u, 0u, 0u);
-      if (s0 + u < s_end && q < np) {
+      if (s0 + u < s_end && q < gs.np) {
         const int qb = q / ppb;
         const int c16 = (q - qb * ppb) * 16;
-        const int64_t blk = b0 + qb;
-        r.xc[u] = static_cast<int>(static_cast<int64_t>(__ldg(p.col + blk)) * p.C + c16 - k0);
-        const uint16_t* src = static_cast<const uint16_t*>(p.w) + (blk * p.R + rr) * p.C + c16;
+        const int64_t blk = gs.b0 + qb;
+        const int64_t xc = static_cast<int64_t>(__ldg(p.col + blk)) * p.C - k0;  // the block's first, in the chunk
+        if (xc >= 0 && xc < kc) {
+          r.xc[u] = static_cast<int>(xc) + c16;
+          const uint16_t* src = static_cast<const uint16_t*>(p.w) + (blk * p.R + rr) * p.C + c16;
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const uint16_t* row = src + 8 * h * p.C;
-          if constexpr (kVec) {  // values 16-byte aligned, C % 16 == 0
-            r.v[u][h][0] = __ldg(reinterpret_cast<const uint4*>(row));
-            r.v[u][h][1] = __ldg(reinterpret_cast<const uint4*>(row) + 1);
-          } else {  // 2 bytes at a time (the rare path; unrolled, so that w stays in registers)
-            uint32_t w[8];
+          for (int h = 0; h < 2; ++h) {
+            const uint16_t* row = src + 8 * h * p.C;
+            if constexpr (kVec) {  // values 16-byte aligned, C % 16 == 0
+              r.v[u][h][0] = __ldg(reinterpret_cast<const uint4*>(row));
+              r.v[u][h][1] = __ldg(reinterpret_cast<const uint4*>(row) + 1);
+            } else {  // 2 bytes at a time (the rare path; unrolled, so that w stays in registers)
+              uint32_t w[8];
 #pragma unroll
-            for (int e = 0; e < 8; ++e)
-              w[e] = static_cast<uint32_t>(__ldg(row + 2 * e)) | (static_cast<uint32_t>(__ldg(row + 2 * e + 1)) << 16);
-            r.v[u][h][0] = make_uint4(w[0], w[1], w[2], w[3]);
-            r.v[u][h][1] = make_uint4(w[4], w[5], w[6], w[7]);
+              for (int e = 0; e < 8; ++e)
+                w[e] = static_cast<uint32_t>(__ldg(row + 2 * e)) | (static_cast<uint32_t>(__ldg(row + 2 * e + 1)) << 16);
+              r.v[u][h][0] = make_uint4(w[0], w[1], w[2], w[3]);
+              r.v[u][h][1] = make_uint4(w[4], w[5], w[6], w[7]);
+            }
           }
         }
       }
@@ -425,6 +476,155 @@ struct BsrRows {
     const uint4& q = r.v[u][h][j >> 1];
     lo = word_of(q, 2 * (j & 1));
     hi = word_of(q, 2 * (j & 1) + 1);
+  }
+};
+
+// ------------------------------------------------------------------------------------ bitmap rows
+// bitmap int32 (N, ceil(K/32)), word_offsets int32 (N, ceil(K/32)), values (nnz) float16 / bfloat16: the layout of
+// LAYOUTS.md (bit b of word w of row n is column 32w + b; word_offsets[n, w] the index in values of the word's
+// first kept value). A step's 64 columns of a row are its words w0, w0 + 1 and their kept values one run of
+// values, [word_offsets[n, w0], + popc(w0) + popc(w0 + 1)). The quad of a row (lanes t = 0..3 of rows g and
+// g + 8) loads the run together: 16-byte vectors of values aligned down to 16 bytes, vector q in lane q % 4 (at
+// most 9: 7 values before the run + 64), stages them in a per-warp buffer of shared memory (prepare), and then
+// each lane expands its own 16 columns (16t .. 16t + 15, the mask's bits) a nibble at a time (pairs: mma j takes
+// columns 4j .. 4j + 3): the nibble's values are the next popc(nibble) of the run from its rank, read as two
+// 8-byte words, shifted to the rank, and spread to the kept columns by two byte permutes and masks from a
+// 16-entry table. Weights not kept are zeros in the dense mma (x @ W.T of the reference: an Inf of x meets them).
+struct BitmapRows : DenseSteps {
+  static constexpr int kBatch = 2;
+  static constexpr int kLutWords = 64;           // 16 entries of (selector lo, selector hi, mask lo, mask hi)
+  static constexpr bool kScaled = false;
+  static constexpr int kRowBuf = 160;            // bytes of a row's staged run: 9 vectors + the last 8-byte read
+  static constexpr size_t kWarpBytes = 2 * 8 * kRowBuf;  // rows g and g + 8 of the warp's 8 quads
+  struct Regs {
+    uint4 v[kBatch][2][3];  // [u][row g, g + 8][vector t, t + 4, t + 8 of the row's run]
+    uint32_t m[kBatch][2];  // the lane's 16 mask bits | vectors in the run << 16
+    uint32_t k[kBatch][2];  // byte j: the place in the staged run of the first value of nibble j (< 71)
+    unsigned char* stage;   // the warp's buffer (set by prepare)
+  };
+
+  // Table entry for a nibble: the values v0..v3 (the nibble's kept ones in order, as the 8 bytes of two words)
+  // to columns 0, 1 (lo) and 2, 3 (hi) by byte_perm, and the masks that zero the columns not kept.
+  __host__ __device__ static constexpr uint32_t sel(uint32_t nib, int half) {
+    uint32_t s = 0;
+    for (int c = 0; c < 2; ++c) {
+      const int col = 2 * half + c;
+      uint32_t k = 0;  // the column's value: the kept ones before it
+      for (int b = 0; b < col; ++b) k += (nib >> b) & 1u;
+      k &= 3u;
+      s |= ((2 * k) | ((2 * k + 1) << 4)) << (8 * c);
+    }
+    return s;
+  }
+  __host__ __device__ static constexpr uint32_t keep(uint32_t nib, int half) {
+    return (((nib >> (2 * half)) & 1u) ? 0xffffu : 0u) | (((nib >> (2 * half + 1)) & 1u) ? 0xffff0000u : 0u);
+  }
+  __device__ static void init_lut(uint32_t* lut) {
+    for (int i = threadIdx.x; i < 16; i += blockDim.x) {
+      const uint32_t n = static_cast<uint32_t>(i);
+      lut[4 * i] = sel(n, 0);
+      lut[4 * i + 1] = sel(n, 1);
+      lut[4 * i + 2] = keep(n, 0);
+      lut[4 * i + 3] = keep(n, 1);
+    }
+  }
+
+  // 8 values from index i0 (zeros past nnz): one 16-byte load when whole and kVec (values 16-byte aligned)
+  template <bool kVec>
+  __device__ __forceinline__ static uint4 vec8(const uint16_t* v, int64_t nnz, int64_t i0) {
+    if (kVec && i0 + 8 <= nnz) return __ldg(reinterpret_cast<const uint4*>(v + i0));
+    uint32_t w[4] = {0u, 0u, 0u, 0u};
+#pragma unroll 1
+    for (int e = 0; e < 8; ++e)
+      if (i0 + e < nnz) w[e >> 1] |= static_cast<uint32_t>(__ldg(v + i0 + e)) << (16 * (e & 1));
+    return make_uint4(w[0], w[1], w[2], w[3]);
+  }
+
+  template <bool kVec>
+  __device__ __forceinline__ static void load(const Params& p, int64_t k0, int kc, int64_t r0, int s0, int s_end,
+                                              int g, int t, Regs& r, const Group&) {
+    const int64_t wn = (p.K + 31) / 32;  // words per row
+    uint32_t w0[kBatch][2], w1[kBatch][2];
+    int64_t off[kBatch][2];
+    bool live[kBatch][2];
+    // the words and the run's first index first, then the values they locate (all steps' loads in flight)
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int c0 = (s0 + u) * kStepCols;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t row = r0 + g + 8 * h;
+        live[u][h] = s0 + u < s_end && row < p.N && c0 < kc;
+        w0[u][h] = w1[u][h] = 0u;
+        off[u][h] = 0;
+        if (live[u][h]) {
+          const int64_t w = row * wn + (k0 + c0) / 32;
+          w0[u][h] = static_cast<uint32_t>(__ldg(p.bitmap + w));
+          if ((k0 + c0) / 32 + 1 < wn) w1[u][h] = static_cast<uint32_t>(__ldg(p.bitmap + w + 1));
+          off[u][h] = __ldg(p.word_offsets + w);
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int n0 = __popc(w0[u][h]);
+        const int len = n0 + __popc(w1[u][h]);
+        const int64_t start = off[u][h] & ~static_cast<int64_t>(7);  // the run's first vector
+        const int lead = static_cast<int>(off[u][h] - start);
+        const int nvec = len > 0 ? (lead + len + 7) / 8 : 0;
+        const uint32_t word = t < 2 ? w0[u][h] : w1[u][h];
+        const uint32_t mask = (word >> (16 * (t & 1))) & 0xffffu;
+        const int before = (t & 1) ? __popc(word & 0xffffu) : 0;  // the lane's first value, in its word
+        const uint32_t place = static_cast<uint32_t>(lead + (t < 2 ? 0 : n0) + before);
+        r.m[u][h] = mask | (static_cast<uint32_t>(nvec) << 16);
+        const uint32_t c0 = place, c1 = c0 + __popc(mask & 0xfu), c2 = c1 + __popc(mask & 0xf0u),
+                       c3 = c2 + __popc(mask & 0xf00u);
+        r.k[u][h] = c0 | (c1 << 8) | (c2 << 16) | (c3 << 24);
+#pragma unroll
+        for (int i = 0; i < 3; ++i) {
+          const int q = t + 4 * i;
+          r.v[u][h][i] = q < nvec ? vec8<kVec>(static_cast<const uint16_t*>(p.w), p.nnz, start + 8 * q)
+                                  : make_uint4(0u, 0u, 0u, 0u);
+        }
+      }
+  }
+
+  // Stages step u's runs in the warp's buffer (every lane of the warp calls).
+  __device__ __forceinline__ static void prepare(Regs& r, int u, unsigned char* stage) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    __syncwarp();  // the previous step's reads of the buffer are done
+    r.stage = stage;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int nvec = static_cast<int>(r.m[u][h] >> 16);
+      unsigned char* row = stage + (8 * h + g) * kRowBuf;
+#pragma unroll
+      for (int i = 0; i < 3; ++i)
+        if (t + 4 * i < nvec) *reinterpret_cast<uint4*>(row + 16 * (t + 4 * i)) = r.v[u][h][i];
+    }
+    __syncwarp();
+  }
+
+  template <typename T>
+  __device__ __forceinline__ static void pairs(const Regs& r, int u, int h, int j, const uint32_t* lut, uint32_t& lo,
+                                               uint32_t& hi) {
+    static_assert(sizeof(T) == 2, "bitmap values multiply float16 / bfloat16 activations");
+    // no branch on an empty nibble: its masks are zero (and the buffer is read within its bounds either way)
+    const uint32_t nib = (r.m[u][h] >> (4 * j)) & 15u;
+    const int g = (threadIdx.x & 31) >> 2;
+    const int k = static_cast<int>((r.k[u][h] >> (8 * j)) & 0xffu);  // the nibble's first value in the run
+    const unsigned char* row = r.stage + (8 * h + g) * kRowBuf + 8 * (k >> 2);
+    const uint2 a = *reinterpret_cast<const uint2*>(row);      // values 4 (k / 4) .. + 3
+    const uint2 b = *reinterpret_cast<const uint2*>(row + 8);  // .. + 7
+    const int d = k & 3;
+    const uint32_t x0 = d >= 2 ? a.y : a.x, x1 = d >= 2 ? b.x : a.y, x2 = d >= 2 ? b.y : b.x;
+    const uint32_t v01 = (d & 1) ? __byte_perm(x0, x1, 0x5432u) : x0;  // values k, k + 1
+    const uint32_t v23 = (d & 1) ? __byte_perm(x1, x2, 0x5432u) : x1;  // k + 2, k + 3
+    const uint4 e = reinterpret_cast<const uint4*>(lut)[nib];
+    lo = __byte_perm(v01, v23, e.x) & e.z;
+    hi = __byte_perm(v01, v23, e.y) & e.w;
   }
 };
 
@@ -650,8 +850,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
   const int kc = static_cast<int>(imin<int64_t>(p.Kc, p.K - k0));  // columns of this chunk
   const int steps = ceil_div(kc, kStepCols);
   // the warp's steps [sb, se) of the row group at r0 (the chunk's steps split between the warps)
-  auto warp_steps = [&](int64_t r0, int& sb, int& se) {
-    const int st = W::group_steps(p, r0, steps);
+  auto warp_steps = [&](int64_t r0, int& sb, int& se, typename W::Group& gs) {
+    const int st = W::group_steps(p, r0, k0, kc, steps, gs);
     const int per_warp = ceil_div(st, nwarps);
     sb = imin(warp * per_warp, st);
     se = imin(sb + per_warp, st);
@@ -667,17 +867,19 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
 
   int64_t grp = blockIdx.x;
   typename W::Regs regs;
+  typename W::Group gs;
   bool preloaded = false;
   int s_begin = 0, s_end = 0;
   if (grp < groups) {  // in flight while x is staged
-    warp_steps(grp * kGroupRows, s_begin, s_end);
+    warp_steps(grp * kGroupRows, s_begin, s_end, gs);
     if (s_begin < s_end) {
-      W::template load<kVec>(p, k0, kc, grp * kGroupRows, s_begin, s_end, g, t, regs);
+      W::template load<kVec>(p, k0, kc, grp * kGroupRows, s_begin, s_end, g, t, regs, gs);
       preloaded = true;
     }
   }
 
   float* xsc = reinterpret_cast<float*>(lut + W::kLutWords);  // QuantX: the rows' scales, then max |x| bits
+  unsigned char* wstage = reinterpret_cast<unsigned char*>(xsc) + X::kExtraBytes + warp * W::kWarpBytes;
   {  // stage x rows [m0, m0 + mrows), columns [k0, k0 + kc); zero up to MT rows and whole steps
     const int cols = (steps + (W::kVarSteps ? 1 : 0)) * kStepCols;
     if constexpr (X::kQuant) {
@@ -697,7 +899,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
 
   for (int buf = 0; grp < groups; grp += gridDim.x, buf ^= 1) {
     const int64_t r0 = grp * kGroupRows;
-    if (grp != blockIdx.x) warp_steps(r0, s_begin, s_end);  // (the first group's were taken for its preload)
+    if (grp != blockIdx.x) warp_steps(r0, s_begin, s_end, gs);  // (the first group's were taken for its preload)
     Acc acc[NT][4];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
@@ -705,11 +907,12 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
       for (int i = 0; i < 4; ++i) acc[nt][i] = Acc(0);
 
     for (int s0 = s_begin; s0 < s_end; s0 += W::kBatch) {
-      if (!preloaded) W::template load<kVec>(p, k0, kc, r0, s0, s_end, g, t, regs);
+      if (!preloaded) W::template load<kVec>(p, k0, kc, r0, s0, s_end, g, t, regs, gs);
       preloaded = false;
 #pragma unroll
       for (int u = 0; u < W::kBatch; ++u) {
         if (s0 + u < s_end) {
+          W::prepare(regs, u, wstage);
           uint32_t xw[NT][XW];
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) {
@@ -740,9 +943,10 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
     // the next group's first batch goes out before the reduction waits
     if (grp + gridDim.x < groups) {
       int nb = s_begin, ne = s_end;  // the dense policies' steps are the same for every group
-      if constexpr (W::kVarSteps) warp_steps((grp + gridDim.x) * kGroupRows, nb, ne);
+      typename W::Group next = gs;
+      if constexpr (W::kVarSteps) warp_steps((grp + gridDim.x) * kGroupRows, nb, ne, next);
       if (nb < ne) {
-        W::template load<kVec>(p, k0, kc, (grp + gridDim.x) * kGroupRows, nb, ne, g, t, regs);
+        W::template load<kVec>(p, k0, kc, (grp + gridDim.x) * kGroupRows, nb, ne, g, t, regs, next);
         preloaded = true;
       }
     }
@@ -780,19 +984,21 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
 // Two buffers of mt x 16 partial sums (float32 or int32) per warp.
 inline size_t red_bytes_per_warp(int mt) { return 2 * static_cast<size_t>(mt) * kGroupRows * 4; }
 
-// Shared bytes of a launch: the x tile, the partial sums of `threads / 32` warps, the policy's table.
+// Shared bytes of a launch: the x tile, the partial sums (and the policy's buffer) of `threads / 32` warps, the
+// policy's table.
 template <typename W, typename X>
 size_t smem_bytes(int mt, int64_t Kc, int threads) {
   return rowtile_bytes(mt, Kc + (W::kVarSteps ? kStepCols : 0), X::kXBytes) +
-         static_cast<size_t>(threads / 32) * red_bytes_per_warp(mt) +
+         static_cast<size_t>(threads / 32) * (red_bytes_per_warp(mt) + W::kWarpBytes) +
          static_cast<size_t>(W::kLutWords) * 4 + X::kExtraBytes;
 }
 
 // The K chunks of a launch for M activation rows (the largest M tile used sizes them).
+// align: what Kc is a multiple of (kStepCols, or a multiple of it: BSR's chunks hold whole blocks).
 template <typename W, typename X>
-Chunking chunking(int64_t M, int64_t K, const DevInfo& d) {
+Chunking chunking(int64_t M, int64_t K, const DevInfo& d, int64_t align = kStepCols) {
   const int mt_max = tile_m_for(M);
-  return choose_chunking(K, kStepCols, red_bytes_per_warp(mt_max), d, [&](int64_t cols) {
+  return choose_chunking(K, align, red_bytes_per_warp(mt_max) + W::kWarpBytes, d, [&](int64_t cols) {
     return rowtile_bytes(mt_max, cols + (W::kVarSteps ? kStepCols : 0), X::kXBytes) +
            static_cast<size_t>(W::kLutWords) * 4 + X::kExtraBytes;
   });

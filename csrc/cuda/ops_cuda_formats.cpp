@@ -99,7 +99,7 @@ at::Tensor bsr_mm_cuda(const at::Tensor& x, const at::Tensor& crow_indices, cons
   a.crow = crow.data_ptr<int32_t>();
   a.col = col.data_ptr<int32_t>();
   a.values = vals.data_ptr();
-  check_launch(op, bsr_mm(a, stream_of(x)));
+  launch_with_workspace(op, a, &bsr_mm_workspace_bytes, &bsr_mm, x);
   return y;
 }
 

@@ -19,6 +19,7 @@ tensor-core kernel applies, `use_compiled_bsr`; for symmetric quantize_per_token
 from __future__ import annotations
 
 import importlib
+import math
 import importlib.util
 import os
 
@@ -45,7 +46,8 @@ _why_not: str | None = None
 # kernel and the rest to Triton: the compiled bitmap kernel is a decode kernel (x staged once in shared
 # memory, the weight streamed with 16-byte loads) built for M <= 16, Triton's tiles use tl.dot and serve
 # larger M. bsr_mm: auto picks the compiled kernel for M <= 16 only where it runs on the tensor cores
-# (`use_compiled_bsr`: float16 / bfloat16, blocks of multiples of 16, sm_80+, x's rows fit in shared memory);
+# (`use_compiled_bsr`: float16 / bfloat16, blocks of multiples of 16, sm_80+, one chunk of blocks fits in shared
+# memory: K is split where x's rows do not fit whole);
 # its other path is a simple kernel, which "compiled" alone selects. These thresholds are
 # choices made without a GPU run: bench/cuda_gpu.py and bench/triton_gpu.py time both to confirm them.
 # int8_weight_only_mm: the compiled kernel (csrc/cuda/int8_wo_kernel.cu) streams the int8 weight into
@@ -130,23 +132,51 @@ def use_compiled(op: str, x: torch.Tensor) -> bool:
 _smem_blocks: dict = {}
 
 
-def _bsr_tile_fits(M: int, K: int, device: torch.device) -> bool:
-    """Whether x's rows fit whole in the shared memory of the compiled tensor-core BSR kernel: the test of
-    csrc/cuda (mma_decode.cuh's chunking with BsrRows, HalfX) made here so that the router never sends it
-    a call it would give to its simple kernel. Mirrors: an M tile of mt <= 16 rows, each round_up(2 (K + 64
-    rounded to 64), 128) + 16 bytes, plus 128 mt bytes of partial sums per warp, 16 warps, within
-    min(opt-in bytes per block, bytes per multiprocessor - 1 KB). tests/test_cuda_emulated.py compares the two
+def _bsr_chunk_smem(M: int, K: int, C: int, optin: int, per_sm: int) -> int:
+    """Shared bytes per block of the compiled tensor-core BSR kernel's launch for M rows (its M tile) and K
+    columns: csrc/cuda's choose_chunking with mma_decode.cuh's sizes for BsrRows / HalfX, line for line. An x
+    tile of mt rows of round_up(2 (cols + 64 rounded to 64), 128) + 16 bytes, plus 128 mt bytes of partial sums
+    per warp; K whole with 8 warps within half an SM, or 16 within a whole one, else in chunks of a multiple of
+    lcm(64, C) columns with 8 warps (at least one such chunk)."""
+    mt = 16 if M >= 16 else 1 << max(M - 1, 0).bit_length()
+    extra = 128 * mt
+    align = math.lcm(64, C)
+
+    def tile(cols):
+        return mt * (-(-((-(-(cols + 64) // 64) * 64) * 2) // 128) * 128 + 16)
+
+    b2 = min(optin, per_sm // 2 - 1024)
+    b1 = min(optin, per_sm - 1024)
+    whole = -(-max(K, 1) // align) * align
+    if tile(whole) + 8 * extra <= b2:
+        return tile(whole) + 8 * extra
+    if tile(whole) + 16 * extra <= b1:
+        return tile(whole) + 16 * extra
+    avail = b2 - 8 * extra
+    per_align = tile(align)
+    kc_max = max(1, int(avail / max(per_align, 1))) * align  # C++ integer division: toward zero
+    while kc_max > align and tile(kc_max) > avail:
+        kc_max -= align
+    splits = -(-K // kc_max)
+    kc = -(-(-(-K // splits)) // align) * align
+    return tile(kc) + 8 * extra
+
+
+def _bsr_tile_fits(M: int, K: int, C: int, device: torch.device) -> bool:
+    """Whether the compiled tensor-core BSR kernel takes M rows of K columns with blocks C wide: its launch's
+    shared memory (`_bsr_chunk_smem`; K split where x's rows do not fit whole) within min(opt-in bytes per
+    block, bytes per multiprocessor - 1 KB). Only a block so wide that one chunk of it does not fit fails. The
+    test of csrc/cuda (bsr_kernel.cu's make_plan) made here so that the router never sends it a call it would
+    give to its simple kernel; tests/test_cuda_emulated.py compares the two
     (test_bsr_router_mirrors_the_tensor_core_size_test)."""
     idx = device.index if device.index is not None else torch.cuda.current_device()
-    limit = _smem_blocks.get(idx)
-    if limit is None:
+    smem = _smem_blocks.get(idx)
+    if smem is None:
         props = torch.cuda.get_device_properties(idx)
         optin = getattr(props, "shared_memory_per_block_optin", 48 * 1024)
-        per_sm = getattr(props, "shared_memory_per_multiprocessor", 2 * optin)
-        limit = _smem_blocks[idx] = min(optin, per_sm - 1024)
-    mt = 16 if M >= 16 else 1 << max(M - 1, 0).bit_length()
-    row = -(-(((K + 63) // 64 * 64 + 64) * 2) // 128) * 128 + 16
-    return mt * row + 16 * 128 * mt <= limit
+        smem = _smem_blocks[idx] = (optin, getattr(props, "shared_memory_per_multiprocessor", 2 * optin))
+    optin, per_sm = smem
+    return _bsr_chunk_smem(M, K, C, optin, per_sm) <= min(optin, per_sm - 1024)
 
 
 def quantize_compiled(x: torch.Tensor) -> bool:
@@ -167,7 +197,7 @@ def use_compiled_bsr(x: torch.Tensor, values: torch.Tensor) -> bool:
     M = x.shape[0]
     return (M <= _AUTO_MAX_M["bsr_mm"] and x.dtype in _HALF_DTYPES and values.dim() == 3
             and values.shape[1] % 16 == 0 and values.shape[2] % 16 == 0 and _has_mma(x.device)
-            and _bsr_tile_fits(M, x.shape[1], x.device))
+            and _bsr_tile_fits(M, x.shape[1], values.shape[2], x.device))
 
 
 def available() -> bool:

@@ -271,7 +271,8 @@ cudaError_t run(Case& c) {
     a.crow = static_cast<const int32_t*>(c.ptr("crow"));
     a.col = static_cast<const int32_t*>(c.ptr("col"));
     a.values = c.ptr("values");
-    return bsr_mm(a, stream);
+    void* ws = workspace(c, a, &bsr_mm_workspace_bytes);
+    return bsr_mm(a, ws, stream);
   }
   if (op == "bsr_plan") {  // whether bsr_mm would take the tensor-core path (nothing runs): 1 or 0, int32
     BsrMmLaunch a;
