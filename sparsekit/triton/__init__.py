@@ -19,8 +19,8 @@ tensor-core kernel applies, `use_compiled_bsr`; for symmetric quantize_per_token
 from __future__ import annotations
 
 import importlib
-import math
 import importlib.util
+import math
 import os
 
 import warnings
@@ -130,6 +130,7 @@ def use_compiled(op: str, x: torch.Tensor) -> bool:
 
 
 _smem_blocks: dict = {}
+_bsr_fits: dict = {}
 
 
 def _bsr_chunk_smem(M: int, K: int, C: int, optin: int, per_sm: int) -> int:
@@ -175,8 +176,14 @@ def _bsr_tile_fits(M: int, K: int, C: int, device: torch.device) -> bool:
         props = torch.cuda.get_device_properties(idx)
         optin = getattr(props, "shared_memory_per_block_optin", 48 * 1024)
         smem = _smem_blocks[idx] = (optin, getattr(props, "shared_memory_per_multiprocessor", 2 * optin))
-    optin, per_sm = smem
-    return _bsr_chunk_smem(M, K, C, optin, per_sm) <= min(optin, per_sm - 1024)
+    key = (min(M, 16), K, C, smem)  # this runs on every call: the answer is looked up after the first
+    fits = _bsr_fits.get(key)
+    if fits is None:
+        if len(_bsr_fits) > 4096:
+            _bsr_fits.clear()
+        optin, per_sm = smem
+        fits = _bsr_fits[key] = _bsr_chunk_smem(M, K, C, optin, per_sm) <= min(optin, per_sm - 1024)
+    return fits
 
 
 def quantize_compiled(x: torch.Tensor) -> bool:
