@@ -19,6 +19,10 @@ For each LLaMA-7B layer shape (N x K = out x in features) and each M it times, b
   w8a16       sparsekit int8_weight_only_mm (the CUDA router: the compiled tensor-core kernel for float16 /
               bfloat16 at M <= 16 on sm_80+, Triton's otherwise)
   w8a16_triton  the Triton int8_weight_only_mm launcher itself, whatever M (the router's other choice)
+  quant       sparsekit quantize_per_token (symmetric) as routed: the compiled per-token kernel
+              (_cuda_quantize_per_token), what the int8 linears and 2:4+int8 run above M = 16
+  quant_triton  the Triton quantize_per_token launcher itself (the router's other choice); both give the
+              reference's bytes (checked exactly). Their "speedup" column is against the dense layer, not a peer
 
 each eagerly (triton.testing.do_bench) and in a CUDA graph (do_bench_cudagraph). Every candidate
 is first checked against the reference; a wrong one is recorded and not timed. Every kernel is
@@ -61,7 +65,7 @@ OUT = Path(__file__).resolve().parent / "results"
 SHAPES = "4096x4096,11008x4096,4096x11008"
 MS = "1,2,4,8,16,32,64,128,512,2048,8192"
 KERNELS = ("dense", "bsr", "bsr_torch", "bitmap", "csr_torch", "w8a8", "w8a8_triton", "w8a8_linear", "w8a8_gemm",
-           "int_mm", "w8a16", "w8a16_triton")
+           "int_mm", "w8a16", "w8a16_triton", "quant", "quant_triton")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
@@ -191,6 +195,15 @@ def make_cases(N, K, M, dtype, a, gen, dev):
             nb = Wc.values().numel() * 2 + Wc.col_indices().numel() * 8 + Wc.crow_indices().numel() * 8
             yield ("csr_torch", params, (lambda Wc=Wc: torch.sparse.mm(Wc, x.t())), (lambda r=ref: r().t()), nb + io)
 
+    if ks & {"quant", "quant_triton"}:
+        refq = (lambda: sparsekit.ops.reference.quantize_per_token(x)[0])
+        qbytes = M * K * x.element_size() + M * K + M * 8
+        if "quant" in ks:
+            yield "quant", {}, (lambda: ops.quantize_per_token(x)[0]), refq, qbytes
+        if "quant_triton" in ks and x.is_cuda:
+            from sparsekit.triton import int8 as tint8
+            yield "quant_triton", {}, (lambda: tint8.quantize_per_token(x)[0]), refq, qbytes
+
     if ks & {"w8a8", "w8a8_triton", "w8a8_linear", "w8a8_gemm", "int_mm", "w8a16", "w8a16_triton"}:
         I = Int8Weight.from_dense(w)
         wnb = N * K + N * 4
@@ -299,7 +312,7 @@ def main(argv=None):
                     if dev.type == "cuda":
                         torch.cuda.synchronize()
                     want = ref()
-                    if got.dtype == torch.int32:
+                    if got.dtype in (torch.int32, torch.int8):  # exact: the reference's bytes
                         rec["ok"], rec["max_err"] = bool(torch.equal(got, want)), 0.0
                     else:
                         rec["ok"], rec["max_err"] = close(got, want, dtype)

@@ -56,9 +56,9 @@ _why_not: str | None = None
 # for M <= 16 with symmetric activations; else Triton's int8_mm, and for 2:4 cuSPARSELt or the reference. Their
 # settings also route the one-call linears int8_linear / sparse24_int8_linear, whose compiled kernel quantizes x
 # per token inside the W8A8 launch. quantize_per_token: the compiled kernel (one block per row, two passes, the
-# reference's bytes) for symmetric quantization at every M under "auto" (Triton's is no faster on the device and
-# costs a Python launch); asymmetric quantization always runs Triton's. The int8 linears quantize through this
-# setting at M > 16.
+# reference's bytes: the algorithm of Triton's, without its Python launch) for symmetric quantization at every M
+# under "auto"; asymmetric quantization always runs Triton's. The int8 linears quantize through this setting at
+# M > 16. bench/triton_gpu.py times the two (kernels quant, quant_triton).
 BACKENDS = ("auto", "triton", "compiled")
 _AUTO_MAX_M = {"bitmap_mm": 16, "bsr_mm": 16, "int8_weight_only_mm": 16, "int8_mm": 16, "sparse24_int8_mm": 16,
                "quantize_per_token": 1 << 62}
