@@ -47,21 +47,6 @@ struct BmParams {
   Output out;
 };
 
-// 16 bytes of values from index gi0 (kV = 16 / sizeof(T) of them; zeros past nnz).
-template <typename T, bool kVecLoads>
-__device__ __forceinline__ uint4 load_chunk(const Bits<T>* vbits, int64_t nnz, int64_t gi0) {
-  constexpr int kV = 16 / static_cast<int>(sizeof(T));
-  if (kVecLoads && gi0 + kV <= nnz) return __ldg(reinterpret_cast<const uint4*>(vbits + gi0));
-  uint32_t b[kV];
-#pragma unroll
-  for (int r = 0; r < kV; ++r) b[r] = gi0 + r < nnz ? static_cast<uint32_t>(vbits[gi0 + r]) : 0u;
-  if constexpr (kV == 8) {
-    return make_uint4(b[0] | (b[1] << 16), b[2] | (b[3] << 16), b[4] | (b[5] << 16), b[6] | (b[7] << 16));
-  } else {
-    return make_uint4(b[0], b[1], b[2], b[3]);
-  }
-}
-
 // FMAs of one 16-byte chunk q of the tile's run: entries j = q * kV + r in [shift, shift + total) are
 // the run's; their tile-relative columns are list[j].
 template <typename T, int MT>

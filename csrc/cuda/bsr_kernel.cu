@@ -152,8 +152,10 @@ struct BsrDecode {
   }
 };
 
-// Whether the tensor-core path takes the call (the test bsr_mm makes through Driver<BsrDecode>::run's plan).
-bool bsr_mma_applies(const BsrMmLaunch& a) {
+}  // namespace
+
+// The test bsr_mm makes through Driver<BsrDecode>::run's plan.
+bool bsr_mm_uses_tensor_cores(const BsrMmLaunch& a) {
   if (decode_variant() == 1 || !BsrDecode::valid(a) || a.M <= 0 || a.N <= 0 || a.K <= 0) return false;
   DevInfo d;
   if (dev_info(&d) != cudaSuccess) return false;
@@ -162,10 +164,6 @@ bool bsr_mma_applies(const BsrMmLaunch& a) {
                                               : BsrDecode::make_plan<__nv_bfloat16>(a, d, &plan);
   return e == cudaSuccess;
 }
-
-}  // namespace
-
-bool bsr_mm_uses_tensor_cores(const BsrMmLaunch& a) { return bsr_mma_applies(a); }
 
 size_t bsr_mm_workspace_bytes(const BsrMmLaunch& a, cudaError_t* err) {
   if (err) *err = cudaSuccess;

@@ -529,17 +529,6 @@ struct BitmapRows : DenseSteps {
     }
   }
 
-  // 8 values from index i0 (zeros past nnz): one 16-byte load when whole and kVec (values 16-byte aligned)
-  template <bool kVec>
-  __device__ __forceinline__ static uint4 vec8(const uint16_t* v, int64_t nnz, int64_t i0) {
-    if (kVec && i0 + 8 <= nnz) return __ldg(reinterpret_cast<const uint4*>(v + i0));
-    uint32_t w[4] = {0u, 0u, 0u, 0u};
-#pragma unroll 1
-    for (int e = 0; e < 8; ++e)
-      if (i0 + e < nnz) w[e >> 1] |= static_cast<uint32_t>(__ldg(v + i0 + e)) << (16 * (e & 1));
-    return make_uint4(w[0], w[1], w[2], w[3]);
-  }
-
   template <bool kVec>
   __device__ __forceinline__ static void load(const Params& p, int64_t k0, int kc, int64_t r0, int s0, int s_end,
                                               int g, int t, Regs& r, const Group&) {
@@ -585,7 +574,8 @@ struct BitmapRows : DenseSteps {
 #pragma unroll
         for (int i = 0; i < 3; ++i) {
           const int q = t + 4 * i;
-          r.v[u][h][i] = q < nvec ? vec8<kVec>(static_cast<const uint16_t*>(p.w), p.nnz, start + 8 * q)
+          r.v[u][h][i] = q < nvec ? load_chunk<uint16_t, kVec>(static_cast<const uint16_t*>(p.w), p.nnz,
+                                                               start + 8 * q)
                                   : make_uint4(0u, 0u, 0u, 0u);
         }
       }

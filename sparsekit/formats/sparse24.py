@@ -16,7 +16,7 @@ from ..ops import _as_2d, linear_call
 from ..ops._checks import cslt_shape_fits
 from ._common import check_weight_and_mask, input_rows, needs_grad
 from .base import SparseFormat, register
-from .int8 import quantize_rows
+from .int8 import _HALVES, quantize_rows
 
 
 def _slot_table() -> torch.Tensor:
@@ -115,7 +115,6 @@ _CUDA_QUANTIZE = torch.ops.sparsekit._cuda_quantize_per_token.default
 _SPARSE24_INT8_LINEAR = linear_call(torch.ops.sparsekit.sparse24_int8_linear.default)
 _CSLT_MM = torch.ops.sparsekit.cslt_mm.default
 _CSLT_COMPRESS = torch.ops.sparsekit.cslt_compress.default
-_HALVES = (torch.float16, torch.bfloat16)
 
 
 def _cuda(t: torch.Tensor) -> bool:

@@ -57,6 +57,10 @@ def _register(name, check, ref, fake, data_check=None):
     torch.library.register_fake(f"sparsekit::{name}")(fake_kernel)
     _lib.impl(name, fallback, "CompositeExplicitAutograd")
     FALLBACKS[name] = fallback
+    _REGISTERED[name] = (check, ref, fake, data_check)
+
+
+_REGISTERED: dict = {}  # name -> _register's arguments (the _cuda_ aliases take their op's)
 
 
 def _int8_wo_dense(w_q, w_scale, shape):
@@ -162,14 +166,9 @@ _register("sparse24_mm", C.check_sparse24_mm, reference.sparse24_mm, lambda x, v
           C.check_sparse24_mm_data)
 _register("int8_gemm_i32", C.check_int8_gemm_i32, reference.int8_gemm_i32,
           lambda a, b: _out(a, b.shape[0], torch.int32))
-
-def _quantized_like(x, symmetric):
-    return (x.new_empty(x.shape, dtype=torch.int8), x.new_empty((x.shape[0],), dtype=torch.float32),
-            x.new_empty((x.shape[0],), dtype=torch.int32))
-
-
 _register("quantize_per_token", lambda x, sym: C.check_quantize_per_token(x), reference.quantize_per_token,
-          _quantized_like)
+          lambda x, sym: (x.new_empty(x.shape, dtype=torch.int8), x.new_empty((x.shape[0],), dtype=torch.float32),
+                          x.new_empty((x.shape[0],), dtype=torch.int32)))
 _register("int8_mm", C.check_int8_mm, reference.int8_mm,
           lambda xq, xs, xz, wq, ws, b, od: _out(xq, wq.shape[0], od))
 _register("int8_weight_only_mm", C.check_int8_weight_only_mm, reference.int8_weight_only_mm,
@@ -179,19 +178,10 @@ _register("sparse24_int8_mm", C.check_sparse24_int8_mm, reference.sparse24_int8_
 _register("int8_linear", C.check_int8_linear, reference.int8_linear, lambda x, wq, ws, b: _out(x, wq.shape[0]))
 _register("sparse24_int8_linear", C.check_sparse24_int8_linear, reference.sparse24_int8_linear,
           lambda x, v, m, ws, b: _out(x, v.shape[0]), C.check_sparse24_int8_linear_data)
-_register("_cuda_bsr_mm", C.check_bsr_mm, reference.bsr_mm, lambda x, cr, ci, v, n, b: _out(x, n), C.check_bsr_mm_data)
-_register("_cuda_bitmap_mm", C.check_bitmap_mm, reference.bitmap_mm, lambda x, bm, wo, v, b: _out(x, bm.shape[0]),
-          C.check_bitmap_mm_data)
-_register("_cuda_int8_weight_only_mm", C.check_int8_weight_only_mm, reference.int8_weight_only_mm,
-          lambda x, wq, ws, b: _out(x, wq.shape[0]))
-_register("_cuda_int8_mm", C.check_int8_mm, reference.int8_mm, lambda xq, xs, xz, wq, ws, b, od: _out(xq, wq.shape[0], od))
-_register("_cuda_sparse24_int8_mm", C.check_sparse24_int8_mm, reference.sparse24_int8_mm,
-          lambda xq, xs, xz, v, m, ws, b, od: _out(xq, v.shape[0], od), C.check_sparse24_int8_mm_data)
-_register("_cuda_int8_linear", C.check_int8_linear, reference.int8_linear, lambda x, wq, ws, b: _out(x, wq.shape[0]))
-_register("_cuda_sparse24_int8_linear", C.check_sparse24_int8_linear, reference.sparse24_int8_linear,
-          lambda x, v, m, ws, b: _out(x, v.shape[0]), C.check_sparse24_int8_linear_data)
-_register("_cuda_quantize_per_token", lambda x, sym: C.check_quantize_per_token(x), reference.quantize_per_token,
-          _quantized_like)
+# The compiled CUDA kernels' own names (_schemas.COMPILED_CUDA_ALIASES): the public op's checks, reference and
+# fake kernel.
+for _op in _schemas.COMPILED_CUDA_ALIASES:
+    _register(f"_cuda_{_op}", *_REGISTERED[_op])
 
 
 def _cslt_unavailable(op):
