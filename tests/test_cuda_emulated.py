@@ -389,12 +389,14 @@ def test_bitmap_mm_tensor_cores(driver, tmp_path, dtype):
     """Bitmap on the tensor cores (SPARSEKIT_CUDA_DECODE=v3: BitmapRows of mma_decode.cuh): every M tile, densities
     from empty to full rows (runs of 0 to 9 vectors), K not a multiple of 64 or 32, the last value of `values` at
     the end of its buffer (the tail read elementwise), misaligned values, strided x; several row groups per block
-    (one SM); K split."""
+    (one SM), with rows long enough that each warp walks several batches of steps (the run index carried from
+    batch to batch, word_offsets read at a group's first step only); K split."""
     cases = bitmap_mma_cases(dtype)
     check_mm_cases(run(driver, cases, tmp_path / "whole", V3), cases)
     g = gen(28)
     groups = [bitmap_case("groups M=3", dtype, 3, 200, 640, g, density=0.3),
-              bitmap_case("groups M=16 d=0.1", dtype, 16, 150, 512, g, density=0.1)]
+              bitmap_case("groups M=16 d=0.1", dtype, 16, 150, 512, g, density=0.1),
+              bitmap_case("groups, several batches a warp, M=5", dtype, 5, 40, 5000, g, density=0.3)]
     check_mm_cases(run(driver, groups, tmp_path / "groups", {**V3, "EMU_SMS": 1}), groups)
     split = [bitmap_case("split M=16", dtype, 16, 40, 2048, g, density=0.5, split=True),
              bitmap_case("split M=1 K=30000", dtype, 1, 20, 30000, g, density=0.2, split=True)]
@@ -1255,6 +1257,11 @@ PLANTED = {
     "bitmap mma: an odd rank not shifted to its value": (
         "x", ("mma_decode.cuh", "const uint32_t v01 = (d & 1) ? __byte_perm(x0, x1, 0x5432u) : x0;",
               "const uint32_t v01 = x0;"), "bitmap_mma"),
+    "bitmap mma: the run index carried into the next row group": (
+        "y", ("mma_decode.cuh", "const bool carried = s0 == r.next_s;", "const bool carried = r.next_s >= 0;"),
+        "bitmap_mma"),
+    "bitmap mma: the carried run index without the step's second word": (
+        "z", ("mma_decode.cuh", "off[h] += len;  // the next step's run", "off[h] += n0;"), "bitmap_mma"),
     "bsr mma split: the chunk's first block counted as before it": (
         "e", ("mma_decode.cuh", "in && c < c_lo", "in && c <= c_lo"), "bsr_mma_split"),
     "bsr mma split: columns taken as ascending in every row": (
@@ -1323,7 +1330,8 @@ def planted_cases(kind):
         g = gen(64)
         return [bitmap_case("bitmap mma M=3", dt, 3, 150, 640, g, density=0.5),
                 bitmap_case("bitmap mma M=16 sparse", dt, 16, 140, 320, g, density=0.1),
-                bitmap_case("bitmap mma M=2 dense rows", dt, 2, 60, 256, g, density=0.95)]
+                bitmap_case("bitmap mma M=2 dense rows", dt, 2, 60, 256, g, density=0.95),
+                bitmap_case("bitmap mma M=5 long rows", dt, 5, 40, 5000, g, density=0.3)]
     if kind == "bsr_mma_split":  # K split (C = 64: chunks of 256 columns at M = 16), two rows not ascending
         g = gen(63)
         return [bsr_case("bsr mma split", dt, 16, 64, 1024, 16, 64, g, density=0.6, shuffled_rows=(1, 3), split=True),

@@ -490,6 +490,10 @@ struct BsrRows {
 // columns 4j .. 4j + 3): the nibble's values are the next popc(nibble) of the run from its rank, read as two
 // 8-byte words, shifted to the rank, and spread to the kept columns by two byte permutes and masks from a
 // 16-entry table. Weights not kept are zeros in the dense mma (x @ W.T of the reference: an Inf of x meets them).
+// word_offsets is read once per row group and warp, at the warp's first step: the next step's run starts where
+// this one ends (a warp walks its steps of a group in order, kBatch at a time), so the index is carried from
+// batch to batch in the registers (word_offsets is a bit per weight, as many bytes as the bitmap: at 90 %
+// sparsity, reading it per step would be 28 % of the kernel's bytes).
 struct BitmapRows : DenseSteps {
   static constexpr int kBatch = 2;
   static constexpr int kLutWords = 64;           // 16 entries of (selector lo, selector hi, mask lo, mask hi)
@@ -501,6 +505,8 @@ struct BitmapRows : DenseSteps {
     uint32_t m[kBatch][2];  // the lane's 16 mask bits | vectors in the run << 16
     uint32_t k[kBatch][2];  // byte j: the place in the staged run of the first value of nibble j (< 71)
     unsigned char* stage;   // the warp's buffer (set by prepare)
+    int64_t next[2];        // the run index of step next_s of rows g, g + 8 (carried from the previous batch)
+    int next_s = -1;
   };
 
   // Table entry for a nibble: the values v0..v3 (the nibble's kept ones in order, as the 8 bytes of two words)
@@ -532,36 +538,39 @@ struct BitmapRows : DenseSteps {
   template <bool kVec>
   __device__ __forceinline__ static void load(const Params& p, int64_t k0, int kc, int64_t r0, int s0, int s_end,
                                               int g, int t, Regs& r, const Group&) {
+    static_assert(!kVarSteps, "the carried run index assumes the same steps [s_begin, s_end) for every group");
     const int64_t wn = (p.K + 31) / 32;  // words per row
+    // s0 continues the batch before (the same group: a new group starts again at the warp's first step, which is
+    // below every step that batch carried to) or starts the warp's steps of a group: then word_offsets
+    const bool carried = s0 == r.next_s;
     uint32_t w0[kBatch][2], w1[kBatch][2];
-    int64_t off[kBatch][2];
-    bool live[kBatch][2];
-    // the words and the run's first index first, then the values they locate (all steps' loads in flight)
+    int64_t off[2] = {0, 0};
+    // the words (and at a group's first step the run's first index) first, then the values they locate (all
+    // steps' loads in flight)
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       const int c0 = (s0 + u) * kStepCols;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int64_t row = r0 + g + 8 * h;
-        live[u][h] = s0 + u < s_end && row < p.N && c0 < kc;
         w0[u][h] = w1[u][h] = 0u;
-        off[u][h] = 0;
-        if (live[u][h]) {
+        if (s0 + u < s_end && row < p.N && c0 < kc) {
           const int64_t w = row * wn + (k0 + c0) / 32;
           w0[u][h] = static_cast<uint32_t>(__ldg(p.bitmap + w));
           if ((k0 + c0) / 32 + 1 < wn) w1[u][h] = static_cast<uint32_t>(__ldg(p.bitmap + w + 1));
-          off[u][h] = __ldg(p.word_offsets + w);
+          if (u == 0) off[h] = carried ? r.next[h] : static_cast<int64_t>(__ldg(p.word_offsets + w));
         }
       }
     }
+    r.next_s = s0 + kBatch;
 #pragma unroll
     for (int u = 0; u < kBatch; ++u)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int n0 = __popc(w0[u][h]);
-        const int len = n0 + __popc(w1[u][h]);
-        const int64_t start = off[u][h] & ~static_cast<int64_t>(7);  // the run's first vector
-        const int lead = static_cast<int>(off[u][h] - start);
+        const int len = n0 + __popc(w1[u][h]);  // 0 for a step not loaded (nvec 0: nothing read or staged)
+        const int64_t start = off[h] & ~static_cast<int64_t>(7);  // the run's first vector
+        const int lead = static_cast<int>(off[h] - start);
         const int nvec = len > 0 ? (lead + len + 7) / 8 : 0;
         const uint32_t word = t < 2 ? w0[u][h] : w1[u][h];
         const uint32_t mask = (word >> (16 * (t & 1))) & 0xffffu;
@@ -578,7 +587,10 @@ struct BitmapRows : DenseSteps {
                                                                start + 8 * q)
                                   : make_uint4(0u, 0u, 0u, 0u);
         }
+        off[h] += len;  // the next step's run
       }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) r.next[h] = off[h];
   }
 
   // Stages step u's runs in the warp's buffer (every lane of the warp calls).
