@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything a GPU session runs, in one call, most valuable results first: build sparsekit._C from source,
 # the GPU tests, the cuSPARSELt probe, compute-sanitizer, the kernel benchmarks with their predicted floors,
-# `sparsekit bench layer` and `sparsekit bench model`, and the reports.
+# `sparsekit bench layer` and `sparsekit bench model`, the reports, and the issues' goals checked cell by cell
+# (bench/gpu_goals.py: goals.md).
 #
 # Meant for the lent H100/H200 as it is: its `python3` (a virtual environment holding torch, triton,
 # pytest-xdist, pytest-timeout, transformers; no network). sparsekit is installed into that python3
@@ -51,7 +52,8 @@ step() {
 }
 
 if [ "$QUICK" = 1 ]; then
-  LAYER=(--shapes 14336x4096,4096x14336 --m 1,16,333 --formats 2:4,bsr:64,int8,int8-wo,2:4+int8,bitmap --quick)
+  LAYER=(--shapes 14336x4096,4096x14336 --m 1,16,333 --formats 2:4,bsr:64,int8,int8-wo,2:4+int8,bitmap --quick
+         --sparsity 0.7,0.9)  # the sparsities the goals name (bench/gpu_goals.py)
   MODEL=(--preset llama-7b --layers 2 --prompt 2048 --quick)
   KERNELS=(--quick)
   T_TEST=200; T_BENCH=90; T_SAN=150
@@ -114,6 +116,12 @@ fi
 for f in gpu_layers gpu_model; do
   if [ -s "$OUT/$f.jsonl" ]; then step "report_$f" 60 "$PY" -m sparsekit bench report --json "$OUT/$f.jsonl" --out "$OUT"; fi
 done
+
+# Every goal of the GPU-speed and host-time issues, cell by cell, from the JSON lines above (CPU only, a second:
+# outside the deadline, so that it runs whatever the steps before left)
+timeout 60 "$PY" bench/gpu_goals.py --layer "$OUT/gpu_layers.jsonl" --model "$OUT/gpu_model.jsonl" \
+  --md "$OUT/goals.md" --json "$OUT/goals.jsonl" >"$OUT/goals.log" 2>&1
+echo "goals: $(tail -n 1 "$OUT/goals.log" 2>/dev/null)" >>"$SUMMARY"
 
 echo "steps: $(tr '\n' ';' <"$OUT/steps.txt")" >>"$SUMMARY"
 echo "== results in $OUT ($((SECONDS - START)) s)"

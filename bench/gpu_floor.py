@@ -16,7 +16,11 @@ same rate, so the speedup it can reach is about its byte cap (dense bytes / form
 
 Bytes are what each kernel must read and write once: its weight buffers as the format stores them
 (sparsekit/formats/LAYOUTS.md), x (M x K) read, y (M x N) written, and for W8A8 formats the per-token
-quantization of x (x read, int8 x and its scales written and read back).
+quantization of x (x read, int8 x and its scales written and read back). One exception: bitmap's
+word_offsets (an int32 per 32-bit word, as many bytes as the bitmap) is derived data, the running count of
+the words before: the compiled decode kernels read it once per row (v1, v2) or per row group and warp (v3)
+and carry the count, so its floor is values + bitmap (+ 4 bytes a row); a kernel that reads word_offsets
+per word (Triton's) moves a bit per weight more than this floor.
 """
 from __future__ import annotations
 
@@ -58,14 +62,15 @@ NAMED = {"bitmap70": ("bitmap", 0.3, None), "bitmap90": ("bitmap", 0.1, None), "
 
 
 def weight_bytes(fmt: str, N: int, K: int, e: int, density: float = 1.0, block: int = 64) -> float:
-    """Bytes of the weight as sparsekit stores it (e: bytes per value of the activations' dtype;
-    density: the fraction of weights kept for bitmap / csr, of blocks kept for bsr)."""
+    """Bytes of the weight a kernel must read: the buffers as sparsekit stores them, but for bitmap one
+    word_offsets entry per row (e: bytes per value of the activations' dtype; density: the fraction of weights
+    kept for bitmap / csr, of blocks kept for bsr)."""
     if fmt == "dense":
         return N * K * e
     if fmt == "2:4":  # half the values + 4 bits of positions per kept pair
         return N * K / 2 * e + N * K / 8
-    if fmt == "bitmap":  # kept values + 1 bit per weight + an int32 offset per 32-bit word
-        return density * N * K * e + N * K / 8 + N * math.ceil(K / 32) * 4
+    if fmt == "bitmap":  # kept values + 1 bit per weight (word padded) + the row's first int32 offset
+        return density * N * K * e + N * math.ceil(K / 32) * 4 + N * 4
     if fmt == "csr":  # kept values + an int32 column each + row pointers
         return density * N * K * (e + 4) + (N + 1) * 4
     if fmt == "bsr":  # b x b blocks: values + a column index per block + row pointers
