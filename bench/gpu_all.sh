@@ -122,6 +122,8 @@ done
 timeout 60 "$PY" bench/gpu_goals.py --layer "$OUT/gpu_layers.jsonl" --model "$OUT/gpu_model.jsonl" \
   --md "$OUT/goals.md" --json "$OUT/goals.jsonl" >"$OUT/goals.log" 2>&1
 echo "goals: $(tail -n 1 "$OUT/goals.log" 2>/dev/null)" >>"$SUMMARY"
+# the per-goal summary table on stdout too: the device tool returns the output's tail even when no file comes back
+sed -n '/^| goal | format | cells met/,/^$/p' "$OUT/goals.md" 2>/dev/null
 
 echo "steps: $(tr '\n' ';' <"$OUT/steps.txt")" >>"$SUMMARY"
 echo "== results in $OUT ($((SECONDS - START)) s)"
