@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Everything a GPU session runs, in one call, most valuable results first: build sparsekit._C from source,
 # the GPU tests, the cuSPARSELt probe, compute-sanitizer, the kernel benchmarks with their predicted floors,
-# `sparsekit bench layer` and `sparsekit bench model`, the reports, and the issues' goals checked cell by cell
-# (bench/gpu_goals.py: goals.md).
+# `sparsekit bench overhead`, `sparsekit bench layer` and `sparsekit bench model`, the reports, and the issues'
+# goals checked cell by cell (bench/gpu_goals.py: goals.md).
 #
 # Meant for the lent H100/H200 as it is: its `python3` (a virtual environment holding torch, triton,
 # pytest-xdist, pytest-timeout, transformers; no network). sparsekit is installed into that python3
@@ -104,6 +104,8 @@ echo "cslt probe: $(tail -n 1 "$OUT/cslt_probe.log")" >>"$SUMMARY"
 step sanitize "$T_SAN" env PYTHON="$PY" OUT="$OUT" QUICK="$QUICK" bench/cuda_sanitize.sh
 grep -h -E "ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK SUMMARY|INITCHECK SUMMARY" "$OUT"/sanitize_*.log 2>/dev/null \
   | sed 's/^/sanitizer: /' >>"$SUMMARY"
+# Host time per call of every format and eager / graph speedups at M = 1 on 14336x4096 (the host-time issue)
+step bench_overhead 120 "$PY" -m sparsekit bench overhead --quick --no-progress --json "$OUT/gpu_overhead.jsonl"
 step cuda_kernels "$T_BENCH" "$PY" bench/cuda_gpu.py "${KERNELS[@]}" --out "$OUT"
 step triton_kernels "$T_BENCH" "$PY" bench/triton_gpu.py "${KERNELS[@]}" --out "$OUT"
 step bench_layer "$T_BENCH" "$PY" -m sparsekit bench layer "${LAYER[@]}" --no-progress --json "$OUT/gpu_layers.jsonl"
@@ -120,7 +122,7 @@ done
 # Every goal of the GPU-speed and host-time issues, cell by cell, from the JSON lines above (CPU only, a second:
 # outside the deadline, so that it runs whatever the steps before left)
 timeout 60 "$PY" bench/gpu_goals.py --layer "$OUT/gpu_layers.jsonl" --model "$OUT/gpu_model.jsonl" \
-  --md "$OUT/goals.md" --json "$OUT/goals.jsonl" >"$OUT/goals.log" 2>&1
+  --overhead "$OUT/gpu_overhead.jsonl" --md "$OUT/goals.md" --json "$OUT/goals.jsonl" >"$OUT/goals.log" 2>&1
 echo "goals: $(tail -n 1 "$OUT/goals.log" 2>/dev/null)" >>"$SUMMARY"
 # the per-goal summary table on stdout too: the device tool returns the output's tail even when no file comes back
 sed -n '/^| goal | format | cells met/,/^$/p' "$OUT/goals.md" 2>/dev/null

@@ -1,9 +1,11 @@
 """The goals of the GPU-speed and host-time issues, checked cell by cell against a GPU run's JSON lines.
 
-    python bench/gpu_goals.py --layer bench/results/gpu/gpu_layers.jsonl --model bench/results/gpu/gpu_model.jsonl
+    python bench/gpu_goals.py --layer bench/results/gpu/gpu_layers.jsonl --model bench/results/gpu/gpu_model.jsonl \
+        --overhead bench/results/gpu/gpu_overhead.jsonl
     python bench/gpu_goals.py --layer a.jsonl --layer b.jsonl --md goals.md --json goals.jsonl
 
-Reads the records of `sparsekit bench layer` (--layer) and `sparsekit bench model` (--model) and prints, for
+Reads the records of `sparsekit bench layer` (--layer), `sparsekit bench model` (--model) and `sparsekit bench
+overhead` on CUDA (--overhead) and prints, for
 every goal and every cell the run measured (format x dtype x N x K x M), whether the goal is met or by how
 much it falls short, with what the cell achieved beside it: GB/s, its share of a plain read of the same bytes
 timed in the same run (`read_bw_ratio`), and its speedup as a share of the bytes cap. A cell the run did not
@@ -14,7 +16,10 @@ Goals (H200, float16 / bfloat16, speedup over dense `F.linear` on the same weigh
 - layer, with CUDA graphs (`graph_speedup`): bench/gpu_floor.py's GOALS by M bucket (M = 1, 2-16, 17-512,
   above 512; no goal where it says None), and `format="auto"` at least 0.97x dense in every cell;
 - layer, eagerly (`speedup`) at M = 1 on 14336x4096: 2:4, int8-wo, int8 and 2:4+int8 at least 0.85x of the
-  same cell's graph speedup, BSR 64 at 90 % at least 3x;
+  same cell's graph speedup, BSR 64 at 90 % at least 3x (from the layer records and, the same goal measured by
+  `bench overhead`, from its `cuda-graph` records);
+- host time per call (`bench overhead`'s `cuda-host` records: 1000 calls of a small layer enqueued without
+  synchronizing) at most 10 us for every format;
 - model, decode with CUDA graphs (`decode_graph_speedup`): 2:4 1.3x, BSR 64 at 90 % 2.5x, int8-wo 1.6x,
   2:4+int8 2x; prefill (`prefill_graph_speedup`, else `prefill_speedup`) of 2:4+int8 and BSR 90 % 1.3x;
   compiled decode (`decode_compiled_speedup`) at least 0.95x the graph decode speedup for every format.
@@ -38,6 +43,7 @@ EAGER_OF_GRAPH = 0.85      # eager speedup / graph speedup at M = 1 on 14336x409
 EAGER_SHAPE = (14336, 4096)
 EAGER_FORMATS = ("2:4", "int8-wo", "int8", "2:4+int8")
 BSR_EAGER_MIN = 3.0
+HOST_US_MAX = 10.0
 MODEL_DECODE = {"2:4": 1.3, "bsr64_90": 2.5, "int8-wo": 1.6, "2:4+int8": 2.0}
 MODEL_PREFILL = {"2:4+int8": 1.3, "bsr64_90": 1.3}
 COMPILED_OF_GRAPH = 0.95
@@ -87,9 +93,10 @@ def _achieved(r):
     return ", ".join(parts)
 
 
-def _check(rows, goal, what, cell, got, need, achieved=""):
-    rows.append(dict(goal=goal, what=what, cell=cell, got=got, need=need,
-                     met=got is not None and got >= need, achieved=achieved))
+def _check(rows, goal, what, cell, got, need, achieved="", unit="x"):
+    """unit "x" (a speedup) and "%" (a ratio): got >= need; "us" (a time): got <= need."""
+    met = got is not None and (got <= need if unit == "us" else got >= need)
+    rows.append(dict(goal=goal, what=what, cell=cell, got=got, need=need, met=met, achieved=achieved, unit=unit))
 
 
 def layer_checks(recs, device="cuda"):
@@ -115,7 +122,7 @@ def layer_checks(recs, device="cuda"):
             if name in EAGER_FORMATS:
                 ratio = None if g is None or r.get("speedup") is None else r["speedup"] / g
                 _check(rows, "eager as fast as graphs", name, cell, ratio, EAGER_OF_GRAPH,
-                       f"eager {r.get('speedup', float('nan')):.2f}x, graphs {g or float('nan'):.2f}x")
+                       f"eager {r.get('speedup', float('nan')):.2f}x, graphs {g or float('nan'):.2f}x", "%")
             elif name == "bsr64_90":
                 _check(rows, "eager as fast as graphs", name, cell, r.get("speedup"), BSR_EAGER_MIN,
                        f"graphs {g or float('nan'):.2f}x")
@@ -141,19 +148,51 @@ def model_checks(recs, device="cuda"):
             c = r.get("decode_compiled_speedup")
             _check(rows, "compiled decode as fast as graphs", label, cell,
                    None if c is None or dg is None else c / dg, COMPILED_OF_GRAPH,
-                   f"compiled {c if c is not None else float('nan'):.2f}x, graphs {dg or float('nan'):.2f}x")
+                   f"compiled {c if c is not None else float('nan'):.2f}x, graphs {dg or float('nan'):.2f}x", "%")
     return rows
 
 
-def _fmt(v, pct=False):
+def overhead_checks(recs):
+    """The host-time goals on `sparsekit bench overhead`'s CUDA records."""
+    rows = []
+    for r in recs:
+        if "error" in r:
+            continue
+        cell = f"{r.get('N')}x{r.get('K')} M={r.get('M')}"
+        fmt = r.get("format", "")
+        if r.get("kind") == "cuda-host" and fmt not in ("F.linear", "nn.Linear"):
+            _check(rows, "host time per call", fmt, cell, r.get("host_us"), HOST_US_MAX,
+                   f"F.linear {r.get('flinear_host_us', float('nan')):.1f} us", "us")
+        elif r.get("kind") == "cuda-graph":
+            name = goal_name(fmt, 0.9 if fmt.startswith("bsr") else 0.0)  # bench overhead prunes to 90 %
+            g = r.get("graph_speedup")
+            if name in EAGER_FORMATS:
+                _check(rows, "eager as fast as graphs (bench overhead)", name, cell, r.get("eager_over_graph"),
+                       EAGER_OF_GRAPH, f"eager {r.get('speedup', float('nan')):.2f}x, graphs "
+                       f"{g if g is not None else float('nan'):.2f}x", "%")
+            elif name == "bsr64_90":
+                _check(rows, "eager as fast as graphs (bench overhead)", name, cell, r.get("speedup"), BSR_EAGER_MIN,
+                       f"graphs {g if g is not None else float('nan'):.2f}x")
+    return rows
+
+
+def _fmt(v, unit="x"):
     if v is None:
         return "not measured"
-    return f"{v:.0%}" if pct else f"{v:.2f}x"
+    return {"%": f"{v:.0%}", "us": f"{v:.1f} us"}.get(unit, f"{v:.2f}x")
+
+
+def _margin(r):
+    """got / need for "at least" goals, need / got for "at most" (us) ones: below 1 is short; None: -inf."""
+    if r["got"] is None:
+        return -math.inf
+    if r["unit"] == "us":
+        return r["need"] / r["got"] if r["got"] > 0 else math.inf
+    return r["got"] / r["need"]
 
 
 def report(rows):
     """Markdown: a summary line per goal, then every cell short of its goal (worst first)."""
-    ratio_goals = ("eager as fast as graphs", "compiled decode as fast as graphs")
     lines = ["| goal | format | cells met | worst cell | worst | needed |", "|---|---|---:|---|---:|---:|"]
     keys = []
     for r in rows:
@@ -161,19 +200,16 @@ def report(rows):
             keys.append((r["goal"], r["what"]))
     for key in keys:
         cells = [r for r in rows if (r["goal"], r["what"]) == key]
-        pct = key[0] in ratio_goals and key[1] != "bsr64_90"
-        worst = min(cells, key=lambda r: -math.inf if r["got"] is None else r["got"])
+        worst = min(cells, key=_margin)
         lines.append(f"| {key[0]} | {key[1]} | {sum(r['met'] for r in cells)} / {len(cells)} | {worst['cell']} | "
-                     f"{_fmt(worst['got'], pct)} | {_fmt(worst['need'], pct)} |")
-    short = sorted((r for r in rows if not r["met"]),
-                   key=lambda r: (r["goal"], r["what"], -math.inf if r["got"] is None else r["got"] / r["need"]))
+                     f"{_fmt(worst['got'], worst['unit'])} | {_fmt(worst['need'], worst['unit'])} |")
+    short = sorted((r for r in rows if not r["met"]), key=lambda r: (r["goal"], r["what"], _margin(r)))
     if short:
         lines += ["", f"Cells short of their goal ({len(short)} of {len(rows)}):", "",
                   "| goal | format | cell | got | needed | achieved |", "|---|---|---|---:|---:|---|"]
         for r in short:
-            pct = r["goal"] in ratio_goals and r["what"] != "bsr64_90"
-            lines.append(f"| {r['goal']} | {r['what']} | {r['cell']} | {_fmt(r['got'], pct)} | "
-                         f"{_fmt(r['need'], pct)} | {r['achieved']} |")
+            lines.append(f"| {r['goal']} | {r['what']} | {r['cell']} | {_fmt(r['got'], r['unit'])} | "
+                         f"{_fmt(r['need'], r['unit'])} | {r['achieved']} |")
     else:
         lines += ["", f"Every one of the {len(rows)} cells measured meets its goal."]
     return "\n".join(lines) + "\n"
@@ -183,17 +219,20 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layer", action="append", default=[], help="JSON lines of `sparsekit bench layer` (repeatable)")
     p.add_argument("--model", action="append", default=[], help="JSON lines of `sparsekit bench model` (repeatable)")
+    p.add_argument("--overhead", action="append", default=[],
+                   help="JSON lines of `sparsekit bench overhead` run with a GPU (repeatable)")
     p.add_argument("--device", default="cuda", help="the records' device to check (default cuda)")
     p.add_argument("--md", default="", help="also write the markdown here")
     p.add_argument("--json", default="", help="also write one JSON line per checked cell here")
     a = p.parse_args(argv)
     layer = read_jsonl(f for f in a.layer if Path(f).is_file())
     model = read_jsonl(f for f in a.model if Path(f).is_file())
-    if not layer and not model:
+    over = read_jsonl(f for f in a.overhead if Path(f).is_file())
+    if not layer and not model and not over:
         print("gpu_goals: no records (is the run's JSON there?)", file=sys.stderr)
         return 2
-    rows = layer_checks(layer, a.device) + model_checks(model, a.device)
-    env = next((r.get("env") for r in layer + model if r.get("env")), {}) or {}
+    rows = layer_checks(layer, a.device) + model_checks(model, a.device) + overhead_checks(over)
+    env = next((r.get("env") for r in layer + model + over if r.get("env")), {}) or {}
     head = (f"# Goals of the GPU-speed and host-time issues, checked on {env.get('device', a.device)} "
             f"(sparsekit {env.get('sparsekit_commit', '?')})\n\n"
             "Generated by `python bench/gpu_goals.py` from the run's JSON lines; speedups over dense F.linear "

@@ -113,3 +113,26 @@ def test_no_records_is_an_error(tmp_path):
                                          ("bsr:32", 0.9, None), ("2:4+int8", 0.5, "2:4+int8"), ("csr", 0.9, None)])
 def test_goal_names(fmt, sp, name):
     assert gpu_goals.goal_name(fmt, sp) == name
+
+
+def test_host_time_and_eager_goals_from_bench_overhead(tmp_path):
+    recs = [dict(kind="cuda-host", format="F.linear", N=64, K=64, M=1, host_us=4.0),
+            dict(kind="cuda-host", format="2:4", N=64, K=64, M=1, host_us=8.5, flinear_host_us=4.0),
+            dict(kind="cuda-host", format="bsr:16", N=64, K=64, M=1, host_us=12.0, flinear_host_us=4.0),
+            dict(kind="cuda-host", format="csr", N=64, K=64, M=1, error="n/a (boom)"),
+            dict(kind="cuda-graph", format="int8", N=14336, K=4096, M=1, speedup=0.8, graph_speedup=1.0,
+                 eager_over_graph=0.8),
+            dict(kind="cuda-graph", format="bsr:64", N=14336, K=4096, M=1, speedup=3.2, graph_speedup=5.0,
+                 eager_over_graph=0.64),
+            dict(kind="cpu", format="2:4", N=64, K=64, M=1, overhead_us=1.0)]
+    rows = gpu_goals.overhead_checks(recs)
+    got = {(r["goal"], r["what"]): (r["met"], r["unit"]) for r in rows}
+    assert got == {("host time per call", "2:4"): (True, "us"), ("host time per call", "bsr:16"): (False, "us"),
+                   ("eager as fast as graphs (bench overhead)", "int8"): (False, "%"),
+                   ("eager as fast as graphs (bench overhead)", "bsr64_90"): (True, "x")}
+    text = gpu_goals.report(rows)
+    assert "| host time per call | bsr:16 | 64x64 M=1 | 12.0 us | 10.0 us | F.linear 4.0 us |" in text
+    assert "| eager as fast as graphs (bench overhead) | int8 | 14336x4096 M=1 | 80% | 85% |" in text
+    path = tmp_path / "o.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert gpu_goals.main(["--overhead", str(path)]) == 0
