@@ -17,6 +17,10 @@
 # versions, the commit, pytest's summary line and the sanitizer summaries. The device tool brings back at
 # most 8 files from its $OUT: set TARBALL to pack them all into one, e.g.
 #   TARBALL=$OUT/gpu_results.tar.gz OUT=/tmp/gpu bench/gpu_all.sh --quick   (TARBALL first: it expands the tool's $OUT)
+# STEPS=name,name,... runs only those steps (the names below: build, info, gpu_tests, cuda_decode_variants,
+# int8_decode, cslt_probe, sanitize, bench_overhead, cuda_kernels, triton_kernels, bench_layer, bench_model,
+# report_gpu_layers, report_gpu_model; without --quick also cuda_cslt, pytest_benchmark), e.g. a second call on the still-warm machine for what the first one's
+# deadline skipped: STEPS=build,bench_layer,bench_model,report_gpu_layers,report_gpu_model
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +39,7 @@ SUMMARY="$OUT/tests.txt"
 # records a failure, never exits
 step() {
   local name=$1 secs=$2; shift 2
+  if [ -n "${STEPS:-}" ] && [[ ",$STEPS," != *",$name,"* ]]; then return; fi  # not selected
   local left=$((DEADLINE - (SECONDS - START)))
   if [ "$left" -lt 20 ]; then
     echo "== $name: skipped, ${left}s left of the ${DEADLINE}s deadline" | tee -a "$SUMMARY"
@@ -87,8 +92,8 @@ step info 60 "$PY" -m sparsekit info
 # breaks the CUDA context fails and its xdist worker is replaced (tests/_cuda_health.py).
 step gpu_tests "$T_TEST" env CUDA_LAUNCH_BLOCKING=1 "$PY" -m pytest tests -q -p no:cacheprovider -n 8 \
   --timeout 120 -rfE "${GPU_TESTS[@]}"
-echo "gpu tests (-n 8, CUDA_LAUNCH_BLOCKING=1): $(grep -E '^(=+ )?[0-9]+ (passed|failed|error)' "$OUT/gpu_tests.log" | tail -n 1)" >>"$SUMMARY"
-grep -E "^(FAILED|ERROR) " "$OUT/gpu_tests.log" | head -n 60 >>"$SUMMARY"
+echo "gpu tests (-n 8, CUDA_LAUNCH_BLOCKING=1): $(grep -E '^(=+ )?[0-9]+ (passed|failed|error)' "$OUT/gpu_tests.log" 2>/dev/null | tail -n 1)" >>"$SUMMARY"
+grep -E "^(FAILED|ERROR) " "$OUT/gpu_tests.log" 2>/dev/null | head -n 60 >>"$SUMMARY"
 # The designs of the CUDA decode kernels (SPARSEKIT_CUDA_DECODE: bitmap v2 batched / v1; 2:4 v1 FMAs, v2 tensor
 # cores from M = 2, v3 tensor cores at every M; BSR v2 tensor cores / v1 simple) on the GPU-speed issue's shapes, in one process: the first
 # timings of bitmap v2 and of the 2:4 tensor-core kernel (csrc/cuda/README.md).
@@ -100,7 +105,7 @@ step cuda_decode_variants "$T_BENCH" "$PY" bench/cuda_gpu.py --formats 2:4,bitma
 step int8_decode "$T_BENCH" "$PY" bench/triton_gpu.py --kernels dense,w8a16,w8a16_triton,w8a8_linear,w8a8,w8a8_triton \
   --dtype bf16 --shapes 14336x4096,4096x14336,5120x13824 --m 1,3,7,16 --name int8_decode --out "$OUT"
 step cslt_probe 90 "$PY" bench/cslt_probe.py --out "$OUT"
-echo "cslt probe: $(tail -n 1 "$OUT/cslt_probe.log")" >>"$SUMMARY"
+echo "cslt probe: $(tail -n 1 "$OUT/cslt_probe.log" 2>/dev/null)" >>"$SUMMARY"
 step sanitize "$T_SAN" env PYTHON="$PY" OUT="$OUT" QUICK="$QUICK" bench/cuda_sanitize.sh
 grep -h -E "ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK SUMMARY|INITCHECK SUMMARY" "$OUT"/sanitize_*.log 2>/dev/null \
   | sed 's/^/sanitizer: /' >>"$SUMMARY"
