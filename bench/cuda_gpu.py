@@ -315,6 +315,14 @@ def main(argv=None):
           "fraction of it reached (graph time where there is one); goal: the GPU-speed issue's, x dense.", "",
           markdown_table(["N x K", "M", "impl", "format", "ms", "ms (g)", "speedup", "speedup (g)", "cap", "GB/s",
                           "floor (us)", "of floor", "goal (x)"], rows)]
+    fastest = fastest_per_cell(records)
+    if fastest:
+        md += ["", "## Fastest per cell (for the routing by M)", "",
+               "The fastest implementation of each format, shape and M (graph time where there is one), and the "
+               "one the op's routing picks (`as routed`) beside it: a cell whose routed / fastest is below 1 is one "
+               "the routing should send elsewhere, by this run.", "",
+               markdown_table(["format", "N x K", "M", "fastest", "speedup", "as routed", "speedup",
+                               "routed / fastest"], fastest)]
     pk = [r for r in records if r.get("fmt") == "pack"]
     if pk:
         md += ["", "## Packers (GPU op vs CPU from_dense)", "",
@@ -324,6 +332,34 @@ def main(argv=None):
     mpath.write_text("\n".join(md) + "\n")
     print(f"wrote {jpath} and {mpath}")
     return 0
+
+
+# the implementation each format's op routes to, by the prefix of its name (2:4+int8 has none: its format picks)
+ROUTED = ("sparsekit sparse24_mm (CUDA)", "sparsekit bitmap_mm (", "sparsekit bsr_mm (", "sparsekit csr_mm (CUDA)")
+
+
+def fastest_per_cell(records):
+    """Rows (format, shape, M, fastest impl, its speedup, the routed impl, its speedup, routed / fastest) over the
+    timed, non-dense records, by graph time where there is one (else eager)."""
+    def t(r):
+        return r.get("graph_ms") or r["ms"]
+
+    cells = {}
+    for r in records:
+        if "ms" in r and r.get("fmt") not in ("dense", "pack"):
+            cells.setdefault((r["fmt"], r["shape"], r["M"]), []).append(r)
+    rows = []
+    for (fmt, shape, M), rs in cells.items():
+        best = min(rs, key=t)
+        routed = next((r for r in rs if r["impl"].startswith(ROUTED)), None)
+
+        def sp(r):
+            v = r.get("speedup_graph") or r.get("speedup")
+            return "-" if v is None else f"{v:.2f}"
+
+        rows.append([fmt, shape, M, best["impl"], sp(best), "-" if routed is None else routed["impl"],
+                     "-" if routed is None else sp(routed), "-" if routed is None else f"{t(best) / t(routed):.2f}"])
+    return rows
 
 
 INT8_TOL = 3e-2  # relative error of W8A8 (per-channel weights, per-token activations) against the float product

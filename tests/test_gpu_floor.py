@@ -88,3 +88,22 @@ def test_decode_inflight_model_reads_the_committed_resources():
             assert D.s24_row(N, K, M, regs)["per_sm"] > need_900
     assert D.bitmap_row(14336, 4096, 1, 0.1, 1, regs)["per_sm"] < need_900 / 2
     assert D.bitmap_row(14336, 4096, 1, 0.1, 2, regs)["per_sm"] > need_900
+
+
+def test_cuda_gpu_fastest_per_cell_names_the_winner_and_the_routed_one():
+    import cuda_gpu
+
+    base = dict(shape="14336x4096", M=7)
+    recs = [dict(base, impl="dense F.linear (cuBLAS)", fmt="dense", ms=0.03, graph_ms=0.03, speedup=1.0),
+            dict(base, impl="sparsekit sparse24_mm (CUDA)", fmt="2:4", ms=0.05, graph_ms=0.025, speedup=0.6,
+                 speedup_graph=1.2),
+            dict(base, impl="sparsekit sparse24_mm decode v3", fmt="2:4", ms=0.05, graph_ms=0.02, speedup=0.6,
+                 speedup_graph=1.5),
+            dict(base, impl="sparsekit cslt_mm (cuSPARSELt, cached plans)", fmt="2:4", status="unsupported: x"),
+            dict(base, impl="sparsekit bitmap_mm (compiled)", fmt="bitmap d=0.1", ms=0.02, graph_ms=None,
+                 speedup=1.5, speedup_graph=None)]
+    rows = cuda_gpu.fastest_per_cell(recs)
+    assert rows == [["2:4", "14336x4096", 7, "sparsekit sparse24_mm decode v3", "1.50", "sparsekit sparse24_mm (CUDA)",
+                     "1.20", "0.80"],
+                    ["bitmap d=0.1", "14336x4096", 7, "sparsekit bitmap_mm (compiled)", "1.50",
+                     "sparsekit bitmap_mm (compiled)", "1.50", "1.00"]]
