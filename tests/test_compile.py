@@ -89,3 +89,18 @@ def test_compiled_converted_llama_fullgraph_matches_eager(backend):
             # the W8A8 layers quantize activations per token: the compiled graph may fuse the float math
             # around them differently, and a rounding flip moves a logit by one quantization step
             torch.testing.assert_close(y, want, rtol=2e-2, atol=2e-2)
+
+
+@requires_ext
+@pytest.mark.skipif(not transformers_available(), reason="transformers is not installed")
+def test_generate_with_a_static_cache_runs_converted_layers():
+    """The README's `generate(..., cache_implementation="static")` with every format converted: the static KV
+    cache (what transformers compiles into CUDA graphs on a GPU) gives the same greedy tokens as the default
+    cache. (On the CPU transformers does not compile the step; the graph-break-free trace is the test above.)"""
+    model, _ = converted_llama()
+    ids = torch.randint(0, DIMS["vocab"], (2, 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        static = model.generate(ids, max_new_tokens=6, do_sample=False, cache_implementation="static", pad_token_id=0)
+        dynamic = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert static.shape == (2, 11)
+    assert torch.equal(static, dynamic)
