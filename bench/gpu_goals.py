@@ -18,8 +18,8 @@ Goals (H200, float16 / bfloat16, speedup over dense `F.linear` on the same weigh
 - layer, eagerly (`speedup`) at M = 1 on 14336x4096: 2:4, int8-wo, int8 and 2:4+int8 at least 0.85x of the
   same cell's graph speedup, BSR 64 at 90 % at least 3x (from the layer records and, the same goal measured by
   `bench overhead`, from its `cuda-graph` records);
-- host time per call (`bench overhead`'s `cuda-host` records: 1000 calls of a small layer enqueued without
-  synchronizing) at most 10 us for every format;
+- host time per call at M = 1 (`bench overhead`'s `cuda-host` records: 1000 calls of a small layer enqueued
+  without synchronizing) at most 10 us for every format;
 - model, decode with CUDA graphs (`decode_graph_speedup`): 2:4 1.3x, BSR 64 at 90 % 2.5x, int8-wo 1.6x,
   2:4+int8 2x; prefill (`prefill_graph_speedup`, else `prefill_speedup`) of 2:4+int8 and BSR 90 % 1.3x;
   compiled decode (`decode_compiled_speedup`) at least 0.95x the graph decode speedup for every format.
@@ -167,7 +167,7 @@ def overhead_checks(recs):
             continue
         cell = f"{r.get('N')}x{r.get('K')} M={r.get('M')}"
         fmt = r.get("format", "")
-        if r.get("kind") == "cuda-host" and fmt not in ("F.linear", "nn.Linear"):
+        if r.get("kind") == "cuda-host" and fmt not in ("F.linear", "nn.Linear") and r.get("M") == 1:
             _check(rows, "host time per call", fmt, cell, r.get("host_us"), HOST_US_MAX,
                    f"F.linear {r.get('flinear_host_us', float('nan')):.1f} us", "us")
         elif r.get("kind") == "cuda-graph":

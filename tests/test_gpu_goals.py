@@ -120,6 +120,7 @@ def test_host_time_and_eager_goals_from_bench_overhead(tmp_path):
             dict(kind="cuda-host", format="2:4", N=64, K=64, M=1, host_us=8.5, flinear_host_us=4.0),
             dict(kind="cuda-host", format="bsr:16", N=64, K=64, M=1, host_us=12.0, flinear_host_us=4.0),
             dict(kind="cuda-host", format="csr", N=64, K=64, M=1, error="n/a (boom)"),
+            dict(kind="cuda-host", format="bitmap", N=64, K=64, M=32, host_us=25.0),  # no goal at M = 32
             dict(kind="cuda-graph", format="int8", N=14336, K=4096, M=1, speedup=0.8, graph_speedup=1.0,
                  eager_over_graph=0.8),
             dict(kind="cuda-graph", format="bsr:64", N=14336, K=4096, M=1, speedup=3.2, graph_speedup=5.0,

@@ -558,6 +558,23 @@ def test_bench_overhead_command_writes_json(tmp_path, capsys):
     assert "| 2:4 |" in capsys.readouterr().out
 
 
+def test_bench_overhead_cuda_tables_from_records():
+    """The CUDA tables of `bench overhead` (records as cuda_overhead writes them): host time at M = 1 with the
+    goal, at M = 32 without one; eager / graph per format."""
+    from sparsekit.bench.overhead import overhead_tables
+
+    recs = [dict(kind="cuda-host", format="F.linear", N=64, K=64, M=1, calls=1000, host_us=4.0),
+            dict(kind="cuda-host", format="bsr:16", N=64, K=64, M=1, calls=1000, host_us=12.5, flinear_host_us=4.0,
+                 meets_goal=False),
+            dict(kind="cuda-host", format="bsr:16", N=64, K=64, M=32, calls=1000, host_us=30.0, flinear_host_us=4.2,
+                 meets_goal=None),
+            dict(kind="cuda-graph", format="bsr:64", N=14336, K=4096, M=1, dense_ms=0.03, dense_graph_ms=0.03,
+                 ms=0.01, graph_ms=0.006, speedup=3.0, graph_speedup=5.0, eager_over_graph=0.6)]
+    text = overhead_tables(recs)
+    assert "| bsr:16 | 1 | 12.50 | no |" in text and "| bsr:16 | 32 | 30.00 |  |" in text
+    assert "| bsr:64 | 0.0100 | 3.00x | 5.00x | 0.60 |  |" in text
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_bench_overhead_cuda_records():
     from sparsekit.bench.overhead import cuda_overhead
@@ -565,5 +582,6 @@ def test_bench_overhead_cuda_records():
     recs = cuda_overhead(["2:4", "int8-wo"], calls=50, large=(256, 256))
     host = [r for r in recs if r["kind"] == "cuda-host"]
     assert all(r.get("host_us", 0) > 0 for r in host), host
+    assert sorted({r["M"] for r in host}) == [1, 32]
     graph = [r for r in recs if r["kind"] == "cuda-graph"]
     assert all("speedup" in r for r in graph), graph

@@ -166,7 +166,7 @@ def _run_overhead(args) -> int:
           + f", torch {env['torch']}, sparsekit {env['sparsekit_commit']}")
     runs, mrt = (3, 0.05) if args.quick else (5, 0.2)
     runs = args.runs or runs
-    n = (runs * (len(fmts) + 2)) + (2 * len(fmts) if cuda else 0)
+    n = (runs * (len(fmts) + 2)) + (3 * len(fmts) if cuda else 0)  # CUDA: host time at M = 1 and 32, graphs
     with Progress(n, enabled=not args.no_progress) as bar:
         recs = run_overhead(fmts, runs=runs, min_run_time=mrt, cuda=cuda, clock=args.clock, progress=bar)
     print(overhead_tables(recs))
