@@ -344,6 +344,10 @@ def fastest_per_cell(records):
     def t(r):
         return r.get("graph_ms") or r["ms"]
 
+    def sp(r):
+        v = r.get("speedup_graph") or r.get("speedup")
+        return "-" if v is None else f"{v:.2f}"
+
     cells = {}
     for r in records:
         if "ms" in r and r.get("fmt") not in ("dense", "pack"):
@@ -352,11 +356,6 @@ def fastest_per_cell(records):
     for (fmt, shape, M), rs in cells.items():
         best = min(rs, key=t)
         routed = next((r for r in rs if r["impl"].startswith(ROUTED)), None)
-
-        def sp(r):
-            v = r.get("speedup_graph") or r.get("speedup")
-            return "-" if v is None else f"{v:.2f}"
-
         rows.append([fmt, shape, M, best["impl"], sp(best), "-" if routed is None else routed["impl"],
                      "-" if routed is None else sp(routed), "-" if routed is None else f"{t(best) / t(routed):.2f}"])
     return rows

@@ -34,16 +34,16 @@ import math
 import sys
 from pathlib import Path
 
+from sparsekit.bench.overhead import BSR_EAGER_GOAL, CUDA_HOST_GOAL_US, GRAPH_RATIO_GOAL  # the host-time goals
+from sparsekit.bench.report import load
+from sparsekit.bench.timing import markdown_table
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_floor import goal as layer_goal  # noqa: E402
 
 HALF = ("float16", "bfloat16")
 AUTO_MIN = 0.97            # format="auto" against dense, every cell
-EAGER_OF_GRAPH = 0.85      # eager speedup / graph speedup at M = 1 on 14336x4096
-EAGER_SHAPE = (14336, 4096)
-EAGER_FORMATS = ("2:4", "int8-wo", "int8", "2:4+int8")
-BSR_EAGER_MIN = 3.0
-HOST_US_MAX = 10.0
+EAGER_SHAPE = (14336, 4096)  # the eager goals' layer (M = 1)
 MODEL_DECODE = {"2:4": 1.3, "bsr64_90": 2.5, "int8-wo": 1.6, "2:4+int8": 2.0}
 MODEL_PREFILL = {"2:4+int8": 1.3, "bsr64_90": 1.3}
 COMPILED_OF_GRAPH = 0.95
@@ -63,13 +63,7 @@ def goal_name(fmt: str, sparsity) -> str | None:
 
 
 def read_jsonl(paths):
-    recs = []
-    for p in paths:
-        for line in Path(p).read_text().splitlines():
-            line = line.strip()
-            if line:
-                recs.append(json.loads(line))
-    return recs
+    return [r for p in paths for r in load(p)]
 
 
 def _cell(r):
@@ -124,16 +118,16 @@ def layer_checks(recs, device="cuda"):
 
 
 def _eager_checks(rows, goal, name, cell, eager, graph):
-    """The eager goals of an M = 1 cell on 14336x4096: eager / graph speedup for EAGER_FORMATS, BSR 90 %'s eager
+    """The eager goals of an M = 1 cell on 14336x4096: eager / graph speedup for GRAPH_RATIO_GOAL's formats, BSR 90 %'s eager
     speedup itself."""
     def x(v):
         return "n/a" if v is None else f"{v:.2f}x"
 
-    if name in EAGER_FORMATS:
+    if name in GRAPH_RATIO_GOAL:
         ratio = None if eager is None or not graph else eager / graph
-        _check(rows, goal, name, cell, ratio, EAGER_OF_GRAPH, f"eager {x(eager)}, graphs {x(graph)}", "%")
+        _check(rows, goal, name, cell, ratio, GRAPH_RATIO_GOAL[name], f"eager {x(eager)}, graphs {x(graph)}", "%")
     elif name == "bsr64_90":
-        _check(rows, goal, name, cell, eager, BSR_EAGER_MIN, f"graphs {x(graph)}")
+        _check(rows, goal, name, cell, eager, BSR_EAGER_GOAL, f"graphs {x(graph)}")
 
 
 def model_checks(recs, device="cuda"):
@@ -168,7 +162,7 @@ def overhead_checks(recs):
         cell = f"{r.get('N')}x{r.get('K')} M={r.get('M')}"
         fmt = r.get("format", "")
         if r.get("kind") == "cuda-host" and fmt not in ("F.linear", "nn.Linear") and r.get("M") == 1:
-            _check(rows, "host time per call", fmt, cell, r.get("host_us"), HOST_US_MAX,
+            _check(rows, "host time per call", fmt, cell, r.get("host_us"), CUDA_HOST_GOAL_US,
                    f"F.linear {r.get('flinear_host_us', float('nan')):.1f} us", "us")
         elif r.get("kind") == "cuda-graph":
             name = goal_name(fmt, 0.9 if fmt.startswith("bsr") else 0.0)  # bench overhead prunes to 90 %
@@ -194,23 +188,20 @@ def _margin(r):
 
 def report(rows):
     """Markdown: a summary line per goal, then every cell short of its goal (worst first)."""
-    lines = ["| goal | format | cells met | worst cell | worst | needed |", "|---|---|---:|---|---:|---:|"]
-    keys = []
-    for r in rows:
-        if (r["goal"], r["what"]) not in keys:
-            keys.append((r["goal"], r["what"]))
+    keys = list(dict.fromkeys((r["goal"], r["what"]) for r in rows))
+    summary = []
     for key in keys:
         cells = [r for r in rows if (r["goal"], r["what"]) == key]
         worst = min(cells, key=_margin)
-        lines.append(f"| {key[0]} | {key[1]} | {sum(r['met'] for r in cells)} / {len(cells)} | {worst['cell']} | "
-                     f"{_fmt(worst['got'], worst['unit'])} | {_fmt(worst['need'], worst['unit'])} |")
+        summary.append([key[0], key[1], f"{sum(r['met'] for r in cells)} / {len(cells)}", worst["cell"],
+                        _fmt(worst["got"], worst["unit"]), _fmt(worst["need"], worst["unit"])])
+    lines = [markdown_table(["goal", "format", "cells met", "worst cell", "worst", "needed"], summary)]
     short = sorted((r for r in rows if not r["met"]), key=lambda r: (r["goal"], r["what"], _margin(r)))
     if short:
         lines += ["", f"Cells short of their goal ({len(short)} of {len(rows)}):", "",
-                  "| goal | format | cell | got | needed | achieved |", "|---|---|---|---:|---:|---|"]
-        for r in short:
-            lines.append(f"| {r['goal']} | {r['what']} | {r['cell']} | {_fmt(r['got'], r['unit'])} | "
-                         f"{_fmt(r['need'], r['unit'])} | {r['achieved']} |")
+                  markdown_table(["goal", "format", "cell", "got", "needed", "achieved"],
+                                 [[r["goal"], r["what"], r["cell"], _fmt(r["got"], r["unit"]),
+                                   _fmt(r["need"], r["unit"]), r["achieved"]] for r in short])]
     else:
         lines += ["", f"Every one of the {len(rows)} cells measured meets its goal."]
     return "\n".join(lines) + "\n"
