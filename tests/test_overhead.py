@@ -567,11 +567,11 @@ def test_bench_overhead_cuda_tables_from_records():
             dict(kind="cuda-host", format="bsr:16", N=64, K=64, M=1, calls=1000, host_us=12.5, flinear_host_us=4.0,
                  meets_goal=False),
             dict(kind="cuda-host", format="bsr:16", N=64, K=64, M=32, calls=1000, host_us=30.0, flinear_host_us=4.2,
-                 meets_goal=None),
+                 meets_goal=None, host_us_jit_launch=33.5),
             dict(kind="cuda-graph", format="bsr:64", N=14336, K=4096, M=1, dense_ms=0.03, dense_graph_ms=0.03,
                  ms=0.01, graph_ms=0.006, speedup=3.0, graph_speedup=5.0, eager_over_graph=0.6)]
     text = overhead_tables(recs)
-    assert "| bsr:16 | 1 | 12.50 | no |" in text and "| bsr:16 | 32 | 30.00 |  |" in text
+    assert "| bsr:16 | 1 | 12.50 | - | no |" in text and "| bsr:16 | 32 | 30.00 | 33.50 |  |" in text
     assert "| bsr:64 | 0.0100 | 3.00x | 5.00x | 0.60 |  |" in text
 
 
@@ -583,5 +583,7 @@ def test_bench_overhead_cuda_records():
     host = [r for r in recs if r["kind"] == "cuda-host"]
     assert all(r.get("host_us", 0) > 0 for r in host), host
     assert sorted({r["M"] for r in host}) == [1, 32]
+    assert all(r.get("host_us_jit_launch", 0) > 0 for r in host if r["M"] == 32 and "format" in r
+               and r["format"] not in ("F.linear", "nn.Linear")), host
     graph = [r for r in recs if r["kind"] == "cuda-graph"]
     assert all("speedup" in r for r in graph), graph

@@ -24,7 +24,8 @@ import triton.language as tl
 
 from ..ops import _checked_once, _checks
 from . import autotune
-from ._common import DTYPE_NAME, USE_POPC, dot_acc, m_bucket, next_pow2, popcount32, tile_ids, upcast_dot
+from ._common import DTYPE_NAME, USE_POPC, cdiv, dot_acc, m_bucket, next_pow2, popcount32, tile_ids, upcast_dot
+from .launch import launch
 
 OP = "bitmap_mm"
 _TABLE = autotune.table(OP)
@@ -165,8 +166,9 @@ def candidates(bucket: int, K: int, dtype: torch.dtype, density: int = 5):
 
 def _launch(x, bitmap, word_offsets, values, bias, y, M, N, K, cfg):
     bm, bn, wpb = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["WPB"]
-    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
-    _bitmap_mm_kernel[grid](
+    grid = (cdiv(M, bm) * cdiv(N, bn),)
+    launch(
+        _bitmap_mm_kernel, grid,
         x, bitmap, word_offsets, values, bias if bias is not None else y, y,
         M, N, K, bitmap.shape[1], x.stride(0), x.stride(1), y.stride(0),
         HAS_BIAS=bias is not None, DOT=cfg["DOT"], IEEE=x.dtype == torch.float32, UPCAST=upcast_dot(x.dtype),

@@ -20,7 +20,8 @@ import triton.language as tl
 
 from ..ops import _checked_once, _checks
 from . import autotune
-from ._common import DTYPE_NAME, dot_acc, m_bucket, next_pow2, tile_ids, upcast_dot
+from ._common import DTYPE_NAME, cdiv, dot_acc, m_bucket, next_pow2, tile_ids, upcast_dot
+from .launch import launch
 
 OP = "bsr_mm"
 _TABLE = autotune.table(OP)
@@ -149,8 +150,9 @@ def candidates(R: int, C: int, bucket: int, dtype: torch.dtype):
 
 def _launch(x, crow, col, values, bias, y, M, N, R, C, cfg):
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
-    grid = (triton.cdiv(M, bm) * (N // R) * triton.cdiv(R, bn),)
-    _bsr_mm_kernel[grid](
+    grid = (cdiv(M, bm) * (N // R) * cdiv(R, bn),)
+    launch(
+        _bsr_mm_kernel, grid,
         x, crow, col, values, bias if bias is not None else y, y,
         M, N, x.stride(0), x.stride(1), y.stride(0),
         R=R, C=C, HAS_BIAS=bias is not None, DOT=cfg["DOT"], IEEE=x.dtype == torch.float32, UPCAST=upcast_dot(x.dtype),

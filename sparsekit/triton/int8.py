@@ -20,7 +20,8 @@ import triton.language as tl
 
 from ..ops import _checks
 from . import autotune
-from ._common import DTYPE_NAME, dot_acc, m_bucket, next_pow2, round_half_even, tile_ids, upcast_dot
+from ._common import DTYPE_NAME, cdiv, dot_acc, m_bucket, next_pow2, round_half_even, tile_ids, upcast_dot
+from .launch import launch
 
 _QTABLE = autotune.table("quantize_per_token")
 _I8TABLE = autotune.table("int8_mm")
@@ -123,7 +124,8 @@ def quantize_candidates(K: int):
 
 
 def _launch_quantize(x, q, scale, zp, symmetric, cfg):
-    _quantize_kernel[(x.shape[0],)](
+    launch(
+        _quantize_kernel, (x.shape[0],),
         x, q, scale, zp, x.shape[1], x.stride(0), x.stride(1), q.stride(0),
         SYMMETRIC=bool(symmetric), BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
@@ -214,8 +216,9 @@ def _launch_int8(x_q, x_scale, x_zero, w_q, w_scale, bias, y, raw, cfg):
     M, K = x_q.shape
     N = w_q.shape[0]
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
-    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
-    _int8_mm_kernel[grid](
+    grid = (cdiv(M, bm) * cdiv(N, bn),)
+    launch(
+        _int8_mm_kernel, grid,
         x_q, w_q, x_scale if x_scale is not None else y, x_zero if x_zero is not None else y,
         w_scale if w_scale is not None else y, bias if bias is not None else y, y,
         M, N, K, x_q.stride(0), x_q.stride(1), w_q.stride(0), w_q.stride(1), y.stride(0),
@@ -379,8 +382,9 @@ def _launch_wo(x, w_q, w_scale, bias, y, cfg):
     M, K = x.shape
     N = w_q.shape[0]
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
-    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
-    _w8a16_kernel[grid](
+    grid = (cdiv(M, bm) * cdiv(N, bn),)
+    launch(
+        _w8a16_kernel, grid,
         x, w_q, w_scale, bias if bias is not None else y, y,
         M, N, K, x.stride(0), x.stride(1), w_q.stride(0), w_q.stride(1), y.stride(0),
         HAS_BIAS=bias is not None, DOT=cfg["DOT"], IEEE=x.dtype == torch.float32, UPCAST=upcast_dot(x.dtype),
