@@ -51,25 +51,29 @@ def xtile_bytes(mt, cols, span):
     return math.ceil(math.ceil(cols / span) * (span * col + pad) / 16) * 16
 
 
-def chunking(K, align, extra_per_warp, mt, span):
-    """choose_chunking of decode_common.cuh: (Kc, splits, threads, smem)."""
+def chunking(K, align, extra_per_warp, mt, span, extra_per_block=0):
+    """choose_chunking of decode_common.cuh: (Kc, splits, threads, smem). extra_per_block: shared bytes a block
+    keeps beside its x tile (the bitmap kernels' zero column), counted with the tile as the kernels do."""
+    def tile(cols):
+        return xtile_bytes(mt, cols, span) + extra_per_block
+
     b2 = min(SMEM_OPTIN, SMEM_SM // 2 - 1024)
     b1 = min(SMEM_OPTIN, SMEM_SM - 1024)
     whole = math.ceil(max(K, 1) / align) * align
-    if xtile_bytes(mt, whole, span) + 8 * extra_per_warp <= b2:
+    if tile(whole) + 8 * extra_per_warp <= b2:
         kc, threads = whole, 256
-    elif xtile_bytes(mt, whole, span) + 16 * extra_per_warp <= b1:
+    elif tile(whole) + 16 * extra_per_warp <= b1:
         kc, threads = whole, 512
     else:
         threads = 256
         avail = b2 - 8 * extra_per_warp
-        kmax = max(1, avail // xtile_bytes(mt, align, span)) * align
-        while kmax > align and xtile_bytes(mt, kmax, span) > avail:
+        kmax = max(1, avail // tile(align)) * align
+        while kmax > align and tile(kmax) > avail:
             kmax -= align
         splits = math.ceil(K / kmax)
         kc = math.ceil(math.ceil(K / splits) / align) * align
     splits = max(1, math.ceil(K / kc))
-    return kc, splits, threads, xtile_bytes(mt, kc, span) + threads // 32 * extra_per_warp
+    return kc, splits, threads, tile(kc) + threads // 32 * extra_per_warp
 
 
 def warps_per_sm(regs, threads, smem, N, splits):
@@ -97,7 +101,7 @@ def bitmap_row(N, K, M, density, variant, regs):
     r = regs.get(name)
     if r is None:
         return None
-    kc, splits, threads, smem = chunking(K, 32, warp_bytes, mt, 32)
+    kc, splits, threads, smem = chunking(K, 32, warp_bytes, mt, 32, extra_per_block=64)  # + the zero column
     per_warp = d * (min(tile_vals, p * 512) + 128)
     w, blocks = warps_per_sm(r, threads, smem, N, splits)
     return dict(regs=r, threads=threads, blocks=blocks, splits=splits, warps=w, per_warp=per_warp,

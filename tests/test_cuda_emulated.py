@@ -1177,6 +1177,19 @@ PLANTED = {
         "f", ("bitmap_kernel.cu", "for (int q = lane + 32 * P; q < nq; q += 32)",
               "for (int q = lane + 32 * P; q < 0; q += 32)"),
         "bitmap_v2"),
+    # the branch-free consumer: entries outside a tile's run take -0.0 and the block's zero column
+    "bitmap zero column not zeroed": (
+        "h", ("bitmap_kernel.cu", "  zero_column(zero);\n  uint16_t* list", "  uint16_t* list"),
+        "bitmap_v1"),
+    "bitmap entries outside the run neither masked nor sent to the zero column": (
+        "i", ("bitmap_kernel.cu", "Tile::load_at(in ? tile + (e << ListEntry<T, MT>::kShift) : zero, xv);\n"
+                                  "      const float v = in ? vals[r] : -0.0f;",
+              "Tile::load_at(tile + (e << ListEntry<T, MT>::kShift), xv);\n      const float v = vals[r];"),
+        "bitmap_v2"),
+    "bitmap run mask one entry too long (M <= 4: no branch)": (
+        "k", ("bitmap_kernel.cu", "const int b = imin(shift + total - q * kV, kV);",
+              "const int b = imin(shift + total - q * kV + 1, kV);"),
+        "bitmap_v1"),
     "bitmap v2 next batch's words one tile late": (
         "g", ("bitmap_kernel.cu", "load_batch_words<D>(p, c, tiles,",
               "advance(c, tiles, n_stride);\n    load_batch_words<D>(p, c, tiles,"),

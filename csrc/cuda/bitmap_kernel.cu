@@ -30,10 +30,38 @@ using namespace decode;
 constexpr int kSpan = 32;             // x tile span: one bitmap word
 constexpr int64_t kChunkAlign = 32;   // K chunks are whole words
 constexpr int kTileCols = 1024;       // a warp tile: 32 words
+constexpr int kPre = 4;               // value chunks per lane loaded before the list is built (v1)
 constexpr int kListLen = kTileCols + 16;  // + the alignment shift (< 8) and the last chunk's round-up
 constexpr int kListBytes = kListLen * 2;
-constexpr int kPre = 4;               // value chunks per lane loaded before the list is built
+// After the x tile, one zero column per block: what a chunk's entries outside its tile's run read instead of
+// x (as wide as the widest column, float32 at MT = 16), so that they add exactly nothing without a branch.
+// The per-warp buffers follow it.
+constexpr int kZeroBytes = 64;
+static_assert(kListBytes % 16 == 0 && kZeroBytes % 16 == 0, "the zero column and what follows are 16-byte aligned");
 
+// A list entry: the tile-relative column c of a kept value as its x tile byte offset from the tile's base (what
+// the consumer adds to the base: no per-value address arithmetic), halved where the tile is too wide for 16 bits
+// (float32 at MT = 16 spans 66 KB).
+template <typename T, int MT>
+struct ListEntry {
+  using Tile = XTile<T, MT, kSpan>;
+  static constexpr unsigned kMax = (kTileCols / kSpan - 1) * Tile::kSpanBytes + (kSpan - 1) * Tile::kColBytes;
+  static constexpr int kShift = kMax < 65536 ? 0 : 1;
+  static_assert(Tile::kSpanBytes % 2 == 0 && Tile::kColBytes % 2 == 0, "x tile offsets are even");
+  static_assert((kMax >> kShift) < 65536, "a tile's entries fit 16 bits");
+  // Entry of bit b of lane `lane`'s word (column 32 * lane + b of the tile).
+  __device__ __forceinline__ static unsigned lane_base(int lane) {
+    return static_cast<unsigned>(lane) * static_cast<unsigned>(Tile::kSpanBytes >> kShift);
+  }
+  __device__ __forceinline__ static uint16_t of(unsigned base, int b) {
+    return static_cast<uint16_t>(base + static_cast<unsigned>(b) * static_cast<unsigned>(Tile::kColBytes >> kShift));
+  }
+};
+
+// Zeroes the block's zero column (before the block's first __syncthreads).
+__device__ __forceinline__ void zero_column(unsigned char* zero) {
+  if (threadIdx.x < kZeroBytes / 4) reinterpret_cast<uint32_t*>(zero)[threadIdx.x] = 0u;
+}
 struct BmParams {
   int64_t M = 0, N = 0, K = 0;
   int64_t m_begin = 0;
@@ -48,10 +76,16 @@ struct BmParams {
 };
 
 // FMAs of one 16-byte chunk q of the tile's run: entries j = q * kV + r in [shift, shift + total) are
-// the run's; their tile-relative columns are list[j].
-template <typename T, int MT>
+// the run's; list[j] locates their x column from the tile's base (ListEntry). kBranchFree: an entry outside the
+// run takes the value -0.0 and reads the zero column, and -0.0 * 0 added to any sum leaves it as it was (bits
+// and sign included), so the chunk's shared loads can all be in flight at once; else a branch skips it. Branch-
+// free costs registers (kV entries' MT values of x in flight): v2 (128 registers, 16 warps per SM) takes it up to
+// MT = 4, v1 (32 warps per SM at 64 registers) up to MT = 2; at MT >= 8 the FMAs outweigh the branch and the
+// loads in flight would not fit (a spill at MT = 16).
+template <typename T, int MT, bool kBranchFree>
 __device__ __forceinline__ void consume_chunk(const uint4& chunk, int q, const uint16_t* list, int shift, int total,
-                                              unsigned ctile, const unsigned char* xs, float (&acc)[MT]) {
+                                              const unsigned char* tile, const unsigned char* zero,
+                                              float (&acc)[MT]) {
   using Tile = XTile<T, MT, kSpan>;
   constexpr int kV = 16 / static_cast<int>(sizeof(T));
   uint32_t w4[4];
@@ -66,15 +100,27 @@ __device__ __forceinline__ void consume_chunk(const uint4& chunk, int q, const u
     const uint2 c = *reinterpret_cast<const uint2*>(list + q * kV);
     cw[0] = c.x; cw[1] = c.y;
   }
+  // entries r in [a, b) are the run's: j = q * kV + r in [shift, shift + total)
+  const int a = imax(shift - q * kV, 0);
+  const int b = imin(shift + total - q * kV, kV);
+  const uint32_t in_run = b > a ? ((1u << b) - 1u) & ~((1u << a) - 1u) : 0u;
 #pragma unroll
   for (int r = 0; r < kV; ++r) {
-    const int j = q * kV + r;
-    if (j >= shift && j < shift + total) {
-      const unsigned col = ctile + ((cw[r >> 1] >> (16 * (r & 1))) & 0xffffu);
-      float xv[MT];
-      Tile::load(xs, col, xv);
+    const bool in = (in_run & (1u << r)) != 0u;
+    const unsigned e = (cw[r >> 1] >> (16 * (r & 1))) & 0xffffu;
+    if constexpr (!kBranchFree) {
+      if (in) {
+        float xv[MT];
+        Tile::load_at(tile + (e << ListEntry<T, MT>::kShift), xv);
 #pragma unroll
-      for (int m = 0; m < MT; ++m) acc[m] = fmaf(vals[r], xv[m], acc[m]);
+        for (int m = 0; m < MT; ++m) acc[m] = fmaf(vals[r], xv[m], acc[m]);
+      }
+    } else {
+      float xv[MT];
+      Tile::load_at(in ? tile + (e << ListEntry<T, MT>::kShift) : zero, xv);
+      const float v = in ? vals[r] : -0.0f;
+#pragma unroll
+      for (int m = 0; m < MT; ++m) acc[m] = fmaf(v, xv[m], acc[m]);
     }
   }
 }
@@ -83,6 +129,7 @@ template <typename T, int MT, bool kVecLoads>
 __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_kernel(const BmParams p) {
   using Tile = XTile<T, MT, kSpan>;
   constexpr int kV = 16 / static_cast<int>(sizeof(T));  // values per 16-byte chunk
+  constexpr bool kV1BranchFree = MT <= 2;
   extern __shared__ __align__(16) unsigned char smem[];
 
   const int lane = threadIdx.x & 31;
@@ -99,7 +146,9 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_kernel(const BmP
   const int64_t w1 = (k0 + kc + 31) / 32;
 
   unsigned char* xs = smem;
-  uint16_t* list = reinterpret_cast<uint16_t*>(smem + Tile::bytes(p.Kc) + warp * kListBytes);
+  unsigned char* zero = smem + Tile::bytes(p.Kc);
+  zero_column(zero);
+  uint16_t* list = reinterpret_cast<uint16_t*>(zero + kZeroBytes + warp * kListBytes);
   const Bits<T>* vbits = static_cast<const Bits<T>*>(p.values);
 
   int64_t n = static_cast<int64_t>(blockIdx.x) * nwarps + warp;
@@ -158,23 +207,24 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_kernel(const BmP
 
       __syncwarp();  // the previous tile's reads of the list are done
       int pos = shift + excl;
-      const unsigned colbase = static_cast<unsigned>(lane) * 32u;
+      const unsigned ebase = ListEntry<T, MT>::lane_base(lane);
       while (word) {
         const int b = __ffs(static_cast<int>(word)) - 1;
-        list[pos++] = static_cast<uint16_t>(colbase + b);
+        list[pos++] = ListEntry<T, MT>::of(ebase, b);
         word &= word - 1;
       }
       __syncwarp();
 
-      const unsigned ctile = static_cast<unsigned>((t0 - w0) * 32);
+      const unsigned char* tile = xs + Tile::offset(static_cast<unsigned>((t0 - w0) * 32));
 #pragma unroll
       for (int i = 0; i < kPre; ++i) {
         const int q = lane + 32 * i;
-        if (q < nq) consume_chunk<T, MT>(raw[i], q, list, shift, total, ctile, xs, acc);
+        if (q < nq) consume_chunk<T, MT, kV1BranchFree>(raw[i], q, list, shift, total, tile, zero, acc);
       }
       for (int q = lane + 32 * kPre; q < nq; q += 32)
-        consume_chunk<T, MT>(load_chunk<T, kVecLoads>(vbits, p.nnz, aligned + static_cast<int64_t>(q) * kV), q, list,
-                             shift, total, ctile, xs, acc);
+        consume_chunk<T, MT, kV1BranchFree>(
+            load_chunk<T, kVecLoads>(vbits, p.nnz, aligned + static_cast<int64_t>(q) * kV), q, list, shift, total,
+            tile, zero, acc);
     }
 
     const float r = warp_reduce_scatter<MT>(acc, lane);
@@ -242,6 +292,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const 
   constexpr int kV = 16 / static_cast<int>(sizeof(T));
   constexpr int D = V2Shape<MT, kSparse>::D;
   constexpr int P = V2Shape<MT, kSparse>::P;
+  constexpr bool kV2BranchFree = MT <= 4;
   extern __shared__ __align__(16) unsigned char smem[];
 
   const int lane = threadIdx.x & 31;
@@ -259,7 +310,9 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const 
   const int tiles = static_cast<int>((w1 - w0 + 31) / 32);  // >= 1: every chunk has columns
 
   unsigned char* xs = smem;
-  unsigned char* wsm = smem + Tile::bytes(p.Kc) + warp * V2Shape<MT, kSparse>::kWarpBytes;
+  unsigned char* zero = smem + Tile::bytes(p.Kc);
+  zero_column(zero);
+  unsigned char* wsm = zero + kZeroBytes + warp * V2Shape<MT, kSparse>::kWarpBytes;
   uint16_t* list = reinterpret_cast<uint16_t*>(wsm);
   uint2* wordbuf = reinterpret_cast<uint2*>(wsm + kListBytes);  // [slot][lane]: (word, place in the run)
   const Bits<T>* vbits = static_cast<const Bits<T>*>(p.values);
@@ -333,24 +386,25 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const 
         __syncwarp();  // the previous tile's reads of the list are done
         const uint2 wp = wordbuf[s * 32 + lane];
         int pos = shift + static_cast<int>(wp.y);
-        const unsigned colbase = static_cast<unsigned>(lane) * 32u;
+        const unsigned ebase = ListEntry<T, MT>::lane_base(lane);
         uint32_t word = wp.x;
         while (word) {
           const int b = __ffs(static_cast<int>(word)) - 1;
-          list[pos++] = static_cast<uint16_t>(colbase + b);
+          list[pos++] = ListEntry<T, MT>::of(ebase, b);
           word &= word - 1;
         }
         __syncwarp();
 
-        const unsigned ctile = static_cast<unsigned>(e.t) * static_cast<unsigned>(kTileCols);
+        const unsigned char* tile = xs + Tile::offset(static_cast<unsigned>(e.t) * static_cast<unsigned>(kTileCols));
 #pragma unroll
         for (int i = 0; i < P; ++i) {
           const int q = lane + 32 * i;
-          if (q < nq) consume_chunk<T, MT>(v[s][i], q, list, shift, total, ctile, xs, acc);
+          if (q < nq) consume_chunk<T, MT, kV2BranchFree>(v[s][i], q, list, shift, total, tile, zero, acc);
         }
         for (int q = lane + 32 * P; q < nq; q += 32)
-          consume_chunk<T, MT>(load_chunk<T, true>(vbits, p.nnz, aligned + static_cast<int64_t>(q) * kV), q, list,
-                               shift, total, ctile, xs, acc);
+          consume_chunk<T, MT, kV2BranchFree>(
+              load_chunk<T, true>(vbits, p.nnz, aligned + static_cast<int64_t>(q) * kV), q, list, shift, total, tile,
+              zero, acc);
 
         if (e.t == tiles - 1) {  // the row's last tile: its sum is complete
           const float r = warp_reduce_scatter<MT>(acc, lane);
@@ -412,7 +466,8 @@ struct BitmapDecode : FloatFinish {
       p.variant = 1;
       warp_bytes = kListBytes;
     }
-    p.ch = choose_chunking(a.K, kChunkAlign, warp_bytes, d, [&](int64_t cols) { return xtile_bytes<T, kSpan>(mt_max, cols); });
+    p.ch = choose_chunking(a.K, kChunkAlign, warp_bytes, d,
+                           [&](int64_t cols) { return xtile_bytes<T, kSpan>(mt_max, cols) + kZeroBytes; });
     plan_workspace(&p, a.M, a.N);
     *plan = p;
     return cudaSuccess;
@@ -440,7 +495,8 @@ struct BitmapDecode : FloatFinish {
     if constexpr (kVec) {
       if (plan.variant == 2) warp_bytes = plan.sparse ? V2Shape<MT, true>::kWarpBytes : V2Shape<MT, false>::kWarpBytes;
     }
-    const size_t smem = XTile<T, MT, kSpan>::bytes(plan.ch.Kc) + static_cast<size_t>(plan.ch.threads / 32) * warp_bytes;
+    const size_t smem = XTile<T, MT, kSpan>::bytes(plan.ch.Kc) + kZeroBytes +
+                        static_cast<size_t>(plan.ch.threads / 32) * warp_bytes;
     BmParams p;
     p.M = a.M; p.N = a.N; p.K = a.K;
     p.Kc = plan.ch.Kc;
