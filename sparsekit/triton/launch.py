@@ -64,10 +64,6 @@ def set_mode(mode: str) -> str:
     return old
 
 
-def mode() -> str:
-    return _mode
-
-
 def clear() -> None:
     _cache.clear()
     _plans.clear()
@@ -93,13 +89,13 @@ def _arg_key(v):
 class _Plan:
     """What a kernel's signature says once: its parameters' names, which are constexprs, their defaults."""
 
-    __slots__ = ("names", "constexpr", "defaults", "params")
+    __slots__ = ("names", "constexpr", "defaults")
 
     def __init__(self, fn):
-        self.params = list(fn.params)
-        self.names = [p.name for p in self.params]
-        self.constexpr = {p.name for p in self.params if p.is_constexpr}
-        self.defaults = {p.name: p.default for p in self.params if p.default is not inspect.Parameter.empty}
+        params = list(fn.params)
+        self.names = [p.name for p in params]
+        self.constexpr = {p.name for p in params if p.is_constexpr}
+        self.defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
     def tail(self, nargs: int, meta: dict) -> tuple:
         """The values of the parameters after the positional ones, in order (what Triton's binder binds):
