@@ -37,6 +37,9 @@ SPLIT_BITMAP = {"EMU_SMEM_PER_SM": 40000, "EMU_SMEM_OPTIN": 40000}
 # The batched bitmap kernel (v2) needs more shared memory per warp: on 40000 bytes it gives way to v1; on
 # 140000 it runs and splits K (bf16) at M = 16 above ~2200 columns, at M = 1 above ~34000.
 SPLIT_BITMAP_V2 = {"EMU_SMEM_PER_SM": 140000, "EMU_SMEM_OPTIN": 140000}
+# Its wide shape (2048-column tiles, the sparsest rows) needs more: on 140000 the 1024-column sparse shape runs
+# instead; on 200000 the wide one runs and splits K (bf16) at M = 16 above ~1500 columns, at M = 1 above ~24000.
+SPLIT_BITMAP_WIDE = {"EMU_SMEM_PER_SM": 200000, "EMU_SMEM_OPTIN": 200000}
 
 
 # ------------------------------------------------------------------------------------------ builds
@@ -288,18 +291,23 @@ def bitmap_case_mask(name, dtype, M, mask, g, bias=True, voff=0, split=None):
 
 
 def bitmap_v2_cases(dtype, seed=21):
-    """What the batched variant (bitmap_decode_v2_kernel) must get right: both batch shapes (sparse:
-    density <= 15 % in 16-bit, 7.5 % in fp32; dense), batches that cross row ends (rows of 1-3 tiles: a
-    batch of 8 or 4 holds several rows), odd K, rows whose tiles are all empty, whole rows or single
-    tiles 100 % dense (runs longer than the chunks issued per lane: the overflow loads), every M tile."""
+    """What the batched variant (bitmap_decode_v2_kernel) must get right: the three batch shapes (wide:
+    density <= 10.6 % in 16-bit, 5.3 % in fp32; sparse: <= 15 %, 7.5 %; dense), batches that cross row ends
+    (rows of 1-3 tiles: a batch of 8 or 4 holds several rows), odd K (a wide tile whose second half is short
+    or empty), rows whose tiles are all empty, whole rows or single tiles 100 % dense (runs longer than the
+    chunks issued per lane: the overflow loads), every M tile."""
     g = gen(seed)
     cases = []
+    d_sparse = 0.13 if dtype != torch.float32 else 0.065  # the 1024-column sparse shape, not the wide one
     for i, M in enumerate((1, 2, 3, 4, 5, 8, 16)):
-        cases.append(bitmap_case(f"v2 sparse M={M} K=3001", dtype, M, 21, 3001, g, density=0.05, bias=i % 2 == 0,
+        cases.append(bitmap_case(f"v2 wide M={M} K=3001", dtype, M, 21, 3001, g, density=0.05, bias=i % 2 == 0,
                                  empty_rows=(0, 7)))
         cases.append(bitmap_case(f"v2 dense M={M} K=2050", dtype, M, 13, 2050, g, density=0.6, bias=i % 2 == 1,
                                  empty_rows=(3,)))
-    for K in (1, 31, 97, 1024, 1025):  # one tile per row: a batch spans up to 8 rows
+        if M in (1, 4, 16):
+            cases.append(bitmap_case(f"v2 sparse M={M} K=3001", dtype, M, 15, 3001, g, density=d_sparse,
+                                     empty_rows=(2,)))
+    for K in (1, 31, 97, 1024, 1025, 2048, 2049):  # one tile per row: a batch spans up to 8 rows
         cases.append(bitmap_case(f"v2 rows of one tile K={K}", dtype, 3, 29, K, g, density=0.1))
     # tiles 100 % dense next to empty ones, in a sparse matrix (the sparse shape with overflow loads)
     m = torch.rand((19, 5000), generator=g) < 0.03
@@ -344,6 +352,20 @@ def bitmap_v2_split_cases(dtype, seed=22, split=True):
     ]
 
 
+def bitmap_v2_wide_split_cases(dtype, seed=28, split=True):
+    """Split-K cases of the wide shape for SPLIT_BITMAP_WIDE (density <= 5 %: wide in every dtype)."""
+    g = gen(seed)
+    m = torch.rand((30, 13000), generator=g) < 0.02
+    m[3, :] = True
+    m[4, :] = False
+    m[5, 2048:4096] = True  # one wide tile dense
+    return [
+        bitmap_case("v2 wide split M=2", dtype, 2, 17, 30000, g, density=0.05, split=split),
+        bitmap_case("v2 wide split M=16 K=4100", dtype, 16, 7, 4100, g, density=0.05, split=split),
+        bitmap_case_mask("v2 wide split full and empty rows", dtype, 3, m, g, split=split),
+    ]
+
+
 @pytest.mark.parametrize("variant", ["v2", "v1"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
 def test_bitmap_mm_variants(driver, tmp_path, dtype, variant):
@@ -356,6 +378,8 @@ def test_bitmap_mm_variants(driver, tmp_path, dtype, variant):
     check_mm_cases(run(driver, cases, tmp_path / "rows", {"EMU_SMS": 1, **knobs}), cases)
     cases = bitmap_v2_split_cases(dtype, split=True if variant == "v2" else None)
     check_mm_cases(run(driver, cases, tmp_path / "split", {**SPLIT_BITMAP_V2, **knobs}), cases)
+    cases = bitmap_v2_wide_split_cases(dtype, split=True if variant == "v2" else None)
+    check_mm_cases(run(driver, cases, tmp_path / "split_wide", {**SPLIT_BITMAP_WIDE, **knobs}), cases)
     # budgets too small for v2's buffers: v1 runs (and splits K)
     cases = bitmap_split_cases(dtype, seed=26)
     check_mm_cases(run(driver, cases, tmp_path / "small", {**SPLIT_BITMAP, **knobs}), cases)
@@ -1158,8 +1182,7 @@ PLANTED = {
               "*reinterpret_cast<uint4*>(wmeta + lane * 16) = mchunk;"),
         "sparse24"),
     "bitmap missing __syncwarp after the list": (
-        "a", ("bitmap_kernel.cu", "        word &= word - 1;\n      }\n      __syncwarp();",
-              "        word &= word - 1;\n      }"),
+        "a", ("bitmap_kernel.cu", "Entry::word_base(lane));\n      __syncwarp();", "Entry::word_base(lane));"),
         "bitmap_v1"),
     "bitmap off-by-one prefetch bound": (
         "b", ("bitmap_kernel.cu", "next_word = t0 + 32 + lane < w1 ?", "next_word = t0 + 32 + lane <= w1 ?"),
@@ -1170,8 +1193,8 @@ PLANTED = {
     # (not the __syncwarp before the list is written: the shuffles of the run's start and length there
     # already make the lanes wait for each other, which the emulator cannot tell from a memory barrier)
     "bitmap v2 missing __syncwarp after the list": (
-        "e", ("bitmap_kernel.cu", "          word &= word - 1;\n        }\n        __syncwarp();",
-              "          word &= word - 1;\n        }"),
+        "e", ("bitmap_kernel.cu", "        }\n        __syncwarp();\n\n        const unsigned char* tile",
+              "        }\n\n        const unsigned char* tile"),
         "bitmap_v2"),
     "bitmap v2 overflow chunks skipped": (
         "f", ("bitmap_kernel.cu", "for (int q = lane + 32 * P; q < nq; q += 32)",
@@ -1182,17 +1205,27 @@ PLANTED = {
         "h", ("bitmap_kernel.cu", "  zero_column(zero);\n  uint16_t* list", "  uint16_t* list"),
         "bitmap_v1"),
     "bitmap entries outside the run neither masked nor sent to the zero column": (
-        "i", ("bitmap_kernel.cu", "Tile::load_at(in ? tile + (e << ListEntry<T, MT>::kShift) : zero, xv);\n"
+        "i", ("bitmap_kernel.cu", "Tile::load_at(in ? tile + (e << kEntryShift) : zero, xv);\n"
                                   "      const float v = in ? vals[r] : -0.0f;",
-              "Tile::load_at(tile + (e << ListEntry<T, MT>::kShift), xv);\n      const float v = vals[r];"),
+              "Tile::load_at(tile + (e << kEntryShift), xv);\n      const float v = vals[r];"),
         "bitmap_v2"),
     "bitmap run mask one entry too long (M <= 4: no branch)": (
         "k", ("bitmap_kernel.cu", "const int b = imin(shift + total - q * kV, kV);",
               "const int b = imin(shift + total - q * kV + 1, kV);"),
         "bitmap_v1"),
     "bitmap v2 next batch's words one tile late": (
-        "g", ("bitmap_kernel.cu", "load_batch_words<D>(p, c, tiles,",
-              "advance(c, tiles, n_stride);\n    load_batch_words<D>(p, c, tiles,"),
+        "g", ("bitmap_kernel.cu", "load_batch_words<D, W>(p, c, tiles,",
+              "advance(c, tiles, n_stride);\n    load_batch_words<D, W>(p, c, tiles,"),
+        "bitmap_v2"),
+    # the wide shape (2048-column tiles, two words per lane; density <= 10.6 % in 16 bits, 5.3 % in fp32)
+    "bitmap v2 wide: the second word's place ignores the first half's run": (
+        "l", ("bitmap_kernel.cu", "static_cast<uint32_t>(total0 + (excl >> 16))", "static_cast<uint32_t>(excl >> 16)"),
+        "bitmap_v2"),
+    "bitmap v2 wide: the second word's columns taken for the first's": (
+        "m", ("bitmap_kernel.cu", "wp.y, Entry::word_base(lane + 32));", "wp.y, Entry::word_base(lane));"),
+        "bitmap_v2"),
+    "bitmap v2 wide: the tile's run counts its first half only": (
+        "n", ("bitmap_kernel.cu", "total = total0 + (tot >> 16);", "total = total0;"),
         "bitmap_v2"),
     "csr off-by-one row end": (
         "a", ("csr_spmm_kernel.cu", "j < end; j += 32", "j <= end; j += 32"), "csr"),
@@ -1315,6 +1348,7 @@ def planted_cases(kind):
         m[2, 1024:] = False
         return [bitmap_case("v2 sparse rows of one tile", dt, 3, 150, 900, gen(20), density=0.1),
                 bitmap_case("v2 sparse rows of 9 tiles", dt, 1, 140, 9000, gen(22), density=0.05),
+                bitmap_case("v2 sparse (1024-column tiles) rows of 3", dt, 3, 100, 3000, gen(24), density=0.13),
                 bitmap_case_mask("v2 sparse, dense and empty tiles", dt, 2, m, g),
                 bitmap_case("v2 dense", dt, 16, 9, 2080, gen(21), density=0.5),
                 bitmap_case("v2 dense rows of 5 tiles", dt, 4, 100, 4500, gen(23), density=0.5)]

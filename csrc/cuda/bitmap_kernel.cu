@@ -11,7 +11,8 @@
 // columns of its word's kept values into a per-warp shared list at their place in the run (a compaction,
 // so that lanes then share the kept values evenly whatever the density). Each lane then takes a 16-byte
 // chunk of values and the matching 8 or 4 list entries (one shared vector load) and does the FMAs with
-// the x columns from the tile. Warp reduce-scatter and split-K as in sparse24_kernel.cu.
+// the x columns from the tile. Warp reduce-scatter and split-K as in sparse24_kernel.cu. Variant 2 (below, the
+// default) batches a warp's tiles and walks the sparsest rows in tiles of 2048 columns, two words per lane.
 //
 // SPARSEKIT_CUDA_DECODE=v3 (float16 / bfloat16 on sm_80+, every M) runs the tensor-core decode kernel instead
 // (mma_decode.cuh, BitmapRows: a row's run of a step staged in shared memory by its quad, each lane expanding
@@ -40,23 +41,34 @@ constexpr int kZeroBytes = 64;
 static_assert(kListBytes % 16 == 0 && kZeroBytes % 16 == 0, "the zero column and what follows are 16-byte aligned");
 
 // A list entry: the tile-relative column c of a kept value as its x tile byte offset from the tile's base (what
-// the consumer adds to the base: no per-value address arithmetic), halved where the tile is too wide for 16 bits
-// (float32 at MT = 16 spans 66 KB).
-template <typename T, int MT>
+// the consumer adds to the base: no per-value address arithmetic), shifted right where the tile is too wide for
+// 16 bits (float32 at MT = 16 spans 66 KB in a 1024-column tile, 132 KB in a 2048-column one).
+template <typename T, int MT, int kCols = kTileCols>
 struct ListEntry {
   using Tile = XTile<T, MT, kSpan>;
-  static constexpr unsigned kMax = (kTileCols / kSpan - 1) * Tile::kSpanBytes + (kSpan - 1) * Tile::kColBytes;
-  static constexpr int kShift = kMax < 65536 ? 0 : 1;
-  static_assert(Tile::kSpanBytes % 2 == 0 && Tile::kColBytes % 2 == 0, "x tile offsets are even");
-  static_assert((kMax >> kShift) < 65536, "a tile's entries fit 16 bits");
-  // Entry of bit b of lane `lane`'s word (column 32 * lane + b of the tile).
-  __device__ __forceinline__ static unsigned lane_base(int lane) {
-    return static_cast<unsigned>(lane) * static_cast<unsigned>(Tile::kSpanBytes >> kShift);
+  static constexpr unsigned kMax = (kCols / kSpan - 1) * Tile::kSpanBytes + (kSpan - 1) * Tile::kColBytes;
+  static constexpr int kShift = kMax < 65536u ? 0 : (kMax >> 1) < 65536u ? 1 : 2;
+  static_assert(Tile::kSpanBytes % (1 << kShift) == 0 && Tile::kColBytes % (1 << kShift) == 0,
+                "x tile offsets are multiples of 1 << kShift");
+  static_assert((kMax >> kShift) < 65536u, "a tile's entries fit 16 bits");
+  // Entry of bit b of the tile's word w (column 32 * w + b of the tile): of(word_base(w), b).
+  __device__ __forceinline__ static unsigned word_base(int w) {
+    return static_cast<unsigned>(w) * static_cast<unsigned>(Tile::kSpanBytes >> kShift);
   }
   __device__ __forceinline__ static uint16_t of(unsigned base, int b) {
     return static_cast<uint16_t>(base + static_cast<unsigned>(b) * static_cast<unsigned>(Tile::kColBytes >> kShift));
   }
 };
+
+// The list entries of one bitmap word's kept values (E: its ListEntry), written from list[pos] on in column order.
+template <typename E>
+__device__ __forceinline__ void compact_word(uint16_t* list, int pos, uint32_t word, unsigned ebase) {
+  while (word) {
+    const int b = __ffs(static_cast<int>(word)) - 1;
+    list[pos++] = E::of(ebase, b);
+    word &= word - 1;
+  }
+}
 
 // Zeroes the block's zero column (before the block's first __syncthreads).
 __device__ __forceinline__ void zero_column(unsigned char* zero) {
@@ -76,13 +88,13 @@ struct BmParams {
 };
 
 // FMAs of one 16-byte chunk q of the tile's run: entries j = q * kV + r in [shift, shift + total) are
-// the run's; list[j] locates their x column from the tile's base (ListEntry). kBranchFree: an entry outside the
-// run takes the value -0.0 and reads the zero column, and -0.0 * 0 added to any sum leaves it as it was (bits
+// the run's; list[j] << kEntryShift is their x column's offset from the tile's base (ListEntry). kBranchFree: an
+// entry outside the run takes the value -0.0 and reads the zero column, and -0.0 * 0 added to any sum leaves it as it was (bits
 // and sign included), so the chunk's shared loads can all be in flight at once; else a branch skips it. Branch-
 // free costs registers (kV entries' MT values of x in flight): v2 (128 registers, 16 warps per SM) takes it up to
 // MT = 4, v1 (32 warps per SM at 64 registers) up to MT = 2; at MT >= 8 the FMAs outweigh the branch and the
 // loads in flight would not fit (a spill at MT = 16).
-template <typename T, int MT, bool kBranchFree>
+template <typename T, int MT, bool kBranchFree, int kEntryShift>
 __device__ __forceinline__ void consume_chunk(const uint4& chunk, int q, const uint16_t* list, int shift, int total,
                                               const unsigned char* tile, const unsigned char* zero,
                                               float (&acc)[MT]) {
@@ -111,13 +123,13 @@ __device__ __forceinline__ void consume_chunk(const uint4& chunk, int q, const u
     if constexpr (!kBranchFree) {
       if (in) {
         float xv[MT];
-        Tile::load_at(tile + (e << ListEntry<T, MT>::kShift), xv);
+        Tile::load_at(tile + (e << kEntryShift), xv);
 #pragma unroll
         for (int m = 0; m < MT; ++m) acc[m] = fmaf(vals[r], xv[m], acc[m]);
       }
     } else {
       float xv[MT];
-      Tile::load_at(in ? tile + (e << ListEntry<T, MT>::kShift) : zero, xv);
+      Tile::load_at(in ? tile + (e << kEntryShift) : zero, xv);
       const float v = in ? vals[r] : -0.0f;
 #pragma unroll
       for (int m = 0; m < MT; ++m) acc[m] = fmaf(v, xv[m], acc[m]);
@@ -130,6 +142,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_kernel(const BmP
   using Tile = XTile<T, MT, kSpan>;
   constexpr int kV = 16 / static_cast<int>(sizeof(T));  // values per 16-byte chunk
   constexpr bool kV1BranchFree = MT <= 2;
+  using Entry = ListEntry<T, MT>;
   extern __shared__ __align__(16) unsigned char smem[];
 
   const int lane = threadIdx.x & 31;
@@ -206,23 +219,17 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_kernel(const BmP
       }
 
       __syncwarp();  // the previous tile's reads of the list are done
-      int pos = shift + excl;
-      const unsigned ebase = ListEntry<T, MT>::lane_base(lane);
-      while (word) {
-        const int b = __ffs(static_cast<int>(word)) - 1;
-        list[pos++] = ListEntry<T, MT>::of(ebase, b);
-        word &= word - 1;
-      }
+      compact_word<Entry>(list, shift + excl, word, Entry::word_base(lane));
       __syncwarp();
 
       const unsigned char* tile = xs + Tile::offset(static_cast<unsigned>((t0 - w0) * 32));
 #pragma unroll
       for (int i = 0; i < kPre; ++i) {
         const int q = lane + 32 * i;
-        if (q < nq) consume_chunk<T, MT, kV1BranchFree>(raw[i], q, list, shift, total, tile, zero, acc);
+        if (q < nq) consume_chunk<T, MT, kV1BranchFree, Entry::kShift>(raw[i], q, list, shift, total, tile, zero, acc);
       }
       for (int q = lane + 32 * kPre; q < nq; q += 32)
-        consume_chunk<T, MT, kV1BranchFree>(
+        consume_chunk<T, MT, kV1BranchFree, Entry::kShift>(
             load_chunk<T, kVecLoads>(vbits, p.nnz, aligned + static_cast<int64_t>(q) * kV), q, list, shift, total,
             tile, zero, acc);
     }
@@ -234,10 +241,10 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_kernel(const BmP
 }
 
 // ------------------------------------------------------------------------------------ variant 2
-// The same tiles, list and FMAs, with more bytes in flight per warp (SPARSEKIT_CUDA_DECODE=v2, the
-// default; csrc/cuda/README.md has the model). Variant 1 issues one tile's values, waits, consumes, so a
-// warp holds one tile (~200 bytes at 10 % density in bf16) in flight. Here a warp walks the flattened
-// sequence of its (row, tile) items in batches of D items, across row ends:
+// The same list and FMAs, with more bytes in flight per warp (SPARSEKIT_CUDA_DECODE=v2, the default;
+// csrc/cuda/README.md has the model). Variant 1 issues one tile's values, waits, consumes, so a warp holds one
+// tile (~200 bytes at 10 % density in bf16) in flight. Here a warp walks the flattened sequence of its
+// (row, tile) items in batches of D items, across row ends:
 //   1. the bitmap words of the batch's D tiles (and, in lane s, the word_offsets entry of slot s's row
 //      when slot s starts a row) were loaded one batch ahead;
 //   2. the D scans give each tile's run of values (a running base; word_offsets only at a row start),
@@ -246,16 +253,31 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_kernel(const BmP
 //   4. the D tiles are consumed in order (list, FMAs; a row's sum is reduced and written as soon as its
 //      last tile is consumed). A tile with more than 32 P chunks loads the rest as it consumes them.
 // Registers go to the values in flight: per-slot numbers a lane does not need for itself (run start and
-// length) live in lane s and are fetched with a shuffle; each lane's bitmap word and its place in the run
-// wait for the list in a per-warp shared buffer (8 bytes per lane and slot), not in registers.
-template <int MT, bool kSparse>
+// length) live in lane s and are fetched with a shuffle; each lane's bitmap words and their places in the run
+// wait for the list in a per-warp shared buffer, not in registers.
+//
+// Three shapes (V2Shape), chosen by the density: kDense, D = 4 tiles of 1024 columns and 2 chunks per lane;
+// kSparse, D = 8 tiles of 1024 columns and 1 chunk per lane (32 registers of values either way); kWide (the
+// sparsest), D = 4 tiles of 2048 columns, two words per lane (words lane and lane + 32 of the tile: coalesced
+// loads), 1 chunk per lane. At 10 % density a 1024-column tile's run fills 13 of the 32 lanes' chunks, yet its
+// scan, its compaction's loop overhead, its bookkeeping and the consumer's ≈ 85 instructions are paid for all
+// 32 lanes: a 2048-column tile fills 26 and pays them once for twice the columns (one scan of the two words'
+// counts packed in the halves of an int). The bytes in flight stay those of kSparse (4 tiles of 26 chunks
+// against 8 of 13) with half the registers of values.
+enum V2Kind { kV2Dense = 0, kV2Sparse = 1, kV2Wide = 2 };
+
+template <int kKind>
 struct V2Shape {
-  // kSparse (few values per tile): D = 8 tiles of 1 chunk per lane; else D = 4 tiles of 2 chunks
-  // (32 registers of values either way).
-  static constexpr int P = kSparse ? 1 : 2;
-  static constexpr int D = kSparse ? 8 : 4;
-  // Shared bytes per warp: the list, then (word, place) per lane for the deepest batch of this shape.
-  static constexpr int kWarpBytes = kListBytes + (kSparse ? 8 : 4) * 32 * 8;
+  static constexpr int W = kKind == kV2Wide ? 2 : 1;    // bitmap words per lane and tile
+  static constexpr int P = kKind == kV2Dense ? 2 : 1;   // 16-byte chunks of values per lane issued per tile
+  static constexpr int D = kKind == kV2Sparse ? 8 : 4;  // tiles per batch
+  static constexpr int kCols = kTileCols * W;           // columns per tile
+  static constexpr int kListBytes = (kCols + 16) * 2;   // + the alignment shift (< 8) and the last chunk's round-up
+  // Per lane and slot: the words and their places in the run (uint2 (word, place) or uint4 (words, places)).
+  static constexpr int kSlotBytes = W == 1 ? 8 : 16;
+  // Shared bytes per warp: the list, then the slots' words and places.
+  static constexpr int kWarpBytes = kListBytes + D * 32 * kSlotBytes;
+  static_assert(kListBytes % 16 == 0, "the slot buffer is 16-byte aligned");
 };
 
 struct Item {  // a warp's position in its sequence: row n, tile t of the row's K chunk
@@ -270,28 +292,34 @@ __device__ __forceinline__ void advance(Item& it, int tiles, int64_t n_stride) {
   }
 }
 
-// The words of the D items from `it` (zero past the row's chunk or past N) and, in lane s, the first
-// word offset of slot s's row when slot s is a row's first tile.
-template <int D>
+// The words of the D items from `it` (zero past the row's chunk or past N): word lane + 32 h of slot s's tile in
+// wd[s][h]; and, in lane s, the first word offset of slot s's row when slot s is a row's first tile.
+template <int D, int W>
 __device__ __forceinline__ void load_batch_words(const BmParams& p, Item it, int tiles, int64_t n_stride,
                                                  int64_t words, int64_t w0, int64_t w1, int lane,
-                                                 uint32_t (&wd)[D], int32_t& row_off) {
+                                                 uint32_t (&wd)[D][W], int32_t& row_off) {
   row_off = 0;
 #pragma unroll
   for (int s = 0; s < D; ++s) {
-    const int64_t wi = w0 + static_cast<int64_t>(it.t) * 32 + lane;
-    wd[s] = (it.n < p.N && wi < w1) ? static_cast<uint32_t>(__ldg(p.bitmap + it.n * words + wi)) : 0u;
+#pragma unroll
+    for (int h = 0; h < W; ++h) {
+      const int64_t wi = w0 + static_cast<int64_t>(it.t) * (32 * W) + 32 * h + lane;
+      wd[s][h] = (it.n < p.N && wi < w1) ? static_cast<uint32_t>(__ldg(p.bitmap + it.n * words + wi)) : 0u;
+    }
     if (lane == s && it.t == 0 && it.n < p.N) row_off = __ldg(p.word_offsets + it.n * words + w0);
     advance(it, tiles, n_stride);
   }
 }
 
-template <typename T, int MT, bool kSparse>
+template <typename T, int MT, int kKind>
 __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const BmParams p) {
   using Tile = XTile<T, MT, kSpan>;
+  using Shape = V2Shape<kKind>;
   constexpr int kV = 16 / static_cast<int>(sizeof(T));
-  constexpr int D = V2Shape<MT, kSparse>::D;
-  constexpr int P = V2Shape<MT, kSparse>::P;
+  constexpr int D = Shape::D;
+  constexpr int P = Shape::P;
+  constexpr int W = Shape::W;
+  using Entry = ListEntry<T, MT, Shape::kCols>;
   constexpr bool kV2BranchFree = MT <= 4;
   extern __shared__ __align__(16) unsigned char smem[];
 
@@ -307,22 +335,23 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const 
   const int64_t words = (p.K + 31) / 32;
   const int64_t w0 = k0 / 32;
   const int64_t w1 = (k0 + kc + 31) / 32;
-  const int tiles = static_cast<int>((w1 - w0 + 31) / 32);  // >= 1: every chunk has columns
+  const int tiles = static_cast<int>((w1 - w0 + 32 * W - 1) / (32 * W));  // >= 1: every chunk has columns
 
   unsigned char* xs = smem;
   unsigned char* zero = smem + Tile::bytes(p.Kc);
   zero_column(zero);
-  unsigned char* wsm = zero + kZeroBytes + warp * V2Shape<MT, kSparse>::kWarpBytes;
+  unsigned char* wsm = zero + kZeroBytes + warp * Shape::kWarpBytes;
   uint16_t* list = reinterpret_cast<uint16_t*>(wsm);
-  uint2* wordbuf = reinterpret_cast<uint2*>(wsm + kListBytes);  // [slot][lane]: (word, place in the run)
+  // [slot][lane]: W == 1 (word, place in the run); W == 2 (word lane, word lane + 32, their places)
+  unsigned char* slots = wsm + Shape::kListBytes;
   const Bits<T>* vbits = static_cast<const Bits<T>*>(p.values);
   const int64_t n_stride = static_cast<int64_t>(gridDim.x) * nwarps;
 
   Item it{static_cast<int64_t>(blockIdx.x) * nwarps + warp, 0};
-  uint32_t wd[D];
+  uint32_t wd[D][W];
   int32_t row_off;
   // The first batch's words are loaded before x is staged.
-  load_batch_words<D>(p, it, tiles, n_stride, words, w0, w1, lane, wd, row_off);
+  load_batch_words<D, W>(p, it, tiles, n_stride, words, w0, w1, lane, wd, row_off);
 
   Tile::stage(xs, static_cast<const T*>(p.x) + m0 * p.ldx, p.ldx, mrows, k0, kc,
               static_cast<int>(round_up<int64_t>(kc, kSpan)));
@@ -340,16 +369,29 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const 
     Item c = it;
 #pragma unroll
     for (int s = 0; s < D; ++s) {
-      const int cnt = __popc(wd[s]);
+      // W == 2: the two words' counts in the halves of one int (a half's sum stays <= 1024), so one scan
+      // gives both words' places.
+      const int cnt = W == 1 ? __popc(wd[s][0]) : __popc(wd[s][0]) | (__popc(wd[s][W - 1]) << 16);
       int incl = cnt;
 #pragma unroll
       for (int o = 1; o < 32; o <<= 1) {
         const int t = __shfl_up_sync(kFullMask, incl, o);
         if (lane >= o) incl += t;
       }
-      const int total = __shfl_sync(kFullMask, incl, 31);
+      const int tot = __shfl_sync(kFullMask, incl, 31);
+      const int excl = incl - cnt;
+      int total;
       // (each lane reads back only its own entries: no barrier)
-      wordbuf[s * 32 + lane] = make_uint2(wd[s], static_cast<uint32_t>(incl - cnt));
+      if constexpr (W == 1) {
+        total = tot;
+        reinterpret_cast<uint2*>(slots)[s * 32 + lane] = make_uint2(wd[s][0], static_cast<uint32_t>(excl));
+      } else {
+        const int total0 = tot & 0xffff;  // the run of the tile's first 32 words comes first
+        total = total0 + (tot >> 16);
+        reinterpret_cast<uint4*>(slots)[s * 32 + lane] =
+            make_uint4(wd[s][0], wd[s][W - 1], static_cast<uint32_t>(excl & 0xffff),
+                       static_cast<uint32_t>(total0 + (excl >> 16)));
+      }
       const int32_t rb = __shfl_sync(kFullMask, row_off, s);
       if (c.t == 0) base = rb;
       const int64_t start = base;
@@ -371,7 +413,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const 
     }
 
     // The next batch's words, in flight while this batch is consumed.
-    load_batch_words<D>(p, c, tiles, n_stride, words, w0, w1, lane, wd, row_off);
+    load_batch_words<D, W>(p, c, tiles, n_stride, words, w0, w1, lane, wd, row_off);
 
     Item e = it;
 #pragma unroll
@@ -384,25 +426,25 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const 
         const int nq = (shift + total + kV - 1) / kV;
 
         __syncwarp();  // the previous tile's reads of the list are done
-        const uint2 wp = wordbuf[s * 32 + lane];
-        int pos = shift + static_cast<int>(wp.y);
-        const unsigned ebase = ListEntry<T, MT>::lane_base(lane);
-        uint32_t word = wp.x;
-        while (word) {
-          const int b = __ffs(static_cast<int>(word)) - 1;
-          list[pos++] = ListEntry<T, MT>::of(ebase, b);
-          word &= word - 1;
+        if constexpr (W == 1) {
+          const uint2 wp = reinterpret_cast<const uint2*>(slots)[s * 32 + lane];
+          compact_word<Entry>(list, shift + static_cast<int>(wp.y), wp.x, Entry::word_base(lane));
+        } else {
+          const uint4 wp = reinterpret_cast<const uint4*>(slots)[s * 32 + lane];
+          compact_word<Entry>(list, shift + static_cast<int>(wp.z), wp.x, Entry::word_base(lane));
+          compact_word<Entry>(list, shift + static_cast<int>(wp.w), wp.y, Entry::word_base(lane + 32));
         }
         __syncwarp();
 
-        const unsigned char* tile = xs + Tile::offset(static_cast<unsigned>(e.t) * static_cast<unsigned>(kTileCols));
+        const unsigned char* tile =
+            xs + Tile::offset(static_cast<unsigned>(e.t) * static_cast<unsigned>(Shape::kCols));
 #pragma unroll
         for (int i = 0; i < P; ++i) {
           const int q = lane + 32 * i;
-          if (q < nq) consume_chunk<T, MT, kV2BranchFree>(v[s][i], q, list, shift, total, tile, zero, acc);
+          if (q < nq) consume_chunk<T, MT, kV2BranchFree, Entry::kShift>(v[s][i], q, list, shift, total, tile, zero, acc);
         }
         for (int q = lane + 32 * P; q < nq; q += 32)
-          consume_chunk<T, MT, kV2BranchFree>(
+          consume_chunk<T, MT, kV2BranchFree, Entry::kShift>(
               load_chunk<T, true>(vbits, p.nnz, aligned + static_cast<int64_t>(q) * kV), q, list, shift, total, tile,
               zero, acc);
 
@@ -418,6 +460,13 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const 
     }
     it = c;
   }
+}
+
+// Shared bytes per warp of variant 2's shape `kind` (besides the x tile and the zero column).
+inline size_t v2_warp_bytes(int kind) {
+  return kind == kV2Wide     ? V2Shape<kV2Wide>::kWarpBytes
+         : kind == kV2Sparse ? V2Shape<kV2Sparse>::kWarpBytes
+                             : V2Shape<kV2Dense>::kWarpBytes;
 }
 
 struct BitmapDecode : FloatFinish {
@@ -446,26 +495,28 @@ struct BitmapDecode : FloatFinish {
     p.vec = reinterpret_cast<uintptr_t>(a.values) % 16 == 0;
     // Variant 2 has the 16-byte path only; unaligned values run variant 1.
     p.variant = p.vec && decode_variant() != 1 ? 2 : 1;  // (v3 is a 2:4 design: bitmap runs v2)
-    // The deep batch (D = 8 tiles of one 16-byte chunk per lane) when an average tile's run fills at most
-    // about 60 % of one chunk per lane (density <= 15 % in fp16 / bf16, <= 7.5 % in fp32); else D = 4
-    // tiles of two chunks. Either way a denser tile is correct: it loads its other chunks as it goes.
-    {
+    // The shape of variant 2's batch (V2Shape) by how much of one 16-byte chunk per lane an average
+    // 1024-column tile's run fills: kWide (2048-column tiles) up to 42.5 % (a wide tile's run then fills
+    // 85 % of one chunk per lane: density <= 10.6 % in fp16 / bf16, <= 5.3 % in fp32), kSparse (D = 8 tiles
+    // of one chunk per lane) up to 60 % (<= 15 %, <= 7.5 %), else kDense (D = 4 tiles of two chunks). Any
+    // shape is correct for any tile: a denser one loads its other chunks as it goes.
+    if (p.variant == 2) {
       constexpr double kV = 16.0 / sizeof(T);
       const double cells = static_cast<double>(a.N) * static_cast<double>(a.K);
       const double density = cells > 0 ? static_cast<double>(a.nnz) / cells : 0.0;
-      p.sparse = density * kTileCols / kV / 32.0 <= 0.6;
+      const double fill = density * kTileCols / kV / 32.0;
+      p.shape = fill <= 0.425 ? kV2Wide : fill <= 0.6 ? kV2Sparse : kV2Dense;
     }
-    // Shared bytes per warp besides the x tile (the largest any M tile of this plan asks for). Variant 2's
-    // per-warp buffers may take at most half of what two 256-thread blocks per SM get (so that the x tile
-    // keeps the other half); on a smaller budget (under ~130 KB per SM for the sparse shape) variant 1 runs.
-    size_t warp_bytes = p.variant == 1 ? kListBytes
-                        : p.sparse     ? V2Shape<1, true>::kWarpBytes
-                                       : V2Shape<1, false>::kWarpBytes;
+    // Variant 2's per-warp buffers (the largest any M tile of this plan asks for) may take at most half of
+    // what two 256-thread blocks per SM get, so that the x tile keeps the other half: kWide needs ≈ 200 KB of
+    // shared memory per SM (an H100 or H200), kSparse ≈ 134 KB (an A100 too), kDense ≈ 102 KB; on less, the
+    // next narrower shape, then variant 1.
     const int64_t b2 = imin<int64_t>(d.smem_optin, d.smem_per_sm / 2 - 1024);
-    if (p.variant == 2 && 2 * 8 * static_cast<int64_t>(warp_bytes) > b2) {
-      p.variant = 1;
-      warp_bytes = kListBytes;
-    }
+    const auto fits = [&](size_t bytes) { return 2 * 8 * static_cast<int64_t>(bytes) <= b2; };
+    if (p.variant == 2 && p.shape == kV2Wide && !fits(V2Shape<kV2Wide>::kWarpBytes)) p.shape = kV2Sparse;
+    if (p.variant == 2 && p.shape == kV2Sparse && !fits(V2Shape<kV2Sparse>::kWarpBytes)) p.shape = kV2Dense;
+    if (p.variant == 2 && !fits(v2_warp_bytes(p.shape))) p.variant = 1;
+    const size_t warp_bytes = p.variant == 1 ? kListBytes : v2_warp_bytes(p.shape);
     p.ch = choose_chunking(a.K, kChunkAlign, warp_bytes, d,
                            [&](int64_t cols) { return xtile_bytes<T, kSpan>(mt_max, cols) + kZeroBytes; });
     plan_workspace(&p, a.M, a.N);
@@ -487,13 +538,14 @@ struct BitmapDecode : FloatFinish {
       }
     }
     auto kernel = bitmap_decode_kernel<T, MT, kVec>;
-    if constexpr (kVec) {
-      if (plan.variant == 2)
-        kernel = plan.sparse ? bitmap_decode_v2_kernel<T, MT, true> : bitmap_decode_v2_kernel<T, MT, false>;
-    }
     size_t warp_bytes = kListBytes;
     if constexpr (kVec) {
-      if (plan.variant == 2) warp_bytes = plan.sparse ? V2Shape<MT, true>::kWarpBytes : V2Shape<MT, false>::kWarpBytes;
+      if (plan.variant == 2) {
+        kernel = plan.shape == kV2Wide     ? bitmap_decode_v2_kernel<T, MT, kV2Wide>
+                 : plan.shape == kV2Sparse ? bitmap_decode_v2_kernel<T, MT, kV2Sparse>
+                                           : bitmap_decode_v2_kernel<T, MT, kV2Dense>;
+        warp_bytes = v2_warp_bytes(plan.shape);
+      }
     }
     const size_t smem = XTile<T, MT, kSpan>::bytes(plan.ch.Kc) + kZeroBytes +
                         static_cast<size_t>(plan.ch.threads / 32) * warp_bytes;

@@ -420,7 +420,7 @@ struct Plan {
   Chunking ch;
   bool vec = false;
   int variant = 1;      // kernel design (decode_variant()); 3: the tensor-core kernel (mma_decode.cuh)
-  bool sparse = false;  // variant 2 of bitmap_mm: the deep batch for sparse rows (see bitmap_kernel.cu)
+  int shape = 0;        // variant 2 of bitmap_mm: the batch's shape by the density (V2Shape in bitmap_kernel.cu)
   int64_t ws_rows = 0;  // activation rows whose partial sums the workspace holds at once
   size_t ws_bytes = 0;
 };
