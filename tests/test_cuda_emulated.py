@@ -1209,9 +1209,9 @@ PLANTED = {
                                   "      const float v = in ? vals[r] : -0.0f;",
               "Tile::load_at(tile + (e << kEntryShift), xv);\n      const float v = vals[r];"),
         "bitmap_v2"),
-    "bitmap run mask one entry too long (M <= 4: no branch)": (
-        "k", ("bitmap_kernel.cu", "const int b = imin(shift + total - q * kV, kV);",
-              "const int b = imin(shift + total - q * kV + 1, kV);"),
+    "bitmap run one entry too long (the compare of the consumer without a branch)": (
+        "k", ("bitmap_kernel.cu", "static_cast<unsigned>(j0 + r) < static_cast<unsigned>(total);",
+              "static_cast<unsigned>(j0 + r) <= static_cast<unsigned>(total);"),
         "bitmap_v1"),
     "bitmap v2 next batch's words one tile late": (
         "g", ("bitmap_kernel.cu", "load_batch_words<D, W>(p, c, tiles,",

@@ -403,8 +403,9 @@ def test_bitmap_mm_split_k_and_misaligned(dtype, M):
 @gpu
 @pytest.mark.parametrize("variant", ["v2", "v1", "v3"])
 @pytest.mark.parametrize("dtype", FLOATS, ids=DTYPE_ID)
-@pytest.mark.parametrize("N,K,density", [(300, 900, 0.1), (200, 9000, 0.05), (150, 4100, 0.3), (70, 2050, 1.0),
-                                         (64, 14336, 0.3)])
+# (v2's batch shapes by density: wide <= 10.6 % in 16 bits / 5.3 % in fp32, sparse <= 15 % / 7.5 %, else dense)
+@pytest.mark.parametrize("N,K,density", [(300, 900, 0.1), (200, 9000, 0.05), (120, 3000, 0.13), (150, 4100, 0.3),
+                                         (70, 2050, 1.0), (64, 14336, 0.3)])
 @pytest.mark.parametrize("M", [1, 5, 16])
 def test_bitmap_decode_variants(monkeypatch, variant, dtype, N, K, density, M):
     """The designs of the decode kernel (SPARSEKIT_CUDA_DECODE; v3: the tensor-core kernel for float16 /
