@@ -15,8 +15,8 @@ with an H200's 228 KB shared memory and 64 K registers per SM. Bytes per warp at
 * bitmap v1: one 1024-column tile's values (density x 1024 x 2 bytes, at most the 4 x 512 bytes issued before
   use) + the next tile's 32 bitmap words (128 bytes);
 * bitmap v2: D tiles' values (each at most the P x 512 bytes issued before use) + the next batch's words
-  (D x 128 bytes, D x 256 for the wide shape's 2048-column tiles; D, P: V2Shape in bitmap_kernel.cu: wide when
-  the density is <= 10.6 %, sparse when <= 15 %, else dense);
+  (D x 128 bytes, D x 256 for 2048-column tiles; D, P: V2Shape in bitmap_kernel.cu: wide when the density is
+  <= 10.6 %, wide-dense when <= 31.9 %, else dense);
 * 2:4: one tile: 8 x 512 bytes of values + 512 bytes of metadata (less when the row's chunk is shorter).
 
 The peak is an upper bound of the average: a warp waits for its loads, then computes with none in flight
@@ -96,12 +96,14 @@ def bitmap_row(N, K, M, density, variant, regs):
         name = f"bitmap_decode_kernel<__nv_bfloat16, {mt}, true>"
         d, p, warp_bytes = 1, 4, list_bytes
     else:
-        # V2Shape in bitmap_kernel.cu: kWide (2048-column tiles) when an average 1024-column tile's run fills
-        # at most 42.5 % of one 16-byte chunk per lane, kSparse up to 60 %, else kDense (bf16: 8 values a chunk)
+        # V2Shape in bitmap_kernel.cu: kWide (2048-column tiles, one chunk per lane) when an average 1024-column
+        # tile's run fills at most 42.5 % of one 16-byte chunk per lane, kWideDense (2048 columns, three chunks)
+        # up to 127.5 %, else kDense (bf16: 8 values a chunk); kSparse only where the 2048-column shapes do not
+        # fit in shared memory (not on an H200)
         fill = density * 1024 / 8 / 32
-        kind = 2 if fill <= 0.425 else 1 if fill <= 0.6 else 0
+        kind = 2 if fill <= 0.425 else 3 if fill <= 1.275 else 0
         name = f"bitmap_decode_v2_kernel<__nv_bfloat16, {mt}, {kind}>"
-        w, p, d = {2: (2, 1, 4), 1: (1, 1, 8), 0: (1, 2, 4)}[kind]
+        w, p, d = {2: (2, 1, 4), 3: (2, 3, 3), 1: (1, 1, 8), 0: (1, 2, 4)}[kind]
         tile_vals *= w
         warp_bytes = (1024 * w + 16) * 2 + d * 32 * 8 * w
     r = regs.get(name)
@@ -110,7 +112,7 @@ def bitmap_row(N, K, M, density, variant, regs):
     kc, splits, threads, smem = chunking(K, 32, warp_bytes, mt, 32, extra_per_block=64)  # + the zero column
     per_warp = d * (min(tile_vals, p * 512) + 128 * (w if variant == 2 else 1))
     warps, blocks = warps_per_sm(r, threads, smem, N, splits)
-    shape = "1 tile" if variant == 1 else f"D={d} P={p}" + (" wide" if w == 2 else "")
+    shape = "1 tile" if variant == 1 else f"D={d} P={p}" + (" 2048" if w == 2 else "")
     return dict(regs=r, threads=threads, blocks=blocks, splits=splits, warps=warps, per_warp=per_warp,
                 per_sm=warps * per_warp, shape=shape)
 

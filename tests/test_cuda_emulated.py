@@ -291,21 +291,22 @@ def bitmap_case_mask(name, dtype, M, mask, g, bias=True, voff=0, split=None):
 
 
 def bitmap_v2_cases(dtype, seed=21):
-    """What the batched variant (bitmap_decode_v2_kernel) must get right: the three batch shapes (wide:
-    density <= 10.6 % in 16-bit, 5.3 % in fp32; sparse: <= 15 %, 7.5 %; dense), batches that cross row ends
+    """What the batched variant (bitmap_decode_v2_kernel) must get right: its batch shapes (wide: density
+    <= 10.6 % in 16-bit, 5.3 % in fp32; wide-dense: <= 31.9 %, 15.9 %; dense; the sparse shape runs where the
+    wide one does not fit: see test_bitmap_mm_variants), batches that cross row ends
     (rows of 1-3 tiles: a batch of 8 or 4 holds several rows), odd K (a wide tile whose second half is short
     or empty), rows whose tiles are all empty, whole rows or single tiles 100 % dense (runs longer than the
     chunks issued per lane: the overflow loads), every M tile."""
     g = gen(seed)
     cases = []
-    d_sparse = 0.13 if dtype != torch.float32 else 0.065  # the 1024-column sparse shape, not the wide one
+    d_wd = 0.25 if dtype != torch.float32 else 0.12  # the wide-dense shape (three chunks per lane)
     for i, M in enumerate((1, 2, 3, 4, 5, 8, 16)):
         cases.append(bitmap_case(f"v2 wide M={M} K=3001", dtype, M, 21, 3001, g, density=0.05, bias=i % 2 == 0,
                                  empty_rows=(0, 7)))
         cases.append(bitmap_case(f"v2 dense M={M} K=2050", dtype, M, 13, 2050, g, density=0.6, bias=i % 2 == 1,
                                  empty_rows=(3,)))
         if M in (1, 4, 16):
-            cases.append(bitmap_case(f"v2 sparse M={M} K=3001", dtype, M, 15, 3001, g, density=d_sparse,
+            cases.append(bitmap_case(f"v2 wide-dense M={M} K=3001", dtype, M, 15, 3001, g, density=d_wd,
                                      empty_rows=(2,)))
     for K in (1, 31, 97, 1024, 1025, 2048, 2049):  # one tile per row: a batch spans up to 8 rows
         cases.append(bitmap_case(f"v2 rows of one tile K={K}", dtype, 3, 29, K, g, density=0.1))
@@ -353,7 +354,8 @@ def bitmap_v2_split_cases(dtype, seed=22, split=True):
 
 
 def bitmap_v2_wide_split_cases(dtype, seed=28, split=True):
-    """Split-K cases of the wide shape for SPLIT_BITMAP_WIDE (density <= 5 %: wide in every dtype)."""
+    """Split-K cases of the 2048-column shapes for SPLIT_BITMAP_WIDE (density <= 5 %: wide in every dtype; the
+    wide-dense one at 25 % in 16 bits, 12 % in fp32)."""
     g = gen(seed)
     m = torch.rand((30, 13000), generator=g) < 0.02
     m[3, :] = True
@@ -362,6 +364,8 @@ def bitmap_v2_wide_split_cases(dtype, seed=28, split=True):
     return [
         bitmap_case("v2 wide split M=2", dtype, 2, 17, 30000, g, density=0.05, split=split),
         bitmap_case("v2 wide split M=16 K=4100", dtype, 16, 7, 4100, g, density=0.05, split=split),
+        bitmap_case("v2 wide-dense split M=16 K=6000", dtype, 16, 9, 6000, g,
+                    density=0.25 if dtype != torch.float32 else 0.12, split=split),
         bitmap_case_mask("v2 wide split full and empty rows", dtype, 3, m, g, split=split),
     ]
 
@@ -374,6 +378,11 @@ def test_bitmap_mm_variants(driver, tmp_path, dtype, variant):
     knobs = {"SPARSEKIT_CUDA_DECODE": variant}
     cases = bitmap_v2_cases(dtype)
     check_mm_cases(run(driver, cases, tmp_path / "whole", knobs), cases)
+    # on 170000 bytes of shared memory the 2048-column shapes do not fit: the 1024-column ones of the same
+    # density run (sparse for wide, dense for wide-dense)
+    narrow = [c for c in cases if c.name.startswith(("v2 wide M=", "v2 wide-dense", "v2 rows of one tile"))]
+    check_mm_cases(run(driver, narrow, tmp_path / "narrow", {"EMU_SMEM_PER_SM": 170000, "EMU_SMEM_OPTIN": 170000,
+                                                             **knobs}), narrow)
     cases = bitmap_v2_many_rows_cases(dtype)  # one SM: every warp walks several rows
     check_mm_cases(run(driver, cases, tmp_path / "rows", {"EMU_SMS": 1, **knobs}), cases)
     cases = bitmap_v2_split_cases(dtype, split=True if variant == "v2" else None)
@@ -1348,7 +1357,7 @@ def planted_cases(kind):
         m[2, 1024:] = False
         return [bitmap_case("v2 sparse rows of one tile", dt, 3, 150, 900, gen(20), density=0.1),
                 bitmap_case("v2 sparse rows of 9 tiles", dt, 1, 140, 9000, gen(22), density=0.05),
-                bitmap_case("v2 sparse (1024-column tiles) rows of 3", dt, 3, 100, 3000, gen(24), density=0.13),
+                bitmap_case("v2 wide-dense rows of 3", dt, 3, 100, 3000, gen(24), density=0.25),
                 bitmap_case_mask("v2 sparse, dense and empty tiles", dt, 2, m, g),
                 bitmap_case("v2 dense", dt, 16, 9, 2080, gen(21), density=0.5),
                 bitmap_case("v2 dense rows of 5 tiles", dt, 4, 100, 4500, gen(23), density=0.5)]

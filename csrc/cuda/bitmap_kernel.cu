@@ -255,21 +255,27 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_kernel(const BmP
 // length) live in lane s and are fetched with a shuffle; each lane's bitmap words and their places in the run
 // wait for the list in a per-warp shared buffer, not in registers.
 //
-// Three shapes (V2Shape), chosen by the density: kDense, D = 4 tiles of 1024 columns and 2 chunks per lane;
+// Four shapes (V2Shape), chosen by the density: kDense, D = 4 tiles of 1024 columns and 2 chunks per lane;
 // kSparse, D = 8 tiles of 1024 columns and 1 chunk per lane (32 registers of values either way); kWide (the
 // sparsest), D = 4 tiles of 2048 columns, two words per lane (words lane and lane + 32 of the tile: coalesced
-// loads), 1 chunk per lane. At 10 % density a 1024-column tile's run fills 13 of the 32 lanes' chunks, yet its
-// scan, its compaction's loop overhead, its bookkeeping and the consumer's ≈ 85 instructions are paid for all
-// 32 lanes: a 2048-column tile fills 26 and pays them once for twice the columns (one scan of the two words'
-// counts packed in the halves of an int). The bytes in flight stay those of kSparse (4 tiles of 26 chunks
-// against 8 of 13) with half the registers of values.
-enum V2Kind { kV2Dense = 0, kV2Sparse = 1, kV2Wide = 2 };
+// loads), 1 chunk per lane; kWideDense (up to ~32 % density in 16 bits), D = 3 tiles of 2048 columns and 3
+// chunks per lane. At 10 % density a 1024-column tile's run fills 13 of the 32 lanes' chunks, yet its scan, its
+// compaction's loop overhead, its bookkeeping and the consumer's instructions are paid for all 32 lanes: a
+// 2048-column tile fills 26 and pays them once for twice the columns (one scan of the two words' counts packed
+// in the halves of an int). The bytes in flight stay those of kSparse (4 tiles of 26 chunks against 8 of 13)
+// with half the registers of values. At 30 % a 1024-column tile's 38 chunks take two rounds of the consumer
+// (P = 2, 26 of the second round's lanes idle); a 2048-column tile's 77 take three, its scan and bookkeeping
+// are paid once for 2048 columns, and its compaction runs the fullest word pair's rounds, not twice the
+// fullest word's.
+enum V2Kind { kV2Dense = 0, kV2Sparse = 1, kV2Wide = 2, kV2WideDense = 3 };
 
 template <int kKind>
 struct V2Shape {
-  static constexpr int W = kKind == kV2Wide ? 2 : 1;    // bitmap words per lane and tile
-  static constexpr int P = kKind == kV2Dense ? 2 : 1;   // 16-byte chunks of values per lane issued per tile
-  static constexpr int D = kKind == kV2Sparse ? 8 : 4;  // tiles per batch
+  static constexpr bool kWideTiles = kKind == kV2Wide || kKind == kV2WideDense;
+  static constexpr int W = kWideTiles ? 2 : 1;  // bitmap words per lane and tile
+  // 16-byte chunks of values per lane issued per tile, and tiles per batch
+  static constexpr int P = kKind == kV2Dense ? 2 : kKind == kV2WideDense ? 3 : 1;
+  static constexpr int D = kKind == kV2Sparse ? 8 : kKind == kV2WideDense ? 3 : 4;
   static constexpr int kCols = kTileCols * W;           // columns per tile
   static constexpr int kListBytes = (kCols + 16) * 2;   // + the alignment shift (< 8) and the last chunk's round-up
   // Per lane and slot: the words and their places in the run (uint2 (word, place) or uint4 (words, places)).
@@ -463,9 +469,10 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const 
 
 // Shared bytes per warp of variant 2's shape `kind` (besides the x tile and the zero column).
 inline size_t v2_warp_bytes(int kind) {
-  return kind == kV2Wide     ? V2Shape<kV2Wide>::kWarpBytes
-         : kind == kV2Sparse ? V2Shape<kV2Sparse>::kWarpBytes
-                             : V2Shape<kV2Dense>::kWarpBytes;
+  return kind == kV2Wide        ? V2Shape<kV2Wide>::kWarpBytes
+         : kind == kV2WideDense ? V2Shape<kV2WideDense>::kWarpBytes
+         : kind == kV2Sparse    ? V2Shape<kV2Sparse>::kWarpBytes
+                                : V2Shape<kV2Dense>::kWarpBytes;
 }
 
 struct BitmapDecode : FloatFinish {
@@ -495,24 +502,26 @@ struct BitmapDecode : FloatFinish {
     // Variant 2 has the 16-byte path only; unaligned values run variant 1.
     p.variant = p.vec && decode_variant() != 1 ? 2 : 1;  // (v3 is a 2:4 design: bitmap runs v2)
     // The shape of variant 2's batch (V2Shape) by how much of one 16-byte chunk per lane an average
-    // 1024-column tile's run fills: kWide (2048-column tiles) up to 42.5 % (a wide tile's run then fills
-    // 85 % of one chunk per lane: density <= 10.6 % in fp16 / bf16, <= 5.3 % in fp32), kSparse (D = 8 tiles
-    // of one chunk per lane) up to 60 % (<= 15 %, <= 7.5 %), else kDense (D = 4 tiles of two chunks). Any
-    // shape is correct for any tile: a denser one loads its other chunks as it goes.
+    // 1024-column tile's run fills: kWide (2048-column tiles, one chunk per lane) up to 42.5 % (a wide tile's
+    // run then fills 85 % of one chunk per lane: density <= 10.6 % in fp16 / bf16, <= 5.3 % in fp32),
+    // kWideDense (three chunks per lane) up to 127.5 % (85 % of three: <= 31.9 %, <= 15.9 %), else kDense
+    // (1024-column tiles, two chunks per lane). kSparse (1024-column tiles, one chunk per lane, D = 8) is what
+    // kWide falls back to. Any shape is correct for any tile: a denser one loads its other chunks as it goes.
     if (p.variant == 2) {
       constexpr double kV = 16.0 / sizeof(T);
       const double cells = static_cast<double>(a.N) * static_cast<double>(a.K);
       const double density = cells > 0 ? static_cast<double>(a.nnz) / cells : 0.0;
       const double fill = density * kTileCols / kV / 32.0;
-      p.shape = fill <= 0.425 ? kV2Wide : fill <= 0.6 ? kV2Sparse : kV2Dense;
+      p.shape = fill <= 0.425 ? kV2Wide : fill <= 1.275 ? kV2WideDense : kV2Dense;
     }
     // Variant 2's per-warp buffers (the largest any M tile of this plan asks for) may take at most half of
     // what two 256-thread blocks per SM get, so that the x tile keeps the other half: kWide needs ≈ 200 KB of
-    // shared memory per SM (an H100 or H200), kSparse ≈ 134 KB (an A100 too), kDense ≈ 102 KB; on less, the
-    // next narrower shape, then variant 1.
+    // shared memory per SM (an H100 or H200), kWideDense ≈ 183 KB, kSparse ≈ 134 KB (an A100 too), kDense
+    // ≈ 102 KB; on less, the 1024-column shape of the same density (kSparse, kDense), then variant 1.
     const int64_t b2 = imin<int64_t>(d.smem_optin, d.smem_per_sm / 2 - 1024);
     const auto fits = [&](size_t bytes) { return 2 * 8 * static_cast<int64_t>(bytes) <= b2; };
     if (p.variant == 2 && p.shape == kV2Wide && !fits(V2Shape<kV2Wide>::kWarpBytes)) p.shape = kV2Sparse;
+    if (p.variant == 2 && p.shape == kV2WideDense && !fits(V2Shape<kV2WideDense>::kWarpBytes)) p.shape = kV2Dense;
     if (p.variant == 2 && p.shape == kV2Sparse && !fits(V2Shape<kV2Sparse>::kWarpBytes)) p.shape = kV2Dense;
     if (p.variant == 2 && !fits(v2_warp_bytes(p.shape))) p.variant = 1;
     const size_t warp_bytes = p.variant == 1 ? kListBytes : v2_warp_bytes(p.shape);
@@ -540,9 +549,10 @@ struct BitmapDecode : FloatFinish {
     size_t warp_bytes = kListBytes;
     if constexpr (kVec) {
       if (plan.variant == 2) {
-        kernel = plan.shape == kV2Wide     ? bitmap_decode_v2_kernel<T, MT, kV2Wide>
-                 : plan.shape == kV2Sparse ? bitmap_decode_v2_kernel<T, MT, kV2Sparse>
-                                           : bitmap_decode_v2_kernel<T, MT, kV2Dense>;
+        kernel = plan.shape == kV2Wide        ? bitmap_decode_v2_kernel<T, MT, kV2Wide>
+                 : plan.shape == kV2WideDense ? bitmap_decode_v2_kernel<T, MT, kV2WideDense>
+                 : plan.shape == kV2Sparse    ? bitmap_decode_v2_kernel<T, MT, kV2Sparse>
+                                              : bitmap_decode_v2_kernel<T, MT, kV2Dense>;
         warp_bytes = v2_warp_bytes(plan.shape);
       }
     }
