@@ -61,6 +61,10 @@ def parse_args(argv=None):
                    help="designs of the CUDA decode kernels to time, each under SPARSEKIT_CUDA_DECODE (bitmap: v1, "
                         "v2; 2:4: v1 FMAs, v2 tensor cores from M = 2, v3 tensor cores at every M; default: "
                         "%(default)s)")
+    p.add_argument("--bitmap-shapes", default="",
+                   help="also time the batched bitmap kernel (v2) forced to each of these batch shapes "
+                        "(SPARSEKIT_CUDA_BITMAP_SHAPE: wide, wide-dense, sparse, dense; csrc/cuda/README.md), so that "
+                        "the density thresholds between them can be set from measurements (default: none)")
     p.add_argument("--bsr", default="16:0.3,64:0.1", help="BSR block:density pairs (default: %(default)s)")
     p.add_argument("--csr-density", default="0.1", help="CSR densities (default: %(default)s)")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
@@ -233,6 +237,11 @@ def main(argv=None):
                                       lambda f=f: torch.ops.sparsekit._cuda_bitmap_mm(x, f.bitmap, f.word_offsets,
                                                                                      f.values, None),
                                       {"SPARSEKIT_CUDA_DECODE": var}))
+                    for shp in [v for v in a.bitmap_shapes.split(",") if v]:
+                        impls.append((f"sparsekit compiled bitmap decode v2 {shp}",
+                                      lambda f=f: torch.ops.sparsekit._cuda_bitmap_mm(x, f.bitmap, f.word_offsets,
+                                                                                     f.values, None),
+                                      {"SPARSEKIT_CUDA_DECODE": "v2", "SPARSEKIT_CUDA_BITMAP_SHAPE": shp}))
                     if triton_ok:
                         from sparsekit.triton import bitmap as tbm
 

@@ -19,7 +19,7 @@
 #   TARBALL=$OUT/gpu_results.tar.gz OUT=/tmp/gpu bench/gpu_all.sh --quick   (TARBALL first: it expands the tool's $OUT)
 # STEPS=name,name,... runs only those steps (the names below: build, info, gpu_tests, cuda_decode_variants,
 # int8_decode, cslt_probe, sanitize, bench_overhead, cuda_kernels, triton_kernels, bench_layer, bench_model,
-# report_gpu_layers, report_gpu_model; without --quick also cuda_cslt, pytest_benchmark), e.g. a second call
+# bitmap_shapes, report_gpu_layers, report_gpu_model; without --quick also cuda_cslt, pytest_benchmark), e.g. a second call
 # on the still-warm machine for what the first one's deadline skipped:
 #   STEPS=bench_overhead,bench_layer,report_gpu_layers DEADLINE=200 OUT=/tmp/gpu2 bench/gpu_all.sh --quick
 set -uo pipefail
@@ -116,6 +116,12 @@ step cuda_kernels "$T_BENCH" "$PY" bench/cuda_gpu.py "${KERNELS[@]}" --out "$OUT
 step triton_kernels "$T_BENCH" "$PY" bench/triton_gpu.py "${KERNELS[@]}" --out "$OUT"
 step bench_layer "$T_BENCH" "$PY" -m sparsekit bench layer "${LAYER[@]}" --no-progress --json "$OUT/gpu_layers.jsonl"
 step bench_model "$T_BENCH" "$PY" -m sparsekit bench model "${MODEL[@]}" --no-progress --json "$OUT/gpu_model.jsonl"
+# The batched bitmap kernel forced to each of its batch shapes (SPARSEKIT_CUDA_BITMAP_SHAPE) at densities around
+# the thresholds between them (wide <= 10.6 %, wide-dense <= 31.9 % in bf16: a model of instruction counts,
+# csrc/cuda/README.md), so that the thresholds can be set from measurements (late: the steps above matter more).
+step bitmap_shapes 60 "$PY" bench/cuda_gpu.py --formats bitmap --bitmap-density 0.05,0.1,0.15,0.3,0.4 --m 1,16 \
+  --shapes 14336x4096 --dtype bfloat16 --decode-variants v2 --bitmap-shapes wide,wide-dense,sparse,dense \
+  --name cuda_bitmap_shapes --out "$OUT"
 if [ "$QUICK" = 0 ]; then
   step cuda_cslt "$T_BENCH" "$PY" bench/cuda_gpu.py --cslt --name cuda_cslt --out "$OUT"
   step pytest_benchmark "$T_BENCH" "$PY" -m pytest bench/test_bench_kernels.py -q -p no:cacheprovider -k cuda \

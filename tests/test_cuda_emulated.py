@@ -396,6 +396,22 @@ def test_bitmap_mm_variants(driver, tmp_path, dtype, variant):
     check_mm_cases(run(driver, cases, tmp_path / "tiny", {**SPLIT_24, **knobs}), cases)
 
 
+@pytest.mark.parametrize("shape", ["wide", "wide-dense", "sparse", "dense"])
+def test_bitmap_v2_each_shape_at_any_density(driver, tmp_path, shape):
+    """SPARSEKIT_CUDA_BITMAP_SHAPE forces the batched kernel's shape whatever the density (for timing them
+    against each other on a GPU): each shape is right on rows far sparser and far denser than it is chosen for
+    (overflow chunks, idle lanes), whole and split K."""
+    knobs = {"SPARSEKIT_CUDA_BITMAP_SHAPE": shape}
+    for dtype in (torch.bfloat16, torch.float32):
+        g = gen(29)
+        cases = [bitmap_case(f"{shape} d={d} M={M}", dtype, M, 23, 4500, g, density=d, empty_rows=(4,))
+                 for d, M in ((0.02, 1), (0.12, 3), (0.3, 16), (0.7, 5), (1.0, 2))]
+        check_mm_cases(run(driver, cases, tmp_path / f"whole_{H.DTYPE_NAMES[dtype]}", knobs), cases)
+        cases = bitmap_v2_wide_split_cases(dtype, seed=30, split=None)  # (whether K splits depends on the shape)
+        check_mm_cases(run(driver, cases, tmp_path / f"split_{H.DTYPE_NAMES[dtype]}",
+                           {**SPLIT_BITMAP_WIDE, **knobs}), cases)
+
+
 V3 = {"SPARSEKIT_CUDA_DECODE": "v3"}
 
 

@@ -467,6 +467,19 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const 
   }
 }
 
+// SPARSEKIT_CUDA_BITMAP_SHAPE=wide | wide-dense | sparse | dense forces variant 2's batch shape (so that a GPU run
+// can time them against each other at any density: bench/cuda_gpu.py --bitmap-shapes); unset or anything else, -1:
+// the shape follows the density. Read on every call, like decode_variant().
+inline int forced_v2_shape() {
+  const char* v = std::getenv("SPARSEKIT_CUDA_BITMAP_SHAPE");
+  if (v == nullptr || *v == '\0') return -1;
+  if (std::strcmp(v, "wide") == 0) return kV2Wide;
+  if (std::strcmp(v, "wide-dense") == 0) return kV2WideDense;
+  if (std::strcmp(v, "sparse") == 0) return kV2Sparse;
+  if (std::strcmp(v, "dense") == 0) return kV2Dense;
+  return -1;
+}
+
 // Shared bytes per warp of variant 2's shape `kind` (besides the x tile and the zero column).
 inline size_t v2_warp_bytes(int kind) {
   return kind == kV2Wide        ? V2Shape<kV2Wide>::kWarpBytes
@@ -513,6 +526,8 @@ struct BitmapDecode : FloatFinish {
       const double density = cells > 0 ? static_cast<double>(a.nnz) / cells : 0.0;
       const double fill = density * kTileCols / kV / 32.0;
       p.shape = fill <= 0.425 ? kV2Wide : fill <= 1.275 ? kV2WideDense : kV2Dense;
+      const int forced = forced_v2_shape();
+      if (forced >= 0) p.shape = forced;
     }
     // Variant 2's per-warp buffers (the largest any M tile of this plan asks for) may take at most half of
     // what two 256-thread blocks per SM get, so that the x tile keeps the other half: kWide needs ≈ 200 KB of
