@@ -89,9 +89,9 @@ struct BmParams {
 
 // FMAs of one 16-byte chunk q of the tile's run: entries j = q * kV + r in [shift, shift + total) are
 // the run's; list[j] << kEntryShift is their x column's offset from the tile's base (ListEntry). kBranchFree: an
-// entry outside the run takes the value -0.0 and reads the zero column, and -0.0 * 0 added to any sum leaves it as it was (bits
-// and sign included), so the chunk's shared loads can all be in flight at once; else a branch skips it. Branch-
-// free costs registers (kV entries' MT values of x in flight): v2 (128 registers, 16 warps per SM) takes it up to
+// entry outside the run takes the value -0.0 and reads the zero column, and -0.0 * 0 added to any sum leaves it
+// as it was (bits and sign included), so the chunk's shared loads can all be in flight at once; else a branch
+// skips it. Branch-free costs registers (kV entries' MT values of x in flight): v2 (128 registers, 16 warps per SM) takes it up to
 // MT = 4, v1 (32 warps per SM at 64 registers) up to MT = 2; at MT >= 8 the FMAs outweigh the branch and the
 // loads in flight would not fit (a spill at MT = 16).
 template <typename T, int MT, bool kBranchFree, int kEntryShift>
@@ -225,7 +225,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_kernel(const BmP
 #pragma unroll
       for (int i = 0; i < kPre; ++i) {
         const int q = lane + 32 * i;
-        if (q < nq) consume_chunk<T, MT, kV1BranchFree, Entry::kShift>(raw[i], q, list, shift, total, tile, zero, acc);
+        if (q < nq)
+          consume_chunk<T, MT, kV1BranchFree, Entry::kShift>(raw[i], q, list, shift, total, tile, zero, acc);
       }
       for (int q = lane + 32 * kPre; q < nq; q += 32)
         consume_chunk<T, MT, kV1BranchFree, Entry::kShift>(
@@ -446,7 +447,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const 
 #pragma unroll
         for (int i = 0; i < P; ++i) {
           const int q = lane + 32 * i;
-          if (q < nq) consume_chunk<T, MT, kV2BranchFree, Entry::kShift>(v[s][i], q, list, shift, total, tile, zero, acc);
+          if (q < nq)
+            consume_chunk<T, MT, kV2BranchFree, Entry::kShift>(v[s][i], q, list, shift, total, tile, zero, acc);
         }
         for (int q = lane + 32 * P; q < nq; q += 32)
           consume_chunk<T, MT, kV2BranchFree, Entry::kShift>(
