@@ -310,7 +310,7 @@ def bitmap_v2_cases(dtype, seed=21):
                                      empty_rows=(2,)))
     for K in (1, 31, 97, 1024, 1025, 2048, 2049):  # one tile per row: a batch spans up to 8 rows
         cases.append(bitmap_case(f"v2 rows of one tile K={K}", dtype, 3, 29, K, g, density=0.1))
-    # tiles 100 % dense next to empty ones, in a sparse matrix (the sparse shape with overflow loads)
+    # tiles 100 % dense next to empty ones, in a sparse matrix (the wide shape with overflow loads)
     m = torch.rand((19, 5000), generator=g) < 0.03
     m[2, :] = True                  # a whole row dense
     m[4, 1024:2048] = True          # one dense tile
