@@ -19,8 +19,8 @@
 #   TARBALL=$OUT/gpu_results.tar.gz OUT=/tmp/gpu bench/gpu_all.sh --quick   (TARBALL first: it expands the tool's $OUT)
 # STEPS=name,name,... runs only those steps (the names below: build, info, gpu_tests, cuda_decode_variants,
 # int8_decode, cslt_probe, sanitize, bench_overhead, cuda_kernels, triton_kernels, bench_layer, bench_model,
-# bitmap_shapes, report_gpu_layers, report_gpu_model; without --quick also cuda_cslt, pytest_benchmark), e.g. a second call
-# on the still-warm machine for what the first one's deadline skipped:
+# bitmap_shapes, report_gpu_layers, report_gpu_model; without --quick also cuda_cslt, pytest_benchmark), e.g. a
+# second call on the still-warm machine for what the first one's deadline skipped:
 #   STEPS=bench_overhead,bench_layer,report_gpu_layers DEADLINE=200 OUT=/tmp/gpu2 bench/gpu_all.sh --quick
 set -uo pipefail
 cd "$(dirname "$0")/.."

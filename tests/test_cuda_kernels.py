@@ -403,7 +403,8 @@ def test_bitmap_mm_split_k_and_misaligned(dtype, M):
 @gpu
 @pytest.mark.parametrize("variant", ["v2", "v1", "v3"])
 @pytest.mark.parametrize("dtype", FLOATS, ids=DTYPE_ID)
-# (v2's batch shapes by density: wide <= 10.6 % in 16 bits / 5.3 % in fp32, sparse <= 15 % / 7.5 %, else dense)
+# (v2's batch shapes by density: wide <= 10.6 % in 16 bits / 5.3 % in fp32, wide-dense <= 31.9 % / 15.9 %, else
+# dense; the sparse shape, a fallback on smaller devices, is forced below)
 @pytest.mark.parametrize("N,K,density", [(300, 900, 0.1), (200, 9000, 0.05), (120, 3000, 0.13), (150, 4100, 0.3),
                                          (70, 2050, 1.0), (64, 14336, 0.3)])
 @pytest.mark.parametrize("M", [1, 5, 16])
@@ -423,6 +424,28 @@ def test_bitmap_decode_variants(monkeypatch, variant, dtype, N, K, density, M):
     poison_allocator()
     y = torch.ops.sparsekit._cuda_bitmap_mm(x, f.bitmap.cuda(), f.word_offsets.cuda(), f.values.cuda(), b)
     check(y, x, f.to_dense().cuda(), b, dtype)
+
+
+@gpu
+@pytest.mark.parametrize("shape", ["wide", "wide-dense", "sparse", "dense"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=DTYPE_ID)
+@pytest.mark.parametrize("density,M", [(0.03, 1), (0.12, 5), (0.3, 16), (0.8, 2)])
+def test_bitmap_v2_forced_shapes(monkeypatch, shape, dtype, density, M):
+    """SPARSEKIT_CUDA_BITMAP_SHAPE forces the batched kernel's shape whatever the density (what
+    bench/cuda_gpu.py --bitmap-shapes times): each is right far from the densities it is chosen for."""
+    require_cpp_kernel("bitmap_mm")
+    monkeypatch.setenv("SPARSEKIT_CUDA_DECODE", "v2")
+    monkeypatch.setenv("SPARSEKIT_CUDA_BITMAP_SHAPE", shape)
+    N, K = 200, 6000
+    w = torch.randn(N, K).to(dtype)
+    mask = torch.rand(N, K) < density
+    mask[1] = False
+    mask[3] = True
+    f = formats.BitmapWeight.from_dense(w, mask)
+    x = make_x(M, K, dtype, "contiguous")
+    poison_allocator()
+    y = torch.ops.sparsekit._cuda_bitmap_mm(x, f.bitmap.cuda(), f.word_offsets.cuda(), f.values.cuda(), None)
+    check(y, x, f.to_dense().cuda(), None, dtype)
 
 
 @gpu
