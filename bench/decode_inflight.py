@@ -110,7 +110,7 @@ def bitmap_row(N, K, M, density, variant, regs):
     if r is None:
         return None
     kc, splits, threads, smem = chunking(K, 32, warp_bytes, mt, 32, extra_per_block=64)  # + the zero column
-    per_warp = d * (min(tile_vals, p * 512) + 128 * (w if variant == 2 else 1))
+    per_warp = d * (min(tile_vals, p * 512) + 128 * w)
     warps, blocks = warps_per_sm(r, threads, smem, N, splits)
     shape = "1 tile" if variant == 1 else f"D={d} P={p}" + (" 2048" if w == 2 else "")
     return dict(regs=r, threads=threads, blocks=blocks, splits=splits, warps=warps, per_warp=per_warp,

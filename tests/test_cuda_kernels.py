@@ -414,13 +414,19 @@ def test_bitmap_decode_variants(monkeypatch, variant, dtype, N, K, density, M):
     rows longer than a batch, empty and dense rows, K split."""
     require_cpp_kernel("bitmap_mm")
     monkeypatch.setenv("SPARSEKIT_CUDA_DECODE", variant)
+    check_compiled_bitmap(dtype, N, K, density, M, bias=M % 2 == 1)
+
+
+def check_compiled_bitmap(dtype, N, K, density, M, bias):
+    """The compiled bitmap kernel against the reference on a random (N, K) weight of the given density, with
+    row 1 empty and row 3 dense."""
     w = torch.randn(N, K).to(dtype)
     mask = torch.rand(N, K) < density
     mask[1] = False
     mask[3] = True
     f = formats.BitmapWeight.from_dense(w, mask)
     x = make_x(M, K, dtype, "contiguous")
-    b = torch.randn(N, device="cuda").to(dtype) if M % 2 else None
+    b = torch.randn(N, device="cuda").to(dtype) if bias else None
     poison_allocator()
     y = torch.ops.sparsekit._cuda_bitmap_mm(x, f.bitmap.cuda(), f.word_offsets.cuda(), f.values.cuda(), b)
     check(y, x, f.to_dense().cuda(), b, dtype)
@@ -436,16 +442,7 @@ def test_bitmap_v2_forced_shapes(monkeypatch, shape, dtype, density, M):
     require_cpp_kernel("bitmap_mm")
     monkeypatch.setenv("SPARSEKIT_CUDA_DECODE", "v2")
     monkeypatch.setenv("SPARSEKIT_CUDA_BITMAP_SHAPE", shape)
-    N, K = 200, 6000
-    w = torch.randn(N, K).to(dtype)
-    mask = torch.rand(N, K) < density
-    mask[1] = False
-    mask[3] = True
-    f = formats.BitmapWeight.from_dense(w, mask)
-    x = make_x(M, K, dtype, "contiguous")
-    poison_allocator()
-    y = torch.ops.sparsekit._cuda_bitmap_mm(x, f.bitmap.cuda(), f.word_offsets.cuda(), f.values.cuda(), None)
-    check(y, x, f.to_dense().cuda(), None, dtype)
+    check_compiled_bitmap(dtype, 200, 6000, density, M, bias=False)
 
 
 @gpu

@@ -32,8 +32,10 @@ constexpr int kSpan = 32;             // x tile span: one bitmap word
 constexpr int64_t kChunkAlign = 32;   // K chunks are whole words
 constexpr int kTileCols = 1024;       // a warp tile: 32 words
 constexpr int kPre = 4;               // value chunks per lane loaded before the list is built (v1)
-constexpr int kListLen = kTileCols + 16;  // + the alignment shift (< 8) and the last chunk's round-up
-constexpr int kListBytes = kListLen * 2;
+// Shared bytes of a warp's list for a tile of `cols` columns: an entry per column + the alignment shift (< 8) and
+// the last chunk's round-up.
+constexpr int list_bytes(int cols) { return (cols + 16) * 2; }
+constexpr int kListBytes = list_bytes(kTileCols);  // v1's
 // After the x tile, one zero column per block: what a chunk's entries outside its tile's run read instead of
 // x (as wide as the widest column, float32 at MT = 16), so that they add exactly nothing without a branch.
 // The per-warp buffers follow it.
@@ -278,7 +280,7 @@ struct V2Shape {
   static constexpr int P = kKind == kV2Dense ? 2 : kKind == kV2WideDense ? 3 : 1;
   static constexpr int D = kKind == kV2Sparse ? 8 : kKind == kV2WideDense ? 3 : 4;
   static constexpr int kCols = kTileCols * W;           // columns per tile
-  static constexpr int kListBytes = (kCols + 16) * 2;   // + the alignment shift (< 8) and the last chunk's round-up
+  static constexpr int kListBytes = list_bytes(kCols);
   // Per lane and slot: the words and their places in the run (uint2 (word, place) or uint4 (words, places)).
   static constexpr int kSlotBytes = W == 1 ? 8 : 16;
   // Shared bytes per warp: the list, then the slots' words and places.
