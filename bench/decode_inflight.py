@@ -17,6 +17,9 @@ with an H200's 228 KB shared memory and 64 K registers per SM. Bytes per warp at
 * bitmap v2: D tiles' values (each at most the P x 512 bytes issued before use) + the next batch's words
   (D x 128 bytes, D x 256 for 2048-column tiles; D, P: V2Shape in bitmap_kernel.cu: wide when the density is
   <= 10.6 %, wide-dense when <= 31.9 %, else dense);
+* bitmap column list (variant 4, bitmap_columns_kernel): the next batch, issued before the current one is
+  consumed: kP 16-byte chunks of values and their kP 16-byte chunks of columns per lane (kP = 2 up to M = 2,
+  2 KB a warp; else 4, 4 KB), less when the row's run in the K chunk is shorter (density x Kc entries of 4 bytes);
 * 2:4: one tile: 8 x 512 bytes of values + 512 bytes of metadata (less when the row's chunk is shorter).
 
 The peak is an upper bound of the average: a warp waits for its loads, then computes with none in flight
@@ -52,11 +55,16 @@ def xtile_bytes(mt, cols, span):
     return math.ceil(math.ceil(cols / span) * (span * col + pad) / 16) * 16
 
 
+def xtile_flat_bytes(mt, cols):
+    """XTile<T, MT, 0>: no spans, no padding (the column-list kernel's)."""
+    return math.ceil(cols * mt * E / 16) * 16
+
+
 def chunking(K, align, extra_per_warp, mt, span, extra_per_block=0):
     """choose_chunking of decode_common.cuh: (Kc, splits, threads, smem). extra_per_block: shared bytes a block
     keeps beside its x tile (the bitmap kernels' zero column), counted with the tile as the kernels do."""
     def tile(cols):
-        return xtile_bytes(mt, cols, span) + extra_per_block
+        return (xtile_flat_bytes(mt, cols) if span == 0 else xtile_bytes(mt, cols, span)) + extra_per_block
 
     b2 = min(SMEM_OPTIN, SMEM_SM // 2 - 1024)
     b1 = min(SMEM_OPTIN, SMEM_SM - 1024)
@@ -117,6 +125,18 @@ def bitmap_row(N, K, M, density, variant, regs):
                 per_sm=warps * per_warp, shape=shape)
 
 
+def columns_row(N, K, M, density, regs):
+    mt = min(16, 1 << max(0, (M - 1).bit_length()))
+    r = regs.get(f"bitmap_columns_kernel<__nv_bfloat16, {mt}, true>")
+    if r is None:
+        return None
+    kc, splits, threads, smem = chunking(K, 32, 0, mt, 0, extra_per_block=64)  # flat tile + the zero column
+    per_warp = min((2 if mt <= 2 else 4) * 32 * 8, density * kc) * (E + 2)  # kP chunks a lane (by MT)
+    warps, blocks = warps_per_sm(r, threads, smem, N, splits)
+    return dict(regs=r, threads=threads, blocks=blocks, splits=splits, warps=warps, per_warp=per_warp,
+                per_sm=warps * per_warp)
+
+
 def s24_row(N, K, M, regs):
     mt = min(16, 1 << max(0, (M - 1).bit_length()))
     kc, splits, threads, smem = chunking(K, 128, 512, mt, 16)
@@ -132,8 +152,8 @@ def main():
     need = [RATE * lat / SMS / 1024 for lat in LAT]
     print(f"needed per SM at 4.3 TB/s: {need[0]:.1f} KB (600 ns) - {need[1]:.1f} KB (900 ns)\n")
     print("| kernel | N x K | M | v1: regs, warps/SM, B/warp, KB/SM | v2: shape, regs, warps/SM, B/warp, KB/SM "
-          "| v2 / 29 KB |")
-    print("|---|---|---:|---|---|---:|")
+          "| v2 / 29 KB | column list: regs, warps/SM, B/warp, KB/SM | column list / 29 KB |")
+    print("|---|---|---:|---|---|---:|---|---:|")
     for N, K in SHAPES:
         for M in (1, 4, 16):
             for label, dens in (("bitmap 50 %", 0.5), ("bitmap 70 %", 0.3), ("bitmap 90 %", 0.1)):
@@ -143,10 +163,14 @@ def main():
                 fb = "-" if b is None else (f"{b['shape']}, {b['regs']}, {b['warps']:.0f}, {b['per_warp']:.0f}, "
                                             f"{b['per_sm'] / 1024:.1f}")
                 ratio = "-" if b is None else f"{b['per_sm'] / 1024 / need[1]:.1f}x"
-                print(f"| {label} | {N}x{K} | {M} | {fa} | {fb} | {ratio} |")
+                c = columns_row(N, K, M, dens, regs)
+                fc = "-" if c is None else (f"{c['regs']}, {c['warps']:.0f}, {c['per_warp']:.0f}, "
+                                            f"{c['per_sm'] / 1024:.1f}")
+                rc = "-" if c is None else f"{c['per_sm'] / 1024 / need[1]:.1f}x"
+                print(f"| {label} | {N}x{K} | {M} | {fa} | {fb} | {ratio} | {fc} | {rc} |")
             s = s24_row(N, K, M, regs)
             print(f"| 2:4 | {N}x{K} | {M} | {s['regs']}, {s['warps']:.0f}, {s['per_warp']:.0f}, "
-                  f"{s['per_sm'] / 1024:.1f} | (no v2) | {s['per_sm'] / 1024 / need[1]:.1f}x |")
+                  f"{s['per_sm'] / 1024:.1f} | (no v2) | {s['per_sm'] / 1024 / need[1]:.1f}x | - | - |")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace sparsekit {
@@ -76,6 +77,30 @@ inline void check_bitmap_words(const char* op, const at::Tensor& bitmap, const a
                     value_at(before, w), " (the set bits before it), got ", value_at(word_offsets, w));
   TORCH_CHECK_VALUE(false, op, ": the bitmap keeps ", total.item<int64_t>(), " weights but there are ", nnz,
                     " values");
+}
+
+// The column list of the CUDA bitmap kernel's variant 4 (sparsekit.ops.reference.bitmap_columns): its first nnz
+// entries, as 16-bit columns, are the columns of the bitmap's set bits in row-major order (bitmap already checked by
+// check_bitmap_words). Unpacked a few million weights at a time (8 bytes a weight while unpacked).
+inline void check_bitmap_columns(const char* op, const at::Tensor& bitmap, const at::Tensor& columns, int64_t cols,
+                                 int64_t nnz) {
+  const int64_t rows = bitmap.size(0), words = bitmap.size(1);
+  const int64_t step = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(words * 32, 1));
+  const auto bits = at::arange(32, bitmap.options().dtype(at::kLong));
+  const auto got = columns.slice(0, 0, nnz).to(at::kLong).bitwise_and(0xFFFFLL);
+  int64_t at_value = 0;
+  auto bad = at::zeros({}, bitmap.options().dtype(at::kBool));
+  for (int64_t r = 0; r < rows; r += step) {
+    const auto m = bitmap.slice(0, r, std::min(rows, r + step)).to(at::kLong).unsqueeze(-1).bitwise_right_shift(bits)
+                       .bitwise_and(1).reshape({-1, words * 32}).slice(1, 0, cols).to(at::kBool);
+    const auto c = m.nonzero().select(1, 1);  // (one device sync per block: nonzero's size)
+    const int64_t k = c.size(0);
+    if (at_value + k > nnz) break;  // (check_bitmap_words has refused this already)
+    bad = bad | got.slice(0, at_value, at_value + k).ne(c).any();
+    at_value += k;
+  }
+  TORCH_CHECK_VALUE(at_value == nnz && !bad.item<bool>(), op,
+                    ": the columns are not the bitmap's column list (sparsekit.ops.reference.bitmap_columns)");
 }
 
 // As check_meta_positions of csrc/checks.h: every group's two 2-bit positions in meta (rows x

@@ -412,6 +412,64 @@ def test_bitmap_v2_each_shape_at_any_density(driver, tmp_path, shape):
                            {**SPLIT_BITMAP_WIDE, **knobs}), cases)
 
 
+def with_columns(cases, corrupt=None):
+    """The bitmap cases with the column list (reference.bitmap_columns) beside their buffers: the column-list kernel
+    (variant 4 of bitmap_mm) serves them. corrupt(cols, K): edits the list first (a wrong list)."""
+    out = []
+    for c in cases:
+        bm = c.bufs["bitmap"][0]
+        cols = reference.bitmap_columns(bm, int(c.scalars["K"])) if bm.shape[1] else torch.zeros(0, dtype=torch.int16)
+        if corrupt is not None:
+            cols = corrupt(cols.clone(), int(c.scalars["K"]))
+        check = {k: v for k, v in c.check.items() if k != "split"}  # (its tile is smaller: K splits later)
+        out.append(H.Case(c.op, dict(c.scalars), {**c.bufs, "columns": (cols, 0)}, check, name=f"columns: {c.name}"))
+    return out
+
+
+def split_count(cases):
+    """How many of the (run) cases split K (their workspace is not empty)."""
+    return sum(int((c.dir / "workspace.txt").read_text()) > 0 for c in cases if (c.dir / "workspace.txt").exists())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
+def test_bitmap_mm_column_list(driver, tmp_path, dtype):
+    """The column-list kernel (variant 4: the kept values with a 16-bit column each) on the cases of the other
+    bitmap kernels: every M tile, densities 0-100 %, empty and full rows, odd K, misaligned values (the 2-byte
+    path), strided x, rows that end inside a batch and rows of several batches (one SM: each warp walks several
+    rows), K split (its chunk bounds from word_offsets), K = 65536 (the largest 16-bit column). And
+    SPARSEKIT_CUDA_DECODE=v2 on the same buffers runs the batched kernel instead (it must ignore the list)."""
+    cases = with_columns(bitmap_cases(dtype, seed=40) + bitmap_v2_cases(dtype, seed=41))
+    check_mm_cases(run(driver, cases, tmp_path / "whole"), cases)
+    cases = with_columns(bitmap_v2_many_rows_cases(dtype, seed=42))
+    check_mm_cases(run(driver, cases, tmp_path / "rows", {"EMU_SMS": 1}), cases)
+    cases = with_columns(bitmap_split_cases(dtype, seed=43) + bitmap_v2_split_cases(dtype, seed=44) +
+                         bitmap_v2_wide_split_cases(dtype, seed=45))
+    check_mm_cases(run(driver, cases, tmp_path / "split", SPLIT_24), cases)
+    assert split_count(cases) >= 8, "most of these cases should split K on this budget"
+    g = gen(46)
+    m = torch.zeros((3, 65536), dtype=torch.bool)
+    m[0, -3:] = True
+    m[1, ::4099] = True
+    m[2, :] = torch.rand(65536, generator=g) < 0.01
+    cases = with_columns([bitmap_case_mask("K=65536", dtype, 2, m, g)])
+    check_mm_cases(run(driver, cases, tmp_path / "k64k"), cases)
+    cases = with_columns(bitmap_cases(dtype, seed=47)[:6])
+    check_mm_cases(run(driver, cases, tmp_path / "v2", {"SPARSEKIT_CUDA_DECODE": "v2"}), cases)
+
+
+def test_bitmap_mm_column_list_out_of_range_columns(driver, tmp_path):
+    """A column list whose entries point past the K chunk (a wrong list the binding's check would refuse) must not
+    read outside the x tile: the kernel skips them (AddressSanitizer guards the tile's shared memory here)."""
+    def corrupt(cols, K):
+        cols[::3] = -1  # column 65535
+        return cols
+    g = gen(48)
+    cases = with_columns([bitmap_case("K=300", torch.bfloat16, 3, 9, 300, g, density=0.5),
+                          bitmap_case("K=4100 split", torch.float32, 16, 7, 4100, g, density=0.3)], corrupt)
+    res = run(driver, cases, tmp_path, SPLIT_24)
+    expect_ok(res, cases)
+
+
 V3 = {"SPARSEKIT_CUDA_DECODE": "v3"}
 
 
@@ -1343,6 +1401,16 @@ PLANTED = {
     "bsr mma: the two column pairs of an mma swapped": (
         "v", ("mma_decode.cuh", "    lo = word_of(q, 2 * (j & 1));\n    hi = word_of(q, 2 * (j & 1) + 1);",
               "    lo = word_of(q, 2 * (j & 1) + 1);\n    hi = word_of(q, 2 * (j & 1));"), "bsr_mma"),
+    "bitmap columns: the next row's run not loaded ahead": (
+        "o", ("bitmap_kernel.cu", "      if (row_ends && n2 + n_stride < p.N) run_of(n2 + n_stride, s_next, e_next);\n",
+              ""), "bitmap_columns"),
+    "bitmap columns: a lane's place in the run one off": (
+        "p", ("bitmap_kernel.cu", "const int j0 = g0 - s + lane * kV;", "const int j0 = g0 - s + lane * kV + 1;"),
+        "bitmap_columns"),
+    "bitmap columns: a row's next batch one chunk short": (
+        "q", ("bitmap_kernel.cu", ": a + kBatch;", ": a + kBatch - kV;"), "bitmap_columns"),
+    "bitmap columns: a column taken from the row's start, not the K chunk's": (
+        "r", ("bitmap_kernel.cu", "& 0xffffu) - static_cast<int>(k0);", "& 0xffffu);"), "bitmap_columns_split"),
     "int8_wo x rows past M staged from memory": (
         "f", ("mma_decode.cuh", "(m < mrows && c < kc) ? xb[m * p.ldx + c]", "(c < kc) ? xb[m * p.ldx + c]"),
         "int8_wo"),
@@ -1354,6 +1422,7 @@ PLANTED = {
 # (the tensor-core kernel's also on one SM: every block walks several row groups; the 2:4 FMA kernel's with it
 # selected at every M, v1)
 PLANTED_KNOBS = {"bitmap_v1": {"SPARSEKIT_CUDA_DECODE": "v1"}, "bitmap_v2": {"EMU_SMS": 1}, "int8_wo": {"EMU_SMS": 1},
+                 "bitmap_columns": {"EMU_SMS": 1}, "bitmap_columns_split": {"EMU_SMS": 1, **SPLIT_24},
                  "sparse24": {"SPARSEKIT_CUDA_DECODE": "v1"}, "s24_mma": {"EMU_SMS": 1, "SPARSEKIT_CUDA_DECODE": "v3"},
                  "w8a8_split": SPLIT_W8A8, "w8a8_linear_split": SPLIT_24, "bsr_mma": {"EMU_SMS": 1},
                  "bsr_mma_split": SPLIT_BSR, "bitmap_mma": {"SPARSEKIT_CUDA_DECODE": "v3", "EMU_SMS": 1}}
@@ -1377,6 +1446,14 @@ def planted_cases(kind):
                 bitmap_case_mask("v2 sparse, dense and empty tiles", dt, 2, m, g),
                 bitmap_case("v2 dense", dt, 16, 9, 2080, gen(21), density=0.5),
                 bitmap_case("v2 dense rows of 5 tiles", dt, 4, 100, 4500, gen(23), density=0.5)]
+    if kind in ("bitmap_columns", "bitmap_columns_split"):  # one SM: each warp walks several rows
+        g = gen(65)
+        m = torch.rand((40, 3000), generator=g) < 0.1
+        m[1, :] = True
+        m[2, :] = False
+        return with_columns([bitmap_case("columns rows of one batch", dt, 3, 150, 900, gen(66), density=0.1),
+                             bitmap_case("columns rows of 3 batches", dt, 16, 60, 9000, gen(67), density=0.3),
+                             bitmap_case_mask("columns full and empty rows", dt, 2, m, g)])
     if kind == "int8_wo":
         # more row groups than the 8 blocks one SM holds
         return [int8_wo_case("int8_wo M=3", dt, 3, 200, 256, gen(30)), int8_wo_case("int8_wo M=16", dt, 16, 150, 1152, gen(31)),
@@ -1464,7 +1541,8 @@ def test_planted_bug_is_caught(emu_dir, tmp_path, name):
 
 def test_planted_cases_pass_unmutated(driver, tmp_path):
     """The planted-bug cases pass on the real kernels: what fails them is the bug."""
-    for kind in ("sparse24", "bitmap", "bitmap_v1", "bitmap_v2", "bitmap_misaligned", "csr", "bsr", "pack", "int8_wo",
+    for kind in ("sparse24", "bitmap", "bitmap_v1", "bitmap_v2", "bitmap_columns", "bitmap_columns_split",
+                 "bitmap_misaligned", "csr", "bsr", "pack", "int8_wo",
                  "int8_wo_misaligned", "s24_mma", "s24_mma_misaligned", "w8a8", "w8a8_split", "w8a8_linear",
                  "w8a8_linear_split", "bsr_mma"):
         cases = planted_cases(kind)

@@ -446,6 +446,100 @@ def test_bitmap_v2_forced_shapes(monkeypatch, shape, dtype, density, M):
 
 
 @gpu
+@pytest.mark.parametrize("dtype", FLOATS, ids=DTYPE_ID)
+@pytest.mark.parametrize("N,K,density", [(200, 6000, 0.03), (150, 1152, 0.3), (70, 97, 0.1), (9, 65536, 0.01),
+                                         (4096, 4096, 0.1), (64, 14336, 0.3)])
+@pytest.mark.parametrize("M", [1, 3, 8, 16, 33])
+@pytest.mark.parametrize("layout", ["contiguous", "row-stride"])
+def test_bitmap_column_list_kernel(dtype, N, K, density, M, layout):
+    """The column-list kernel (variant 4 of the compiled bitmap kernel: the kept values with a 16-bit column each)
+    against the reference: every M tile, odd K, K = 65536 (the largest 16-bit column), split K (K = 65536 and 14336
+    at M = 16), rows empty and dense, strided x, with a bias."""
+    require_cpp_kernel("bitmap_mm")
+    w = torch.randn(N, K).to(dtype)
+    mask = torch.rand(N, K) < density
+    mask[1] = False
+    mask[3] = True
+    f = formats.BitmapWeight.from_dense(w, mask)
+    bm, wo, v = f.bitmap.cuda(), f.word_offsets.cuda(), f.values.cuda()
+    cols = reference.bitmap_columns(bm, K)
+    x = make_x(M, K, dtype, layout)
+    b = torch.randn(N, device="cuda").to(dtype)
+    poison_allocator()
+    y = torch.ops.sparsekit._cuda_bitmap_columns_mm(x, bm, wo, v, cols, b)
+    check(y, x, f.to_dense().cuda(), b, dtype)
+    kernels = cuda_kernels_run(lambda: torch.ops.sparsekit._cuda_bitmap_columns_mm(x, bm, wo, v, cols, b))
+    assert any("bitmap_columns_kernel" in k for k in kernels), kernels
+
+
+@gpu
+def test_bitmap_column_list_refuses_a_wrong_list():
+    """A list that is not the bitmap's (checked once per buffer set, on the device) is refused before any kernel
+    reads it; short, wrongly typed or misplaced lists are refused by the argument checks."""
+    require_cpp_kernel("bitmap_mm")
+    f = formats.BitmapWeight.from_dense(torch.randn(30, 500, device="cuda"), torch.rand(30, 500, device="cuda") < 0.2)
+    cols = reference.bitmap_columns(f.bitmap, 500)
+    x = torch.randn(2, 500, device="cuda")
+    bad = cols.clone()
+    bad[7] += 1
+    with pytest.raises(ValueError, match="column list"):
+        torch.ops.sparsekit._cuda_bitmap_columns_mm(x, f.bitmap, f.word_offsets, f.values, bad, None)
+    with pytest.raises(ValueError, match="round_up"):
+        torch.ops.sparsekit._cuda_bitmap_columns_mm(x, f.bitmap, f.word_offsets, f.values, cols[:f.nnz - 1], None)
+    with pytest.raises(TypeError, match="int16"):
+        torch.ops.sparsekit._cuda_bitmap_columns_mm(x, f.bitmap, f.word_offsets, f.values, cols.int(), None)
+    # a view that does not start on 16 bytes is copied, not read misaligned
+    off = torch.zeros(cols.numel() + 8, dtype=torch.int16, device="cuda")
+    off[1:cols.numel() + 1] = cols
+    y = torch.ops.sparsekit._cuda_bitmap_columns_mm(x, f.bitmap, f.word_offsets, f.values, off[1:], None)
+    torch.testing.assert_close(y, x @ f.to_dense().T, rtol=1e-4, atol=1e-4)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=DTYPE_ID)
+def test_bitmap_layer_takes_the_column_list(monkeypatch, dtype):
+    """A bitmap layer at 90 % sparsity on CUDA gets its column list when converted and serves M <= 16 through the
+    column-list kernel (one op call), M > 16 through Triton; not after its values are written in place (until
+    prepared again), not at 50 % density by default, and under CUDA graph replay after a warm-up."""
+    require_cpp_kernel("bitmap_mm")
+    from sparsekit.formats import bitmap as bmf
+    from sparsekit.nn import SparseLinear
+
+    lin = torch.nn.Linear(1000, 300, device="cuda", dtype=dtype)
+    mask = torch.rand(300, 1000, device="cuda") < 0.1
+    sl = SparseLinear.from_linear(lin, mask=mask, format="bitmap")
+    b = sl._buffers
+    assert bmf.bitmap_columns_for(b["bitmap"], b["word_offsets"], b["values"]) is not None
+    calls = []
+    real = bmf._CUDA_BITMAP_COLUMNS_MM
+    monkeypatch.setattr(bmf, "_CUDA_BITMAP_COLUMNS_MM", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    ref = (lin.weight * mask).float()
+    with torch.no_grad():
+        for M in (1, 7, 16, 40):
+            x = torch.randn(M, 1000, device="cuda", dtype=dtype)
+            torch.testing.assert_close(sl(x).float(), x.float() @ ref.T + lin.bias.float(), rtol=2e-2, atol=2e-2)
+        assert calls == [1, 7, 16]
+        x = torch.randn(1, 1000, device="cuda", dtype=dtype)
+        g = torch.cuda.CUDAGraph()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            sl(x)
+        torch.cuda.current_stream().wait_stream(s)
+        with torch.cuda.graph(g):
+            y = sl(x)
+        g.replay()
+        torch.testing.assert_close(y.float(), x.float() @ ref.T + lin.bias.float(), rtol=2e-2, atol=2e-2)
+        b["values"].mul_(2)
+        calls.clear()
+        torch.testing.assert_close(sl(x).float(), x.float() @ (2 * ref).T + lin.bias.float(), rtol=4e-2, atol=4e-2)
+        assert calls == []
+    dense = SparseLinear.from_linear(lin, mask=torch.rand(300, 1000, device="cuda") < 0.5, format="bitmap")
+    d = dense._buffers
+    assert bmf.bitmap_columns_for(d["bitmap"], d["word_offsets"], d["values"]) is None
+
+
+@gpu
 @pytest.mark.parametrize("variant", ["v2", "v1", "v3"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=DTYPE_ID)
 @pytest.mark.parametrize("N,K", [(300, 256), (150, 1152), (70, 52), (40, 8192), (4096, 4096)])

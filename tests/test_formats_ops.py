@@ -351,3 +351,111 @@ def test_int8_formats_compile_fullgraph_inductor(fmt):
     x = torch.randn(3, 64)
     cf = torch.compile(sl, fullgraph=True)
     torch.testing.assert_close(cf(x), sl(x), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ bitmap column list
+def test_bitmap_columns_reference():
+    """reference.bitmap_columns: the kept weights' columns in the values' order, 16-bit, zero-padded to a multiple
+    of 8; K = 65536 is the largest it takes."""
+    g = torch.Generator().manual_seed(5)
+    for N, K, d in ((7, 70, 0.3), (3, 1, 1.0), (0, 9, 0.5), (40, 3000, 0.01), (2, 65536, 0.001)):
+        mask = torch.rand(N, K, generator=g) < d
+        f = formats.BitmapWeight.from_dense(torch.randn(N, K, generator=g), mask)
+        cols = reference.bitmap_columns(f.bitmap, K)
+        assert cols.dtype == torch.int16 and cols.numel() == -(-f.nnz // 8) * 8
+        assert torch.equal(cols[:f.nnz].int() & 0xFFFF, mask.nonzero()[:, 1].int())
+        assert not cols[f.nnz:].any()
+    with pytest.raises(ValueError, match="65536"):
+        reference.bitmap_columns(torch.zeros(1, 2049, dtype=torch.int32), 65537)
+
+
+def test_bitmap_columns_mm_op_on_the_cpu():
+    """The private op of the column-list kernel: elsewhere than on CUDA its reference, after checking the list."""
+    f = formats.BitmapWeight.from_dense(torch.randn(9, 100), torch.rand(9, 100) < 0.2)
+    cols = reference.bitmap_columns(f.bitmap, 100)
+    x, b = torch.randn(3, 100), torch.randn(9)
+    y = torch.ops.sparsekit._cuda_bitmap_columns_mm(x, f.bitmap, f.word_offsets, f.values, cols, b)
+    torch.testing.assert_close(y, torch.ops.sparsekit.bitmap_mm(x, f.bitmap, f.word_offsets, f.values, b))
+    bad = cols.clone()
+    bad[0] += 1
+    with pytest.raises(ValueError, match="column list"):
+        torch.ops.sparsekit._cuda_bitmap_columns_mm(x, f.bitmap, f.word_offsets, f.values, bad, b)
+    with pytest.raises(ValueError, match="round_up"):
+        torch.ops.sparsekit._cuda_bitmap_columns_mm(x, f.bitmap, f.word_offsets, f.values, cols[:3], b)
+    with pytest.raises(TypeError, match="int16"):
+        torch.ops.sparsekit._cuda_bitmap_columns_mm(x, f.bitmap, f.word_offsets, f.values, cols.int(), b)
+
+
+def test_bitmap_column_list_is_prepared_by_density_and_follows_the_buffers(monkeypatch):
+    """With a (stand-in) CUDA weight, packing makes the column list up to the density SPARSEKIT_BITMAP_COLUMNS sets
+    (default 0.35), and only for float values and K <= 65536; nbytes counts it; a buffer written in place disables
+    it until prepared again; it goes when its values go."""
+    import gc
+
+    from sparsekit.formats import bitmap as bmf
+
+    monkeypatch.setattr(bmf, "_cuda", lambda t: True)
+    monkeypatch.delenv("SPARSEKIT_BITMAP_COLUMNS", raising=False)
+    g = torch.Generator().manual_seed(6)
+    w = torch.randn(20, 300, generator=g)
+
+    def packed(density):
+        return formats.BitmapWeight.from_dense(w, torch.rand(20, 300, generator=g) < density)
+
+    def listed(f):
+        return bmf.bitmap_columns_for(f.bitmap, f.word_offsets, f.values)
+
+    f = packed(0.1)
+    cols = listed(f)
+    assert cols is not None and torch.equal(cols, reference.bitmap_columns(f.bitmap, 300))
+    assert f.nbytes == sum(t.numel() * t.element_size() for t in f.buffers().values()) + 2 * cols.numel()
+    assert listed(packed(0.5)) is None
+    monkeypatch.setenv("SPARSEKIT_BITMAP_COLUMNS", "on")
+    assert listed(packed(0.9)) is not None
+    monkeypatch.setenv("SPARSEKIT_BITMAP_COLUMNS", "off")
+    assert listed(packed(0.01)) is None
+    monkeypatch.setenv("SPARSEKIT_BITMAP_COLUMNS", "0.6")
+    assert listed(packed(0.5)) is not None
+    monkeypatch.setenv("SPARSEKIT_BITMAP_COLUMNS", "sometimes")
+    with pytest.raises(ValueError, match="SPARSEKIT_BITMAP_COLUMNS"):
+        packed(0.1)
+    monkeypatch.delenv("SPARSEKIT_BITMAP_COLUMNS")
+    assert listed(formats.BitmapWeight.from_dense(torch.randn(4, 65537), torch.rand(4, 65537) < 0.01)) is None
+    assert listed(formats.BitmapWeight.from_dense(torch.randn(4, 64).double(), torch.rand(4, 64) < 0.1)) is None
+
+    f = packed(0.1)
+    f.values.mul_(2)
+    assert listed(f) is None  # written in place: not this list
+    assert bmf.prepare_columns(f.bitmap, f.word_offsets, f.values, f.shape) and listed(f) is not None
+    key = id(f.values)
+    del f
+    gc.collect()
+    assert key not in bmf._COLUMNS
+
+
+def test_bitmap_layer_prepares_its_column_list_when_moved_or_loaded(monkeypatch):
+    """SparseLinear prepares the list at conversion, after .to() / a cast and after load_state_dict; forward on the
+    CPU never uses it, and state_dict never holds it."""
+    from sparsekit.formats import bitmap as bmf
+    from sparsekit.nn import SparseLinear
+
+    monkeypatch.setattr(bmf, "_cuda", lambda t: True)
+    monkeypatch.delenv("SPARSEKIT_BITMAP_COLUMNS", raising=False)
+    lin = torch.nn.Linear(200, 30)
+    mask = torch.rand(30, 200) < 0.1
+    sl = SparseLinear.from_linear(lin, mask=mask, format="bitmap")
+
+    def listed(m):
+        b = m._buffers
+        return bmf.bitmap_columns_for(b["bitmap"], b["word_offsets"], b["values"])
+
+    assert listed(sl) is not None
+    assert not any("column" in k for k in sl.state_dict())
+    sl = sl.to(torch.bfloat16)
+    assert listed(sl) is not None
+    other = SparseLinear.from_linear(torch.nn.Linear(200, 30), mask=torch.rand(30, 200) < 0.1, format="bitmap")
+    other.load_state_dict(sl.float().state_dict())
+    assert listed(other) is not None
+    x = torch.randn(2, 200)
+    torch.testing.assert_close(other(x), x @ (lin.weight * mask).T.bfloat16().float() + lin.bias.bfloat16().float(),
+                               rtol=1e-2, atol=1e-2)

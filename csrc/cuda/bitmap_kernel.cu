@@ -84,6 +84,7 @@ struct BmParams {
   const int32_t* word_offsets = nullptr;
   const void* values = nullptr;
   int64_t nnz = 0;
+  const uint16_t* columns = nullptr;  // variant 4
   const void* x = nullptr;
   int64_t ldx = 0;
   Output out;
@@ -471,6 +472,175 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const 
   }
 }
 
+// ------------------------------------------------------------------------------------ variant 4: column list
+// The kept values with a 16-bit column each (`columns`, made once from the bitmap when a layer is prepared on
+// CUDA), so a warp does no scan and no compaction: what variants 1 and 2 spend per 1024-column tile (scan, run,
+// the compaction serialised by the fullest word; ≈ 184-440 warp instructions by the SASS, whatever the density)
+// is gone, and the kept values are shared evenly by the lanes, 16 bytes of values and their 8 (4 for float32)
+// columns per lane and chunk. It reads 2 bytes per kept value more than the bitmap's 1/8 byte per weight: fewer
+// bytes than values + bitmap below 6.25 % density (16-bit values), more above, so it is chosen by the density
+// (make_plan) and a GPU run sets the threshold.
+//
+// A warp owns one weight row at a time (rows n, n + n_stride, ...): its run in this K chunk is
+// [word_offsets[n, w0], end), end = word_offsets[n, w1], or the next row's first entry, or nnz. The run is read in
+// batches of 32 x kP chunks (16-byte aligned, the neighbours' entries at both ends masked off: their place in
+// the run is outside [0, len)); the next batch (the row's next, or the next row's first) is issued before this
+// one is consumed, and the next row's run bounds one row ahead, so a warp always has a batch in flight. An
+// entry outside the run, or whose column is outside the K chunk, reads the zero column with the value -0.0
+// (adds exactly nothing), branch-free up to MT = 4 as in consume_chunk. The x tile has no spans (XTile<.., 0>):
+// the lanes' columns follow no pattern that padding would spread over the banks.
+template <typename T, int MT, bool kBranchFree>
+__device__ __forceinline__ void consume_columns(const uint4& chunk, const uint4& cols, int j0, int len, int64_t k0,
+                                                int kc, const unsigned char* tile, unsigned zero_off,
+                                                float (&acc)[MT]) {
+  using Tile = XTile<T, MT, 0>;
+  constexpr int kV = 16 / static_cast<int>(sizeof(T));
+  uint32_t w4[4];
+  split_uint4(chunk, w4);
+  float vals[kV];
+  words_to_float<T, 4>(w4, vals);
+  const uint32_t cw[4] = {cols.x, cols.y, cols.z, cols.w};
+#pragma unroll
+  for (int r = 0; r < kV; ++r) {
+    const int rel = static_cast<int>((cw[r >> 1] >> (16 * (r & 1))) & 0xffffu) - static_cast<int>(k0);
+    const bool in = static_cast<unsigned>(j0 + r) < static_cast<unsigned>(len) &&
+                    static_cast<unsigned>(rel) < static_cast<unsigned>(kc);
+    if constexpr (!kBranchFree) {
+      if (in) {
+        float xv[MT];
+        Tile::load_at(tile + Tile::offset(static_cast<unsigned>(rel)), xv);
+#pragma unroll
+        for (int m = 0; m < MT; ++m) acc[m] = fmaf(vals[r], xv[m], acc[m]);
+      }
+    } else {
+      float xv[MT];
+      Tile::load_at(tile + (in ? Tile::offset(static_cast<unsigned>(rel)) : zero_off), xv);
+      const float v = in ? vals[r] : -0.0f;
+#pragma unroll
+      for (int m = 0; m < MT; ++m) acc[m] = fmaf(v, xv[m], acc[m]);
+    }
+  }
+}
+
+// kP chunks per lane and batch: the batch being consumed and the next one in flight.
+template <int kP>
+struct ColumnsBatch {
+  uint4 v[kP];  // values
+  uint4 c[kP];  // their columns (float32: the low 8 bytes)
+};
+
+// Up to MT = 2 two 512-thread blocks per SM (64 registers: 32 warps per SM, each with a batch of 2 chunks a lane
+// in flight besides the one it consumes: ≈ 64 KB per SM where rows are long, and twice the rows in flight where
+// they are short); from MT = 4 the x values in flight and the accumulators need more registers (16 warps per SM,
+// batches of 4 chunks a lane: again ≈ 64 KB per SM where rows are long). No spill (RESOURCES.md).
+template <typename T, int MT, bool kVecLoads>
+__global__ void __launch_bounds__(kMaxThreads, MT <= 2 ? 2 : 1) bitmap_columns_kernel(const BmParams p) {
+  using Tile = XTile<T, MT, 0>;
+  constexpr int kV = 16 / static_cast<int>(sizeof(T));  // values per 16-byte chunk
+  constexpr int kP = MT <= 2 ? 2 : 4;                    // chunks per lane and batch
+  constexpr int kBatch = 32 * kP * kV;                   // entries per batch
+  constexpr bool kBranchFree = MT <= 4;
+  extern __shared__ __align__(16) unsigned char smem[];
+
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int nwarps = blockDim.x >> 5;
+  const int splits = gridDim.y;
+  const int split = blockIdx.y;
+  const int64_t k0 = split * p.Kc;
+  const int kc = static_cast<int>(imin<int64_t>(p.Kc, p.K - k0));
+  const int64_t m0 = p.m_begin + static_cast<int64_t>(blockIdx.z) * MT;
+  const int mrows = static_cast<int>(imin<int64_t>(MT, p.M - m0));
+  const int64_t words = (p.K + 31) / 32;
+  const int64_t w0 = k0 / 32;
+  const int64_t w1 = (k0 + kc + 31) / 32;
+  const int nnz = static_cast<int>(p.nnz);  // < 2**31 (the binding checks): entry indices are 32-bit
+
+  unsigned char* xs = smem;
+  const unsigned zero_off = static_cast<unsigned>(Tile::bytes(p.Kc));
+  zero_column(xs + zero_off);
+  const Bits<T>* vbits = static_cast<const Bits<T>*>(p.values);
+
+  int64_t n = static_cast<int64_t>(blockIdx.x) * nwarps + warp;
+  const int64_t n_stride = static_cast<int64_t>(gridDim.x) * nwarps;
+  // Row r's run in this K chunk: [start, end) of values and columns.
+  const auto run_of = [&](int64_t r, int& start, int& end) {
+    start = p.word_offsets[r * words + w0];
+    end = w1 < words ? p.word_offsets[r * words + w1] : r + 1 < p.N ? p.word_offsets[(r + 1) * words] : nnz;
+  };
+  const auto issue = [&](ColumnsBatch<kP>& b, int a, int end) {
+#pragma unroll
+    for (int i = 0; i < kP; ++i) {
+      const int gi = a + (i * 32 + lane) * kV;  // (a < end <= nnz and the batch is < 2**31 - nnz past it)
+      b.v[i] = make_uint4(0u, 0u, 0u, 0u);
+      b.c[i] = make_uint4(0u, 0u, 0u, 0u);
+      if (gi < end) {
+        b.v[i] = load_chunk<T, kVecLoads>(vbits, nnz, gi);
+        if constexpr (kV == 8) {
+          b.c[i] = __ldg(reinterpret_cast<const uint4*>(p.columns + gi));
+        } else {
+          const uint2 c2 = __ldg(reinterpret_cast<const uint2*>(p.columns + gi));
+          b.c[i] = make_uint4(c2.x, c2.y, 0u, 0u);
+        }
+      }
+    }
+  };
+
+  // The first row's run and its first batch are issued before x is staged.
+  int s = 0, e = 0, a = 0;
+  ColumnsBatch<kP> cur;
+  if (n < p.N) {
+    run_of(n, s, e);
+    a = s & ~(kV - 1);
+    issue(cur, a, e);
+  }
+  Tile::stage(xs, static_cast<const T*>(p.x) + m0 * p.ldx, p.ldx, mrows, k0, kc, kc);
+  __syncthreads();
+  if (n >= p.N) return;
+
+  int s_next = 0, e_next = 0;  // the next row's run, loaded one row ahead
+  if (n + n_stride < p.N) run_of(n + n_stride, s_next, e_next);
+  float acc[MT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) acc[m] = 0.f;
+
+  for (;;) {
+    // The next batch: the row's next window, else the next row's first.
+    const bool row_ends = e - a <= kBatch;
+    const int64_t n2 = row_ends ? n + n_stride : n;
+    const int s2 = row_ends ? s_next : s, e2 = row_ends ? e_next : e;
+    const int a2 = row_ends ? (s_next & ~(kV - 1)) : a + kBatch;
+    ColumnsBatch<kP> nxt;
+    if (n2 < p.N) {
+      issue(nxt, a2, e2);
+      if (row_ends && n2 + n_stride < p.N) run_of(n2 + n_stride, s_next, e_next);
+    }
+
+    const int len = e - s;
+#pragma unroll
+    for (int i = 0; i < kP; ++i) {
+      const int g0 = a + i * 32 * kV;  // the same in every lane
+      if (g0 >= e) break;
+      const int j0 = g0 - s + lane * kV;  // the place in the run of the lane's first entry
+      consume_columns<T, MT, kBranchFree>(cur.v[i], cur.c[i], j0, len, k0, kc, xs, zero_off, acc);
+    }
+
+    if (row_ends) {
+      const float r = warp_reduce_scatter<MT>(acc, lane);
+      const int m = reduce_scatter_row<MT>(lane);
+      if (reduce_scatter_writer<MT>(lane) && m < mrows) write_out<T>(p.out, splits, split, m0 + m, n, r);
+#pragma unroll
+      for (int m2 = 0; m2 < MT; ++m2) acc[m2] = 0.f;
+    }
+    if (n2 >= p.N) break;
+    n = n2;
+    s = s2;
+    e = e2;
+    a = a2;
+    cur = nxt;
+  }
+}
+
 // SPARSEKIT_CUDA_BITMAP_SHAPE=wide | wide-dense | sparse | dense forces variant 2's batch shape (so that a GPU run
 // can time them against each other at any density: bench/cuda_gpu.py --bitmap-shapes); unset or anything else, -1:
 // the shape follows the density. Read on every call, like decode_variant().
@@ -500,6 +670,17 @@ struct BitmapDecode : FloatFinish {
   template <typename T>
   static cudaError_t make_plan(const Launch& a, const DevInfo& d, Plan* plan) {
     Plan p;
+    const int mt_max = tile_m_for(a.M);
+    // the column-list kernel (no per-warp buffers; its entry indices are 32-bit, with a batch's room past nnz)
+    if (a.columns != nullptr && a.nnz <= INT32_MAX - 1024 && !decode_variant_named()) {
+      p.variant = 4;
+      p.vec = reinterpret_cast<uintptr_t>(a.values) % 16 == 0;
+      p.ch = choose_chunking(a.K, kChunkAlign, 0, d,
+                             [&](int64_t cols) { return xtile_bytes<T, 0>(mt_max, cols) + kZeroBytes; });
+      plan_workspace(&p, a.M, a.N);
+      *plan = p;
+      return cudaSuccess;
+    }
     if constexpr (sizeof(T) == 2) {  // the tensor-core kernel (v3 only, for now)
       if (d.cc_major >= 8 && decode_variant() == 3) {
         p.variant = 3;
@@ -514,7 +695,6 @@ struct BitmapDecode : FloatFinish {
         p = Plan();
       }
     }
-    const int mt_max = tile_m_for(a.M);
     p.vec = reinterpret_cast<uintptr_t>(a.values) % 16 == 0;
     // Variant 2 has the 16-byte path only; unaligned values run variant 1.
     p.variant = p.vec && decode_variant() != 1 ? 2 : 1;  // (v3 is a 2:4 design: bitmap runs v2)
@@ -564,6 +744,18 @@ struct BitmapDecode : FloatFinish {
         return mma::launch<mma::BitmapRows, mma::HalfX<T>, MT, kVec>(p, plan, d, m_begin, tiles, stream);
       }
     }
+    BmParams p;
+    p.M = a.M; p.N = a.N; p.K = a.K;
+    p.Kc = plan.ch.Kc;
+    p.bitmap = a.bitmap; p.word_offsets = a.word_offsets; p.values = a.values; p.nnz = a.nnz;
+    p.columns = a.columns;
+    p.x = a.x; p.ldx = a.ldx;
+    p.out = out;
+    if (plan.variant == 4) {
+      const size_t smem = XTile<T, MT, 0>::bytes(plan.ch.Kc) + kZeroBytes;
+      return launch_decode_grid<MT>(bitmap_columns_kernel<T, MT, kVec>, p, plan, d, smem, a.N, m_begin, tiles,
+                                    stream);
+    }
     auto kernel = bitmap_decode_kernel<T, MT, kVec>;
     size_t warp_bytes = kListBytes;
     if constexpr (kVec) {
@@ -577,12 +769,6 @@ struct BitmapDecode : FloatFinish {
     }
     const size_t smem = XTile<T, MT, kSpan>::bytes(plan.ch.Kc) + kZeroBytes +
                         static_cast<size_t>(plan.ch.threads / 32) * warp_bytes;
-    BmParams p;
-    p.M = a.M; p.N = a.N; p.K = a.K;
-    p.Kc = plan.ch.Kc;
-    p.bitmap = a.bitmap; p.word_offsets = a.word_offsets; p.values = a.values; p.nnz = a.nnz;
-    p.x = a.x; p.ldx = a.ldx;
-    p.out = out;
     return launch_decode_grid<MT>(kernel, p, plan, d, smem, a.N, m_begin, tiles, stream);
   }
 };

@@ -19,6 +19,12 @@ struct BitmapMmLaunch {
   const int32_t* word_offsets = nullptr;  // (N, ceil(K/32)) contiguous
   const void* values = nullptr;           // (nnz,), dtype
   int64_t nnz = 0;
+  // Optional: the column of each kept value, as 16 bits (int16 storage of 0..65535), at least round_up(nnz, 8)
+  // entries, 16-byte aligned (sparsekit/formats/bitmap.py makes it when a layer is prepared on CUDA). Given, the
+  // column-list kernel runs (variant 4: no scan or compaction; csrc/cuda/README.md), unless
+  // SPARSEKIT_CUDA_DECODE names v1, v2 or v3. An entry's column outside the K chunk it belongs to is skipped,
+  // never read from (a wrong list gives wrong sums, not a wild read); the binding checks the list once.
+  const uint16_t* columns = nullptr;
   const void* x = nullptr;                // (M, K), row stride ldx, unit column stride
   int64_t ldx = 0;
   const void* bias = nullptr;             // (N,) or null

@@ -124,6 +124,8 @@ __device__ __forceinline__ void split_uint4(const uint4& q, uint32_t (&w)[4]) {
 // contiguous (MT * sizeof(T) bytes, read with one to four vector loads), columns are grouped in
 // spans of kSpan and each span is followed by kPad bytes, so that lanes reading the same position
 // of consecutive spans hit different banks (the span stride is an odd number of access widths).
+// kSpan = 0: no spans and no padding (column c at c * kColBytes), for kernels whose lanes read columns in
+// no fixed pattern (the column-list kernel of bitmap_columns.cuh), where padding avoids no conflict.
 template <typename T, int MT, int kSpan>
 struct XTile {
   static_assert(MT == 1 || MT == 2 || MT == 4 || MT == 8 || MT == 16, "MT must be a power of two <= 16");
@@ -136,10 +138,18 @@ struct XTile {
 
   // Shared bytes for `cols` columns (rounded up to a span and to 16 bytes).
   __host__ __device__ static constexpr size_t bytes(int64_t cols) {
-    return round_up<size_t>(static_cast<size_t>(ceil_div<int64_t>(cols, kSpan)) * kSpanBytes, 16);
+    if constexpr (kSpan == 0) {
+      return round_up<size_t>(static_cast<size_t>(cols) * kColBytes, 16);
+    } else {
+      return round_up<size_t>(static_cast<size_t>(ceil_div<int64_t>(cols, kSpan)) * kSpanBytes, 16);
+    }
   }
   __device__ __forceinline__ static unsigned offset(unsigned c) {
-    return (c / kSpan) * kSpanBytes + (c % kSpan) * kColBytes;
+    if constexpr (kSpan == 0) {
+      return c * kColBytes;
+    } else {
+      return (c / kSpan) * kSpanBytes + (c % kSpan) * kColBytes;
+    }
   }
 
   // The MT values of the column that starts at p, as float.
@@ -436,6 +446,14 @@ inline int decode_variant() {
   if (v && std::strcmp(v, "v1") == 0) return 1;
   if (v && std::strcmp(v, "v3") == 0) return 3;
   return 2;
+}
+
+// Whether SPARSEKIT_CUDA_DECODE names one of the designs above (v1, v2 or v3): then a bitmap weight with a
+// column list runs that design, not the column-list kernel (variant 4 of bitmap_mm), so that one process can
+// time them all on the same weight.
+inline bool decode_variant_named() {
+  const char* v = std::getenv("SPARSEKIT_CUDA_DECODE");
+  return v && (std::strcmp(v, "v1") == 0 || std::strcmp(v, "v2") == 0 || std::strcmp(v, "v3") == 0);
 }
 
 // Sizes the split-K workspace of `p` for an (M, N) output (none when K is not split).

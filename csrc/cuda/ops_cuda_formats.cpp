@@ -73,6 +73,48 @@ at::Tensor bitmap_mm_cuda(const at::Tensor& x, const at::Tensor& bitmap, const a
   return y;
 }
 
+// The same with the column list (variant 4 of the bitmap kernel; sparsekit/formats/bitmap.py makes the list when a
+// layer is prepared). The list is checked against the bitmap once per buffer set, as the bitmap is.
+at::Tensor bitmap_columns_mm_cuda(const at::Tensor& x, const at::Tensor& bitmap, const at::Tensor& word_offsets,
+                                  const at::Tensor& values, const at::Tensor& columns,
+                                  const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "sparsekit._cuda_bitmap_columns_mm";
+  check_bitmap_mm_args(x, bitmap, word_offsets, values, bias);
+  const int64_t need = (values.numel() + 7) / 8 * 8;
+  TORCH_CHECK_TYPE(columns.scalar_type() == at::kShort, op, ": expected columns of dtype int16, got ",
+                   dtype_name(columns.scalar_type()));
+  TORCH_CHECK_VALUE(columns.dim() == 1 && columns.numel() >= need, op,
+                    ": expected 1-d columns of at least round_up(nnz, 8) = ", need, " entries, got shape ",
+                    shape_str(columns.sizes()));
+  TORCH_CHECK_VALUE(x.size(1) <= 65536, op, ": 16-bit columns need in_features <= 65536, got ", x.size(1));
+  check_same_device(op, x, "columns", columns);
+  check_cuda(op, x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t M = x.size(0), N = bitmap.size(0), K = x.size(1);
+  check_index_buffers_once(op, {&bitmap, &word_offsets, &columns}, {N, bitmap.size(1), K, values.numel()}, [&] {
+    aten_checks::check_bitmap_words(op, bitmap, word_offsets, K, values.numel());
+    aten_checks::check_bitmap_columns(op, bitmap, columns, K, values.numel());
+  });
+  auto y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+  const auto bm = bitmap.contiguous();
+  const auto wo = word_offsets.contiguous();
+  const auto vals = values.contiguous();
+  // the kernel reads the list 16 (float32: 8) bytes at a time: a list that does not start on 16 bytes is copied
+  const auto cols = columns.is_contiguous() && reinterpret_cast<uintptr_t>(columns.data_ptr()) % 16 == 0
+                        ? columns
+                        : columns.clone(at::MemoryFormat::Contiguous);
+  BitmapMmLaunch a;
+  const StagedIo io = set_io(a, x, bias, y);
+  a.bitmap = bm.data_ptr<int32_t>();
+  a.word_offsets = wo.data_ptr<int32_t>();
+  a.values = vals.data_ptr();
+  a.nnz = vals.numel();
+  a.columns = a.nnz > 0 ? reinterpret_cast<const uint16_t*>(cols.data_ptr<int16_t>()) : nullptr;
+  launch_with_workspace(op, a, &bitmap_mm_workspace_bytes, &bitmap_mm, x);
+  return y;
+}
+
 // ------------------------------------------------------------------------------------------ BSR
 at::Tensor bsr_mm_cuda(const at::Tensor& x, const at::Tensor& crow_indices, const at::Tensor& col_indices,
                        const at::Tensor& values, int64_t out_features, const std::optional<at::Tensor>& bias) {
@@ -262,6 +304,7 @@ TORCH_LIBRARY_IMPL(sparsekit, CUDA, m) {
   m.impl("bsr_mm", &sparsekit::cuda::bsr_mm_cuda);
   // the same kernels under their own names, for the CUDA router of sparsekit/triton (see _schemas.py)
   m.impl("_cuda_bitmap_mm", &sparsekit::cuda::bitmap_mm_cuda);
+  m.impl("_cuda_bitmap_columns_mm", &sparsekit::cuda::bitmap_columns_mm_cuda);
   m.impl("_cuda_bsr_mm", &sparsekit::cuda::bsr_mm_cuda);
   m.impl("pack_sparse24", &sparsekit::cuda::pack_sparse24_cuda);
   m.impl("pack_bitmap", &sparsekit::cuda::pack_bitmap_cuda);

@@ -2,19 +2,102 @@
 per kept value until about 90% sparsity."""
 from __future__ import annotations
 
+import os
+import threading
+import weakref
 from typing import Dict
 
 import torch
 
 from .. import ops
 from ..ops import _as_2d, linear_call
-from ._common import check_int32_range, check_weight_and_mask, cuda_rows_forward, input_rows, route
+from ._common import check_int32_range, check_weight_and_mask, cuda_rows_forward, input_rows, needs_grad, route
 from .base import SparseFormat, register
 
 
 _BITMAP_MM = linear_call(torch.ops.sparsekit.bitmap_mm.default)
 _CUDA_BITMAP_MM = torch.ops.sparsekit._cuda_bitmap_mm.default
+_CUDA_BITMAP_COLUMNS_MM = torch.ops.sparsekit._cuda_bitmap_columns_mm.default
 _ROUTE = route("bitmap_mm")
+
+# The column list (ops.reference.bitmap_columns: a 16-bit column per kept value) that the CUDA kernel's variant 4
+# reads instead of the bitmap, so that it does no scan and no compaction (csrc/cuda/README.md). It costs 2 bytes
+# per kept value of device memory besides the format's buffers, and a kernel reading it moves 4 bytes per kept
+# value (16-bit values) against the bitmap's 2 + 1/8 per weight, so it is made only up to a density
+# (SPARSEKIT_BITMAP_COLUMNS: unset or "auto" 0.35, i.e. from 65 % sparsity; a number: that density; "0" / "off":
+# never; "1" / "on": always). Made, like the 2:4 weight's cuSPARSELt copy, outside forward: when the weight is
+# packed or loaded on CUDA and when the layer is moved or loaded (SparseLinear calls `prepare`). Held in this side
+# table keyed by the `values` buffer (never a module buffer, so never saved), dropped when `values` dies; an entry
+# whose buffers were written in place since is not used (the bitmap kernel runs) until prepared again.
+_COLUMNS_LOCK = threading.Lock()
+_COLUMNS: Dict[int, tuple] = {}  # id(values) -> (weakrefs of values, bitmap, word_offsets; versions; list)
+_COLUMNS_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_COLUMNS_DEFAULT_DENSITY = 0.35
+
+
+def _columns_max_density() -> float:
+    v = os.environ.get("SPARSEKIT_BITMAP_COLUMNS", "auto").strip().lower()
+    if v in ("", "auto"):
+        return _COLUMNS_DEFAULT_DENSITY
+    if v in ("off", "never", "false", "no"):
+        return -1.0
+    if v in ("on", "always", "true", "yes"):
+        return 1.0
+    try:
+        return float(v)
+    except ValueError:
+        raise ValueError(f"SPARSEKIT_BITMAP_COLUMNS: expected auto, off, on or a density in [0, 1], got {v!r}") from None
+
+
+def _cuda(t: torch.Tensor) -> bool:
+    """t.is_cuda (a seam: the CPU tests stand a CPU tensor in for a CUDA one)."""
+    return t.is_cuda
+
+
+def bitmap_columns_for(bitmap, word_offsets, values):
+    """The column list made by `prepare_columns` for exactly these buffers (the same tensor objects, none written in
+    place since: their version counters, which `set_` moves too), or None. Never makes one: forward calls it
+    (≈ 0.1 µs; a stamp of data pointers took ≈ 0.8)."""
+    e = _COLUMNS.get(id(values))
+    if (e is None or e[0]() is not values or e[1]() is not bitmap or e[2]() is not word_offsets
+            or e[3] != (values._version, bitmap._version, word_offsets._version)):
+        return None
+    return e[4]
+
+
+def prepare_columns(bitmap, word_offsets, values, shape) -> bool:
+    """Makes the column list of these CUDA bitmap buffers now if the kernel would use it (float values, K <= 65536,
+    density at most SPARSEKIT_BITMAP_COLUMNS); idempotent. True when a list is ready. Syncs the device: outside
+    forward and outside CUDA graph capture (during capture it does nothing)."""
+    n, k = int(shape[0]), int(shape[1])
+    if not _cuda(values) or values.dtype not in _COLUMNS_DTYPES or not 0 < k <= 65536 or n == 0:
+        return False
+    if bitmap_columns_for(bitmap, word_offsets, values) is not None:
+        return True
+    if values.numel() > _columns_max_density() * n * k or values.numel() == 0:
+        return False
+    if values.is_cuda and torch.cuda.is_current_stream_capturing():
+        return False
+    columns = ops.reference.bitmap_columns(bitmap, k)
+    key = id(values)
+    with _COLUMNS_LOCK:
+        old = _COLUMNS.get(key)
+        if old is None or old[0]() is not values:
+            weakref.finalize(values, _COLUMNS.pop, key, None)
+        _COLUMNS[key] = (weakref.ref(values), weakref.ref(bitmap), weakref.ref(word_offsets),
+                         (values._version, bitmap._version, word_offsets._version), columns)
+    return True
+
+
+def _columns_call(x2, bitmap, word_offsets, values, bias):
+    """The rows x2 (2-d, CUDA) through the column-list kernel when these buffers have a list and the compiled kernel
+    takes these rows (M <= 16, no gradient to record, eager), else None."""
+    if torch.compiler.is_compiling():  # (traced: the public op)
+        return None
+    cols = bitmap_columns_for(bitmap, word_offsets, values)
+    if cols is None or not _ROUTE(x2) or needs_grad(x2, bias):
+        return None
+    return _CUDA_BITMAP_COLUMNS_MM(x2, bitmap, word_offsets, values, cols, bias)
 
 
 @register
@@ -43,11 +126,20 @@ class BitmapWeight(SparseFormat):
         counts = mp.sum(-1, dtype=torch.int64).reshape(-1)
         offsets = (torch.cumsum(counts, 0) - counts).reshape(N, words).to(torch.int32)
         values = weight.detach()[mask].contiguous()
-        return cls(word.contiguous(), offsets.contiguous(), values, (N, K), check=False)
+        self = cls(word.contiguous(), offsets.contiguous(), values, (N, K), check=False)
+        prepare_columns(self.bitmap, self.word_offsets, self.values, self.shape)
+        return self
 
     @classmethod
     def from_buffers(cls, buffers: Dict[str, torch.Tensor], shape) -> "BitmapWeight":
-        return cls(buffers["bitmap"], buffers["word_offsets"], buffers["values"], shape)
+        self = cls(buffers["bitmap"], buffers["word_offsets"], buffers["values"], shape)
+        prepare_columns(self.bitmap, self.word_offsets, self.values, self.shape)
+        return self
+
+    @staticmethod
+    def prepare(m) -> None:
+        b = m._buffers
+        prepare_columns(b["bitmap"], b["word_offsets"], b["values"], (m.out_features, m.in_features))
 
     def check(self) -> None:
         N, K = self.shape
@@ -76,6 +168,10 @@ class BitmapWeight(SparseFormat):
 
     @staticmethod
     def apply(x, shape, bias, bitmap, word_offsets, values):
+        if x.is_cuda:
+            y = _columns_call(_as_2d(x, "bitmap_mm"), bitmap, word_offsets, values, bias)
+            if y is not None:
+                return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
         if x.dim() == 2:
             return _BITMAP_MM(x, bitmap, word_offsets, values, bias)
         y = _BITMAP_MM(_as_2d(x, "bitmap_mm"), bitmap, word_offsets, values, bias)
@@ -85,6 +181,12 @@ class BitmapWeight(SparseFormat):
     def module_forward(m, x):
         b = m._buffers
         if x.is_cuda:  # M <= 16: the compiled decode kernel directly (one op call; the router would pick it too)
+            cols = None if torch.compiler.is_compiling() else bitmap_columns_for(b["bitmap"], b["word_offsets"],
+                                                                                  b["values"])
+            if cols is not None:  # with the column list: the same, its variant 4
+                return cuda_rows_forward(
+                    m, x, lambda x2, bm, wo, v, bias: _CUDA_BITMAP_COLUMNS_MM(x2, bm, wo, v, cols, bias), _BITMAP_MM,
+                    _ROUTE, b["bitmap"], b["word_offsets"], b["values"])
             return cuda_rows_forward(m, x, _CUDA_BITMAP_MM, _BITMAP_MM, _ROUTE, b["bitmap"], b["word_offsets"],
                                      b["values"])
         if x.dim() == 2:
@@ -95,3 +197,9 @@ class BitmapWeight(SparseFormat):
     @property
     def nnz(self) -> int:
         return self.values.numel()
+
+    @property
+    def nbytes(self) -> int:
+        """The buffers' bytes, and the column list's where one is prepared (device memory it holds)."""
+        cols = bitmap_columns_for(self.bitmap, self.word_offsets, self.values)
+        return super().nbytes + (0 if cols is None else cols.numel() * cols.element_size())

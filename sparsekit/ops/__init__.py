@@ -162,6 +162,9 @@ _register("csr_mm", C.check_csr_mm, reference.csr_mm, lambda x, cr, ci, v, n, b:
 _register("bsr_mm", C.check_bsr_mm, reference.bsr_mm, lambda x, cr, ci, v, n, b: _out(x, n), C.check_bsr_mm_data)
 _register("bitmap_mm", C.check_bitmap_mm, reference.bitmap_mm, lambda x, bm, wo, v, b: _out(x, bm.shape[0]),
           C.check_bitmap_mm_data)
+_register("_cuda_bitmap_columns_mm", C.check_bitmap_columns_mm,
+          lambda x, bm, wo, v, cols, b: reference.bitmap_mm(x, bm, wo, v, b),
+          lambda x, bm, wo, v, cols, b: _out(x, bm.shape[0]), C.check_bitmap_columns_mm_data)
 _register("sparse24_mm", C.check_sparse24_mm, reference.sparse24_mm, lambda x, v, m, b: _out(x, v.shape[0]),
           C.check_sparse24_mm_data)
 _register("int8_gemm_i32", C.check_int8_gemm_i32, reference.int8_gemm_i32,

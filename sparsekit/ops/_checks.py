@@ -145,6 +145,18 @@ def check_bitmap_mm(x, bitmap, word_offsets, values, bias) -> None:
     _check_bias(op, bias, bitmap.shape[0], x.dtype, x.device)
 
 
+def check_bitmap_columns_mm(x, bitmap, word_offsets, values, columns, bias) -> None:
+    """bitmap_mm's checks, then the column list's dtype, length and device (its contents: the data check)."""
+    check_bitmap_mm(x, bitmap, word_offsets, values, bias)
+    op = "sparsekit._cuda_bitmap_columns_mm"
+    expect_dtype(op, "columns", columns, (torch.int16,))
+    need = -(-values.numel() // 8) * 8
+    expect(columns.dim() == 1 and columns.numel() >= need, op,
+           lambda: f"expected 1-d columns of at least round_up(nnz, 8) = {need} entries, got shape {tuple(columns.shape)}")
+    expect(x.shape[1] <= 65536, op, lambda: f"16-bit columns need in_features <= 65536, got {x.shape[1]}")
+    _same_device(op, x, columns=columns)
+
+
 def _check_meta(op, meta, rows, cols):
     expect_dtype(op, "meta", meta, (torch.uint8,))
     expect(cols % 4 == 0, op, lambda: f"expected in_features divisible by 4 for 2:4, got {cols}")
@@ -359,6 +371,16 @@ def check_bsr_mm_data(x, crow_indices, col_indices, values, out_features, bias) 
 
 def check_bitmap_mm_data(x, bitmap, word_offsets, values, bias) -> None:
     check_bitmap_words("sparsekit.bitmap_mm", bitmap, word_offsets, x.shape[1], values.numel())
+
+
+def check_bitmap_columns_mm_data(x, bitmap, word_offsets, values, columns, bias) -> None:
+    check_bitmap_mm_data(x, bitmap, word_offsets, values, bias)
+    from .reference import bitmap_columns
+
+    nnz = values.numel()
+    if not torch.equal(columns[:nnz].cpu(), bitmap_columns(bitmap, x.shape[1])[:nnz].cpu()):
+        raise ValueError("sparsekit._cuda_bitmap_columns_mm: the columns are not the bitmap's column list "
+                         "(sparsekit.ops.reference.bitmap_columns)")
 
 
 def check_sparse24_mm_data(x, values, meta, bias) -> None:

@@ -75,6 +75,13 @@ SCHEMAS = {
     "pack_bsr": "pack_bsr(Tensor weight, Tensor? mask=None, int[2] blocksize=[16, 16]) -> (Tensor, Tensor, Tensor)",
 }
 
+# The bitmap matmul with the bitmap's column list beside it (reference.bitmap_columns: int16, the column of each
+# kept value, zero-padded to a multiple of 8): what a bitmap layer prepared on CUDA calls at M <= 16, the
+# column-list kernel of csrc/cuda/bitmap_kernel.cu (no scan, no compaction). Elsewhere the reference (the
+# list checked against the bitmap, then bitmap_mm's). Private: formats/bitmap.py makes and keeps the list.
+SCHEMAS["_cuda_bitmap_columns_mm"] = ("_cuda_bitmap_columns_mm(Tensor x, Tensor bitmap, Tensor word_offsets, "
+                                      "Tensor values, Tensor columns, Tensor? bias=None) -> Tensor")
+
 # Where CUDA has two kernels for one op (sparsekit/triton registers the op's CUDA implementation, which
 # routes by M between Triton and the compiled kernel), the compiled CUDA kernel is also registered
 # under its own name, with the public op's schema: "_cuda_<op>".

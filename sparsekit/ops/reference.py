@@ -66,6 +66,22 @@ def bitmap_mask(bitmap: torch.Tensor, cols: int) -> torch.Tensor:
     return m.reshape(bitmap.shape[0], -1)[:, :cols].bool()
 
 
+def bitmap_columns(bitmap: torch.Tensor, cols: int) -> torch.Tensor:
+    """The column of every kept weight of an int32 (rows, ceil(cols / 32)) bitmap, in the order of its values
+    (row-major), as the int16 bits of 0..cols - 1 (cols <= 65536), zero-padded to a multiple of 8 entries: the
+    column list that the CUDA bitmap kernel's variant 4 reads beside the values (formats/bitmap.py). Built a few
+    million weights at a time, so that the temporaries stay small."""
+    if cols > 65536:
+        raise ValueError(f"bitmap_columns: 16-bit columns need in_features <= 65536, got {cols}")
+    rows = bitmap.shape[0]
+    step = max(1, (1 << 22) // max(cols, 1))
+    parts = [bitmap_mask(bitmap[r:r + step], cols).nonzero()[:, 1] for r in range(0, rows, step)]
+    c = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64, device=bitmap.device)
+    out = torch.zeros(-(-c.numel() // 8) * 8, dtype=torch.int32, device=bitmap.device)
+    out[: c.numel()] = c
+    return torch.where(out >= 32768, out - 65536, out).to(torch.int16)
+
+
 def bitmap_to_dense(bitmap, word_offsets, values, shape, dtype=None) -> torch.Tensor:
     rows, cols = shape
     dtype = dtype or values.dtype

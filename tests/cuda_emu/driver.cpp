@@ -229,6 +229,7 @@ cudaError_t run(Case& c) {
     a.word_offsets = static_cast<const int32_t*>(c.ptr("word_offsets"));
     a.values = c.ptr("values");
     a.nnz = c.i("nnz");
+    a.columns = static_cast<const uint16_t*>(c.ptr("columns"));  // optional: the column-list kernel
     void* ws = workspace(c, a, &bitmap_mm_workspace_bytes);
     return bitmap_mm(a, ws, stream);
   }
