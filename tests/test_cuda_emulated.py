@@ -1409,6 +1409,9 @@ PLANTED = {
         "bitmap_columns"),
     "bitmap columns: a row's next batch one chunk short": (
         "q", ("bitmap_kernel.cu", ": a + kBatch;", ": a + kBatch - kV;"), "bitmap_columns"),
+    "bitmap columns: vector loads of misaligned values": (
+        "s", ("bitmap_kernel.cu", "p.vec = reinterpret_cast<uintptr_t>(a.values) % 16u == 0;", "p.vec = true;"),
+        "bitmap_columns_misaligned"),
     "bitmap columns: a column taken from the row's start, not the K chunk's": (
         "r", ("bitmap_kernel.cu", "& 0xffffu) - static_cast<int>(k0);", "& 0xffffu);"), "bitmap_columns_split"),
     "int8_wo x rows past M staged from memory": (
@@ -1446,6 +1449,8 @@ def planted_cases(kind):
                 bitmap_case_mask("v2 sparse, dense and empty tiles", dt, 2, m, g),
                 bitmap_case("v2 dense", dt, 16, 9, 2080, gen(21), density=0.5),
                 bitmap_case("v2 dense rows of 5 tiles", dt, 4, 100, 4500, gen(23), density=0.5)]
+    if kind == "bitmap_columns_misaligned":
+        return with_columns([bitmap_case("columns values misaligned", dt, 3, 40, 700, gen(68), density=0.2, voff=1)])
     if kind in ("bitmap_columns", "bitmap_columns_split"):  # one SM: each warp walks several rows
         g = gen(65)
         m = torch.rand((40, 3000), generator=g) < 0.1
@@ -1542,7 +1547,7 @@ def test_planted_bug_is_caught(emu_dir, tmp_path, name):
 def test_planted_cases_pass_unmutated(driver, tmp_path):
     """The planted-bug cases pass on the real kernels: what fails them is the bug."""
     for kind in ("sparse24", "bitmap", "bitmap_v1", "bitmap_v2", "bitmap_columns", "bitmap_columns_split",
-                 "bitmap_misaligned", "csr", "bsr", "pack", "int8_wo",
+                 "bitmap_columns_misaligned", "bitmap_misaligned", "csr", "bsr", "pack", "int8_wo",
                  "int8_wo_misaligned", "s24_mma", "s24_mma_misaligned", "w8a8", "w8a8_split", "w8a8_linear",
                  "w8a8_linear_split", "bsr_mma"):
         cases = planted_cases(kind)

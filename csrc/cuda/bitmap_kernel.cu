@@ -674,7 +674,7 @@ struct BitmapDecode : FloatFinish {
     // the column-list kernel (no per-warp buffers; its entry indices are 32-bit, with a batch's room past nnz)
     if (a.columns != nullptr && a.nnz <= INT32_MAX - 1024 && !decode_variant_named()) {
       p.variant = 4;
-      p.vec = reinterpret_cast<uintptr_t>(a.values) % 16 == 0;
+      p.vec = reinterpret_cast<uintptr_t>(a.values) % 16u == 0;
       p.ch = choose_chunking(a.K, kChunkAlign, 0, d,
                              [&](int64_t cols) { return xtile_bytes<T, 0>(mt_max, cols) + kZeroBytes; });
       plan_workspace(&p, a.M, a.N);

@@ -48,29 +48,44 @@ at::Tensor sparse24_mm_cuda(const at::Tensor& x, const at::Tensor& values, const
 }
 
 // ------------------------------------------------------------------------------------------ bitmap
-at::Tensor bitmap_mm_cuda(const at::Tensor& x, const at::Tensor& bitmap, const at::Tensor& word_offsets,
-                          const at::Tensor& values, const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "sparsekit.bitmap_mm";
-  check_bitmap_mm_args(x, bitmap, word_offsets, values, bias);
-  check_cuda(op, x);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t M = x.size(0), N = bitmap.size(0), K = x.size(1);
-  check_index_buffers_once(op, {&bitmap, &word_offsets}, {N, bitmap.size(1), K, values.numel()}, [&] {
-    aten_checks::check_bitmap_words(op, bitmap, word_offsets, K, values.numel());
-  });
+// y = x @ W.T + bias through the bitmap kernel on checked buffers; columns (the column list, or null): its
+// variant 4.
+at::Tensor launch_bitmap(const char* op, const at::Tensor& x, const at::Tensor& bitmap, const at::Tensor& word_offsets,
+                         const at::Tensor& values, const at::Tensor* columns, const std::optional<at::Tensor>& bias) {
+  const int64_t M = x.size(0), N = bitmap.size(0);
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const auto bm = bitmap.contiguous();
   const auto wo = word_offsets.contiguous();
   const auto vals = values.contiguous();
+  // the kernel reads the list 16 (float32: 8) bytes at a time: a list that does not start on 16 bytes is copied
+  at::Tensor cols;
+  if (columns != nullptr)
+    cols = columns->is_contiguous() && reinterpret_cast<uintptr_t>(columns->data_ptr()) % 16 == 0
+               ? *columns
+               : columns->clone(at::MemoryFormat::Contiguous);
   BitmapMmLaunch a;
   const StagedIo io = set_io(a, x, bias, y);
   a.bitmap = bm.data_ptr<int32_t>();
   a.word_offsets = wo.data_ptr<int32_t>();
   a.values = vals.data_ptr();
   a.nnz = vals.numel();
+  a.columns = cols.defined() && a.nnz > 0 ? reinterpret_cast<const uint16_t*>(cols.data_ptr<int16_t>()) : nullptr;
   launch_with_workspace(op, a, &bitmap_mm_workspace_bytes, &bitmap_mm, x);
   return y;
+}
+
+at::Tensor bitmap_mm_cuda(const at::Tensor& x, const at::Tensor& bitmap, const at::Tensor& word_offsets,
+                          const at::Tensor& values, const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "sparsekit.bitmap_mm";
+  check_bitmap_mm_args(x, bitmap, word_offsets, values, bias);
+  check_cuda(op, x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t N = bitmap.size(0), K = x.size(1);
+  check_index_buffers_once(op, {&bitmap, &word_offsets}, {N, bitmap.size(1), K, values.numel()}, [&] {
+    aten_checks::check_bitmap_words(op, bitmap, word_offsets, K, values.numel());
+  });
+  return launch_bitmap(op, x, bitmap, word_offsets, values, nullptr, bias);
 }
 
 // The same with the column list (variant 4 of the bitmap kernel; sparsekit/formats/bitmap.py makes the list when a
@@ -90,29 +105,12 @@ at::Tensor bitmap_columns_mm_cuda(const at::Tensor& x, const at::Tensor& bitmap,
   check_same_device(op, x, "columns", columns);
   check_cuda(op, x);
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t M = x.size(0), N = bitmap.size(0), K = x.size(1);
+  const int64_t N = bitmap.size(0), K = x.size(1);
   check_index_buffers_once(op, {&bitmap, &word_offsets, &columns}, {N, bitmap.size(1), K, values.numel()}, [&] {
     aten_checks::check_bitmap_words(op, bitmap, word_offsets, K, values.numel());
     aten_checks::check_bitmap_columns(op, bitmap, columns, K, values.numel());
   });
-  auto y = at::empty({M, N}, x.options());
-  if (M == 0 || N == 0) return y;
-  const auto bm = bitmap.contiguous();
-  const auto wo = word_offsets.contiguous();
-  const auto vals = values.contiguous();
-  // the kernel reads the list 16 (float32: 8) bytes at a time: a list that does not start on 16 bytes is copied
-  const auto cols = columns.is_contiguous() && reinterpret_cast<uintptr_t>(columns.data_ptr()) % 16 == 0
-                        ? columns
-                        : columns.clone(at::MemoryFormat::Contiguous);
-  BitmapMmLaunch a;
-  const StagedIo io = set_io(a, x, bias, y);
-  a.bitmap = bm.data_ptr<int32_t>();
-  a.word_offsets = wo.data_ptr<int32_t>();
-  a.values = vals.data_ptr();
-  a.nnz = vals.numel();
-  a.columns = a.nnz > 0 ? reinterpret_cast<const uint16_t*>(cols.data_ptr<int16_t>()) : nullptr;
-  launch_with_workspace(op, a, &bitmap_mm_workspace_bytes, &bitmap_mm, x);
-  return y;
+  return launch_bitmap(op, x, bitmap, word_offsets, values, &columns, bias);
 }
 
 // ------------------------------------------------------------------------------------------ BSR

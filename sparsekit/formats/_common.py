@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import weakref
 
 import torch
 
@@ -23,6 +24,18 @@ def check_weight_and_mask(weight: torch.Tensor, mask: torch.Tensor | None, what:
     if mask.dtype != torch.bool:
         raise TypeError(f"{what}: expected a bool mask, got {mask.dtype}")
     return mask.to(weight.device)
+
+
+def side_table_put(table: dict, lock, values: torch.Tensor, entry: tuple) -> None:
+    """Stores `entry` (whose first item is weakref(values)) under id(values) in a side table of derived data (the
+    2:4 weight's cuSPARSELt copy, the bitmap's column list): never a module buffer, so never saved, and dropped when
+    `values` dies (a module moved or cast gets new tensors, prepared again by the move)."""
+    key = id(values)
+    with lock:
+        old = table.get(key)
+        if old is None or old[0]() is not values:
+            weakref.finalize(values, table.pop, key, None)
+        table[key] = entry
 
 
 def check_int32_range(n: int, what: str) -> None:

@@ -11,7 +11,8 @@ import torch
 
 from .. import ops
 from ..ops import _as_2d, linear_call
-from ._common import check_int32_range, check_weight_and_mask, cuda_rows_forward, input_rows, needs_grad, route
+from ._common import (check_int32_range, check_weight_and_mask, cuda_rows_forward, input_rows, needs_grad, route,
+                      side_table_put)
 from .base import SparseFormat, register
 
 
@@ -79,13 +80,9 @@ def prepare_columns(bitmap, word_offsets, values, shape) -> bool:
     if values.is_cuda and torch.cuda.is_current_stream_capturing():
         return False
     columns = ops.reference.bitmap_columns(bitmap, k)
-    key = id(values)
-    with _COLUMNS_LOCK:
-        old = _COLUMNS.get(key)
-        if old is None or old[0]() is not values:
-            weakref.finalize(values, _COLUMNS.pop, key, None)
-        _COLUMNS[key] = (weakref.ref(values), weakref.ref(bitmap), weakref.ref(word_offsets),
-                         (values._version, bitmap._version, word_offsets._version), columns)
+    side_table_put(_COLUMNS, _COLUMNS_LOCK, values,
+                   (weakref.ref(values), weakref.ref(bitmap), weakref.ref(word_offsets),
+                    (values._version, bitmap._version, word_offsets._version), columns))
     return True
 
 

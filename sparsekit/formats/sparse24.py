@@ -14,7 +14,7 @@ from .. import ops
 from .. import triton as _sk_triton
 from ..ops import _as_2d, linear_call
 from ..ops._checks import cslt_shape_fits
-from ._common import check_weight_and_mask, input_rows, needs_grad
+from ._common import check_weight_and_mask, input_rows, needs_grad, side_table_put
 from .base import SparseFormat, register
 from .int8 import _HALVES, quantize_rows
 
@@ -212,12 +212,7 @@ def cslt_prepare(values, meta, shape, scale=None) -> bool:
 
 
 def _cslt_store(values, stamp, compressed, safe) -> None:
-    key = id(values)
-    with _CSLT_LOCK:
-        old = _CSLT_CACHE.get(key)
-        if old is None or old[0]() is not values:
-            weakref.finalize(values, _CSLT_CACHE.pop, key, None)
-        _CSLT_CACHE[key] = (weakref.ref(values), stamp, compressed, safe, set())
+    side_table_put(_CSLT_CACHE, _CSLT_LOCK, values, (weakref.ref(values), stamp, compressed, safe, set()))
 
 
 def _cslt_prepare_quietly(*args) -> None:
