@@ -1631,7 +1631,7 @@ def random_mm_case(rnd, split_knobs=False):
     g = gen(rnd.randrange(10 ** 6))
     M = rnd.choice([1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40])
     N = rnd.randint(1, 45)
-    kind = rnd.choice(["s24", "bm", "bsr", "csr", "w8", "w8l"] + (["wo"] if dt != torch.float32 else []))
+    kind = rnd.choice(["s24", "bm", "bmc", "bsr", "csr", "w8", "w8l"] + (["wo"] if dt != torch.float32 else []))
     if kind == "w8l":  # the one-call W8A8 linear (x quantized inside), dense or 2:4
         sparse = rnd.random() < 0.5
         K = rnd.choice([1024, 2048, 4096, 9000] if split_knobs else [0, 4, 16, 52, 100, 256, 640, 1028])
@@ -1657,11 +1657,12 @@ def random_mm_case(rnd, split_knobs=False):
                         bias=rnd.random() < 0.5, empty_rows=(0,) if rnd.random() < 0.3 else (),
                         voff=rnd.choice([0, 0, 0, 1]), moff=rnd.choice([0, 0, 1]), xpad=rnd.choice([0, 0, 3]),
                         xoff=rnd.choice([0, 0, 1]))
-    if kind == "bm":
+    if kind in ("bm", "bmc"):  # bmc: with the column list (the column-list kernel)
         K = rnd.randint(300, 5000) if split_knobs else rnd.randint(0, 3000)
-        return bitmap_case(f"bitmap {dt} M={M} N={N} K={K}", dt, M, N, K, g, density=rnd.choice([0, .05, .3, .5, .9, 1]),
-                           bias=rnd.random() < 0.5, voff=rnd.choice([0, 0, 1, 3]), xpad=rnd.choice([0, 0, 3]),
-                           xoff=rnd.choice([0, 1]))
+        c = bitmap_case(f"bitmap {dt} M={M} N={N} K={K}", dt, M, N, K, g, density=rnd.choice([0, .05, .3, .5, .9, 1]),
+                        bias=rnd.random() < 0.5, voff=rnd.choice([0, 0, 1, 3]), xpad=rnd.choice([0, 0, 3]),
+                        xoff=rnd.choice([0, 1]))
+        return with_columns([c])[0] if kind == "bmc" else c
     if kind == "bsr":
         R, C = rnd.choice([(1, 1), (2, 2), (3, 7), (16, 16), (32, 1), (1, 33), (5, 4), (16, 48), (32, 32), (16, 64)])
         nr = rnd.randint(1, 6)

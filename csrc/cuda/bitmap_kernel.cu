@@ -514,7 +514,9 @@ __device__ __forceinline__ void consume_columns(const uint4& chunk, const uint4&
       }
     } else {
       float xv[MT];
-      Tile::load_at(tile + (in ? Tile::offset(static_cast<unsigned>(rel)) : zero_off), xv);
+      // the column, or the zero column's (its offset is a multiple of the column's bytes): one select, then the
+      // address as one shift-add
+      Tile::load_at(tile + Tile::offset(in ? static_cast<unsigned>(rel) : zero_off / Tile::kColBytes), xv);
       const float v = in ? vals[r] : -0.0f;
 #pragma unroll
       for (int m = 0; m < MT; ++m) acc[m] = fmaf(v, xv[m], acc[m]);
