@@ -97,7 +97,8 @@ echo "gpu tests (-n 8, CUDA_LAUNCH_BLOCKING=1): $(grep -E '^(=+ )?[0-9]+ (passed
 grep -E "^(FAILED|ERROR) " "$OUT/gpu_tests.log" 2>/dev/null | head -n 60 >>"$SUMMARY"
 # The designs of the CUDA decode kernels (SPARSEKIT_CUDA_DECODE: bitmap v2 batched / v1; 2:4 v1 FMAs, v2 tensor
 # cores from M = 2, v3 tensor cores at every M; BSR v2 tensor cores / v1 simple) on the GPU-speed issue's shapes, in one process: the first
-# timings of bitmap v2 and of the 2:4 tensor-core kernel (csrc/cuda/README.md).
+# timings of bitmap v2, of the bitmap column list (variant 4, what a bitmap layer runs up to 35 % density) and of the
+# 2:4 tensor-core kernel (csrc/cuda/README.md).
 step cuda_decode_variants "$T_BENCH" "$PY" bench/cuda_gpu.py --formats 2:4,bitmap,bsr --bitmap-density 0.1,0.3,0.5 --bsr 64:0.1 \
   --m 1,3,7,16 --shapes 14336x4096,4096x14336,5120x13824 --dtype bfloat16 --decode-variants v2,v1,v3 \
   --name cuda_decode_variants --out "$OUT"
@@ -118,7 +119,8 @@ step bench_layer "$T_BENCH" "$PY" -m sparsekit bench layer "${LAYER[@]}" --no-pr
 step bench_model "$T_BENCH" "$PY" -m sparsekit bench model "${MODEL[@]}" --no-progress --json "$OUT/gpu_model.jsonl"
 # The batched bitmap kernel forced to each of its batch shapes (SPARSEKIT_CUDA_BITMAP_SHAPE) at densities around
 # the thresholds between them (wide <= 10.6 %, wide-dense <= 31.9 % in bf16: a model of instruction counts,
-# csrc/cuda/README.md), so that the thresholds can be set from measurements (late: the steps above matter more).
+# csrc/cuda/README.md), so that the thresholds can be set from measurements (late: the steps above matter more);
+# its records also time the column list at each density: where it stops paying (SPARSEKIT_BITMAP_COLUMNS, 0.35).
 step bitmap_shapes 60 "$PY" bench/cuda_gpu.py --formats bitmap --bitmap-density 0.05,0.1,0.15,0.3,0.4 --m 1,16 \
   --shapes 14336x4096 --dtype bfloat16 --decode-variants v2 --bitmap-shapes wide,wide-dense,sparse,dense \
   --name cuda_bitmap_shapes --out "$OUT"
