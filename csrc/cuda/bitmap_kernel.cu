@@ -478,8 +478,9 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const 
 // the compaction serialised by the fullest word; ≈ 184-440 warp instructions by the SASS, whatever the density)
 // is gone, and the kept values are shared evenly by the lanes, 16 bytes of values and their 8 (4 for float32)
 // columns per lane and chunk. It reads 2 bytes per kept value more than the bitmap's 1/8 byte per weight: fewer
-// bytes than values + bitmap below 6.25 % density (16-bit values), more above, so it is chosen by the density
-// (make_plan) and a GPU run sets the threshold.
+// bytes than values + bitmap below 6.25 % density (16-bit values), more above, so the list is made only up to a
+// density (sparsekit/formats/bitmap.py, SPARSEKIT_BITMAP_COLUMNS; a GPU run should set it); given a list, make_plan
+// takes this design unless SPARSEKIT_CUDA_DECODE names another.
 //
 // A warp owns one weight row at a time (rows n, n + n_stride, ...): its run in this K chunk is
 // [word_offsets[n, w0], end), end = word_offsets[n, w1], or the next row's first entry, or nnz. The run is read in
