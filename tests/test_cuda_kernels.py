@@ -972,7 +972,7 @@ def test_w8a8_linear_compiled_kernel_under_graph_capture():
 
 @gpu
 @pytest.mark.parametrize("fmt,kernel", [("int8", "mma_decode_kernel"), ("2:4+int8", "mma_decode_kernel"),
-                                        ("int8-wo", "mma_decode_kernel"), ("bitmap", "bitmap_decode_kernel")])
+                                        ("int8-wo", "mma_decode_kernel"), ("bitmap", "bitmap_decode")])
 def test_converted_layers_launch_one_compiled_kernel_at_decode(fmt, kernel):
     """A converted layer on CUDA at M = 1 (eager, no_grad) launches the compiled decode kernel alone (the W8A8
     formats quantize inside it: no quantization launch), matches the layer on the CPU, and keeps its backward
@@ -984,6 +984,7 @@ def test_converted_layers_launch_one_compiled_kernel_at_decode(fmt, kernel):
 
     torch.manual_seed(3)
     lin = torch.nn.Linear(256, 96).to(torch.bfloat16)
+    # (bitmap at 50 %: no column list; bitmap_decode_kernel (v1) or bitmap_decode_v2_kernel (v2, the default))
     mask = mask_24(96, 256) if fmt == "2:4+int8" else torch.rand(96, 256) < 0.5
     sl = SparseLinear.from_linear(lin, mask=mask, format=fmt)
     x = torch.randn(1, 256).to(torch.bfloat16)

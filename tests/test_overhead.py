@@ -423,19 +423,30 @@ def fake_compiled_cuda(monkeypatch):
 
 
 @pytest.mark.parametrize("fmt,dtype", [("int8", torch.bfloat16), ("int8", torch.float32), ("int8-wo", torch.float16),
-                                       ("bitmap", torch.bfloat16), ("bsr:16", torch.float16)])
+                                       ("bitmap", torch.bfloat16), ("bitmap-columns", torch.float16),
+                                       ("bsr:16", torch.float16)])
 def test_cuda_forward_is_one_op_call_into_the_compiled_kernel(fmt, dtype, fake_compiled_cuda, monkeypatch):
     """On CUDA (CPU stand-ins) a converted layer calls the compiled kernel's _cuda_ alias itself for the rows the
     router sends there (M <= 16), not the public op and then the router; larger M, a gradient to record (the
-    aliases have no backward) or the backend set to "triton" take the public op, whose backward works."""
+    aliases have no backward) or the backend set to "triton" take the public op, whose backward works. A bitmap
+    layer with a column list (10 % density, its weight standing in for a CUDA one) calls the column-list op."""
     from sparsekit import triton as skt
+    from sparsekit.formats import bitmap as bmf
 
-    public = {"int8": "int8_linear", "int8-wo": "int8_weight_only_mm", "bitmap": "bitmap_mm", "bsr:16": "bsr_mm"}[fmt]
+    public = {"int8": "int8_linear", "int8-wo": "int8_weight_only_mm", "bitmap": "bitmap_mm", "bitmap-columns": "bitmap_mm",
+              "bsr:16": "bsr_mm"}[fmt]
+    alias = "_cuda_bitmap_columns_mm" if fmt == "bitmap-columns" else "_cuda_" + public
     monkeypatch.setattr(skt, "_bsr_tile_fits", lambda M, K, C, device: True)
     lin = nn.Linear(64, 32).to(dtype)
     if fmt == "bsr:16":
         mask = (torch.rand(2, 4) < 0.6).repeat_interleave(16, 0).repeat_interleave(16, 1)
         sl = SparseLinear.from_linear(lin, mask=mask, format="bsr", blocksize=(16, 16))
+    elif fmt == "bitmap-columns":
+        monkeypatch.setattr(bmf, "_cuda", lambda t: True)
+        monkeypatch.delenv("SPARSEKIT_BITMAP_COLUMNS", raising=False)
+        sl = SparseLinear.from_linear(lin, mask=torch.rand(32, 64) < 0.1, format="bitmap")
+        b = sl._buffers
+        assert bmf.bitmap_columns_for(b["bitmap"], b["word_offsets"], b["values"]) is not None
     else:
         sl = SparseLinear.from_linear(lin, mask=torch.rand(32, 64) < 0.5, format=fmt)
 
@@ -445,8 +456,7 @@ def test_cuda_forward_is_one_op_call_into_the_compiled_kernel(fmt, dtype, fake_c
         return log.ops, y
 
     with torch.no_grad():  # the bias is a Parameter that requires grad: no_grad is what skips the backward
-        for shape, want in [((1, 64), "_cuda_" + public), ((16, 64), "_cuda_" + public), ((2, 3, 64), "_cuda_" + public),
-                            ((17, 64), public)]:
+        for shape, want in [((1, 64), alias), ((16, 64), alias), ((2, 3, 64), alias), ((17, 64), public)]:
             x = torch.randn(*shape).to(dtype)
             called, y = ops_of(x.as_subclass(FakeCuda))
             assert called == [want], (shape, called)
@@ -459,7 +469,7 @@ def test_cuda_forward_is_one_op_call_into_the_compiled_kernel(fmt, dtype, fake_c
     y.float().sum().backward()  # the public op, with its straight-through backward
     assert called == [public] and x.grad is not None and sl.bias.grad is not None
     skt.set_backend({"int8": "int8_mm", "int8-wo": "int8_weight_only_mm", "bitmap": "bitmap_mm",
-                     "bsr:16": "bsr_mm"}[fmt], "triton")
+                     "bitmap-columns": "bitmap_mm", "bsr:16": "bsr_mm"}[fmt], "triton")
     with torch.no_grad():
         assert ops_of(torch.randn(2, 64).to(dtype).as_subclass(FakeCuda))[0] == [public]
 
