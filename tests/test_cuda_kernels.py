@@ -623,6 +623,9 @@ def test_opcheck_cuda():
     torch.library.opcheck(torch.ops.sparsekit.sparse24_mm, (x, f.values.cuda(), f.meta.cuda(), torch.randn(16, device="cuda")))
     fb = formats.BitmapWeight.from_dense(w, torch.rand(16, 64) < 0.4)
     torch.library.opcheck(torch.ops.sparsekit.bitmap_mm, (x, fb.bitmap.cuda(), fb.word_offsets.cuda(), fb.values.cuda(), None))
+    cols = reference.bitmap_columns(fb.bitmap.cuda(), 64)
+    torch.library.opcheck(torch.ops.sparsekit._cuda_bitmap_columns_mm,
+                          (x, fb.bitmap.cuda(), fb.word_offsets.cuda(), fb.values.cuda(), cols, None))
 
 
 # ------------------------------------------------------------------------------------------ packers

@@ -376,6 +376,7 @@ def test_bitmap_columns_mm_op_on_the_cpu():
     x, b = torch.randn(3, 100), torch.randn(9)
     y = torch.ops.sparsekit._cuda_bitmap_columns_mm(x, f.bitmap, f.word_offsets, f.values, cols, b)
     torch.testing.assert_close(y, torch.ops.sparsekit.bitmap_mm(x, f.bitmap, f.word_offsets, f.values, b))
+    torch.library.opcheck(torch.ops.sparsekit._cuda_bitmap_columns_mm, (x, f.bitmap, f.word_offsets, f.values, cols, b))
     bad = cols.clone()
     bad[0] += 1
     with pytest.raises(ValueError, match="column list"):

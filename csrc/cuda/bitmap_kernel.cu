@@ -674,8 +674,10 @@ struct BitmapDecode : FloatFinish {
   static cudaError_t make_plan(const Launch& a, const DevInfo& d, Plan* plan) {
     Plan p;
     const int mt_max = tile_m_for(a.M);
+    const int named = decode_variant_named();  // (one read of the environment a call)
+    const int variant = named != 0 ? named : 2;
     // the column-list kernel (no per-warp buffers; its entry indices are 32-bit, with a batch's room past nnz)
-    if (a.columns != nullptr && a.nnz <= INT32_MAX - 1024 && !decode_variant_named()) {
+    if (a.columns != nullptr && a.nnz <= INT32_MAX - 1024 && named == 0) {
       p.variant = 4;
       p.vec = reinterpret_cast<uintptr_t>(a.values) % 16u == 0;
       p.ch = choose_chunking(a.K, kChunkAlign, 0, d,
@@ -685,7 +687,7 @@ struct BitmapDecode : FloatFinish {
       return cudaSuccess;
     }
     if constexpr (sizeof(T) == 2) {  // the tensor-core kernel (v3 only, for now)
-      if (d.cc_major >= 8 && decode_variant() == 3) {
+      if (d.cc_major >= 8 && variant == 3) {
         p.variant = 3;
         p.ch = mma::chunking<mma::BitmapRows, mma::HalfX<T>>(a.M, a.K, d);
         p.vec = (reinterpret_cast<uintptr_t>(a.values) & 15u) == 0;
@@ -700,7 +702,7 @@ struct BitmapDecode : FloatFinish {
     }
     p.vec = reinterpret_cast<uintptr_t>(a.values) % 16 == 0;
     // Variant 2 has the 16-byte path only; unaligned values run variant 1.
-    p.variant = p.vec && decode_variant() != 1 ? 2 : 1;  // (v3 is a 2:4 design: bitmap runs v2)
+    p.variant = p.vec && variant != 1 ? 2 : 1;  // (v3 is a 2:4 design: bitmap runs v2)
     // The shape of variant 2's batch (V2Shape) by how much of one 16-byte chunk per lane an average
     // 1024-column tile's run fills: kWide (2048-column tiles, one chunk per lane) up to 42.5 % (a wide tile's
     // run then fills 85 % of one chunk per lane: density <= 10.6 % in fp16 / bf16, <= 5.3 % in fp32),

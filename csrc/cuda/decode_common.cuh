@@ -435,25 +435,25 @@ struct Plan {
   size_t ws_bytes = 0;
 };
 
-// Which design of a decode kernel runs: SPARSEKIT_CUDA_DECODE=v1 the first ones (bitmap: one tile per warp
-// in flight; 2:4: CUDA-core FMAs at every M), v2 (the default; unset, empty or anything else) the batched
-// bitmap kernel and, for 2:4 in float16 / bfloat16 on sm_80+, the tensor-core kernel from M = 2, v3 as v2
-// but the 2:4 tensor-core kernel at M = 1 too and bitmap (float16 / bfloat16) on the tensor cores at every M.
-// Read on every call (a getenv, well under a microsecond), so
-// that one process can time them all.
-inline int decode_variant() {
+// The design SPARSEKIT_CUDA_DECODE names: 1 (v1: the first ones; bitmap one tile per warp in flight, 2:4
+// CUDA-core FMAs at every M), 2 (v2: the batched bitmap kernel and, for 2:4 in float16 / bfloat16 on sm_80+, the
+// tensor-core kernel from M = 2), 3 (v3: as v2 but the 2:4 tensor-core kernel at M = 1 too and bitmap (float16 /
+// bfloat16) on the tensor cores at every M); 0 when it names none (unset, empty or anything else). Where it names
+// one, a bitmap weight with a column list runs that design, not the column-list kernel (variant 4 of bitmap_mm).
+// Read on every call (a getenv, well under a microsecond), so that one process can time them all.
+inline int decode_variant_named() {
   const char* v = std::getenv("SPARSEKIT_CUDA_DECODE");
-  if (v && std::strcmp(v, "v1") == 0) return 1;
-  if (v && std::strcmp(v, "v3") == 0) return 3;
-  return 2;
+  if (v == nullptr) return 0;
+  if (std::strcmp(v, "v1") == 0) return 1;
+  if (std::strcmp(v, "v2") == 0) return 2;
+  if (std::strcmp(v, "v3") == 0) return 3;
+  return 0;
 }
 
-// Whether SPARSEKIT_CUDA_DECODE names one of the designs above (v1, v2 or v3): then a bitmap weight with a
-// column list runs that design, not the column-list kernel (variant 4 of bitmap_mm), so that one process can
-// time them all on the same weight.
-inline bool decode_variant_named() {
-  const char* v = std::getenv("SPARSEKIT_CUDA_DECODE");
-  return v && (std::strcmp(v, "v1") == 0 || std::strcmp(v, "v2") == 0 || std::strcmp(v, "v3") == 0);
+// Which design runs: the one named, else v2 (the default).
+inline int decode_variant() {
+  const int v = decode_variant_named();
+  return v != 0 ? v : 2;
 }
 
 // Sizes the split-K workspace of `p` for an (M, N) output (none when K is not split).
