@@ -20,10 +20,13 @@ with an H200's 228 KB shared memory and 64 K registers per SM. Bytes per warp at
 * bitmap column list (variant 4, bitmap_columns_kernel): the next batch, issued before the current one is
   consumed: kP 16-byte chunks of values and their kP 16-byte chunks of columns per lane (kP = 2 up to M = 2,
   2 KB a warp; else 4, 4 KB), less when the row's run in the K chunk is shorter (density x Kc entries of 4 bytes);
-* 2:4: one tile: 8 x 512 bytes of values + 512 bytes of metadata (less when the row's chunk is shorter).
+* 2:4 (the FMA kernel: M = 1 in float16 / bfloat16, every M under SPARSEKIT_CUDA_DECODE=v1): the next tile,
+  issued before the current one is consumed: 8 x 512 bytes of values + 512 bytes of metadata (less when the
+  row's chunk is shorter).
 
-The peak is an upper bound of the average: a warp waits for its loads, then computes with none in flight
-(v1 and 2:4 every tile; v2 every batch of D tiles). Nothing here ran on a GPU.
+The peak is an upper bound of the average where a warp waits for its loads, then computes with none in flight
+(v1 every tile; v2 every batch of D tiles); the column list and 2:4 have their next batch or tile in flight
+while they compute. Nothing here ran on a GPU.
 """
 from __future__ import annotations
 

@@ -152,7 +152,12 @@ def sparse24_cases(dtype, seed=0):
     cases.append(s24_case("general K=12 keep<=1", dtype, 8, 7, 12, g, keep=1))
     cases.append(s24_case("0 % density", dtype, 3, 9, 256, g, keep=0))
     cases.append(s24_case("K=384 (3 vectors tiles)", dtype, 2, 9, 384, g))
-    cases.append(s24_case("K=1152 (> one 256-vector tile)", dtype, 3, 6, 1152, g))
+    cases.append(s24_case("K=1152", dtype, 3, 6, 1152, g))
+    # rows of 2.5 tiles (a tile is 256 vectors: 4096 columns, 2048 in float32), more rows than the 128 warps of
+    # two emulated SMs: the next tile prefetched is the row's next, its last (partial), or the next row's first
+    tile_cols = 256 * 32 // torch.empty((), dtype=dtype).element_size()
+    for M in (1, 5):
+        cases.append(s24_case(f"vec rows of 2.5 tiles M={M}", dtype, M, 200, tile_cols * 5 // 2, g, empty_rows=(4,)))
     # misaligned: values off 16 bytes (general path), meta off, x a column slice at an odd offset
     cases.append(s24_case("values misaligned", dtype, 3, 11, 256, g, voff=1))
     cases.append(s24_case("meta misaligned", dtype, 16, 11, 256, g, moff=3))
@@ -1261,8 +1266,16 @@ PLANTED = {
               "round_up<int64_t>(kc, C::kSpan)));"),
         "sparse24"),
     "sparse24 missing __syncwarp after the meta stage": (
-        "c", ("sparse24_kernel.cu", "*reinterpret_cast<uint4*>(wmeta + lane * 16) = mchunk;\n        __syncwarp();",
-              "*reinterpret_cast<uint4*>(wmeta + lane * 16) = mchunk;"),
+        "c", ("sparse24_kernel.cu", "*reinterpret_cast<uint4*>(wmeta + lane * 16) = cur.meta;\n        __syncwarp();",
+              "*reinterpret_cast<uint4*>(wmeta + lane * 16) = cur.meta;"),
+        "sparse24"),
+    "sparse24 a row's last tile not seen as its last (the next row's first never loaded)": (
+        "d", ("sparse24_kernel.cu", "const bool row_ends = t0 + C::kTileVecs >= cv1;",
+              "const bool row_ends = t0 + C::kTileVecs > cv1;"),
+        "sparse24"),
+    "sparse24 the next tile prefetched from the row after, not the warp's next row": (
+        "e", ("sparse24_kernel.cu", "const int64_t n2 = row_ends ? n + n_stride : n;",
+              "const int64_t n2 = row_ends ? n + 1 : n;"),
         "sparse24"),
     "bitmap missing __syncwarp after the list": (
         "a", ("bitmap_kernel.cu", "Entry::word_base(lane));\n      __syncwarp();", "Entry::word_base(lane));"),
@@ -1426,7 +1439,7 @@ PLANTED = {
 # selected at every M, v1)
 PLANTED_KNOBS = {"bitmap_v1": {"SPARSEKIT_CUDA_DECODE": "v1"}, "bitmap_v2": {"EMU_SMS": 1}, "int8_wo": {"EMU_SMS": 1},
                  "bitmap_columns": {"EMU_SMS": 1}, "bitmap_columns_split": {"EMU_SMS": 1, **SPLIT_24},
-                 "sparse24": {"SPARSEKIT_CUDA_DECODE": "v1"}, "s24_mma": {"EMU_SMS": 1, "SPARSEKIT_CUDA_DECODE": "v3"},
+                 "sparse24": {"SPARSEKIT_CUDA_DECODE": "v1", "EMU_SMS": 1}, "s24_mma": {"EMU_SMS": 1, "SPARSEKIT_CUDA_DECODE": "v3"},
                  "w8a8_split": SPLIT_W8A8, "w8a8_linear_split": SPLIT_24, "bsr_mma": {"EMU_SMS": 1},
                  "bsr_mma_split": SPLIT_BSR, "bitmap_mma": {"SPARSEKIT_CUDA_DECODE": "v3", "EMU_SMS": 1}}
 
@@ -1435,7 +1448,10 @@ def planted_cases(kind):
     dt = torch.float16
     if kind == "sparse24":
         return [s24_case("vec", dt, 3, 17, 256, gen(10)), s24_case("general", dt, 2, 9, 100, gen(11)),
-                s24_case("vec M=16", dt, 16, 9, 1152, gen(12))]
+                s24_case("vec M=16", dt, 16, 9, 1152, gen(12)),
+                # one SM (64 warps): every warp walks two or three rows
+                s24_case("vec rows of 2 tiles", dt, 1, 150, 8192, gen(69)),
+                s24_case("vec rows of 1.5 tiles", dt, 2, 150, 6144, gen(70))]
     if kind in ("bitmap", "bitmap_v1"):
         return [bitmap_case("two tiles", dt, 2, 9, 2080, gen(13)), bitmap_case("dense", dt, 16, 5, 1100, gen(14), 0.9)]
     if kind == "bitmap_v2":

@@ -58,21 +58,27 @@ struct S24Params {
   Output out;
 };
 
+// A tile's registers in a lane: its kU value vectors and its 16 bytes of the tile's metadata.
+struct S24TileRegs {
+  uint4 v[kU];
+  uint4 meta;
+};
+
 // The kU value vectors [t0 + 32u + lane] of a row (zero past cv1) and the lane's 16 bytes of the tile's meta.
 template <typename T>
 __device__ __forceinline__ void load_tile(const T* values, const uint8_t* meta, int64_t half_k, int64_t meta_ld,
-                                          int64_t row, int64_t t0, int64_t cv1, int lane, uint4 (&v)[kU],
-                                          uint4& mchunk) {
+                                          int64_t row, int64_t t0, int64_t cv1, int lane, S24TileRegs& t) {
   using C = S24<T>;
   const uint4* vrow = reinterpret_cast<const uint4*>(values + row * half_k);
 #pragma unroll
   for (int u = 0; u < kU; ++u) {
     const int64_t vi = t0 + u * 32 + lane;
-    v[u] = vi < cv1 ? __ldg(vrow + vi) : make_uint4(0u, 0u, 0u, 0u);
+    t.v[u] = vi < cv1 ? __ldg(vrow + vi) : make_uint4(0u, 0u, 0u, 0u);
   }
   const int64_t mb = t0 * C::kMetaBytes + lane * 16;
+  t.meta = make_uint4(0u, 0u, 0u, 0u);
   if (lane < C::kMetaLanes && mb < cv1 * C::kMetaBytes)
-    mchunk = __ldg(reinterpret_cast<const uint4*>(meta + row * meta_ld + mb));
+    t.meta = __ldg(reinterpret_cast<const uint4*>(meta + row * meta_ld + mb));
 }
 
 template <typename T, int MT, bool kVec>
@@ -100,16 +106,18 @@ __global__ void __launch_bounds__(kMaxThreads, 1) sparse24_decode_kernel(const S
   int64_t n = static_cast<int64_t>(blockIdx.x) * nwarps + warp;
   const int64_t n_stride = static_cast<int64_t>(gridDim.x) * nwarps;
 
-  // Fast path: vectors [cv0, cv1) of each row belong to this chunk.
+  // Fast path: vectors [cv0, cv1) of each row belong to this chunk. The tiles of the warp's rows are one stream
+  // ((n, cv0), (n, cv0 + 256), ..., (n + n_stride, cv0), ...): the next tile's loads are issued before the current
+  // one is consumed, so a warp always has a tile in flight (the first before x is staged).
   const int64_t cv0 = k0 / C::kSpan;
   const int64_t cv1 = (k0 + kc) / C::kSpan;
-  uint4 v[kU];
-  uint4 mchunk = make_uint4(0u, 0u, 0u, 0u);
-  // Issue the first tile's loads before staging x, so that they are in flight meanwhile.
+  // (float32 from MT = 8 loads each tile when its turn comes: a second tile's registers would spill there)
+  constexpr bool kPrefetch = sizeof(T) == 2 || MT <= 4;
+  S24TileRegs cur;
   bool preloaded = false;
   if constexpr (kVec) {
     if (n < p.N && cv0 < cv1) {
-      load_tile<T>(values, p.meta, half_k, meta_ld, n, cv0, cv1, lane, v, mchunk);
+      load_tile<T>(values, p.meta, half_k, meta_ld, n, cv0, cv1, lane, cur);
       preloaded = true;
     }
   }
@@ -124,10 +132,18 @@ __global__ void __launch_bounds__(kMaxThreads, 1) sparse24_decode_kernel(const S
 
     if constexpr (kVec) {
       for (int64_t t0 = cv0; t0 < cv1; t0 += C::kTileVecs) {
-        if (!preloaded) load_tile<T>(values, p.meta, half_k, meta_ld, n, t0, cv1, lane, v, mchunk);
-        preloaded = false;
+        // the next tile: the row's next, else the next row's first
+        const bool row_ends = t0 + C::kTileVecs >= cv1;
+        const int64_t n2 = row_ends ? n + n_stride : n;
+        S24TileRegs nxt;
+        if constexpr (kPrefetch) {
+          if (n2 < p.N) load_tile<T>(values, p.meta, half_k, meta_ld, n2, row_ends ? cv0 : t0 + C::kTileVecs, cv1, lane, nxt);
+        } else {
+          if (!preloaded) load_tile<T>(values, p.meta, half_k, meta_ld, n, t0, cv1, lane, cur);
+          preloaded = false;
+        }
         __syncwarp();  // the previous tile's reads of wmeta are done
-        if (lane < C::kMetaLanes) *reinterpret_cast<uint4*>(wmeta + lane * 16) = mchunk;
+        if (lane < C::kMetaLanes) *reinterpret_cast<uint4*>(wmeta + lane * 16) = cur.meta;
         __syncwarp();
 #pragma unroll
         for (int u = 0; u < kU; ++u) {
@@ -137,7 +153,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) sparse24_decode_kernel(const S
             const unsigned mm = C::kMetaBytes == 2 ? *reinterpret_cast<const uint16_t*>(wmeta + 2 * slot)
                                                    : static_cast<unsigned>(wmeta[slot]);
             uint32_t w4[4];
-            split_uint4(v[u], w4);
+            split_uint4(cur.v[u], w4);
             float w[C::kVecVals];
             words_to_float<T, 4>(w4, w);
             const unsigned char* span = xs + static_cast<int>(vi - cv0) * Tile::kSpanBytes;
@@ -152,6 +168,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) sparse24_decode_kernel(const S
             }
           }
         }
+        if constexpr (kPrefetch) cur = nxt;  // (unset only past the warp's last row: the loops end)
       }
     } else {
       const T* vrow = values + n * half_k;
