@@ -62,6 +62,9 @@ def parse_args(argv=None):
                    help="designs of the CUDA decode kernels to time, each under SPARSEKIT_CUDA_DECODE (bitmap: v1, "
                         "v2; 2:4: v1 FMAs, v2 tensor cores from M = 2, v3 tensor cores at every M; default: "
                         "%(default)s)")
+    p.add_argument("--refill-ab", action="store_true",
+                   help="also time the 2:4 kernel in each design of --decode-variants with SPARSEKIT_CUDA_REFILL=0 "
+                        "(the order before the weight registers were refilled while consumed; csrc/cuda/README.md)")
     p.add_argument("--bitmap-shapes", default="",
                    help="also time the batched bitmap kernel (v2) forced to each of these batch shapes "
                         "(SPARSEKIT_CUDA_BITMAP_SHAPE: wide, wide-dense, sparse, dense; csrc/cuda/README.md), so that "
@@ -222,6 +225,10 @@ def main(argv=None):
                         impls.append((f"sparsekit sparse24_mm decode {var}",
                                       lambda f=f: sparsekit.ops.sparse24_mm(x, f.values, f.meta),
                                       {"SPARSEKIT_CUDA_DECODE": var}))
+                        if a.refill_ab:
+                            impls.append((f"sparsekit sparse24_mm decode {var} no refill",
+                                          lambda f=f: sparsekit.ops.sparse24_mm(x, f.values, f.meta),
+                                          {"SPARSEKIT_CUDA_DECODE": var, "SPARSEKIT_CUDA_REFILL": "0"}))
                     impls += cslt_impls(sparsekit.ops, x, wm, N, emit, dict(base, fmt=key))
                 elif key == "2:4+int8":
                     impls += int8_24_impls(sparsekit.ops, x, f, N, emit, dict(base, fmt=key))

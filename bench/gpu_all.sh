@@ -98,13 +98,14 @@ grep -E "^(FAILED|ERROR) " "$OUT/gpu_tests.log" 2>/dev/null | head -n 60 >>"$SUM
 # The designs of the CUDA decode kernels (SPARSEKIT_CUDA_DECODE: bitmap v2 batched / v1; 2:4 v1 FMAs, v2 tensor
 # cores from M = 2, v3 tensor cores at every M; BSR v2 tensor cores / v1 simple) on the GPU-speed issue's shapes, in one process: the first
 # timings of bitmap v2, of the bitmap column list (variant 4, what a bitmap layer runs up to 35 % density) and of the
-# 2:4 tensor-core kernel (csrc/cuda/README.md).
+# 2:4 tensor-core kernel (csrc/cuda/README.md); --refill-ab: 2:4 also under SPARSEKIT_CUDA_REFILL=0 (the order
+# before the weight registers were refilled while consumed), as the int8 step below does (its *_norefill kernels).
 step cuda_decode_variants "$T_BENCH" "$PY" bench/cuda_gpu.py --formats 2:4,bitmap,bsr --bitmap-density 0.1,0.3,0.5 --bsr 64:0.1 \
-  --m 1,3,7,16 --shapes 14336x4096,4096x14336,5120x13824 --dtype bfloat16 --decode-variants v2,v1,v3 \
+  --m 1,3,7,16 --shapes 14336x4096,4096x14336,5120x13824 --dtype bfloat16 --decode-variants v2,v1,v3 --refill-ab \
   --name cuda_decode_variants --out "$OUT"
 # The int8 tensor-core decode kernels (weight-only and W8A8; csrc/cuda/mma_decode.cuh, never run on a GPU
 # before) against the Triton launchers and dense in one process, at the GPU-speed issue's shapes.
-step int8_decode "$T_BENCH" "$PY" bench/triton_gpu.py --kernels dense,w8a16,w8a16_triton,w8a8_linear,w8a8,w8a8_triton \
+step int8_decode "$T_BENCH" "$PY" bench/triton_gpu.py --kernels dense,w8a16,w8a16_norefill,w8a16_triton,w8a8_linear,w8a8_linear_norefill,w8a8,w8a8_triton \
   --dtype bf16 --shapes 14336x4096,4096x14336,5120x13824 --m 1,3,7,16 --name int8_decode --out "$OUT"
 step cslt_probe 90 "$PY" bench/cslt_probe.py --out "$OUT"
 echo "cslt probe: $(tail -n 1 "$OUT/cslt_probe.log" 2>/dev/null)" >>"$SUMMARY"

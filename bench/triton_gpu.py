@@ -19,6 +19,10 @@ For each LLaMA-7B layer shape (N x K = out x in features) and each M it times, b
   w8a16       sparsekit int8_weight_only_mm (the CUDA router: the compiled tensor-core kernel for float16 /
               bfloat16 at M <= 16 on sm_80+, Triton's otherwise)
   w8a16_triton  the Triton int8_weight_only_mm launcher itself, whatever M (the router's other choice)
+  w8a16_norefill, w8a8_linear_norefill  w8a16 / w8a8_linear with SPARSEKIT_CUDA_REFILL=0: the tensor-core
+              kernel's order before its weight registers were refilled while consumed (csrc/cuda/README.md), for an
+              A/B in one process (the variable is set around each call: their eager times carry that host cost;
+              compare the graph times)
   quant       sparsekit quantize_per_token (symmetric) as routed: the compiled per-token kernel
               (_cuda_quantize_per_token), what the int8 linears and 2:4+int8 run above M = 16
   quant_triton  the Triton quantize_per_token launcher itself (the router's other choice); both give the
@@ -39,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -58,14 +63,14 @@ def model_args(kernel: str, params: dict) -> tuple:
     if kernel in ("bitmap", "csr_torch"):
         return ("bitmap" if kernel == "bitmap" else "csr"), {"density": 1 - params["sparsity"]}
     return {"dense": ("dense", {}), "w8a8": ("int8", {}), "w8a8_triton": ("int8", {}), "w8a8_linear": ("int8", {}),
-            "w8a16": ("int8-wo", {}),
+            "w8a16": ("int8-wo", {}), "w8a16_norefill": ("int8-wo", {}), "w8a8_linear_norefill": ("int8", {}),
             "w8a16_triton": ("int8-wo", {})}.get(kernel)
 
 OUT = Path(__file__).resolve().parent / "results"
 SHAPES = "4096x4096,11008x4096,4096x11008"
 MS = "1,2,4,8,16,32,64,128,512,2048,8192"
 KERNELS = ("dense", "bsr", "bsr_torch", "bitmap", "csr_torch", "w8a8", "w8a8_triton", "w8a8_linear", "w8a8_gemm",
-           "int_mm", "w8a16", "w8a16_triton", "quant", "quant_triton")
+           "int_mm", "w8a16", "w8a16_triton", "quant", "quant_triton", "w8a16_norefill", "w8a8_linear_norefill")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
@@ -118,6 +123,21 @@ def bench(fn, graphs: bool, rep: int):
         except Exception as e:  # a peer that cannot be captured
             warnings.warn(f"CUDA graph timing failed: {type(e).__name__}: {e}")
     return eager, graph
+
+
+def no_refill(fn):
+    """fn under SPARSEKIT_CUDA_REFILL=0 (read by the CUDA plan at each call, so also while a graph is captured)."""
+    def call():
+        old = os.environ.get("SPARSEKIT_CUDA_REFILL")
+        os.environ["SPARSEKIT_CUDA_REFILL"] = "0"
+        try:
+            return fn()
+        finally:
+            if old is None:
+                os.environ.pop("SPARSEKIT_CUDA_REFILL", None)
+            else:
+                os.environ["SPARSEKIT_CUDA_REFILL"] = old
+    return call
 
 
 def environment() -> dict:
@@ -204,7 +224,8 @@ def make_cases(N, K, M, dtype, a, gen, dev):
             from sparsekit.triton import int8 as tint8
             yield "quant_triton", {}, (lambda: tint8.quantize_per_token(x)[0]), refq, qbytes
 
-    if ks & {"w8a8", "w8a8_triton", "w8a8_linear", "w8a8_gemm", "int_mm", "w8a16", "w8a16_triton"}:
+    if ks & {"w8a8", "w8a8_triton", "w8a8_linear", "w8a8_gemm", "int_mm", "w8a16", "w8a16_triton", "w8a16_norefill",
+             "w8a8_linear_norefill"}:
         I = Int8Weight.from_dense(w)
         wnb = N * K + N * 4
         q, s, _ = sparsekit.ops.reference.quantize_per_token(x)
@@ -224,6 +245,9 @@ def make_cases(N, K, M, dtype, a, gen, dev):
         if "w8a8_linear" in ks:
             yield ("w8a8_linear", {}, (lambda: ops.int8_linear(x, I.qweight, I.scale)), ref8,
                    wnb + io)
+        if "w8a8_linear_norefill" in ks:
+            yield ("w8a8_linear_norefill", {}, no_refill(lambda: ops.int8_linear(x, I.qweight, I.scale)), ref8,
+                   wnb + io)
         if "w8a8_gemm" in ks:
             yield ("w8a8_gemm", {}, (lambda: ops.int8_mm(q, s, None, I.qweight, I.scale, None, dtype)), ref8,
                    wnb + M * K + M * N * x.element_size())
@@ -234,6 +258,9 @@ def make_cases(N, K, M, dtype, a, gen, dev):
         refwo = (lambda: F.linear(x.float(), I.qweight.float() * I.scale[:, None]))
         if "w8a16" in ks:
             yield ("w8a16", {}, (lambda: ops.int8_weight_only_mm(x, I.qweight, I.scale)), refwo, wnb + io)
+        if "w8a16_norefill" in ks:
+            yield ("w8a16_norefill", {}, no_refill(lambda: ops.int8_weight_only_mm(x, I.qweight, I.scale)), refwo,
+                   wnb + io)
         if "w8a16_triton" in ks and x.is_cuda:
             from sparsekit.triton import int8 as tint8
             yield ("w8a16_triton", {}, (lambda: tint8.int8_weight_only_mm(x, I.qweight, I.scale)), refwo, wnb + io)

@@ -221,6 +221,21 @@ def sparse24_mma_cases(dtype, seed=45):
             s24_case("mma values misaligned M=33", dtype, 33, 21, 320, g, voff=1)]
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
+def test_decode_without_refill(driver, tmp_path, dtype):
+    """SPARSEKIT_CUDA_REFILL=0, the order before the weight registers were refilled while consumed (kept for an A/B
+    on a GPU): the 2:4 FMA kernel waits for each tile, the tensor-core kernel's int8 rows, 2:4 and W8A8 load whole
+    batches and the next row group's first before the group's barrier. One SM: blocks walk several row groups."""
+    knobs = {"SPARSEKIT_CUDA_REFILL": "0", "EMU_SMS": 1}
+    cases = sparse24_cases(dtype, seed=47)
+    check_mm_cases(run(driver, cases, tmp_path / "s24", {**knobs, "SPARSEKIT_CUDA_DECODE": "v1"}), cases)
+    if dtype != torch.float32:
+        cases = sparse24_mma_cases(dtype, seed=48) + int8_wo_many_groups_cases(dtype, seed=49)
+        check_mm_cases(run(driver, cases, tmp_path / "mma", {**knobs, "SPARSEKIT_CUDA_DECODE": "v3"}), cases)
+    groups, _ = w8a8_groups_and_split_cases(dtype)
+    check_w8a8_cases(run(driver, groups, tmp_path / "w8a8", knobs), groups)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: H.DTYPE_NAMES[d])
 def test_sparse24_mm_tensor_core_path(driver, tmp_path, dtype):
     cases = sparse24_mma_cases(dtype)
@@ -587,7 +602,10 @@ def int8_wo_many_groups_cases(dtype, seed=41):
     return [int8_wo_case("groups M=1", dtype, 1, 300, 640, g),
             int8_wo_case("groups M=7", dtype, 7, 170, 1024, g, bias=False),
             int8_wo_case("groups M=16", dtype, 16, 100, 192, g),
-            int8_wo_case("groups bytewise M=2", dtype, 2, 90, 99, g)]
+            int8_wo_case("groups bytewise M=2", dtype, 2, 90, 99, g),
+            # several batches of 4 steps a warp and group (128 steps on at most 16 warps), refilled entry by entry
+            int8_wo_case("groups of several batches M=1", dtype, 1, 120, 8192, g),
+            int8_wo_case("groups of several batches bytewise M=3", dtype, 3, 60, 4100, g)]
 
 
 def int8_wo_split_cases(dtype, seed=42):
@@ -727,7 +745,10 @@ def w8a8_groups_and_split_cases(out_dtype, seed=51):
     g = gen(seed)
     groups = [w8a8_case("groups dense M=1", out_dtype, 1, 300, 640, g),
               w8a8_case("groups 2:4 M=16", out_dtype, 16, 150, 1152, g, sparse=True),
-              w8a8_case("groups 2:4 K=100 M=3", out_dtype, 3, 180, 100, g, sparse=True)]
+              w8a8_case("groups 2:4 K=100 M=3", out_dtype, 3, 180, 100, g, sparse=True),
+              # several batches of 4 steps a warp and group (128 steps on at most 16 warps)
+              w8a8_case("groups dense of several batches M=1", out_dtype, 1, 100, 8192, g),
+              w8a8_case("groups 2:4 of several batches M=2", out_dtype, 2, 100, 8192, g, sparse=True)]
     split = [w8a8_case("split dense M=16", out_dtype, 16, 19, 4096, g, split=True),
              w8a8_case("split 2:4 M=16", out_dtype, 16, 21, 4096, g, sparse=True, split=True),
              w8a8_case("split 2:4 K=3004 M=9", out_dtype, 9, 13, 3004, g, sparse=True, bias=False, split=True),
@@ -1347,7 +1368,11 @@ PLANTED = {
     "int8_wo one partial-sum buffer": (
         "c", ("mma_decode.cuh", "grp += gridDim.x, buf ^= 1)", "grp += gridDim.x, buf ^= 0)"), "int8_wo"),
     "int8_wo next group's loads from this group": (
-        "d", ("mma_decode.cuh", "k0, kc, (grp + gridDim.x) * kGroupRows,", "k0, kc, grp * kGroupRows,"), "int8_wo"),
+        "d", ("mma_decode.cuh", "const int64_t r_next = last ? r0 + static_cast<int64_t>(gridDim.x) * kGroupRows : r0;",
+              "const int64_t r_next = r0;"), "int8_wo"),
+    "int8_wo a group's next batch refilled with this batch's steps": (
+        "ab", ("mma_decode.cuh", "const int s_next = last ? s_begin : s0 + W::kBatch;",
+               "const int s_next = last ? s_begin : s0;"), "int8_wo"),
     "int8_wo vector loads without the alignment check": (
         "e", ("int8_wo_kernel.cu", "p.vec = a.K % 16 == 0 && reinterpret_cast<uintptr_t>(a.w_q) % 16 == 0;",
               "p.vec = a.K % 16 == 0;"), "int8_wo_misaligned"),
@@ -1355,7 +1380,7 @@ PLANTED = {
         "h", ("mma_decode.cuh", "p == (nibble >> 2) ? 0x32u : p == (nibble & 3u) ? 0x10u : 0x44u",
               "p == (nibble >> 2) ? 0x10u : p == (nibble & 3u) ? 0x32u : 0x44u"), "s24_mma"),
     "s24 mma group-by-group loads: nibbles of neighbouring groups swapped": (
-        "i", ("mma_decode.cuh", "& 15u)\n                     << (4 * q);", "& 15u)\n                     << (4 * (q ^ 1));"),
+        "i", ("mma_decode.cuh", "& 15u)\n                   << (4 * q);", "& 15u)\n                   << (4 * (q ^ 1));"),
         "s24_mma"),
     "s24 mma 2-byte metadata loads without the alignment check": (
         "j", ("sparse24_kernel.cu", " &&\n              reinterpret_cast<uintptr_t>(a.meta) % 2 == 0;", ";"),
@@ -1478,7 +1503,8 @@ def planted_cases(kind):
     if kind == "int8_wo":
         # more row groups than the 8 blocks one SM holds
         return [int8_wo_case("int8_wo M=3", dt, 3, 200, 256, gen(30)), int8_wo_case("int8_wo M=16", dt, 16, 150, 1152, gen(31)),
-                int8_wo_case("int8_wo M=5 bytewise", dt, 5, 180, 100, gen(32))]
+                int8_wo_case("int8_wo M=5 bytewise", dt, 5, 180, 100, gen(32)),
+                int8_wo_case("int8_wo M=1 several batches a warp", dt, 1, 120, 8192, gen(71))]
     if kind == "w8a8":
         return [w8a8_case("w8a8 dense M=3", torch.bfloat16, 3, 40, 256, gen(38)),
                 w8a8_case("w8a8 2:4 M=16", torch.float16, 16, 50, 640, gen(39), sparse=True),

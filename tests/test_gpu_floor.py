@@ -59,6 +59,8 @@ def test_bench_scripts_map_their_cases_onto_the_model(monkeypatch):
     assert cuda_gpu.model_args("2:4+int8") == ("2:4+int8", {})
     assert triton_gpu.model_args("bitmap", {"sparsity": 0.7}) == ("bitmap", {"density": pytest.approx(0.3)})
     assert triton_gpu.model_args("w8a16", {}) == ("int8-wo", {})
+    assert triton_gpu.model_args("w8a16_norefill", {}) == ("int8-wo", {})
+    assert triton_gpu.model_args("w8a8_linear_norefill", {}) == ("int8", {})
     rec = gpu_floor.annotate({}, "2:4", 14336, 4096, 1, 2, 0.0205)  # 20.5 us measured
     assert rec["of_floor"] == pytest.approx(rec["floor_us"] / 20.5)
 

@@ -426,9 +426,21 @@ inline int tile_m_for(int64_t rows) {
 // ------------------------------------------------------------------------------------ host driver
 // What one decode call runs: the K chunks, whether the 16-byte load path applies, and the workspace
 // the split-K partial sums need.
+// Whether the decode kernels refill their weight registers while they consume them: the 2:4 FMA kernel issues
+// the next tile before it consumes the current one, the tensor-core kernel's dense policies (int8 rows, 2:4, 2:4
+// int8) refill each batch entry with the next batch's step as soon as it is consumed. SPARSEKIT_CUDA_REFILL=0 (or
+// off) gives the order before (a tile or batch is waited for, then consumed with nothing in flight; the
+// tensor-core kernel's next row group goes out before its reduction), so that one process can time both on a GPU.
+// Read once per plan (a getenv).
+inline bool stream_refill() {
+  const char* v = std::getenv("SPARSEKIT_CUDA_REFILL");
+  return v == nullptr || (std::strcmp(v, "0") != 0 && std::strcmp(v, "off") != 0);
+}
+
 struct Plan {
   Chunking ch;
   bool vec = false;
+  bool refill = stream_refill();
   int variant = 1;      // kernel design (decode_variant()); 3: the tensor-core kernel (mma_decode.cuh)
   int shape = 0;        // variant 2 of bitmap_mm: the batch's shape by the density (V2Shape in bitmap_kernel.cu)
   int64_t ws_rows = 0;  // activation rows whose partial sums the workspace holds at once

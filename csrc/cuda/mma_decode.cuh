@@ -18,8 +18,10 @@
 //
 // A step, per lane (g = lane / 4, t = lane % 4): the 16 columns 16t..16t+15 of the step of weight rows g and
 // g + 8 (a warp-wide load covers 8 rows x 64 contiguous columns); the lane issues the loads of kBatch = 4
-// steps before using the first, and the first batch of the next row group before the group's reduction
-// barrier. The k order inside a step is permuted so that no data moves between lanes: mma j (0..3) takes, as
+// steps before using the first. The dense policies (kRefill: int8 rows, 2:4, 2:4 int8) then refill each entry
+// with the next batch's step (the group's next, or the next row group's first) as soon as it is consumed, so the
+// stream does not drain while a batch is consumed or the group's reduction waits; the others issue the next row
+// group's first batch before the group's reduction barrier. The k order inside a step is permuted so that no data moves between lanes: mma j (0..3) takes, as
 // its k = 2t, 2t+1 | 2t+8, 2t+9, the columns 16t+4j, 16t+4j+1 | 16t+4j+2, 16t+4j+3 of the lane's own
 // columns, as A (the policy's pairs of rows g and g + 8) and as B (four columns of x row g: one 32-byte read
 // of the row-major x tile per step and 8-row tile of activations).
@@ -58,6 +60,7 @@ struct Params {
   const float* x_scale = nullptr; // per-row scale of int8 x (W8A8)
   const void* x = nullptr;
   int64_t ldx = 0;
+  bool refill = true;             // the plan's (stream_refill()): kRefill policies refill entry by entry
   const int32_t* crow = nullptr;  // BSR: block-row pointers (N / R + 1) and block columns
   const int32_t* col = nullptr;
   int64_t R = 0, C = 0;           // BSR: block rows, block columns
@@ -95,6 +98,10 @@ __device__ __forceinline__ bool lane_cols_live(int s, int s_end, int64_t r, int6
 struct DenseSteps {
   static constexpr int kBatch = mma::kBatch;
   static constexpr bool kVarSteps = false;
+  // load_step(.., s, .., u) loads step s alone into batch entry u, so the kernel refills each entry with the next
+  // batch's step as soon as it is consumed (the weight stream never drains; see the kernel). A policy whose loads
+  // carry state from batch to batch (BitmapRows) sets it false and loads whole batches.
+  static constexpr bool kRefill = true;
   struct Group {};  // what a policy works out once per row group and chunk for its loads (BsrRows: the blocks)
   static constexpr size_t kWarpBytes = 0;  // shared bytes per warp the policy stages through (BitmapRows)
   template <typename Regs>
@@ -105,6 +112,14 @@ struct DenseSteps {
   template <typename Regs>
   __device__ __forceinline__ static int xcol(const Regs&, int, int s, int t) { return s * kStepCols + 16 * t; }
 };
+
+// A whole batch (steps s0 .. s0 + kBatch - 1) of a policy with load_step.
+template <typename W, bool kVec>
+__device__ __forceinline__ void load_batch(const Params& p, int64_t k0, int kc, int64_t r0, int s0, int s_end, int g,
+                                           int t, typename W::Regs& r) {
+#pragma unroll
+  for (int u = 0; u < W::kBatch; ++u) W::template load_step<kVec>(p, k0, kc, r0, s0 + u, s_end, g, t, r, u);
+}
 
 // ------------------------------------------------------------------------------------ int8 rows
 // w_q int8 (N, K) row-major, a float32 scale per row. Per row and step a lane holds 16 bytes.
@@ -117,37 +132,31 @@ struct Int8Rows : DenseSteps {
   __device__ static void init_lut(uint32_t*) {}
 
   template <bool kVec>
-  __device__ __forceinline__ static void load(const Params& p, int64_t k0, int kc, int64_t r0, int s0, int s_end,
-                                              int g, int t, Regs& r, const Group&) {
-    const int8_t* rows[2];  // the lane's rows, at the chunk's first column
+  __device__ __forceinline__ static void load_step(const Params& p, int64_t k0, int kc, int64_t r0, int s, int s_end,
+                                                   int g, int t, Regs& r, int u) {
+    const int c = s * kStepCols + 16 * t;  // chunk-relative column of the lane's 16 bytes
 #pragma unroll
-    for (int h = 0; h < 2; ++h) rows[h] = static_cast<const int8_t*>(p.w) + (r0 + g + 8 * h) * p.K + k0;
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int c = (s0 + u) * kStepCols + 16 * t;  // chunk-relative column of the lane's 16 bytes
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int64_t row = r0 + g + 8 * h;
-        r.v[u][h] = make_uint4(0u, 0u, 0u, 0u);
-        if (lane_cols_live(s0 + u, s_end, row, p.N, c, kc)) {
-          const int8_t* src = rows[h] + c;
-          if constexpr (kVec) {
-            r.v[u][h] = __ldg(reinterpret_cast<const uint4*>(src));  // c < kc implies c + 16 <= kc (K % 16 == 0)
-          } else {  // a rolled loop: this path is the rare one, its code small
-            uint64_t lo = 0, hi = 0;
-            const int n = imin(16, kc - c);
+    for (int h = 0; h < 2; ++h) {
+      const int64_t row = r0 + g + 8 * h;
+      r.v[u][h] = make_uint4(0u, 0u, 0u, 0u);
+      if (lane_cols_live(s, s_end, row, p.N, c, kc)) {
+        const int8_t* src = static_cast<const int8_t*>(p.w) + row * p.K + k0 + c;
+        if constexpr (kVec) {
+          r.v[u][h] = __ldg(reinterpret_cast<const uint4*>(src));  // c < kc implies c + 16 <= kc (K % 16 == 0)
+        } else {  // a rolled loop: this path is the rare one, its code small
+          uint64_t lo = 0, hi = 0;
+          const int n = imin(16, kc - c);
 #pragma unroll 1
-            for (int e = 0; e < n; ++e) {
-              const uint64_t byte = static_cast<uint8_t>(__ldg(src + e));
-              if (e < 8) {
-                lo |= byte << (8 * e);
-              } else {
-                hi |= byte << (8 * (e - 8));
-              }
+          for (int e = 0; e < n; ++e) {
+            const uint64_t byte = static_cast<uint8_t>(__ldg(src + e));
+            if (e < 8) {
+              lo |= byte << (8 * e);
+            } else {
+              hi |= byte << (8 * (e - 8));
             }
-            r.v[u][h] = make_uint4(static_cast<uint32_t>(lo), static_cast<uint32_t>(lo >> 32),
-                                   static_cast<uint32_t>(hi), static_cast<uint32_t>(hi >> 32));
           }
+          r.v[u][h] = make_uint4(static_cast<uint32_t>(lo), static_cast<uint32_t>(lo >> 32),
+                                 static_cast<uint32_t>(hi), static_cast<uint32_t>(hi >> 32));
         }
       }
     }
@@ -225,45 +234,42 @@ struct S24Rows : DenseSteps {
   }
 
   template <bool kVec>
-  __device__ __forceinline__ static void load(const Params& p, int64_t k0, int kc, int64_t r0, int s0, int s_end,
-                                              int g, int t, Regs& r, const Group&) {
+  __device__ __forceinline__ static void load_step(const Params& p, int64_t k0, int kc, int64_t r0, int s, int s_end,
+                                                   int g, int t, Regs& r, int u) {
     const uint16_t* vrow[2];
     const uint8_t* mrow[2];
     s24_rows(p, k0, r0, g, vrow, mrow);
+    const int c = s * kStepCols + 16 * t;  // chunk-relative, a multiple of 16
+    r.m[u] = 0u;
 #pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int c = (s0 + u) * kStepCols + 16 * t;  // chunk-relative, a multiple of 16
-      r.m[u] = 0u;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int64_t row = r0 + g + 8 * h;
-        r.v[u][h] = make_uint4(0u, 0u, 0u, 0u);
-        if (lane_cols_live(s0 + u, s_end, row, p.N, c, kc)) {
-          const unsigned cu = static_cast<unsigned>(c);
-          if constexpr (kVec) {  // K % 16 == 0: c < kc implies c + 16 <= kc
-            r.v[u][h] = __ldg(reinterpret_cast<const uint4*>(vrow[h] + (cu >> 1)));
-            r.m[u] |= static_cast<uint32_t>(__ldg(reinterpret_cast<const uint16_t*>(mrow[h] + (cu >> 3)))) << (16 * h);
-          } else {  // groups one at a time (K % 4 == 0), those past the chunk zero; a rolled loop (rare path)
-            uint64_t lo = 0, hi = 0;  // groups 0, 1 and 2, 3: their two values each
-            uint32_t nib = 0u;
-            const int n = imin(4, (kc - c) / 4);
+    for (int h = 0; h < 2; ++h) {
+      const int64_t row = r0 + g + 8 * h;
+      r.v[u][h] = make_uint4(0u, 0u, 0u, 0u);
+      if (lane_cols_live(s, s_end, row, p.N, c, kc)) {
+        const unsigned cu = static_cast<unsigned>(c);
+        if constexpr (kVec) {  // K % 16 == 0: c < kc implies c + 16 <= kc
+          r.v[u][h] = __ldg(reinterpret_cast<const uint4*>(vrow[h] + (cu >> 1)));
+          r.m[u] |= static_cast<uint32_t>(__ldg(reinterpret_cast<const uint16_t*>(mrow[h] + (cu >> 3)))) << (16 * h);
+        } else {  // groups one at a time (K % 4 == 0), those past the chunk zero; a rolled loop (rare path)
+          uint64_t lo = 0, hi = 0;  // groups 0, 1 and 2, 3: their two values each
+          uint32_t nib = 0u;
+          const int n = imin(4, (kc - c) / 4);
 #pragma unroll 1
-            for (int q = 0; q < n; ++q) {
-              const unsigned G = (cu >> 2) + q;  // the group, from the chunk's first
-              const uint64_t pair = static_cast<uint64_t>(__ldg(vrow[h] + 2 * G)) |
-                                    (static_cast<uint64_t>(__ldg(vrow[h] + 2 * G + 1)) << 16);
-              if (q < 2) {
-                lo |= pair << (32 * q);
-              } else {
-                hi |= pair << (32 * (q - 2));
-              }
-              nib |= ((static_cast<uint32_t>(__ldg(mrow[h] + G / 2)) >> (4 * (G & 1))) & 15u)
-                     << (4 * q);
+          for (int q = 0; q < n; ++q) {
+            const unsigned G = (cu >> 2) + q;  // the group, from the chunk's first
+            const uint64_t pair = static_cast<uint64_t>(__ldg(vrow[h] + 2 * G)) |
+                                  (static_cast<uint64_t>(__ldg(vrow[h] + 2 * G + 1)) << 16);
+            if (q < 2) {
+              lo |= pair << (32 * q);
+            } else {
+              hi |= pair << (32 * (q - 2));
             }
-            r.v[u][h] = make_uint4(static_cast<uint32_t>(lo), static_cast<uint32_t>(lo >> 32),
-                                   static_cast<uint32_t>(hi), static_cast<uint32_t>(hi >> 32));
-            r.m[u] |= nib << (16 * h);
+            nib |= ((static_cast<uint32_t>(__ldg(mrow[h] + G / 2)) >> (4 * (G & 1))) & 15u)
+                   << (4 * q);
           }
+          r.v[u][h] = make_uint4(static_cast<uint32_t>(lo), static_cast<uint32_t>(lo >> 32),
+                                 static_cast<uint32_t>(hi), static_cast<uint32_t>(hi >> 32));
+          r.m[u] |= nib << (16 * h);
         }
       }
     }
@@ -309,39 +315,36 @@ struct S24Int8Rows : DenseSteps {
   }
 
   template <bool kVec>
-  __device__ __forceinline__ static void load(const Params& p, int64_t k0, int kc, int64_t r0, int s0, int s_end,
-                                              int g, int t, Regs& r, const Group&) {
+  __device__ __forceinline__ static void load_step(const Params& p, int64_t k0, int kc, int64_t r0, int s, int s_end,
+                                                   int g, int t, Regs& r, int u) {
     const uint8_t* vrow[2];
     const uint8_t* mrow[2];
     s24_rows(p, k0, r0, g, vrow, mrow);
+    const int c = s * kStepCols + 16 * t;
+    r.m[u] = 0u;
 #pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int c = (s0 + u) * kStepCols + 16 * t;
-      r.m[u] = 0u;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int64_t row = r0 + g + 8 * h;
-        r.v[u][h] = make_uint2(0u, 0u);
-        if (lane_cols_live(s0 + u, s_end, row, p.N, c, kc)) {
-          const unsigned cu = static_cast<unsigned>(c);
-          if constexpr (kVec) {  // K % 16 == 0: 8-byte aligned rows of values
-            r.v[u][h] = __ldg(reinterpret_cast<const uint2*>(vrow[h] + (cu >> 1)));
-            r.m[u] |= static_cast<uint32_t>(__ldg(reinterpret_cast<const uint16_t*>(mrow[h] + (cu >> 3)))) << (16 * h);
-          } else {  // groups one at a time, those past the chunk zero; a rolled loop (rare path)
-            uint64_t vals = 0;
-            uint32_t nib = 0u;
-            const int n = imin(4, (kc - c) / 4);
+    for (int h = 0; h < 2; ++h) {
+      const int64_t row = r0 + g + 8 * h;
+      r.v[u][h] = make_uint2(0u, 0u);
+      if (lane_cols_live(s, s_end, row, p.N, c, kc)) {
+        const unsigned cu = static_cast<unsigned>(c);
+        if constexpr (kVec) {  // K % 16 == 0: 8-byte aligned rows of values
+          r.v[u][h] = __ldg(reinterpret_cast<const uint2*>(vrow[h] + (cu >> 1)));
+          r.m[u] |= static_cast<uint32_t>(__ldg(reinterpret_cast<const uint16_t*>(mrow[h] + (cu >> 3)))) << (16 * h);
+        } else {  // groups one at a time, those past the chunk zero; a rolled loop (rare path)
+          uint64_t vals = 0;
+          uint32_t nib = 0u;
+          const int n = imin(4, (kc - c) / 4);
 #pragma unroll 1
-            for (int q = 0; q < n; ++q) {
-              const unsigned G = (cu >> 2) + q;
-              vals |= (static_cast<uint64_t>(__ldg(vrow[h] + 2 * G)) |
-                       (static_cast<uint64_t>(__ldg(vrow[h] + 2 * G + 1)) << 8))
-                      << (16 * q);
-              nib |= ((static_cast<uint32_t>(__ldg(mrow[h] + G / 2)) >> (4 * (G & 1))) & 15u) << (4 * q);
-            }
-            r.v[u][h] = make_uint2(static_cast<uint32_t>(vals), static_cast<uint32_t>(vals >> 32));
-            r.m[u] |= nib << (16 * h);
+          for (int q = 0; q < n; ++q) {
+            const unsigned G = (cu >> 2) + q;
+            vals |= (static_cast<uint64_t>(__ldg(vrow[h] + 2 * G)) |
+                     (static_cast<uint64_t>(__ldg(vrow[h] + 2 * G + 1)) << 8))
+                    << (16 * q);
+            nib |= ((static_cast<uint32_t>(__ldg(mrow[h] + G / 2)) >> (4 * (G & 1))) & 15u) << (4 * q);
           }
+          r.v[u][h] = make_uint2(static_cast<uint32_t>(vals), static_cast<uint32_t>(vals >> 32));
+          r.m[u] |= nib << (16 * h);
         }
       }
     }
@@ -377,6 +380,7 @@ struct S24Int8Rows : DenseSteps {
 struct BsrRows {
   static constexpr int kBatch = 2;  // 2 x 64 bytes of values in flight per lane
   static constexpr bool kVarSteps = true;
+  static constexpr bool kRefill = false;
   static constexpr int kLutWords = 0;
   static constexpr bool kScaled = false;
   struct Regs {
@@ -496,6 +500,7 @@ struct BsrRows {
 // sparsity, reading it per step would be 28 % of the kernel's bytes).
 struct BitmapRows : DenseSteps {
   static constexpr int kBatch = 2;
+  static constexpr bool kRefill = false;  // a batch's run indices carry to the next
   static constexpr int kLutWords = 64;           // 16 entries of (selector lo, selector hi, mask lo, mask hi)
   static constexpr bool kScaled = false;
   static constexpr int kRowBuf = 160;            // bytes of a row's staged run: 9 vectors + the last 8-byte read
@@ -870,12 +875,19 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
   int64_t grp = blockIdx.x;
   typename W::Regs regs;
   typename W::Group gs;
+  const auto load = [&](int64_t r0, int s0, int s_end, const typename W::Group& group) {
+    if constexpr (W::kRefill) {
+      load_batch<W, kVec>(p, k0, kc, r0, s0, s_end, g, t, regs);
+    } else {
+      W::template load<kVec>(p, k0, kc, r0, s0, s_end, g, t, regs, group);
+    }
+  };
   bool preloaded = false;
   int s_begin = 0, s_end = 0;
   if (grp < groups) {  // in flight while x is staged
     warp_steps(grp * kGroupRows, s_begin, s_end, gs);
     if (s_begin < s_end) {
-      W::template load<kVec>(p, k0, kc, grp * kGroupRows, s_begin, s_end, g, t, regs, gs);
+      load(grp * kGroupRows, s_begin, s_end, gs);
       preloaded = true;
     }
   }
@@ -909,8 +921,14 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
       for (int i = 0; i < 4; ++i) acc[nt][i] = Acc(0);
 
     for (int s0 = s_begin; s0 < s_end; s0 += W::kBatch) {
-      if (!preloaded) W::template load<kVec>(p, k0, kc, r0, s0, s_end, g, t, regs, gs);
+      if (!preloaded) load(r0, s0, s_end, gs);
       preloaded = false;
+      // kRefill: the next batch (the group's next, or the next group's first; the dense policies' steps are the
+      // same in every group) goes out entry by entry, each as soon as this batch's entry is consumed
+      const bool last = s0 + W::kBatch >= s_end;
+      const int64_t r_next = last ? r0 + static_cast<int64_t>(gridDim.x) * kGroupRows : r0;
+      const int s_next = last ? s_begin : s0 + W::kBatch;
+      const bool refill = W::kRefill && p.refill && (!last || grp + gridDim.x < groups);
 #pragma unroll
       for (int u = 0; u < W::kBatch; ++u) {
         if (s0 + u < s_end) {
@@ -939,16 +957,20 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
             }
           }
         }
+        if constexpr (W::kRefill) {
+          if (refill) W::template load_step<kVec>(p, k0, kc, r_next, s_next + u, s_end, g, t, regs, u);
+        }
       }
+      if (refill) preloaded = true;
     }
 
-    // the next group's first batch goes out before the reduction waits
-    if (grp + gridDim.x < groups) {
+    // the next group's first batch goes out before the reduction waits (kRefill: it went out above)
+    if ((!W::kRefill || !p.refill) && grp + gridDim.x < groups) {
       int nb = s_begin, ne = s_end;  // the dense policies' steps are the same for every group
       typename W::Group next = gs;
       if constexpr (W::kVarSteps) warp_steps((grp + gridDim.x) * kGroupRows, nb, ne, next);
       if (nb < ne) {
-        W::template load<kVec>(p, k0, kc, (grp + gridDim.x) * kGroupRows, nb, ne, g, t, regs, next);
+        load((grp + gridDim.x) * kGroupRows, nb, ne, next);
         preloaded = true;
       }
     }
@@ -1012,6 +1034,7 @@ template <typename W, typename X, int MT, bool kVec>
 cudaError_t launch(Params p, const Plan& plan, const DevInfo& d, int64_t m_begin, int64_t tiles, cudaStream_t stream) {
   const auto kernel = mma_decode_kernel<W, X, MT, kVec>;
   p.Kc = plan.ch.Kc;
+  p.refill = plan.refill;
   const int64_t groups = ceil_div<int64_t>(p.N, kGroupRows);
   return launch_decode_grid<MT>(kernel, p, plan, d, smem_bytes<W, X>(MT, plan.ch.Kc, plan.ch.threads),
                                 groups * (plan.ch.threads / 32), m_begin, tiles, stream);

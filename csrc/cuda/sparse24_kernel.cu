@@ -49,6 +49,7 @@ struct S24 {
 
 struct S24Params {
   int64_t M = 0, N = 0, K = 0;
+  bool refill = true;   // the plan's (stream_refill()): the next tile is issued before the current is consumed
   int64_t m_begin = 0;  // first activation row of this launch (grid.z tiles of MT rows from here)
   int64_t Kc = 0;       // columns per split (grid.y)
   const void* values = nullptr;
@@ -111,8 +112,10 @@ __global__ void __launch_bounds__(kMaxThreads, 1) sparse24_decode_kernel(const S
   // one is consumed, so a warp always has a tile in flight (the first before x is staged).
   const int64_t cv0 = k0 / C::kSpan;
   const int64_t cv1 = (k0 + kc) / C::kSpan;
-  // (float32 from MT = 8 loads each tile when its turn comes: a second tile's registers would spill there)
+  // (float32 from MT = 8 loads each tile when its turn comes: a second tile's registers would spill there; so
+  // does every instance under SPARSEKIT_CUDA_REFILL=0)
   constexpr bool kPrefetch = sizeof(T) == 2 || MT <= 4;
+  const bool prefetch = kPrefetch && p.refill;
   S24TileRegs cur;
   bool preloaded = false;
   if constexpr (kVec) {
@@ -136,7 +139,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) sparse24_decode_kernel(const S
         const bool row_ends = t0 + C::kTileVecs >= cv1;
         const int64_t n2 = row_ends ? n + n_stride : n;
         S24TileRegs nxt;
-        if constexpr (kPrefetch) {
+        if (prefetch) {
           if (n2 < p.N) load_tile<T>(values, p.meta, half_k, meta_ld, n2, row_ends ? cv0 : t0 + C::kTileVecs, cv1, lane, nxt);
         } else {
           if (!preloaded) load_tile<T>(values, p.meta, half_k, meta_ld, n, t0, cv1, lane, cur);
@@ -168,7 +171,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) sparse24_decode_kernel(const S
             }
           }
         }
-        if constexpr (kPrefetch) cur = nxt;  // (unset only past the warp's last row: the loops end)
+        if (prefetch) cur = nxt;  // (unset only past the warp's last row: the loops end)
       }
     } else {
       const T* vrow = values + n * half_k;
@@ -255,6 +258,7 @@ struct Sparse24Decode : FloatFinish {
     S24Params p;
     p.M = a.M; p.N = a.N; p.K = a.K;
     p.Kc = plan.ch.Kc;
+    p.refill = plan.refill;
     p.values = a.values; p.meta = a.meta; p.x = a.x; p.ldx = a.ldx;
     p.out = out;
     return launch_decode_grid<MT>(kernel, p, plan, d, smem, a.N, m_begin, tiles, stream);
