@@ -544,11 +544,14 @@ def test_bitmap_layer_takes_the_column_list(monkeypatch, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=DTYPE_ID)
 @pytest.mark.parametrize("N,K", [(300, 256), (150, 1152), (70, 52), (40, 8192), (4096, 4096)])
 @pytest.mark.parametrize("M", [1, 2, 7, 16, 33])
-def test_sparse24_decode_variants(monkeypatch, variant, dtype, N, K, M):
+@pytest.mark.parametrize("refill", ["1", "0"], ids=["refill", "norefill"])
+def test_sparse24_decode_variants(monkeypatch, variant, dtype, N, K, M, refill):
     """The 2:4 designs (SPARSEKIT_CUDA_DECODE): v1 the FMA kernel, v2 the tensor-core kernel from M = 2
-    (mma_decode.cuh), v3 the tensor-core kernel at every M; more row groups than blocks, K % 16 != 0, split K."""
+    (mma_decode.cuh), v3 the tensor-core kernel at every M; more row groups than blocks, K % 16 != 0, split K;
+    each with its weight registers refilled while consumed and in the order before (SPARSEKIT_CUDA_REFILL=0)."""
     require_cpp_kernel("sparse24_mm")
     monkeypatch.setenv("SPARSEKIT_CUDA_DECODE", variant)
+    monkeypatch.setenv("SPARSEKIT_CUDA_REFILL", refill)
     w = torch.randn(N, K).to(dtype)
     mask = mask_24(N, K)
     mask[1] = False
@@ -793,7 +796,8 @@ def test_gpu_pack_sparse24_rejects_non_24_masks_like_the_cpu():
 # (M, N, K): row groups of 16 with a short last one, K % 16 != 0 (byte loads), 18+ steps, K split on an
 # H100 / H200 at M = 16 (K = 8192) and M = 1 (K = 65536), several M tiles (33).
 WO_SHAPES = [(1, 40, 256), (3, 17, 100), (7, 300, 1024), (16, 33, 4096), (16, 20, 8192), (17, 9, 48), (33, 65, 640),
-             (2, 5, 1), (1, 9, 65536), (4, 4096, 4096)]
+             (2, 5, 1), (1, 9, 65536), (4, 4096, 4096),
+             (1, 300, 8192)]  # (the last: several batches of 4 steps a warp and row group)
 
 
 def require_int8_wo_kernel():
@@ -817,10 +821,13 @@ def int8_wo_inputs(M, N, K, dtype, g):
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=DTYPE_ID)
 @pytest.mark.parametrize("M,N,K", WO_SHAPES)
-def test_int8_weight_only_compiled_kernel(dtype, M, N, K):
+@pytest.mark.parametrize("refill", ["1", "0"], ids=["refill", "norefill"])
+def test_int8_weight_only_compiled_kernel(monkeypatch, dtype, M, N, K, refill):
     """The tensor-core kernel (csrc/cuda/int8_wo_kernel.cu) against the float64 reference, every output
-    written (the allocator poisoned first), with and without bias."""
+    written (the allocator poisoned first), with and without bias; with its weight registers refilled while
+    consumed and in the order before (SPARSEKIT_CUDA_REFILL=0)."""
     require_int8_wo_kernel()
+    monkeypatch.setenv("SPARSEKIT_CUDA_REFILL", refill)
     g = torch.Generator().manual_seed(M * 7919 + N * 31 + K)
     q, s, x, b = int8_wo_inputs(M, N, K, dtype, g)
     w = q.double() * s.double()[:, None]

@@ -21,10 +21,10 @@
 // steps before using the first. The dense policies (kRefill: int8 rows, 2:4, 2:4 int8) then refill each entry
 // with the next batch's step (the group's next, or the next row group's first) as soon as it is consumed, so the
 // stream does not drain while a batch is consumed or the group's reduction waits; the others issue the next row
-// group's first batch before the group's reduction barrier. The k order inside a step is permuted so that no data moves between lanes: mma j (0..3) takes, as
-// its k = 2t, 2t+1 | 2t+8, 2t+9, the columns 16t+4j, 16t+4j+1 | 16t+4j+2, 16t+4j+3 of the lane's own
-// columns, as A (the policy's pairs of rows g and g + 8) and as B (four columns of x row g: one 32-byte read
-// of the row-major x tile per step and 8-row tile of activations).
+// group's first batch before the group's reduction barrier. The k order inside a step is permuted so that no data
+// moves between lanes: mma j (0..3) takes, as its k = 2t, 2t+1 | 2t+8, 2t+9, the columns 16t+4j, 16t+4j+1 |
+// 16t+4j+2, 16t+4j+3 of the lane's own columns, as A (the policy's pairs of rows g and g + 8) and as B (four
+// columns of x row g: one 32-byte read of the row-major x tile per step and 8-row tile of activations).
 //
 // K split: when K columns of x do not fit in shared memory, grid.y cuts K into chunks (multiples of 64) and
 // finish_kernel adds the float32 partial sums with the bias (decode_common.cuh).

@@ -140,7 +140,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1) sparse24_decode_kernel(const S
         const int64_t n2 = row_ends ? n + n_stride : n;
         S24TileRegs nxt;
         if (prefetch) {
-          if (n2 < p.N) load_tile<T>(values, p.meta, half_k, meta_ld, n2, row_ends ? cv0 : t0 + C::kTileVecs, cv1, lane, nxt);
+          const int64_t t2 = row_ends ? cv0 : t0 + C::kTileVecs;
+          if (n2 < p.N) load_tile<T>(values, p.meta, half_k, meta_ld, n2, t2, cv1, lane, nxt);
         } else {
           if (!preloaded) load_tile<T>(values, p.meta, half_k, meta_ld, n, t0, cv1, lane, cur);
           preloaded = false;
