@@ -139,6 +139,12 @@ done
 timeout 60 "$PY" bench/gpu_goals.py --layer "$OUT/gpu_layers.jsonl" --model "$OUT/gpu_model.jsonl" \
   --overhead "$OUT/gpu_overhead.jsonl" --md "$OUT/goals.md" --json "$OUT/goals.jsonl" >"$OUT/goals.log" 2>&1
 echo "goals: $(tail -n 1 "$OUT/goals.log" 2>/dev/null)" >>"$SUMMARY"
+# The refill A/B (SPARSEKIT_CUDA_REFILL: the decode kernels' weight registers refilled while consumed, or the order
+# before), cell by cell from the two steps that time both (CPU only, outside the deadline, like the goals)
+CDV=$(ls "$OUT"/cuda_decode_variants*.jsonl 2>/dev/null | head -n 1)  # (bench/cuda_gpu.py adds the device's name)
+timeout 60 "$PY" bench/refill_ab.py --cuda "${CDV:-none}" --int8 "$OUT/int8_decode.jsonl" \
+  --md "$OUT/refill_ab.md" >"$OUT/refill_ab.log" 2>&1
+echo "refill A/B: $(tail -n 1 "$OUT/refill_ab.log" 2>/dev/null)" >>"$SUMMARY"
 # the per-goal summary table on stdout too: the device tool returns the output's tail even when no file comes back
 sed -n '/^| goal | format | cells met/,/^$/p' "$OUT/goals.md" 2>/dev/null
 

@@ -1,5 +1,6 @@
 """bench/gpu_floor.py, the performance model the GPU benchmarks print beside each measured time: its
 numbers from first principles, and the bench scripts' mapping of their cases onto it."""
+import json
 import sys
 from pathlib import Path
 
@@ -109,3 +110,33 @@ def test_cuda_gpu_fastest_per_cell_names_the_winner_and_the_routed_one():
                      "1.20", "0.80"],
                     ["bitmap d=0.1", "14336x4096", 7, "sparsekit bitmap_mm (compiled)", "1.50",
                      "sparsekit bitmap_mm (compiled)", "1.50", "1.00"]]
+
+
+def test_refill_ab_pairs_each_cell_timed_both_ways(tmp_path):
+    """bench/refill_ab.py (what bench/gpu_all.sh sums up of the refill A/B): a 2:4 design from
+    bench/cuda_gpu.py --refill-ab and the int8 kernels of bench/triton_gpu.py, each against its no-refill twin;
+    graph times where both have one; cells timed one way only, wrong or cut-short records left out."""
+    import refill_ab
+
+    cuda = [dict(impl="sparsekit sparse24_mm decode v1", N=14336, K=4096, M=1, ms=0.05, graph_ms=0.020),
+            dict(impl="sparsekit sparse24_mm decode v1 no refill", N=14336, K=4096, M=1, ms=0.05, graph_ms=0.025),
+            dict(impl="sparsekit sparse24_mm decode v2", N=14336, K=4096, M=16, ms=0.040, graph_ms=None),
+            dict(impl="sparsekit sparse24_mm decode v2 no refill", N=14336, K=4096, M=16, ms=0.036, graph_ms=0.03),
+            dict(impl="sparsekit sparse24_mm decode v3", N=14336, K=4096, M=3, ms=0.04, graph_ms=0.03),  # one way
+            dict(impl="sparsekit bitmap_mm (v2)", N=14336, K=4096, M=1, ms=0.04, graph_ms=0.03)]
+    int8 = [dict(kernel="w8a16", N=4096, K=14336, M=3, ok=True, ms=0.03, graph_ms=0.018),
+            dict(kernel="w8a16_norefill", N=4096, K=14336, M=3, ok=True, ms=0.04, graph_ms=0.018),
+            dict(kernel="w8a8_linear", N=4096, K=14336, M=3, ok=True, ms=0.03, graph_ms=0.02),
+            dict(kernel="w8a8_linear_norefill", N=4096, K=14336, M=3, ok=False, ms=None, graph_ms=None),  # wrong
+            dict(kernel="dense", N=4096, K=14336, M=3, ok=True, ms=0.05, graph_ms=0.04)]
+    rows = refill_ab.pairs(cuda, int8)
+    assert [(r[0], r[3], r[6]) for r in rows] == [("sparse24_mm decode v1", 1, "graph"),
+                                                  ("sparse24_mm decode v2", 16, "eager"), ("w8a16", 3, "graph")]
+    assert rows[0][4:6] == (0.020, 0.025) and rows[1][4:6] == (0.040, 0.036)
+    assert refill_ab.summary(rows) == "3 cells, the refill faster in 1; without / with: median 1.00, min 0.90, max 1.25"
+    assert refill_ab.summary([]).startswith("no pairs")
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in cuda) + "\n{\"impl\": \"cut")
+    md = tmp_path / "ab.md"
+    assert refill_ab.main(["--cuda", str(tmp_path / "c.jsonl"), "--int8", str(tmp_path / "none.jsonl"),
+                           "--md", str(md)]) == 0
+    assert "| sparse24_mm decode v1 | 14336x4096 | 1 | 20.0 | 25.0 | 1.25 | graph |" in md.read_text()
