@@ -424,8 +424,6 @@ inline int tile_m_for(int64_t rows) {
 }
 
 // ------------------------------------------------------------------------------------ host driver
-// What one decode call runs: the K chunks, whether the 16-byte load path applies, and the workspace
-// the split-K partial sums need.
 // Whether the decode kernels refill their weight registers while they consume them: the 2:4 FMA kernel issues
 // the next tile before it consumes the current one, the tensor-core kernel's dense policies (int8 rows, 2:4, 2:4
 // int8) refill each batch entry with the next batch's step as soon as it is consumed. SPARSEKIT_CUDA_REFILL=0 (or
@@ -437,6 +435,8 @@ inline bool stream_refill() {
   return v == nullptr || (std::strcmp(v, "0") != 0 && std::strcmp(v, "off") != 0);
 }
 
+// What one decode call runs: the K chunks, whether the 16-byte load path applies, whether the weight registers
+// are refilled while consumed, and the workspace the split-K partial sums need.
 struct Plan {
   Chunking ch;
   bool vec = false;
