@@ -56,10 +56,23 @@ def driver(emu_dir):
 _MUTANT_CACHE = {}
 
 
+# The kernel translation unit whose kernels a planted bug's cases (its kind, PLANTED_CASES) run: a mutant is built
+# with its mutations in those units only, the others from the unmutated objects (a mutation of mma_decode.cuh,
+# which five units include, rebuilds only the one its cases run: CI time).
+def kind_unit(kind):
+    for prefix, unit in (("sparse24", "sparse24_kernel.cu"), ("s24_", "sparse24_kernel.cu"),
+                         ("bitmap", "bitmap_kernel.cu"), ("bsr", "bsr_kernel.cu"), ("csr", "csr_spmm_kernel.cu"),
+                         ("pack", "pack_kernel.cu"), ("int8_wo", "int8_wo_kernel.cu"), ("w8a8", "w8a8_kernel.cu")):
+        if kind.startswith(prefix):
+            return unit
+    raise KeyError(f"no kernel unit for the planted-bug kind {kind!r}")
+
+
 def mutant_driver(emu_dir, group):
     if group not in _MUTANT_CACHE:
-        muts = [m for name, (g, m, _) in PLANTED.items() if g == group]
-        _MUTANT_CACHE[group] = emu_build.build(emu_dir / f"mutant_{group}", muts, obj_cache=emu_dir / "obj")
+        planted = [(m, kind) for name, (g, m, kind) in PLANTED.items() if g == group]
+        _MUTANT_CACHE[group] = emu_build.build(emu_dir / f"mutant_{group}", [m for m, _ in planted],
+                                               obj_cache=emu_dir / "obj", only={kind_unit(k) for _, k in planted})
     return _MUTANT_CACHE[group]
 
 

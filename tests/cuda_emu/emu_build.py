@@ -193,36 +193,47 @@ def _digest(*parts: bytes) -> str:
 
 
 def build(out: Path, mutations: Sequence[Mutation] = (), jobs: Optional[int] = None,
-          obj_cache: Optional[Path] = None) -> Path:
+          obj_cache: Optional[Path] = None, only: Optional[Iterable[str]] = None) -> Path:
     """Builds out/driver from the transformed (and mutated) sources. Objects are cached in obj_cache
     (default out/obj) by the hash of their transformed sources, so that a mutated build recompiles only
-    what the mutation changes."""
+    what the mutation changes. `only` (names of KERNEL_TUS): the translation units that take the mutations;
+    the others, the runtime and the driver are compiled from the unmutated sources (so, with the unmutated
+    build's obj_cache, not at all): a mutation of a header shared by several kernels (mma_decode.cuh) then
+    rebuilds only the kernels its planted bug is checked on."""
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler")
     out.mkdir(parents=True, exist_ok=True)
     root = out / "src"
     transform(root, mutations)
+    plain = root
+    if mutations and only is not None:
+        only = set(only)
+        unknown = only - set(KERNEL_TUS)
+        if unknown:
+            raise ValueError(f"only: not kernel translation units: {sorted(unknown)}")
+        plain = out / "plain"
+        transform(plain)
     cache = obj_cache or (out / "obj")
     cache.mkdir(parents=True, exist_ok=True)
-    includes = [HERE / "include", HERE, root]
-    headers = b"".join((root / "cuda" / h.name).read_bytes() for h in sorted(CUDA_SRC.iterdir())
-                       if h.suffix in (".cuh", ".h"))
     emu = (HERE / "cuda_emu.h").read_bytes()
     flags = " ".join(CXXFLAGS).encode()
-    units: List[Tuple[Path, Path]] = []
+    headers = {t: b"".join((t / "cuda" / h.name).read_bytes() for h in sorted(CUDA_SRC.iterdir())
+                           if h.suffix in (".cuh", ".h")) for t in {root, plain}}
+    units: List[Tuple[Path, Path, Path]] = []  # (source, object, the tree it includes)
     for name in KERNEL_TUS:
-        src = root / "cuda" / name
-        units.append((src, cache / f"{name}.{_digest(src.read_bytes(), headers, emu, flags)}.o"))
+        tree = root if plain is root or name in only else plain
+        src = tree / "cuda" / name
+        units.append((src, cache / f"{name}.{_digest(src.read_bytes(), headers[tree], emu, flags)}.o", tree))
     for name in ("emu_runtime.cpp", "driver.cpp"):
         src = HERE / name
-        units.append((src, cache / f"{name}.{_digest(src.read_bytes(), headers, emu, flags)}.o"))
-    todo = [(s, o) for s, o in units if not o.exists()]
+        units.append((src, cache / f"{name}.{_digest(src.read_bytes(), headers[plain], emu, flags)}.o", plain))
+    todo = [u for u in units if not u[1].exists()]
 
-    def one(so):
-        s, o = so
+    def one(u):
+        s, o, tree = u
         tmp = o.with_suffix(f".{os.getpid()}.tmp")
-        _compile(cxx, s, tmp, includes)
+        _compile(cxx, s, tmp, [HERE / "include", HERE, tree])
         os.replace(tmp, o)
 
     if jobs is None:  # SPARSEKIT_EMU_JOBS: compiler processes at once (default 2)
@@ -230,7 +241,7 @@ def build(out: Path, mutations: Sequence[Mutation] = (), jobs: Optional[int] = N
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
         list(ex.map(one, todo))
     exe = out / "driver"
-    cmd = [cxx, *SANITIZE, *[str(o) for _, o in units], "-o", str(exe)]
+    cmd = [cxx, *SANITIZE, *[str(o) for _, o, _ in units], "-o", str(exe)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"linking the driver failed:\n{' '.join(cmd)}\n{r.stderr[-6000:]}")
