@@ -7,6 +7,7 @@
   for every dtype, odd M, several N x K, bias or not; the plan cache (a second call neither searches nor
   builds a plan); refused shapes; routing by M; threads; CUDA graphs; opcheck.
 """
+import json
 import threading
 import weakref
 from pathlib import Path
@@ -234,7 +235,8 @@ def spy(monkeypatch, name):
 @pytest.mark.parametrize("fmt,dtype", [("2:4", torch.float16), ("2:4", torch.bfloat16),
                                        ("2:4+int8", torch.float16), ("2:4+int8", torch.bfloat16)])
 def test_format_routing_by_m(fmt, dtype, monkeypatch):
-    monkeypatch.delenv("SPARSEKIT_CSLT_MIN_M", raising=False)
+    """SPARSEKIT_CSLT_MIN_M fixes the boundary: the own kernels up to it, cuSPARSELt above."""
+    monkeypatch.setenv("SPARSEKIT_CSLT_MIN_M", "16")
     N, K = 256, 512
     w = weight_24(N, K, dtype) * 0.05
     f = formats.get(fmt).from_dense(w)
@@ -242,7 +244,7 @@ def test_format_routing_by_m(fmt, dtype, monkeypatch):
     int8 = fmt == "2:4+int8"
     own_op = ops.sparse24_int8_mm if int8 else ops.sparse24_mm
     cslt = spy(monkeypatch, "_CSLT_MM")
-    own = spy(monkeypatch, "_CUDA_SPARSE24_INT8_MM" if int8 else "_SPARSE24_MM")
+    own = spy(monkeypatch, "_CUDA_SPARSE24_INT8_LINEAR" if int8 else "_SPARSE24_MM")
     for M in (4, 16, 17, 128):
         x = torch.randn(M, K, device="cuda", dtype=dtype)
         y = f.matmul(x, b)
@@ -254,6 +256,47 @@ def test_format_routing_by_m(fmt, dtype, monkeypatch):
         assert_close_to_ref(y.cpu(), want.cpu(), x.cpu(), f.to_dense().float().cpu(), dtype)
     # M <= 16: the own kernels (2:4+int8: the compiled W8A8 tensor-core kernel), cuSPARSELt above
     assert cslt == [17, 128] and own == [4, 16]
+
+
+@gpu_cslt
+@pytest.mark.parametrize("fmt,dtype", [("2:4", torch.bfloat16), ("2:4+int8", torch.float16)])
+def test_format_routing_is_measured_per_m_bucket(fmt, dtype, monkeypatch, tmp_path):
+    """Without SPARSEKIT_CSLT_MIN_M, the first call of an M bucket times the own kernel and cuSPARSELt on the
+    device and keeps the faster (memory and disk); the next call of that bucket runs one kernel, once. Results
+    are right whichever wins."""
+    from sparsekit.triton import autotune
+
+    monkeypatch.delenv("SPARSEKIT_CSLT_MIN_M", raising=False)
+    monkeypatch.delenv("SPARSEKIT_TRITON_AUTOTUNE", raising=False)
+    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path))
+    autotune.clear()
+    N, K = 512, 1024
+    int8 = fmt == "2:4+int8"
+    w = weight_24(N, K, dtype) * 0.05
+    f = formats.get(fmt).from_dense(w)
+    b = torch.randn(N, device="cuda", dtype=dtype)
+    cslt = spy(monkeypatch, "_CSLT_MM")
+    own = spy(monkeypatch, "_CUDA_SPARSE24_INT8_LINEAR" if int8 else "_SPARSE24_MM")
+    table = autotune.table("sparse24_int8_route" if int8 else "sparse24_route")
+    for M in (1, 3, 48, 128):
+        x = torch.randn(M, K, device="cuda", dtype=dtype)
+        f.matmul(x, b)  # measures
+        cslt.clear()
+        own.clear()
+        y = f.matmul(x, b)
+        assert len(cslt) + len(own) == 1, (M, cslt, own)  # measured once: one kernel now
+        key = (torch.cuda.current_device(), N, K, {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype],
+               1 << (M - 1).bit_length())
+        assert table[key]["path"] == ("cslt" if cslt else "own")
+        if int8:
+            want = ops.reference.sparse24_int8_linear(x.cpu(), f.values.cpu(), f.meta.cpu(), f.scale.cpu(), b.cpu())
+            torch.testing.assert_close(y.float().cpu(), want.float(), rtol=2e-2, atol=2e-2)
+        else:
+            assert_close_to_ref(y.cpu(), ref_halves(x, f.to_dense(), b).cpu(), x.cpu(), f.to_dense().float().cpu(),
+                                dtype)
+    assert any(k.startswith("sparse24") for k in json.loads(Path(autotune.cache_file(
+        autotune.device_tag(torch.device("cuda")))).read_text())["configs"])
+    autotune.clear()
 
 
 @gpu_cslt

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -401,6 +402,124 @@ def test_2_4_int8_small_m_takes_the_compiled_w8a8_kernel(fake_cslt, monkeypatch)
     s24.Sparse24Int8Weight.apply(torch.randn(4, 128, dtype=torch.bfloat16), (64, 128), sl.bias, sl.values, sl.meta,
                                  sl.scale)
     assert calls == [(1, bf), (16, bf), (6, bf)] and fake_cslt["mm"] == [32, 4]
+
+
+@pytest.fixture
+def measured_routes(fake_cslt, monkeypatch, tmp_path):
+    """fake_cslt without SPARSEKIT_CSLT_MIN_M, so the routes are measured: the CPU stand-ins count as timeable,
+    and the timer runs the call once and gives the time `times[path](M bucket)` of the kernel it saw run."""
+    from sparsekit import triton as skt
+    from sparsekit.triton import autotune
+
+    monkeypatch.delenv("SPARSEKIT_CSLT_MIN_M")
+    monkeypatch.delenv("SPARSEKIT_TRITON_AUTOTUNE", raising=False)
+    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(skt, "available", lambda: True)
+    monkeypatch.setattr(autotune, "_measurable", lambda device: True)
+    monkeypatch.setattr(autotune, "device_tag", lambda device: "Fake_GPU")
+    log = []  # (kernel, M) of every call of either kernel, in order
+    for name, path in (("_SPARSE24_MM", "own"), ("_CUDA_SPARSE24_INT8_LINEAR", "own"), ("_CSLT_MM", "cslt")):
+        real = getattr(s24, name)
+        monkeypatch.setattr(s24, name, lambda *a, _real=real, _p=path: log.append((_p, a[0].shape[0])) or _real(*a))
+    state = {"times": None, "timed": []}
+
+    def bench(fn):
+        n = len(log)
+        fn()
+        assert len(log) == n + 1
+        path, m = log[-1]
+        state["timed"].append((path, m))
+        return state["times"][path](1 << (m - 1).bit_length())
+
+    monkeypatch.setattr(autotune, "_do_bench_ms", bench)
+    autotune.clear()
+    yield state, log
+    autotune.clear()
+
+
+def test_2_4_route_to_cusparselt_is_measured_per_m_bucket(measured_routes, fake_cslt, monkeypatch, tmp_path):
+    """Which kernel serves a 2:4 call on CUDA (the own decode kernel or cuSPARSELt) is the faster of the two on
+    the device, timed at the first eager call of each (N, K, dtype, M bucket) and kept in memory and on disk; a
+    call of a known bucket measures nothing; above 128 rows cuSPARSELt, unmeasured; during CUDA graph capture an
+    unmeasured bucket takes the boundary (M > 16) and is measured at the next eager call;
+    SPARSEKIT_TRITON_AUTOTUNE=0 keeps the boundary; SPARSEKIT_CSLT_MIN_M fixes it."""
+    from sparsekit.triton import autotune
+
+    state, log = measured_routes
+    state["times"] = {"own": lambda b: 2.0, "cslt": lambda b: 1.0 if b >= 4 else 3.0}
+    sl = half_layer("2:4")
+    f = sl.weight_format
+
+    def call(M):
+        log.clear()
+        state["timed"].clear()
+        x = torch.randn(M, 128, dtype=torch.bfloat16)
+        y = f.matmul(x, sl.bias)
+        ran, m = log[-1]
+        assert m == M
+        if ran == "own":  # the own kernel's result (the fake cuSPARSELt returns zeros)
+            torch.testing.assert_close(y, x @ sl.to_dense().T + sl.bias, rtol=2e-2, atol=2e-2)
+        return ran, sorted(state["timed"])
+
+    assert call(1) == ("own", [("cslt", 1), ("own", 1)])    # measured: the own kernel is faster at M = 1
+    assert call(3) == ("cslt", [("cslt", 3), ("own", 3)])   # and cuSPARSELt from the bucket of 4 (M = 3-4)
+    assert call(4) == ("cslt", [])                          # same bucket: nothing measured
+    assert call(200) == ("cslt", [])                        # above 128 rows: cuSPARSELt, unmeasured
+    data = json.loads(Path(autotune.cache_file("Fake_GPU")).read_text())["configs"]
+    assert data == {"sparse24_route|64|128|bf16|1": {"path": "own"}, "sparse24_route|64|128|bf16|4": {"path": "cslt"}}
+    # another process: the disk answers
+    autotune.clear()
+    assert call(2) == ("own", [("cslt", 2), ("own", 2)]) and call(1) == ("own", [])
+    # graph capture of an unmeasured bucket: the boundary (the own kernel up to 16 rows), not remembered
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert call(9) == ("own", [])
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    assert call(9) == ("cslt", [("cslt", 9), ("own", 9)])
+    # autotune off: the boundary, remembered for the process
+    autotune.clear()
+    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("SPARSEKIT_TRITON_AUTOTUNE", "0")
+    assert call(8) == ("own", []) and call(17) == ("cslt", []) and call(5) == ("own", [])
+    # a fixed boundary
+    monkeypatch.setenv("SPARSEKIT_CSLT_MIN_M", "0")
+    assert call(1) == ("cslt", [])
+    monkeypatch.setenv("SPARSEKIT_CSLT_MIN_M", "64")
+    assert call(32) == ("own", [])
+
+
+def test_2_4_int8_route_between_the_compiled_kernel_and_cusparselt_is_measured(measured_routes, fake_cslt,
+                                                                               monkeypatch):
+    """2:4+int8 with both kernels at hand (the compiled W8A8 kernel on sm_80+, the weight compressed for
+    cuSPARSELt) takes the faster per M bucket, measured as for 2:4; the backend set to "compiled" or "triton"
+    decides by itself and measures nothing."""
+    from sparsekit import triton as skt
+
+    monkeypatch.setattr(skt, "_has_mma", lambda device: True)
+    monkeypatch.setattr(skt, "_compiled_cuda", lambda: True)
+    monkeypatch.setattr(skt, "_backend", dict.fromkeys(skt._AUTO_MAX_M, "auto"))
+    state, log = measured_routes
+    state["times"] = {"own": lambda b: 1.0 if b <= 32 else 3.0, "cslt": lambda b: 2.0}
+    sl = half_layer("2:4+int8")
+
+    def call(M):
+        log.clear()
+        state["timed"].clear()
+        x = torch.randn(M, 128, dtype=torch.bfloat16)
+        y = s24.Sparse24Int8Weight.apply(x, (64, 128), sl.bias, sl.values, sl.meta, sl.scale)
+        ran, m = log[-1]
+        assert m == M
+        if ran == "own":
+            want = ops.reference.sparse24_int8_linear(x, sl.values, sl.meta, sl.scale, sl.bias)
+            assert torch.equal(y, want)
+        return ran, sorted(state["timed"])
+
+    assert call(20) == ("own", [("cslt", 20), ("own", 20)])  # measured: the compiled kernel up to 32 rows here
+    assert call(33) == ("cslt", [("cslt", 33), ("own", 33)])
+    assert call(1) == ("own", [("cslt", 1), ("own", 1)]) and call(30) == ("own", [])
+    skt.set_backend("sparse24_int8_mm", "triton")
+    assert call(2) == ("cslt", [])
+    skt.set_backend("sparse24_int8_mm", "compiled")
+    assert call(40) == ("own", [])
 
 
 class FakeCuda(torch.Tensor):

@@ -12,6 +12,7 @@ import torch
 
 from .. import ops
 from .. import triton as _sk_triton
+from ..triton import autotune as _autotune
 from ..ops import _as_2d, linear_call
 from ..ops._checks import cslt_shape_fits
 from ._common import check_weight_and_mask, input_rows, needs_grad, side_table_put
@@ -87,11 +88,16 @@ def _check_meta(meta, N, K, what):
 
 
 # ------------------------------------------------------------------------------------------ cuSPARSELt routing
-# On CUDA, for M above SPARSEKIT_CSLT_MIN_M (default 16) activation rows, the 2:4 formats run through
-# cuSPARSELt (tensor-core sparse MMA, csrc/cuda/ops_cusparselt.cpp); up to it the own decode kernel
-# (sparse24_mm), which streams the weight once and wins where the matmul is memory-bound. Anything else
-# (CPU, shapes cuSPARSELt refuses, autograd, torch.compile tracing, CUDA graph capture, a build without
-# cuSPARSELt, a weight not compressed beforehand) takes the format's own path unchanged.
+# On CUDA the 2:4 formats have two kernels: cuSPARSELt (tensor-core sparse MMA, csrc/cuda/ops_cusparselt.cpp) and
+# the own decode kernel (sparse24_mm), which streams the weight once per 16 activation rows and wins where the
+# matmul is memory-bound. Which one serves M rows is measured, not guessed (`_cslt_route`): per (device, N, K,
+# dtype, M bucket) the first eager call with such rows times both on its own tensors and keeps the faster, in
+# memory and in the autotune cache on disk (sparsekit.triton.autotune, "sparse24_route"); where nothing can be
+# timed (CUDA graph capture, SPARSEKIT_TRITON_AUTOTUNE=0, no triton) cuSPARSELt takes M > 16, and above 128 rows
+# it always does (the decode kernel re-reads the weight per 16 rows). SPARSEKIT_CSLT_MIN_M fixes the boundary
+# instead (cuSPARSELt for M above it; nothing measured). Anything else (CPU, shapes cuSPARSELt refuses,
+# autograd, torch.compile tracing, a build without cuSPARSELt, a weight not compressed beforehand) takes the
+# format's own path unchanged.
 #
 # cuSPARSELt wants its own compressed copy of the weight. Compressing syncs the device (cslt_compress reads
 # back its 2:4 check), so it is never done inside forward (where it would break CUDA graph capture): it is
@@ -106,6 +112,11 @@ _CSLT_LOCK = threading.Lock()
 # id(values) -> (weakref(values), stamp, compressed, fp16_output_safe, warm: {(M, dtype, bias ptr)} run eagerly)
 _CSLT_CACHE: Dict[int, tuple] = {}
 _FP16_MAX = 65504.0
+_CSLT_DEFAULT_MIN_M = 16  # without a measurement: cuSPARSELt above this many rows
+_ROUTE_MAX_M = 128  # above: cuSPARSELt, not measured
+_DTYPE_KEYS = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+# the measured routes (autotune.clear() empties them in place)
+_ROUTES = {op: _autotune.table(op) for op in ("sparse24_route", "sparse24_int8_route")}
 
 _SPARSE24_MM = linear_call(torch.ops.sparsekit.sparse24_mm.default)
 _SPARSE24_INT8_MM = torch.ops.sparsekit.sparse24_int8_mm.default
@@ -122,22 +133,68 @@ def _cuda(t: torch.Tensor) -> bool:
     return t.is_cuda
 
 
-def _cslt_min_m() -> int:
-    return int(os.environ.get("SPARSEKIT_CSLT_MIN_M", "16"))
+# os.environ's own dict of bytes on POSIX: a look-up there costs ~0.05 us against os.environ.get's ~1.4 (the
+# encoding of the key), and _cslt_route reads the variable on every 2:4 call on CUDA
+_ENV_BYTES = getattr(os.environ, "_data", None) if os.name == "posix" else None
 
 
-def _use_cslt(x: torch.Tensor, shape, weight_dtype: torch.dtype, bias, min_m=None) -> bool:
-    """Whether this call may go to cuSPARSELt: CUDA, a shape it takes, more than `min_m` rows (default
-    SPARSEKIT_CSLT_MIN_M), eager (not torch.compile tracing), and no gradient needed. During CUDA graph
-    capture, `_cslt_call` adds its own condition."""
+def _cslt_min_m():
+    """SPARSEKIT_CSLT_MIN_M when set (a fixed boundary: cuSPARSELt above it, nothing measured), else None. Read on
+    every call."""
+    if _ENV_BYTES is not None:
+        v = _ENV_BYTES.get(b"SPARSEKIT_CSLT_MIN_M")
+        v = "" if v is None else v.decode()
+    else:
+        v = os.environ.get("SPARSEKIT_CSLT_MIN_M", "")
+    v = v.strip()
+    return int(v) if v else None
+
+
+def _use_cslt(x: torch.Tensor, shape, weight_dtype: torch.dtype, bias) -> bool:
+    """Whether this call may go to cuSPARSELt: CUDA, a shape it takes, at least one row, eager (not torch.compile
+    tracing), and no gradient needed. Which of the two kernels then serves the rows is `_cslt_route`'s; during
+    CUDA graph capture `_cslt_call` adds its own condition."""
     if torch.compiler.is_compiling() or not _cuda(x):  # the CPU path stays exactly what it was
         return False
     n, k = shape
-    min_m = _cslt_min_m() if min_m is None else min_m
-    if not cslt_shape_fits(n, k, weight_dtype) or x.numel() // k <= min_m or not ops.cslt_available():
+    if not cslt_shape_fits(n, k, weight_dtype) or x.numel() < k or not ops.cslt_available():
         return False
     # cslt_mm has no autograd formula; the own ops do (gradients to x and bias)
     return not needs_grad(x, bias)
+
+
+def _cslt_route(op: str, x2: torch.Tensor, n: int):
+    """Whether cuSPARSELt rather than the own kernel serves the rows x2 (2-d, eligible by `_use_cslt`, the weight
+    compressed): SPARSEKIT_CSLT_MIN_M's boundary when set, else the measured choice of (device, n, K, dtype, M
+    bucket) (`op` names the autotune table; an M bucket is a power of two: M = 5-8 share one), or None when it has
+    not been measured yet (`_cslt_measure`). ~1.5 us: one look-up of a tuple."""
+    fixed = _cslt_min_m()
+    M = x2.shape[0]
+    if fixed is not None:
+        return M > fixed
+    if M > _ROUTE_MAX_M:
+        return True
+    cfg = _ROUTES[op].get(_route_key(x2, n))
+    return None if cfg is None else cfg["path"] == "cslt"
+
+
+def _route_key(x2: torch.Tensor, n: int) -> tuple:
+    M, K = x2.shape
+    return (x2.get_device(), n, K, _DTYPE_KEYS.get(x2.dtype) or str(x2.dtype), 1 << (M - 1).bit_length())
+
+
+def _cslt_measure(op: str, x2: torch.Tensor, n: int, run_cslt, run_own) -> bool:
+    """`_cslt_route`'s choice where it has none yet: both kernels timed now on these tensors (`run_cslt()`,
+    `run_own()`; sparsekit.triton.autotune.choose: kept in memory and on disk) and the faster kept; where nothing
+    can be timed (CUDA graph capture, SPARSEKIT_TRITON_AUTOTUNE=0, no triton), cuSPARSELt above 16 rows."""
+    cands = [{"path": "cslt"}, {"path": "own"}]
+    if x2.shape[0] <= _CSLT_DEFAULT_MIN_M:
+        cands.reverse()  # the first candidate is what runs where nothing is measured
+    if not _sk_triton.available():  # autotune times with triton.testing
+        return cands[0]["path"] == "cslt"
+    cfg = _autotune.choose(op, _ROUTES[op], _route_key(x2, n), x2.device, cands,
+                           lambda c: run_cslt() if c["path"] == "cslt" else run_own())
+    return cfg["path"] == "cslt"
 
 
 def _stamp(*tensors):
@@ -231,6 +288,15 @@ def _restore(y, x, n):
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], n)
 
 
+def _cslt_int8(hit, x2, n, bias, scale):
+    """2:4+int8 through cuSPARSELt: x quantized per token (the compiled kernel, one launch and no Python launch,
+    unless quantize_per_token is set to triton), then cuSPARSELt's int8 matmul, which scales D's rows (output
+    channels: alpha = w_scale) but has no per-column scale of D, so the per-token scale and then the bias run in
+    cslt_mm's epilogue kernel."""
+    q, s, _ = (_CUDA_QUANTIZE if _sk_triton.quantize_compiled(x2) else _QUANTIZE)(x2, True)
+    return _cslt_call(hit, q, n, bias, scale, s, x2.dtype)
+
+
 def _compiled_w8a8(x: torch.Tensor) -> bool:
     """Whether the rows x (2-d, on CUDA) go to the compiled 2:4 W8A8 kernel (sparsekit.triton.use_compiled)."""
     return not torch.compiler.is_compiling() and _sk_triton.use_compiled("sparse24_int8_mm", x)
@@ -280,7 +346,15 @@ class Sparse24Weight(SparseFormat):
         if values.dtype == x.dtype and _use_cslt(x, shape, values.dtype, bias):
             hit = _cslt_lookup(values, meta)
             if hit is not None:
-                return _restore(_cslt_call(hit, _as_2d(x, "cslt_mm"), shape[0], bias), x, shape[0])
+                x2 = _as_2d(x, "cslt_mm")
+                n = shape[0]
+                use = _cslt_route("sparse24_route", x2, n)
+                if use is None:
+                    use = _cslt_measure("sparse24_route", x2, n, lambda: _cslt_call(hit, x2, n, bias),
+                                        lambda: _SPARSE24_MM(x2, values, meta, bias))
+                if use:
+                    return _restore(_cslt_call(hit, x2, n, bias), x, n)
+                return _restore(_SPARSE24_MM(x2, values, meta, bias), x, n)
         if x.dim() == 2:
             return _SPARSE24_MM(x, values, meta, bias)
         return _restore(_SPARSE24_MM(_as_2d(x, "sparse24_mm"), values, meta, bias), x, shape[0])
@@ -357,21 +431,31 @@ class Sparse24Int8Weight(SparseFormat):
         if not _cuda(x2) or needs_grad(x2, bias):
             y = _SPARSE24_INT8_LINEAR(x2, values, meta, scale, bias)
             return _restore(y, x, shape[0])
-        # M <= 16 (decode) on sm_80+: the compiled W8A8 tensor-core kernel, x quantized per token inside it
-        # (csrc/cuda/w8a8_kernel.cu); else x quantized by the compiled per-token kernel (one launch, no Python
-        # launch), then cuSPARSELt for every M it can take (sparse24_int8_mm's own fallback decodes the weight on
-        # every call)
-        if _compiled_w8a8(x2):
-            return _restore(_CUDA_SPARSE24_INT8_LINEAR(x2, values, meta, scale, bias), x, shape[0])
-        q, s, _ = (_CUDA_QUANTIZE if _sk_triton.quantize_compiled(x2) else _QUANTIZE)(x2, True)
-        y = None
-        if x.dtype in _HALVES and _use_cslt(x2, shape, torch.int8, bias, min_m=0):
+        # Two kernels: the compiled W8A8 tensor-core kernel on sm_80+, x quantized per token inside it
+        # (csrc/cuda/w8a8_kernel.cu), and cuSPARSELt (`_cslt_int8`). With both at hand ("auto" backend, sm_80+,
+        # the weight compressed for cuSPARSELt) which one serves these rows is measured per M bucket as for 2:4
+        # (`_cslt_route`; without a measurement, M <= 16 the compiled kernel). Else the compiled kernel where the
+        # backend setting picks it, then cuSPARSELt for every M it can take, then sparse24_int8_mm (whose own
+        # fallback decodes the weight on every call).
+        n = shape[0]
+        hit = None
+        if x.dtype in _HALVES and _use_cslt(x2, shape, torch.int8, bias):
             hit = _cslt_lookup(values, meta, scale)
-            if hit is not None and (hit[3] or x.dtype == torch.bfloat16):
-                # cuSPARSELt scales D's rows (output channels: alpha = w_scale) but has no per-column scale
-                # of D, so the per-token scale and then the bias run in cslt_mm's epilogue kernel.
-                y = _cslt_call(hit, q, shape[0], bias, scale, s, x.dtype)
-        if y is None:
+            if hit is not None and not (hit[3] or x.dtype == torch.bfloat16):
+                hit = None  # float16 could overflow before the per-token scale (cslt_prepare)
+        if hit is not None and _sk_triton.compiled_auto("sparse24_int8_mm", x2):
+            use = _cslt_route("sparse24_int8_route", x2, n)
+            if use is None:
+                use = _cslt_measure("sparse24_int8_route", x2, n, lambda: _cslt_int8(hit, x2, n, bias, scale),
+                                    lambda: _CUDA_SPARSE24_INT8_LINEAR(x2, values, meta, scale, bias))
+            y = _cslt_int8(hit, x2, n, bias, scale) if use else _CUDA_SPARSE24_INT8_LINEAR(x2, values, meta, scale,
+                                                                                            bias)
+        elif _compiled_w8a8(x2):
+            y = _CUDA_SPARSE24_INT8_LINEAR(x2, values, meta, scale, bias)
+        elif hit is not None:
+            y = _cslt_int8(hit, x2, n, bias, scale)
+        else:
+            q, s, _ = (_CUDA_QUANTIZE if _sk_triton.quantize_compiled(x2) else _QUANTIZE)(x2, True)
             y = _SPARSE24_INT8_MM(q, s, None, values, meta, scale, bias, x.dtype)
         return _restore(y, x, shape[0])
 

@@ -129,6 +129,13 @@ def use_compiled(op: str, x: torch.Tensor) -> bool:
     return x.dim() == 2 and backend(op, x.shape[0]) == "compiled" and _has_mma(x.device)
 
 
+def compiled_auto(op: str, x: torch.Tensor) -> bool:
+    """Whether `op`'s backend is "auto" and its compiled tensor-core kernel could serve x (2-d, on an sm_80+ CUDA
+    device, the build with the CUDA kernels) at any M: where a caller measures which kernel serves which M
+    (the 2:4+int8 format against cuSPARSELt) rather than taking `backend`'s boundary."""
+    return x.dim() == 2 and _backend[op] == "auto" and _compiled_cuda() and _has_mma(x.device)
+
+
 _smem_blocks: dict = {}
 _bsr_fits: dict = {}
 

@@ -16,6 +16,7 @@ benchmark warms every configuration up before it times anything (bench/triton_gp
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -168,15 +169,21 @@ def _do_bench_ms(fn) -> float:
         return do_bench(fn, warmup=5, rep=25)
 
 
+def _measurable(device: torch.device) -> bool:
+    """Whether kernels on `device` can be timed: a CUDA device, not the interpreter (a seam: the CPU tests of the
+    measured routes stand a CPU tensor in for a CUDA one)."""
+    from ._common import INTERPRET
+
+    return device.type == "cuda" and not INTERPRET
+
+
 def choose(op: str, tbl: dict, key: tuple, device: torch.device, candidates: List[dict],
            run: Callable[[dict], None]) -> dict:
     """The configuration for `key` (whose first element is the device index); fills `tbl`.
 
     `run(config)` launches the kernel on the call's own tensors (kernels only write their output).
     """
-    from ._common import INTERPRET
-
-    if device.type != "cuda" or INTERPRET:
+    if not _measurable(device):
         cfg = dict(candidates[0])
         stats["defaults"] += 1
         tbl[key] = cfg
@@ -195,7 +202,7 @@ def choose(op: str, tbl: dict, key: tuple, device: torch.device, candidates: Lis
             run(c)  # compile and check that it runs before timing
             return _do_bench_ms(lambda: run(c))
 
-        with torch.cuda.device(device):
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
             cfg = select(op, key[1:], tag, candidates, measure)
     tbl[key] = cfg
     return cfg
