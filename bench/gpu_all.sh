@@ -86,9 +86,9 @@ cat "$SUMMARY"
 # The arch of the device here (9.0a on an H100/H200): one arch keeps the build short.
 ARCH=$("$PY" -c 'import torch; c = torch.cuda.get_device_capability(); print(f"{c[0]}.{c[1]}" + ("a" if c[0] == 9 else ""))' 2>/dev/null || echo 9.0a)
 export SPARSEKIT_CUDA_ARCH_LIST=${SPARSEKIT_CUDA_ARCH_LIST:-$ARCH}
-# The autotune cache (Triton configurations, and which of the own 2:4 kernels and cuSPARSELt serves each M bucket,
-# sparsekit/formats/sparse24.py) of the benchmarks goes into $OUT: the routes the device measured, recorded with
-# the run. The GPU tests keep theirs apart: measured under 8 workers at once, they would not be the device's.
+# The autotune cache (Triton configurations, and which kernel serves each M bucket: the own 2:4 kernels or
+# cuSPARSELt, the compiled int8 kernels or Triton) of the benchmarks goes into $OUT: the routes the device
+# measured, recorded with the run. The GPU tests keep theirs apart: measured under 8 workers at once, they would not be the device's.
 export SPARSEKIT_CACHE_DIR=${SPARSEKIT_CACHE_DIR:-$OUT/autotune}
 
 step build 300 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
@@ -149,9 +149,10 @@ CDV=$(ls "$OUT"/cuda_decode_variants*.jsonl 2>/dev/null | head -n 1)  # (bench/c
 timeout 60 "$PY" bench/refill_ab.py --cuda "${CDV:-none}" --int8 "$OUT/int8_decode.jsonl" \
   --md "$OUT/refill_ab.md" >"$OUT/refill_ab.log" 2>&1
 echo "refill A/B: $(tail -n 1 "$OUT/refill_ab.log" 2>/dev/null)" >>"$SUMMARY"
-# which of the own 2:4 kernels and cuSPARSELt the benchmarks' calls measured faster, per shape and M bucket
+# which kernel the benchmarks' calls measured faster, per shape and M bucket (own 2:4 kernels or cuSPARSELt;
+# compiled int8 kernels or Triton)
 timeout 60 "$PY" bench/routes.py "$SPARSEKIT_CACHE_DIR" --md "$OUT/routes.md" >"$OUT/routes.log" 2>&1
-echo "2:4 routes: $(tail -n 1 "$OUT/routes.log" 2>/dev/null)" >>"$SUMMARY"
+echo "routes: $(tail -n 1 "$OUT/routes.log" 2>/dev/null)" >>"$SUMMARY"
 # the per-goal summary table on stdout too: the device tool returns the output's tail even when no file comes back
 sed -n '/^| goal | format | cells met/,/^$/p' "$OUT/goals.md" 2>/dev/null
 

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """The kernel routes a GPU run measured (CPU only: reads the autotune cache, times nothing).
 
-Which kernel serves a 2:4 call's M rows on CUDA is measured on the device at the first eager call of each
-(N, K, dtype, M bucket) and kept in the autotune cache (sparsekit/formats/sparse24.py, `_cslt_route`): the own
-decode kernel or cuSPARSELt (table `sparse24_route`); for 2:4+int8, the compiled W8A8 kernel or cuSPARSELt
-(`sparse24_int8_route`). bench/gpu_all.sh keeps the benchmarks' cache in $OUT/autotune, so the run's routes are
-recorded with its timings. This prints them, one row per (route, N x K, dtype), one column per M bucket:
+Which kernel serves a call's M rows on CUDA is measured on the device at the first eager call of each (N, K,
+dtype, M bucket) and kept in the autotune cache: for 2:4 the own decode kernel or cuSPARSELt (table
+`sparse24_route`; sparsekit/formats/sparse24.py), for 2:4+int8 the compiled W8A8 kernel or cuSPARSELt
+(`sparse24_int8_route`), for int8 weight-only and W8A8 the compiled kernel or Triton (`int8_weight_only_mm_route`,
+`int8_linear_route`, `int8_mm_route`; sparsekit/triton/__init__.py, `pick_compiled`). bench/gpu_all.sh keeps the
+benchmarks' cache in $OUT/autotune, so the run's routes are recorded with its timings. This prints them, one row
+per (route, N x K, dtype), one column per M bucket:
 
     python bench/routes.py OUT/autotune [--md OUT/routes.md]
 
@@ -18,8 +20,11 @@ import json
 from pathlib import Path
 
 ROUTE_TABLES = {"sparse24_route": "2:4: own kernel / cuSPARSELt",
-                "sparse24_int8_route": "2:4+int8: compiled W8A8 kernel / cuSPARSELt"}
-SHORT = {"own": "own", "cslt": "cslt"}
+                "sparse24_int8_route": "2:4+int8: compiled W8A8 kernel / cuSPARSELt",
+                "int8_weight_only_mm_route": "int8 weight-only: compiled kernel / Triton",
+                "int8_linear_route": "int8 W8A8 linear: compiled kernel / Triton",
+                "int8_mm_route": "int8_mm (x quantized): compiled kernel / Triton"}
+OWN = ("own", "compiled")  # the sparsekit decode kernels' side of each route
 
 
 def read_routes(cache_dir) -> dict:
@@ -47,7 +52,7 @@ def markdown(routes: dict) -> str:
     lines = ["| route | N x K | dtype | " + " | ".join(f"M ≤ {b}" for b in buckets) + " |",
              "|---|---|---|" + "---:|" * len(buckets)]
     for (table, n, k, dtype), row in sorted(routes.items()):
-        cells = [SHORT.get(row.get(b), row.get(b)) or "" for b in buckets]
+        cells = [row.get(b, "") for b in buckets]
         lines.append(f"| {ROUTE_TABLES[table]} | {n}x{k} | {dtype} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -56,10 +61,10 @@ def summary(routes: dict) -> str:
     if not routes:
         return "no measured routes in the cache"
     cells = [(b, p) for row in routes.values() for b, p in row.items()]
-    own_max = [max((b for b, p in row.items() if p == "own"), default=0) for row in routes.values()]
-    return (f"{len(cells)} measured (shape, M bucket) routes over {len(routes)} shapes: the own kernel in "
-            f"{sum(p == 'own' for _, p in cells)}, cuSPARSELt in {sum(p == 'cslt' for _, p in cells)}; the own kernel's "
-            f"largest bucket per shape: {min(own_max)}-{max(own_max)}")
+    own_max = [max((b for b, p in row.items() if p in OWN), default=0) for row in routes.values()]
+    return (f"{len(cells)} measured (shape, M bucket) routes over {len(routes)} shapes: the decode kernel in "
+            f"{sum(p in OWN for _, p in cells)}, cuSPARSELt or Triton in {sum(p not in OWN for _, p in cells)}; "
+            f"the decode kernel's largest bucket per shape: {min(own_max)}-{max(own_max)}")
 
 
 def main(argv=None) -> int:

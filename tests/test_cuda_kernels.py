@@ -13,6 +13,8 @@ the references and the CPU packers.
 """
 import os
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -839,6 +841,32 @@ def test_int8_weight_only_compiled_kernel(monkeypatch, dtype, M, N, K, refill):
 
 
 @gpu
+def test_int8_weight_only_route_is_measured_on_the_device(monkeypatch, tmp_path):
+    """The public int8_weight_only_mm on CUDA under "auto": the first call of an M bucket times the compiled kernel
+    and Triton and keeps the faster (in the route table and the autotune file); results right whichever wins."""
+    require_int8_wo_kernel()
+    from sparsekit import triton as skt
+    from sparsekit.triton import autotune
+
+    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("SPARSEKIT_TRITON_AUTOTUNE", raising=False)
+    autotune.clear()
+    try:
+        g = torch.Generator().manual_seed(11)
+        for M in (1, 48):
+            q, s, x, b = int8_wo_inputs(M, 512, 1024, torch.bfloat16, g)
+            xc = x.cuda()
+            y = sparsekit.ops.int8_weight_only_mm(xc, q.cuda(), s.cuda(), b.cuda())
+            check(y, xc, (q.double() * s.double()[:, None]).cuda(), b.cuda(), torch.bfloat16)
+            cfg = skt.route_table("int8_weight_only_mm").get(skt.route_key(xc, 512))
+            assert cfg is not None and cfg["path"] in ("compiled", "triton"), cfg
+        assert "int8_weight_only_mm_route" in Path(autotune.cache_file(autotune.device_tag(
+            torch.device("cuda")))).read_text()
+    finally:
+        autotune.clear()
+
+
+@gpu
 def test_int8_weight_only_compiled_kernel_layouts_and_refusals():
     require_int8_wo_kernel()
     g = torch.Generator().manual_seed(5)
@@ -1170,6 +1198,106 @@ def test_w8a8_router_picks_the_compiled_kernel_for_small_m(monkeypatch):
     mma["ok"] = True
     skt.set_backend("int8_mm", "triton")
     assert int8_mm(1) == "triton"
+
+
+def test_int8_routes_are_measured_per_m_bucket(monkeypatch, tmp_path):
+    """Under "auto", int8_weight_only_mm and int8_linear on CUDA take the faster of the compiled kernel and Triton
+    on the device, timed at the first call of each (N, K, dtype, M bucket) up to 128 rows (above: Triton) and
+    kept in memory and on disk (int8_linear in its own table); a converted layer's direct call
+    (use_compiled with the output features) follows the measured table, and takes the public op (which measures)
+    while a key is not measured yet; a fixed backend setting measures nothing. Logic only: CPU tensors stand in,
+    the timer is faked by the kernel it sees run."""
+    import json
+
+    from sparsekit import triton as skt
+    from sparsekit.triton import autotune
+
+    log = []  # (kernel, M) of every launch, in order
+
+    def fake_lazy(module, name):
+        if name == "quantize_per_token":
+            return lambda: reference.quantize_per_token
+        n_of = 1 if name == "int8_weight_only_mm" else 3
+        return lambda: (lambda *a: log.append(("triton", a[0].shape[0])) or
+                        torch.zeros(a[0].shape[0], a[n_of].shape[0], dtype=a[0].dtype if n_of == 1 else a[-1]))
+
+    for alias in ("_cuda_int8_weight_only_mm", "_cuda_int8_linear"):
+        real = getattr(torch.ops.sparsekit, alias)
+        monkeypatch.setattr(torch.ops.sparsekit, alias, lambda *a, _r=real: log.append(("compiled", a[0].shape[0]))
+                            or _r(*a))
+    monkeypatch.setattr(skt, "_lazy", fake_lazy)
+    monkeypatch.setattr(skt, "_compiled_cuda", lambda: True)
+    monkeypatch.setattr(skt, "_has_mma", lambda device: True)
+    monkeypatch.setattr(skt, "_backend", dict.fromkeys(skt._AUTO_MAX_M, "auto"))
+    monkeypatch.setattr(skt, "available", lambda: True)
+    monkeypatch.setattr(autotune, "_measurable", lambda device: True)
+    monkeypatch.setattr(autotune, "device_tag", lambda device: "Fake_GPU")
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("SPARSEKIT_TRITON_AUTOTUNE", raising=False)
+    times = {}
+    timed = []
+
+    def bench(fn):
+        n = len(log)
+        fn()
+        assert len(log) == n + 1
+        path, m = log[-1]
+        timed.append((path, m))
+        return times[path](1 << (m - 1).bit_length())
+
+    monkeypatch.setattr(autotune, "_do_bench_ms", bench)
+    autotune.clear()
+    impls = skt._make_impls()
+    w = formats.Int8Weight.from_dense(torch.randn(8, 32))
+
+    def call(op, M):
+        log.clear()
+        timed.clear()
+        x = torch.randn(M, 32).to(torch.bfloat16)
+        y = impls[op](x, w.qweight, w.scale, None)
+        path, m = log[-1]
+        assert m == M
+        if path == "compiled":
+            want = (reference.int8_weight_only_mm if op == "int8_weight_only_mm" else reference.int8_linear)(
+                x, w.qweight, w.scale)
+            assert torch.equal(y, want)
+        return path, sorted(timed)
+
+    try:
+        times.update(compiled=lambda b: 1.0 if b <= 32 else 3.0, triton=lambda b: 2.0)
+        wo = "int8_weight_only_mm"
+        assert call(wo, 20) == ("compiled", [("compiled", 20), ("triton", 20)])  # measured: beyond the old 16
+        assert call(wo, 40) == ("triton", [("compiled", 40), ("triton", 40)])
+        assert call(wo, 64) == ("triton", []) and call(wo, 17) == ("compiled", [])  # known buckets
+        assert call(wo, 200) == ("triton", [])  # above 128 rows: Triton, unmeasured
+        times.update(compiled=lambda b: 3.0, triton=lambda b: 2.0)
+        assert call("int8_linear", 1) == ("triton", [("compiled", 1), ("triton", 1)])  # its own table
+        data = json.loads(Path(autotune.cache_file("Fake_GPU")).read_text())["configs"]
+        assert data == {"int8_weight_only_mm_route|8|32|bf16|32": {"path": "compiled"},
+                        "int8_weight_only_mm_route|8|32|bf16|64": {"path": "triton"},
+                        "int8_linear_route|8|32|bf16|1": {"path": "triton"}}
+        # the direct call of a converted layer: the table; a key not measured yet: the public op, which measures
+        x = torch.randn(20, 32).to(torch.bfloat16)
+        assert skt.use_compiled(wo, x, 8) and not skt.use_compiled(wo, x[:9], 8)
+        assert not skt.use_compiled("int8_mm", x[:1], 8, table="int8_linear")
+        assert skt.use_compiled(wo, x[:9])  # without n: the boundary
+        # during CUDA graph capture nothing is timed: the boundary, not remembered
+        monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+        assert skt.use_compiled(wo, x[:9], 8) and call(wo, 9) == ("compiled", [])
+        monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+        times.update(compiled=lambda b: 3.0, triton=lambda b: 2.0)
+        assert call(wo, 9) == ("triton", [("compiled", 9), ("triton", 9)])
+        assert not skt.use_compiled(wo, x[:9], 8)  # the measured choice
+        monkeypatch.setattr(autotune, "_measurable", lambda device: False)  # nothing can be timed: the boundary
+        assert skt.use_compiled(wo, x[:3], 8)
+        # a fixed setting decides by itself
+        skt.set_backend(wo, "compiled")
+        assert call(wo, 200) == ("compiled", [])
+        skt.set_backend(wo, "triton")
+        assert call(wo, 20) == ("triton", [])
+    finally:
+        autotune.clear()
 
 
 def _alias_args(op, device="cpu"):

@@ -143,9 +143,9 @@ def test_refill_ab_pairs_each_cell_timed_both_ways(tmp_path):
 
 
 def test_routes_reads_the_measured_routes_of_a_run(tmp_path, monkeypatch):
-    """bench/routes.py (what bench/gpu_all.sh records of the 2:4 routes): the route entries of the autotune cache
-    that sparsekit/formats/sparse24.py writes (through the same autotune.select), one row per shape, one column
-    per M bucket; Triton configurations and foreign files left out."""
+    """bench/routes.py (what bench/gpu_all.sh records of the measured routes): the route entries of the autotune
+    cache that the 2:4 formats and the int8 ops write (through the same autotune.select), one row per shape, one
+    column per M bucket; Triton configurations and foreign files left out."""
     import routes
 
     from sparsekit.triton import autotune
@@ -155,17 +155,21 @@ def test_routes_reads_the_measured_routes_of_a_run(tmp_path, monkeypatch):
     for bucket, path in ((1, "own"), (4, "own"), (16, "cslt")):
         autotune.select("sparse24_route", (14336, 4096, "bf16", bucket), "Fake_GPU", [{"path": path}], lambda c: 1.0)
     autotune.select("sparse24_int8_route", (4096, 14336, "fp16", 1), "Fake_GPU", [{"path": "own"}], lambda c: 1.0)
+    autotune.select("int8_weight_only_mm_route", (4096, 4096, "bf16", 32), "Fake_GPU", [{"path": "triton"}],
+                    lambda c: 1.0)
     autotune.select("bsr_mm", (4096, 4096, 16), "Fake_GPU", [{"BLOCK_M": 16}], lambda c: 1.0)
     (tmp_path / "junk.json").write_text("{not json")
     autotune.clear()
     got = routes.read_routes(tmp_path)
     assert got == {("sparse24_route", 14336, 4096, "bf16"): {1: "own", 4: "own", 16: "cslt"},
-                   ("sparse24_int8_route", 4096, 14336, "fp16"): {1: "own"}}
+                   ("sparse24_int8_route", 4096, 14336, "fp16"): {1: "own"},
+                   ("int8_weight_only_mm_route", 4096, 4096, "bf16"): {32: "triton"}}
     md = routes.markdown(got)
-    assert "| 2:4: own kernel / cuSPARSELt | 14336x4096 | bf16 | own | own | cslt |" in md
-    assert "| 2:4+int8: compiled W8A8 kernel / cuSPARSELt | 4096x14336 | fp16 | own |  |  |" in md
-    assert routes.summary(got) == ("4 measured (shape, M bucket) routes over 2 shapes: the own kernel in 3, "
-                                   "cuSPARSELt in 1; the own kernel's largest bucket per shape: 1-4")
+    assert "| 2:4: own kernel / cuSPARSELt | 14336x4096 | bf16 | own | own | cslt |  |" in md
+    assert "| 2:4+int8: compiled W8A8 kernel / cuSPARSELt | 4096x14336 | fp16 | own |  |  |  |" in md
+    assert "| int8 weight-only: compiled kernel / Triton | 4096x4096 | bf16 |  |  |  | triton |" in md
+    assert routes.summary(got) == ("5 measured (shape, M bucket) routes over 3 shapes: the decode kernel in 3, "
+                                   "cuSPARSELt or Triton in 2; the decode kernel's largest bucket per shape: 0-4")
     assert routes.summary({}) == "no measured routes in the cache"
     out = tmp_path / "routes.md"
     assert routes.main([str(tmp_path), "--md", str(out)]) == 0 and "cuSPARSELt" in out.read_text()

@@ -52,20 +52,21 @@ def needs_grad(x: torch.Tensor, bias) -> bool:
 def cuda_rows_forward(m, x, alias, op, use, *weight):
     """A module_forward on CUDA (x of any leading shape; the caller tests x.is_cuda, so that the CPU path makes
     no extra call): the compiled kernel through its _cuda_ alias where the router of sparsekit.triton would pick
-    it (`use(x2)`: its test for these rows) - one op call, not the public op and then the router - eagerly
-    (torch.compile traces the public op) and without a gradient to record (the aliases have no backward); else
-    the public op. alias None: always the public op. Both take (x, *weight, bias)."""
+    it (`use(x2, out_features)`: its test for these rows) - one op call, not the public op and then the router -
+    eagerly (torch.compile traces the public op) and without a gradient to record (the aliases have no
+    backward); else the public op. alias None: always the public op. Both take (x, *weight, bias)."""
     bias = m._parameters["bias"]
     x2 = x if x.dim() == 2 else input_rows(m, x)
     direct = (alias is not None and not torch.compiler.is_compiling() and not needs_grad(x2, bias)
-              and use(x2))
+              and use(x2, m.out_features))
     y = (alias if direct else op)(x2, *weight, bias)
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], m.out_features)
 
 
-def route(op: str):
-    """`use` of cuda_rows_forward for an op whose router decides by the rows alone (sparsekit.triton.use_compiled)."""
-    return functools.partial(_sk_triton.use_compiled, op)
+def route(op: str, table: str = None):
+    """`use` of cuda_rows_forward for an op routed by sparsekit.triton.use_compiled (by the rows, or by the
+    measured route of the rows and the output features; `table`: the route table, default op's)."""
+    return functools.partial(_sk_triton.use_compiled, op, table=table)
 
 
 def input_rows(m, x):
@@ -83,7 +84,7 @@ def compressed_rows_forward(op, alias, m, x):
     positionally with functools.partial: a keyword costs a few tenths of a microsecond per call.)"""
     b = m._buffers
     if alias is not None and x.is_cuda:  # bsr_mm: the router's test needs the blocks
-        return cuda_rows_forward(m, x, alias, op, lambda x2: _sk_triton.use_compiled_bsr(x2, b["values"]),
+        return cuda_rows_forward(m, x, alias, op, lambda x2, n: _sk_triton.use_compiled_bsr(x2, b["values"]),
                                  b["crow_indices"], b["col_indices"], b["values"], m.out_features)
     args = (b["crow_indices"], b["col_indices"], b["values"], m.out_features, m._parameters["bias"])
     if x.dim() == 2:

@@ -17,7 +17,7 @@ _INT8_WO_MM = linear_call(torch.ops.sparsekit.int8_weight_only_mm.default)
 _CUDA_INT8_LINEAR = torch.ops.sparsekit._cuda_int8_linear.default
 _CUDA_INT8_WO_MM = torch.ops.sparsekit._cuda_int8_weight_only_mm.default
 _HALVES = (torch.float16, torch.bfloat16)
-_ROUTE_W8A8 = route("int8_mm")  # (int8_linear follows int8_mm's setting)
+_ROUTE_W8A8 = route("int8_mm", table="int8_linear")  # (int8_linear follows int8_mm's setting, its own routes)
 _ROUTE_WO = route("int8_weight_only_mm")
 
 
@@ -88,7 +88,8 @@ class Int8Weight(_Int8Base):
     @staticmethod
     def module_forward(m, x):
         b = m._buffers
-        if x.is_cuda:  # M <= 16: the compiled W8A8 kernel, x quantized inside it, called directly (one op call)
+        if x.is_cuda:  # the compiled W8A8 kernel where it serves these rows (measured; else M <= 16), x quantized
+            # inside it, called directly (one op call)
             return cuda_rows_forward(m, x, _CUDA_INT8_LINEAR, _INT8_LINEAR, _ROUTE_W8A8, b["qweight"], b["scale"])
         if x.dim() == 2:
             return _INT8_LINEAR(x, b["qweight"], b["scale"], m._parameters["bias"])
@@ -110,7 +111,8 @@ class Int8WeightOnly(_Int8Base):
     @staticmethod
     def module_forward(m, x):
         b = m._buffers
-        if x.is_cuda:  # float16 / bfloat16, M <= 16: the compiled tensor-core kernel directly (one op call)
+        if x.is_cuda:  # float16 / bfloat16: the compiled tensor-core kernel directly (one op call) where it serves
+            # these rows (measured; else M <= 16)
             return cuda_rows_forward(m, x, _CUDA_INT8_WO_MM if x.dtype in _HALVES else None, _INT8_WO_MM,
                                      _ROUTE_WO, b["qweight"], b["scale"])
         if x.dim() == 2:

@@ -114,9 +114,8 @@ _CSLT_CACHE: Dict[int, tuple] = {}
 _FP16_MAX = 65504.0
 _CSLT_DEFAULT_MIN_M = 16  # without a measurement: cuSPARSELt above this many rows
 _ROUTE_MAX_M = 128  # above: cuSPARSELt, not measured
-_DTYPE_KEYS = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 # the measured routes (autotune.clear() empties them in place)
-_ROUTES = {op: _autotune.table(op) for op in ("sparse24_route", "sparse24_int8_route")}
+_ROUTES = {op: _sk_triton.route_table(op) for op in ("sparse24", "sparse24_int8")}
 
 _SPARSE24_MM = linear_call(torch.ops.sparsekit.sparse24_mm.default)
 _SPARSE24_INT8_MM = torch.ops.sparsekit.sparse24_int8_mm.default
@@ -166,21 +165,16 @@ def _use_cslt(x: torch.Tensor, shape, weight_dtype: torch.dtype, bias) -> bool:
 def _cslt_route(op: str, x2: torch.Tensor, n: int):
     """Whether cuSPARSELt rather than the own kernel serves the rows x2 (2-d, eligible by `_use_cslt`, the weight
     compressed): SPARSEKIT_CSLT_MIN_M's boundary when set, else the measured choice of (device, n, K, dtype, M
-    bucket) (`op` names the autotune table; an M bucket is a power of two: M = 5-8 share one), or None when it has
-    not been measured yet (`_cslt_measure`). ~1.5 us: one look-up of a tuple."""
+    bucket) (sparsekit.triton.route_key; `op`: "sparse24" or "sparse24_int8", the autotune table op + "_route"),
+    or None when it has not been measured yet (`_cslt_measure`). ~1.5 us: one look-up of a tuple."""
     fixed = _cslt_min_m()
     M = x2.shape[0]
     if fixed is not None:
         return M > fixed
     if M > _ROUTE_MAX_M:
         return True
-    cfg = _ROUTES[op].get(_route_key(x2, n))
+    cfg = _ROUTES[op].get(_sk_triton.route_key(x2, n))
     return None if cfg is None else cfg["path"] == "cslt"
-
-
-def _route_key(x2: torch.Tensor, n: int) -> tuple:
-    M, K = x2.shape
-    return (x2.get_device(), n, K, _DTYPE_KEYS.get(x2.dtype) or str(x2.dtype), 1 << (M - 1).bit_length())
 
 
 def _cslt_measure(op: str, x2: torch.Tensor, n: int, run_cslt, run_own) -> bool:
@@ -192,7 +186,7 @@ def _cslt_measure(op: str, x2: torch.Tensor, n: int, run_cslt, run_own) -> bool:
         cands.reverse()  # the first candidate is what runs where nothing is measured
     if not _sk_triton.available():  # autotune times with triton.testing
         return cands[0]["path"] == "cslt"
-    cfg = _autotune.choose(op, _ROUTES[op], _route_key(x2, n), x2.device, cands,
+    cfg = _autotune.choose(op + "_route", _ROUTES[op], _sk_triton.route_key(x2, n), x2.device, cands,
                            lambda c: run_cslt() if c["path"] == "cslt" else run_own())
     return cfg["path"] == "cslt"
 
@@ -348,9 +342,9 @@ class Sparse24Weight(SparseFormat):
             if hit is not None:
                 x2 = _as_2d(x, "cslt_mm")
                 n = shape[0]
-                use = _cslt_route("sparse24_route", x2, n)
+                use = _cslt_route("sparse24", x2, n)
                 if use is None:
-                    use = _cslt_measure("sparse24_route", x2, n, lambda: _cslt_call(hit, x2, n, bias),
+                    use = _cslt_measure("sparse24", x2, n, lambda: _cslt_call(hit, x2, n, bias),
                                         lambda: _SPARSE24_MM(x2, values, meta, bias))
                 if use:
                     return _restore(_cslt_call(hit, x2, n, bias), x, n)
@@ -444,9 +438,9 @@ class Sparse24Int8Weight(SparseFormat):
             if hit is not None and not (hit[3] or x.dtype == torch.bfloat16):
                 hit = None  # float16 could overflow before the per-token scale (cslt_prepare)
         if hit is not None and _sk_triton.compiled_auto("sparse24_int8_mm", x2):
-            use = _cslt_route("sparse24_int8_route", x2, n)
+            use = _cslt_route("sparse24_int8", x2, n)
             if use is None:
-                use = _cslt_measure("sparse24_int8_route", x2, n, lambda: _cslt_int8(hit, x2, n, bias, scale),
+                use = _cslt_measure("sparse24_int8", x2, n, lambda: _cslt_int8(hit, x2, n, bias, scale),
                                     lambda: _CUDA_SPARSE24_INT8_LINEAR(x2, values, meta, scale, bias))
             y = _cslt_int8(hit, x2, n, bias, scale) if use else _CUDA_SPARSE24_INT8_LINEAR(x2, values, meta, scale,
                                                                                             bias)

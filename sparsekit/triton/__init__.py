@@ -13,8 +13,9 @@ Each kernel also has a plain launcher taking the op's arguments (`sparsekit.trit
 `int8.int8_mm_i32` for the raw int32 accumulator), which runs on CPU tensors under
 ``TRITON_INTERPRET=1``. ``bitmap_mm``, ``bsr_mm`` and the int8 ops also have compiled CUDA kernels: `set_backend` /
 `backend` say which one a call takes (by default the compiled kernels for M <= 16; for bsr_mm only where its
-tensor-core kernel applies, `use_compiled_bsr`; for symmetric quantize_per_token at every M). Configurations are tuned per (shape, M bucket, dtype) and cached: see
-`sparsekit.triton.autotune`.
+tensor-core kernel applies, `use_compiled_bsr`; for symmetric quantize_per_token at every M; for the int8 ops the
+faster of the two, measured on the device per shape and M bucket: `pick_compiled`). Configurations are tuned per
+(shape, M bucket, dtype) and cached: see `sparsekit.triton.autotune`.
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ _why_not: str | None = None
 # (`use_compiled_bsr`: float16 / bfloat16, blocks of multiples of 16, sm_80+, one chunk of blocks fits in shared
 # memory: K is split where x's rows do not fit whole);
 # its other path is a simple kernel, which "compiled" alone selects. These thresholds are
-# choices made without a GPU run: bench/cuda_gpu.py and bench/triton_gpu.py time both to confirm them.
+# choices made without a GPU run: bench/cuda_gpu.py and bench/triton_gpu.py time both to confirm them; for the
+# int8 ops they are only the fallback of the measured routes below (MEASURED_ROUTES).
 # int8_weight_only_mm: the compiled kernel (csrc/cuda/int8_wo_kernel.cu) streams the int8 weight into
 # tensor-core mmas for M <= 16 with float16 / bfloat16 x on sm_80+; float32 x always runs Triton's.
 # int8_mm / sparse24_int8_mm: the compiled W8A8 kernel (csrc/cuda/w8a8_kernel.cu, int8 tensor-core mmas, sm_80+)
@@ -123,10 +125,90 @@ def _has_mma(device: torch.device) -> bool:
     return ok
 
 
-def use_compiled(op: str, x: torch.Tensor) -> bool:
-    """Whether a call of `op` with activations x (2-d) takes the compiled tensor-core kernel: the backend
-    setting for x's rows says "compiled" and x is on an sm_80+ CUDA device."""
-    return x.dim() == 2 and backend(op, x.shape[0]) == "compiled" and _has_mma(x.device)
+# Measured routes. For the int8 ops under "auto" (int8_weight_only_mm, and int8_mm / int8_linear), which of the
+# compiled kernel and Triton serves M rows is not the boundary above but the faster of the two on the device, per
+# (device, N, K, dtype, M bucket) up to ROUTE_MAX_M rows (above: Triton): the op's CUDA implementation times both
+# on the first call of a key (autotune.choose: in memory and in the autotune cache on disk, table "<table>_route")
+# and keeps the faster; where nothing can be timed (CPU stand-ins, CUDA graph capture, SPARSEKIT_TRITON_AUTOTUNE=0)
+# the boundary above. A converted layer's direct call of the compiled kernel (formats/_common.py,
+# cuda_rows_forward) follows the same table, and takes the public op (which measures) on a key not measured yet.
+# The 2:4 formats measure their own kernels against cuSPARSELt the same way (formats/sparse24.py).
+MEASURED_ROUTES = ("int8_weight_only_mm", "int8_mm")
+ROUTE_MAX_M = 128
+_DTYPE_KEYS = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int8: "i8"}
+_route_tables: dict = {}
+
+
+def route_key(x: torch.Tensor, n: int) -> tuple:
+    """(device index, n, K, dtype, M bucket) of a call with rows x (2-d) and n output features: M buckets are
+    powers of two (M = 5-8 share one)."""
+    M, K = x.shape
+    return (x.get_device(), n, K, _DTYPE_KEYS.get(x.dtype) or str(x.dtype), 1 << (M - 1).bit_length())
+
+
+def route_table(table: str) -> dict:
+    """The in-memory table of measured routes `table` + "_route" (autotune.clear() empties it in place)."""
+    t = _route_tables.get(table)
+    if t is None:
+        from . import autotune
+
+        t = _route_tables[table] = autotune.table(table + "_route")
+    return t
+
+
+def _can_measure(x: torch.Tensor) -> bool:
+    """Whether a call with x could time kernels now (what autotune.choose would do on a miss)."""
+    from . import autotune
+
+    return (autotune.enabled() and autotune._measurable(x.device) and not torch.cuda.is_current_stream_capturing()
+            and available())
+
+
+def pick_compiled(op: str, x: torch.Tensor, n: int, run_compiled, run_triton, table: str = None) -> bool:
+    """Whether the compiled kernel serves this call of `op` (x 2-d, n output features): the backend setting, and
+    under "auto" for MEASURED_ROUTES up to ROUTE_MAX_M rows the faster of the two for the call's route_key,
+    timed now on its tensors (`run_compiled()`, `run_triton()`) if not yet; otherwise M <= the op's boundary.
+    `table`: the route table (default `op`; int8_linear keeps its own beside int8_mm)."""
+    if x.dim() != 2 or not _compiled_cuda() or not _has_mma(x.device):
+        return False
+    choice = _backend[op]
+    M = x.shape[0]
+    if choice != "auto":
+        return choice == "compiled"
+    static = M <= _AUTO_MAX_M[op]
+    if op not in MEASURED_ROUTES or M > ROUTE_MAX_M or M == 0:
+        return static
+    tbl = route_table(table or op)
+    key = route_key(x, n)
+    cfg = tbl.get(key)
+    if cfg is None:
+        from . import autotune
+
+        cands = [{"path": "compiled"}, {"path": "triton"}]
+        if not static:
+            cands.reverse()  # the first candidate is what runs where nothing is measured
+        cfg = autotune.choose((table or op) + "_route", tbl, key, x.device, cands,
+                              lambda c: run_compiled() if c["path"] == "compiled" else run_triton())
+    return cfg["path"] == "compiled"
+
+
+def use_compiled(op: str, x: torch.Tensor, n: int = None, table: str = None) -> bool:
+    """Whether a call of `op` with activations x (2-d) takes the compiled tensor-core kernel: x is on an sm_80+
+    CUDA device and the backend setting for x's rows says "compiled"; with `n` (output features), for
+    MEASURED_ROUTES under "auto", the measured route of (x, n) (`pick_compiled`), and False where that is not
+    measured yet but could be (the caller then takes the public op, whose implementation measures)."""
+    if x.dim() != 2:
+        return False
+    M = x.shape[0]
+    if n is not None and op in MEASURED_ROUTES and _backend[op] == "auto" and 0 < M <= ROUTE_MAX_M:
+        if not (_compiled_cuda() and _has_mma(x.device)):
+            return False
+        cfg = route_table(table or op).get(route_key(x, n))
+        if cfg is not None:
+            return cfg["path"] == "compiled"
+        if _can_measure(x):
+            return False
+    return backend(op, M) == "compiled" and _has_mma(x.device)
 
 
 def compiled_auto(op: str, x: torch.Tensor) -> bool:
@@ -265,15 +347,29 @@ def _make_impls():
     def quantize_per_token(x, symmetric=True):
         return quantize(x) if symmetric else _quant()(x, False)
 
+    # The int8 ops pick their kernel by pick_compiled (the measured route under "auto"; n from the weight's rows).
     def int8_mm(x_q, x_scale, x_zero, w_q, w_scale, bias, out_dtype):
-        if x_zero is None and use_compiled("int8_mm", x_q):
+        def compiled():
             return torch.ops.sparsekit._cuda_int8_mm(x_q, x_scale, None, w_q, w_scale, bias, out_dtype)
-        return _i8()(x_q, x_scale, x_zero, w_q, w_scale, bias, out_dtype)
+
+        def triton():
+            return _i8()(x_q, x_scale, x_zero, w_q, w_scale, bias, out_dtype)
+
+        if x_zero is None and w_q.dim() == 2 and pick_compiled("int8_mm", x_q, w_q.shape[0], compiled, triton):
+            return compiled()
+        return triton()
 
     def int8_weight_only_mm(x, w_q, w_scale, bias=None):
-        if x.dtype in _HALF_DTYPES and use_compiled("int8_weight_only_mm", x):
+        def compiled():
             return torch.ops.sparsekit._cuda_int8_weight_only_mm(x, w_q, w_scale, bias)
-        return _wo()(x, w_q, w_scale, bias)
+
+        def triton():
+            return _wo()(x, w_q, w_scale, bias)
+
+        if x.dtype in _HALF_DTYPES and w_q.dim() == 2 and pick_compiled("int8_weight_only_mm", x, w_q.shape[0],
+                                                                        compiled, triton):
+            return compiled()
+        return triton()
 
     # The one-call W8A8 linears on CUDA: for small M on sm_80+ the compiled W8A8 kernel quantizes x per token
     # itself (_cuda_int8_linear / _cuda_sparse24_int8_linear: one launch while a tile's rows are short, else the
@@ -281,11 +377,17 @@ def _make_impls():
     # int8_mm / the sparse24_int8_mm op (its reference fallback), called directly, without a second dispatch. The
     # quantization is the compiled kernel's (one launch, no Python one) unless quantize_per_token is set to triton.
     def int8_linear(x, w_q, w_scale, bias=None):
-        if use_compiled("int8_mm", x):
+        def compiled():
             return torch.ops.sparsekit._cuda_int8_linear(x, w_q, w_scale, bias)
-        _checks.check_int8_linear(x, w_q, w_scale, bias)
-        q, s, _ = quantize(x)
-        return _i8()(q, s, None, w_q, w_scale, bias, x.dtype)
+
+        def triton():
+            _checks.check_int8_linear(x, w_q, w_scale, bias)
+            q, s, _ = quantize(x)
+            return _i8()(q, s, None, w_q, w_scale, bias, x.dtype)
+
+        if w_q.dim() == 2 and pick_compiled("int8_mm", x, w_q.shape[0], compiled, triton, table="int8_linear"):
+            return compiled()
+        return triton()
 
     def sparse24_int8_linear(x, values, meta, w_scale, bias=None):
         if use_compiled("sparse24_int8_mm", x):

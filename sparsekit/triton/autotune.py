@@ -133,16 +133,17 @@ def select(op: str, key: tuple, tag: str, candidates: List[dict], measure: Calla
     Thread-safe: one thread measures a key while the others wait, then read its choice.
     """
     with _tune_lock:
-        return _select(op, key, tag, candidates, measure)
+        return _select(op, key, tag, candidates, measure)[0]
 
 
-def _select(op, key, tag, candidates, measure) -> dict:
+def _select(op, key, tag, candidates, measure) -> Tuple[dict, bool]:
+    """(the choice, whether it is one to remember: from the disk or measured; not when no candidate ran)."""
     dk = _disk_key(op, key)
     disk = _disk_table(tag)
     cfg = disk.get(dk)
     if cfg is not None:
         stats["disk_hits"] += 1
-        return dict(cfg)
+        return dict(cfg), True
     best, best_ms = None, math.inf
     for c in candidates:
         try:
@@ -152,12 +153,12 @@ def _select(op, key, tag, candidates, measure) -> dict:
         if ms < best_ms:
             best, best_ms = c, ms
     stats["measured"] += 1
-    if best is None:  # nothing ran: keep the default, which will raise a clear error at launch
-        return dict(candidates[0])
+    if best is None:  # nothing ran (e.g. a call with bad arguments): the default, which raises a clear error
+        return dict(candidates[0]), False
     best = dict(best)
     disk[dk] = best
     _write(tag, {dk: best})
-    return best
+    return best, True
 
 
 def _do_bench_ms(fn) -> float:
@@ -202,8 +203,10 @@ def choose(op: str, tbl: dict, key: tuple, device: torch.device, candidates: Lis
             run(c)  # compile and check that it runs before timing
             return _do_bench_ms(lambda: run(c))
 
-        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-            cfg = select(op, key[1:], tag, candidates, measure)
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext(), _tune_lock:
+            cfg, keep = _select(op, key[1:], tag, candidates, measure)
+        if not keep:  # measured again by the next call of this key
+            return cfg
     tbl[key] = cfg
     return cfg
 
