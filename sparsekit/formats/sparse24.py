@@ -282,6 +282,16 @@ def _restore(y, x, n):
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], n)
 
 
+def _cslt_int8_entry(x2, shape, bias, values, meta, scale):
+    """The cuSPARSELt entry a 2:4+int8 call with rows x2 may use, or None: a float16 / bfloat16 call cuSPARSELt
+    may take (`_use_cslt`), the weight compressed, and in float16 its output safe from overflow before the
+    per-token scale (cslt_prepare)."""
+    if x2.dtype not in _HALVES or not _use_cslt(x2, shape, torch.int8, bias):
+        return None
+    hit = _cslt_lookup(values, meta, scale)
+    return hit if hit is not None and (hit[3] or x2.dtype == torch.bfloat16) else None
+
+
 def _cslt_int8(hit, x2, n, bias, scale):
     """2:4+int8 through cuSPARSELt: x quantized per token (the compiled kernel, one launch and no Python launch,
     unless quantize_per_token is set to triton), then cuSPARSELt's int8 matmul, which scales D's rows (output
@@ -338,17 +348,19 @@ class Sparse24Weight(SparseFormat):
     @staticmethod
     def apply(x, shape, bias, values, meta):
         if values.dtype == x.dtype and _use_cslt(x, shape, values.dtype, bias):
-            hit = _cslt_lookup(values, meta)
+            x2 = _as_2d(x, "cslt_mm")
+            n = shape[0]
+            use = _cslt_route("sparse24", x2, n)
+            # (the compressed weight is looked up only where cuSPARSELt may run: a decode call the own kernel
+            # serves skips that microsecond)
+            hit = None if use is False else _cslt_lookup(values, meta)
             if hit is not None:
-                x2 = _as_2d(x, "cslt_mm")
-                n = shape[0]
-                use = _cslt_route("sparse24", x2, n)
                 if use is None:
                     use = _cslt_measure("sparse24", x2, n, lambda: _cslt_call(hit, x2, n, bias),
                                         lambda: _SPARSE24_MM(x2, values, meta, bias))
                 if use:
                     return _restore(_cslt_call(hit, x2, n, bias), x, n)
-                return _restore(_SPARSE24_MM(x2, values, meta, bias), x, n)
+            return _restore(_SPARSE24_MM(x2, values, meta, bias), x, n)
         if x.dim() == 2:
             return _SPARSE24_MM(x, values, meta, bias)
         return _restore(_SPARSE24_MM(_as_2d(x, "sparse24_mm"), values, meta, bias), x, shape[0])
@@ -432,26 +444,28 @@ class Sparse24Int8Weight(SparseFormat):
         # backend setting picks it, then cuSPARSELt for every M it can take, then sparse24_int8_mm (whose own
         # fallback decodes the weight on every call).
         n = shape[0]
-        hit = None
-        if x.dtype in _HALVES and _use_cslt(x2, shape, torch.int8, bias):
-            hit = _cslt_lookup(values, meta, scale)
-            if hit is not None and not (hit[3] or x.dtype == torch.bfloat16):
-                hit = None  # float16 could overflow before the per-token scale (cslt_prepare)
-        if hit is not None and _sk_triton.compiled_auto("sparse24_int8_mm", x2):
-            use = _cslt_route("sparse24_int8", x2, n)
-            if use is None:
-                use = _cslt_measure("sparse24_int8", x2, n, lambda: _cslt_int8(hit, x2, n, bias, scale),
-                                    lambda: _CUDA_SPARSE24_INT8_LINEAR(x2, values, meta, scale, bias))
-            y = _cslt_int8(hit, x2, n, bias, scale) if use else _CUDA_SPARSE24_INT8_LINEAR(x2, values, meta, scale,
-                                                                                            bias)
-        elif _compiled_w8a8(x2):
+        if x.dtype in _HALVES and _sk_triton.compiled_auto("sparse24_int8_mm", x2):
+            use = _cslt_route("sparse24_int8", x2, n)  # (a decode call the compiled kernel serves stops here)
+            if use is False:
+                return _restore(_CUDA_SPARSE24_INT8_LINEAR(x2, values, meta, scale, bias), x, n)
+            hit = _cslt_int8_entry(x2, shape, bias, values, meta, scale)
+            if hit is not None:
+                if use is None:
+                    use = _cslt_measure("sparse24_int8", x2, n, lambda: _cslt_int8(hit, x2, n, bias, scale),
+                                        lambda: _CUDA_SPARSE24_INT8_LINEAR(x2, values, meta, scale, bias))
+                y = _cslt_int8(hit, x2, n, bias, scale) if use else _CUDA_SPARSE24_INT8_LINEAR(x2, values, meta,
+                                                                                                scale, bias)
+                return _restore(y, x, n)
+        if _compiled_w8a8(x2):
             y = _CUDA_SPARSE24_INT8_LINEAR(x2, values, meta, scale, bias)
-        elif hit is not None:
-            y = _cslt_int8(hit, x2, n, bias, scale)
         else:
-            q, s, _ = (_CUDA_QUANTIZE if _sk_triton.quantize_compiled(x2) else _QUANTIZE)(x2, True)
-            y = _SPARSE24_INT8_MM(q, s, None, values, meta, scale, bias, x.dtype)
-        return _restore(y, x, shape[0])
+            hit = _cslt_int8_entry(x2, shape, bias, values, meta, scale)
+            if hit is not None:
+                y = _cslt_int8(hit, x2, n, bias, scale)
+            else:
+                q, s, _ = (_CUDA_QUANTIZE if _sk_triton.quantize_compiled(x2) else _QUANTIZE)(x2, True)
+                y = _SPARSE24_INT8_MM(q, s, None, values, meta, scale, bias, x.dtype)
+        return _restore(y, x, n)
 
     @staticmethod
     def module_forward(m, x):
