@@ -12,7 +12,6 @@ import torch
 
 from .. import ops
 from .. import triton as _sk_triton
-from ..triton import autotune as _autotune
 from ..ops import _as_2d, linear_call
 from ..ops._checks import cslt_shape_fits
 from ._common import check_weight_and_mask, input_rows, needs_grad, side_table_put
@@ -179,16 +178,10 @@ def _cslt_route(op: str, x2: torch.Tensor, n: int):
 
 def _cslt_measure(op: str, x2: torch.Tensor, n: int, run_cslt, run_own) -> bool:
     """`_cslt_route`'s choice where it has none yet: both kernels timed now on these tensors (`run_cslt()`,
-    `run_own()`; sparsekit.triton.autotune.choose: kept in memory and on disk) and the faster kept; where nothing
-    can be timed (CUDA graph capture, SPARSEKIT_TRITON_AUTOTUNE=0, no triton), cuSPARSELt above 16 rows."""
-    cands = [{"path": "cslt"}, {"path": "own"}]
-    if x2.shape[0] <= _CSLT_DEFAULT_MIN_M:
-        cands.reverse()  # the first candidate is what runs where nothing is measured
-    if not _sk_triton.available():  # autotune times with triton.testing
-        return cands[0]["path"] == "cslt"
-    cfg = _autotune.choose(op + "_route", _ROUTES[op], _sk_triton.route_key(x2, n), x2.device, cands,
-                           lambda c: run_cslt() if c["path"] == "cslt" else run_own())
-    return cfg["path"] == "cslt"
+    `run_own()`; sparsekit.triton.measured_route) and the faster kept; where nothing can be timed (CUDA graph
+    capture, SPARSEKIT_TRITON_AUTOTUNE=0, no triton), cuSPARSELt above 16 rows."""
+    paths = ("own", "cslt") if x2.shape[0] <= _CSLT_DEFAULT_MIN_M else ("cslt", "own")  # first: the unmeasured
+    return _sk_triton.measured_route(op, x2, n, *paths, lambda p: run_cslt() if p == "cslt" else run_own()) == "cslt"
 
 
 def _stamp(*tensors):

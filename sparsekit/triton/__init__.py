@@ -164,6 +164,24 @@ def _can_measure(x: torch.Tensor) -> bool:
             and available())
 
 
+def measured_route(table: str, x: torch.Tensor, n: int, first: str, second: str, run) -> str:
+    """Which of two paths serves a call with rows x (2-d) and n output features: the measured choice of its
+    route_key in route_table(table), timed now on the call's tensors (`run(path)`, autotune.choose: kept in memory
+    and on disk) if not yet; `first` where nothing can be timed (CUDA graph capture, SPARSEKIT_TRITON_AUTOTUNE=0,
+    no triton). The int8 ops' `pick_compiled` and the 2:4 formats' cuSPARSELt route both use it."""
+    tbl = route_table(table)
+    key = route_key(x, n)
+    cfg = tbl.get(key)
+    if cfg is None:
+        if not available():  # autotune times with triton.testing
+            return first
+        from . import autotune
+
+        cfg = autotune.choose(table + "_route", tbl, key, x.device, [{"path": first}, {"path": second}],
+                              lambda c: run(c["path"]))
+    return cfg["path"]
+
+
 def pick_compiled(op: str, x: torch.Tensor, n: int, run_compiled, run_triton, table: str = None) -> bool:
     """Whether the compiled kernel serves this call of `op` (x 2-d, n output features): the backend setting, and
     under "auto" for MEASURED_ROUTES up to ROUTE_MAX_M rows the faster of the two for the call's route_key,
@@ -178,18 +196,9 @@ def pick_compiled(op: str, x: torch.Tensor, n: int, run_compiled, run_triton, ta
     static = M <= _AUTO_MAX_M[op]
     if op not in MEASURED_ROUTES or M > ROUTE_MAX_M or M == 0:
         return static
-    tbl = route_table(table or op)
-    key = route_key(x, n)
-    cfg = tbl.get(key)
-    if cfg is None:
-        from . import autotune
-
-        cands = [{"path": "compiled"}, {"path": "triton"}]
-        if not static:
-            cands.reverse()  # the first candidate is what runs where nothing is measured
-        cfg = autotune.choose((table or op) + "_route", tbl, key, x.device, cands,
-                              lambda c: run_compiled() if c["path"] == "compiled" else run_triton())
-    return cfg["path"] == "compiled"
+    paths = ("compiled", "triton") if static else ("triton", "compiled")
+    return measured_route(table or op, x, n, *paths,
+                          lambda p: run_compiled() if p == "compiled" else run_triton()) == "compiled"
 
 
 def use_compiled(op: str, x: torch.Tensor, n: int = None, table: str = None) -> bool:
