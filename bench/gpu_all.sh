@@ -19,8 +19,8 @@
 #   TARBALL=$OUT/gpu_results.tar.gz OUT=/tmp/gpu bench/gpu_all.sh --quick   (TARBALL first: it expands the tool's $OUT)
 # STEPS=name,name,... runs only those steps (the names below: build, info, gpu_tests, cuda_decode_variants,
 # int8_decode, cslt_probe, sanitize, bench_overhead, cuda_kernels, triton_kernels, bench_layer, bench_model,
-# bitmap_shapes, report_gpu_layers, report_gpu_model; without --quick also cuda_cslt, pytest_benchmark), e.g. a
-# second call on the still-warm machine for what the first one's deadline skipped:
+# bitmap_large_m, bitmap_shapes, report_gpu_layers, report_gpu_model; without --quick also cuda_cslt,
+# pytest_benchmark), e.g. a second call on the still-warm machine for what the first one's deadline skipped:
 #   STEPS=bench_overhead,bench_layer,report_gpu_layers DEADLINE=200 OUT=/tmp/gpu2 bench/gpu_all.sh --quick
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -122,6 +122,10 @@ step cuda_kernels "$T_BENCH" "$PY" bench/cuda_gpu.py "${KERNELS[@]}" --out "$OUT
 step triton_kernels "$T_BENCH" "$PY" bench/triton_gpu.py "${KERNELS[@]}" --out "$OUT"
 step bench_layer "$T_BENCH" "$PY" -m sparsekit bench layer "${LAYER[@]}" --no-progress --json "$OUT/gpu_layers.jsonl"
 step bench_model "$T_BENCH" "$PY" -m sparsekit bench model "${MODEL[@]}" --no-progress --json "$OUT/gpu_model.jsonl"
+# Triton's bitmap_mm above the decode sizes, each design held (TILE, EXPAND, the bit slices that measured 0.04-0.09x
+# dense at M = 48-333) against dense and the tuned choice: which design serves which M (sparsekit/triton/bitmap.py)
+step bitmap_large_m 120 "$PY" bench/triton_gpu.py --kernels dense,bitmap,bitmap_tile,bitmap_expand,bitmap_slices \
+  --dtype bf16 --shapes 14336x4096,4096x14336 --m 48,333,2048 --bitmap-sparsity 0.5,0.7 --name bitmap_large_m --out "$OUT"
 # The batched bitmap kernel forced to each of its batch shapes (SPARSEKIT_CUDA_BITMAP_SHAPE) at densities around
 # the thresholds between them (wide <= 10.6 %, wide-dense <= 31.9 % in bf16: a model of instruction counts,
 # csrc/cuda/README.md), so that the thresholds can be set from measurements (late: the steps above matter more);

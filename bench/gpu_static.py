@@ -98,8 +98,9 @@ DEFAULT_CUDA_JSONL = REPO / "bench" / "results" / "gpu_static_cuda.jsonl"
 # A pattern that matches no line is an error: the kernel changed, update the pattern.
 STREAMS = {
     "_bsr_mm_kernel": {"weight": r"\bw = tl\.load\(w_ptrs", "x": r"\bxk = tl\.load\(x_ptrs"},
-    "_bitmap_mm_kernel": {"weight": r"\bv = tl\.load\(v_ptr", "bitmap": r"\b(words|cnt) = tl\.load\(",
+    "_bitmap_mm_kernel": {"weight": r"\bv = (tl\.load\(v_ptr|_decode_tile\()", "bitmap": r"\b(words|cnt) = tl\.load\(",
                           "x": r"\bxj = tl\.load\("},
+    "_bitmap_expand_kernel": {"weight": r"\bv = _decode_tile\(", "bitmap": r"\b(words|cnt) = tl\.load\("},
     "_int8_mm_kernel": {"weight": r"\bb = tl\.load\(b_ptrs", "x": r"\ba = tl\.load\(a_ptrs"},
     "_w8a16_kernel": {"weight": r"\bw = tl\.load\(w_ptrs", "x": r"\bxk = tl\.load\(x_ptrs"},
     "_quantize_kernel": {"x": r"v, fin = _load_finite\("},
@@ -246,7 +247,8 @@ def cases(ops=None, dtypes=None, buckets=None, full=False):
                     seen_default = set()
                     for density in (1, 5):  # the density bucket only reorders the candidates
                         for i, c in enumerate(BM.candidates(b, K, dt, density)):
-                            fn, a, k = one(BM, "_bitmap_mm_kernel",
+                            kernel = "_bitmap_expand_kernel" if c.get("EXPAND") else "_bitmap_mm_kernel"
+                            fn, a, k = one(BM, kernel,
                                            lambda c=c: BM._launch(x, bm, wo, vals, None, y, M, N, K, c))
                             key = json.dumps(c, sort_keys=True)
                             if i == 0:
@@ -657,14 +659,15 @@ def failures(rec, dtype_name):
 
 # ------------------------------------------------------------------------------------------ the Triton run
 def _cfg_str(c: dict) -> str:
-    keys = [k for k in ("DOT", "BITS", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_C", "WPB", "GROUP_M") if k in c]
+    keys = [k for k in ("DOT", "BITS", "TILE", "EXPAND", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_C", "WPB", "GROUP_M")
+            if k in c]
     parts = []
     for k in keys:
         v = c[k]
         if isinstance(v, bool):
             if v:
                 parts.append(k.lower())
-            elif k == "DOT":
+            elif k == "DOT" and not (c.get("TILE") or c.get("EXPAND")):
                 parts.append("fma")
         else:
             parts.append(f"{k.replace('BLOCK_', '')}{v}")

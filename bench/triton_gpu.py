@@ -8,6 +8,10 @@ For each LLaMA-7B layer shape (N x K = out x in features) and each M it times, b
               Triton), blocks --bsr-blocks at --bsr-density kept blocks
   bsr_torch   torch.sparse._triton_ops.bsr_dense_mm on the same BSR weight (peer)
   bitmap      sparsekit bitmap_mm (Triton) at each --bitmap-sparsity (fraction pruned)
+  bitmap_tile, bitmap_expand, bitmap_slices  Triton's bitmap_mm held to one design (its first configuration in
+              the candidate list of the call's M bucket; from M = 16, where the designs differ): the weight tile
+              decoded in column order (TILE), the dense weight decoded then cuBLAS (EXPAND), the bit slices
+              (sparsekit/triton/bitmap.py), so that a run shows each against dense and the tuned choice
   csr_torch   torch.sparse.mm with the same weight in CSR (cuSPARSE, peer)
   w8a8        sparsekit quantize_per_token + int8_mm (the quantization included; int8_mm routed: the compiled
               tensor-core W8A8 kernel at M <= 16 on sm_80+, Triton's otherwise)
@@ -55,13 +59,16 @@ import torch.nn.functional as F
 
 from gpu_floor import annotate  # bench/gpu_floor.py: the floor of each kernel x shape
 
+# the Triton launchers run CPU tensors under TRITON_INTERPRET=1 (a dry run: --check-only --device cpu)
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "no")
+
 
 def model_args(kernel: str, params: dict) -> tuple:
     """(format, keyword arguments) of bench/gpu_floor.floor for a case of this script; None: no model."""
     if kernel in ("bsr", "bsr_torch"):
         return "bsr", {"density": params["density"], "block": params["block"]}
-    if kernel in ("bitmap", "csr_torch"):
-        return ("bitmap" if kernel == "bitmap" else "csr"), {"density": 1 - params["sparsity"]}
+    if kernel in ("bitmap", "csr_torch") or kernel in BITMAP_DESIGNS:
+        return ("csr" if kernel == "csr_torch" else "bitmap"), {"density": 1 - params["sparsity"]}
     return {"dense": ("dense", {}), "w8a8": ("int8", {}), "w8a8_triton": ("int8", {}), "w8a8_linear": ("int8", {}),
             "w8a16": ("int8-wo", {}), "w8a16_norefill": ("int8-wo", {}), "w8a8_linear_norefill": ("int8", {}),
             "w8a16_triton": ("int8-wo", {})}.get(kernel)
@@ -69,8 +76,12 @@ def model_args(kernel: str, params: dict) -> tuple:
 OUT = Path(__file__).resolve().parent / "results"
 SHAPES = "4096x4096,11008x4096,4096x11008"
 MS = "1,2,4,8,16,32,64,128,512,2048,8192"
+# Triton's bitmap_mm held to one design: which configurations of the candidate list are that design's
+BITMAP_DESIGNS = {"bitmap_tile": lambda c: bool(c.get("TILE")), "bitmap_expand": lambda c: bool(c.get("EXPAND")),
+                  "bitmap_slices": lambda c: not (c.get("TILE") or c.get("EXPAND"))}
 KERNELS = ("dense", "bsr", "bsr_torch", "bitmap", "csr_torch", "w8a8", "w8a8_triton", "w8a8_linear", "w8a8_gemm",
-           "int_mm", "w8a16", "w8a16_triton", "quant", "quant_triton", "w8a16_norefill", "w8a8_linear_norefill")
+           "int_mm", "w8a16", "w8a16_triton", "quant", "quant_triton", "w8a16_norefill", "w8a8_linear_norefill",
+           *BITMAP_DESIGNS)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
@@ -206,10 +217,21 @@ def make_cases(N, K, M, dtype, a, gen, dev):
         wm = w * mask
         ref = (lambda wm=wm: F.linear(x.float(), wm.float()))
         params = {"sparsity": s}
-        if "bitmap" in ks:
+        designs = [d for d in BITMAP_DESIGNS if d in ks and (x.is_cuda or INTERPRET) and M >= 16]
+        if "bitmap" in ks or designs:
             B = BitmapWeight.from_dense(w, mask)
+        if "bitmap" in ks:
             yield ("bitmap", params, (lambda B=B: ops.bitmap_mm(x, B.bitmap, B.word_offsets, B.values)), ref,
                    B.nbytes + io)
+        for design in designs:
+            from sparsekit.triton import bitmap as tbm
+            from sparsekit.triton._common import m_bucket
+
+            cfgs = [c for c in tbm.candidates(m_bucket(M), K, x.dtype, tbm.density_bucket(B.nnz, N, K))
+                    if BITMAP_DESIGNS[design](c)]
+            if cfgs:
+                yield (design, params, (lambda B=B, c=cfgs[0]: tbm.bitmap_mm(x, B.bitmap, B.word_offsets, B.values,
+                                                                               config=c)), ref, B.nbytes + io)
         if "csr_torch" in ks:
             Wc = wm.to_sparse_csr()
             nb = Wc.values().numel() * 2 + Wc.col_indices().numel() * 8 + Wc.crow_indices().numel() * 8

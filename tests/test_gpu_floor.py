@@ -1,6 +1,7 @@
 """bench/gpu_floor.py, the performance model the GPU benchmarks print beside each measured time: its
 numbers from first principles, and the bench scripts' mapping of their cases onto it."""
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -62,8 +63,28 @@ def test_bench_scripts_map_their_cases_onto_the_model(monkeypatch):
     assert triton_gpu.model_args("w8a16", {}) == ("int8-wo", {})
     assert triton_gpu.model_args("w8a16_norefill", {}) == ("int8-wo", {})
     assert triton_gpu.model_args("w8a8_linear_norefill", {}) == ("int8", {})
+    assert triton_gpu.model_args("bitmap_tile", {"sparsity": 0.5}) == ("bitmap", {"density": pytest.approx(0.5)})
     rec = gpu_floor.annotate({}, "2:4", 14336, 4096, 1, 2, 0.0205)  # 20.5 us measured
     assert rec["of_floor"] == pytest.approx(rec["floor_us"] / 20.5)
+
+
+def test_triton_gpu_holds_bitmap_mm_to_each_design(tmp_path):
+    """bench/triton_gpu.py's bitmap_tile / bitmap_expand / bitmap_slices (gpu_all.sh's bitmap_large_m step): a dry
+    run under the interpreter checks each design's result against the reference; EXPAND only where the candidate
+    list has it (M >= 256), no design below M = 16."""
+    import subprocess
+
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    p = subprocess.run([sys.executable, str(BENCH / "triton_gpu.py"), "--check-only", "--device", "cpu",
+                        "--kernels", "dense,bitmap_tile,bitmap_expand,bitmap_slices", "--shapes", "40x200",
+                        "--m", "3,17,300", "--bitmap-sparsity", "0.7", "--dtype", "bf16", "--out", str(tmp_path),
+                        "--name", "designs"], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    recs = [json.loads(ln) for ln in (tmp_path / "designs.jsonl").read_text().splitlines()]
+    got = {(r["kernel"], r["M"]) for r in recs}
+    assert got == {("dense", 3), ("dense", 17), ("dense", 300), ("bitmap_tile", 17), ("bitmap_slices", 17),
+                   ("bitmap_tile", 300), ("bitmap_expand", 300), ("bitmap_slices", 300)}, got
+    assert all(r["ok"] for r in recs), [r for r in recs if not r["ok"]]
 
 
 def test_cli_writes_the_table(tmp_path):

@@ -247,6 +247,29 @@ def test_interp_bitmap_large_m_extremes_and_strides():
     torch.testing.assert_close(y, x @ (w * mask).T, rtol=1e-5, atol=1e-5)
 
 
+@interp
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_interp_bitmap_tile_and_expand_designs(dtype):
+    """From M = 32: the weight tile decoded in column order (TILE) and the dense weight decoded for cuBLAS
+    (EXPAND), every configuration of the large-M candidate lists, on odd shapes: a K tail inside a word and
+    inside a step, N not a multiple of the tile, empty rows, nothing kept, everything kept, a strided x."""
+    from sparsekit.triton import bitmap
+
+    cfgs = []
+    for b in (16, 32, 64, 128, 256, 1024):
+        cfgs += [c for c in bitmap.candidates(b, 4096, dtype, 5) if c.get("TILE") or c.get("EXPAND")]
+    cfgs = [dict(t) for t in {tuple(sorted(c.items())) for c in cfgs}]
+    assert any(c.get("EXPAND") for c in cfgs)
+    assert any(c.get("TILE") for c in cfgs) == (dtype != torch.float32)
+    shapes = [(33, 37, 70, 0.5), (17, 20, 96, 0.9), (40, 129, 200, 0.1), (5, 5, 31, 0.3), (70, 16, 64, 1.0)]
+    for i, cfg in enumerate(sorted(cfgs, key=repr)):
+        M, N, K, d = shapes[i % len(shapes)]
+        _bitmap_case(M, N, K, d, dtype, "cpu", config=cfg, bias=i % 2 == 0)
+        y = _bitmap_case(3, 16, 40, 0.0, dtype, "cpu", config=cfg, bias=False)
+        assert torch.count_nonzero(y) == 0
+        _bitmap_case(6, 16, 40, 0.5, dtype, "cpu", config=cfg, x=torch.randn(80, 6).to(dtype)[::2].t())
+
+
 # ------------------------------------------------------------------------ interpreter: int8 ops
 @interp
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -587,12 +610,14 @@ def test_gpu_bitmap_sweep(density, dtype):
 def test_gpu_bsr_and_bitmap_every_candidate():
     from sparsekit.triton import bitmap, bsr
 
-    for M in (1, 3, 16, 33, 300):
+    for M in (1, 3, 16, 33, 300, 1100):
         for cfg in bsr.candidates(64, 64, _bucket(M), torch.float16):
             _bsr_case(M, 256, 512, 64, 64, torch.float16, "cuda", config=cfg, density=0.3)
         for d in (1, 5):
             for cfg in bitmap.candidates(_bucket(M), 500, torch.bfloat16, d):
                 _bitmap_case(M, 96, 500, d / 10, torch.bfloat16, "cuda", config=cfg)
+    for cfg in bitmap.candidates(_bucket(40), 500, torch.float32, 5):  # EXPAND first
+        _bitmap_case(40, 96, 500, 0.5, torch.float32, "cuda", config=cfg)
 
 
 @gpu

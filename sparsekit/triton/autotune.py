@@ -28,7 +28,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-CACHE_VERSION = 1  # bump when a kernel's meaning of a configuration changes
+# bump when a kernel's meaning of a configuration changes, or a candidate list gains designs that cached choices
+# never competed with (2: bitmap_mm's TILE and EXPAND designs)
+CACHE_VERSION = 2
 
 _lock = threading.Lock()
 # Held while a key is tuned and the file written: threads that miss the same key at once measure it

@@ -17,6 +17,20 @@ tl.dot with K = WPB (>= 16; M padded to 16 or tiled) or, for M <= 8, an elementw
 bit-major order of K, which leaves the dot product unchanged. No per-element popcount, no
 per-element word load; the bytes read fall with sparsity (K/4 bytes of bitmap + offsets per row and
 2 bytes per kept value).
+
+Above M = 16 that bit-major walk gathers x columns 32 apart (one 2-byte load per 64-byte stride) and runs
+32 dots of K = WPB per step: it measured 0.04-0.09x dense at M = 48-333 on an H200. Two designs serve
+those M instead ("compute as dense" in natural column order, as Flash-LLM and SparTA do):
+
+* TILE: per K step the (BLOCK_N, 32 WPB) weight tile is decoded in registers in column order
+  (`_decode_tile`: each element's bit of its word, its place word_offsets + popcount of the word's lower
+  bits, one masked load of its value) and multiplied by the contiguous (BLOCK_M, 32 WPB) x tile in one
+  tl.dot: the decode is paid once per BLOCK_M rows, the dot is dense's.
+* EXPAND: `_bitmap_expand_kernel` decodes the whole weight the same way into a dense (N, K) buffer of x's
+  dtype (a transient allocation, N K element bytes), then cuBLAS (torch.addmm) multiplies: the decode is
+  paid once per call whatever M, so it wins where the dense matmul's own time dominates (prefill).
+
+Which design (and tile) serves an M bucket is measured on the device like every configuration here.
 """
 import torch
 import triton
@@ -32,11 +46,25 @@ _TABLE = autotune.table(OP)
 
 
 @triton.jit
+def _decode_tile(u, cnt, v_ptr, BLOCK_N: tl.constexpr, WPB: tl.constexpr, USE_POPC: tl.constexpr):
+    """The dense (BLOCK_N, 32 WPB) weight tile, in column order, of the (BLOCK_N, WPB) bitmap words u (uint32)
+    and their first values' places cnt: element (n, 32 w + j) is kept when bit j of u[n, w] is set, and then is
+    values[cnt[n, w] + popcount(u[n, w] & (2^j - 1))]; a pruned one is 0 and reads nothing."""
+    j = tl.arange(0, 32).to(tl.uint32)[None, None, :]
+    below = (tl.full((1, 1, 32), 1, tl.uint32) << j) - 1  # the bits under bit j
+    u3 = tl.broadcast_to(u[:, :, None], (BLOCK_N, WPB, 32))
+    kept = ((u3 >> j) & 1) != 0
+    pos = cnt[:, :, None] + popcount32(u3 & below, USE_POPC)
+    v = tl.load(v_ptr + pos, mask=kept, other=0.0)
+    return tl.reshape(v, (BLOCK_N, 32 * WPB))
+
+
+@triton.jit
 def _bitmap_mm_kernel(x_ptr, bm_ptr, wo_ptr, v_ptr, bias_ptr, y_ptr,
                       M, N, K, WORDS, stride_xm, stride_xk, stride_ym,
-                      HAS_BIAS: tl.constexpr, DOT: tl.constexpr, BITS: tl.constexpr, IEEE: tl.constexpr,
-                      UPCAST: tl.constexpr, USE_POPC: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr, WPB: tl.constexpr, GROUP_M: tl.constexpr):
+                      HAS_BIAS: tl.constexpr, DOT: tl.constexpr, BITS: tl.constexpr, TILE: tl.constexpr,
+                      IEEE: tl.constexpr, UPCAST: tl.constexpr, USE_POPC: tl.constexpr, EVEN_K: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WPB: tl.constexpr, GROUP_M: tl.constexpr):
     BLOCK_K: tl.constexpr = 32 * WPB
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
@@ -48,7 +76,7 @@ def _bitmap_mm_kernel(x_ptr, bm_ptr, wo_ptr, v_ptr, bias_ptr, y_ptr,
     x_rows = x_ptr + (rm % M).to(tl.int64)[:, None] * stride_xm  # (BLOCK_M, 1)
     word_rows = (rn % N).to(tl.int64)[:, None] * WORDS  # (BLOCK_N, 1)
 
-    if DOT:
+    if DOT or TILE:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N, WPB), dtype=tl.float32)
@@ -65,7 +93,16 @@ def _bitmap_mm_kernel(x_ptr, bm_ptr, wo_ptr, v_ptr, bias_ptr, y_ptr,
             cnt = tl.load(wo_ptr + w_ptrs, mask=win, other=0)
         u = words.to(tl.uint32, bitcast=True)
         xcol = k0 + 32 * rw  # the column of bit 0 of each word
-        if BITS:
+        if TILE:
+            # The step's weight tile decoded in column order, then one dot with the contiguous x tile.
+            v = _decode_tile(u, cnt, v_ptr, BLOCK_N, WPB, USE_POPC)
+            xc = k0 + tl.arange(0, BLOCK_K)
+            if EVEN_K:
+                xj = tl.load(x_rows + xc[None, :] * stride_xk)
+            else:
+                xj = tl.load(x_rows + xc[None, :] * stride_xk, mask=(xc < K)[None, :], other=0.0)
+            acc = dot_acc(xj, tl.trans(v), acc, IEEE, UPCAST)
+        elif BITS:
             # Sparse walk (decode at high sparsity): only as many steps as the fullest word of the
             # tile has set bits; each step takes the lowest set bit of every word, its value (the
             # next one of the word, contiguous) and the x element of its column.
@@ -100,7 +137,7 @@ def _bitmap_mm_kernel(x_ptr, bm_ptr, wo_ptr, v_ptr, bias_ptr, y_ptr,
                 else:
                     acc += xj.to(tl.float32)[:, None, :] * v.to(tl.float32)[None, :, :]
 
-    if not DOT:
+    if not (DOT or TILE):
         acc = tl.sum(acc, axis=2)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn % N).to(tl.float32)[None, :]
@@ -109,9 +146,43 @@ def _bitmap_mm_kernel(x_ptr, bm_ptr, wo_ptr, v_ptr, bias_ptr, y_ptr,
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _bitmap_expand_kernel(bm_ptr, wo_ptr, v_ptr, w_ptr, N, K, WORDS, USE_POPC: tl.constexpr, EVEN_K: tl.constexpr,
+                          BLOCK_N: tl.constexpr, WPB: tl.constexpr):
+    """The dense (N, K) weight (row-major, values' dtype) of a bitmap: program (i, j) writes rows
+    i BLOCK_N.. and columns j 32 WPB.. (`_decode_tile`)."""
+    BLOCK_K: tl.constexpr = 32 * WPB
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    wcol = tl.program_id(1) * WPB + tl.arange(0, WPB)
+    w_ptrs = (rn % N).to(tl.int64)[:, None] * WORDS + wcol[None, :]
+    if EVEN_K:
+        words = tl.load(bm_ptr + w_ptrs)
+        cnt = tl.load(wo_ptr + w_ptrs)
+    else:
+        win = (wcol < WORDS)[None, :]
+        words = tl.load(bm_ptr + w_ptrs, mask=win, other=0)
+        cnt = tl.load(wo_ptr + w_ptrs, mask=win, other=0)
+    v = _decode_tile(words.to(tl.uint32, bitcast=True), cnt, v_ptr, BLOCK_N, WPB, USE_POPC)
+    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    out = w_ptr + rn.to(tl.int64)[:, None] * K + rk[None, :]
+    tl.store(out, v, mask=(rn < N)[:, None] & (rk < K)[None, :])
+
+
 def _cfg(dot, bm, bn, wpb, warps=4, stages=3, group_m=8, bits=False):
     return {"DOT": dot, "BITS": bits, "BLOCK_M": bm, "BLOCK_N": bn, "WPB": wpb, "GROUP_M": group_m,
             "num_warps": warps, "num_stages": stages}
+
+
+def _tile(bm, bn, wpb=2, warps=4, stages=3, group_m=8):
+    """A TILE configuration: the weight tile decoded in column order, one dot per step of 32 WPB columns."""
+    return dict(_cfg(False, bm, bn, wpb, warps, stages, group_m), TILE=True)
+
+
+def _expand(bn=32, wpb=4, warps=4):
+    """An EXPAND configuration: the dense weight decoded (programs of BLOCK_N rows x 32 WPB columns), then
+    cuBLAS."""
+    return {"EXPAND": True, "DOT": False, "BITS": False, "BLOCK_N": bn, "WPB": wpb, "num_warps": warps,
+            "num_stages": 1}
 
 
 def density_bucket(nnz: int, N: int, K: int) -> int:
@@ -143,28 +214,46 @@ def candidates(bucket: int, K: int, dtype: torch.dtype, density: int = 5):
             out.append(_cfg(True, 16, bn, 16, warps=4))
         if bucket == 8:
             out.append(_cfg(False, 8, 16, wp(8), warps=4))
-    elif bucket <= 128:
-        for bm in [b for b in (32, 64, 128) if b <= bucket]:
-            for bn in (64, 128, 32):
-                if bm == 128 and bn >= 64:
-                    continue  # 128x64 and 128x128 (8 warps) spill on sm_80 (16 / 144-byte stack; bench/gpu_static.py)
-                out.append(_cfg(True, bm, bn, 16, warps=4 if bm * bn <= 4096 else 8))
-        out.sort(key=lambda c: c["BLOCK_M"] != min(bucket, 64))
+        out += [_tile(16, 64), _tile(16, 128)]
     else:
-        # was 128x64 / 128x128 (8 warps) and 64x128 (4 warps) too, which spill on sm_80 (bench/gpu_static.py):
-        # the default 128x64 (8 warps) is replaced by the tile of the same size that does not, 64x128 (8 warps)
-        for bm, bn, warps in ((64, 128, 8), (64, 64, 4), (128, 32, 4)):
-            out.append(_cfg(True, bm, bn, 16, warps=warps))
+        # Above M = 16: the TILE design first (module doc), the bit-slice design's former default last (for the
+        # measurement to compare with); above M = 128 also EXPAND, first above M = 512, where the dense matmul's
+        # own time dwarfs one decode of the weight.
+        if bucket <= 32:
+            out = [_tile(32, 64), _tile(32, 128), _tile(16, 64)]
+        elif bucket <= 64:
+            out = [_tile(64, 64), _tile(64, 128, warps=8), _tile(32, 64)]
+        else:
+            out = [_tile(64, 128, warps=8), _tile(128, 64, warps=8), _tile(64, 64)]
+        if bucket >= 256:
+            out = [_tile(128, 128, warps=8)] + out
+            out.insert(0 if bucket >= 1024 else len(out), _expand())
+        out.append(_cfg(True, min(bucket, 64), 64 if bucket <= 128 else 128, 16,
+                        warps=4 if bucket <= 128 and min(bucket, 64) * 64 <= 4096 else 8))
     if dtype == torch.float32:
         # float32 dots run as FMA loops ("ieee") and stage each of the 32 bit slices in shared memory:
-        # anything wider than 16 x 32 needs more than the 227 KB an H100 block may have (sm_90 compile)
-        out = [c for c in out if not (c["DOT"] and c["BLOCK_M"] * c["BLOCK_N"] > 16 * 32)]
+        # anything wider than 16 x 32 needs more than the 227 KB an H100 block may have (sm_90 compile); TILE's
+        # float32 dot spills at every tile from 16 x 64 (sm_80, sm_90a): float32 takes EXPAND (cuBLAS) above M = 16
+        out = [c for c in out if not (c["DOT"] and c["BLOCK_M"] * c["BLOCK_N"] > 16 * 32) and not c.get("TILE")]
+        if bucket > 16 and not any(c.get("EXPAND") for c in out):
+            out.insert(0, _expand())
         if not any(c["DOT"] for c in out):
             out.append(_cfg(True, 16, 32, 16, warps=4))
     return out
 
 
 def _launch(x, bitmap, word_offsets, values, bias, y, M, N, K, cfg):
+    if cfg.get("EXPAND"):
+        bn, wpb = cfg["BLOCK_N"], cfg["WPB"]
+        w = torch.empty((N, K), dtype=values.dtype, device=values.device)
+        launch(_bitmap_expand_kernel, (cdiv(N, bn), cdiv(K, 32 * wpb)), bitmap, word_offsets, values, w, N, K,
+               bitmap.shape[1], USE_POPC=USE_POPC, EVEN_K=K % (32 * wpb) == 0, BLOCK_N=bn, WPB=wpb,
+               num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        if bias is None:
+            torch.mm(x, w.t(), out=y)
+        else:
+            torch.addmm(bias, x, w.t(), out=y)
+        return
     bm, bn, wpb = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["WPB"]
     grid = (cdiv(M, bm) * cdiv(N, bn),)
     launch(
@@ -172,7 +261,7 @@ def _launch(x, bitmap, word_offsets, values, bias, y, M, N, K, cfg):
         x, bitmap, word_offsets, values, bias if bias is not None else y, y,
         M, N, K, bitmap.shape[1], x.stride(0), x.stride(1), y.stride(0),
         HAS_BIAS=bias is not None, DOT=cfg["DOT"], IEEE=x.dtype == torch.float32, UPCAST=upcast_dot(x.dtype),
-        BITS=cfg.get("BITS", False), USE_POPC=USE_POPC, EVEN_K=K % (32 * wpb) == 0,
+        BITS=cfg.get("BITS", False), TILE=cfg.get("TILE", False), USE_POPC=USE_POPC, EVEN_K=K % (32 * wpb) == 0,
         BLOCK_M=bm, BLOCK_N=bn, WPB=wpb, GROUP_M=cfg["GROUP_M"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
