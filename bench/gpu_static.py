@@ -98,9 +98,9 @@ DEFAULT_CUDA_JSONL = REPO / "bench" / "results" / "gpu_static_cuda.jsonl"
 # A pattern that matches no line is an error: the kernel changed, update the pattern.
 STREAMS = {
     "_bsr_mm_kernel": {"weight": r"\bw = tl\.load\(w_ptrs", "x": r"\bxk = tl\.load\(x_ptrs"},
-    "_bitmap_mm_kernel": {"weight": r"\bv = (tl\.load\(v_ptr|_decode_tile\()", "bitmap": r"\b(words|cnt) = tl\.load\(",
+    "_bitmap_mm_kernel": {"weight": r"\bv = (tl\.load\(v_ptr|_decode_tile\()", "bitmap": r"\bu, cnt = _load_words\(",
                           "x": r"\bxj = tl\.load\("},
-    "_bitmap_expand_kernel": {"weight": r"\bv = _decode_tile\(", "bitmap": r"\b(words|cnt) = tl\.load\("},
+    "_bitmap_expand_kernel": {"weight": r"\bv = _decode_tile\(", "bitmap": r"\bu, cnt = _load_words\("},
     "_int8_mm_kernel": {"weight": r"\bb = tl\.load\(b_ptrs", "x": r"\ba = tl\.load\(a_ptrs"},
     "_w8a16_kernel": {"weight": r"\bw = tl\.load\(w_ptrs", "x": r"\bxk = tl\.load\(x_ptrs"},
     "_quantize_kernel": {"x": r"v, fin = _load_finite\("},

@@ -46,6 +46,21 @@ _TABLE = autotune.table(OP)
 
 
 @triton.jit
+def _load_words(bm_ptr, wo_ptr, word_rows, wcol, WORDS, EVEN_K: tl.constexpr):
+    """The (rows, words) bitmap words (as uint32) and word_offsets at word_rows (each row's first word, (rows, 1))
+    + wcol; words past the row (wcol >= WORDS, only without EVEN_K) are 0 and keep nothing."""
+    w_ptrs = word_rows + wcol[None, :]
+    if EVEN_K:
+        words = tl.load(bm_ptr + w_ptrs)
+        cnt = tl.load(wo_ptr + w_ptrs)
+    else:
+        win = (wcol < WORDS)[None, :]
+        words = tl.load(bm_ptr + w_ptrs, mask=win, other=0)
+        cnt = tl.load(wo_ptr + w_ptrs, mask=win, other=0)
+    return words.to(tl.uint32, bitcast=True), cnt
+
+
+@triton.jit
 def _decode_tile(u, cnt, v_ptr, BLOCK_N: tl.constexpr, WPB: tl.constexpr, USE_POPC: tl.constexpr):
     """The dense (BLOCK_N, 32 WPB) weight tile, in column order, of the (BLOCK_N, WPB) bitmap words u (uint32)
     and their first values' places cnt: element (n, 32 w + j) is kept when bit j of u[n, w] is set, and then is
@@ -83,15 +98,7 @@ def _bitmap_mm_kernel(x_ptr, bm_ptr, wo_ptr, v_ptr, bias_ptr, y_ptr,
 
     for k0 in range(0, K, BLOCK_K):
         wcol = k0 // 32 + rw  # the tile's words
-        w_ptrs = word_rows + wcol[None, :]
-        if EVEN_K:
-            words = tl.load(bm_ptr + w_ptrs)
-            cnt = tl.load(wo_ptr + w_ptrs)
-        else:
-            win = (wcol < WORDS)[None, :]
-            words = tl.load(bm_ptr + w_ptrs, mask=win, other=0)
-            cnt = tl.load(wo_ptr + w_ptrs, mask=win, other=0)
-        u = words.to(tl.uint32, bitcast=True)
+        u, cnt = _load_words(bm_ptr, wo_ptr, word_rows, wcol, WORDS, EVEN_K)
         xcol = k0 + 32 * rw  # the column of bit 0 of each word
         if TILE:
             # The step's weight tile decoded in column order, then one dot with the contiguous x tile.
@@ -154,15 +161,8 @@ def _bitmap_expand_kernel(bm_ptr, wo_ptr, v_ptr, w_ptr, N, K, WORDS, USE_POPC: t
     BLOCK_K: tl.constexpr = 32 * WPB
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     wcol = tl.program_id(1) * WPB + tl.arange(0, WPB)
-    w_ptrs = (rn % N).to(tl.int64)[:, None] * WORDS + wcol[None, :]
-    if EVEN_K:
-        words = tl.load(bm_ptr + w_ptrs)
-        cnt = tl.load(wo_ptr + w_ptrs)
-    else:
-        win = (wcol < WORDS)[None, :]
-        words = tl.load(bm_ptr + w_ptrs, mask=win, other=0)
-        cnt = tl.load(wo_ptr + w_ptrs, mask=win, other=0)
-    v = _decode_tile(words.to(tl.uint32, bitcast=True), cnt, v_ptr, BLOCK_N, WPB, USE_POPC)
+    u, cnt = _load_words(bm_ptr, wo_ptr, (rn % N).to(tl.int64)[:, None] * WORDS, wcol, WORDS, EVEN_K)
+    v = _decode_tile(u, cnt, v_ptr, BLOCK_N, WPB, USE_POPC)
     rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     out = w_ptr + rn.to(tl.int64)[:, None] * K + rk[None, :]
     tl.store(out, v, mask=(rn < N)[:, None] & (rk < K)[None, :])
