@@ -5,7 +5,9 @@ Which kernel serves a call's M rows on CUDA is measured on the device at the fir
 dtype, M bucket) and kept in the autotune cache: for 2:4 the own decode kernel or cuSPARSELt (table
 `sparse24_route`; sparsekit/formats/sparse24.py), for 2:4+int8 the compiled W8A8 kernel or cuSPARSELt
 (`sparse24_int8_route`), for int8 weight-only and W8A8 the compiled kernel or Triton (`int8_weight_only_mm_route`,
-`int8_linear_route`, `int8_mm_route`; sparsekit/triton/__init__.py, `pick_compiled`). bench/gpu_all.sh keeps the
+`int8_linear_route`, `int8_mm_route`; sparsekit/triton/__init__.py, `pick_compiled`), for bitmap the compiled
+decode kernel or Triton (`bitmap_mm_route`) and, in a layer with a column list, that kernel or the public op
+(`bitmap_columns_route`; sparsekit/formats/bitmap.py). bench/gpu_all.sh keeps the
 benchmarks' cache in $OUT/autotune, so the run's routes are recorded with its timings. This prints them, one row
 per (route, N x K, dtype), one column per M bucket:
 
@@ -23,8 +25,10 @@ ROUTE_TABLES = {"sparse24_route": "2:4: own kernel / cuSPARSELt",
                 "sparse24_int8_route": "2:4+int8: compiled W8A8 kernel / cuSPARSELt",
                 "int8_weight_only_mm_route": "int8 weight-only: compiled kernel / Triton",
                 "int8_linear_route": "int8 W8A8 linear: compiled kernel / Triton",
-                "int8_mm_route": "int8_mm (x quantized): compiled kernel / Triton"}
-OWN = ("own", "compiled")  # the sparsekit decode kernels' side of each route
+                "int8_mm_route": "int8_mm (x quantized): compiled kernel / Triton",
+                "bitmap_mm_route": "bitmap: compiled decode kernel / Triton",
+                "bitmap_columns_route": "bitmap layer with a column list: column-list kernel / the op"}
+OWN = ("own", "compiled", "columns")  # the sparsekit decode kernels' side of each route
 
 
 def read_routes(cache_dir) -> dict:
@@ -63,7 +67,7 @@ def summary(routes: dict) -> str:
     cells = [(b, p) for row in routes.values() for b, p in row.items()]
     own_max = [max((b for b, p in row.items() if p in OWN), default=0) for row in routes.values()]
     return (f"{len(cells)} measured (shape, M bucket) routes over {len(routes)} shapes: the decode kernel in "
-            f"{sum(p in OWN for _, p in cells)}, cuSPARSELt or Triton in {sum(p not in OWN for _, p in cells)}; "
+            f"{sum(p in OWN for _, p in cells)}, cuSPARSELt, Triton or the op in {sum(p not in OWN for _, p in cells)}; "
             f"the decode kernel's largest bucket per shape: {min(own_max)}-{max(own_max)}")
 
 

@@ -506,7 +506,12 @@ def test_bitmap_layer_takes_the_column_list(monkeypatch, dtype):
     require_cpp_kernel("bitmap_mm")
     from sparsekit.formats import bitmap as bmf
     from sparsekit.nn import SparseLinear
+    from sparsekit.triton import autotune
 
+    # nothing timed: the column list's route takes the M <= 16 boundary (test_bitmap_route_is_measured_on_the_device
+    # measures it)
+    monkeypatch.setenv("SPARSEKIT_TRITON_AUTOTUNE", "0")
+    autotune.clear()
     lin = torch.nn.Linear(1000, 300, device="cuda", dtype=dtype)
     mask = torch.rand(300, 1000, device="cuda") < 0.1
     sl = SparseLinear.from_linear(lin, mask=mask, format="bitmap")
@@ -862,6 +867,44 @@ def test_int8_weight_only_route_is_measured_on_the_device(monkeypatch, tmp_path)
             assert cfg is not None and cfg["path"] in ("compiled", "triton"), cfg
         assert "int8_weight_only_mm_route" in Path(autotune.cache_file(autotune.device_tag(
             torch.device("cuda")))).read_text()
+    finally:
+        autotune.clear()
+
+
+@gpu
+def test_bitmap_route_is_measured_on_the_device(monkeypatch, tmp_path):
+    """bitmap_mm on CUDA under "auto": the first call of an M bucket times the compiled decode kernel and Triton and
+    keeps the faster; a converted layer with a column list times that kernel against the public op in its own
+    table; results right whichever wins."""
+    require_cpp_kernel("bitmap_mm")
+    from sparsekit import triton as skt
+    from sparsekit.nn import SparseLinear
+    from sparsekit.triton import autotune
+
+    if not skt.registered():
+        pytest.skip("the Triton kernels are not registered")
+    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("SPARSEKIT_TRITON_AUTOTUNE", raising=False)
+    monkeypatch.delenv("SPARSEKIT_BITMAP_COLUMNS", raising=False)
+    autotune.clear()
+    try:
+        lin = torch.nn.Linear(1024, 384, device="cuda", dtype=torch.bfloat16)
+        mask = torch.rand(384, 1024, device="cuda") < 0.1
+        f = formats.BitmapWeight.from_dense(lin.weight.detach(), mask)
+        sl = SparseLinear.from_linear(lin, mask=mask, format="bitmap")
+        ref = (lin.weight * mask).float()
+        with torch.no_grad():
+            for M in (1, 12, 48):
+                x = torch.randn(M, 1024, device="cuda", dtype=torch.bfloat16)
+                check(sparsekit.ops.bitmap_mm(x, f.bitmap, f.word_offsets, f.values), x, ref.double(), None,
+                      torch.bfloat16)
+                cfg = skt.route_table("bitmap_mm").get(skt.route_key(x, 384))
+                assert cfg is not None and cfg["path"] in ("compiled", "triton"), cfg
+                torch.testing.assert_close(sl(x).float(), x.float() @ ref.T + lin.bias.float(), rtol=2e-2, atol=2e-2)
+                cfg = skt.route_table("bitmap_columns").get(skt.route_key(x, 384))
+                assert cfg is not None and cfg["path"] in ("columns", "op"), cfg
+        text = Path(autotune.cache_file(autotune.device_tag(torch.device("cuda")))).read_text()
+        assert "bitmap_mm_route" in text and "bitmap_columns_route" in text
     finally:
         autotune.clear()
 
@@ -1296,6 +1339,104 @@ def test_int8_routes_are_measured_per_m_bucket(monkeypatch, tmp_path):
         assert call(wo, 200) == ("compiled", [])
         skt.set_backend(wo, "triton")
         assert call(wo, 20) == ("triton", [])
+    finally:
+        autotune.clear()
+
+
+def test_bitmap_routes_are_measured_per_m_bucket(monkeypatch, tmp_path):
+    """bitmap_mm on CUDA under "auto": the compiled decode kernel or Triton (whose tl.dot designs may win from M = 8)
+    by the faster on the device, per (N, K, dtype, M bucket) up to 128 rows, kept in memory and on disk; a layer
+    with a column list routes between that kernel and the public op in a table of its own (`_columns_use`: the op's
+    table times the bitmap kernel, not the column list); where nothing can be timed, M <= 16. Logic only: CPU
+    tensors stand in, the timer is faked by the kernel it sees run."""
+    import json
+
+    from sparsekit import triton as skt
+    from sparsekit.formats import bitmap as bmf
+    from sparsekit.triton import autotune
+
+    log = []  # (kernel, M) of every launch, in order
+
+    def logged(name, fn):
+        return lambda *a: log.append((name, a[0].shape[0])) or fn(*a)
+
+    monkeypatch.setattr(skt, "_lazy", lambda module, name: lambda: logged("triton", reference.bitmap_mm))
+    monkeypatch.setattr(torch.ops.sparsekit, "_cuda_bitmap_mm", logged("compiled", torch.ops.sparsekit._cuda_bitmap_mm))
+    monkeypatch.setattr(bmf, "_CUDA_BITMAP_COLUMNS_MM", logged("columns", bmf._CUDA_BITMAP_COLUMNS_MM))
+    monkeypatch.setattr(bmf, "_BITMAP_MM", logged("op", reference.bitmap_mm))
+    monkeypatch.setattr(skt, "_compiled_cuda", lambda: True)
+    monkeypatch.setattr(skt, "_has_mma", lambda device: True)
+    monkeypatch.setattr(skt, "_backend", dict.fromkeys(skt._AUTO_MAX_M, "auto"))
+    monkeypatch.setattr(skt, "available", lambda: True)
+    monkeypatch.setattr(autotune, "_measurable", lambda device: True)
+    monkeypatch.setattr(autotune, "device_tag", lambda device: "Fake_GPU")
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("SPARSEKIT_TRITON_AUTOTUNE", raising=False)
+    times, timed = {}, []
+
+    def bench(fn):
+        n = len(log)
+        fn()
+        assert len(log) == n + 1
+        timed.append(log[-1])
+        path, m = log[-1]
+        return times[path](1 << (m - 1).bit_length())
+
+    monkeypatch.setattr(autotune, "_do_bench_ms", bench)
+    autotune.clear()
+    bitmap_mm = skt._make_impls()["bitmap_mm"]
+    f = formats.BitmapWeight.from_dense(torch.randn(8, 64), torch.rand(8, 64) < 0.3)
+    cols = reference.bitmap_columns(f.bitmap, 64)
+    bias = torch.randn(8)
+
+    def call(M):
+        log.clear()
+        timed.clear()
+        x = torch.randn(M, 64)
+        y = bitmap_mm(x, f.bitmap, f.word_offsets, f.values, bias)
+        torch.testing.assert_close(y, x @ f.to_dense().T + bias, rtol=1e-4, atol=1e-4)
+        assert log[-1][1] == M
+        return log[-1][0], sorted(timed)
+
+    def layer(M):
+        log.clear()
+        timed.clear()
+        use = bmf._columns_use(torch.randn(M, 64), 8, f.bitmap, f.word_offsets, f.values, cols, bias)
+        return use, sorted(timed)
+
+    try:
+        times.update(compiled=lambda b: 1.0 if b <= 4 else 3.0, triton=lambda b: 2.0)
+        assert call(3) == ("compiled", [("compiled", 3), ("triton", 3)])
+        assert call(9) == ("triton", [("compiled", 9), ("triton", 9)])  # Triton's dot wins at 16 rows here
+        assert call(4) == ("compiled", []) and call(16) == ("triton", [])  # known buckets
+        times.update(compiled=lambda b: 1.0)
+        assert call(40) == ("compiled", [("compiled", 40), ("triton", 40)])  # beyond the old 16 where faster
+        assert call(200) == ("triton", [])  # above 128 rows: Triton, unmeasured
+        x = torch.randn(12, 64)
+        assert not skt.use_compiled("bitmap_mm", x, 8) and skt.use_compiled("bitmap_mm", x[:3], 8)  # the table
+        assert not skt.use_compiled("bitmap_mm", x[:2], 8)  # not measured yet: the public op, which measures
+        assert skt.use_compiled("bitmap_mm", x)  # without the output features: the boundary
+        times.update(columns=lambda b: 1.0 if b <= 2 else 3.0, op=lambda b: 2.0)
+        assert layer(1) == (True, [("columns", 1), ("op", 1)])
+        assert layer(5) == (False, [("columns", 5), ("op", 5)])
+        assert layer(1) == (True, []) and layer(7) == (False, [])  # known buckets
+        data = json.loads(Path(autotune.cache_file("Fake_GPU")).read_text())["configs"]
+        assert data == {"bitmap_mm_route|8|64|fp32|4": {"path": "compiled"},
+                        "bitmap_mm_route|8|64|fp32|16": {"path": "triton"},
+                        "bitmap_mm_route|8|64|fp32|64": {"path": "compiled"},
+                        "bitmap_columns_route|8|64|fp32|1": {"path": "columns"},
+                        "bitmap_columns_route|8|64|fp32|8": {"path": "op"}}
+        # during CUDA graph capture nothing is timed: M <= 16 the compiled kernels, not remembered
+        monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+        assert call(100) == ("triton", []) and layer(12) == (True, []) and layer(20) == (False, [])
+        monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+        assert layer(12)[1] == [("columns", 12), ("op", 12)]  # measured at the next eager call
+        # a fixed setting: the boundary for the layer, the setting for the op; nothing measured
+        skt.set_backend("bitmap_mm", "compiled")
+        assert call(300) == ("compiled", []) and layer(30) == (True, [])
+        skt.set_backend("bitmap_mm", "triton")
+        assert call(2) == ("triton", []) and layer(1) == (False, [])
     finally:
         autotune.clear()
 

@@ -10,6 +10,7 @@ from typing import Dict
 import torch
 
 from .. import ops
+from .. import triton as _sk_triton
 from ..ops import _as_2d, linear_call
 from ._common import (check_int32_range, check_weight_and_mask, cuda_rows_forward, input_rows, needs_grad, route,
                       side_table_put)
@@ -84,6 +85,28 @@ def prepare_columns(bitmap, word_offsets, values, shape) -> bool:
                    (weakref.ref(values), weakref.ref(bitmap), weakref.ref(word_offsets),
                     (values._version, bitmap._version, word_offsets._version), columns))
     return True
+
+
+_COLUMNS_ROUTE = "bitmap_columns"  # the route table of layers with a column list (bitmap_columns_route)
+
+
+def _columns_use(x2, n, bitmap, word_offsets, values, cols, bias) -> bool:
+    """`use` of cuda_rows_forward for a layer with a column list: whether the column-list kernel serves these rows.
+    Under "auto", up to ROUTE_MAX_M rows, the faster of it and the public op (bitmap_mm, whose own route picks the
+    compiled bitmap kernel or Triton), measured on the device at the first call of each route key (the op's route
+    table times the bitmap kernel, not this one, so the layer keeps a table of its own); where nothing can be timed,
+    M <= 16. A fixed backend setting, or a device without the direct path: the op's boundary (`_ROUTE`)."""
+    M = x2.shape[0]
+    if not (0 < M <= _sk_triton.ROUTE_MAX_M and _sk_triton.compiled_auto("bitmap_mm", x2)):
+        return _ROUTE(x2)
+    cfg = _sk_triton.route_table(_COLUMNS_ROUTE).get(_sk_triton.route_key(x2, n))
+    if cfg is not None:
+        return cfg["path"] == "columns"
+    paths = ("columns", "op") if M <= 16 else ("op", "columns")  # first: the choice where nothing is timed
+    return _sk_triton.measured_route(
+        _COLUMNS_ROUTE, x2, n, *paths,
+        lambda p: (_CUDA_BITMAP_COLUMNS_MM(x2, bitmap, word_offsets, values, cols, bias) if p == "columns"
+                   else _BITMAP_MM(x2, bitmap, word_offsets, values, bias))) == "columns"
 
 
 def _columns_call(x2, bitmap, word_offsets, values, bias):
@@ -180,10 +203,12 @@ class BitmapWeight(SparseFormat):
         if x.is_cuda:  # M <= 16: the compiled decode kernel directly (one op call; the router would pick it too)
             cols = None if torch.compiler.is_compiling() else bitmap_columns_for(b["bitmap"], b["word_offsets"],
                                                                                   b["values"])
-            if cols is not None:  # with the column list: the same, its variant 4
+            if cols is not None:  # with the column list: its variant 4, by a route of its own
+                bias = m._parameters["bias"]
                 return cuda_rows_forward(
                     m, x, lambda x2, bm, wo, v, bias: _CUDA_BITMAP_COLUMNS_MM(x2, bm, wo, v, cols, bias), _BITMAP_MM,
-                    _ROUTE, b["bitmap"], b["word_offsets"], b["values"])
+                    lambda x2, n: _columns_use(x2, n, b["bitmap"], b["word_offsets"], b["values"], cols, bias),
+                    b["bitmap"], b["word_offsets"], b["values"])
             return cuda_rows_forward(m, x, _CUDA_BITMAP_MM, _BITMAP_MM, _ROUTE, b["bitmap"], b["word_offsets"],
                                      b["values"])
         if x.dim() == 2:

@@ -51,7 +51,7 @@ _why_not: str | None = None
 # memory: K is split where x's rows do not fit whole);
 # its other path is a simple kernel, which "compiled" alone selects. These thresholds are
 # choices made without a GPU run: bench/cuda_gpu.py and bench/triton_gpu.py time both to confirm them; for the
-# int8 ops they are only the fallback of the measured routes below (MEASURED_ROUTES).
+# int8 ops and bitmap_mm they are only the fallback of the measured routes below (MEASURED_ROUTES).
 # int8_weight_only_mm: the compiled kernel (csrc/cuda/int8_wo_kernel.cu) streams the int8 weight into
 # tensor-core mmas for M <= 16 with float16 / bfloat16 x on sm_80+; float32 x always runs Triton's.
 # int8_mm / sparse24_int8_mm: the compiled W8A8 kernel (csrc/cuda/w8a8_kernel.cu, int8 tensor-core mmas, sm_80+)
@@ -125,6 +125,12 @@ def _has_mma(device: torch.device) -> bool:
     return ok
 
 
+def _compiled_runs(op: str, device: torch.device) -> bool:
+    """Whether `op`'s compiled kernel runs on `device`: the bitmap decode kernel on any CUDA device, the tensor-core
+    ones (the int8 ops) on sm_80+."""
+    return _has_mma(device) or (op == "bitmap_mm" and device.type == "cuda")
+
+
 # Measured routes. For the int8 ops under "auto" (int8_weight_only_mm, and int8_mm / int8_linear), which of the
 # compiled kernel and Triton serves M rows is not the boundary above but the faster of the two on the device, per
 # (device, N, K, dtype, M bucket) up to ROUTE_MAX_M rows (above: Triton): the op's CUDA implementation times both
@@ -132,8 +138,10 @@ def _has_mma(device: torch.device) -> bool:
 # and keeps the faster; where nothing can be timed (CPU stand-ins, CUDA graph capture, SPARSEKIT_TRITON_AUTOTUNE=0)
 # the boundary above. A converted layer's direct call of the compiled kernel (formats/_common.py,
 # cuda_rows_forward) follows the same table, and takes the public op (which measures) on a key not measured yet.
-# The 2:4 formats measure their own kernels against cuSPARSELt the same way (formats/sparse24.py).
-MEASURED_ROUTES = ("int8_weight_only_mm", "int8_mm")
+# The 2:4 formats measure their own kernels against cuSPARSELt the same way (formats/sparse24.py). bitmap_mm too
+# (its compiled decode kernel against Triton's TILE / bit-slice designs, whose tl.dot may win from M = 8); a bitmap
+# layer with a column list measures that kernel against the public op in a table of its own (formats/bitmap.py).
+MEASURED_ROUTES = ("int8_weight_only_mm", "int8_mm", "bitmap_mm")
 ROUTE_MAX_M = 128
 _DTYPE_KEYS = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int8: "i8"}
 _route_tables: dict = {}
@@ -187,7 +195,7 @@ def pick_compiled(op: str, x: torch.Tensor, n: int, run_compiled, run_triton, ta
     under "auto" for MEASURED_ROUTES up to ROUTE_MAX_M rows the faster of the two for the call's route_key,
     timed now on its tensors (`run_compiled()`, `run_triton()`) if not yet; otherwise M <= the op's boundary.
     `table`: the route table (default `op`; int8_linear keeps its own beside int8_mm)."""
-    if x.dim() != 2 or not _compiled_cuda() or not _has_mma(x.device):
+    if x.dim() != 2 or not _compiled_cuda() or not _compiled_runs(op, x.device):
         return False
     choice = _backend[op]
     M = x.shape[0]
@@ -210,7 +218,7 @@ def use_compiled(op: str, x: torch.Tensor, n: int = None, table: str = None) -> 
         return False
     M = x.shape[0]
     if n is not None and op in MEASURED_ROUTES and _backend[op] == "auto" and 0 < M <= ROUTE_MAX_M:
-        if not (_compiled_cuda() and _has_mma(x.device)):
+        if not (_compiled_cuda() and _compiled_runs(op, x.device)):
             return False
         cfg = route_table(table or op).get(route_key(x, n))
         if cfg is not None:
@@ -344,9 +352,15 @@ def _make_impls():
         return _bsr()(x, crow_indices, col_indices, values, out_features, bias)
 
     def bitmap_mm(x, bitmap, word_offsets, values, bias=None):
-        if backend("bitmap_mm", x.shape[0]) == "compiled":
+        def compiled():
             return torch.ops.sparsekit._cuda_bitmap_mm(x, bitmap, word_offsets, values, bias)
-        return _bitmap()(x, bitmap, word_offsets, values, bias)
+
+        def triton():
+            return _bitmap()(x, bitmap, word_offsets, values, bias)
+
+        if bitmap.dim() == 2 and pick_compiled("bitmap_mm", x, bitmap.shape[0], compiled, triton):
+            return compiled()
+        return triton()
 
     def quantize(x):  # symmetric
         if quantize_compiled(x):
