@@ -103,6 +103,7 @@ STREAMS = {
     "_bitmap_expand_kernel": {"weight": r"\bv = _decode_tile\(", "bitmap": r"\bu, cnt = _load_words\("},
     "_int8_mm_kernel": {"weight": r"\bb = tl\.load\(b_ptrs", "x": r"\ba = tl\.load\(a_ptrs"},
     "_w8a16_kernel": {"weight": r"\bw = tl\.load\(w_ptrs", "x": r"\bxk = tl\.load\(x_ptrs"},
+    "_w8_expand_kernel": {"weight": r"\bw = tl\.load\(w_ptr"},
     "_quantize_kernel": {"x": r"v, fin = _load_finite\("},
 }
 
@@ -281,7 +282,8 @@ def cases(ops=None, dtypes=None, buckets=None, full=False):
                     M = _m_of(b)
                     x, y = E(M, K, dtype=dt), E(M, N, dtype=dt)
                     for i, c in enumerate(I8.weight_only_candidates(b, K, dt)):
-                        fn, a, k = one(I8, "_w8a16_kernel", lambda c=c: I8._launch_wo(x, wq, ws, None, y, c))
+                        kernel = "_w8_expand_kernel" if c.get("EXPAND") else "_w8a16_kernel"
+                        fn, a, k = one(I8, kernel, lambda c=c: I8._launch_wo(x, wq, ws, None, y, c))
                         yield "int8_weight_only_mm", dn, "", f"M{b} K{K}", i == 0, c, fn, a, k
 
     if want("quantize_per_token"):

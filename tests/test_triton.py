@@ -351,6 +351,29 @@ def test_interp_weight_only_large_m_and_strides():
     _wo_case(7, 24, 64, torch.bfloat16, "cpu", x=torch.randn(64, 7).to(torch.bfloat16).t())
 
 
+@interp
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_interp_weight_only_expand(dtype):
+    """EXPAND (the dequantized weight, then cuBLAS): first above M = 512 and for float32 above M = 16, last at
+    M = 129-512; odd N and K (tails inside a program), with and without a bias, a strided x, a weight view."""
+    from sparsekit.triton import int8
+
+    first = [int8.weight_only_candidates(b, 4096, dtype)[0] for b in (32, 256, 1024)]
+    assert [bool(c.get("EXPAND")) for c in first] == [dtype == torch.float32, dtype == torch.float32, True]
+    assert int8.weight_only_candidates(256, 4096, dtype)[-1 if dtype != torch.float32 else 0].get("EXPAND")
+    for cfg in (int8._wo_expand(), int8._wo_expand(bn=16, bk=64)):
+        _wo_case(3, 37, 70, dtype, "cpu", config=cfg)
+        _wo_case(20, 129, 300, dtype, "cpu", bias=False, config=cfg)
+        _wo_case(5, 24, 64, dtype, "cpu", config=cfg, x=torch.randn(64, 5).to(dtype).t())
+        x = torch.randn(4, 64).to(dtype)
+        s = torch.rand(24) / 64 + 0.001
+        for w_q in (torch.randint(-127, 128, (24, 67), dtype=torch.int8)[:, 1:65],  # a view: row stride 67
+                    torch.randint(-127, 128, (64, 24), dtype=torch.int8).t()):  # column stride 24
+            y = int8.int8_weight_only_mm(x, w_q, s, config=cfg)
+            _check_out(y, reference.int8_weight_only_mm(x.double(), w_q, s.double()), x,
+                       w_q.double() * s.double()[:, None], dtype)
+
+
 # -------------------------------------------------------------------- interpreter: edge cases
 @interp
 def test_interp_zero_sizes_launch_nothing():
@@ -648,7 +671,7 @@ def test_gpu_int8_weight_only_sweep(dtype):
 
     for M in M_SWEEP:
         _wo_case(M, 384, 1000, dtype, "cuda")
-    for M in (1, 4, 16, 512):
+    for M in (1, 4, 16, 512, 1100):
         for cfg in int8.weight_only_candidates(_bucket(M), 4096, dtype):
             _wo_case(M, 256, 4096, dtype, "cuda", config=cfg)
 

@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 # bump when a kernel's meaning of a configuration changes, or a candidate list gains designs that cached choices
-# never competed with (2: bitmap_mm's TILE and EXPAND designs)
+# never competed with (2: bitmap_mm's TILE and EXPAND designs, int8_weight_only_mm's EXPAND)
 CACHE_VERSION = 2
 
 _lock = threading.Lock()

@@ -12,7 +12,11 @@ int8_weight_only_mm: int8 weights loaded (1 byte each), converted to x's dtype i
     (exact: |q| <= 127), tl.dot in float32, the per-channel scale applied once in the epilogue
     (y = (x @ q.T) * scale, the scale factors out of the K sum). For M <= 4 an elementwise path
     (no tl.dot, no padding of M to 16) streams the weights like a GEMV with small BLOCK_N, so even
-    a 4096-row weight is spread over 512 programs.
+    a 4096-row weight is spread over 512 programs. Above M = 128 also EXPAND (first above M = 512, and for
+    float32 x above M = 16, whose Triton dot is an FMA loop): `_w8_expand_kernel` writes the dequantized weight
+    (q * scale, rounded once to x's dtype, as a dense layer's weight is) into a transient (N, K) buffer, then
+    cuBLAS multiplies: the dequantization once per call whatever M, and cuBLAS's GEMM, where Triton's
+    mixed-input dot waits for each wgmma (the SASS of sm_90a) and measured 0.45-0.87x dense at M = 48-333.
 """
 import torch
 import triton
@@ -328,6 +332,25 @@ def _w8a16_kernel(x_ptr, w_ptr, ws_ptr, bias_ptr, y_ptr,
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _w8_expand_kernel(w_ptr, ws_ptr, out_ptr, N, K, stride_wn, stride_wk, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr):
+    """out (N, K) row-major, out's dtype: w_q[n, k] * w_scale[n] in float32, rounded once."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    inside = (rn < N)[:, None] & (rk < K)[None, :]
+    w = tl.load(w_ptr + rn.to(tl.int64)[:, None] * stride_wn + rk[None, :] * stride_wk, mask=inside, other=0)
+    s = tl.load(ws_ptr + rn, mask=rn < N, other=0.0)
+    tl.store(out_ptr + rn.to(tl.int64)[:, None] * K + rk[None, :],
+             (w.to(tl.float32) * s[:, None]).to(out_ptr.dtype.element_ty), mask=inside)
+
+
+def _wo_expand(bn=32, bk=128, warps=4):
+    """An EXPAND configuration of int8_weight_only_mm: the dequantized weight written by programs of BLOCK_N rows x
+    BLOCK_K columns, then cuBLAS."""
+    return {"EXPAND": True, "DOT": False, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": 1}
+
+
 def _wocfg(dot, bm, bn, bk, warps, stages, group_m=8):
     return {"DOT": dot, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m, "num_warps": warps,
             "num_stages": stages}
@@ -375,12 +398,25 @@ def weight_only_candidates(bucket: int, K: int, dtype: torch.dtype):
         if t not in seen:
             seen.add(t)
             out.append(c)
-    return out or [_wocfg(True, 16, 32, k(64), 4, 3)]
+    out = out or [_wocfg(True, 16, 32, k(64), 4, 3)]
+    if bucket > 128 or (dtype == torch.float32 and bucket > 16):  # EXPAND (module doc)
+        out.insert(0 if bucket > 512 or dtype == torch.float32 else len(out), _wo_expand())
+    return out
 
 
 def _launch_wo(x, w_q, w_scale, bias, y, cfg):
     M, K = x.shape
     N = w_q.shape[0]
+    if cfg.get("EXPAND"):
+        bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
+        w = torch.empty((N, K), dtype=x.dtype, device=x.device)
+        launch(_w8_expand_kernel, (cdiv(N, bn), cdiv(K, bk)), w_q, w_scale, w, N, K, w_q.stride(0), w_q.stride(1),
+               BLOCK_N=bn, BLOCK_K=bk, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        if bias is None:
+            torch.mm(x, w.t(), out=y)
+        else:
+            torch.addmm(bias, x, w.t(), out=y)
+        return
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     grid = (cdiv(M, bm) * cdiv(N, bn),)
     launch(
