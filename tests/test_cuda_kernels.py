@@ -1243,6 +1243,38 @@ def test_w8a8_router_picks_the_compiled_kernel_for_small_m(monkeypatch):
     assert int8_mm(1) == "triton"
 
 
+def fake_measuring_device(monkeypatch, tmp_path, log):
+    """The measured routes' world on the CPU: an sm_80+ device with the compiled kernels, backends "auto", kernels
+    that can be timed, an autotune cache in tmp_path, and a timer that reports times[path](M bucket) of the one
+    kernel it saw run (`log`: (path, M) of every launch). Returns (times, timed): the caller fills `times`;
+    `timed` lists the (path, M) timed."""
+    from sparsekit import triton as skt
+    from sparsekit.triton import autotune
+
+    monkeypatch.setattr(skt, "_compiled_cuda", lambda: True)
+    monkeypatch.setattr(skt, "_has_mma", lambda device: True)
+    monkeypatch.setattr(skt, "_backend", dict.fromkeys(skt._AUTO_MAX_M, "auto"))
+    monkeypatch.setattr(skt, "available", lambda: True)
+    monkeypatch.setattr(autotune, "_measurable", lambda device: True)
+    monkeypatch.setattr(autotune, "device_tag", lambda device: "Fake_GPU")
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("SPARSEKIT_TRITON_AUTOTUNE", raising=False)
+    times, timed = {}, []
+
+    def bench(fn):
+        n = len(log)
+        fn()
+        assert len(log) == n + 1
+        path, m = log[-1]
+        timed.append((path, m))
+        return times[path](1 << (m - 1).bit_length())
+
+    monkeypatch.setattr(autotune, "_do_bench_ms", bench)
+    autotune.clear()
+    return times, timed
+
+
 def test_int8_routes_are_measured_per_m_bucket(monkeypatch, tmp_path):
     """Under "auto", int8_weight_only_mm and int8_linear on CUDA take the faster of the compiled kernel and Triton
     on the device, timed at the first call of each (N, K, dtype, M bucket) up to 128 rows (above: Triton) and
@@ -1269,28 +1301,7 @@ def test_int8_routes_are_measured_per_m_bucket(monkeypatch, tmp_path):
         monkeypatch.setattr(torch.ops.sparsekit, alias, lambda *a, _r=real: log.append(("compiled", a[0].shape[0]))
                             or _r(*a))
     monkeypatch.setattr(skt, "_lazy", fake_lazy)
-    monkeypatch.setattr(skt, "_compiled_cuda", lambda: True)
-    monkeypatch.setattr(skt, "_has_mma", lambda device: True)
-    monkeypatch.setattr(skt, "_backend", dict.fromkeys(skt._AUTO_MAX_M, "auto"))
-    monkeypatch.setattr(skt, "available", lambda: True)
-    monkeypatch.setattr(autotune, "_measurable", lambda device: True)
-    monkeypatch.setattr(autotune, "device_tag", lambda device: "Fake_GPU")
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
-    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path))
-    monkeypatch.delenv("SPARSEKIT_TRITON_AUTOTUNE", raising=False)
-    times = {}
-    timed = []
-
-    def bench(fn):
-        n = len(log)
-        fn()
-        assert len(log) == n + 1
-        path, m = log[-1]
-        timed.append((path, m))
-        return times[path](1 << (m - 1).bit_length())
-
-    monkeypatch.setattr(autotune, "_do_bench_ms", bench)
-    autotune.clear()
+    times, timed = fake_measuring_device(monkeypatch, tmp_path, log)
     impls = skt._make_impls()
     w = formats.Int8Weight.from_dense(torch.randn(8, 32))
 
@@ -1364,27 +1375,7 @@ def test_bitmap_routes_are_measured_per_m_bucket(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.ops.sparsekit, "_cuda_bitmap_mm", logged("compiled", torch.ops.sparsekit._cuda_bitmap_mm))
     monkeypatch.setattr(bmf, "_CUDA_BITMAP_COLUMNS_MM", logged("columns", bmf._CUDA_BITMAP_COLUMNS_MM))
     monkeypatch.setattr(bmf, "_BITMAP_MM", logged("op", reference.bitmap_mm))
-    monkeypatch.setattr(skt, "_compiled_cuda", lambda: True)
-    monkeypatch.setattr(skt, "_has_mma", lambda device: True)
-    monkeypatch.setattr(skt, "_backend", dict.fromkeys(skt._AUTO_MAX_M, "auto"))
-    monkeypatch.setattr(skt, "available", lambda: True)
-    monkeypatch.setattr(autotune, "_measurable", lambda device: True)
-    monkeypatch.setattr(autotune, "device_tag", lambda device: "Fake_GPU")
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
-    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path))
-    monkeypatch.delenv("SPARSEKIT_TRITON_AUTOTUNE", raising=False)
-    times, timed = {}, []
-
-    def bench(fn):
-        n = len(log)
-        fn()
-        assert len(log) == n + 1
-        timed.append(log[-1])
-        path, m = log[-1]
-        return times[path](1 << (m - 1).bit_length())
-
-    monkeypatch.setattr(autotune, "_do_bench_ms", bench)
-    autotune.clear()
+    times, timed = fake_measuring_device(monkeypatch, tmp_path, log)
     bitmap_mm = skt._make_impls()["bitmap_mm"]
     f = formats.BitmapWeight.from_dense(torch.randn(8, 64), torch.rand(8, 64) < 0.3)
     cols = reference.bitmap_columns(f.bitmap, 64)
