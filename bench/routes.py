@@ -27,8 +27,8 @@ ROUTE_TABLES = {"sparse24_route": "2:4: own kernel / cuSPARSELt",
                 "int8_linear_route": "int8 W8A8 linear: compiled kernel / Triton",
                 "int8_mm_route": "int8_mm (x quantized): compiled kernel / Triton",
                 "bitmap_mm_route": "bitmap: compiled decode kernel / Triton",
-                "bitmap_columns_route": "bitmap layer with a column list: column-list kernel / the op"}
-OWN = ("own", "compiled", "columns")  # the sparsekit decode kernels' side of each route
+                "bitmap_columns_route": "bitmap layer with a column list: column-list kernel (compiled) / the op (triton)"}
+OWN = ("own", "compiled")  # the sparsekit decode kernels' side of each route
 
 
 def read_routes(cache_dir) -> dict:

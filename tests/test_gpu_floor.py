@@ -178,7 +178,7 @@ def test_routes_reads_the_measured_routes_of_a_run(tmp_path, monkeypatch):
     autotune.select("sparse24_int8_route", (4096, 14336, "fp16", 1), "Fake_GPU", [{"path": "own"}], lambda c: 1.0)
     autotune.select("int8_weight_only_mm_route", (4096, 4096, "bf16", 32), "Fake_GPU", [{"path": "triton"}],
                     lambda c: 1.0)
-    autotune.select("bitmap_columns_route", (4096, 4096, "bf16", 4), "Fake_GPU", [{"path": "columns"}], lambda c: 1.0)
+    autotune.select("bitmap_columns_route", (4096, 4096, "bf16", 4), "Fake_GPU", [{"path": "compiled"}], lambda c: 1.0)
     autotune.select("bsr_mm", (4096, 4096, 16), "Fake_GPU", [{"BLOCK_M": 16}], lambda c: 1.0)
     (tmp_path / "junk.json").write_text("{not json")
     autotune.clear()
@@ -186,12 +186,13 @@ def test_routes_reads_the_measured_routes_of_a_run(tmp_path, monkeypatch):
     assert got == {("sparse24_route", 14336, 4096, "bf16"): {1: "own", 4: "own", 16: "cslt"},
                    ("sparse24_int8_route", 4096, 14336, "fp16"): {1: "own"},
                    ("int8_weight_only_mm_route", 4096, 4096, "bf16"): {32: "triton"},
-                   ("bitmap_columns_route", 4096, 4096, "bf16"): {4: "columns"}}
+                   ("bitmap_columns_route", 4096, 4096, "bf16"): {4: "compiled"}}
     md = routes.markdown(got)
     assert "| 2:4: own kernel / cuSPARSELt | 14336x4096 | bf16 | own | own | cslt |  |" in md
     assert "| 2:4+int8: compiled W8A8 kernel / cuSPARSELt | 4096x14336 | fp16 | own |  |  |  |" in md
     assert "| int8 weight-only: compiled kernel / Triton | 4096x4096 | bf16 |  |  |  | triton |" in md
-    assert "| bitmap layer with a column list: column-list kernel / the op | 4096x4096 | bf16 |  | columns |  |  |" in md
+    assert ("| bitmap layer with a column list: column-list kernel (compiled) / the op (triton) | 4096x4096 | bf16 |  "
+            "| compiled |  |  |") in md
     assert routes.summary(got) == ("6 measured (shape, M bucket) routes over 4 shapes: the decode kernel in 4, "
                                    "cuSPARSELt, Triton or the op in 2; the decode kernel's largest bucket per shape: "
                                    "0-4")

@@ -91,22 +91,14 @@ _COLUMNS_ROUTE = "bitmap_columns"  # the route table of layers with a column lis
 
 
 def _columns_use(x2, n, bitmap, word_offsets, values, cols, bias) -> bool:
-    """`use` of cuda_rows_forward for a layer with a column list: whether the column-list kernel serves these rows.
-    Under "auto", up to ROUTE_MAX_M rows, the faster of it and the public op (bitmap_mm, whose own route picks the
-    compiled bitmap kernel or Triton), measured on the device at the first call of each route key (the op's route
-    table times the bitmap kernel, not this one, so the layer keeps a table of its own); where nothing can be timed,
-    M <= 16. A fixed backend setting, or a device without the direct path: the op's boundary (`_ROUTE`)."""
-    M = x2.shape[0]
-    if not (0 < M <= _sk_triton.ROUTE_MAX_M and _sk_triton.compiled_auto("bitmap_mm", x2)):
-        return _ROUTE(x2)
-    cfg = _sk_triton.route_table(_COLUMNS_ROUTE).get(_sk_triton.route_key(x2, n))
-    if cfg is not None:
-        return cfg["path"] == "columns"
-    paths = ("columns", "op") if M <= 16 else ("op", "columns")  # first: the choice where nothing is timed
-    return _sk_triton.measured_route(
-        _COLUMNS_ROUTE, x2, n, *paths,
-        lambda p: (_CUDA_BITMAP_COLUMNS_MM(x2, bitmap, word_offsets, values, cols, bias) if p == "columns"
-                   else _BITMAP_MM(x2, bitmap, word_offsets, values, bias))) == "columns"
+    """`use` of cuda_rows_forward for a layer with a column list: whether the column-list kernel serves these rows,
+    by sparsekit.triton.pick_compiled with the column-list kernel as the compiled path and the public op (whose own
+    route picks the compiled bitmap kernel or Triton) as the other, in a route table of its own (the op's table
+    times the bitmap kernel, not this one): measured on the device up to ROUTE_MAX_M rows under "auto", else M <=
+    16 or the backend setting."""
+    return _sk_triton.pick_compiled(
+        "bitmap_mm", x2, n, lambda: _CUDA_BITMAP_COLUMNS_MM(x2, bitmap, word_offsets, values, cols, bias),
+        lambda: _BITMAP_MM(x2, bitmap, word_offsets, values, bias), table=_COLUMNS_ROUTE)
 
 
 def _columns_call(x2, bitmap, word_offsets, values, bias):

@@ -204,14 +204,17 @@ def pick_compiled(op: str, x: torch.Tensor, n: int, run_compiled, run_triton, ta
     static = M <= _AUTO_MAX_M[op]
     if op not in MEASURED_ROUTES or M > ROUTE_MAX_M or M == 0:
         return static
+    cfg = route_table(table or op).get(route_key(x, n))  # (a known key: no closure built)
+    if cfg is not None:
+        return cfg["path"] == "compiled"
     paths = ("compiled", "triton") if static else ("triton", "compiled")
     return measured_route(table or op, x, n, *paths,
                           lambda p: run_compiled() if p == "compiled" else run_triton()) == "compiled"
 
 
 def use_compiled(op: str, x: torch.Tensor, n: int = None, table: str = None) -> bool:
-    """Whether a call of `op` with activations x (2-d) takes the compiled tensor-core kernel: x is on an sm_80+
-    CUDA device and the backend setting for x's rows says "compiled"; with `n` (output features), for
+    """Whether a call of `op` with activations x (2-d) takes the compiled kernel: it runs on x's device
+    (`_compiled_runs`) and the backend setting for x's rows says "compiled"; with `n` (output features), for
     MEASURED_ROUTES under "auto", the measured route of (x, n) (`pick_compiled`), and False where that is not
     measured yet but could be (the caller then takes the public op, whose implementation measures)."""
     if x.dim() != 2:
@@ -225,7 +228,7 @@ def use_compiled(op: str, x: torch.Tensor, n: int = None, table: str = None) -> 
             return cfg["path"] == "compiled"
         if _can_measure(x):
             return False
-    return backend(op, M) == "compiled" and _has_mma(x.device)
+    return backend(op, M) == "compiled" and _compiled_runs(op, x.device)
 
 
 def compiled_auto(op: str, x: torch.Tensor) -> bool:
