@@ -248,6 +248,12 @@ def main(argv=None):
                                       lambda f=f: torch.ops.sparsekit._cuda_bitmap_mm(x, f.bitmap, f.word_offsets,
                                                                                      f.values, None),
                                       {"SPARSEKIT_CUDA_DECODE": var}))
+                    if M == 1 and "v2" in a.decode_variants.split(","):
+                        # v2 at M = 1 walks each lane's bits (the default); the list and chunk consumer of larger M
+                        impls.append(("sparsekit compiled bitmap decode v2 list",
+                                      lambda f=f: torch.ops.sparsekit._cuda_bitmap_mm(x, f.bitmap, f.word_offsets,
+                                                                                     f.values, None),
+                                      {"SPARSEKIT_CUDA_DECODE": "v2", "SPARSEKIT_CUDA_BITMAP_CONSUMER": "list"}))
                     # the column-list kernel (variant 4: no scan, no compaction), on the list of this weight; it reads
                     # values + list (4 bytes a kept value in 16 bits) + a row's offsets, not the bitmap
                     cols = reference.bitmap_columns(f.bitmap, K)

@@ -63,10 +63,18 @@ def xtile_flat_bytes(mt, cols):
     return math.ceil(cols * mt * E / 16) * 16
 
 
-def chunking(K, align, extra_per_warp, mt, span, extra_per_block=0):
+def walk_tile_bytes(cols):
+    """WalkTile of bitmap_kernel.cu (the v2 walk at M = 1): x as float32 in blocks of 2048 columns."""
+    return math.ceil(cols / 2048) * 8192
+
+
+def chunking(K, align, extra_per_warp, mt, span, extra_per_block=0, walk=False):
     """choose_chunking of decode_common.cuh: (Kc, splits, threads, smem). extra_per_block: shared bytes a block
-    keeps beside its x tile (the bitmap kernels' zero column), counted with the tile as the kernels do."""
+    keeps beside its x tile (the bitmap kernels' zero column), counted with the tile as the kernels do. walk: the
+    x tile is the bitmap walk's (float32, blocks of 2048 columns)."""
     def tile(cols):
+        if walk:
+            return walk_tile_bytes(cols) + extra_per_block
         return (xtile_flat_bytes(mt, cols) if span == 0 else xtile_bytes(mt, cols, span)) + extra_per_block
 
     b2 = min(SMEM_OPTIN, SMEM_SM // 2 - 1024)
@@ -113,14 +121,16 @@ def bitmap_row(N, K, M, density, variant, regs):
         # fit in shared memory (not on an H200)
         fill = density * 1024 / 8 / 32
         kind = 2 if fill <= 0.425 else 3 if fill <= 1.275 else 0
-        name = f"bitmap_decode_v2_kernel<__nv_bfloat16, {mt}, {kind}>"
+        walk = mt == 1  # (at M = 1 in 16 bits the lanes walk their bits: x in a float32 tile of its own)
+        name = f"bitmap_decode_v2_kernel<__nv_bfloat16, {mt}, {kind}, {'true' if walk else 'false'}>"
         w, p, d = {2: (2, 1, 4), 3: (2, 3, 3), 1: (1, 1, 8), 0: (1, 2, 4)}[kind]
         tile_vals *= w
         warp_bytes = (1024 * w + 16) * 2 + d * 32 * 8 * w
     r = regs.get(name)
     if r is None:
         return None
-    kc, splits, threads, smem = chunking(K, 32, warp_bytes, mt, 32, extra_per_block=64)  # + the zero column
+    kc, splits, threads, smem = chunking(K, 32, warp_bytes, mt, 32, extra_per_block=64,  # + the zero column
+                                         walk=variant == 2 and mt == 1)
     per_warp = d * (min(tile_vals, p * 512) + 128 * w)
     warps, blocks = warps_per_sm(r, threads, smem, N, splits)
     shape = "1 tile" if variant == 1 else f"D={d} P={p}" + (" 2048" if w == 2 else "")

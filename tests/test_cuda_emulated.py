@@ -447,6 +447,28 @@ def test_bitmap_v2_each_shape_at_any_density(driver, tmp_path, shape):
                            {**SPLIT_BITMAP_WIDE, **knobs}), cases)
 
 
+@pytest.mark.parametrize("consumer", ["walk", "list"])
+def test_bitmap_v2_at_m1_walk_and_list(driver, tmp_path, consumer):
+    """At M = 1 in float16 / bfloat16 the batched kernel walks each lane's bits itself (the default) or, with
+    SPARSEKIT_CUDA_BITMAP_CONSUMER=list, compacts the list and runs the chunk consumer as at larger M: both in
+    each shape (forced) on rows far sparser and denser than it is chosen for, odd K, x misaligned (the walk's x
+    tile staged a value at a time) and aligned (16-byte loads), and K split (the walk's x tile is twice the
+    16-bit one: K splits sooner)."""
+    knobs = {} if consumer == "walk" else {"SPARSEKIT_CUDA_BITMAP_CONSUMER": "list"}
+    for dtype in (torch.float16, torch.bfloat16):
+        g = gen(75)
+        cases = [bitmap_case(f"d={d} K={K} xoff={xo}", dtype, 1, 37, K, g, density=d, empty_rows=(3,), xoff=xo)
+                 for d, K, xo in ((0.03, 4500, 0), (0.2, 3001, 3), (0.5, 2050, 0), (1.0, 1100, 1), (0.0, 700, 0))]
+        for shape in ("wide", "wide-dense", "sparse", "dense"):
+            check_mm_cases(run(driver, cases, tmp_path / f"{shape}_{H.DTYPE_NAMES[dtype]}",
+                               {"SPARSEKIT_CUDA_BITMAP_SHAPE": shape, **knobs}), cases)
+        cases = [bitmap_case("split sparse", dtype, 1, 17, 36000, g, density=0.05, split=True),
+                 bitmap_case("split dense x misaligned", dtype, 1, 9, 40000, g, density=0.6, xoff=1,
+                             split=True if consumer == "walk" else None)]
+        check_mm_cases(run(driver, cases, tmp_path / f"split_{H.DTYPE_NAMES[dtype]}", {**SPLIT_BITMAP_V2, **knobs}),
+                       cases)
+
+
 def with_columns(cases, corrupt=None):
     """The bitmap cases with the column list (reference.bitmap_columns) beside their buffers: the column-list kernel
     (variant 4 of bitmap_mm) serves them. corrupt(cols, K): edits the list first (a wrong list)."""
@@ -1325,12 +1347,11 @@ PLANTED = {
     # (not the __syncwarp before the list is written: the shuffles of the run's start and length there
     # already make the lanes wait for each other, which the emulator cannot tell from a memory barrier)
     "bitmap v2 missing __syncwarp after the list": (
-        "e", ("bitmap_kernel.cu", "        }\n        __syncwarp();\n\n        const unsigned char* tile",
-              "        }\n\n        const unsigned char* tile"),
+        "e", ("bitmap_kernel.cu", "          }\n          __syncwarp();\n#pragma unroll", "          }\n#pragma unroll"),
         "bitmap_v2"),
     "bitmap v2 overflow chunks skipped": (
-        "f", ("bitmap_kernel.cu", "for (int q = lane + 32 * P; q < nq; q += 32)",
-              "for (int q = lane + 32 * P; q < 0; q += 32)"),
+        "f", ("bitmap_kernel.cu", "for (int q = lane + 32 * P; q < nq; q += 32)\n            consume_chunk",
+              "for (int q = lane + 32 * P; q < 0; q += 32)\n            consume_chunk"),
         "bitmap_v2"),
     # the branch-free consumer: entries outside a tile's run take -0.0 and the block's zero column
     "bitmap zero column not zeroed": (
@@ -1359,6 +1380,23 @@ PLANTED = {
     "bitmap v2 wide: the tile's run counts its first half only": (
         "n", ("bitmap_kernel.cu", "total = total0 + (tot >> 16);", "total = total0;"),
         "bitmap_v2"),
+    # the walk (variant 2 at M = 1 in 16-bit types: each lane multiplies its words' kept values bit by bit)
+    "bitmap walk missing __syncwarp after the run is staged": (
+        "w1", ("bitmap_kernel.cu", "aligned + static_cast<int64_t>(q) * kV);\n          __syncwarp();",
+               "aligned + static_cast<int64_t>(q) * kV);"),
+        "bitmap_walk"),
+    "bitmap walk a word's values one place off": (
+        "w2", ("bitmap_kernel.cu", "const uint16_t* v = vals + __popc(word);", "const uint16_t* v = vals + __popc(word) - 1;"),
+        "bitmap_walk"),
+    "bitmap walk the second word's x taken from the first's": (
+        "w3", ("bitmap_kernel.cu", "WalkTile::word(xs, g + 32)", "WalkTile::word(xs, g)"), "bitmap_walk"),
+    "bitmap walk x staged transposed on the 16-byte path": (
+        "w4", ("bitmap_kernel.cu", "dst[(8 * i + j) * kBlockWords]", "dst[(8 * j + i) * kBlockWords]"), "bitmap_walk"),
+    "bitmap walk overflow chunks not staged": (
+        "w5", ("bitmap_kernel.cu", "q < nq; q += 32)\n            run[q]", "q < 0; q += 32)\n            run[q]"),
+        "bitmap_walk"),
+    "bitmap walk x tile blocks of 32 words, not 64": (
+        "w6", ("bitmap_kernel.cu", "(g % kBlockWords) * 4", "(g % 32) * 4"), "bitmap_walk"),
     "csr off-by-one row end": (
         "a", ("csr_spmm_kernel.cu", "j < end; j += 32", "j <= end; j += 32"), "csr"),
     "bsr a lane leaves before the warp reduction": (
@@ -1478,7 +1516,8 @@ PLANTED = {
 # and those of the batched one on one SM, so that every warp has several rows (batches that cross rows)
 # (the tensor-core kernel's also on one SM: every block walks several row groups; the 2:4 FMA kernel's with it
 # selected at every M, v1)
-PLANTED_KNOBS = {"bitmap_v1": {"SPARSEKIT_CUDA_DECODE": "v1"}, "bitmap_v2": {"EMU_SMS": 1}, "int8_wo": {"EMU_SMS": 1},
+PLANTED_KNOBS = {"bitmap_v1": {"SPARSEKIT_CUDA_DECODE": "v1"}, "bitmap_v2": {"EMU_SMS": 1}, "bitmap_walk": {"EMU_SMS": 1},
+                 "int8_wo": {"EMU_SMS": 1},
                  "bitmap_columns": {"EMU_SMS": 1}, "bitmap_columns_split": {"EMU_SMS": 1, **SPLIT_24},
                  "sparse24": {"SPARSEKIT_CUDA_DECODE": "v1", "EMU_SMS": 1}, "s24_mma": {"EMU_SMS": 1, "SPARSEKIT_CUDA_DECODE": "v3"},
                  "w8a8_split": SPLIT_W8A8, "w8a8_linear_split": SPLIT_24, "bsr_mma": {"EMU_SMS": 1},
@@ -1506,6 +1545,15 @@ def planted_cases(kind):
                 bitmap_case_mask("v2 sparse, dense and empty tiles", dt, 2, m, g),
                 bitmap_case("v2 dense", dt, 16, 9, 2080, gen(21), density=0.5),
                 bitmap_case("v2 dense rows of 5 tiles", dt, 4, 100, 4500, gen(23), density=0.5)]
+    if kind == "bitmap_walk":  # M = 1, one SM: each warp walks several rows
+        g = gen(71)
+        m = torch.rand((40, 3000), generator=g) < 0.5
+        m[1, :] = True    # a dense row: the overflow chunks
+        m[2, :] = False
+        return [bitmap_case("walk wide rows of 9 tiles", dt, 1, 140, 9000, gen(72), density=0.05),
+                bitmap_case("walk wide-dense rows of 3", dt, 1, 100, 3000, gen(73), density=0.25),
+                bitmap_case_mask("walk dense, full and empty rows", dt, 1, m, g),
+                bitmap_case("walk x misaligned", dt, 1, 30, 2100, gen(74), density=0.3, xoff=3)]
     if kind == "bitmap_columns_misaligned":
         return with_columns([bitmap_case("columns values misaligned", dt, 3, 40, 700, gen(68), density=0.2, voff=1)])
     if kind in ("bitmap_columns", "bitmap_columns_split"):  # one SM: each warp walks several rows

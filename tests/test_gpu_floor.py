@@ -200,3 +200,21 @@ def test_routes_reads_the_measured_routes_of_a_run(tmp_path, monkeypatch):
     out = tmp_path / "routes.md"
     assert routes.main([str(tmp_path), "--md", str(out)]) == 0 and "cuSPARSELt" in out.read_text()
     assert routes.main([str(tmp_path / "missing")]) == 0
+
+
+def test_bitmap_banks_model():
+    """bench/bitmap_banks.py (the shared-memory model of the bitmap walk, csrc/cuda/README.md): the walk's x loads
+    are one wavefront a round (WalkTile puts lane l's word in bank l), and the walk takes fewer wavefronts per tile
+    than the list at every density it counts; a load of 32 lanes at one bank's words is 32."""
+    import bitmap_banks as B
+    import numpy as np
+
+    assert B.wavefronts([4 * 32 * i for i in range(32)]) == 32 and B.wavefronts([4 * i for i in range(32)]) == 1
+    assert B.wavefronts([0, 2]) == 1  # two halves of one word: one wavefront
+    rng = np.random.default_rng(1)
+    for d, w in ((0.1, 2), (0.3, 2), (0.5, 1)):
+        rounds, val, x = np.array([B.walk(rng, d, w) for _ in range(6)]).sum(0)
+        stores, consumer = np.array([B.listed(rng, d, w) for _ in range(6)]).sum(0)
+        assert x == rounds and val >= rounds
+        assert val + x < stores + consumer, (d, val + x, stores + consumer)
+    assert B.main(["--density", "0.3", "--tiles", "2"]) == 0

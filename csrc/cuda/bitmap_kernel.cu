@@ -72,6 +72,71 @@ __device__ __forceinline__ void compact_word(uint16_t* list, int pos, uint32_t w
   }
 }
 
+// The walk (variant 2 at M = 1 in float16 / bfloat16, Plan::walk): a lane multiplies its word's kept values itself,
+// bit by bit, the values read from the tile's run staged in shared memory (vals: the word's first) and x from
+// the walk's own x tile (WalkTile), so there is no list and no second pass. The bits go from the highest down
+// (the values from the word's last), so that finding a bit is one FLO and clearing it one SHF and one LOP3 (which
+// also sets the loop's predicate). By the SASS (sm_90a) a round is 10 instructions in the lane (FLO, SHF, LOP3,
+// the x address, two shared loads, the value pointer, the value's conversion, the FMA, the branch) and 2 shared
+// loads, one of them (x) free of bank conflicts; a warp runs as many rounds as its fullest word has bits. The list
+// design pays 10 instructions a round to compact, then ≈ 12 per kept value in the consumer and a shared load of x
+// at a random bank (csrc/cuda/README.md has the counts per tile).
+template <typename T>
+__device__ __forceinline__ void walk_word(const uint16_t* vals, uint32_t word, const unsigned char* xw, float& acc);
+
+// The walk's x tile: x as float in blocks of 2048 columns (64 words), column 32 g + b of the K chunk (word g, bit
+// b) at byte (g / 64) * 8192 + b * 256 + (g % 64) * 4. The lanes of a warp walk words g0 + lane, so whatever bits
+// they are at, their x loads fall in 32 different banks (one wavefront; the spanned 16-bit tile takes ≈ 3.5 for 32
+// random bits), and x needs no conversion. Twice the bytes of the 16-bit tile (56 KB at K = 14336).
+struct WalkTile {
+  static constexpr int kBlockWords = 64;
+  static constexpr int kBitBytes = kBlockWords * 4;      // from bit b to bit b + 1 of a word
+  static constexpr int kBlockBytes = 32 * kBitBytes;     // 2048 columns
+  __host__ __device__ static constexpr size_t bytes(int64_t cols) {
+    return static_cast<size_t>(ceil_div<int64_t>(cols, 32 * kBlockWords)) * kBlockBytes;
+  }
+  // Where word g's column 32 g (bit 0) is; bit b's is b * kBitBytes on.
+  __device__ __forceinline__ static const unsigned char* word(const unsigned char* tile, unsigned g) {
+    return tile + (g / kBlockWords) * kBlockBytes + (g % kBlockWords) * 4;
+  }
+  // Cooperative copy by the whole block, a word (32 columns) a thread: x[0, k0 + c] for c < kc, else zero, in
+  // every word of the tile's blocks. 16-byte loads where the word's 32 values are whole and aligned.
+  template <typename T>
+  __device__ static void stage(unsigned char* tile, const T* x, int64_t k0, int kc) {
+    const Bits<T>* xb = reinterpret_cast<const Bits<T>*>(x) + k0;
+    const int nw = static_cast<int>(bytes(kc) / kBlockBytes) * kBlockWords;
+    for (int g = threadIdx.x; g < nw; g += blockDim.x) {
+      float* dst = reinterpret_cast<float*>(const_cast<unsigned char*>(word(tile, static_cast<unsigned>(g))));
+      const int c0 = 32 * g;
+      if (c0 + 32 <= kc && (reinterpret_cast<uintptr_t>(xb + c0) & 15u) == 0) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const uint4 q = __ldg(reinterpret_cast<const uint4*>(xb + c0) + i);
+          const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+          float f[8];
+          words_to_float<T, 4>(w, f);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) dst[(8 * i + j) * kBlockWords] = f[j];
+        }
+      } else {
+        for (int b = 0; b < 32; ++b)
+          dst[b * kBlockWords] = c0 + b < kc ? elem_from_bits<T>(static_cast<uint32_t>(xb[c0 + b])) : 0.f;
+      }
+    }
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ void walk_word(const uint16_t* vals, uint32_t word, const unsigned char* xw, float& acc) {
+  const uint16_t* v = vals + __popc(word);
+  while (word) {
+    const int b = 31 - __clz(static_cast<int>(word));  // the highest bit: FLO
+    word &= ~(1u << b);
+    const float xv = *reinterpret_cast<const float*>(xw + b * WalkTile::kBitBytes);
+    acc = fmaf(elem_from_bits<T>(*--v), xv, acc);
+  }
+}
+
 // Zeroes the block's zero column (before the block's first __syncthreads).
 __device__ __forceinline__ void zero_column(unsigned char* zero) {
   if (threadIdx.x < kZeroBytes / 4) reinterpret_cast<uint32_t*>(zero)[threadIdx.x] = 0u;
@@ -320,8 +385,9 @@ __device__ __forceinline__ void load_batch_words(const BmParams& p, Item it, int
   }
 }
 
-template <typename T, int MT, int kKind>
+template <typename T, int MT, int kKind, bool kWalk = false>
 __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const BmParams p) {
+  static_assert(!kWalk || (MT == 1 && sizeof(T) == 2), "the walk takes one row of 16-bit values and x");
   using Tile = XTile<T, MT, kSpan>;
   using Shape = V2Shape<kKind>;
   constexpr int kV = 16 / static_cast<int>(sizeof(T));
@@ -347,7 +413,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const 
   const int tiles = static_cast<int>((w1 - w0 + 32 * W - 1) / (32 * W));  // >= 1: every chunk has columns
 
   unsigned char* xs = smem;
-  unsigned char* zero = smem + Tile::bytes(p.Kc);
+  unsigned char* zero = smem + (kWalk ? WalkTile::bytes(p.Kc) : Tile::bytes(p.Kc));
   zero_column(zero);
   unsigned char* wsm = zero + kZeroBytes + warp * Shape::kWarpBytes;
   uint16_t* list = reinterpret_cast<uint16_t*>(wsm);
@@ -362,8 +428,12 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const 
   // The first batch's words are loaded before x is staged.
   load_batch_words<D, W>(p, it, tiles, n_stride, words, w0, w1, lane, wd, row_off);
 
-  Tile::stage(xs, static_cast<const T*>(p.x) + m0 * p.ldx, p.ldx, mrows, k0, kc,
-              static_cast<int>(round_up<int64_t>(kc, kSpan)));
+  if constexpr (kWalk) {
+    WalkTile::stage<T>(xs, static_cast<const T*>(p.x) + m0 * p.ldx, k0, kc);
+  } else {
+    Tile::stage(xs, static_cast<const T*>(p.x) + m0 * p.ldx, p.ldx, mrows, k0, kc,
+                static_cast<int>(round_up<int64_t>(kc, kSpan)));
+  }
   __syncthreads();
 
   float acc[MT];
@@ -435,28 +505,50 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const 
         const int nq = (shift + total + kV - 1) / kV;
 
         __syncwarp();  // the previous tile's reads of the list are done
-        if constexpr (W == 1) {
-          const uint2 wp = reinterpret_cast<const uint2*>(slots)[s * 32 + lane];
-          compact_word<Entry>(list, shift + static_cast<int>(wp.y), wp.x, Entry::word_base(lane));
-        } else {
-          const uint4 wp = reinterpret_cast<const uint4*>(slots)[s * 32 + lane];
-          compact_word<Entry>(list, shift + static_cast<int>(wp.z), wp.x, Entry::word_base(lane));
-          compact_word<Entry>(list, shift + static_cast<int>(wp.w), wp.y, Entry::word_base(lane + 32));
-        }
-        __syncwarp();
-
-        const unsigned char* tile =
-            xs + Tile::offset(static_cast<unsigned>(e.t) * static_cast<unsigned>(Shape::kCols));
+        if constexpr (kWalk) {
+          // The run's chunks go to the list's bytes (an aligned run of 16-bit values needs at most
+          // 2 kCols + 16 of its 2 kCols + 32), then each lane walks its words.
+          uint4* run = reinterpret_cast<uint4*>(list);
 #pragma unroll
-        for (int i = 0; i < P; ++i) {
-          const int q = lane + 32 * i;
-          if (q < nq)
-            consume_chunk<T, MT, kV2BranchFree, Entry::kShift>(v[s][i], q, list, shift, total, tile, zero, acc);
+          for (int i = 0; i < P; ++i) {
+            const int q = lane + 32 * i;
+            if (q < nq) run[q] = v[s][i];
+          }
+          for (int q = lane + 32 * P; q < nq; q += 32)
+            run[q] = load_chunk<T, true>(vbits, p.nnz, aligned + static_cast<int64_t>(q) * kV);
+          __syncwarp();
+          const unsigned g = static_cast<unsigned>(e.t) * (32 * W) + lane;  // the lane's word in the K chunk
+          if constexpr (W == 1) {
+            const uint2 wp = reinterpret_cast<const uint2*>(slots)[s * 32 + lane];
+            walk_word<T>(list + shift + wp.y, wp.x, WalkTile::word(xs, g), acc[0]);
+          } else {
+            const uint4 wp = reinterpret_cast<const uint4*>(slots)[s * 32 + lane];
+            walk_word<T>(list + shift + wp.z, wp.x, WalkTile::word(xs, g), acc[0]);
+            walk_word<T>(list + shift + wp.w, wp.y, WalkTile::word(xs, g + 32), acc[0]);
+          }
+        } else {
+          const unsigned char* tile =
+              xs + Tile::offset(static_cast<unsigned>(e.t) * static_cast<unsigned>(Shape::kCols));
+          if constexpr (W == 1) {
+            const uint2 wp = reinterpret_cast<const uint2*>(slots)[s * 32 + lane];
+            compact_word<Entry>(list, shift + static_cast<int>(wp.y), wp.x, Entry::word_base(lane));
+          } else {
+            const uint4 wp = reinterpret_cast<const uint4*>(slots)[s * 32 + lane];
+            compact_word<Entry>(list, shift + static_cast<int>(wp.z), wp.x, Entry::word_base(lane));
+            compact_word<Entry>(list, shift + static_cast<int>(wp.w), wp.y, Entry::word_base(lane + 32));
+          }
+          __syncwarp();
+#pragma unroll
+          for (int i = 0; i < P; ++i) {
+            const int q = lane + 32 * i;
+            if (q < nq)
+              consume_chunk<T, MT, kV2BranchFree, Entry::kShift>(v[s][i], q, list, shift, total, tile, zero, acc);
+          }
+          for (int q = lane + 32 * P; q < nq; q += 32)
+            consume_chunk<T, MT, kV2BranchFree, Entry::kShift>(
+                load_chunk<T, true>(vbits, p.nnz, aligned + static_cast<int64_t>(q) * kV), q, list, shift, total,
+                tile, zero, acc);
         }
-        for (int q = lane + 32 * P; q < nq; q += 32)
-          consume_chunk<T, MT, kV2BranchFree, Entry::kShift>(
-              load_chunk<T, true>(vbits, p.nnz, aligned + static_cast<int64_t>(q) * kV), q, list, shift, total, tile,
-              zero, acc);
 
         if (e.t == tiles - 1) {  // the row's last tile: its sum is complete
           const float r = warp_reduce_scatter<MT>(acc, lane);
@@ -657,12 +749,29 @@ inline int forced_v2_shape() {
   return -1;
 }
 
+// SPARSEKIT_CUDA_BITMAP_CONSUMER=list makes variant 2 at M = 1 (float16 / bfloat16) compact a list and run the
+// chunk consumer (consume_chunk) as at larger M, instead of the walk (walk_word, the default there: by the SASS
+// fewer instructions and shared-memory wavefronts per tile in every shape; csrc/cuda/README.md). Read on every
+// call, so that one process can time both (bench/cuda_gpu.py --bitmap-shapes).
+inline bool walk_consumer() {
+  const char* v = std::getenv("SPARSEKIT_CUDA_BITMAP_CONSUMER");
+  return v == nullptr || std::strcmp(v, "list") != 0;
+}
+
 // Shared bytes per warp of variant 2's shape `kind` (besides the x tile and the zero column).
 inline size_t v2_warp_bytes(int kind) {
   return kind == kV2Wide        ? V2Shape<kV2Wide>::kWarpBytes
          : kind == kV2WideDense ? V2Shape<kV2WideDense>::kWarpBytes
          : kind == kV2Sparse    ? V2Shape<kV2Sparse>::kWarpBytes
                                 : V2Shape<kV2Dense>::kWarpBytes;
+}
+
+template <typename T, int MT, bool kWalk>
+auto v2_kernel(int shape) {
+  return shape == kV2Wide        ? bitmap_decode_v2_kernel<T, MT, kV2Wide, kWalk>
+         : shape == kV2WideDense ? bitmap_decode_v2_kernel<T, MT, kV2WideDense, kWalk>
+         : shape == kV2Sparse    ? bitmap_decode_v2_kernel<T, MT, kV2Sparse, kWalk>
+                                 : bitmap_decode_v2_kernel<T, MT, kV2Dense, kWalk>;
 }
 
 struct BitmapDecode : FloatFinish {
@@ -728,9 +837,11 @@ struct BitmapDecode : FloatFinish {
     if (p.variant == 2 && p.shape == kV2WideDense && !fits(V2Shape<kV2WideDense>::kWarpBytes)) p.shape = kV2Dense;
     if (p.variant == 2 && p.shape == kV2Sparse && !fits(V2Shape<kV2Sparse>::kWarpBytes)) p.shape = kV2Dense;
     if (p.variant == 2 && !fits(v2_warp_bytes(p.shape))) p.variant = 1;
+    p.walk = p.variant == 2 && sizeof(T) == 2 && mt_max == 1 && walk_consumer();
     const size_t warp_bytes = p.variant == 1 ? kListBytes : v2_warp_bytes(p.shape);
-    p.ch = choose_chunking(a.K, kChunkAlign, warp_bytes, d,
-                           [&](int64_t cols) { return xtile_bytes<T, kSpan>(mt_max, cols) + kZeroBytes; });
+    p.ch = choose_chunking(a.K, kChunkAlign, warp_bytes, d, [&](int64_t cols) {
+      return (p.walk ? WalkTile::bytes(cols) : xtile_bytes<T, kSpan>(mt_max, cols)) + kZeroBytes;
+    });
     plan_workspace(&p, a.M, a.N);
     *plan = p;
     return cudaSuccess;
@@ -763,16 +874,18 @@ struct BitmapDecode : FloatFinish {
     }
     auto kernel = bitmap_decode_kernel<T, MT, kVec>;
     size_t warp_bytes = kListBytes;
+    bool walk = false;
     if constexpr (kVec) {
       if (plan.variant == 2) {
-        kernel = plan.shape == kV2Wide        ? bitmap_decode_v2_kernel<T, MT, kV2Wide>
-                 : plan.shape == kV2WideDense ? bitmap_decode_v2_kernel<T, MT, kV2WideDense>
-                 : plan.shape == kV2Sparse    ? bitmap_decode_v2_kernel<T, MT, kV2Sparse>
-                                              : bitmap_decode_v2_kernel<T, MT, kV2Dense>;
+        kernel = v2_kernel<T, MT, false>(plan.shape);
+        if constexpr (MT == 1 && sizeof(T) == 2) {
+          walk = plan.walk;
+          if (walk) kernel = v2_kernel<T, MT, true>(plan.shape);
+        }
         warp_bytes = v2_warp_bytes(plan.shape);
       }
     }
-    const size_t smem = XTile<T, MT, kSpan>::bytes(plan.ch.Kc) + kZeroBytes +
+    const size_t smem = (walk ? WalkTile::bytes(plan.ch.Kc) : XTile<T, MT, kSpan>::bytes(plan.ch.Kc)) + kZeroBytes +
                         static_cast<size_t>(plan.ch.threads / 32) * warp_bytes;
     return launch_decode_grid<MT>(kernel, p, plan, d, smem, a.N, m_begin, tiles, stream);
   }
