@@ -63,9 +63,9 @@ def xtile_flat_bytes(mt, cols):
     return math.ceil(cols * mt * E / 16) * 16
 
 
-def walk_tile_bytes(cols):
-    """WalkTile of bitmap_kernel.cu (the v2 walk at M = 1): x as float32 in blocks of 2048 columns."""
-    return math.ceil(cols / 2048) * 8192
+def walk_tile_bytes(cols, mt):
+    """WalkTile of bitmap_kernel.cu (the v2 walk at M <= 2): x as float32 in blocks of 2048 columns."""
+    return math.ceil(cols / 2048) * 8192 * mt
 
 
 def chunking(K, align, extra_per_warp, mt, span, extra_per_block=0, walk=False):
@@ -74,7 +74,7 @@ def chunking(K, align, extra_per_warp, mt, span, extra_per_block=0, walk=False):
     x tile is the bitmap walk's (float32, blocks of 2048 columns)."""
     def tile(cols):
         if walk:
-            return walk_tile_bytes(cols) + extra_per_block
+            return walk_tile_bytes(cols, mt) + extra_per_block
         return (xtile_flat_bytes(mt, cols) if span == 0 else xtile_bytes(mt, cols, span)) + extra_per_block
 
     b2 = min(SMEM_OPTIN, SMEM_SM // 2 - 1024)
@@ -121,7 +121,7 @@ def bitmap_row(N, K, M, density, variant, regs):
         # fit in shared memory (not on an H200)
         fill = density * 1024 / 8 / 32
         kind = 2 if fill <= 0.425 else 3 if fill <= 1.275 else 0
-        walk = mt == 1  # (at M = 1 in 16 bits the lanes walk their bits: x in a float32 tile of its own)
+        walk = mt <= 2  # (at M <= 2 in 16 bits the lanes walk their bits: x in a float32 tile of its own)
         name = f"bitmap_decode_v2_kernel<__nv_bfloat16, {mt}, {kind}, {'true' if walk else 'false'}>"
         w, p, d = {2: (2, 1, 4), 3: (2, 3, 3), 1: (1, 1, 8), 0: (1, 2, 4)}[kind]
         tile_vals *= w
@@ -130,7 +130,7 @@ def bitmap_row(N, K, M, density, variant, regs):
     if r is None:
         return None
     kc, splits, threads, smem = chunking(K, 32, warp_bytes, mt, 32, extra_per_block=64,  # + the zero column
-                                         walk=variant == 2 and mt == 1)
+                                         walk=variant == 2 and mt <= 2)
     per_warp = d * (min(tile_vals, p * 512) + 128 * w)
     warps, blocks = warps_per_sm(r, threads, smem, N, splits)
     shape = "1 tile" if variant == 1 else f"D={d} P={p}" + (" 2048" if w == 2 else "")

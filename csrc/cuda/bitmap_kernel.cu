@@ -72,68 +72,87 @@ __device__ __forceinline__ void compact_word(uint16_t* list, int pos, uint32_t w
   }
 }
 
-// The walk (variant 2 at M = 1 in float16 / bfloat16, Plan::walk): a lane multiplies its word's kept values itself,
-// bit by bit, the values read from the tile's run staged in shared memory (vals: the word's first) and x from
-// the walk's own x tile (WalkTile), so there is no list and no second pass. The bits go from the highest down
+// The walk (variant 2 at M <= 2 in float16 / bfloat16, Plan::walk): a lane multiplies its word's kept values
+// itself, bit by bit, the values read from the tile's run staged in shared memory (vals: the word's first) and x
+// from the walk's own x tile (WalkTile), so there is no list and no second pass. The bits go from the highest down
 // (the values from the word's last), so that finding a bit is one FLO and clearing it one SHF and one LOP3 (which
-// also sets the loop's predicate). By the SASS (sm_90a) a round is 10 instructions in the lane (FLO, SHF, LOP3,
-// the x address, two shared loads, the value pointer, the value's conversion, the FMA, the branch) and 2 shared
-// loads, one of them (x) free of bank conflicts; a warp runs as many rounds as its fullest word has bits. The list
-// design pays 10 instructions a round to compact, then ≈ 12 per kept value in the consumer and a shared load of x
-// at a random bank (csrc/cuda/README.md has the counts per tile).
-template <typename T>
-__device__ __forceinline__ void walk_word(const uint16_t* vals, uint32_t word, const unsigned char* xw, float& acc);
-
-// The walk's x tile: x as float in blocks of 2048 columns (64 words), column 32 g + b of the K chunk (word g, bit
-// b) at byte (g / 64) * 8192 + b * 256 + (g % 64) * 4. The lanes of a warp walk words g0 + lane, so whatever bits
-// they are at, their x loads fall in 32 different banks (one wavefront; the spanned 16-bit tile takes ≈ 3.5 for 32
-// random bits), and x needs no conversion. Twice the bytes of the 16-bit tile (56 KB at K = 14336).
+// also sets the loop's predicate). By the SASS (sm_90a) a round is 10 instructions in the lane at MT = 1 (FLO,
+// SHF, LOP3, the x address, two shared loads, the value pointer, the value's conversion, the FMA, the branch), 11
+// at MT = 2, and 2 shared loads, the one of x free of bank conflicts; a warp runs as many rounds as its fullest
+// word has bits. The list design pays 10 instructions a round to compact, then ≈ 12 per kept value in the
+// consumer and a shared load of x at a random bank (csrc/cuda/README.md has the counts per tile).
+//
+// The walk's x tile: x as float32 in blocks of 2048 columns (64 words), the MT rows of column 32 g + b of the K
+// chunk (word g, bit b) together at byte (g / 64) * 32 kBitBytes + b * kBitBytes + (g % 64) * 4 MT, kBitBytes =
+// 256 MT. The lanes of a warp walk words g0 + lane, so whatever bits they are at, their x loads fall in 32
+// different banks at MT = 1 (one wavefront; the spanned 16-bit tile takes ≈ 3 for 32 random columns) and in the
+// two wavefronts 256 bytes need at MT = 2; x needs no conversion. Twice the bytes of the 16-bit tile.
+template <int MT>
 struct WalkTile {
+  static_assert(MT == 1 || MT == 2, "the walk serves M <= 2");
   static constexpr int kBlockWords = 64;
-  static constexpr int kBitBytes = kBlockWords * 4;      // from bit b to bit b + 1 of a word
-  static constexpr int kBlockBytes = 32 * kBitBytes;     // 2048 columns
+  static constexpr int kColBytes = 4 * MT;
+  static constexpr int kBitBytes = kBlockWords * kColBytes;  // from bit b to bit b + 1 of a word
+  static constexpr int kBlockBytes = 32 * kBitBytes;         // 2048 columns
   __host__ __device__ static constexpr size_t bytes(int64_t cols) {
     return static_cast<size_t>(ceil_div<int64_t>(cols, 32 * kBlockWords)) * kBlockBytes;
   }
   // Where word g's column 32 g (bit 0) is; bit b's is b * kBitBytes on.
   __device__ __forceinline__ static const unsigned char* word(const unsigned char* tile, unsigned g) {
-    return tile + (g / kBlockWords) * kBlockBytes + (g % kBlockWords) * 4;
+    return tile + (g / kBlockWords) * kBlockBytes + (g % kBlockWords) * kColBytes;
   }
-  // Cooperative copy by the whole block, a word (32 columns) a thread: x[0, k0 + c] for c < kc, else zero, in
-  // every word of the tile's blocks. 16-byte loads where the word's 32 values are whole and aligned.
+  // Cooperative copy by the whole block, a word (32 columns) a thread: row m, column c gets x[m, k0 + c] for
+  // m < mrows and c < kc, else zero, in every word of the tile's blocks. 16-byte loads where a row's 32 values
+  // of the word are whole and aligned.
   template <typename T>
-  __device__ static void stage(unsigned char* tile, const T* x, int64_t k0, int kc) {
-    const Bits<T>* xb = reinterpret_cast<const Bits<T>*>(x) + k0;
+  __device__ static void stage(unsigned char* tile, const T* x, int64_t ldx, int mrows, int64_t k0, int kc) {
+    constexpr int kStride = kBitBytes / 4;  // floats from bit b to bit b + 1
     const int nw = static_cast<int>(bytes(kc) / kBlockBytes) * kBlockWords;
     for (int g = threadIdx.x; g < nw; g += blockDim.x) {
-      float* dst = reinterpret_cast<float*>(const_cast<unsigned char*>(word(tile, static_cast<unsigned>(g))));
       const int c0 = 32 * g;
-      if (c0 + 32 <= kc && (reinterpret_cast<uintptr_t>(xb + c0) & 15u) == 0) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const uint4 q = __ldg(reinterpret_cast<const uint4*>(xb + c0) + i);
-          const uint32_t w[4] = {q.x, q.y, q.z, q.w};
-          float f[8];
-          words_to_float<T, 4>(w, f);
+      for (int m = 0; m < MT; ++m) {
+        float* dst = reinterpret_cast<float*>(const_cast<unsigned char*>(word(tile, static_cast<unsigned>(g)))) + m;
+        const Bits<T>* xb = reinterpret_cast<const Bits<T>*>(x) + m * ldx + k0;
+        if (m < mrows && c0 + 32 <= kc && (reinterpret_cast<uintptr_t>(xb + c0) & 15u) == 0) {
 #pragma unroll
-          for (int j = 0; j < 8; ++j) dst[(8 * i + j) * kBlockWords] = f[j];
+          for (int i = 0; i < 4; ++i) {
+            const uint4 q = __ldg(reinterpret_cast<const uint4*>(xb + c0) + i);
+            const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+            float f[8];
+            words_to_float<T, 4>(w, f);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) dst[(8 * i + j) * kStride] = f[j];
+          }
+        } else {
+          for (int b = 0; b < 32; ++b)
+            dst[b * kStride] =
+                m < mrows && c0 + b < kc ? elem_from_bits<T>(static_cast<uint32_t>(xb[c0 + b])) : 0.f;
         }
-      } else {
-        for (int b = 0; b < 32; ++b)
-          dst[b * kBlockWords] = c0 + b < kc ? elem_from_bits<T>(static_cast<uint32_t>(xb[c0 + b])) : 0.f;
       }
     }
   }
 };
 
-template <typename T>
-__device__ __forceinline__ void walk_word(const uint16_t* vals, uint32_t word, const unsigned char* xw, float& acc) {
+template <typename T, int MT>
+__device__ __forceinline__ void walk_word(const uint16_t* vals, uint32_t word, const unsigned char* xw,
+                                          float (&acc)[MT]) {
   const uint16_t* v = vals + __popc(word);
   while (word) {
     const int b = 31 - __clz(static_cast<int>(word));  // the highest bit: FLO
     word &= ~(1u << b);
-    const float xv = *reinterpret_cast<const float*>(xw + b * WalkTile::kBitBytes);
-    acc = fmaf(elem_from_bits<T>(*--v), xv, acc);
+    const unsigned char* xp = xw + b * WalkTile<MT>::kBitBytes;
+    float xv[MT];
+    if constexpr (MT == 1) {
+      xv[0] = *reinterpret_cast<const float*>(xp);
+    } else {
+      const float2 q = *reinterpret_cast<const float2*>(xp);
+      xv[0] = q.x;
+      xv[1] = q.y;
+    }
+    const float w = elem_from_bits<T>(*--v);
+#pragma unroll
+    for (int m = 0; m < MT; ++m) acc[m] = fmaf(w, xv[m], acc[m]);
   }
 }
 
@@ -387,8 +406,9 @@ __device__ __forceinline__ void load_batch_words(const BmParams& p, Item it, int
 
 template <typename T, int MT, int kKind, bool kWalk = false>
 __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const BmParams p) {
-  static_assert(!kWalk || (MT == 1 && sizeof(T) == 2), "the walk takes one row of 16-bit values and x");
+  static_assert(!kWalk || (MT <= 2 && sizeof(T) == 2), "the walk takes up to two rows of 16-bit values and x");
   using Tile = XTile<T, MT, kSpan>;
+  using WTile = WalkTile<kWalk ? MT : 1>;  // the walk's x tile
   using Shape = V2Shape<kKind>;
   constexpr int kV = 16 / static_cast<int>(sizeof(T));
   constexpr int D = Shape::D;
@@ -413,7 +433,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const 
   const int tiles = static_cast<int>((w1 - w0 + 32 * W - 1) / (32 * W));  // >= 1: every chunk has columns
 
   unsigned char* xs = smem;
-  unsigned char* zero = smem + (kWalk ? WalkTile::bytes(p.Kc) : Tile::bytes(p.Kc));
+  unsigned char* zero = smem + (kWalk ? WTile::bytes(p.Kc) : Tile::bytes(p.Kc));
   zero_column(zero);
   unsigned char* wsm = zero + kZeroBytes + warp * Shape::kWarpBytes;
   uint16_t* list = reinterpret_cast<uint16_t*>(wsm);
@@ -429,7 +449,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const 
   load_batch_words<D, W>(p, it, tiles, n_stride, words, w0, w1, lane, wd, row_off);
 
   if constexpr (kWalk) {
-    WalkTile::stage<T>(xs, static_cast<const T*>(p.x) + m0 * p.ldx, k0, kc);
+    WTile::template stage<T>(xs, static_cast<const T*>(p.x) + m0 * p.ldx, p.ldx, mrows, k0, kc);
   } else {
     Tile::stage(xs, static_cast<const T*>(p.x) + m0 * p.ldx, p.ldx, mrows, k0, kc,
                 static_cast<int>(round_up<int64_t>(kc, kSpan)));
@@ -520,11 +540,11 @@ __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const 
           const unsigned g = static_cast<unsigned>(e.t) * (32 * W) + lane;  // the lane's word in the K chunk
           if constexpr (W == 1) {
             const uint2 wp = reinterpret_cast<const uint2*>(slots)[s * 32 + lane];
-            walk_word<T>(list + shift + wp.y, wp.x, WalkTile::word(xs, g), acc[0]);
+            walk_word<T, MT>(list + shift + wp.y, wp.x, WTile::word(xs, g), acc);
           } else {
             const uint4 wp = reinterpret_cast<const uint4*>(slots)[s * 32 + lane];
-            walk_word<T>(list + shift + wp.z, wp.x, WalkTile::word(xs, g), acc[0]);
-            walk_word<T>(list + shift + wp.w, wp.y, WalkTile::word(xs, g + 32), acc[0]);
+            walk_word<T, MT>(list + shift + wp.z, wp.x, WTile::word(xs, g), acc);
+            walk_word<T, MT>(list + shift + wp.w, wp.y, WTile::word(xs, g + 32), acc);
           }
         } else {
           const unsigned char* tile =
@@ -749,10 +769,10 @@ inline int forced_v2_shape() {
   return -1;
 }
 
-// SPARSEKIT_CUDA_BITMAP_CONSUMER=list makes variant 2 at M = 1 (float16 / bfloat16) compact a list and run the
+// SPARSEKIT_CUDA_BITMAP_CONSUMER=list makes variant 2 at M <= 2 (float16 / bfloat16) compact a list and run the
 // chunk consumer (consume_chunk) as at larger M, instead of the walk (walk_word, the default there: by the SASS
 // fewer instructions and shared-memory wavefronts per tile in every shape; csrc/cuda/README.md). Read on every
-// call, so that one process can time both (bench/cuda_gpu.py --bitmap-shapes).
+// call, so that one process can time both (bench/cuda_gpu.py times "v2 list" beside the default).
 inline bool walk_consumer() {
   const char* v = std::getenv("SPARSEKIT_CUDA_BITMAP_CONSUMER");
   return v == nullptr || std::strcmp(v, "list") != 0;
@@ -837,10 +857,11 @@ struct BitmapDecode : FloatFinish {
     if (p.variant == 2 && p.shape == kV2WideDense && !fits(V2Shape<kV2WideDense>::kWarpBytes)) p.shape = kV2Dense;
     if (p.variant == 2 && p.shape == kV2Sparse && !fits(V2Shape<kV2Sparse>::kWarpBytes)) p.shape = kV2Dense;
     if (p.variant == 2 && !fits(v2_warp_bytes(p.shape))) p.variant = 1;
-    p.walk = p.variant == 2 && sizeof(T) == 2 && mt_max == 1 && walk_consumer();
+    p.walk = p.variant == 2 && sizeof(T) == 2 && mt_max <= 2 && walk_consumer();
     const size_t warp_bytes = p.variant == 1 ? kListBytes : v2_warp_bytes(p.shape);
     p.ch = choose_chunking(a.K, kChunkAlign, warp_bytes, d, [&](int64_t cols) {
-      return (p.walk ? WalkTile::bytes(cols) : xtile_bytes<T, kSpan>(mt_max, cols)) + kZeroBytes;
+      const size_t walk_x = mt_max == 1 ? WalkTile<1>::bytes(cols) : WalkTile<2>::bytes(cols);
+      return (p.walk ? walk_x : xtile_bytes<T, kSpan>(mt_max, cols)) + kZeroBytes;
     });
     plan_workspace(&p, a.M, a.N);
     *plan = p;
@@ -878,15 +899,16 @@ struct BitmapDecode : FloatFinish {
     if constexpr (kVec) {
       if (plan.variant == 2) {
         kernel = v2_kernel<T, MT, false>(plan.shape);
-        if constexpr (MT == 1 && sizeof(T) == 2) {
+        if constexpr (MT <= 2 && sizeof(T) == 2) {
           walk = plan.walk;
           if (walk) kernel = v2_kernel<T, MT, true>(plan.shape);
         }
         warp_bytes = v2_warp_bytes(plan.shape);
       }
     }
-    const size_t smem = (walk ? WalkTile::bytes(plan.ch.Kc) : XTile<T, MT, kSpan>::bytes(plan.ch.Kc)) + kZeroBytes +
-                        static_cast<size_t>(plan.ch.threads / 32) * warp_bytes;
+    const size_t x_bytes =
+        walk ? WalkTile<(MT <= 2 ? MT : 1)>::bytes(plan.ch.Kc) : XTile<T, MT, kSpan>::bytes(plan.ch.Kc);
+    const size_t smem = x_bytes + kZeroBytes + static_cast<size_t>(plan.ch.threads / 32) * warp_bytes;
     return launch_decode_grid<MT>(kernel, p, plan, d, smem, a.N, m_begin, tiles, stream);
   }
 };
