@@ -248,8 +248,8 @@ def main(argv=None):
                                       lambda f=f: torch.ops.sparsekit._cuda_bitmap_mm(x, f.bitmap, f.word_offsets,
                                                                                      f.values, None),
                                       {"SPARSEKIT_CUDA_DECODE": var}))
-                    if M <= 2 and "v2" in a.decode_variants.split(","):
-                        # v2 at M <= 2 walks each lane's bits (the default); the list and chunk consumer of larger M
+                    if M <= 4 and "v2" in a.decode_variants.split(","):
+                        # v2 at M <= 4 walks each lane's bits (the default); the list and chunk consumer of larger M
                         impls.append(("sparsekit compiled bitmap decode v2 list",
                                       lambda f=f: torch.ops.sparsekit._cuda_bitmap_mm(x, f.bitmap, f.word_offsets,
                                                                                      f.values, None),

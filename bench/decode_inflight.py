@@ -64,8 +64,9 @@ def xtile_flat_bytes(mt, cols):
 
 
 def walk_tile_bytes(cols, mt):
-    """WalkTile of bitmap_kernel.cu (the v2 walk at M <= 2): x as float32 in blocks of 2048 columns."""
-    return math.ceil(cols / 2048) * 8192 * mt
+    """WalkTile of bitmap_kernel.cu (the v2 walk at M <= 4): x in blocks of 2048 columns, float32 up to M = 2,
+    16-bit at M = 4."""
+    return math.ceil(cols / 2048) * 2048 * (4 if mt <= 2 else 2) * mt
 
 
 def chunking(K, align, extra_per_warp, mt, span, extra_per_block=0, walk=False):
@@ -121,7 +122,7 @@ def bitmap_row(N, K, M, density, variant, regs):
         # fit in shared memory (not on an H200)
         fill = density * 1024 / 8 / 32
         kind = 2 if fill <= 0.425 else 3 if fill <= 1.275 else 0
-        walk = mt <= 2  # (at M <= 2 in 16 bits the lanes walk their bits: x in a float32 tile of its own)
+        walk = mt <= 4  # (at M <= 4 in 16 bits the lanes walk their bits: x in a tile of its own)
         name = f"bitmap_decode_v2_kernel<__nv_bfloat16, {mt}, {kind}, {'true' if walk else 'false'}>"
         w, p, d = {2: (2, 1, 4), 3: (2, 3, 3), 1: (1, 1, 8), 0: (1, 2, 4)}[kind]
         tile_vals *= w
@@ -130,7 +131,7 @@ def bitmap_row(N, K, M, density, variant, regs):
     if r is None:
         return None
     kc, splits, threads, smem = chunking(K, 32, warp_bytes, mt, 32, extra_per_block=64,  # + the zero column
-                                         walk=variant == 2 and mt <= 2)
+                                         walk=variant == 2 and mt <= 4)
     per_warp = d * (min(tile_vals, p * 512) + 128 * w)
     warps, blocks = warps_per_sm(r, threads, smem, N, splits)
     shape = "1 tile" if variant == 1 else f"D={d} P={p}" + (" 2048" if w == 2 else "")

@@ -448,26 +448,28 @@ def test_bitmap_v2_each_shape_at_any_density(driver, tmp_path, shape):
 
 
 @pytest.mark.parametrize("consumer", ["walk", "list"])
-def test_bitmap_v2_at_m1_m2_walk_and_list(driver, tmp_path, consumer):
-    """At M <= 2 in float16 / bfloat16 the batched kernel walks each lane's bits itself (the default) or, with
+def test_bitmap_v2_walk_and_list_up_to_m4(driver, tmp_path, consumer):
+    """At M <= 4 in float16 / bfloat16 the batched kernel walks each lane's bits itself (the default) or, with
     SPARSEKIT_CUDA_BITMAP_CONSUMER=list, compacts the list and runs the chunk consumer as at larger M: both in
     each shape (forced) on rows far sparser and denser than it is chosen for, odd K, x misaligned (the walk's x
-    tile staged a value at a time), aligned (16-byte loads) and with a row stride (M = 2), and K split (the walk's
-    x tile is twice the 16-bit one: K splits sooner)."""
+    tile staged a value at a time), aligned (16-byte loads) and with a row stride, and K split (up to M = 2 the
+    walk's x tile is twice the 16-bit one: K splits sooner). M = 3 runs the M = 4 tile with a row of zeros."""
     knobs = {} if consumer == "walk" else {"SPARSEKIT_CUDA_BITMAP_CONSUMER": "list"}
     for dtype in (torch.float16, torch.bfloat16):
         g = gen(75)
         cases = [bitmap_case(f"M={M} d={d} K={K} xoff={xo}", dtype, M, 37, K, g, density=d, empty_rows=(3,), xoff=xo,
                              xpad=xp)
                  for M, d, K, xo, xp in ((1, 0.03, 4500, 0, 0), (2, 0.2, 3001, 3, 5), (1, 0.5, 2050, 0, 0),
-                                         (2, 0.6, 2080, 0, 8), (1, 1.0, 1100, 1, 0), (2, 0.0, 700, 0, 0))]
+                                         (2, 0.6, 2080, 0, 8), (1, 1.0, 1100, 1, 0), (2, 0.0, 700, 0, 0),
+                                         (3, 0.3, 2500, 0, 8), (4, 0.1, 3001, 1, 3), (4, 0.7, 2048, 0, 0))]
         for shape in ("wide", "wide-dense", "sparse", "dense"):
             check_mm_cases(run(driver, cases, tmp_path / f"{shape}_{H.DTYPE_NAMES[dtype]}",
                                {"SPARSEKIT_CUDA_BITMAP_SHAPE": shape, **knobs}), cases)
         cases = [bitmap_case("split sparse", dtype, 1, 17, 36000, g, density=0.05, split=True),
                  bitmap_case("split dense x misaligned", dtype, 1, 9, 40000, g, density=0.6, xoff=1,
                              split=True if consumer == "walk" else None),
-                 bitmap_case("split M=2", dtype, 2, 11, 30000, g, density=0.3, split=True)]
+                 bitmap_case("split M=2", dtype, 2, 11, 30000, g, density=0.3, split=True),
+                 bitmap_case("split M=4", dtype, 4, 11, 30000, g, density=0.3, split=True)]
         check_mm_cases(run(driver, cases, tmp_path / f"split_{H.DTYPE_NAMES[dtype]}", {**SPLIT_BITMAP_V2, **knobs}),
                        cases)
 
@@ -1383,7 +1385,7 @@ PLANTED = {
     "bitmap v2 wide: the tile's run counts its first half only": (
         "n", ("bitmap_kernel.cu", "total = total0 + (tot >> 16);", "total = total0;"),
         "bitmap_v2"),
-    # the walk (variant 2 at M <= 2 in 16-bit types: each lane multiplies its words' kept values bit by bit)
+    # the walk (variant 2 at M <= 4 in 16-bit types: each lane multiplies its words' kept values bit by bit)
     "bitmap walk missing __syncwarp after the run is staged": (
         "w1", ("bitmap_kernel.cu", "aligned + static_cast<int64_t>(q) * kV);\n          __syncwarp();",
                "aligned + static_cast<int64_t>(q) * kV);"),
@@ -1400,6 +1402,9 @@ PLANTED = {
         "bitmap_walk"),
     "bitmap walk x tile blocks of 32 words, not 64": (
         "w6", ("bitmap_kernel.cu", "(g % kBlockWords) * kColBytes", "(g % 32) * kColBytes"), "bitmap_walk"),
+    "bitmap walk M = 4: x's rows read in the wrong order": (
+        "w8", ("bitmap_kernel.cu", "const uint32_t w[2] = {q.x, q.y};", "const uint32_t w[2] = {q.y, q.x};"),
+        "bitmap_walk"),
     "bitmap walk x's second row staged from the first": (
         "w7", ("bitmap_kernel.cu", "reinterpret_cast<const Bits<T>*>(x) + m * ldx + k0;",
                "reinterpret_cast<const Bits<T>*>(x) + k0;"), "bitmap_walk"),
@@ -1560,7 +1565,8 @@ def planted_cases(kind):
                 bitmap_case("walk wide-dense rows of 3", dt, 1, 100, 3000, gen(73), density=0.25),
                 bitmap_case_mask("walk dense, full and empty rows", dt, 1, m, g),
                 bitmap_case("walk x misaligned", dt, 1, 30, 2100, gen(74), density=0.3, xoff=3),
-                bitmap_case("walk M=2", dt, 2, 60, 3000, gen(76), density=0.3)]
+                bitmap_case("walk M=2", dt, 2, 60, 3000, gen(76), density=0.3),
+                bitmap_case("walk M=4", dt, 4, 60, 3000, gen(77), density=0.3)]
     if kind == "bitmap_columns_misaligned":
         return with_columns([bitmap_case("columns values misaligned", dt, 3, 40, 700, gen(68), density=0.2, voff=1)])
     if kind in ("bitmap_columns", "bitmap_columns_split"):  # one SM: each warp walks several rows

@@ -451,11 +451,11 @@ def test_bitmap_v2_forced_shapes(monkeypatch, shape, dtype, density, M):
 @pytest.mark.parametrize("consumer", ["walk", "list"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=DTYPE_ID)
 @pytest.mark.parametrize("density", [0.03, 0.3, 0.7])
-@pytest.mark.parametrize("M", [1, 2])
-def test_bitmap_v2_at_m1_m2_walk_and_list(monkeypatch, consumer, dtype, density, M):
-    """At M <= 2 in float16 / bfloat16 the batched kernel walks each lane's bits (the default) or compacts the list
+@pytest.mark.parametrize("M", [1, 2, 3, 4])
+def test_bitmap_v2_walk_and_list_up_to_m4(monkeypatch, consumer, dtype, density, M):
+    """At M <= 4 in float16 / bfloat16 the batched kernel walks each lane's bits (the default) or compacts the list
     (SPARSEKIT_CUDA_BITMAP_CONSUMER=list, what bench/cuda_gpu.py times beside it): both right, K whole, odd and
-    split (K = 70000: the walk's float32 x tile is 280 KB a row)."""
+    split (K = 70000: the walk's x tile is 280 KB a row up to M = 2, 140 KB a row at M = 3-4)."""
     require_cpp_kernel("bitmap_mm")
     monkeypatch.setenv("SPARSEKIT_CUDA_DECODE", "v2")
     if consumer == "list":

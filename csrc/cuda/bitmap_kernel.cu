@@ -72,26 +72,29 @@ __device__ __forceinline__ void compact_word(uint16_t* list, int pos, uint32_t w
   }
 }
 
-// The walk (variant 2 at M <= 2 in float16 / bfloat16, Plan::walk): a lane multiplies its word's kept values
+// The walk (variant 2 at M <= 4 in float16 / bfloat16, Plan::walk): a lane multiplies its word's kept values
 // itself, bit by bit, the values read from the tile's run staged in shared memory (vals: the word's first) and x
 // from the walk's own x tile (WalkTile), so there is no list and no second pass. The bits go from the highest down
 // (the values from the word's last), so that finding a bit is one FLO and clearing it one SHF and one LOP3 (which
 // also sets the loop's predicate). By the SASS (sm_90a) a round is 10 instructions in the lane at MT = 1 (FLO,
 // SHF, LOP3, the x address, two shared loads, the value pointer, the value's conversion, the FMA, the branch), 11
-// at MT = 2, and 2 shared loads, the one of x free of bank conflicts; a warp runs as many rounds as its fullest
+// at MT = 2, 19 at MT = 4 (x's 4 conversions, 4 FMAs), and 2 shared loads, the one of x free of bank conflicts; a warp runs as many rounds as its fullest
 // word has bits. The list design pays 10 instructions a round to compact, then ≈ 12 per kept value in the
 // consumer and a shared load of x at a random bank (csrc/cuda/README.md has the counts per tile).
 //
-// The walk's x tile: x as float32 in blocks of 2048 columns (64 words), the MT rows of column 32 g + b of the K
-// chunk (word g, bit b) together at byte (g / 64) * 32 kBitBytes + b * kBitBytes + (g % 64) * 4 MT, kBitBytes =
-// 256 MT. The lanes of a warp walk words g0 + lane, so whatever bits they are at, their x loads fall in 32
-// different banks at MT = 1 (one wavefront; the spanned 16-bit tile takes ≈ 3 for 32 random columns) and in the
-// two wavefronts 256 bytes need at MT = 2; x needs no conversion. Twice the bytes of the 16-bit tile.
+// The walk's x tile: x in blocks of 2048 columns (64 words), the MT rows of column 32 g + b of the K chunk (word
+// g, bit b) together (kColBytes) at byte (g / 64) * 32 kBitBytes + b * kBitBytes + (g % 64) * kColBytes, kBitBytes
+// = 64 kColBytes. The lanes of a warp walk words g0 + lane, so whatever bits they are at, their x loads take the
+// fewest wavefronts their bytes allow: one at MT = 1 (the spanned 16-bit tile takes ≈ 3 for 32 random columns),
+// two at MT = 2 and 4. Up to MT = 2 x is float32 (no conversion; twice the bytes of the 16-bit tile); at MT = 4
+// it stays 16-bit (8 bytes a column: float32 would take 4 wavefronts a round, which by the counts costs more
+// than the 4 conversions).
 template <int MT>
 struct WalkTile {
-  static_assert(MT == 1 || MT == 2, "the walk serves M <= 2");
+  static_assert(MT == 1 || MT == 2 || MT == 4, "the walk serves M <= 4");
+  static constexpr bool kFloat = MT <= 2;                    // float32 x, else the 16-bit bits as given
+  static constexpr int kColBytes = (kFloat ? 4 : 2) * MT;
   static constexpr int kBlockWords = 64;
-  static constexpr int kColBytes = 4 * MT;
   static constexpr int kBitBytes = kBlockWords * kColBytes;  // from bit b to bit b + 1 of a word
   static constexpr int kBlockBytes = 32 * kBitBytes;         // 2048 columns
   __host__ __device__ static constexpr size_t bytes(int64_t cols) {
@@ -106,28 +109,33 @@ struct WalkTile {
   // of the word are whole and aligned.
   template <typename T>
   __device__ static void stage(unsigned char* tile, const T* x, int64_t ldx, int mrows, int64_t k0, int kc) {
-    constexpr int kStride = kBitBytes / 4;  // floats from bit b to bit b + 1
+    using E = std::conditional_t<kFloat, float, uint16_t>;   // a stored element
+    constexpr int kStride = kBitBytes / static_cast<int>(sizeof(E));  // elements from bit b to bit b + 1
+    const auto conv = [](uint32_t bits) -> E {
+      if constexpr (kFloat) {
+        return elem_from_bits<T>(bits);
+      } else {
+        return static_cast<uint16_t>(bits);
+      }
+    };
     const int nw = static_cast<int>(bytes(kc) / kBlockBytes) * kBlockWords;
     for (int g = threadIdx.x; g < nw; g += blockDim.x) {
       const int c0 = 32 * g;
 #pragma unroll
       for (int m = 0; m < MT; ++m) {
-        float* dst = reinterpret_cast<float*>(const_cast<unsigned char*>(word(tile, static_cast<unsigned>(g)))) + m;
+        E* dst = reinterpret_cast<E*>(const_cast<unsigned char*>(word(tile, static_cast<unsigned>(g)))) + m;
         const Bits<T>* xb = reinterpret_cast<const Bits<T>*>(x) + m * ldx + k0;
         if (m < mrows && c0 + 32 <= kc && (reinterpret_cast<uintptr_t>(xb + c0) & 15u) == 0) {
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
             const uint4 q = __ldg(reinterpret_cast<const uint4*>(xb + c0) + i);
             const uint32_t w[4] = {q.x, q.y, q.z, q.w};
-            float f[8];
-            words_to_float<T, 4>(w, f);
 #pragma unroll
-            for (int j = 0; j < 8; ++j) dst[(8 * i + j) * kStride] = f[j];
+            for (int j = 0; j < 8; ++j) dst[(8 * i + j) * kStride] = conv((w[j / 2] >> (16 * (j % 2))) & 0xffffu);
           }
         } else {
           for (int b = 0; b < 32; ++b)
-            dst[b * kStride] =
-                m < mrows && c0 + b < kc ? elem_from_bits<T>(static_cast<uint32_t>(xb[c0 + b])) : 0.f;
+            dst[b * kStride] = conv(m < mrows && c0 + b < kc ? static_cast<uint32_t>(xb[c0 + b]) : 0u);
         }
       }
     }
@@ -145,10 +153,14 @@ __device__ __forceinline__ void walk_word(const uint16_t* vals, uint32_t word, c
     float xv[MT];
     if constexpr (MT == 1) {
       xv[0] = *reinterpret_cast<const float*>(xp);
-    } else {
+    } else if constexpr (MT == 2) {
       const float2 q = *reinterpret_cast<const float2*>(xp);
       xv[0] = q.x;
       xv[1] = q.y;
+    } else {
+      const uint2 q = *reinterpret_cast<const uint2*>(xp);
+      const uint32_t w[2] = {q.x, q.y};
+      words_to_float<T, 2>(w, xv);
     }
     const float w = elem_from_bits<T>(*--v);
 #pragma unroll
@@ -406,7 +418,7 @@ __device__ __forceinline__ void load_batch_words(const BmParams& p, Item it, int
 
 template <typename T, int MT, int kKind, bool kWalk = false>
 __global__ void __launch_bounds__(kMaxThreads, 1) bitmap_decode_v2_kernel(const BmParams p) {
-  static_assert(!kWalk || (MT <= 2 && sizeof(T) == 2), "the walk takes up to two rows of 16-bit values and x");
+  static_assert(!kWalk || (MT <= 4 && sizeof(T) == 2), "the walk takes up to four rows of 16-bit values and x");
   using Tile = XTile<T, MT, kSpan>;
   using WTile = WalkTile<kWalk ? MT : 1>;  // the walk's x tile
   using Shape = V2Shape<kKind>;
@@ -769,7 +781,7 @@ inline int forced_v2_shape() {
   return -1;
 }
 
-// SPARSEKIT_CUDA_BITMAP_CONSUMER=list makes variant 2 at M <= 2 (float16 / bfloat16) compact a list and run the
+// SPARSEKIT_CUDA_BITMAP_CONSUMER=list makes variant 2 at M <= 4 (float16 / bfloat16) compact a list and run the
 // chunk consumer (consume_chunk) as at larger M, instead of the walk (walk_word, the default there: by the SASS
 // fewer instructions and shared-memory wavefronts per tile in every shape; csrc/cuda/README.md). Read on every
 // call, so that one process can time both (bench/cuda_gpu.py times "v2 list" beside the default).
@@ -857,10 +869,12 @@ struct BitmapDecode : FloatFinish {
     if (p.variant == 2 && p.shape == kV2WideDense && !fits(V2Shape<kV2WideDense>::kWarpBytes)) p.shape = kV2Dense;
     if (p.variant == 2 && p.shape == kV2Sparse && !fits(V2Shape<kV2Sparse>::kWarpBytes)) p.shape = kV2Dense;
     if (p.variant == 2 && !fits(v2_warp_bytes(p.shape))) p.variant = 1;
-    p.walk = p.variant == 2 && sizeof(T) == 2 && mt_max <= 2 && walk_consumer();
+    p.walk = p.variant == 2 && sizeof(T) == 2 && mt_max <= 4 && walk_consumer();
     const size_t warp_bytes = p.variant == 1 ? kListBytes : v2_warp_bytes(p.shape);
     p.ch = choose_chunking(a.K, kChunkAlign, warp_bytes, d, [&](int64_t cols) {
-      const size_t walk_x = mt_max == 1 ? WalkTile<1>::bytes(cols) : WalkTile<2>::bytes(cols);
+      const size_t walk_x = mt_max == 1   ? WalkTile<1>::bytes(cols)
+                            : mt_max == 2 ? WalkTile<2>::bytes(cols)
+                                          : WalkTile<4>::bytes(cols);
       return (p.walk ? walk_x : xtile_bytes<T, kSpan>(mt_max, cols)) + kZeroBytes;
     });
     plan_workspace(&p, a.M, a.N);
@@ -899,7 +913,7 @@ struct BitmapDecode : FloatFinish {
     if constexpr (kVec) {
       if (plan.variant == 2) {
         kernel = v2_kernel<T, MT, false>(plan.shape);
-        if constexpr (MT <= 2 && sizeof(T) == 2) {
+        if constexpr (MT <= 4 && sizeof(T) == 2) {
           walk = plan.walk;
           if (walk) kernel = v2_kernel<T, MT, true>(plan.shape);
         }
@@ -907,7 +921,7 @@ struct BitmapDecode : FloatFinish {
       }
     }
     const size_t x_bytes =
-        walk ? WalkTile<(MT <= 2 ? MT : 1)>::bytes(plan.ch.Kc) : XTile<T, MT, kSpan>::bytes(plan.ch.Kc);
+        walk ? WalkTile<(MT <= 4 ? MT : 1)>::bytes(plan.ch.Kc) : XTile<T, MT, kSpan>::bytes(plan.ch.Kc);
     const size_t smem = x_bytes + kZeroBytes + static_cast<size_t>(plan.ch.threads / 32) * warp_bytes;
     return launch_decode_grid<MT>(kernel, p, plan, d, smem, a.N, m_begin, tiles, stream);
   }

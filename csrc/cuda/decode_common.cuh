@@ -443,7 +443,7 @@ struct Plan {
   bool refill = stream_refill();
   int variant = 1;      // kernel design (decode_variant()); 3: the tensor-core kernel (mma_decode.cuh)
   int shape = 0;        // variant 2 of bitmap_mm: the batch's shape by the density (V2Shape in bitmap_kernel.cu)
-  bool walk = false;    // variant 2 of bitmap_mm at M <= 2: the lanes walk their words' bits (walk_consumer)
+  bool walk = false;    // variant 2 of bitmap_mm at M <= 4: the lanes walk their words' bits (walk_consumer)
   int64_t ws_rows = 0;  // activation rows whose partial sums the workspace holds at once
   size_t ws_bytes = 0;
 };
