@@ -1527,7 +1527,9 @@ PLANTED = {
 # and those of the batched one on one SM, so that every warp has several rows (batches that cross rows)
 # (the tensor-core kernel's also on one SM: every block walks several row groups; the 2:4 FMA kernel's with it
 # selected at every M, v1)
-PLANTED_KNOBS = {"bitmap_v1": {"SPARSEKIT_CUDA_DECODE": "v1"}, "bitmap_v2": {"EMU_SMS": 1}, "bitmap_walk": {"EMU_SMS": 1},
+# (bitmap_v2's bugs are in the list and chunk consumer, which at M <= 4 the walk replaces unless told otherwise)
+PLANTED_KNOBS = {"bitmap_v1": {"SPARSEKIT_CUDA_DECODE": "v1"},
+                 "bitmap_v2": {"EMU_SMS": 1, "SPARSEKIT_CUDA_BITMAP_CONSUMER": "list"}, "bitmap_walk": {"EMU_SMS": 1},
                  "int8_wo": {"EMU_SMS": 1},
                  "bitmap_columns": {"EMU_SMS": 1}, "bitmap_columns_split": {"EMU_SMS": 1, **SPLIT_24},
                  "sparse24": {"SPARSEKIT_CUDA_DECODE": "v1", "EMU_SMS": 1}, "s24_mma": {"EMU_SMS": 1, "SPARSEKIT_CUDA_DECODE": "v3"},
