@@ -72,7 +72,7 @@ def walk_tile_bytes(cols, mt):
 def chunking(K, align, extra_per_warp, mt, span, extra_per_block=0, walk=False):
     """choose_chunking of decode_common.cuh: (Kc, splits, threads, smem). extra_per_block: shared bytes a block
     keeps beside its x tile (the bitmap kernels' zero column), counted with the tile as the kernels do. walk: the
-    x tile is the bitmap walk's (float32, blocks of 2048 columns)."""
+    x tile is the bitmap walk's (walk_tile_bytes: blocks of 2048 columns, float32 up to M = 2, 16-bit at M = 4)."""
     def tile(cols):
         if walk:
             return walk_tile_bytes(cols, mt) + extra_per_block
