@@ -1439,6 +1439,21 @@ def test_bitmap_routes_are_measured_per_m_bucket(monkeypatch, tmp_path):
         # during CUDA graph capture nothing is timed: M <= 16 the compiled kernels, not remembered
         monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
         assert call(100) == ("triton", []) and layer(12) == (True, []) and layer(20) == (False, [])
+
+        def unmeasured(M, dtype, n=8):  # the first choice of a layer with a list (density ≈ 0.3 at n = 8)
+            x = torch.randn(M, 64, dtype=dtype)
+            first = bmf._columns_first(x, n, f.values)
+            assert bmf._columns_use(x, n, f.bitmap, f.word_offsets, f.values, cols, bias) == first
+            return first
+
+        # where the bitmap kernel walks its words (M <= 4, float16 / bfloat16) its model beats the list above 15 %
+        assert not unmeasured(1, torch.float16) and not unmeasured(4, torch.bfloat16)
+        assert unmeasured(5, torch.float16) and unmeasured(1, torch.float32)
+        assert unmeasured(1, torch.float16, n=8 * 64)  # density ≈ 0.3 / 64: the list
+        monkeypatch.setenv("SPARSEKIT_CUDA_BITMAP_CONSUMER", "list")
+        assert unmeasured(2, torch.bfloat16)  # no walk: the list
+        monkeypatch.delenv("SPARSEKIT_CUDA_BITMAP_CONSUMER")
+        assert not timed
         monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
         assert layer(12)[1] == [("columns", 12), ("op", 12)]  # measured at the next eager call
         # a fixed setting decides for the op and the layer; nothing measured

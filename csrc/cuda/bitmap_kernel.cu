@@ -12,7 +12,10 @@
 // so that lanes then share the kept values evenly whatever the density). Each lane then takes a 16-byte
 // chunk of values and the matching 8 or 4 list entries (one shared vector load) and does the FMAs with
 // the x columns from the tile. Warp reduce-scatter and split-K as in sparse24_kernel.cu. Variant 2 (below, the
-// default) batches a warp's tiles and walks the sparsest rows in tiles of 2048 columns, two words per lane.
+// default) batches a warp's tiles and walks the sparsest rows in tiles of 2048 columns, two words per lane. At M <= 4
+// in float16 / bfloat16 variant 2 drops the list and its consumer (the walk, Plan::walk, below: each lane multiplies
+// its own word's kept values bit by bit, x from a tile of its own laid out so that the lanes' loads are free of bank
+// conflicts); SPARSEKIT_CUDA_BITMAP_CONSUMER=list gives the list back there.
 //
 // SPARSEKIT_CUDA_DECODE=v3 (float16 / bfloat16 on sm_80+, every M) runs the tensor-core decode kernel instead
 // (mma_decode.cuh, BitmapRows: a row's run of a step staged in shared memory by its quad, each lane expanding
@@ -141,6 +144,12 @@ struct WalkTile {
     }
   }
 };
+
+// The walk's x tile bytes for `cols` columns at M tile mt (1, 2 or 4): what the plan sizes K chunks with and the
+// launch asks for.
+inline size_t walk_tile_bytes(int mt, int64_t cols) {
+  return mt == 1 ? WalkTile<1>::bytes(cols) : mt == 2 ? WalkTile<2>::bytes(cols) : WalkTile<4>::bytes(cols);
+}
 
 template <typename T, int MT>
 __device__ __forceinline__ void walk_word(const uint16_t* vals, uint32_t word, const unsigned char* xw,
@@ -872,10 +881,7 @@ struct BitmapDecode : FloatFinish {
     p.walk = p.variant == 2 && sizeof(T) == 2 && mt_max <= 4 && walk_consumer();
     const size_t warp_bytes = p.variant == 1 ? kListBytes : v2_warp_bytes(p.shape);
     p.ch = choose_chunking(a.K, kChunkAlign, warp_bytes, d, [&](int64_t cols) {
-      const size_t walk_x = mt_max == 1   ? WalkTile<1>::bytes(cols)
-                            : mt_max == 2 ? WalkTile<2>::bytes(cols)
-                                          : WalkTile<4>::bytes(cols);
-      return (p.walk ? walk_x : xtile_bytes<T, kSpan>(mt_max, cols)) + kZeroBytes;
+      return (p.walk ? walk_tile_bytes(mt_max, cols) : xtile_bytes<T, kSpan>(mt_max, cols)) + kZeroBytes;
     });
     plan_workspace(&p, a.M, a.N);
     *plan = p;
@@ -920,8 +926,7 @@ struct BitmapDecode : FloatFinish {
         warp_bytes = v2_warp_bytes(plan.shape);
       }
     }
-    const size_t x_bytes =
-        walk ? WalkTile<(MT <= 4 ? MT : 1)>::bytes(plan.ch.Kc) : XTile<T, MT, kSpan>::bytes(plan.ch.Kc);
+    const size_t x_bytes = walk ? walk_tile_bytes(MT, plan.ch.Kc) : XTile<T, MT, kSpan>::bytes(plan.ch.Kc);
     const size_t smem = x_bytes + kZeroBytes + static_cast<size_t>(plan.ch.threads / 32) * warp_bytes;
     return launch_decode_grid<MT>(kernel, p, plan, d, smem, a.N, m_begin, tiles, stream);
   }

@@ -89,25 +89,45 @@ def prepare_columns(bitmap, word_offsets, values, shape) -> bool:
 
 _COLUMNS_ROUTE = "bitmap_columns"  # the route table of layers with a column list (bitmap_columns_route)
 
+# Where nothing measures the route (CUDA graph capture before any eager call, SPARSEKIT_TRITON_AUTOTUNE=0, no triton,
+# the functional BitmapWeight.apply): at M <= 4 in float16 / bfloat16 the bitmap kernel walks its words (variant 2's
+# walk, csrc/cuda/README.md), and by the models of its instruction counts and bytes the walk is the faster above
+# about this density, the column list below it (the list reads 4 bytes a kept value and no bitmap; at 30 % the walk
+# models ≈ 2.4x dense, the list ≈ 1.7x; at 10 % ≈ 3.8x against ≈ 5x). A model, not a measurement.
+_WALK_OVER_COLUMNS_DENSITY = 0.15
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _columns_first(x2, n: int, values) -> bool:
+    """Whether the column-list kernel is the first choice for rows x2 (2-d) of a layer with n output features where
+    its route is not measured: not where the bitmap kernel would walk its words (M <= 4, float16 / bfloat16, the
+    default consumer) at a density above _WALK_OVER_COLUMNS_DENSITY."""
+    M, K = x2.shape
+    if M > 4 or x2.dtype not in _HALF or values.numel() <= _WALK_OVER_COLUMNS_DENSITY * n * K:
+        return True
+    return os.environ.get("SPARSEKIT_CUDA_BITMAP_CONSUMER") == "list"  # as csrc/cuda's walk_consumer() reads it
+
 
 def _columns_use(x2, n, bitmap, word_offsets, values, cols, bias) -> bool:
     """`use` of cuda_rows_forward for a layer with a column list: whether the column-list kernel serves these rows,
     by sparsekit.triton.pick_compiled with the column-list kernel as the compiled path and the public op (whose own
     route picks the compiled bitmap kernel or Triton) as the other, in a route table of its own (the op's table
     times the bitmap kernel, not this one): measured on the device up to ROUTE_MAX_M rows under "auto", else M <=
-    16 or the backend setting."""
+    16 where `_columns_first`, or the backend setting."""
     return _sk_triton.pick_compiled(
         "bitmap_mm", x2, n, lambda: _CUDA_BITMAP_COLUMNS_MM(x2, bitmap, word_offsets, values, cols, bias),
-        lambda: _BITMAP_MM(x2, bitmap, word_offsets, values, bias), table=_COLUMNS_ROUTE)
+        lambda: _BITMAP_MM(x2, bitmap, word_offsets, values, bias), table=_COLUMNS_ROUTE,
+        first=lambda: _columns_first(x2, n, values))
 
 
-def _columns_call(x2, bitmap, word_offsets, values, bias):
-    """The rows x2 (2-d, CUDA) through the column-list kernel when these buffers have a list and the compiled kernel
-    takes these rows (M <= 16, no gradient to record, eager), else None."""
+def _columns_call(x2, n, bitmap, word_offsets, values, bias):
+    """The rows x2 (2-d, CUDA) of a weight with n rows through the column-list kernel when these buffers have a
+    list, the compiled kernel takes these rows (M <= 16, no gradient to record, eager) and the list is the first
+    choice (`_columns_first`; this path measures nothing), else None."""
     if torch.compiler.is_compiling():  # (traced: the public op)
         return None
     cols = bitmap_columns_for(bitmap, word_offsets, values)
-    if cols is None or not _ROUTE(x2) or needs_grad(x2, bias):
+    if cols is None or not _ROUTE(x2) or needs_grad(x2, bias) or not _columns_first(x2, n, values):
         return None
     return _CUDA_BITMAP_COLUMNS_MM(x2, bitmap, word_offsets, values, cols, bias)
 
@@ -181,7 +201,7 @@ class BitmapWeight(SparseFormat):
     @staticmethod
     def apply(x, shape, bias, bitmap, word_offsets, values):
         if x.is_cuda:
-            y = _columns_call(_as_2d(x, "bitmap_mm"), bitmap, word_offsets, values, bias)
+            y = _columns_call(_as_2d(x, "bitmap_mm"), shape[0], bitmap, word_offsets, values, bias)
             if y is not None:
                 return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
         if x.dim() == 2:

@@ -190,11 +190,14 @@ def measured_route(table: str, x: torch.Tensor, n: int, first: str, second: str,
     return cfg["path"]
 
 
-def pick_compiled(op: str, x: torch.Tensor, n: int, run_compiled, run_triton, table: str = None) -> bool:
+def pick_compiled(op: str, x: torch.Tensor, n: int, run_compiled, run_triton, table: str = None,
+                  first=None) -> bool:
     """Whether the compiled kernel serves this call of `op` (x 2-d, n output features): the backend setting, and
     under "auto" for MEASURED_ROUTES up to ROUTE_MAX_M rows the faster of the two for the call's route_key,
     timed now on its tensors (`run_compiled()`, `run_triton()`) if not yet; otherwise M <= the op's boundary.
-    `table`: the route table (default `op`; int8_linear keeps its own beside int8_mm)."""
+    `table`: the route table (default `op`; int8_linear keeps its own beside int8_mm). `first`: where the route
+    is not measured yet, a callable saying whether the compiled kernel comes first within the boundary (the
+    choice where nothing can be timed; called only then)."""
     if x.dim() != 2 or not _compiled_cuda() or not _compiled_runs(op, x.device):
         return False
     choice = _backend[op]
@@ -207,7 +210,7 @@ def pick_compiled(op: str, x: torch.Tensor, n: int, run_compiled, run_triton, ta
     cfg = route_table(table or op).get(route_key(x, n))  # (a known key: no closure built)
     if cfg is not None:
         return cfg["path"] == "compiled"
-    paths = ("compiled", "triton") if static else ("triton", "compiled")
+    paths = ("compiled", "triton") if static and (first is None or first()) else ("triton", "compiled")
     return measured_route(table or op, x, n, *paths,
                           lambda p: run_compiled() if p == "compiled" else run_triton()) == "compiled"
 
