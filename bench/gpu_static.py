@@ -23,7 +23,9 @@ GPUTarget("cuda", 80 / 90, 32) (ptxas gives sm_80 / sm_90a), then
 * `nvdisasm -g` of the cubin (SASS with source lines): tensor-core instructions (HMMA / IMMA, and on
   sm_90a wgmma, which SASS spells HGMMA / IGMMA), LDL / STL, and the width of each global load
   (LDG, and LDGSTS = cp.async) attributed to the source line that issued it, so the weight stream's
-  load width is read off the lines that load the weight (`STREAMS`).
+  load width is read off the lines that load the weight (`STREAMS`), and on sm_90a how many wgmma groups each
+  `WARPGROUP.DEPBAR` leaves in flight (`wgmma_waits`: all 0 means every wait drains the tensor cores, so the next
+  K step's loads and conversions cannot overlap a running dot).
 
 A failure: a compile error, a stack frame or local memory (spills), LDL / STL, shared memory over the
 architecture's per-block limit (sm_80 163 KB, sm_90a 227 KB), or a kernel whose tl.dot gets 16- or 8-bit
@@ -381,6 +383,15 @@ def parse_sass(text: str):
     return ops, loads
 
 
+_WGMMA_WAIT = re.compile(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*(0x[0-9a-fA-F]+|\d+)")
+
+
+def wgmma_waits(text: str) -> list:
+    """sm_90a SASS: for each WARPGROUP.DEPBAR, how many wgmma groups it leaves in flight, sorted (all 0: every
+    wait drains the tensor cores, so nothing overlaps the next K step's loads and conversions)."""
+    return sorted(int(v, 0) for v in _WGMMA_WAIT.findall(text))
+
+
 def parse_resource_usage(text: str):
     """{function name: {REG, STACK, SHARED, LOCAL}} from cuobjdump --dump-resource-usage."""
     out = {}
@@ -496,7 +507,7 @@ def llir_loads(llir: str):
 # versions and the extraction rules (rules_key). The checks (failures) are applied to every record, cached
 # or fresh, on every run; they are not in the key.
 RAW_FIELDS = ("arch", "compile_s", "error", "regs", "stack", "local", "static_smem", "dyn_smem", "smem", "ldl", "stl",
-              "mma", "dot", "dot_ieee", "loads", "all_loads")
+              "mma", "dot", "dot_ieee", "loads", "all_loads", "wgmma_waits")
 COMPARED_FIELDS = tuple(f for f in RAW_FIELDS if f != "compile_s")
 
 
@@ -539,11 +550,11 @@ def rules_key() -> str:
     """sha256 of what turns a compiled kernel into a record: the source of compile_one and the parsers it calls,
     their regular expressions, MMA_OPS and STREAMS. A change to any of them makes every cached record stale."""
     fns = (compile_one, _ieee_dot, load_width, parse_sass, parse_resource_usage, _summ_ops, _width_hist, stream_lines,
-           llir_loads)
+           llir_loads, wgmma_waits)
     h = hashlib.sha256()
     for f in fns:
         h.update(inspect.getsource(f).encode())
-    h.update(repr([r.pattern for r in (_INSN, _LINE, _DILOC, _DISCOPE, _DIFILE, _ASM, _CP_ASYNC)]).encode())
+    h.update(repr([r.pattern for r in (_INSN, _LINE, _DILOC, _DISCOPE, _DIFILE, _ASM, _CP_ASYNC, _WGMMA_WAIT)]).encode())
     h.update(repr([MMA_OPS, sorted((k, sorted(v.items())) for k, v in STREAMS.items())]).encode())
     return h.hexdigest()
 
@@ -638,7 +649,7 @@ def compile_one(job):
         ldl=sum(n for op, n in ops.items() if op.startswith("LDL")),
         stl=sum(n for op, n in ops.items() if op.startswith("STL")),
         mma=_summ_ops(ops, MMA_OPS), dot=bool(dots), dot_ieee=bool(dots) and all(_ieee_dot(ln) for ln in dots),
-        loads=streams, all_loads=_width_hist(all_loads),
+        loads=streams, all_loads=_width_hist(all_loads), wgmma_waits=wgmma_waits(sass),
     )
     return rec
 
@@ -661,7 +672,7 @@ def failures(rec, dtype_name):
 
 # ------------------------------------------------------------------------------------------ the Triton run
 def _cfg_str(c: dict) -> str:
-    keys = [k for k in ("DOT", "BITS", "TILE", "EXPAND", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_C", "WPB", "GROUP_M")
+    keys = [k for k in ("DOT", "SWAP", "BITS", "TILE", "EXPAND", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_C", "WPB", "GROUP_M")
             if k in c]
     parts = []
     for k in keys:
@@ -682,7 +693,7 @@ def _flags(constexprs, fn):
     out = {}
     for k, v in constexprs.items():
         name = names[k[0]]
-        if name.startswith(("BLOCK_", "GROUP_")) or name in ("DOT", "BITS", "WPB"):
+        if name.startswith(("BLOCK_", "GROUP_")) or name in ("DOT", "SWAP", "BITS", "WPB"):
             continue
         out[name] = v if isinstance(v, (bool, int, float, str)) else repr(v)
     return out
@@ -976,7 +987,11 @@ def _mma_str(r) -> str:
     if "error" in r:
         return "-"
     if r["mma"]:
-        return " ".join(f"{k}x{v}" for k, v in sorted(r["mma"].items()))
+        s = " ".join(f"{k}x{v}" for k, v in sorted(r["mma"].items()))
+        waits = r.get("wgmma_waits") or []
+        if waits:  # sm_90a: the most wgmma groups any wait leaves in flight (0: each wait drains them)
+            s += f" (in flight {max(waits)})"
+        return s
     if r["dot"]:
         return "FMA (ieee)" if r["dot_ieee"] else "**none**"
     return ""
@@ -1014,7 +1029,8 @@ def write_triton_md(path, records, env, summary, scope=""):
         "Columns: regs (registers per thread), smem (static + dynamic shared memory, KB; sm_90a counts the 1 KB it",
         "reserves per block, so the check against 227 KB is 1 KB strict), local (stack / local",
         "bytes and LDL / STL count: any is a failure), tensor cores (SASS count: HMMA / IMMA; HGMMA / IGMMA are",
-        "sm_90a wgmma; `FMA (ieee)` = a float32 dot with exact products, no tensor core by design), weight loads",
+        "sm_90a wgmma, with `(in flight n)`: the most wgmma groups any of its waits leaves running, 0 where every",
+        "wait drains them; `FMA (ieee)` = a float32 dot with exact products, no tensor core by design), weight loads",
         "(the global loads the weight-stream source lines compile to: LDG = plain load, LDGSTS = cp.async, and",
         "the bits per thread), flags (constexpr specialisation beyond the configuration: EVEN_K, M = 1, ...),",
         "default at (the tuning keys where this configuration is the launcher's first candidate, used without",

@@ -260,6 +260,11 @@ def test_parsers_on_fixed_text(gs):
                            "        /*0a30*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], RZ ;\n"
                            "        /*0a40*/                   STL.64 [R1+0x8], R4 ;\n")
     assert ops == {"LDG.E.64": 1, "HGMMA.64x64x16.F32.BF16": 1, "STL.64": 1}
+    assert gs.wgmma_waits("        /*2c00*/                   WARPGROUP.DEPBAR.LE gsb0, 0x1 ;\n"
+                          "        /*2d00*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;\n"
+                          "        /*2e00*/                   WARPGROUP.ARRIVE ;\n") == [0, 1]
+    assert gs._mma_str({"mma": {"HGMMA": 8}, "dot": True, "wgmma_waits": [0, 1, 1]}) == "HGMMAx8 (in flight 1)"
+    assert gs._mma_str({"mma": {"HMMA": 8}, "dot": True, "wgmma_waits": []}) == "HMMAx8"
     llir = "\n".join([
         '%1 = tail call { i32, i32, i32, i32 } asm sideeffect "mov.u32 $0, 0x0;\\0A\\09ld.global.v4.b32 '
         '{ $0, $1, $2, $3 }, [ $4 + 0 ];", "=r,=r,=r,=r,l"(ptr addrspace(1) %0) #6, !dbg !12',

@@ -352,6 +352,29 @@ def test_interp_weight_only_large_m_and_strides():
 
 
 @interp
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_interp_weight_only_swap(dtype):
+    """SWAP tiles (y^T = w @ x^T, the converted weight the dot's first operand): listed above M = 16 in float16 /
+    bfloat16 only, each one right on odd N, K and M (tails of every tile), with and without a bias, a strided x
+    and a weight view."""
+    from sparsekit.triton import int8
+
+    assert not any(c.get("SWAP") for b in (1, 4, 16) for c in int8.weight_only_candidates(b, 300, dtype))
+    assert not any(c.get("SWAP") for c in int8.weight_only_candidates(64, 300, torch.float32))
+    for b, M in ((32, 17), (64, 33), (256, 130), (1024, 600)):
+        swapped = [c for c in int8.weight_only_candidates(b, 300, dtype) if c.get("SWAP")]
+        assert swapped and all(c["DOT"] for c in swapped)
+        for i, cfg in enumerate(swapped):
+            _wo_case(M, 70, 300, dtype, "cpu", bias=i == 0, config=cfg)
+        _wo_case(M, 37, 70, dtype, "cpu", config=swapped[0], x=torch.randn(70, M).to(dtype).t())
+        w_q = torch.randint(-127, 128, (24, 131), dtype=torch.int8)[:, 1:129]  # a view: row stride 131
+        x, s = torch.randn(M, 128).to(dtype), torch.rand(24) / 64 + 0.001
+        _check_out(int8.int8_weight_only_mm(x, w_q, s, config=swapped[-1]),
+                   reference.int8_weight_only_mm(x.double(), w_q, s.double()), x, w_q.double() * s.double()[:, None],
+                   dtype)
+
+
+@interp
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_interp_weight_only_expand(dtype):
     """EXPAND (the dequantized weight, then cuBLAS): first above M = 512 and for float32 above M = 16, last at

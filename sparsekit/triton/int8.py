@@ -17,6 +17,8 @@ int8_weight_only_mm: int8 weights loaded (1 byte each), converted to x's dtype i
     (q * scale, rounded once to x's dtype, as a dense layer's weight is) into a transient (N, K) buffer, then
     cuBLAS multiplies: the dequantization once per call whatever M, and cuBLAS's GEMM, where Triton's
     mixed-input dot waits for each wgmma (the SASS of sm_90a) and measured 0.45-0.87x dense at M = 48-333.
+    Above M = 16 (float16 / bfloat16) also SWAP tiles: y^T = w @ x^T with the converted weight as the dot's
+    register operand, which on sm_90a keeps a wgmma in flight across K steps (not yet run on a GPU).
 """
 import torch
 import triton
@@ -288,7 +290,11 @@ def _w8a16_kernel(x_ptr, w_ptr, ws_ptr, bias_ptr, y_ptr,
                   M, N, K, stride_xm, stride_xk, stride_wn, stride_wk, stride_ym,
                   HAS_BIAS: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
                   EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  GROUP_M: tl.constexpr):
+                  GROUP_M: tl.constexpr, SWAP: tl.constexpr = False):
+    # SWAP (with DOT): y^T = w @ x^T, the converted weight the dot's first operand (on sm_90a wgmma takes it from
+    # registers and x^T from shared memory, so the next tile's conversion can overlap a dot in flight; unswapped,
+    # the converted weight is stored to shared memory and each K step waits for its dots), the sums (BLOCK_N,
+    # BLOCK_M)
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -300,7 +306,9 @@ def _w8a16_kernel(x_ptr, w_ptr, ws_ptr, bias_ptr, y_ptr,
     rbn = rn % N
     x_ptrs = x_ptr + ram.to(tl.int64)[:, None] * stride_xm + rk[None, :] * stride_xk
     w_ptrs = w_ptr + rbn.to(tl.int64)[:, None] * stride_wn + rk[None, :] * stride_wk
-    if DOT:
+    if SWAP:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    elif DOT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
@@ -317,19 +325,28 @@ def _w8a16_kernel(x_ptr, w_ptr, ws_ptr, bias_ptr, y_ptr,
                 wd = w.to(tl.float32)
             else:
                 wd = w.to(x_ptr.dtype.element_ty)  # exact: |q| <= 127
-            acc = dot_acc(xk, tl.trans(wd), acc, IEEE, UPCAST)
+            if SWAP:
+                acc = dot_acc(wd, tl.trans(xk), acc, IEEE, UPCAST)
+            else:
+                acc = dot_acc(xk, tl.trans(wd), acc, IEEE, UPCAST)
         else:
             acc += xk.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
-    if not DOT:
-        acc = tl.sum(acc, axis=2)
-    acc = acc * tl.load(ws_ptr + rbn)[None, :]
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + rbn).to(tl.float32)[None, :]
-    y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * stride_ym + rn[None, :]
-    mask = (rm < M)[:, None] & (rn < N)[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    if SWAP:
+        acc = acc * tl.load(ws_ptr + rbn)[:, None]
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + rbn).to(tl.float32)[:, None]
+        y_ptrs = y_ptr + rm.to(tl.int64)[None, :] * stride_ym + rn[:, None]
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(rm < M)[None, :] & (rn < N)[:, None])
+    else:
+        if not DOT:
+            acc = tl.sum(acc, axis=2)
+        acc = acc * tl.load(ws_ptr + rbn)[None, :]
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + rbn).to(tl.float32)[None, :]
+        y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * stride_ym + rn[None, :]
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(rm < M)[:, None] & (rn < N)[None, :])
 
 
 @triton.jit
@@ -399,6 +416,13 @@ def weight_only_candidates(bucket: int, K: int, dtype: torch.dtype):
             seen.add(t)
             out.append(c)
     out = out or [_wocfg(True, 16, 32, k(64), 4, 3)]
+    if bucket > 16 and dtype != torch.float32:
+        # SWAP (the kernel's comment): tiles whose sm_90a SASS (triton 3.8) keeps one wgmma in flight across K steps
+        # (WARPGROUP.DEPBAR.LE gsb0, 0x1 in the loop); the autotuner times them against the rest on the device
+        swapped = [(bucket, 64, 128, 4, 3), (bucket, 64, 64, 8, 3)] if bucket <= 64 else \
+            [(128, 64, 64, 8, 3), (64, 64, 128, 8, 3)] if bucket <= 256 else [(128, 64, 128, 8, 3)]
+        for bm, bn, bk, w, st in swapped:
+            out.append(dict(_wocfg(True, bm, bn, k(bk), w, st), SWAP=True))
     if bucket > 128 or (dtype == torch.float32 and bucket > 16):  # EXPAND (module doc)
         out.insert(0 if bucket > 512 or dtype == torch.float32 else len(out), _wo_expand())
     return out
@@ -424,7 +448,7 @@ def _launch_wo(x, w_q, w_scale, bias, y, cfg):
         x, w_q, w_scale, bias if bias is not None else y, y,
         M, N, K, x.stride(0), x.stride(1), w_q.stride(0), w_q.stride(1), y.stride(0),
         HAS_BIAS=bias is not None, DOT=cfg["DOT"], IEEE=x.dtype == torch.float32, UPCAST=upcast_dot(x.dtype),
-        EVEN_K=K % bk == 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"],
+        EVEN_K=K % bk == 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"], SWAP=cfg.get("SWAP", False),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
