@@ -278,3 +278,25 @@ def test_parsers_on_fixed_text(gs):
     loads = gs.llir_loads(llir)
     real = os.path.realpath("/src/k.py")
     assert loads == [("LDG", 128, [(real, 40)]), ("LDGSTS", 128, [(real, 7), (real, 40)])]
+
+
+def test_w8a16_swap_tiles_keep_a_wgmma_in_flight():
+    """Why the W8A16 SWAP candidates exist (sparsekit/triton/README.md): on sm_90a each keeps a wgmma group in flight
+    across K steps, where the unswapped dot tiles above M = 16 drain the tensor cores at every wait. Read from the
+    committed records (the full run above checks that they are current)."""
+    from sparsekit.triton import int8 as I8
+
+    recs = [json.loads(ln) for ln in COMMITTED.read_text().splitlines() if ln.strip()]
+    wo = [r for r in recs if r.get("op") == "int8_weight_only_mm" and r.get("arch") == "sm_90a" and r.get("mma")]
+    for dtype, name in ((I8.torch.float16, "fp16"), (I8.torch.bfloat16, "bf16")):
+        for b in (32, 64, 256, 1024):
+            cands = I8.weight_only_candidates(b, 4096, dtype)
+            swapped = [c for c in cands if c.get("SWAP")]
+            assert len(swapped) == 2, (b, name)
+            for c in swapped:
+                mine = [r for r in wo if r["dtype"] == name and r["config"] == c]
+                assert mine and all(max(r["wgmma_waits"]) >= 1 for r in mine), (b, name, c)
+            plain = [c for c in cands if c.get("DOT") and not c.get("SWAP") and c["BLOCK_M"] >= 64]
+            for c in plain:
+                mine = [r for r in wo if r["dtype"] == name and r["config"] == c]
+                assert mine and all(max(r["wgmma_waits"]) == 0 for r in mine), (b, name, c)

@@ -419,8 +419,8 @@ def weight_only_candidates(bucket: int, K: int, dtype: torch.dtype):
     if bucket > 16 and dtype != torch.float32:
         # SWAP (the kernel's comment): tiles whose sm_90a SASS (triton 3.8) keeps one wgmma in flight across K steps
         # (WARPGROUP.DEPBAR.LE gsb0, 0x1 in the loop); the autotuner times them against the rest on the device
-        swapped = [(bucket, 64, 128, 4, 3), (bucket, 64, 64, 8, 3)] if bucket <= 64 else \
-            [(128, 64, 64, 8, 3), (64, 64, 128, 8, 3)] if bucket <= 256 else [(128, 64, 128, 8, 3)]
+        swapped = [(bucket, 64, 128, 4, 3), (bucket, 128, 64, 8, 3)] if bucket <= 64 else \
+            [(128, 64, 64, 8, 3), (128, 128, 64, 8, 3)] if bucket <= 256 else [(128, 128, 64, 8, 3), (128, 64, 64, 8, 4)]
         for bm, bn, bk, w, st in swapped:
             out.append(dict(_wocfg(True, bm, bn, k(bk), w, st), SWAP=True))
     if bucket > 128 or (dtype == torch.float32 and bucket > 16):  # EXPAND (module doc)
