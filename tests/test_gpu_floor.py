@@ -204,8 +204,9 @@ def test_routes_reads_the_measured_routes_of_a_run(tmp_path, monkeypatch):
 
 def test_bitmap_banks_model():
     """bench/bitmap_banks.py (the shared-memory model of the bitmap walk, csrc/cuda/README.md): the walk's x loads
-    are one wavefront a round (WalkTile puts lane l's word in bank l), and the walk takes fewer wavefronts per tile
-    than the list at every density it counts; a load of 32 lanes at one bank's words is 32."""
+    are one wavefront a round at M = 1 and one or two at M = 2 and 4 (WalkTile puts lane l's word in bank l), and
+    the walk takes fewer wavefronts per tile than the list at every density and M it counts; a load of 32 lanes at
+    one bank's words is 32."""
     import bitmap_banks as B
     import numpy as np
 
@@ -217,4 +218,13 @@ def test_bitmap_banks_model():
         stores, consumer = np.array([B.listed(rng, d, w) for _ in range(6)]).sum(0)
         assert x == rounds and val >= rounds
         assert val + x < stores + consumer, (d, val + x, stores + consumer)
+    assert B.wavefronts([8 * i for i in range(32)], 8) == 2 and B.wavefronts([0], 8) == 1  # 256 bytes: two
+    assert B.wavefronts([256 * i for i in range(16)], 8) == 16  # 16 lanes on banks 0-1
+    for m in (2, 4):  # x's 8-byte loads: one or two wavefronts a round, never more; the walk under the list
+        for d, w in ((0.1, 2), (0.3, 2), (0.5, 1)):
+            rounds, val, x = np.array([B.walk(rng, d, w, m) for _ in range(4)]).sum(0)
+            stores, consumer = np.array([B.listed(rng, d, w, m) for _ in range(4)]).sum(0)
+            assert rounds <= x <= 2 * rounds and val >= rounds
+            assert val + x < stores + consumer, (m, d, val + x, stores + consumer)
     assert B.main(["--density", "0.3", "--tiles", "2"]) == 0
+    assert B.main(["--density", "0.3", "--m", "2,4", "--tiles", "1"]) == 0
