@@ -19,7 +19,7 @@
 #   TARBALL=$OUT/gpu_results.tar.gz OUT=/tmp/gpu bench/gpu_all.sh --quick   (TARBALL first: it expands the tool's $OUT)
 # STEPS=name,name,... runs only those steps (the names below: build, info, gpu_tests, cuda_decode_variants,
 # int8_decode, cslt_probe, sanitize, bench_overhead, cuda_kernels, triton_kernels, bench_layer, bench_model,
-# bitmap_large_m, bitmap_shapes, report_gpu_layers, report_gpu_model; without --quick also cuda_cslt,
+# bitmap_large_m, wide_tiles, bitmap_shapes, report_gpu_layers, report_gpu_model; without --quick also cuda_cslt,
 # pytest_benchmark), e.g. a second call on the still-warm machine for what the first one's deadline skipped:
 #   STEPS=bench_overhead,bench_layer,report_gpu_layers DEADLINE=200 OUT=/tmp/gpu2 bench/gpu_all.sh --quick
 set -uo pipefail
@@ -126,6 +126,11 @@ step bench_model "$T_BENCH" "$PY" -m sparsekit bench model "${MODEL[@]}" --no-pr
 # dense at M = 48-333) against dense and the tuned choice: which design serves which M (sparsekit/triton/bitmap.py)
 step bitmap_large_m 120 "$PY" bench/triton_gpu.py --kernels dense,bitmap,bitmap_tile,bitmap_expand,bitmap_slices \
   --dtype bf16 --shapes 14336x4096,4096x14336 --m 48,333,2048 --bitmap-sparsity 0.5,0.7 --name bitmap_large_m --out "$OUT"
+# The tensor-core decode kernels above M = 16 in tiles of 32 rows against tiles of 16 (SPARSEKIT_CUDA_WIDE_TILE=0),
+# beside the routed ops, Triton and dense (csrc/cuda/README.md: the wide tile converts the weight once per 32 rows)
+step wide_tiles 120 "$PY" bench/triton_gpu.py \
+  --kernels dense,w8a16,w8a16_triton,w8a16_cuda,w8a16_cuda_16,w8a8_gemm,w8a8_cuda,w8a8_cuda_16 \
+  --dtype bf16 --shapes 14336x4096,4096x14336 --m 17,32,48,64,128 --name wide_tiles --out "$OUT"
 # The batched bitmap kernel forced to each of its batch shapes (SPARSEKIT_CUDA_BITMAP_SHAPE) at densities around
 # the thresholds between them (wide <= 10.6 %, wide-dense <= 31.9 % in bf16: a model of instruction counts,
 # csrc/cuda/README.md), so that the thresholds can be set from measurements (late: the steps above matter more);

@@ -27,6 +27,10 @@ For each LLaMA-7B layer shape (N x K = out x in features) and each M it times, b
               kernel's order before its weight registers were refilled while consumed (csrc/cuda/README.md), for an
               A/B in one process (the variable is set around each call: their eager times carry that host cost;
               compare the graph times)
+  w8a16_cuda, w8a8_cuda  the compiled tensor-core kernels themselves, whatever M (_cuda_int8_weight_only_mm;
+              _cuda_int8_mm on x quantized beforehand): above M = 16 in tiles of 32 rows
+  w8a16_cuda_16, w8a8_cuda_16  the same with SPARSEKIT_CUDA_WIDE_TILE=0: tiles of 16 rows, for an A/B of the
+              wide tile (csrc/cuda/README.md; compare the graph times)
   quant       sparsekit quantize_per_token (symmetric) as routed: the compiled per-token kernel
               (_cuda_quantize_per_token), what the int8 linears and 2:4+int8 run above M = 16
   quant_triton  the Triton quantize_per_token launcher itself (the router's other choice); both give the
@@ -71,7 +75,8 @@ def model_args(kernel: str, params: dict) -> tuple:
         return ("csr" if kernel == "csr_torch" else "bitmap"), {"density": 1 - params["sparsity"]}
     return {"dense": ("dense", {}), "w8a8": ("int8", {}), "w8a8_triton": ("int8", {}), "w8a8_linear": ("int8", {}),
             "w8a16": ("int8-wo", {}), "w8a16_norefill": ("int8-wo", {}), "w8a8_linear_norefill": ("int8", {}),
-            "w8a16_triton": ("int8-wo", {})}.get(kernel)
+            "w8a16_triton": ("int8-wo", {}), "w8a16_cuda": ("int8-wo", {}), "w8a16_cuda_16": ("int8-wo", {}),
+            "w8a8_cuda": ("int8", {}), "w8a8_cuda_16": ("int8", {})}.get(kernel)
 
 OUT = Path(__file__).resolve().parent / "results"
 SHAPES = "4096x4096,11008x4096,4096x11008"
@@ -81,7 +86,8 @@ BITMAP_DESIGNS = {"bitmap_tile": lambda c: bool(c.get("TILE")), "bitmap_expand":
                   "bitmap_slices": lambda c: not (c.get("TILE") or c.get("EXPAND"))}
 KERNELS = ("dense", "bsr", "bsr_torch", "bitmap", "csr_torch", "w8a8", "w8a8_triton", "w8a8_linear", "w8a8_gemm",
            "int_mm", "w8a16", "w8a16_triton", "quant", "quant_triton", "w8a16_norefill", "w8a8_linear_norefill",
-           *BITMAP_DESIGNS)
+           "w8a16_cuda", "w8a16_cuda_16", "w8a8_cuda", "w8a8_cuda_16", *BITMAP_DESIGNS)
+WIDE_AB = ("w8a16_cuda", "w8a16_cuda_16", "w8a8_cuda", "w8a8_cuda_16")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
@@ -136,19 +142,25 @@ def bench(fn, graphs: bool, rep: int):
     return eager, graph
 
 
-def no_refill(fn):
-    """fn under SPARSEKIT_CUDA_REFILL=0 (read by the CUDA plan at each call, so also while a graph is captured)."""
+def with_env(fn, name, value="0"):
+    """fn with the environment variable `name` set to `value` around each call (the CUDA plans read their knobs at
+    each call, so also while a graph is captured)."""
     def call():
-        old = os.environ.get("SPARSEKIT_CUDA_REFILL")
-        os.environ["SPARSEKIT_CUDA_REFILL"] = "0"
+        old = os.environ.get(name)
+        os.environ[name] = value
         try:
             return fn()
         finally:
             if old is None:
-                os.environ.pop("SPARSEKIT_CUDA_REFILL", None)
+                os.environ.pop(name, None)
             else:
-                os.environ["SPARSEKIT_CUDA_REFILL"] = old
+                os.environ[name] = old
     return call
+
+
+def no_refill(fn):
+    """fn under SPARSEKIT_CUDA_REFILL=0: the tensor-core kernels' order before their register refill."""
+    return with_env(fn, "SPARSEKIT_CUDA_REFILL")
 
 
 def environment() -> dict:
@@ -247,7 +259,7 @@ def make_cases(N, K, M, dtype, a, gen, dev):
             yield "quant_triton", {}, (lambda: tint8.quantize_per_token(x)[0]), refq, qbytes
 
     if ks & {"w8a8", "w8a8_triton", "w8a8_linear", "w8a8_gemm", "int_mm", "w8a16", "w8a16_triton", "w8a16_norefill",
-             "w8a8_linear_norefill"}:
+             "w8a8_linear_norefill", *WIDE_AB}:
         I = Int8Weight.from_dense(w)
         wnb = N * K + N * 4
         q, s, _ = sparsekit.ops.reference.quantize_per_token(x)
@@ -286,6 +298,17 @@ def make_cases(N, K, M, dtype, a, gen, dev):
         if "w8a16_triton" in ks and x.is_cuda:
             from sparsekit.triton import int8 as tint8
             yield ("w8a16_triton", {}, (lambda: tint8.int8_weight_only_mm(x, I.qweight, I.scale)), refwo, wnb + io)
+        # the compiled tensor-core kernels whatever M, in tiles of 32 rows above 16 and (_16) in tiles of 16
+        if x.is_cuda and ks & set(WIDE_AB) and hasattr(torch.ops.sparsekit, "_cuda_int8_weight_only_mm"):
+            qc, sc = q.to(x.device), s.to(x.device)
+            cuda_wo = (lambda: torch.ops.sparsekit._cuda_int8_weight_only_mm(x, I.qweight, I.scale, None))
+            cuda_w8 = (lambda: torch.ops.sparsekit._cuda_int8_mm(qc, sc, None, I.qweight, I.scale, None, dtype))
+            for name, fn, ref, nb in (("w8a16_cuda", cuda_wo, refwo, wnb + io),
+                                      ("w8a8_cuda", cuda_w8, ref8, wnb + M * K + M * N * x.element_size())):
+                if name in ks:
+                    yield name, {}, fn, ref, nb
+                if name + "_16" in ks:
+                    yield name + "_16", {}, with_env(fn, "SPARSEKIT_CUDA_WIDE_TILE"), ref, nb
 
 
 # ------------------------------------------------------------------------------------ report

@@ -809,6 +809,43 @@ def test_w8a8_mm(driver, tmp_path, out_dtype):
     check_w8a8_cases(run(driver, split, tmp_path / "split", SPLIT_W8A8), split)
 
 
+WIDE_MS = (20, 32, 45, 64, 70)  # one wide tile padded; one whole; 32 + a 16-row tile; two; two + a padded one
+
+
+@pytest.mark.parametrize("wide", ["on", "0"])
+@pytest.mark.parametrize("dtype", WO_DTYPES, ids=lambda d: H.DTYPE_NAMES[d])
+def test_tensor_core_wide_m_tiles(driver, tmp_path, dtype, wide):
+    """The tensor-core decode kernel above M = 16 in tiles of 32 rows (mma::tile_rows_for: four n-tiles an mma step,
+    x fragments loaded per mma), and with SPARSEKIT_CUDA_WIDE_TILE=0 in tiles of 16: int8 weight-only, 2:4 and
+    W8A8 (dense and 2:4 int8 weights, int8 x) at M = 20-70, odd N (a row group 8 rows short), whole K, several
+    row groups per block (one SM), split K, a misaligned weight (the bytewise path) and a strided x."""
+    g = gen(60)
+    knobs = {} if wide == "on" else {"SPARSEKIT_CUDA_WIDE_TILE": "0"}
+    mm = [int8_wo_case(f"int8-wo M={M}", dtype, M, 40, 256, g, bias=M % 2 == 0) for M in WIDE_MS]
+    mm += [s24_case(f"2:4 M={M}", dtype, M, 37, 320, g, bias=M % 2 == 1) for M in WIDE_MS]
+    mm += [int8_wo_case("int8-wo bytewise K=100 M=40", dtype, 40, 21, 100, g),
+           int8_wo_case("int8-wo w misaligned M=33", dtype, 33, 19, 256, g, woff=1),
+           s24_case("2:4 x strided + offset M=50", dtype, 50, 11, 256, g, xpad=3, xoff=1)]
+    check_mm_cases(run(driver, mm, tmp_path / "mm", knobs), mm)
+    groups = [int8_wo_case("int8-wo groups M=48", dtype, 48, 100, 640, g),
+              s24_case("2:4 groups M=36", dtype, 36, 90, 512, g)]
+    check_mm_cases(run(driver, groups, tmp_path / "groups", dict(knobs, EMU_SMS=1)), groups)
+    split = [int8_wo_case("int8-wo split M=40", dtype, 40, 13, 1700, g, split=True),
+             s24_case("2:4 split M=64", dtype, 64, 13, 2048, g, split=True)]
+    check_mm_cases(run(driver, split, tmp_path / "split", dict(knobs, **SPLIT_W8A8)), split)
+    # a device whose shared memory holds no chunk of a wide tile (its partial sums alone are 32 KB): tiles of 16
+    small = [int8_wo_case("int8-wo small device M=40", dtype, 40, 13, 1700, g, split=True),
+             s24_case("2:4 small device M=64", dtype, 64, 13, 512, g, split=True)]
+    check_mm_cases(run(driver, small, tmp_path / "small", dict(knobs, **SPLIT_24)), small)
+    w8 = [w8a8_case(f"w8a8 dense M={M}", dtype, M, 40, 256, g, bias=M % 2 == 0) for M in WIDE_MS]
+    w8 += [w8a8_case(f"w8a8 2:4 M={M}", dtype, M, 37, 256, g, sparse=True) for M in WIDE_MS[::2]]
+    w8 += [w8a8_case("w8a8 x strided + offset M=40", dtype, 40, 11, 256, g, xpad=5, xoff=3)]
+    check_w8a8_cases(run(driver, w8, tmp_path / "w8a8", knobs), w8)
+    w8s = [w8a8_case("w8a8 split dense M=45", dtype, 45, 7, 3000, g, split=True),
+           w8a8_case("w8a8 split 2:4 M=32", dtype, 32, 9, 4096, g, sparse=True, split=True)]
+    check_w8a8_cases(run(driver, w8s, tmp_path / "w8a8 split", dict(knobs, **SPLIT_W8A8)), w8s)
+
+
 def test_w8a8_mm_refusals(driver, tmp_path):
     g = gen(52)
     old = w8a8_case("sm_75", torch.float16, 2, 5, 64, g)
@@ -1438,6 +1475,24 @@ PLANTED = {
         # (group t: built with a BSR mutation of the same file, which the int8 kernel does not run; one build less)
         "t", ("mma_decode.cuh", "const int s_next = last ? s_begin : s0 + W::kBatch;",
               "const int s_next = last ? s_begin : s0;"), "int8_wo"),
+    "wide tile: n-tiles 2 and 3 read the x rows of n-tiles 0 and 1": (
+        "y1", ("mma_decode.cuh", "reinterpret_cast<const uint2*>(xrow + 8 * nt * ld)[j];",
+               "reinterpret_cast<const uint2*>(xrow + 8 * (nt & 1) * ld)[j];"), "int8_wo_wide"),
+    "wide tile: the mma's two k halves of x swapped": (
+        "y2", ("mma_decode.cuh", "const uint32_t b[2] = {v.x, v.y};", "const uint32_t b[2] = {v.y, v.x};"),
+        "int8_wo_wide"),
+    "wide tile: mmas 2 and 3 take the x of mmas 0 and 1": (
+        "y3", ("mma_decode.cuh", "reinterpret_cast<const uint2*>(xrow + 8 * nt * ld)[j];",
+               "reinterpret_cast<const uint2*>(xrow + 8 * nt * ld)[j & 1];"), "int8_wo_wide"),
+    "wide tile: the last 17-31 rows run as a tile of 16": (
+        "y4", ("decode_common.cuh", "      if (tile_m_for(rest, full_rows) == 32) return",
+               "      if (false && tile_m_for(rest, full_rows) == 32) return"), "int8_wo_wide"),
+    "wide tile: n-tiles 2 and 3 write their sums to the rows of 0 and 1": (
+        "y5", ("mma_decode.cuh", "const int m = 8 * nt + 2 * t + e;", "const int m = 8 * (nt & 1) + 2 * t + e;"),
+        "int8_wo_wide"),
+    "wide tile kept where no chunk of it fits the shared memory": (
+        "y6", ("mma_decode.cuh", "  if (p->tile_rows > 16 && static_cast<int64_t>(p->ch.smem)",
+               "  if (false && static_cast<int64_t>(p->ch.smem)"), "int8_wo_wide_small"),
     "int8_wo vector loads without the alignment check": (
         "e", ("int8_wo_kernel.cu", "p.vec = a.K % 16 == 0 && reinterpret_cast<uintptr_t>(a.w_q) % 16 == 0;",
               "p.vec = a.K % 16 == 0;"), "int8_wo_misaligned"),
@@ -1530,7 +1585,7 @@ PLANTED = {
 # (bitmap_v2's bugs are in the list and chunk consumer, which at M <= 4 the walk replaces unless told otherwise)
 PLANTED_KNOBS = {"bitmap_v1": {"SPARSEKIT_CUDA_DECODE": "v1"},
                  "bitmap_v2": {"EMU_SMS": 1, "SPARSEKIT_CUDA_BITMAP_CONSUMER": "list"}, "bitmap_walk": {"EMU_SMS": 1},
-                 "int8_wo": {"EMU_SMS": 1},
+                 "int8_wo": {"EMU_SMS": 1}, "int8_wo_wide": {"EMU_SMS": 1}, "int8_wo_wide_small": SPLIT_24,
                  "bitmap_columns": {"EMU_SMS": 1}, "bitmap_columns_split": {"EMU_SMS": 1, **SPLIT_24},
                  "sparse24": {"SPARSEKIT_CUDA_DECODE": "v1", "EMU_SMS": 1}, "s24_mma": {"EMU_SMS": 1, "SPARSEKIT_CUDA_DECODE": "v3"},
                  "w8a8_split": SPLIT_W8A8, "w8a8_linear_split": SPLIT_24, "bsr_mma": {"EMU_SMS": 1},
@@ -1584,6 +1639,11 @@ def planted_cases(kind):
         return [int8_wo_case("int8_wo M=3", dt, 3, 200, 256, gen(30)), int8_wo_case("int8_wo M=16", dt, 16, 150, 1152, gen(31)),
                 int8_wo_case("int8_wo M=5 bytewise", dt, 5, 180, 100, gen(32)),
                 int8_wo_case("int8_wo M=1 several batches a warp", dt, 1, 48, 8192, gen(71))]
+    if kind == "int8_wo_wide":  # 32-row tiles, one SM: blocks walk several row groups
+        return [int8_wo_case("wide M=20", dt, 20, 200, 256, gen(78)), int8_wo_case("wide M=45", dt, 45, 90, 640, gen(79)),
+                int8_wo_case("wide M=40 bytewise", dt, 40, 60, 100, gen(80))]
+    if kind == "int8_wo_wide_small":
+        return [int8_wo_case("wide on a small device M=40", dt, 40, 13, 1700, gen(81), split=True)]
     if kind == "w8a8":
         return [w8a8_case("w8a8 dense M=3", torch.bfloat16, 3, 40, 256, gen(38)),
                 w8a8_case("w8a8 2:4 M=16", torch.float16, 16, 50, 640, gen(39), sparse=True),
@@ -1669,7 +1729,8 @@ def test_planted_cases_pass_unmutated(driver, tmp_path):
     """The planted-bug cases pass on the real kernels: what fails them is the bug."""
     for kind in ("sparse24", "bitmap", "bitmap_v1", "bitmap_v2", "bitmap_columns", "bitmap_columns_split",
                  "bitmap_columns_misaligned", "bitmap_misaligned", "csr", "bsr", "pack", "int8_wo",
-                 "int8_wo_misaligned", "s24_mma", "s24_mma_misaligned", "w8a8", "w8a8_split", "w8a8_linear",
+                 "int8_wo_misaligned", "int8_wo_wide", "int8_wo_wide_small", "s24_mma", "s24_mma_misaligned", "w8a8",
+                 "w8a8_split", "w8a8_linear",
                  "w8a8_linear_split", "bsr_mma"):
         cases = planted_cases(kind)
         why = outcome(run(driver, cases, tmp_path / kind, PLANTED_KNOBS.get(kind)), cases, kind)

@@ -864,6 +864,35 @@ def test_int8_weight_only_compiled_kernel(monkeypatch, dtype, M, N, K, refill):
 
 
 @gpu
+@pytest.mark.parametrize("wide", ["on", "0"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=DTYPE_ID)
+def test_tensor_core_kernel_wide_m_tiles(monkeypatch, dtype, wide):
+    """Above M = 16 the tensor-core decode kernel runs tiles of 32 rows (SPARSEKIT_CUDA_WIDE_TILE=0: 16): int8
+    weight-only, 2:4 and W8A8 (dense and 2:4 int8, byte for byte) against the references at M = 17-300, whole K
+    and split K (K = 14336: 32 rows of x do not fit whole)."""
+    require_int8_wo_kernel()
+    monkeypatch.setenv("SPARSEKIT_CUDA_WIDE_TILE", wide)
+    for M, N, K in ((17, 40, 256), (32, 65, 640), (45, 300, 1024), (64, 33, 14336), (300, 20, 512)):
+        g = torch.Generator().manual_seed(M * 7 + N + K)
+        q, s, x, b = int8_wo_inputs(M, N, K, dtype, g)
+        poison_allocator()
+        y = torch.ops.sparsekit._cuda_int8_weight_only_mm(x.cuda(), q.cuda(), s.cuda(), b.cuda())
+        check(y, x.cuda(), (q.double() * s.double()[:, None]).cuda(), b.cuda(), dtype)
+        f = formats.Sparse24Weight.from_dense(torch.randn(N, K).to(dtype), mask_24(N, K, g=g))
+        poison_allocator()
+        check(sparsekit.ops.sparse24_mm(x.cuda(), f.values.cuda(), f.meta.cuda(), b.cuda()), x.cuda(),
+              f.to_dense().cuda(), b.cuda(), dtype)
+        x_q = torch.randint(-127, 128, (M, K), generator=g, dtype=torch.int16).to(torch.int8)
+        x_scale = torch.rand(M, generator=g) * 0.05 + 1e-3
+        for sparse in (False, True):
+            wargs, op, ref = w8a8_weight(N, K, g, sparse, "mm")
+            want = ref(x_q, x_scale, None, *wargs, s, b, dtype)
+            poison_allocator()
+            got = op(x_q.cuda(), x_scale.cuda(), None, *(t.cuda() for t in wargs), s.cuda(), b.cuda(), dtype)
+            assert torch.equal(got.cpu(), want), (M, N, K, sparse, (got.cpu() - want).abs().max())
+
+
+@gpu
 def test_int8_weight_only_route_is_measured_on_the_device(monkeypatch, tmp_path):
     """The public int8_weight_only_mm on CUDA under "auto": the first call of an M bucket times the compiled kernel
     and Triton and keeps the faster (in the route table and the autotune file); results right whichever wins."""

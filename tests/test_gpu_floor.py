@@ -63,6 +63,9 @@ def test_bench_scripts_map_their_cases_onto_the_model(monkeypatch):
     assert triton_gpu.model_args("w8a16", {}) == ("int8-wo", {})
     assert triton_gpu.model_args("w8a16_norefill", {}) == ("int8-wo", {})
     assert triton_gpu.model_args("w8a8_linear_norefill", {}) == ("int8", {})
+    assert triton_gpu.model_args("w8a16_cuda_16", {}) == ("int8-wo", {})
+    assert triton_gpu.model_args("w8a8_cuda", {}) == ("int8", {})
+    assert set(triton_gpu.WIDE_AB) <= set(triton_gpu.KERNELS)
     assert triton_gpu.model_args("bitmap_tile", {"sparsity": 0.5}) == ("bitmap", {"density": pytest.approx(0.5)})
     rec = gpu_floor.annotate({}, "2:4", 14336, 4096, 1, 2, 0.0205)  # 20.5 us measured
     assert rec["of_floor"] == pytest.approx(rec["floor_us"] / 20.5)

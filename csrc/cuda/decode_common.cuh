@@ -415,12 +415,21 @@ Chunking choose_chunking(int64_t K, int64_t align, size_t extra_per_warp, const 
   return c;
 }
 
-// The activation-row tile for the rows left: 16 while at least 16 remain, else the next power of two.
-inline int tile_m_for(int64_t rows) {
-  if (rows >= 16) return 16;
+// The activation-row tile for the rows left: `full` (16, or 32 for the tensor-core kernel's wide tiles) while at
+// least that many remain, 32 for 17-31 rows where the full tile is 32, else the next power of two.
+inline int tile_m_for(int64_t rows, int full = 16) {
+  if (rows >= full) return full;
   int t = 1;
   while (t < rows) t *= 2;
   return t;
+}
+
+// Whether the tensor-core decode kernel runs M > 16 in tiles of 32 activation rows (mma::tile_rows_for):
+// SPARSEKIT_CUDA_WIDE_TILE=0 (or off) keeps tiles of 16, for an A/B of the two in one process on a GPU. Read once
+// per plan (a getenv).
+inline bool wide_tiles() {
+  const char* v = std::getenv("SPARSEKIT_CUDA_WIDE_TILE");
+  return v == nullptr || (std::strcmp(v, "0") != 0 && std::strcmp(v, "off") != 0);
 }
 
 // ------------------------------------------------------------------------------------ host driver
@@ -444,6 +453,7 @@ struct Plan {
   int variant = 1;      // kernel design (decode_variant()); 3: the tensor-core kernel (mma_decode.cuh)
   int shape = 0;        // variant 2 of bitmap_mm: the batch's shape by the density (V2Shape in bitmap_kernel.cu)
   bool walk = false;    // variant 2 of bitmap_mm at M <= 4: the lanes walk their words' bits (walk_consumer)
+  int tile_rows = 16;   // activation rows of a full M tile: 16, or 32 (the tensor-core kernel's wide tiles, kWideTile)
   int64_t ws_rows = 0;  // activation rows whose partial sums the workspace holds at once
   size_t ws_bytes = 0;
 };
@@ -522,6 +532,13 @@ struct FloatFinish {
   }
 };
 
+// Whether the decode family Op may plan wide M tiles (a `static constexpr bool kWideTile = true;` member): its
+// launch_tiles then takes MT = 32 where its plan's tile_rows is 32.
+template <typename Op, typename = void>
+struct WideTile : std::false_type {};
+template <typename Op>
+struct WideTile<Op, std::void_t<decltype(Op::kWideTile)>> : std::bool_constant<Op::kWideTile> {};
+
 // The host side shared by the decode kernels. Op is the kernel family:
 //   using Launch = ...;                                   the launch arguments (M, N, K, y, ldy, bias, dtype)
 //   static bool valid(const Launch&);                     sizes the kernel accepts
@@ -534,16 +551,26 @@ template <typename Op>
 struct Driver {
   using Launch = typename Op::Launch;
 
-  // Rows [m_begin, m_begin + rows): full tiles of 16, then one smaller tile for the rest.
+  // Rows [m_begin, m_begin + rows): full tiles of plan.tile_rows (16, or 32 for a family with WideTile), then
+  // one smaller tile for the rest.
   template <typename T, bool kVec>
   static cudaError_t launch_rows(const Launch& a, const Plan& plan, const DevInfo& d, const Output& out,
                                  int64_t m_begin, int64_t rows, cudaStream_t stream) {
-    const int64_t full = rows / 16;
-    cudaError_t e = Op::template launch_tiles<T, 16, kVec>(a, plan, d, out, m_begin, full, stream);
+    int full_rows = 16;
+    if constexpr (WideTile<Op>::value) full_rows = plan.tile_rows;
+    const int64_t full = rows / full_rows;
+    cudaError_t e = cudaSuccess;
+    if constexpr (WideTile<Op>::value) {
+      if (full_rows == 32) e = Op::template launch_tiles<T, 32, kVec>(a, plan, d, out, m_begin, full, stream);
+    }
+    if (full_rows == 16) e = Op::template launch_tiles<T, 16, kVec>(a, plan, d, out, m_begin, full, stream);
     if (e != cudaSuccess) return e;
-    const int64_t rest = rows - full * 16;
+    const int64_t rest = rows - full * full_rows;
     if (rest == 0) return cudaSuccess;
-    const int64_t mb = m_begin + full * 16;
+    const int64_t mb = m_begin + full * full_rows;
+    if constexpr (WideTile<Op>::value) {
+      if (tile_m_for(rest, full_rows) == 32) return Op::template launch_tiles<T, 32, kVec>(a, plan, d, out, mb, 1, stream);
+    }
     switch (tile_m_for(rest)) {
       case 1: return Op::template launch_tiles<T, 1, kVec>(a, plan, d, out, mb, 1, stream);
       case 2: return Op::template launch_tiles<T, 2, kVec>(a, plan, d, out, mb, 1, stream);

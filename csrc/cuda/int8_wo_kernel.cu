@@ -13,6 +13,7 @@ using namespace decode;
 
 struct Int8WoDecode : FloatFinish {
   using Launch = Int8WoMmLaunch;
+  static constexpr bool kWideTile = true;  // M > 16 in tiles of 32 (mma::tile_rows_for)
 
   static bool valid(const Launch& a) { return a.dtype != DType::f32; }
 
@@ -23,7 +24,7 @@ struct Int8WoDecode : FloatFinish {
     } else {
       if (d.cc_major < 8) return cudaErrorInvalidDeviceFunction;
       Plan p;
-      p.ch = mma::chunking<mma::Int8Rows, mma::HalfX<T>>(a.M, a.K, d);
+      mma::plan_chunks<mma::Int8Rows, mma::HalfX<T>>(&p, a.M, a.K, d);
       p.vec = a.K % 16 == 0 && reinterpret_cast<uintptr_t>(a.w_q) % 16 == 0;
       plan_workspace(&p, a.M, a.N);
       *plan = p;

@@ -841,8 +841,13 @@ using QuantX = Int8X<T, true>;
 // ------------------------------------------------------------------------------------ the kernel
 template <typename W, typename X, int MT, bool kVec>
 __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params p) {
-  constexpr int NT = MT > 8 ? 2 : 1;  // mma n-tiles of 8 activation rows
-  constexpr int XW = 2 * X::kMmas;    // 32-bit words of x per lane, step and n-tile
+  static_assert(MT == 1 || MT == 2 || MT == 4 || MT == 8 || MT == 16 || MT == 32, "M tiles of 1-32 rows");
+  static_assert(MT <= 16 || !X::kQuant, "the fused quantization stages at most 16 rows");
+  constexpr int NT = MT > 8 ? MT / 8 : 1;  // mma n-tiles of 8 activation rows
+  constexpr int XW = 2 * X::kMmas;         // 32-bit words of x per lane, step and n-tile
+  // Up to 2 n-tiles a step's x fragments are loaded at once and held (16-byte loads); with 4 (the wide tile) they
+  // would not fit the 128 registers beside 4 accumulators, so each mma's 8 bytes are loaded where it needs them.
+  constexpr bool kHoldX = NT <= 2;
   using Acc = typename X::Acc;
   using XBits = std::conditional_t<X::kXBytes == 2, uint16_t, uint8_t>;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -933,27 +938,43 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
       for (int u = 0; u < W::kBatch; ++u) {
         if (s0 + u < s_end) {
           W::prepare(regs, u, wstage);
-          uint32_t xw[NT][XW];
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt) {
-            const int row = 8 * nt + g;
-#pragma unroll
-            for (int q = 0; q < XW / 4; ++q) {
-              uint4 v = make_uint4(0u, 0u, 0u, 0u);
-              if (row < MT)
-                v = reinterpret_cast<const uint4*>(xs + row * ld + X::kXBytes * W::xcol(regs, u, s0 + u, t))[q];
-              xw[nt][4 * q] = v.x; xw[nt][4 * q + 1] = v.y; xw[nt][4 * q + 2] = v.z; xw[nt][4 * q + 3] = v.w;
-            }
-          }
-#pragma unroll
-          for (int j = 0; j < X::kMmas; ++j) {
-            uint32_t a[4];
-            W::template pairs<typename X::Elem>(regs, u, 0, j, lut, a[0], a[2]);
-            W::template pairs<typename X::Elem>(regs, u, 1, j, lut, a[1], a[3]);
+          if constexpr (kHoldX) {
+            uint32_t xw[NT][XW];
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
-              const uint32_t b[2] = {xw[nt][2 * j], xw[nt][2 * j + 1]};
-              X::mma(acc[nt], a, b);
+              const int row = 8 * nt + g;
+#pragma unroll
+              for (int q = 0; q < XW / 4; ++q) {
+                uint4 v = make_uint4(0u, 0u, 0u, 0u);
+                if (row < MT)
+                  v = reinterpret_cast<const uint4*>(xs + row * ld + X::kXBytes * W::xcol(regs, u, s0 + u, t))[q];
+                xw[nt][4 * q] = v.x; xw[nt][4 * q + 1] = v.y; xw[nt][4 * q + 2] = v.z; xw[nt][4 * q + 3] = v.w;
+              }
+            }
+#pragma unroll
+            for (int j = 0; j < X::kMmas; ++j) {
+              uint32_t a[4];
+              W::template pairs<typename X::Elem>(regs, u, 0, j, lut, a[0], a[2]);
+              W::template pairs<typename X::Elem>(regs, u, 1, j, lut, a[1], a[3]);
+#pragma unroll
+              for (int nt = 0; nt < NT; ++nt) {
+                const uint32_t b[2] = {xw[nt][2 * j], xw[nt][2 * j + 1]};
+                X::mma(acc[nt], a, b);
+              }
+            }
+          } else {  // MT = 32: rows 8 nt + g all inside the tile; mma j takes the lane's words 2 j, 2 j + 1
+            const unsigned char* xrow = xs + g * ld + X::kXBytes * W::xcol(regs, u, s0 + u, t);
+#pragma unroll
+            for (int j = 0; j < X::kMmas; ++j) {
+              uint32_t a[4];
+              W::template pairs<typename X::Elem>(regs, u, 0, j, lut, a[0], a[2]);
+              W::template pairs<typename X::Elem>(regs, u, 1, j, lut, a[1], a[3]);
+#pragma unroll
+              for (int nt = 0; nt < NT; ++nt) {
+                const uint2 v = reinterpret_cast<const uint2*>(xrow + 8 * nt * ld)[j];
+                const uint32_t b[2] = {v.x, v.y};
+                X::mma(acc[nt], a, b);
+              }
             }
           }
         }
@@ -1020,12 +1041,32 @@ size_t smem_bytes(int mt, int64_t Kc, int threads) {
 // The K chunks of a launch for M activation rows (the largest M tile used sizes them).
 // align: what Kc is a multiple of (kStepCols, or a multiple of it: BSR's chunks hold whole blocks).
 template <typename W, typename X>
-Chunking chunking(int64_t M, int64_t K, const DevInfo& d, int64_t align = kStepCols) {
-  const int mt_max = tile_m_for(M);
+Chunking chunking(int64_t M, int64_t K, const DevInfo& d, int64_t align = kStepCols, int tile_rows = 16) {
+  const int mt_max = tile_m_for(M, tile_rows);
   return choose_chunking(K, align, red_bytes_per_warp(mt_max) + W::kWarpBytes, d, [&](int64_t cols) {
     return rowtile_bytes(mt_max, cols + (W::kVarSteps ? kStepCols : 0), X::kXBytes) +
            static_cast<size_t>(W::kLutWords) * 4 + X::kExtraBytes;
   });
+}
+
+// The rows of a full M tile (Plan::tile_rows) for M activation rows: 32 above 16 rows (the wide tile: a weight
+// step converted once for 32 rows, not once per 16), unless x is quantized in the kernel (QuantX stages at most 16)
+// or SPARSEKIT_CUDA_WIDE_TILE=0; else 16.
+template <typename X>
+int tile_rows_for(int64_t M) {
+  return M > 16 && !X::kQuant && wide_tiles() ? 32 : 16;
+}
+
+// A plan's M tile rows and K chunks: the wide tile where tile_rows_for says so and one chunk of it fits the
+// device's shared memory (32 rows of partial sums a warp: 4 KB), else tiles of 16.
+template <typename W, typename X>
+void plan_chunks(Plan* p, int64_t M, int64_t K, const DevInfo& d) {
+  p->tile_rows = tile_rows_for<X>(M);
+  p->ch = chunking<W, X>(M, K, d, kStepCols, p->tile_rows);
+  if (p->tile_rows > 16 && static_cast<int64_t>(p->ch.smem) > imin<int64_t>(d.smem_optin, d.smem_per_sm - 1024)) {
+    p->tile_rows = 16;
+    p->ch = chunking<W, X>(M, K, d, kStepCols, 16);
+  }
 }
 
 // Launches mma_decode_kernel<W, X, MT, kVec> over `tiles` M tiles from m_begin (a block per row group at

@@ -201,6 +201,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) sparse24_decode_kernel(const S
 
 struct Sparse24Decode : FloatFinish {
   using Launch = Sparse24MmLaunch;
+  static constexpr bool kWideTile = true;  // the tensor-core kernel: M > 16 in tiles of 32 (mma::tile_rows_for)
 
   static bool valid(const Launch& a) { return a.K % 4 == 0; }
 
@@ -223,7 +224,7 @@ struct Sparse24Decode : FloatFinish {
     Plan p;
     if (use_mma<T>(a, d)) {
       p.variant = 3;
-      p.ch = mma::chunking<mma::S24Rows, mma::HalfX<T>>(a.M, a.K, d);
+      mma::plan_chunks<mma::S24Rows, mma::HalfX<T>>(&p, a.M, a.K, d);
       p.vec = a.K % 16 == 0 && reinterpret_cast<uintptr_t>(a.values) % 16 == 0 &&
               reinterpret_cast<uintptr_t>(a.meta) % 2 == 0;
       plan_workspace(&p, a.M, a.N);
@@ -253,16 +254,20 @@ struct Sparse24Decode : FloatFinish {
         return mma::launch<mma::S24Rows, mma::HalfX<T>, MT, kVec>(p, plan, d, m_begin, tiles, stream);
       }
     }
-    const auto kernel = sparse24_decode_kernel<T, MT, kVec>;
-    const size_t smem = XTile<T, MT, S24<T>::kSpan>::bytes(plan.ch.Kc) +
-                        static_cast<size_t>(plan.ch.threads / 32) * S24<T>::kMetaStage;
-    S24Params p;
-    p.M = a.M; p.N = a.N; p.K = a.K;
-    p.Kc = plan.ch.Kc;
-    p.refill = plan.refill;
-    p.values = a.values; p.meta = a.meta; p.x = a.x; p.ldx = a.ldx;
-    p.out = out;
-    return launch_decode_grid<MT>(kernel, p, plan, d, smem, a.N, m_begin, tiles, stream);
+    if constexpr (MT > 16) {  // wide tiles are the tensor-core kernel's only
+      return cudaErrorInvalidValue;
+    } else {
+      const auto kernel = sparse24_decode_kernel<T, MT, kVec>;
+      const size_t smem = XTile<T, MT, S24<T>::kSpan>::bytes(plan.ch.Kc) +
+                          static_cast<size_t>(plan.ch.threads / 32) * S24<T>::kMetaStage;
+      S24Params p;
+      p.M = a.M; p.N = a.N; p.K = a.K;
+      p.Kc = plan.ch.Kc;
+      p.refill = plan.refill;
+      p.values = a.values; p.meta = a.meta; p.x = a.x; p.ldx = a.ldx;
+      p.out = out;
+      return launch_decode_grid<MT>(kernel, p, plan, d, smem, a.N, m_begin, tiles, stream);
+    }
   }
 };
 

@@ -15,6 +15,7 @@ using namespace decode;
 
 struct W8A8Decode {
   using Launch = W8A8MmLaunch;
+  static constexpr bool kWideTile = true;  // int8 x: M > 16 in tiles of 32 (mma::tile_rows_for; QuantX stays at 16)
 
   static bool valid(const Launch& a) { return a.meta == nullptr || a.K % 4 == 0; }
 
@@ -22,10 +23,10 @@ struct W8A8Decode {
   static Plan plan_for(const Launch& a, const DevInfo& d) {
     Plan p;
     if (a.meta) {
-      p.ch = mma::chunking<mma::S24Int8Rows, X>(a.M, a.K, d);
+      mma::plan_chunks<mma::S24Int8Rows, X>(&p, a.M, a.K, d);
       p.vec = a.K % 16 == 0 && reinterpret_cast<uintptr_t>(a.w) % 8 == 0 && reinterpret_cast<uintptr_t>(a.meta) % 2 == 0;
     } else {
-      p.ch = mma::chunking<mma::Int8Rows, X>(a.M, a.K, d);
+      mma::plan_chunks<mma::Int8Rows, X>(&p, a.M, a.K, d);
       p.vec = a.K % 16 == 0 && reinterpret_cast<uintptr_t>(a.w) % 16 == 0;
     }
     plan_workspace(&p, a.M, a.N);
@@ -63,7 +64,11 @@ struct W8A8Decode {
   static cudaError_t launch_tiles(const Launch& a, const Plan& plan, const DevInfo& d, const Output& out,
                                   int64_t m_begin, int64_t tiles, cudaStream_t stream) {
     if constexpr (!std::is_same_v<T, float>) {
-      if (a.quantize) return launch_x<mma::QuantX<T>, MT, kVec>(a, plan, d, out, m_begin, tiles, stream);
+      if constexpr (MT <= 16) {
+        if (a.quantize) return launch_x<mma::QuantX<T>, MT, kVec>(a, plan, d, out, m_begin, tiles, stream);
+      } else {
+        if (a.quantize) return cudaErrorInvalidValue;  // (its plan's tiles are 16 rows)
+      }
     }
     return launch_x<mma::Int8X<T>, MT, kVec>(a, plan, d, out, m_begin, tiles, stream);
   }
