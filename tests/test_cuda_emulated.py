@@ -1462,8 +1462,8 @@ PLANTED = {
     "pack bitmap words off-by-one": (
         "a", ("pack_kernel.cu", "for (int b = 0; b < valid; ++b)", "for (int b = 0; b <= valid; ++b)"), "pack"),
     "int8_wo x columns of the mma's two k halves swapped": (
-        "a", ("mma_decode.cuh", "const uint32_t b[2] = {xw[nt][2 * j], xw[nt][2 * j + 1]};",
-              "const uint32_t b[2] = {xw[nt][2 * j + 1], xw[nt][2 * j]};"), "int8_wo"),
+        "a", ("mma_decode.cuh", "b[0] = xw[nt][2 * j]; b[1] = xw[nt][2 * j + 1];",
+              "b[0] = xw[nt][2 * j + 1]; b[1] = xw[nt][2 * j];"), "int8_wo"),
     "int8_wo missing __syncthreads before the reduction": (
         "b", ("mma_decode.cuh", "    __syncthreads();\n    const Acc* all", "    const Acc* all"), "int8_wo"),
     "int8_wo one partial-sum buffer": (
@@ -1479,7 +1479,7 @@ PLANTED = {
         "y1", ("mma_decode.cuh", "reinterpret_cast<const uint2*>(xrow + 8 * nt * ld)[j];",
                "reinterpret_cast<const uint2*>(xrow + 8 * (nt & 1) * ld)[j];"), "int8_wo_wide"),
     "wide tile: the mma's two k halves of x swapped": (
-        "y2", ("mma_decode.cuh", "const uint32_t b[2] = {v.x, v.y};", "const uint32_t b[2] = {v.y, v.x};"),
+        "y2", ("mma_decode.cuh", "b[0] = v.x; b[1] = v.y;", "b[0] = v.y; b[1] = v.x;"),
         "int8_wo_wide"),
     "wide tile: mmas 2 and 3 take the x of mmas 0 and 1": (
         "y3", ("mma_decode.cuh", "reinterpret_cast<const uint2*>(xrow + 8 * nt * ld)[j];",

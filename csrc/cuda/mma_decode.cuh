@@ -938,43 +938,36 @@ __global__ void __launch_bounds__(kMaxThreads, 1) mma_decode_kernel(const Params
       for (int u = 0; u < W::kBatch; ++u) {
         if (s0 + u < s_end) {
           W::prepare(regs, u, wstage);
+          // kHoldX: the step's x fragments of every n-tile loaded at once (16-byte loads) and held; else (MT = 32,
+          // rows 8 nt + g all inside the tile) each mma's 8 bytes (the lane's words 2 j, 2 j + 1) where it needs them
+          const unsigned char* xrow = xs + g * ld + X::kXBytes * W::xcol(regs, u, s0 + u, t);
+          uint32_t xw[kHoldX ? NT : 1][XW];
           if constexpr (kHoldX) {
-            uint32_t xw[NT][XW];
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
-              const int row = 8 * nt + g;
 #pragma unroll
               for (int q = 0; q < XW / 4; ++q) {
                 uint4 v = make_uint4(0u, 0u, 0u, 0u);
-                if (row < MT)
-                  v = reinterpret_cast<const uint4*>(xs + row * ld + X::kXBytes * W::xcol(regs, u, s0 + u, t))[q];
+                if (8 * nt + g < MT) v = reinterpret_cast<const uint4*>(xrow + 8 * nt * ld)[q];
                 xw[nt][4 * q] = v.x; xw[nt][4 * q + 1] = v.y; xw[nt][4 * q + 2] = v.z; xw[nt][4 * q + 3] = v.w;
               }
             }
+          }
 #pragma unroll
-            for (int j = 0; j < X::kMmas; ++j) {
-              uint32_t a[4];
-              W::template pairs<typename X::Elem>(regs, u, 0, j, lut, a[0], a[2]);
-              W::template pairs<typename X::Elem>(regs, u, 1, j, lut, a[1], a[3]);
+          for (int j = 0; j < X::kMmas; ++j) {
+            uint32_t a[4];
+            W::template pairs<typename X::Elem>(regs, u, 0, j, lut, a[0], a[2]);
+            W::template pairs<typename X::Elem>(regs, u, 1, j, lut, a[1], a[3]);
 #pragma unroll
-              for (int nt = 0; nt < NT; ++nt) {
-                const uint32_t b[2] = {xw[nt][2 * j], xw[nt][2 * j + 1]};
-                X::mma(acc[nt], a, b);
-              }
-            }
-          } else {  // MT = 32: rows 8 nt + g all inside the tile; mma j takes the lane's words 2 j, 2 j + 1
-            const unsigned char* xrow = xs + g * ld + X::kXBytes * W::xcol(regs, u, s0 + u, t);
-#pragma unroll
-            for (int j = 0; j < X::kMmas; ++j) {
-              uint32_t a[4];
-              W::template pairs<typename X::Elem>(regs, u, 0, j, lut, a[0], a[2]);
-              W::template pairs<typename X::Elem>(regs, u, 1, j, lut, a[1], a[3]);
-#pragma unroll
-              for (int nt = 0; nt < NT; ++nt) {
+            for (int nt = 0; nt < NT; ++nt) {
+              uint32_t b[2];
+              if constexpr (kHoldX) {
+                b[0] = xw[nt][2 * j]; b[1] = xw[nt][2 * j + 1];
+              } else {
                 const uint2 v = reinterpret_cast<const uint2*>(xrow + 8 * nt * ld)[j];
-                const uint32_t b[2] = {v.x, v.y};
-                X::mma(acc[nt], a, b);
+                b[0] = v.x; b[1] = v.y;
               }
+              X::mma(acc[nt], a, b);
             }
           }
         }
