@@ -55,18 +55,51 @@ PyObject* set_cpu_dense_min_m(PyObject*, PyObject* arg) {
 
 // {op: {dtype: M}} of the thresholds in force; a bad SPARSEKIT_CPU_DENSE_MIN_M raises ValueError.
 PyObject* cpu_dense_min_m(PyObject*, PyObject*) {
-  const char* ops[] = {"2:4", "int8-wo"};
+  const char* ops[] = {"2:4", "int8-wo", "csr", "bitmap"};
   const char* dtypes[] = {"float32", "bfloat16", "float16"};
-  long long m[2][3];
+  PyObject* out = PyDict_New();
+  if (!out) return nullptr;
+  for (const char* op : ops) {
+    PyObject* per = PyDict_New();
+    if (!per || PyDict_SetItemString(out, op, per) < 0) {
+      Py_XDECREF(per);
+      Py_DECREF(out);
+      return nullptr;
+    }
+    Py_DECREF(per);  // out holds it
+    for (const char* dt : dtypes) {
+      long long m;
+      try {
+        m = sparsekit::cpu::dense_min_m(op, dt);
+      } catch (const std::exception& e) {
+        PyErr_SetString(PyExc_ValueError, e.what());
+        Py_DECREF(out);
+        return nullptr;
+      }
+      PyObject* v = PyLong_FromLongLong(m);
+      if (!v || PyDict_SetItemString(per, dt, v) < 0) {
+        Py_XDECREF(v);
+        Py_DECREF(out);
+        return nullptr;
+      }
+      Py_DECREF(v);
+    }
+  }
+  return out;
+}
+
+// cpu_dense_panels(op, dtype, M, N, K, nnz) -> bool: whether the CPU op takes its dense panels for that call.
+PyObject* cpu_dense_panels(PyObject*, PyObject* args) {
+  const char *op, *dt;
+  long long M, N, K, nnz;
+  if (!PyArg_ParseTuple(args, "ssLLLL", &op, &dt, &M, &N, &K, &nnz)) return nullptr;
   try {
-    for (int o = 0; o < 2; ++o)
-      for (int d = 0; d < 3; ++d) m[o][d] = sparsekit::cpu::dense_min_m(ops[o], dtypes[d]);
+    if (sparsekit::cpu::dense_panels_take(op, dt, M, N, K, nnz)) Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_ValueError, e.what());
     return nullptr;
   }
-  return Py_BuildValue("{s:{s:L,s:L,s:L},s:{s:L,s:L,s:L}}", ops[0], dtypes[0], m[0][0], dtypes[1], m[0][1], dtypes[2],
-                       m[0][2], ops[1], dtypes[0], m[1][0], dtypes[1], m[1][1], dtypes[2], m[1][2]);
 }
 
 #ifdef SPARSEKIT_WITH_CUSPARSELT
@@ -109,9 +142,12 @@ PyMethodDef methods[] = {
     {"_set_aten_index_checks", set_aten_index_checks, METH_O,
      "Tests: True makes the CPU ops check index buffers with the ATen checks the CUDA ops run."},
     {"set_cpu_dense_min_m", set_cpu_dense_min_m, METH_O,
-     "From which M the CPU 2:4 and int8-wo ops multiply dense panels of W with ATen's GEMM: -1 automatic, 0 never, n."},
+     "From which M the CPU 2:4, int8-wo, CSR and bitmap ops multiply dense panels of W with ATen's GEMM: -1 "
+     "automatic, 0 never, n."},
     {"cpu_dense_min_m", cpu_dense_min_m, METH_NOARGS,
-     "The M from which the CPU 2:4 / int8-wo ops use the dense GEMM, per op and dtype (0: never)."},
+     "The M from which the CPU 2:4 / int8-wo / csr / bitmap ops use the dense GEMM, per op and dtype (0: never)."},
+    {"cpu_dense_panels", cpu_dense_panels, METH_VARARGS,
+     "cpu_dense_panels(op, dtype, M, N, K, nnz): whether the CPU op takes its dense panels for that call."},
 #ifdef SPARSEKIT_WITH_CUSPARSELT
     {"cusparselt_cache_stats", cusparselt_cache_stats, METH_NOARGS,
      "The cuSPARSELt plan cache: entries, capacity, plans_created, searches, hits, evictions, algs_remembered."},

@@ -1,9 +1,9 @@
-"""The CPU large-M path of the 2:4 and int8 weight-only ops: W turned into dense rows a panel at a
-time, multiplied by ATen's dense GEMM (csrc/cpu/dense_panels.h).
+"""The CPU large-M path of the 2:4, int8 weight-only, CSR and bitmap ops: W turned into dense rows a
+panel at a time, multiplied by ATen's dense GEMM (csrc/cpu/dense_panels.h).
 
 It must give what the reference gives (fresh random data, odd sizes, several panels, bias, strides),
-keep each format's NaN rule (2:4: pruned weights are structural zeros, so an x holding NaN/Inf goes
-to the 2:4 kernel; int8-wo: as dense), and its threshold must be settable and readable.
+keep each format's NaN rule (2:4, CSR, bitmap: pruned weights are structural zeros, so an x holding
+NaN/Inf goes to the op's kernel; int8-wo: as dense), and its threshold must be settable and readable.
 `set_cpu_dense_min_m(0)` turns it off, so the same call is checked against the op's kernel too."""
 import os
 import subprocess
@@ -13,6 +13,8 @@ import pytest
 import torch
 
 import sparsekit
+from sparsekit.formats.bitmap import BitmapWeight
+from sparsekit.formats.csr import CSRWeight
 from sparsekit.formats.sparse24 import pack_24
 from sparsekit.ops import reference
 from sparsekit.quant import dequantize_weight, quantize_weight
@@ -141,17 +143,125 @@ def test_int8_weight_only_panels_propagate_non_finite_x_as_dense(dense_from, bad
     assert (~torch.isfinite(got[1])).any() and torch.isfinite(got[[0, 2, 3, 4, 5]]).all()
 
 
+# ---------------------------------------------------------------------------------------- CSR and bitmap
+def _sparse_call(fmt, w, keep):
+    """The op's call on (x, bias) for the pruned weight w (kept where `keep`)."""
+    N = w.shape[0]
+    if fmt == "csr":
+        c = CSRWeight.from_dense(w, keep)
+        return lambda x, b: torch.ops.sparsekit.csr_mm(x, c.crow_indices, c.col_indices, c.values, N, b)
+    bw = BitmapWeight.from_dense(w, keep)
+    return lambda x, b: torch.ops.sparsekit.bitmap_mm(x, bw.bitmap, bw.word_offsets, bw.values, b)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "bitmap"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M,N,K", [(1, 5, 3), (2, 37, 52), (3, 1100, 8), (17, 513, 37), (65, 29, 130)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_sparse_panels_match_the_reference_and_the_kernel(dense_from, fmt, dtype, M, N, K, bias):
+    gen = torch.Generator().manual_seed(M * 1000 + N + K + 2)
+    keep = torch.rand(N, K, generator=gen) < 0.4
+    keep[N // 2] = False  # an empty row
+    w = (torch.randn(N, K, generator=gen) * keep).to(dtype)
+    x = torch.randn(M, K, generator=gen).to(dtype)
+    b = torch.randn(N, generator=gen).to(dtype) if bias else None
+    call = _sparse_call(fmt, w, keep)
+    ref = x.double() @ w.double().t()
+    dense_from(1)
+    got = call(x, b)
+    dense_from(0)
+    kernel = call(x, b)
+    assert got.dtype == dtype and got.shape == (M, N)
+    for y in (got, kernel):
+        assert_close_to_ref(y.double() - (b.double() if bias else 0), ref, x, w, dtype)
+    if M >= 2 and dtype == torch.float32:  # every output a sum of kept products: panels are W bit for bit
+        assert torch.equal(got, torch.addmm(b, x, w.t()) if bias else x @ w.t())
+
+
+@pytest.mark.parametrize("fmt", ["csr", "bitmap"])
+def test_sparse_panels_take_strided_x(dense_from, fmt):
+    gen = torch.Generator().manual_seed(11)
+    N, K = 700, 45
+    keep = torch.rand(N, K, generator=gen) < 0.3
+    w = torch.randn(N, K, generator=gen) * keep
+    x = torch.randn(2 * K, 9, generator=gen).t()[:, ::2]  # (9, 45), stride (1, 9)
+    assert not x.is_contiguous()
+    dense_from(1)
+    got = _sparse_call(fmt, w, keep)(x, None)
+    assert torch.equal(got, x @ w.t())
+
+
+def test_csr_panels_sum_a_column_named_twice(dense_from):
+    # the checks let a row name a column twice; the kernel adds both values, and so must the panel
+    crow = torch.tensor([0, 3, 4], dtype=torch.int32)
+    col = torch.tensor([1, 1, 4, 0], dtype=torch.int32)
+    vals = torch.tensor([1.5, 2.0, -1.0, 3.0])
+    x = torch.randn(5, 6)
+    w = torch.zeros(2, 6)
+    w[0, 1], w[0, 4], w[1, 0] = 3.5, -1.0, 3.0
+    for m in (0, 1):
+        dense_from(m)
+        torch.testing.assert_close(torch.ops.sparsekit.csr_mm(x, crow, col, vals, 2, None), x @ w.t())
+
+
+@pytest.mark.parametrize("fmt", ["csr", "bitmap"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("layout", ["rows", "columns"])  # x's rows of unit stride, or its columns
+def test_sparse_panels_keep_the_structural_zero_rule(dense_from, fmt, dtype, bad, layout):
+    gen = torch.Generator().manual_seed(4)
+    N, K, M = 40, 33, 12
+    keep = torch.rand(N, K, generator=gen) < 0.3
+    w = (torch.randn(N, K, generator=gen) * keep).to(dtype)
+    x = torch.randn(M, K, generator=gen).to(dtype)
+    if layout == "columns":
+        x = x.t().contiguous().t()
+    x[1, 3] = bad
+    x[7, 20] = bad
+    dense_from(1)
+    y = _sparse_call(fmt, w, keep)(x, None)
+    poisoned = torch.zeros(M, K, dtype=torch.bool)
+    poisoned[1, 3] = poisoned[7, 20] = True
+    expect = (poisoned.float() @ keep.float().T) > 0
+    assert torch.equal(~torch.isfinite(y), expect)
+
+
+def test_sparse_panels_automatic_rule(dense_from):
+    """The automatic setting: CSR and bitmap take the panels only at large M, on large enough and dense
+    enough layers, never in float16; a threshold set by hand applies to every layer."""
+    take = _C().cpu_dense_panels
+    dense_from(-1)
+    for op in ("csr", "bitmap"):
+        m = _C().cpu_dense_min_m()[op]["float32"]
+        N = K = 4096
+        assert take(op, "float32", 2 * m, N, K, N * K // 2)
+        assert not take(op, "float32", m - 1, N, K, N * K // 2)
+        assert not take(op, "float32", 2 * m, N, K, N * K // 20)  # sparse: the kernel
+        assert not take(op, "float16", 4096, N, K, N * K)
+        assert not take(op, "float32", 4096, 256, 256, 256 * 256)  # a small layer: the fill costs as much
+        dense_from(3)
+        assert take(op, "float16", 3, 8, 8, 1) and not take(op, "float32", 2, N, K, N * K)
+        dense_from(0)
+        assert not take(op, "float32", 4096, N, K, N * K)
+        dense_from(-1)
+    with pytest.raises(ValueError, match="expected '2:4', 'int8-wo', 'csr' or 'bitmap'"):
+        take("bsr", "float32", 1, 1, 1, 1)
+
+
 def test_threshold_setting_and_reading(dense_from):
     ext = _C()
+    ops = ("2:4", "int8-wo", "csr", "bitmap")
     dense_from(0)
-    assert ext.cpu_dense_min_m() == {op: {"float32": 0, "bfloat16": 0, "float16": 0} for op in ("2:4", "int8-wo")}
+    assert ext.cpu_dense_min_m() == {op: {"float32": 0, "bfloat16": 0, "float16": 0} for op in ops}
     dense_from(7)
-    assert ext.cpu_dense_min_m() == {op: {"float32": 7, "bfloat16": 7, "float16": 7} for op in ("2:4", "int8-wo")}
+    assert ext.cpu_dense_min_m() == {op: {"float32": 7, "bfloat16": 7, "float16": 7} for op in ops}
     dense_from(-1)
     auto = ext.cpu_dense_min_m()
     s24, wo = auto["2:4"], auto["int8-wo"]
     assert s24["float16"] == 0 and s24["float32"] >= 1 and 1 <= s24["bfloat16"] <= s24["float32"]
     assert wo["float32"] == 0 and wo["float16"] == 0 and wo["bfloat16"] >= 0
+    for op in ("csr", "bitmap"):
+        assert auto[op]["float16"] == 0 and auto[op]["float32"] >= 1 and auto[op]["bfloat16"] >= 1
     with pytest.raises(ValueError, match="-1 \\(automatic\\), 0 \\(never\\) or a positive M"):
         ext.set_cpu_dense_min_m(-2)
     assert ext.cpu_dense_min_m() == auto

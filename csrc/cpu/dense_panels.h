@@ -1,6 +1,6 @@
 // The CPU ops' large-M path: W turned into dense rows a panel at a time and multiplied with ATen's
 // dense GEMM (oneDNN / BLAS), for the formats whose own kernel loses to dense GEMM once x has
-// enough rows: 2:4 (ops_cpu.cpp) and int8 weight-only (ops_int8.cpp). See README, "CPU paths".
+// enough rows: 2:4, CSR and bitmap (ops_cpu.cpp) and int8 weight-only (ops_int8.cpp). See README, "CPU paths".
 #pragma once
 #include <ATen/ATen.h>
 
@@ -13,7 +13,7 @@ namespace sparsekit {
 namespace cpu {
 namespace panels {
 
-enum class Op { kSparse24, kInt8WeightOnly };
+enum class Op { kSparse24, kInt8WeightOnly, kCsr, kBitmap };
 
 // The setting: -1 automatic, 0 never, n >= 1 from M >= n for every op and layer; -2 until
 // SPARSEKIT_CPU_DENSE_MIN_M has been read.
@@ -46,9 +46,8 @@ inline void set(int64_t m) {
   g_min_m.store(m);
 }
 
-// The automatic thresholds, measured on an AMD EPYC with avx512_bf16, 2 threads, LLaMA-7B shapes,
-// caches flushed (bench/results/cpu_24_dense.md, cpu_int8wo_dense.md), for layers of at least
-// kMinWeights weights (below, the fixed costs eat the gain):
+// The automatic thresholds, measured on an AMD EPYC with avx512_bf16, 2 threads, caches flushed
+// (bench/results/cpu_24_dense.md, cpu_int8wo_dense.md, cpu_sparse_dense.md):
 // - 2:4, bf16: from M = 17, where the AVX-512 BF16 kernel (csrc/core/spmm_formats_avx512.cpp, up to M = 16)
 //   hands over (8 layers of 4096 x 4096, 2 threads, ms, kernel / panels / dense bf16: M = 16 17.2 / 21.5 /
 //   19.4, M = 32 (the same kernel allowed) 34.0 / 31.6 / 28.8); float32: from M = 256. bf16 without
@@ -56,13 +55,37 @@ inline void set(int64_t m) {
 //   float16: never (ATen's float16 GEMM is ten times slower than bf16 here).
 // - int8 weight-only, bf16 x with native bf16: from M = 64; otherwise never (the int8 kernel beats a
 //   float32 GEMM at every M measured).
+//   Both on layers of at least kMinWeights weights (LLaMA-7B's shapes; below, the fixed costs eat the gain).
+// - CSR and bitmap: from an M and a density (the kept fraction) per op and dtype (kSparseRules), on layers of
+//   at least kSparseMinWeights weights (MiniLM's 384 x 384 and 1536 x 384, LLaMA-7B's 4096 x 4096, at
+//   10-70 %). Their kernels' time falls with the density and the GEMM's does not, so the panels win only
+//   where enough weights are kept; the bitmap kernel loses to dense sooner (at M = 512, 4096 x 4096, bf16,
+//   50 %: 243 ms against 58 by panels and 43 dense). Below the smallest layers measured (256 x 256) the
+//   fill's fixed cost (≈ 50 us) is as much as the GEMM's.
 constexpr int64_t kMinWeights = int64_t(1) << 22;
+constexpr int64_t kSparseMinWeights = int64_t(1) << 17;
+struct SparseRule {
+  int64_t min_m;
+  int64_t density_num, density_den;  // the panels from a kept fraction of density_num / density_den
+};
+// {CSR, bitmap} x {float32 (and bf16 without native dot products), native bf16}. float16: never.
+constexpr SparseRule kSparseRules[2][2] = {
+    {{512, 1, 2}, {256, 2, 5}},   // CSR: the kernel holds its own below 50 % / 40 %
+    {{256, 1, 4}, {128, 1, 5}}};  // bitmap
 inline bool native_bf16() {
   static const bool yes = __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
   return yes;
 }
+inline const SparseRule* sparse_rule(Op op, at::ScalarType t) {
+  if ((op != Op::kCsr && op != Op::kBitmap) || (t != at::kFloat && t != at::kBFloat16)) return nullptr;
+  return &kSparseRules[op == Op::kBitmap][t == at::kBFloat16 && native_bf16()];
+}
 inline int64_t auto_min_m(Op op, at::ScalarType t) {
   if (op == Op::kInt8WeightOnly) return t == at::kBFloat16 && native_bf16() ? 64 : 0;
+  if (op == Op::kCsr || op == Op::kBitmap) {
+    const SparseRule* r = sparse_rule(op, t);
+    return r ? r->min_m : 0;
+  }
   switch (t) {
     case at::kFloat: return 256;
     case at::kBFloat16: return native_bf16() ? 17 : 256;
@@ -76,23 +99,30 @@ inline int64_t min_m(Op op, at::ScalarType t) {
   return set >= 0 ? set : auto_min_m(op, t);
 }
 
-// A threshold set by hand applies to every layer; the automatic one to layers of at least kMinWeights.
-inline bool use(Op op, at::ScalarType t, int64_t M, int64_t N, int64_t K) {
+// A threshold set by hand applies to every layer; the automatic one to large enough layers, and for CSR
+// and bitmap to those that keep enough weights (nnz of N x K).
+inline bool use(Op op, at::ScalarType t, int64_t M, int64_t N, int64_t K, int64_t nnz) {
   const int64_t m = min_m(op, t);
   if (m <= 0 || M < m || N <= 0 || K <= 0) return false;
-  return setting() > 0 || N * K >= kMinWeights;
+  if (setting() > 0) return true;
+  const SparseRule* r = sparse_rule(op, t);
+  if (!r) return N * K >= kMinWeights;
+  return N * K >= kSparseMinWeights && nnz * r->density_den >= N * K * r->density_num;
 }
 
 // For each panel of rows [n0, n1) of an N x K weight: fill(n0, n1, panel) writes those dense rows
 // into `panel` ((n1 - n0) x K, contiguous, `opts`), then gemm(n0, n1, panel) multiplies it into its
-// columns of y. Panels are 512 rows and at most 16 MB: fewer rows starve the GEMM when K is large
-// (4096 x 11008 bf16 at M = 4: 6.1 ms with 176 rows, 3.1 ms with 512); a panel past the last-level
-// cache goes to memory. The buffer is kept per calling thread between calls: a fresh allocation of
+// columns of y. Panels are 512 rows or 4 MB, whichever is more, and at most 16 MB: fewer rows starve
+// the GEMM when K is large (4096 x 11008 bf16 at M = 4: 6.1 ms with 176 rows, 3.1 ms with 512), and
+// where K is small one GEMM call over a whole small layer beats several (MiniLM's 1536 x 384 float32,
+// M = 1840, CSR: 16.3 ms in 3 panels, 15.4 ms in one); a panel past the last-level cache goes to memory. The buffer is kept per calling thread between calls: a fresh allocation of
 // this size is mapped anew by malloc on every call, and its page faults cost as much as the filling.
 template <class Fill, class Gemm>
 void run(int64_t N, int64_t K, const at::TensorOptions& opts, const char* op, Fill&& fill, Gemm&& gemm) {
   const int64_t es = static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
-  const int64_t rows = std::clamp<int64_t>(std::min<int64_t>(512, (int64_t(16) << 20) / (K * es)) / 16 * 16, 16, N);
+  const int64_t row_bytes = K * es;
+  const int64_t want = std::min(std::max<int64_t>(512, (int64_t(4) << 20) / row_bytes), (int64_t(16) << 20) / row_bytes);
+  const int64_t rows = std::min(N, std::max<int64_t>(16, want / 16 * 16));
   struct Buffer {
     char* p = nullptr;
     size_t bytes = 0;
@@ -112,6 +142,39 @@ void run(int64_t N, int64_t K, const at::TensorOptions& opts, const char* op, Fi
     auto p = panel.narrow(0, 0, n1 - n0);
     fill(n0, n1, p);
     gemm(n0, n1, p);
+  }
+}
+
+// Dense rows [r0, r1) of a CSR weight, in its values' own storage T (pruned entries +0.0), one row of K
+// after another. A column named twice in a row keeps the sum of its values, as the kernels do.
+template <class T>
+void csr_rows(const int32_t* crow, const int32_t* col, const T* vals, int64_t K, int64_t r0, int64_t r1, T* out) {
+  std::memset(static_cast<void*>(out), 0, static_cast<size_t>((r1 - r0) * K) * sizeof(T));
+  for (int64_t n = r0; n < r1; ++n) {
+    T* o = out + (n - r0) * K;
+    const int64_t b = crow[n], e = crow[n + 1];
+    bool increasing = true;
+    for (int64_t j = b + 1; j < e; ++j) increasing &= col[j] > col[j - 1];
+    if (increasing) {
+      for (int64_t j = b; j < e; ++j) o[col[j]] = vals[j];
+    } else {
+      for (int64_t j = b; j < e; ++j) o[col[j]] = static_cast<T>(static_cast<float>(o[col[j]]) + static_cast<float>(vals[j]));
+    }
+  }
+}
+
+// Dense rows [r0, r1) of a bitmap weight (words 32-column words a row; a word's kept values in the
+// order of its set bits, from word_offsets), as csr_rows.
+template <class T>
+void bitmap_rows(const uint32_t* bitmap, const int32_t* word_offsets, const T* vals, int64_t words, int64_t K,
+                 int64_t r0, int64_t r1, T* out) {
+  std::memset(static_cast<void*>(out), 0, static_cast<size_t>((r1 - r0) * K) * sizeof(T));
+  for (int64_t n = r0; n < r1; ++n) {
+    T* o = out + (n - r0) * K;
+    for (int64_t w = 0; w < words; ++w) {
+      const T* v = vals + word_offsets[n * words + w];
+      for (uint32_t bits = bitmap[n * words + w]; bits; bits &= bits - 1) o[w * 32 + __builtin_ctz(bits)] = *v++;
+    }
   }
 }
 

@@ -102,6 +102,48 @@ void parallel_rows_by_nnz(Start&& start, int64_t N, int64_t work_per_nnz, F&& fn
   });
 }
 
+// y = x W^T (+ bias) at large M (dense_panels.h) for a pruned W whose dense rows [n0, n1) rows(n0, n1, out)
+// writes bit for bit in x's dtype (pruned entries +0.0): the result is dense's up to the order of the sums.
+// The caller makes sure x is finite (a pruned weight times Inf would be NaN here, never in the format's
+// kernel, where pruned weights are structural zeros). rows runs in parallel on disjoint row ranges.
+template <class Rows>
+void mm_dense_panels(const char* op, const at::Tensor& x, const at::Tensor& b, at::Tensor& y, Rows&& rows) {
+  const int64_t N = y.size(1), K = x.size(1);
+  const int64_t es = static_cast<int64_t>(x.element_size());
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(K, 1));
+  panels::run(
+      N, K, x.options(), op,
+      [&](int64_t n0, int64_t n1, at::Tensor& p) {
+        char* out = static_cast<char*>(p.data_ptr());
+        at::parallel_for(n0, n1, grain, [&](int64_t r0, int64_t r1) { rows(r0, r1, out + (r0 - n0) * K * es); });
+      },
+      [&](int64_t n0, int64_t n1, at::Tensor& p) {
+        auto ys = y.narrow(1, n0, n1 - n0);
+        if (b.defined()) at::addmm_out(ys, b.narrow(0, n0, n1 - n0), x, p.t());
+        else at::mm_out(ys, x, p.t());
+      });
+}
+
+// Whether x (M x K) holds no Inf or NaN. Rows of unit stride are read in place (core::dense_x_finite: ATen's
+// isfinite(x).all() takes 70 us for 128 x 256 floats, the time of the whole GEMM); other layouts through ATen.
+bool x_finite(const at::Tensor& x) {
+  if (x.size(1) > 1 && x.stride(1) != 1) return at::isfinite(x).all().item<bool>();
+  core::DenseIo io;
+  io.M = x.size(0);
+  io.K = x.size(1);
+  io.x = x.data_ptr();
+  io.ldx = x.stride(0);
+  io.x_dtype = to_core(x.scalar_type());
+  return core::dense_x_finite(io);
+}
+
+// Whether the CSR / bitmap / 2:4 op takes its dense-panel path for this call: the threshold in force for
+// its dtype and density, and an x without Inf or NaN (the check reads x once, at large M only).
+bool take_dense_panels(panels::Op op, const at::Tensor& x, int64_t N, int64_t nnz) {
+  const int64_t M = x.size(0), K = x.size(1);
+  return panels::use(op, x.scalar_type(), M, N, K, nnz) && x_finite(x);
+}
+
 at::Tensor csr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const at::Tensor& col_indices,
                       const at::Tensor& values, int64_t out_features, const std::optional<at::Tensor>& bias) {
   check_csr_mm_args(x, crow_indices, col_indices, values, out_features, bias);
@@ -120,11 +162,21 @@ at::Tensor csr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const auto vals = values.contiguous();
+  at::Tensor b;
+  if (bias.has_value()) b = bias->contiguous();
+  if (take_dense_panels(panels::Op::kCsr, x, N, vals.numel())) {
+    const int32_t* col_p = col.data_ptr<int32_t>();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, vals.scalar_type(), "csr_mm_dense_panels", [&] {
+      const scalar_t* v = vals.data_ptr<scalar_t>();
+      mm_dense_panels("sparsekit.csr_mm", x, b, y, [&](int64_t r0, int64_t r1, char* out) {
+        panels::csr_rows(crow_p, col_p, v, K, r0, r1, reinterpret_cast<scalar_t*>(out));
+      });
+    });
+    return y;
+  }
   const auto isa = current_isa();
   const bool x16 = core::csr_spmm_bf16_xt(M, to_core(vals.scalar_type()), to_core(x.scalar_type()), isa);
   const Staged st = stage_x(x, x16);
-  at::Tensor b;
-  if (bias.has_value()) b = bias->contiguous();
 
   core::CsrSpmmArgs a;
   a.M = M; a.N = N; a.K = K;
@@ -193,15 +245,26 @@ at::Tensor bitmap_mm_cpu(const at::Tensor& x, const at::Tensor& bitmap, const at
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const auto vals = values.contiguous();
-  // Row starts for load balance: a row's first word offset.
   const int64_t nnz = vals.numel();
-  auto row_start = [=](int64_t n) -> int64_t { return n == N ? nnz : (words ? wo_p[n * words] : 0); };
-  const Staged st = stage_x(x);
   at::Tensor b;
   if (bias.has_value()) b = bias->contiguous();
+  const auto* bits = reinterpret_cast<const uint32_t*>(bm.data_ptr<int32_t>());
+  if (take_dense_panels(panels::Op::kBitmap, x, N, nnz)) {
+    const int64_t K = x.size(1);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, vals.scalar_type(), "bitmap_mm_dense_panels", [&] {
+      const scalar_t* v = vals.data_ptr<scalar_t>();
+      mm_dense_panels("sparsekit.bitmap_mm", x, b, y, [&](int64_t r0, int64_t r1, char* out) {
+        panels::bitmap_rows(bits, wo_p, v, words, K, r0, r1, reinterpret_cast<scalar_t*>(out));
+      });
+    });
+    return y;
+  }
+  // Row starts for load balance: a row's first word offset.
+  auto row_start = [=](int64_t n) -> int64_t { return n == N ? nnz : (words ? wo_p[n * words] : 0); };
+  const Staged st = stage_x(x);
   core::BitmapArgs a;
   a.io = dense_io(x, st, b, y);
-  a.bitmap = reinterpret_cast<const uint32_t*>(bm.data_ptr<int32_t>());
+  a.bitmap = bits;
   a.word_offsets = wo_p;
   a.values = vals.data_ptr(); a.nnz = nnz; a.value_dtype = to_core(vals.scalar_type());
   // once, not in every thread's call: the kernels that multiply x by pruned weights' zeros need x finite
@@ -211,32 +274,6 @@ at::Tensor bitmap_mm_cpu(const at::Tensor& x, const at::Tensor& bitmap, const at
     core::bitmap_spmm_rows(a, r0, r1, isa);
   });
   return y;
-}
-
-// y = x W^T (+ bias) for a 2:4 W at large M (dense_panels.h): the panels are W's dense rows bit for
-// bit, so the result is dense's up to the order of the sums. The caller makes sure x is finite (a
-// pruned weight times Inf would be NaN here, never in the 2:4 kernel).
-void sparse24_mm_dense_panels(const at::Tensor& x, const at::Tensor& vals, const at::Tensor& meta, const at::Tensor& b,
-                              at::Tensor& y) {
-  const int64_t N = vals.size(0), K = x.size(1);
-  const int64_t es = static_cast<int64_t>(vals.element_size());
-  const core::DType vd = to_core(vals.scalar_type());
-  const uint8_t* mt = meta.data_ptr<uint8_t>();
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / K);
-  const auto isa = current_isa();
-  panels::run(
-      N, K, vals.options(), "sparsekit.sparse24_mm",
-      [&](int64_t n0, int64_t n1, at::Tensor& p) {
-        char* out = static_cast<char*>(p.data_ptr());
-        at::parallel_for(n0, n1, grain, [&](int64_t r0, int64_t r1) {
-          core::sparse24_decompress_rows(vals.data_ptr(), mt, vd, K, r0, r1, out + (r0 - n0) * K * es, isa);
-        });
-      },
-      [&](int64_t n0, int64_t n1, at::Tensor& p) {
-        auto ys = y.narrow(1, n0, n1 - n0);
-        if (b.defined()) at::addmm_out(ys, b.narrow(0, n0, n1 - n0), x, p.t());
-        else at::mm_out(ys, x, p.t());
-      });
 }
 
 at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
@@ -251,8 +288,13 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
   at::Tensor b;
   if (bias.has_value()) b = bias->contiguous();
   // x and the values share a dtype (checked above); a non-finite x keeps the 2:4 kernel
-  if (panels::use(panels::Op::kSparse24, x.scalar_type(), M, N, K) && at::isfinite(x).all().item<bool>()) {
-    sparse24_mm_dense_panels(x, vals, mt, b, y);
+  if (take_dense_panels(panels::Op::kSparse24, x, N, N * (K / 2))) {
+    const core::DType vd = to_core(vals.scalar_type());
+    const uint8_t* mp = mt.data_ptr<uint8_t>();
+    const auto isa = current_isa();
+    mm_dense_panels("sparsekit.sparse24_mm", x, b, y, [&](int64_t r0, int64_t r1, char* out) {
+      core::sparse24_decompress_rows(vals.data_ptr(), mp, vd, K, r0, r1, out, isa);
+    });
     return y;
   }
   const Staged st = stage_x(x);
@@ -275,15 +317,24 @@ void set_isa(int isa) {
 int get_isa() { return g_isa.load(); }
 void set_aten_index_checks(bool on) { g_aten_index_checks.store(on); }
 void set_dense_min_m(int64_t m) { panels::set(m); }
-int64_t dense_min_m(const char* op, const char* dtype) {
-  at::ScalarType t;
-  if (!std::strcmp(dtype, "float32")) t = at::kFloat;
-  else if (!std::strcmp(dtype, "bfloat16")) t = at::kBFloat16;
-  else if (!std::strcmp(dtype, "float16")) t = at::kHalf;
-  else TORCH_CHECK(false, "sparsekit: expected 'float32', 'bfloat16' or 'float16', got '", dtype, "'");
-  if (!std::strcmp(op, "2:4")) return panels::min_m(panels::Op::kSparse24, t);
-  if (!std::strcmp(op, "int8-wo")) return panels::min_m(panels::Op::kInt8WeightOnly, t);
-  TORCH_CHECK(false, "sparsekit: expected '2:4' or 'int8-wo', got '", op, "'");
+namespace {
+at::ScalarType dtype_named(const char* dtype) {
+  if (!std::strcmp(dtype, "float32")) return at::kFloat;
+  if (!std::strcmp(dtype, "bfloat16")) return at::kBFloat16;
+  if (!std::strcmp(dtype, "float16")) return at::kHalf;
+  TORCH_CHECK(false, "sparsekit: expected 'float32', 'bfloat16' or 'float16', got '", dtype, "'");
+}
+panels::Op op_named(const char* op) {
+  if (!std::strcmp(op, "2:4")) return panels::Op::kSparse24;
+  if (!std::strcmp(op, "int8-wo")) return panels::Op::kInt8WeightOnly;
+  if (!std::strcmp(op, "csr")) return panels::Op::kCsr;
+  if (!std::strcmp(op, "bitmap")) return panels::Op::kBitmap;
+  TORCH_CHECK(false, "sparsekit: expected '2:4', 'int8-wo', 'csr' or 'bitmap', got '", op, "'");
+}
+}  // namespace
+int64_t dense_min_m(const char* op, const char* dtype) { return panels::min_m(op_named(op), dtype_named(dtype)); }
+bool dense_panels_take(const char* op, const char* dtype, int64_t M, int64_t N, int64_t K, int64_t nnz) {
+  return panels::use(op_named(op), dtype_named(dtype), M, N, K, nnz);
 }
 bool aten_index_checks() { return g_aten_index_checks.load(std::memory_order_relaxed); }
 void check_meta_once(const char* op, const at::Tensor& meta, const at::Tensor& mt, int64_t N, int64_t K) {

@@ -21,13 +21,16 @@ bool aten_index_checks();
 // checks or, under the switch above, the ATen ones; `mt` is `meta` made contiguous. For the CPU
 // bindings of sparse24_mm and sparse24_int8_mm.
 void check_meta_once(const char* op, const at::Tensor& meta, const at::Tensor& mt, int64_t N, int64_t K);
-// From which M the CPU 2:4 and int8 weight-only ops multiply dense panels of W with ATen's GEMM
-// (csrc/cpu/dense_panels.h): -1 = automatic (the default: a threshold per op and dtype, for layers
-// of at least 2^22 weights), 0 = never, n = from M >= n for both ops on every layer.
-// SPARSEKIT_CPU_DENSE_MIN_M gives the starting value ('off' = 0).
+// From which M the CPU 2:4, int8 weight-only, CSR and bitmap ops multiply dense panels of W with
+// ATen's GEMM (csrc/cpu/dense_panels.h): -1 = automatic (the default: a threshold per op and dtype,
+// for large enough layers, and for CSR / bitmap dense enough ones), 0 = never, n = from M >= n for
+// every op on every layer. SPARSEKIT_CPU_DENSE_MIN_M gives the starting value ('off' = 0).
 void set_dense_min_m(int64_t m);
-// The threshold in force for an op ("2:4", "int8-wo") and x dtype ("float32", "bfloat16",
-// "float16"): 0 = never.
+// The M threshold in force for an op ("2:4", "int8-wo", "csr", "bitmap") and x dtype ("float32",
+// "bfloat16", "float16"): 0 = never.
 int64_t dense_min_m(const char* op, const char* dtype);
+// Whether that op takes the dense panels for an M x K x of that dtype times an N x K weight that keeps
+// nnz weights (an x holding Inf or NaN keeps the op's own kernel whatever this says).
+bool dense_panels_take(const char* op, const char* dtype, int64_t M, int64_t N, int64_t K, int64_t nnz);
 }  // namespace cpu
 }  // namespace sparsekit
