@@ -22,8 +22,8 @@ def _cusparselt_version(C):
 
 
 def _cpu_dense_min_m(C):
-    """From which M the CPU 2:4 and int8-wo ops multiply dense panels of W with ATen's GEMM, per op and
-    dtype (0: never)."""
+    """From which M the CPU 2:4, int8-wo, CSR and bitmap ops multiply dense panels of W with ATen's GEMM,
+    per op and dtype (0: never; CSR and bitmap also need enough kept weights: docs/cpu.md)."""
     if C is None:
         return None
     try:

@@ -174,8 +174,6 @@ def test_sparse_panels_match_the_reference_and_the_kernel(dense_from, fmt, dtype
     assert got.dtype == dtype and got.shape == (M, N)
     for y in (got, kernel):
         assert_close_to_ref(y.double() - (b.double() if bias else 0), ref, x, w, dtype)
-    if M >= 2 and dtype == torch.float32:  # every output a sum of kept products: panels are W bit for bit
-        assert torch.equal(got, torch.addmm(b, x, w.t()) if bias else x @ w.t())
 
 
 @pytest.mark.parametrize("fmt", ["csr", "bitmap"])
@@ -188,7 +186,7 @@ def test_sparse_panels_take_strided_x(dense_from, fmt):
     assert not x.is_contiguous()
     dense_from(1)
     got = _sparse_call(fmt, w, keep)(x, None)
-    assert torch.equal(got, x @ w.t())
+    assert_close_to_ref(got.double(), x.double() @ w.double().t(), x, w, torch.float32)
 
 
 def test_csr_panels_sum_a_column_named_twice(dense_from):
@@ -227,23 +225,34 @@ def test_sparse_panels_keep_the_structural_zero_rule(dense_from, fmt, dtype, bad
 
 
 def test_sparse_panels_automatic_rule(dense_from):
-    """The automatic setting: CSR and bitmap take the panels only at large M, on large enough and dense
-    enough layers, never in float16; a threshold set by hand applies to every layer."""
+    """The automatic setting: CSR and bitmap take the panels only at large M, on large enough layers that keep
+    enough weights (the larger M, the fewer), never in float16; a threshold set by hand applies to every
+    layer."""
     take = _C().cpu_dense_panels
     dense_from(-1)
+    N = K = 4096
     for op in ("csr", "bitmap"):
-        m = _C().cpu_dense_min_m()[op]["float32"]
-        N = K = 4096
-        assert take(op, "float32", 2 * m, N, K, N * K // 2)
-        assert not take(op, "float32", m - 1, N, K, N * K // 2)
-        assert not take(op, "float32", 2 * m, N, K, N * K // 20)  # sparse: the kernel
+        for dt in ("float32", "bfloat16"):
+            m = _C().cpu_dense_min_m()[op][dt]
+            assert m >= 64
+            assert take(op, dt, m, N, K, N * K) and not take(op, dt, m - 1, N, K, N * K)
+            assert not take(op, dt, 1 << 20, N, K, N * K // 100)  # 1 % kept: the kernel at any M
+            assert not take(op, dt, 1 << 20, 256, 256, 256 * 256)  # a small layer: the fill costs as much
+            # monotone: more rows or more kept weights never turn the panels off
+            kept = [N * K * p // 100 for p in (5, 10, 25, 45, 65, 100)]
+            ms = [m, 2 * m, 4 * m, 8 * m, 16 * m]
+            grid = [[take(op, dt, M, N, K, nnz) for nnz in kept] for M in ms]
+            for i, row in enumerate(grid):
+                assert row == sorted(row), (op, dt, ms[i], row)
+                assert i == 0 or all(b or not a for a, b in zip(grid[i - 1], row)), (op, dt, ms[i])
         assert not take(op, "float16", 4096, N, K, N * K)
-        assert not take(op, "float32", 4096, 256, 256, 256 * 256)  # a small layer: the fill costs as much
         dense_from(3)
         assert take(op, "float16", 3, 8, 8, 1) and not take(op, "float32", 2, N, K, N * K)
         dense_from(0)
         assert not take(op, "float32", 4096, N, K, N * K)
         dense_from(-1)
+    # the sparse tiers: bitmap in float32 at 10 % kept, only from M = 1024 (docs/cpu.md)
+    assert not take("bitmap", "float32", 512, N, K, N * K // 10) and take("bitmap", "float32", 1024, N, K, N * K // 10)
     with pytest.raises(ValueError, match="expected '2:4', 'int8-wo', 'csr' or 'bitmap'"):
         take("bsr", "float32", 1, 1, 1, 1)
 

@@ -56,22 +56,27 @@ inline void set(int64_t m) {
 // - int8 weight-only, bf16 x with native bf16: from M = 64; otherwise never (the int8 kernel beats a
 //   float32 GEMM at every M measured).
 //   Both on layers of at least kMinWeights weights (LLaMA-7B's shapes; below, the fixed costs eat the gain).
-// - CSR and bitmap: from an M and a density (the kept fraction) per op and dtype (kSparseRules), on layers of
-//   at least kSparseMinWeights weights (MiniLM's 384 x 384 and 1536 x 384, LLaMA-7B's 4096 x 4096, at
-//   10-70 %). Their kernels' time falls with the density and the GEMM's does not, so the panels win only
-//   where enough weights are kept; the bitmap kernel loses to dense sooner (at M = 512, 4096 x 4096, bf16,
-//   50 %: 243 ms against 58 by panels and 43 dense). Below the smallest layers measured (256 x 256) the
-//   fill's fixed cost (≈ 50 us) is as much as the GEMM's.
+// - CSR and bitmap: from an M and a kept fraction of the weights, in tiers per op and dtype (kSparseRules;
+//   the larger M, the sparser a layer may be), on layers of at least kSparseMinWeights weights. Set from
+//   bench/results/cpu_sparse_dense.md (MiniLM's 384 x 384, 1536 x 384 and 384 x 1536, LLaMA-7B's 4096 x 4096;
+//   10-70 % kept; M = 64-1024): each tier is the lowest kept fraction (of 70 / 50 / 30 / 10 %, less 5 points)
+//   from which the panels were never more than 5 % slower than the kernel in any cell from its M on. The
+//   kernels' time falls with the kept fraction and the GEMM's does not; the bitmap kernel loses to dense
+//   soonest (at M = 1024, 4096 x 4096, bf16, 10 % kept: 267 ms against 89 by panels and 85 dense). Below the
+//   smallest layers measured (256 x 256), filling the panel (≈ 50 us) costs as much as the GEMM.
 constexpr int64_t kMinWeights = int64_t(1) << 22;
 constexpr int64_t kSparseMinWeights = int64_t(1) << 17;
-struct SparseRule {
-  int64_t min_m;
-  int64_t density_num, density_den;  // the panels from a kept fraction of density_num / density_den
+struct SparseTier {
+  int64_t min_m;     // 0: unused
+  int64_t permille;  // the panels from M >= min_m where at least permille / 1000 of the weights are kept
 };
-// {CSR, bitmap} x {float32 (and bf16 without native dot products), native bf16}. float16: never.
+struct SparseRule {
+  SparseTier tier[3];  // by increasing M
+};
+// {CSR, bitmap} x {float32 (and bfloat16 without native dot products), native bfloat16}. float16: never.
 constexpr SparseRule kSparseRules[2][2] = {
-    {{512, 1, 2}, {256, 2, 5}},   // CSR: the kernel holds its own below 50 % / 40 %
-    {{256, 1, 4}, {128, 1, 5}}};  // bitmap
+    {{{{256, 650}, {1024, 450}, {0, 0}}}, {{{256, 450}, {512, 250}, {0, 0}}}},        // CSR
+    {{{{256, 450}, {512, 250}, {1024, 50}}}, {{{64, 650}, {128, 450}, {256, 50}}}}};  // bitmap
 inline bool native_bf16() {
   static const bool yes = __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
   return yes;
@@ -84,7 +89,7 @@ inline int64_t auto_min_m(Op op, at::ScalarType t) {
   if (op == Op::kInt8WeightOnly) return t == at::kBFloat16 && native_bf16() ? 64 : 0;
   if (op == Op::kCsr || op == Op::kBitmap) {
     const SparseRule* r = sparse_rule(op, t);
-    return r ? r->min_m : 0;
+    return r ? r->tier[0].min_m : 0;
   }
   switch (t) {
     case at::kFloat: return 256;
@@ -107,22 +112,22 @@ inline bool use(Op op, at::ScalarType t, int64_t M, int64_t N, int64_t K, int64_
   if (setting() > 0) return true;
   const SparseRule* r = sparse_rule(op, t);
   if (!r) return N * K >= kMinWeights;
-  return N * K >= kSparseMinWeights && nnz * r->density_den >= N * K * r->density_num;
+  if (N * K < kSparseMinWeights) return false;
+  for (const SparseTier& tier : r->tier)
+    if (tier.min_m > 0 && M >= tier.min_m && nnz * 1000 >= N * K * tier.permille) return true;
+  return false;
 }
 
 // For each panel of rows [n0, n1) of an N x K weight: fill(n0, n1, panel) writes those dense rows
 // into `panel` ((n1 - n0) x K, contiguous, `opts`), then gemm(n0, n1, panel) multiplies it into its
-// columns of y. Panels are 512 rows or 4 MB, whichever is more, and at most 16 MB: fewer rows starve
-// the GEMM when K is large (4096 x 11008 bf16 at M = 4: 6.1 ms with 176 rows, 3.1 ms with 512), and
-// where K is small one GEMM call over a whole small layer beats several (MiniLM's 1536 x 384 float32,
-// M = 1840, CSR: 16.3 ms in 3 panels, 15.4 ms in one); a panel past the last-level cache goes to memory. The buffer is kept per calling thread between calls: a fresh allocation of
+// columns of y. Panels are 512 rows and at most 16 MB: fewer rows starve the GEMM when K is large
+// (4096 x 11008 bf16 at M = 4: 6.1 ms with 176 rows, 3.1 ms with 512); a panel past the last-level
+// cache goes to memory. The buffer is kept per calling thread between calls: a fresh allocation of
 // this size is mapped anew by malloc on every call, and its page faults cost as much as the filling.
 template <class Fill, class Gemm>
 void run(int64_t N, int64_t K, const at::TensorOptions& opts, const char* op, Fill&& fill, Gemm&& gemm) {
   const int64_t es = static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
-  const int64_t row_bytes = K * es;
-  const int64_t want = std::min(std::max<int64_t>(512, (int64_t(4) << 20) / row_bytes), (int64_t(16) << 20) / row_bytes);
-  const int64_t rows = std::min(N, std::max<int64_t>(16, want / 16 * 16));
+  const int64_t rows = std::min(N, std::max<int64_t>(16, std::min<int64_t>(512, (int64_t(16) << 20) / (K * es)) / 16 * 16));
   struct Buffer {
     char* p = nullptr;
     size_t bytes = 0;
