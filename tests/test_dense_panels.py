@@ -257,6 +257,27 @@ def test_sparse_panels_automatic_rule(dense_from):
         take("bsr", "float32", 1, 1, 1, 1)
 
 
+def test_small_layers_take_the_panels_later(dense_from):
+    """2:4 and int8 weight-only: on layers of 2^17 to 2^22 weights (MiniLM's) the panels start at a larger M
+    than on LLaMA's, and below 2^17 weights never (automatic setting)."""
+    take = _C().cpu_dense_panels
+    dense_from(-1)
+    auto = _C().cpu_dense_min_m()
+    big, small, tiny = (4096, 4096), (384, 1536), (256, 256)
+    m = auto["2:4"]["float32"]
+    assert take("2:4", "float32", m, *big, 1) and take("2:4", "float32", 256, *small, 1)
+    assert not take("2:4", "float32", 255, *small, 1) and not take("2:4", "float32", 1 << 20, *tiny, 1)
+    m16 = auto["2:4"]["bfloat16"]
+    small16 = max(m16, 64 if m16 < 256 else 256)  # 64 where native bf16 makes the large-layer threshold 17
+    assert take("2:4", "bfloat16", m16, *big, 1) and not take("2:4", "bfloat16", small16 - 1, *small, 1)
+    assert take("2:4", "bfloat16", small16, *small, 1)
+    wo = auto["int8-wo"]["bfloat16"]
+    if wo:  # native bf16
+        assert take("int8-wo", "bfloat16", wo, *big, 1) and not take("int8-wo", "bfloat16", 255, *small, 1)
+        assert take("int8-wo", "bfloat16", 256, *small, 1)
+    assert not take("int8-wo", "float32", 1 << 20, *small, 1) and not take("int8-wo", "bfloat16", 1 << 20, *tiny, 1)
+
+
 def test_threshold_setting_and_reading(dense_from):
     ext = _C()
     ops = ("2:4", "int8-wo", "csr", "bitmap")

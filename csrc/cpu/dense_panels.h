@@ -55,9 +55,13 @@ inline void set(int64_t m) {
 //   float16: never (ATen's float16 GEMM is ten times slower than bf16 here).
 // - int8 weight-only, bf16 x with native bf16: from M = 64; otherwise never (the int8 kernel beats a
 //   float32 GEMM at every M measured).
-//   Both on layers of at least kMinWeights weights (LLaMA-7B's shapes; below, the fixed costs eat the gain).
+//   Both on layers of at least kMinWeights weights (LLaMA-7B's shapes). On smaller ones down to
+//   kSmallMinWeights (MiniLM's 384 x 384, 1536 x 384, 384 x 1536; bench/results/cpu_minilm_dense.md) the fill
+//   costs more of the time, and the panels win later: 2:4 bf16 from M = 64 (at 32 the kernel is 4-12 %
+//   faster), int8 weight-only bf16 from M = 256 (at 64 the kernel is 10-35 % faster); 2:4 float32 from
+//   M = 256 as on large layers.
 // - CSR and bitmap: from an M and a kept fraction of the weights, in tiers per op and dtype (kSparseRules;
-//   the larger M, the sparser a layer may be), on layers of at least kSparseMinWeights weights. Set from
+//   the larger M, the sparser a layer may be), on layers of at least kSmallMinWeights weights. Set from
 //   bench/results/cpu_sparse_dense.md (MiniLM's 384 x 384, 1536 x 384 and 384 x 1536, LLaMA-7B's 4096 x 4096;
 //   10-70 % kept; M = 64-1024): each tier is the lowest kept fraction (of 70 / 50 / 30 / 10 %, less 5 points)
 //   from which the panels were never more than 5 % slower than the kernel in any cell from its M on. The
@@ -65,7 +69,7 @@ inline void set(int64_t m) {
 //   soonest (at M = 1024, 4096 x 4096, bf16, 10 % kept: 267 ms against 89 by panels and 85 dense). Below the
 //   smallest layers measured (256 x 256), filling the panel (≈ 50 us) costs as much as the GEMM.
 constexpr int64_t kMinWeights = int64_t(1) << 22;
-constexpr int64_t kSparseMinWeights = int64_t(1) << 17;
+constexpr int64_t kSmallMinWeights = int64_t(1) << 17;
 struct SparseTier {
   int64_t min_m;     // 0: unused
   int64_t permille;  // the panels from M >= min_m where at least permille / 1000 of the weights are kept
@@ -98,6 +102,12 @@ inline int64_t auto_min_m(Op op, at::ScalarType t) {
   }
 }
 
+// 2:4 and int8 weight-only on layers of kSmallMinWeights to kMinWeights weights: the M from which the panels
+// win there (at least the threshold in force).
+inline int64_t small_layer_min_m(Op op, at::ScalarType t) {
+  return op == Op::kSparse24 && t == at::kBFloat16 && native_bf16() ? 64 : 256;
+}
+
 // The threshold in force (0 = never).
 inline int64_t min_m(Op op, at::ScalarType t) {
   const int64_t set = setting();
@@ -110,9 +120,9 @@ inline bool use(Op op, at::ScalarType t, int64_t M, int64_t N, int64_t K, int64_
   const int64_t m = min_m(op, t);
   if (m <= 0 || M < m || N <= 0 || K <= 0) return false;
   if (setting() > 0) return true;
+  if (N * K < kSmallMinWeights) return false;
   const SparseRule* r = sparse_rule(op, t);
-  if (!r) return N * K >= kMinWeights;
-  if (N * K < kSparseMinWeights) return false;
+  if (!r) return N * K >= kMinWeights || M >= std::max(m, small_layer_min_m(op, t));
   for (const SparseTier& tier : r->tier)
     if (tier.min_m > 0 && M >= tier.min_m && nnz * 1000 >= N * K * tier.permille) return true;
   return false;
