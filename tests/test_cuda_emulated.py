@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -53,9 +54,6 @@ def driver(emu_dir):
     return emu_build.build(emu_dir / "base", obj_cache=emu_dir / "obj")
 
 
-_MUTANT_CACHE = {}
-
-
 # The kernel translation unit whose kernels a planted bug's cases (its kind, PLANTED_CASES) run: a mutant is built
 # with its mutations in those units only, the others from the unmutated objects (a mutation of mma_decode.cuh,
 # which five units include, rebuilds only the one its cases run: CI time).
@@ -68,12 +66,37 @@ def kind_unit(kind):
     raise KeyError(f"no kernel unit for the planted-bug kind {kind!r}")
 
 
-def mutant_driver(emu_dir, group):
-    if group not in _MUTANT_CACHE:
-        planted = [(m, kind) for name, (g, m, kind) in PLANTED.items() if g == group]
-        _MUTANT_CACHE[group] = emu_build.build(emu_dir / f"mutant_{group}", [m for m, _ in planted],
-                                               obj_cache=emu_dir / "obj", only={kind_unit(k) for _, k in planted})
-    return _MUTANT_CACHE[group]
+def _build_mutant(emu_dir, group):
+    planted = [(m, kind) for name, (g, m, kind) in PLANTED.items() if g == group]
+    return emu_build.build(emu_dir / f"mutant_{group}", [m for m, _ in planted], jobs=1,
+                           obj_cache=emu_dir / "obj", only={kind_unit(k) for _, k in planted})
+
+
+@pytest.fixture(scope="session")
+def mutants(request, emu_dir, driver):
+    """The mutant drivers of every planted-bug group the session runs, built up front SPARSEKIT_EMU_JOBS
+    (default 2) at a time: each compiles one translation unit, so one at a time leaves a core idle (CI has
+    two). The unmutated build (`driver`) comes first: the objects every mutant shares are then in the
+    cache. A build that fails is kept as its error and raised by its group's tests alone."""
+    groups = sorted({PLANTED[item.callspec.params["name"]][0] for item in request.session.items
+                     if getattr(item, "originalname", None) == "test_planted_bug_is_caught"})
+
+    def one(group):
+        try:
+            return _build_mutant(emu_dir, group)
+        except Exception as e:  # noqa: BLE001 - raised again by the tests of this group
+            return e
+
+    jobs = max(1, int(os.environ.get("SPARSEKIT_EMU_JOBS", "2") or 2))
+    with ThreadPoolExecutor(max_workers=jobs) as ex:
+        return dict(zip(groups, ex.map(one, groups)))
+
+
+def mutant_driver(mutants, group):
+    exe = mutants.get(group)
+    if isinstance(exe, Exception):
+        raise exe
+    return exe
 
 
 def run(exe, cases, workdir, knobs=None):
@@ -1717,9 +1740,9 @@ def outcome(res, cases, kind):
 
 
 @pytest.mark.parametrize("name", list(PLANTED))
-def test_planted_bug_is_caught(emu_dir, tmp_path, name):
+def test_planted_bug_is_caught(mutants, tmp_path, name):
     group, _, kind = PLANTED[name]
-    exe = mutant_driver(emu_dir, group)
+    exe = mutant_driver(mutants, group)
     cases = planted_cases(kind)
     why = outcome(run(exe, cases, tmp_path, PLANTED_KNOBS.get(kind)), cases, kind)
     assert why is not None, f"the planted bug {name!r} went unnoticed"

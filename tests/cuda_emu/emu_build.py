@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -232,7 +233,7 @@ def build(out: Path, mutations: Sequence[Mutation] = (), jobs: Optional[int] = N
 
     def one(u):
         s, o, tree = u
-        tmp = o.with_suffix(f".{os.getpid()}.tmp")
+        tmp = o.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")  # builds may run side by side
         _compile(cxx, s, tmp, [HERE / "include", HERE, tree])
         os.replace(tmp, o)
 
