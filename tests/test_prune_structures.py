@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sparsekit.prune import masks
@@ -56,7 +56,7 @@ def ref_block(score, sparsity, r, c):
     else:  # partial blocks: the count whose elements come closest to sparsity * numel (fewer on a tie)
         sizes = [min(r, R - bi * r) * min(c, K - bj * c) for _, _, bi, bj in blocks]
         cum = [sum(sizes[:i]) for i in range(len(blocks) + 1)]
-        k = min(range(len(cum)), key=lambda i: (abs(cum[i] - sparsity * R * K), i))
+        k = min(range(len(cum)), key=lambda i: (abs(cum[i] - sparsity * (R * K)), i))
     for _, _, bi, bj in blocks[:k]:
         keep[bi * r:(bi + 1) * r, bj * c:(bj + 1) * c] = False
     return keep
@@ -250,6 +250,9 @@ def test_units_expand_round_trip():
 
 
 @settings(max_examples=60, deadline=None)
+# found by CI: an exact tie of the block counts (16 and 20 pruned against 0.4 x 45 = 18) that the reference
+# broke the other way, by computing 0.4 x 3 x 15 = 18.000000000000004 where the library computes 0.4 x 45
+@example(R=3, K=15, sparsity=0.4, pattern="1x4", seed=7952, ties=False)
 @given(R=st.integers(1, 20), K=st.integers(1, 24), sparsity=st.floats(0, 1),
        pattern=st.sampled_from(["unstructured", "row-balanced", "2:4", "1:3", "1x4", "3x2", "4x4", "rows", "columns"]),
        seed=st.integers(0, 2**16), ties=st.booleans())
@@ -262,7 +265,7 @@ def test_property_every_structure(R, K, sparsity, pattern, seed, ties):
     assert is_valid(m, p)
     assert torch.equal(m, masks.from_pattern(score.clone(), None if p.kind == "nm" else sparsity, p, pad=True))
     if p.kind == "unstructured":
-        assert int((~m).sum()) == round(sparsity * R * K)
+        assert int((~m).sum()) == round(sparsity * (R * K))
     elif p.kind == "row_balanced":
         assert torch.equal(m, ref_row_balanced(score, sparsity))
         assert torch.all((~m).sum(1) == round(sparsity * K))
@@ -271,7 +274,7 @@ def test_property_every_structure(R, K, sparsity, pattern, seed, ties):
     else:
         r, c = (p.r, p.c) if p.kind == "block" else ((1, K) if p.kind == "rows" else (R, 1))
         assert torch.equal(m, ref_block(score, sparsity, r, c))
-        assert abs(int((~m).sum()) - sparsity * R * K) <= r * c / 2  # within half a block
+        assert abs(int((~m).sum()) - sparsity * (R * K)) <= r * c / 2  # within half a block
 
 
 @pytest.mark.parametrize("device", devices())
