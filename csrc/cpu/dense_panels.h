@@ -1,6 +1,6 @@
 // The CPU ops' large-M path: W turned into dense rows a panel at a time and multiplied with ATen's
 // dense GEMM (oneDNN / BLAS), for the formats whose own kernel loses to dense GEMM once x has
-// enough rows: 2:4, CSR and bitmap (ops_cpu.cpp) and int8 weight-only (ops_int8.cpp). See README, "CPU paths".
+// enough rows: 2:4, CSR and bitmap (ops_cpu.cpp) and int8 weight-only (ops_int8.cpp). See docs/cpu.md.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -137,7 +137,8 @@ inline bool use(Op op, at::ScalarType t, int64_t M, int64_t N, int64_t K, int64_
 template <class Fill, class Gemm>
 void run(int64_t N, int64_t K, const at::TensorOptions& opts, const char* op, Fill&& fill, Gemm&& gemm) {
   const int64_t es = static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
-  const int64_t rows = std::min(N, std::max<int64_t>(16, std::min<int64_t>(512, (int64_t(16) << 20) / (K * es)) / 16 * 16));
+  const int64_t fit = std::min<int64_t>(512, (int64_t(16) << 20) / (K * es)) / 16 * 16;
+  const int64_t rows = std::min(N, std::max<int64_t>(16, fit));
   struct Buffer {
     char* p = nullptr;
     size_t bytes = 0;
@@ -173,7 +174,8 @@ void csr_rows(const int32_t* crow, const int32_t* col, const T* vals, int64_t K,
     if (increasing) {
       for (int64_t j = b; j < e; ++j) o[col[j]] = vals[j];
     } else {
-      for (int64_t j = b; j < e; ++j) o[col[j]] = static_cast<T>(static_cast<float>(o[col[j]]) + static_cast<float>(vals[j]));
+      for (int64_t j = b; j < e; ++j)
+        o[col[j]] = static_cast<T>(static_cast<float>(o[col[j]]) + static_cast<float>(vals[j]));
     }
   }
 }
