@@ -102,6 +102,21 @@ PyObject* cpu_dense_panels(PyObject*, PyObject* args) {
   }
 }
 
+// cpu_sparse24_pairs(dtype, M) -> bool: whether the CPU 2:4 op's kernel with x staged in pairs serves M rows of x of
+// that dtype (bf16, M > 16, AVX-512 BF16 at the instruction set in force), where the dense panels do not.
+PyObject* cpu_sparse24_pairs(PyObject*, PyObject* args) {
+  const char* dt;
+  long long M;
+  if (!PyArg_ParseTuple(args, "sL", &dt, &M)) return nullptr;
+  try {
+    if (sparsekit::cpu::sparse24_pairs_kernel(dt, M)) Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+    return nullptr;
+  }
+}
+
 #ifdef SPARSEKIT_WITH_CUSPARSELT
 // A C++ exception must not cross into Python: report it as a RuntimeError.
 template <typename F>
@@ -148,6 +163,9 @@ PyMethodDef methods[] = {
      "The M from which the CPU 2:4 / int8-wo / csr / bitmap ops use the dense GEMM, per op and dtype (0: never)."},
     {"cpu_dense_panels", cpu_dense_panels, METH_VARARGS,
      "cpu_dense_panels(op, dtype, M, N, K, nnz): whether the CPU op takes its dense panels for that call."},
+    {"cpu_sparse24_pairs", cpu_sparse24_pairs, METH_VARARGS,
+     "cpu_sparse24_pairs(dtype, M): whether the CPU 2:4 op's kernel with x staged in pairs (bf16, M > 16, AVX-512 "
+     "BF16) serves M rows of x of that dtype, where the dense panels do not."},
 #ifdef SPARSEKIT_WITH_CUSPARSELT
     {"cusparselt_cache_stats", cusparselt_cache_stats, METH_NOARGS,
      "The cuSPARSELt plan cache: entries, capacity, plans_created, searches, hits, evictions, algs_remembered."},

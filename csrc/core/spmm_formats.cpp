@@ -125,9 +125,15 @@ void bitmap_spmm_rows(const BitmapArgs& a, int64_t r0, int64_t r1, Isa isa) {
     generic::bitmap_spmm_rows(a, r0, r1);
   }
 }
+bool sparse24_stages_pairs(int64_t M, DType value_dtype, DType x_dtype, Isa isa) {
+  return resolve_isa(isa) == Isa::kAvx512 && avx512_bw_vl() &&
+         avx512::sparse24_pairs_supported(M, value_dtype, x_dtype);
+}
 void sparse24_spmm_rows(const Sparse24Args& a, int64_t r0, int64_t r1, Isa isa) {
   const Isa level = resolve_isa(isa);
-  if (level == Isa::kAvx512 && avx512_bw_vl() && avx512::sparse24_rows_supported(a)) avx512::sparse24_rows(a, r0, r1);
+  const bool rows_512 = level == Isa::kAvx512 && avx512_bw_vl() && avx512::sparse24_rows_supported(a);
+  if (a.xpairs) avx512::sparse24_pairs(a, r0, r1);  // staged only where sparse24_stages_pairs said so
+  else if (rows_512) avx512::sparse24_rows(a, r0, r1);
   else if (level >= Isa::kAvx2) avx2::sparse24_spmm_rows(a, r0, r1);
   else generic::sparse24_spmm_rows(a, r0, r1);
 }

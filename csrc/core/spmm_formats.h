@@ -54,6 +54,10 @@ struct Sparse24Args {
   const void* values = nullptr;    // N x K/2 of value_dtype
   const uint8_t* meta = nullptr;   // N x ceil(K / 8)
   DType value_dtype = DType::f32;
+  // bf16 x staged in pairs for avx512::sparse24_pairs (sparse24_stage_pairs), or null; pairs_ld: the staging's
+  // ldxt (M rounded up to 16).
+  const uint32_t* xpairs = nullptr;
+  int64_t pairs_ld = 0;
 };
 
 // kBytePositions[b][i]: the position of the i-th set bit of byte b (0 past the popcount).
@@ -66,6 +70,9 @@ extern const int32_t (&kPerm24)[256][8];
 void bsr_spmm_rows(const BsrArgs& a, int64_t block_row_begin, int64_t block_row_end, Isa isa = Isa::kAuto);
 void bitmap_spmm_rows(const BitmapArgs& a, int64_t row_begin, int64_t row_end, Isa isa = Isa::kAuto);
 void sparse24_spmm_rows(const Sparse24Args& a, int64_t row_begin, int64_t row_end, Isa isa = Isa::kAuto);
+// Whether a 2:4 call of M rows with these dtypes takes x staged in pairs on this CPU at `isa`
+// (Sparse24Args::xpairs; avx512::sparse24_pairs_supported): the caller then stages them and sets xpairs.
+bool sparse24_stages_pairs(int64_t M, DType value_dtype, DType x_dtype, Isa isa = Isa::kAuto);
 
 // The dense rows [row_begin, row_end) of a 2:4 weight (K % 4 == 0), written bit for bit in the
 // values' own dtype (pruned entries +0.0) to `out`, one row of K elements after another. The CPU
@@ -108,6 +115,23 @@ void bitmap_rows(const BitmapArgs& a, int64_t r0, int64_t r1);
 constexpr int64_t kSparse24RowsMaxM = 16;
 bool sparse24_rows_supported(const Sparse24Args& a);
 void sparse24_rows(const Sparse24Args& a, int64_t r0, int64_t r1);
+// 2:4 with bf16 values and bf16 x from M = kSparse24RowsMaxM + 1 (AVX-512 BF16 + BW + VL): whether this CPU runs
+// sparse24_pairs; the staging it reads; the kernel. x goes in blocks of kSparse24PairsRegs x 16 rows; per block,
+// group of four columns g and position pair p (of the six a 2:4 group may keep, in the order 01 02 03 12 13 23),
+// one 64-byte register per 16 rows of x holding, per row, x at the pair's two columns as a bf16 pair (zero past M).
+// sparse24_stage_pairs writes tasks t0 .. t1 of sparse24_pairs_tasks(M, K) (16 rows by 32 columns of x each) from x
+// (M x ldx bf16, unit column stride) into `pairs` (64-byte aligned, sparse24_pairs_words(M, K) 32-bit words);
+// sparse24_pairs reads a.xpairs (a.pairs_ld: M rounded up to 16). Like sparse24_rows it reads x only at kept
+// columns: any x.
+constexpr int kSparse24PairsRegs = 4;
+inline int64_t sparse24_pairs_words(int64_t M, int64_t K) {
+  return ((M + 15) / 16 + kSparse24PairsRegs - 1) / kSparse24PairsRegs * kSparse24PairsRegs * 16 * 6 * (K / 4);
+}
+inline int64_t sparse24_pairs_tasks(int64_t M, int64_t K) { return (M + 15) / 16 * ((K / 4 + 7) / 8); }
+bool sparse24_pairs_supported(int64_t M, DType value_dtype, DType x_dtype);
+void sparse24_stage_pairs(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, int64_t t0, int64_t t1,
+                          uint32_t* pairs);
+void sparse24_pairs(const Sparse24Args& a, int64_t r0, int64_t r1);
 // BSR at M == 1 with blocks 16, 32 or 64 columns wide (AVX-512 F; 16-bit values also BW + VL): whether
 // bsr_m1 runs for a's arguments (block rows r0 .. r1, as bsr_spmm_rows), and the kernel.
 bool bsr_m1_supported(const BsrArgs& a);

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 #include <new>
+#include <type_traits>
 
 #include "spmm_formats.h"
 
@@ -630,6 +631,168 @@ void s24_rows_impl(const Sparse24Args& a, int64_t r0, int64_t r1) {
   by_row_blocks(r0, r1, a.io.M, span, tile);
 }
 
+// ---- 2:4, bf16 x bf16 from M = 17: x staged in pairs (sparse24_stage_pairs). A group of four columns keeps two
+// of them, at one of six position pairs; the staging writes, for every group and every one of the six, the two
+// columns of x interleaved as bf16 pairs, 16 rows of x per 64-byte register (x pair at lane m = rows m of the two
+// columns). Per kept pair of weights the kernel then broadcasts the pair (4 bytes) and, per 16 rows of x, does
+// one vdpbf16ps whose other operand is the staged register of the pair's positions, read straight from memory:
+// no permutation, no widening. The window kernel above spends a two-register permutation per window and row of
+// x; dense bf16 spends two vdpbf16ps per group of four columns and 16 rows of x, this kernel one. The staged
+// x is 3x x (six pairs per four columns): panels of kS24pGroups groups (64 columns) keep their slice in L1
+// while a block of kS24pRows weight rows walks it, their partial sums in a buffer in L1 between panels.
+constexpr int64_t kS24pGroups = 16;  // groups per K panel: one 64-bit word of meta, 64 bytes of values per row
+constexpr int64_t kS24pRows = 64;    // weight rows per block
+constexpr int kS24pRegs = kSparse24PairsRegs;
+
+// A 2:4 meta nibble (first position | second << 2, first < second) -> which of the six position pairs, in the
+// order 01 02 03 12 13 23; 0 for the nibbles the op's meta check refuses (never read out of bounds).
+constexpr uint8_t kS24pPattern[16] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 3, 0, 0, 2, 4, 5, 0};
+
+// t[i][j] -> t[j][i] (16 x 16 floats).
+inline void transpose16x16(__m512 (&t)[16]) {
+  __m512 u[16];
+  for (int i = 0; i < 16; i += 2) {
+    u[i] = _mm512_unpacklo_ps(t[i], t[i + 1]);
+    u[i + 1] = _mm512_unpackhi_ps(t[i], t[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    t[i] = _mm512_shuffle_ps(u[i], u[i + 2], 0x44);
+    t[i + 1] = _mm512_shuffle_ps(u[i], u[i + 2], 0xEE);
+    t[i + 2] = _mm512_shuffle_ps(u[i + 1], u[i + 3], 0x44);
+    t[i + 3] = _mm512_shuffle_ps(u[i + 1], u[i + 3], 0xEE);
+  }
+  // t[4q + k], 128-bit lane c: rows 4q .. 4q + 3 of column 4c + k. Lanes 0 and 2, then 1 and 3, of rows 0-7 (and of
+  // rows 8-15); then of those, lanes 0 and 2 / 1 and 3 again: columns k, 8 + k, 4 + k, 12 + k whole.
+  for (int i = 0; i < 8; ++i) {
+    const int a = (i / 4) * 8 + i % 4;  // t[a], t[a + 4]: rows 0-3 and 4-7 (or 8-11 and 12-15) of the same columns
+    u[a] = _mm512_shuffle_f32x4(t[a], t[a + 4], 0x88);
+    u[a + 4] = _mm512_shuffle_f32x4(t[a], t[a + 4], 0xDD);
+  }
+  for (int a = 0; a < 8; ++a) {  // u[a]: rows 0-7, u[a + 8]: rows 8-15
+    t[a] = _mm512_shuffle_f32x4(u[a], u[a + 8], 0x88);
+    t[a + 8] = _mm512_shuffle_f32x4(u[a], u[a + 8], 0xDD);
+  }
+}
+
+// y[m][n .. n + cols) = s[0 .. cols) plus the bias, as bf16 (rounded to nearest even as f32_to_bf16, NaN quieted).
+inline void store_y16_bf16(const DenseIo& io, int64_t m, int64_t n, int cols, __m512 s) {
+  const __mmask16 k = static_cast<__mmask16>(cols >= 16 ? 0xFFFFu : (1u << cols) - 1u);
+  if (io.bias) {
+    const __m256i b = _mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(io.bias) + n);
+    s = _mm512_add_ps(s, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16)));
+  }
+  const __m512i u = _mm512_castps_si512(s);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+  r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+  _mm256_mask_storeu_epi16(static_cast<uint16_t*>(io.y) + m * io.ldy + n, k, _mm512_cvtepi32_epi16(r));
+}
+
+inline __m512 dpbf16_mem(__m512 acc, __m512i a, const void* p) {
+  asm("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "m"(*static_cast<const __m512i*>(p)));
+  return acc;
+}
+
+// Rows v / mt (R of them: values as 32-bit pairs, meta) times the staged block pb (MTB registers of rows of x) over
+// groups q0 .. q0 + groups of a panel; partial sums in part (R x MTB x 16 floats), from zero when `first`.
+template <int MTB, int R, bool kFull>
+inline void s24p_panel(const uint32_t* const* v, const uint8_t* const* mt, int64_t q0, int groups, const char* pb,
+                       float* part, bool first) {
+  constexpr int64_t kPat = MTB * 64, kGrp = 6 * kPat;
+  __m512 acc[R][MTB];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MTB; ++m) acc[r][m] = first ? _mm512_setzero_ps() : _mm512_load_ps(part + (r * MTB + m) * 16);
+  uint64_t bits[R];
+  for (int r = 0; r < R; ++r) {
+    bits[r] = 0;
+    std::memcpy(&bits[r], mt[r] + q0 / 2, kFull ? 8 : static_cast<size_t>((groups + 1) / 2));
+    _mm_prefetch(reinterpret_cast<const char*>(v[r] + q0) + 256, _MM_HINT_T0);
+  }
+  const int n = kFull ? static_cast<int>(kS24pGroups) : groups;
+  const char* pj = pb + q0 * kGrp;
+  // (a loop, not unrolled: fully unrolled, GCC kept acc in memory and stored it after every vdpbf16ps)
+  for (int j = 0; j < n; ++j, pj += kGrp) {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const char* px = pj + kS24pPattern[bits[r] & 15u] * kPat;
+      bits[r] >>= 4;
+      uint32_t w;
+      std::memcpy(&w, v[r] + q0 + j, 4);
+      const __m512i wv = _mm512_set1_epi32(static_cast<int>(w));
+#pragma GCC unroll 4
+      for (int m = 0; m < MTB; ++m) acc[r][m] = dpbf16_mem(acc[r][m], wv, px + m * 64);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MTB; ++m) _mm512_store_ps(part + (r * MTB + m) * 16, acc[r][m]);
+}
+
+template <int MTB>
+void s24p_block(const Sparse24Args& a, int64_t nb, int64_t ne, int64_t m0, const char* pb, float* part) {
+  constexpr int R = MTB <= 2 ? 4 : 2;
+  const int64_t K = a.io.K, G = K / 4, mbytes = (K + 7) / 8;
+  if (G == 0) std::memset(part, 0, sizeof(float) * static_cast<size_t>((ne - nb) * MTB * 16));
+  for (int64_t q0 = 0; q0 < G; q0 += kS24pGroups) {
+    const int groups = static_cast<int>(G - q0 < kS24pGroups ? G - q0 : kS24pGroups);
+    const bool first = q0 == 0;
+    int64_t n = nb;
+    auto run = [&](auto rows) {
+      constexpr int RR = decltype(rows)::value;
+      const uint32_t* v[RR];
+      const uint8_t* mt[RR];
+      for (int r = 0; r < RR; ++r) {
+        v[r] = reinterpret_cast<const uint32_t*>(static_cast<const uint16_t*>(a.values) + (n + r) * (K / 2));
+        mt[r] = a.meta + (n + r) * mbytes;
+      }
+      float* pr = part + (n - nb) * MTB * 16;
+      if (groups == kS24pGroups) s24p_panel<MTB, RR, true>(v, mt, q0, groups, pb, pr, first);
+      else s24p_panel<MTB, RR, false>(v, mt, q0, groups, pb, pr, first);
+    };
+    for (; n + R <= ne; n += R) run(std::integral_constant<int, R>());
+    for (; n < ne; ++n) run(std::integral_constant<int, 1>());
+  }
+  const int64_t rows = a.io.M - m0 < MTB * 16 ? a.io.M - m0 : MTB * 16;
+  if (a.io.out_dtype != DType::bf16) {
+    for (int64_t r = 0; r < ne - nb; ++r)
+      for (int64_t m = 0; m < rows; ++m) store_y(a.io, m0 + m, nb + r, part[r * MTB * 16 + m]);
+    return;
+  }
+  // y[m][nb + r] = part[r][m]: 16 x 16 tiles transposed, so that each row of y is written 16 columns at a time
+  // (one float at a time, down a column of y, took as long as the products at K = 512)
+  for (int64_t r0 = 0; r0 < ne - nb; r0 += 16) {
+    const int rr = static_cast<int>(ne - nb - r0 < 16 ? ne - nb - r0 : 16);
+    for (int mb = 0; mb * 16 < rows; ++mb) {
+      __m512 t[16];
+      for (int i = 0; i < 16; ++i)
+        t[i] = i < rr ? _mm512_load_ps(part + ((r0 + i) * MTB + mb) * 16) : _mm512_setzero_ps();
+      transpose16x16(t);
+      const int mm = static_cast<int>(rows - mb * 16 < 16 ? rows - mb * 16 : 16);
+      for (int l = 0; l < mm; ++l) store_y16_bf16(a.io, m0 + mb * 16 + l, nb + r0, rr, t[l]);
+    }
+  }
+}
+
+template <int MTB>
+void s24p_dispatch(const Sparse24Args& a, int mtb, int64_t nb, int64_t ne, int64_t m0, const char* pb, float* part) {
+  if constexpr (MTB > 1) {
+    if (mtb < MTB) return s24p_dispatch<MTB - 1>(a, mtb, nb, ne, m0, pb, part);
+  }
+  s24p_block<MTB>(a, nb, ne, m0, pb, part);
+}
+
+void s24p_rows(const Sparse24Args& a, int64_t r0, int64_t r1) {
+  const int64_t G = a.io.K / 4, regs = a.pairs_ld / 16;
+  alignas(64) float part[kS24pRows * kS24pRegs * 16];
+  for (int64_t b = 0; b * kS24pRegs < regs; ++b) {
+    const int mtb = static_cast<int>(regs - b * kS24pRegs < kS24pRegs ? regs - b * kS24pRegs : kS24pRegs);
+    const char* pb = reinterpret_cast<const char*>(a.xpairs) + b * G * 6 * kS24pRegs * 64;
+    for (int64_t nb = r0; nb < r1; nb += kS24pRows)
+      s24p_dispatch<kS24pRegs>(a, mtb, nb, nb + kS24pRows < r1 ? nb + kS24pRows : r1, b * kS24pRegs * 16, pb, part);
+  }
+}
+
 // ---- BSR at M = 1, blocks 16, 32 or 64 columns wide. The portable kernel took one row of a block row at a time
 // across all its blocks: per block it read one row of the block (C values) and reloaded x's block, so the values
 // came as pieces of one row per block, R times over the block row (8 layers of 4096 x 4096 at 70 %, 2 threads,
@@ -899,6 +1062,56 @@ void sparse24_rows(const Sparse24Args& a, int64_t r0, int64_t r1) {
   else s24_rows_impl<DType::bf16>(a, r0, r1);
 }
 
+bool sparse24_pairs_supported(int64_t M, DType value_dtype, DType x_dtype) {
+  return M > kSparse24RowsMaxM && value_dtype == DType::bf16 && x_dtype == DType::bf16 && has_bf16_dot();
+}
+
+void sparse24_stage_pairs(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, int64_t t0, int64_t t1,
+                          uint32_t* pairs) {
+  const int64_t G = K / 4, regs = (M + 15) / 16, chunks = (G + 7) / 8;
+  // per group of four columns, as 16-bit lanes: (0, 2, 1, 3) and (0, 3, 1, 2), so that the row's 32-bit lanes
+  // 2 g and 2 g + 1 hold the pairs 02 and 13, or 03 and 12 (the row itself holds 01 and 23)
+  __m512i perm[2];
+  {
+    alignas(64) uint16_t i02[32], i03[32];
+    for (int l = 0; l < 32; ++l) {
+      const int g = l / 4, k = l % 4;
+      static constexpr int k02[4] = {0, 2, 1, 3}, k03[4] = {0, 3, 1, 2};
+      i02[l] = static_cast<uint16_t>(4 * g + k02[k]);
+      i03[l] = static_cast<uint16_t>(4 * g + k03[k]);
+    }
+    perm[0] = _mm512_load_si512(i02);
+    perm[1] = _mm512_load_si512(i03);
+  }
+  // the position pair (01 02 03 12 13 23) of 32-bit lane 2 g + h of the row as it is, and of each permutation
+  static constexpr int kPat[3][2] = {{0, 5}, {1, 4}, {2, 3}};
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t reg = t / chunks, c = t % chunks;
+    const int64_t m0 = reg * 16, c0 = c * 32;
+    const int64_t b = reg / kS24pRegs, mt = reg % kS24pRegs;
+    const int64_t mtb = regs - b * kS24pRegs < kS24pRegs ? regs - b * kS24pRegs : kS24pRegs;
+    uint32_t* pb = pairs + b * G * 6 * kS24pRegs * 16 + mt * 16;
+    const int64_t cols = K - c0 < 32 ? K - c0 : 32, groups = cols / 4;
+    const __mmask32 k = cols >= 32 ? ~__mmask32(0) : static_cast<__mmask32>((uint64_t(1) << cols) - 1u);
+    __m512i rows[16];
+    for (int i = 0; i < 16; ++i)
+      rows[i] = m0 + i < M ? _mm512_maskz_loadu_epi16(k, x + (m0 + i) * ldx + c0) : _mm512_setzero_si512();
+    for (int arr = 0; arr < 3; ++arr) {
+      __m512 t16[16];
+      for (int i = 0; i < 16; ++i)
+        t16[i] = _mm512_castsi512_ps(arr == 0 ? rows[i] : _mm512_permutexvar_epi16(perm[arr - 1], rows[i]));
+      transpose16x16(t16);  // t16[2 g + h]: the pair h of group g (of this chunk), rows m0 .. m0 + 15
+      for (int64_t g = 0; g < groups; ++g)
+        for (int h = 0; h < 2; ++h)
+          _mm512_store_ps(reinterpret_cast<float*>(pb + ((c * 8 + g) * 6 + kPat[arr][h]) * mtb * 16), t16[2 * g + h]);
+    }
+  }
+}
+
+void sparse24_pairs(const Sparse24Args& a, int64_t r0, int64_t r1) {
+  if (r0 < r1) s24p_rows(a, r0, r1);
+}
+
 }  // namespace avx512
 }  // namespace core
 }  // namespace sparsekit
@@ -915,6 +1128,9 @@ bool bsr_rows_supported(const BsrArgs&) { return false; }
 void bsr_rows(const BsrArgs& a, int64_t r0, int64_t r1) { generic::bsr_spmm_rows(a, r0, r1); }
 void bsr_m1(const BsrArgs& a, int64_t r0, int64_t r1) { generic::bsr_spmm_rows(a, r0, r1); }
 void sparse24_rows(const Sparse24Args& a, int64_t r0, int64_t r1) { generic::sparse24_spmm_rows(a, r0, r1); }
+bool sparse24_pairs_supported(int64_t, DType, DType) { return false; }
+void sparse24_stage_pairs(const uint16_t*, int64_t, int64_t, int64_t, int64_t, int64_t, uint32_t*) {}
+void sparse24_pairs(const Sparse24Args& a, int64_t r0, int64_t r1) { generic::sparse24_spmm_rows(a, r0, r1); }
 void bitmap_rows(const BitmapArgs& a, int64_t r0, int64_t r1) { generic::bitmap_spmm_rows(a, r0, r1); }
 }  // namespace avx512
 }  // namespace core

@@ -47,8 +47,12 @@ inline void set(int64_t m) {
 }
 
 // The automatic thresholds, measured on an AMD EPYC with avx512_bf16, 2 threads, caches flushed
-// (bench/results/cpu_24_dense.md, cpu_int8wo_dense.md, cpu_sparse_dense.md):
-// - 2:4, bf16: from M = 17, where the AVX-512 BF16 kernel (csrc/core/spmm_formats_avx512.cpp, up to M = 16)
+// (bench/results/cpu_24_dense.md, cpu_24_pairs.md, cpu_int8wo_dense.md, cpu_sparse_dense.md):
+// - 2:4, bf16, where the op's kernel for M > 16 with x staged in pairs runs (`pairs`: AVX-512 BF16 at the
+//   instruction set in force; csrc/core/spmm_formats_avx512.cpp, sparse24_pairs): that kernel beat the panels
+//   on LLaMA-7B's layers at every M measured (17 to 2048), and on MiniLM's up to M = 256; so the panels only on
+//   layers below kMinWeights weights, from M = kPairsSmallMinM.
+// - 2:4, bf16 otherwise: from M = 17, where the AVX-512 BF16 kernel (csrc/core/spmm_formats_avx512.cpp, up to M = 16)
 //   hands over (8 layers of 4096 x 4096, 2 threads, ms, kernel / panels / dense bf16: M = 16 17.2 / 21.5 /
 //   19.4, M = 32 (the same kernel allowed) 34.0 / 31.6 / 28.8); float32: from M = 256. bf16 without
 //   native dot products (no avx512_bf16 / amx_bf16) is taken to be as fast as float32 (not measured).
@@ -89,7 +93,9 @@ inline const SparseRule* sparse_rule(Op op, at::ScalarType t) {
   if ((op != Op::kCsr && op != Op::kBitmap) || (t != at::kFloat && t != at::kBFloat16)) return nullptr;
   return &kSparseRules[op == Op::kBitmap][t == at::kBFloat16 && native_bf16()];
 }
-inline int64_t auto_min_m(Op op, at::ScalarType t) {
+constexpr int64_t kPairsSmallMinM = 512;
+inline int64_t auto_min_m(Op op, at::ScalarType t, bool pairs) {
+  if (op == Op::kSparse24 && t == at::kBFloat16 && pairs) return kPairsSmallMinM;
   if (op == Op::kInt8WeightOnly) return t == at::kBFloat16 && native_bf16() ? 64 : 0;
   if (op == Op::kCsr || op == Op::kBitmap) {
     const SparseRule* r = sparse_rule(op, t);
@@ -104,28 +110,51 @@ inline int64_t auto_min_m(Op op, at::ScalarType t) {
 
 // 2:4 and int8 weight-only on layers of kSmallMinWeights to kMinWeights weights: the M from which the panels
 // win there (at least the threshold in force).
-inline int64_t small_layer_min_m(Op op, at::ScalarType t) {
-  return op == Op::kSparse24 && t == at::kBFloat16 && native_bf16() ? 64 : 256;
+inline int64_t small_layer_min_m(Op op, at::ScalarType t, bool pairs) {
+  if (op == Op::kSparse24 && t == at::kBFloat16) return pairs ? kPairsSmallMinM : native_bf16() ? 64 : 256;
+  return 256;
 }
 
-// The threshold in force (0 = never).
-inline int64_t min_m(Op op, at::ScalarType t) {
+// The threshold in force (0 = never). pairs: whether the 2:4 bf16 kernel with x in pairs runs (above).
+inline int64_t min_m(Op op, at::ScalarType t, bool pairs) {
   const int64_t set = setting();
-  return set >= 0 ? set : auto_min_m(op, t);
+  return set >= 0 ? set : auto_min_m(op, t, pairs);
 }
 
 // A threshold set by hand applies to every layer; the automatic one to large enough layers, and for CSR
 // and bitmap to those that keep enough weights (nnz of N x K).
-inline bool use(Op op, at::ScalarType t, int64_t M, int64_t N, int64_t K, int64_t nnz) {
-  const int64_t m = min_m(op, t);
+inline bool use(Op op, at::ScalarType t, int64_t M, int64_t N, int64_t K, int64_t nnz, bool pairs) {
+  const int64_t m = min_m(op, t, pairs);
   if (m <= 0 || M < m || N <= 0 || K <= 0) return false;
   if (setting() > 0) return true;
   if (N * K < kSmallMinWeights) return false;
+  if (op == Op::kSparse24 && t == at::kBFloat16 && pairs) return N * K < kMinWeights;
   const SparseRule* r = sparse_rule(op, t);
-  if (!r) return N * K >= kMinWeights || M >= std::max(m, small_layer_min_m(op, t));
+  if (!r) return N * K >= kMinWeights || M >= std::max(m, small_layer_min_m(op, t, pairs));
   for (const SparseTier& tier : r->tier)
     if (tier.min_m > 0 && M >= tier.min_m && nnz * 1000 >= N * K * tier.permille) return true;
   return false;
+}
+
+// A 64-byte aligned buffer of at least `bytes`, kept per calling thread (and per Tag) between calls: a fresh
+// allocation of megabytes is mapped anew by malloc on every call, and its page faults cost as much as the work
+// done in it.
+template <class Tag>
+char* thread_buffer(size_t bytes, const char* op) {
+  struct Buffer {
+    char* p = nullptr;
+    size_t bytes = 0;
+    ~Buffer() { std::free(p); }
+  };
+  thread_local Buffer buf;
+  const size_t need = (bytes + 63) / 64 * 64;
+  if (buf.bytes < need) {
+    std::free(buf.p);
+    buf.p = static_cast<char*>(std::aligned_alloc(64, need));
+    buf.bytes = buf.p ? need : 0;
+    TORCH_CHECK(buf.p, op, ": out of memory for a ", need, "-byte buffer");
+  }
+  return buf.p;
 }
 
 // For each panel of rows [n0, n1) of an N x K weight: fill(n0, n1, panel) writes those dense rows
@@ -139,20 +168,8 @@ void run(int64_t N, int64_t K, const at::TensorOptions& opts, const char* op, Fi
   const int64_t es = static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
   const int64_t fit = std::min<int64_t>(512, (int64_t(16) << 20) / (K * es)) / 16 * 16;
   const int64_t rows = std::min(N, std::max<int64_t>(16, fit));
-  struct Buffer {
-    char* p = nullptr;
-    size_t bytes = 0;
-    ~Buffer() { std::free(p); }
-  };
-  thread_local Buffer buf;
-  const size_t need = static_cast<size_t>(rows * K * es + 63) / 64 * 64;
-  if (buf.bytes < need) {
-    std::free(buf.p);
-    buf.p = static_cast<char*>(std::aligned_alloc(64, need));
-    buf.bytes = buf.p ? need : 0;
-    TORCH_CHECK(buf.p, op, ": out of memory for a ", need, "-byte panel");
-  }
-  auto panel = at::from_blob(buf.p, {rows, K}, opts);
+  struct Tag {};
+  auto panel = at::from_blob(thread_buffer<Tag>(static_cast<size_t>(rows * K * es), op), {rows, K}, opts);
   for (int64_t n0 = 0; n0 < N; n0 += rows) {
     const int64_t n1 = std::min(N, n0 + rows);
     auto p = panel.narrow(0, 0, n1 - n0);

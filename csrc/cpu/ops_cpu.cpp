@@ -59,7 +59,8 @@ Staged stage_x(const at::Tensor& x, bool as16 = false) {
 core::DenseIo dense_io(const at::Tensor& x, const Staged& st, const at::Tensor& b, at::Tensor& y) {
   core::DenseIo io;
   io.M = x.size(0); io.N = y.size(1); io.K = x.size(1);
-  io.xt = st.xt.data_ptr<float>(); io.ldxt = st.ld;
+  if (st.xt.defined()) io.xt = st.xt.data_ptr<float>();  // (undefined: the kernel stages x its own way)
+  io.ldxt = st.ld;
   io.bias = b.defined() ? b.data_ptr() : nullptr;
   io.y = y.data_ptr(); io.ldy = y.size(1);
   io.out_dtype = to_core(y.scalar_type());
@@ -137,11 +138,19 @@ bool x_finite(const at::Tensor& x) {
   return core::dense_x_finite(io);
 }
 
+// Whether the 2:4 op's bf16 kernel for M > 16 (x staged in pairs, core::sparse24_stages_pairs) runs on this CPU at
+// the instruction set in force: the dense panels then serve 2:4 bf16 on small layers at large M only.
+bool sparse24_pairs_run(at::ScalarType t) {
+  return t == at::kBFloat16 && core::sparse24_stages_pairs(core::avx512::kSparse24RowsMaxM + 1, core::DType::bf16,
+                                                           core::DType::bf16, current_isa());
+}
+
 // Whether the CSR / bitmap / 2:4 op takes its dense-panel path for this call: the threshold in force for
 // its dtype and density, and an x without Inf or NaN (the check reads x once, at large M only).
 bool take_dense_panels(panels::Op op, const at::Tensor& x, int64_t N, int64_t nnz) {
   const int64_t M = x.size(0), K = x.size(1);
-  return panels::use(op, x.scalar_type(), M, N, K, nnz) && x_finite(x);
+  const bool pairs = op == panels::Op::kSparse24 && sparse24_pairs_run(x.scalar_type());
+  return panels::use(op, x.scalar_type(), M, N, K, nnz, pairs) && x_finite(x);
 }
 
 at::Tensor csr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const at::Tensor& col_indices,
@@ -276,6 +285,10 @@ at::Tensor bitmap_mm_cpu(const at::Tensor& x, const at::Tensor& bitmap, const at
   return y;
 }
 
+// Rows of x staged in pairs at a time by the 2:4 bf16 op (a multiple of 16 x kSparse24PairsRegs): the staging's
+// buffer stays at 3x these rows of x (6 MB at K = 4096).
+constexpr int64_t kPairsRows = 256;
+
 at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                            const std::optional<at::Tensor>& bias) {
   check_sparse24_mm_args(x, values, meta, bias);
@@ -297,13 +310,41 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
     });
     return y;
   }
-  const Staged st = stage_x(x);
-  core::Sparse24Args a;
-  a.io = dense_io(x, st, b, y);
-  a.values = vals.data_ptr(); a.value_dtype = to_core(vals.scalar_type());
-  a.meta = mt.data_ptr<uint8_t>();
   const auto isa = current_isa();
+  const core::DType vd = to_core(vals.scalar_type());
+  core::Sparse24Args a;
+  a.values = vals.data_ptr(); a.value_dtype = vd;
+  a.meta = mt.data_ptr<uint8_t>();
   const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(K / 2 * M, 1));
+  if (core::sparse24_stages_pairs(M, vd, to_core(x.scalar_type()), isa)) {
+    // x in pairs at the six position pairs of every group (core::avx512::sparse24_stage_pairs: 3x x's bytes),
+    // staged from x's rows kPairsRows rows at a time into a buffer kept between calls
+    const at::Tensor xr = K <= 1 || x.stride(1) == 1 ? x : x.contiguous();
+    const auto* xp = reinterpret_cast<const uint16_t*>(xr.data_ptr<at::BFloat16>());
+    const int64_t ldx = xr.stride(0);
+    struct Tag {};
+    auto* pw = reinterpret_cast<uint32_t*>(panels::thread_buffer<Tag>(
+        static_cast<size_t>(core::avx512::sparse24_pairs_words(std::min(M, kPairsRows), K)) * 4,
+        "sparsekit.sparse24_mm"));
+    a.io = dense_io(x, Staged{at::Tensor(), 0}, b, y);
+    a.io.x = nullptr;  // (read through the staging only)
+    a.xpairs = pw;
+    auto* y0 = static_cast<char*>(a.io.y);
+    for (int64_t m0 = 0; m0 < M; m0 += kPairsRows) {
+      const int64_t mc = std::min(kPairsRows, M - m0);
+      const uint16_t* xm = xp + m0 * ldx;
+      at::parallel_for(0, core::avx512::sparse24_pairs_tasks(mc, K), 16, [&](int64_t t0, int64_t t1) {
+        core::avx512::sparse24_stage_pairs(xm, ldx, mc, K, t0, t1, pw);
+      });
+      a.io.M = mc;
+      a.io.y = y0 + m0 * a.io.ldy * 2;
+      a.pairs_ld = (mc + 15) / 16 * 16;
+      at::parallel_for(0, N, grain, [&](int64_t r0, int64_t r1) { core::sparse24_spmm_rows(a, r0, r1, isa); });
+    }
+    return y;
+  }
+  const Staged st = stage_x(x);  // (kept alive: a.io points into it)
+  a.io = dense_io(x, st, b, y);
   at::parallel_for(0, N, grain, [&](int64_t r0, int64_t r1) { core::sparse24_spmm_rows(a, r0, r1, isa); });
   return y;
 }
@@ -332,9 +373,19 @@ panels::Op op_named(const char* op) {
   TORCH_CHECK(false, "sparsekit: expected '2:4', 'int8-wo', 'csr' or 'bitmap', got '", op, "'");
 }
 }  // namespace
-int64_t dense_min_m(const char* op, const char* dtype) { return panels::min_m(op_named(op), dtype_named(dtype)); }
+int64_t dense_min_m(const char* op, const char* dtype) {
+  const panels::Op o = op_named(op);
+  const at::ScalarType t = dtype_named(dtype);
+  return panels::min_m(o, t, o == panels::Op::kSparse24 && sparse24_pairs_run(t));
+}
 bool dense_panels_take(const char* op, const char* dtype, int64_t M, int64_t N, int64_t K, int64_t nnz) {
-  return panels::use(op_named(op), dtype_named(dtype), M, N, K, nnz);
+  const panels::Op o = op_named(op);
+  const at::ScalarType t = dtype_named(dtype);
+  return panels::use(o, t, M, N, K, nnz, o == panels::Op::kSparse24 && sparse24_pairs_run(t));
+}
+bool sparse24_pairs_kernel(const char* dtype, int64_t M) {
+  const at::ScalarType t = dtype_named(dtype);
+  return M > core::avx512::kSparse24RowsMaxM && sparse24_pairs_run(t);
 }
 bool aten_index_checks() { return g_aten_index_checks.load(std::memory_order_relaxed); }
 void check_meta_once(const char* op, const at::Tensor& meta, const at::Tensor& mt, int64_t N, int64_t K) {

@@ -221,7 +221,7 @@ at::Tensor int8_weight_only_mm_cpu(const at::Tensor& x, const at::Tensor& w_q, c
   const int64_t M = x.size(0), K = x.size(1), N = w_q.size(0);
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
-  if (panels::use(panels::Op::kInt8WeightOnly, x.scalar_type(), M, N, K, N * K)) {
+  if (panels::use(panels::Op::kInt8WeightOnly, x.scalar_type(), M, N, K, N * K, false)) {
     // Large M (dense_panels.h): the int8 rows turned into x's dtype (exact: |q| <= 128 fits even a
     // bf16 significand), x times them through ATen's GEMM, then the channel scale and bias in float32.
     // For 16-bit x the GEMM's output is rounded once before the scale: one more rounding than the
