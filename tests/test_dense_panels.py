@@ -268,7 +268,7 @@ def test_small_layers_take_the_panels_later(dense_from):
     assert take("2:4", "float32", m, *big, 1) and take("2:4", "float32", 256, *small, 1)
     assert not take("2:4", "float32", 255, *small, 1) and not take("2:4", "float32", 1 << 20, *tiny, 1)
     m16 = auto["2:4"]["bfloat16"]
-    if _C().cpu_sparse24_pairs("bfloat16", 17):
+    if _C().cpu_sparse24_pairs("bfloat16", 64):
         # the kernel with x in pairs: never the panels on large layers, on small ones from M = 512
         assert m16 == 512
         assert not any(take("2:4", "bfloat16", M, *big, 1) for M in (17, 512, 2048, 1 << 20))

@@ -1,4 +1,4 @@
-"""The CPU 2:4 kernel for bfloat16 from M = 17 (csrc/core/spmm_formats_avx512.cpp, `sparse24_pairs`): x staged in
+"""The CPU 2:4 kernel for bfloat16 from M = 21 (csrc/core/spmm_formats_avx512.cpp, `sparse24_pairs`): x staged in
 pairs at the six position pairs of every group of four columns, one vdpbf16ps per kept pair and 16 rows of x, partial
 sums carried over K panels of 64 columns, and a transposed epilogue that adds the bias and rounds to bf16.
 
@@ -22,7 +22,7 @@ def _C():
 
 
 def _runs():
-    return sparsekit._ext.available() and _C().cpu_sparse24_pairs("bfloat16", 17)
+    return sparsekit._ext.available() and _C().cpu_sparse24_pairs("bfloat16", 64)
 
 
 pytestmark = pytest.mark.skipif(not _runs(), reason="needs the compiled extension on a CPU with AVX-512 BF16")
@@ -58,8 +58,8 @@ def _check(got, x, w, values, meta, b):
 
 def test_route():
     C = _C()
-    assert C.cpu_sparse24_pairs("bfloat16", 17) and C.cpu_sparse24_pairs("bfloat16", 4096)
-    assert not C.cpu_sparse24_pairs("bfloat16", 16)  # the window kernel (sparse24_rows) up to M = 16
+    assert C.cpu_sparse24_pairs("bfloat16", 21) and C.cpu_sparse24_pairs("bfloat16", 4096)
+    assert not C.cpu_sparse24_pairs("bfloat16", 20)  # the window kernel (sparse24_rows) up to M = 20
     assert not C.cpu_sparse24_pairs("float32", 64) and not C.cpu_sparse24_pairs("float16", 64)
     C.set_cpu_isa("avx2")
     try:
@@ -70,7 +70,7 @@ def test_route():
         C.cpu_sparse24_pairs("int8", 64)
 
 
-@pytest.mark.parametrize("M", [17, 31, 32, 33, 47, 64, 65, 100, 255, 256, 257, 300, 513])
+@pytest.mark.parametrize("M", [21, 31, 32, 33, 47, 64, 65, 100, 255, 256, 257, 300, 513])
 @pytest.mark.parametrize("N,K", [(5, 4), (37, 52), (9, 68), (70, 100), (130, 516), (64, 1000)])
 def test_matches_reference(M, N, K):
     gen = torch.Generator().manual_seed(M * 7919 + N * 31 + K)
@@ -78,6 +78,24 @@ def test_matches_reference(M, N, K):
     x = torch.randn(M, K, generator=gen).bfloat16()
     b = torch.randn(N, generator=gen).bfloat16() if M % 2 else None
     _check(torch.ops.sparsekit.sparse24_mm(x, values, meta, b), x, w, values, meta, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("M", [16, 17, 20, 21, 24, 25])
+def test_around_the_window_kernels_last_m(dtype, M):
+    """The window kernel (sparse24_rows) takes float32 up to M = 24 and bf16 up to 20; the next M goes to the AVX2
+    kernel / this one."""
+    gen = torch.Generator().manual_seed(M + 3)
+    N, K = 45, 100
+    w, _, values, meta = _weight(N, K, gen)
+    w, values = w.to(dtype), values.to(dtype)
+    x = torch.randn(M, K, generator=gen).to(dtype)
+    b = torch.randn(N, generator=gen).to(dtype)
+    got = torch.ops.sparsekit.sparse24_mm(x, values, meta, b)
+    ref = reference.sparse24_mm(x.double(), values.double(), meta, b.double())
+    scale = x.abs().double() @ w.abs().double().T + b.abs().double()
+    tol = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -20
+    assert got.dtype == dtype and ((got.double() - ref).abs() - tol * ref.abs() - 1e-5 * scale).max() <= 0
 
 
 @pytest.mark.parametrize("layout", ["leading dimension", "column stride", "transposed", "unaligned"])

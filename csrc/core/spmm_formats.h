@@ -109,13 +109,18 @@ void bitmap_m1(const BitmapArgs& a, int64_t r0, int64_t r1);
 constexpr int64_t kBitmapRowsMaxM = 8;
 bool bitmap_rows_supported(const BitmapArgs& a);
 void bitmap_rows(const BitmapArgs& a, int64_t r0, int64_t r1);
-// 2:4 with io.x set, 1 <= M <= kSparse24RowsMaxM, x of the values' dtype: float32, or bf16 with AVX-512 BF16
-// (AVX-512 F + BW + VL): whether this CPU runs sparse24_rows for a's arguments. Unlike the bitmap kernels above it
-// reads x only at kept columns: any x.
-constexpr int64_t kSparse24RowsMaxM = 16;
+// 2:4 with io.x set, 1 <= M <= sparse24_rows_max_m(x's dtype), x of the values' dtype: float32, or bf16 with AVX-512
+// BF16 (AVX-512 F + BW + VL): whether this CPU runs sparse24_rows for a's arguments. Unlike the bitmap kernels above it
+// reads x only at kept columns: any x. float32 up to M = 24 (the AVX2 kernel is as fast at 28, faster at 32), bf16 up
+// to 20 (sparse24_pairs from 21; 8 layers of 4096 x 4096, 2 threads, ms, at M = 20: 21.7 against 22.8, at 24: 26.4
+// against 26.0).
+constexpr int64_t kSparse24RowsMaxMF32 = 24, kSparse24RowsMaxMBf16 = 20;
+inline int64_t sparse24_rows_max_m(DType x_dtype) {
+  return x_dtype == DType::f32 ? kSparse24RowsMaxMF32 : kSparse24RowsMaxMBf16;
+}
 bool sparse24_rows_supported(const Sparse24Args& a);
 void sparse24_rows(const Sparse24Args& a, int64_t r0, int64_t r1);
-// 2:4 with bf16 values and bf16 x from M = kSparse24RowsMaxM + 1 (AVX-512 BF16 + BW + VL): whether this CPU runs
+// 2:4 with bf16 values and bf16 x from M = kSparse24RowsMaxMBf16 + 1 (AVX-512 BF16 + BW + VL): whether this CPU runs
 // sparse24_pairs; the staging it reads; the kernel. x goes in blocks of kSparse24PairsRegs x 16 rows; per block,
 // group of four columns g and position pair p (of the six a 2:4 group may keep, in the order 01 02 03 12 13 23),
 // one 64-byte register per 16 rows of x holding, per row, x at the pair's two columns as a bf16 pair (zero past M).

@@ -631,7 +631,7 @@ void s24_rows_impl(const Sparse24Args& a, int64_t r0, int64_t r1) {
   by_row_blocks(r0, r1, a.io.M, span, tile);
 }
 
-// ---- 2:4, bf16 x bf16 from M = 17: x staged in pairs (sparse24_stage_pairs). A group of four columns keeps two
+// ---- 2:4, bf16 x bf16 from M = 21: x staged in pairs (sparse24_stage_pairs). A group of four columns keeps two
 // of them, at one of six position pairs; the staging writes, for every group and every one of the six, the two
 // columns of x interleaved as bf16 pairs, 16 rows of x per 64-byte register (x pair at lane m = rows m of the two
 // columns). Per kept pair of weights the kernel then broadcasts the pair (4 bytes) and, per 16 rows of x, does
@@ -1051,7 +1051,7 @@ void bsr_rows(const BsrArgs& a, int64_t br0, int64_t br1) {
 }
 
 bool sparse24_rows_supported(const Sparse24Args& a) {
-  if (!a.io.x || a.io.M < 1 || a.io.M > kSparse24RowsMaxM || a.io.K % 4 != 0 || a.io.x_dtype != a.value_dtype)
+  if (!a.io.x || a.io.M < 1 || a.io.M > sparse24_rows_max_m(a.io.x_dtype) || a.io.K % 4 != 0 || a.io.x_dtype != a.value_dtype)
     return false;
   return a.value_dtype == DType::f32 || (a.value_dtype == DType::bf16 && has_bf16_dot());
 }
@@ -1063,7 +1063,7 @@ void sparse24_rows(const Sparse24Args& a, int64_t r0, int64_t r1) {
 }
 
 bool sparse24_pairs_supported(int64_t M, DType value_dtype, DType x_dtype) {
-  return M > kSparse24RowsMaxM && value_dtype == DType::bf16 && x_dtype == DType::bf16 && has_bf16_dot();
+  return M > kSparse24RowsMaxMBf16 && value_dtype == DType::bf16 && x_dtype == DType::bf16 && has_bf16_dot();
 }
 
 void sparse24_stage_pairs(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, int64_t t0, int64_t t1,

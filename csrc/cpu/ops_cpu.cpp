@@ -141,7 +141,7 @@ bool x_finite(const at::Tensor& x) {
 // Whether the 2:4 op's bf16 kernel for M > 16 (x staged in pairs, core::sparse24_stages_pairs) runs on this CPU at
 // the instruction set in force: the dense panels then serve 2:4 bf16 on small layers at large M only.
 bool sparse24_pairs_run(at::ScalarType t) {
-  return t == at::kBFloat16 && core::sparse24_stages_pairs(core::avx512::kSparse24RowsMaxM + 1, core::DType::bf16,
+  return t == at::kBFloat16 && core::sparse24_stages_pairs(core::avx512::kSparse24RowsMaxMBf16 + 1, core::DType::bf16,
                                                            core::DType::bf16, current_isa());
 }
 
@@ -385,7 +385,7 @@ bool dense_panels_take(const char* op, const char* dtype, int64_t M, int64_t N, 
 }
 bool sparse24_pairs_kernel(const char* dtype, int64_t M) {
   const at::ScalarType t = dtype_named(dtype);
-  return M > core::avx512::kSparse24RowsMaxM && sparse24_pairs_run(t);
+  return M > core::avx512::kSparse24RowsMaxMBf16 && sparse24_pairs_run(t);
 }
 bool aten_index_checks() { return g_aten_index_checks.load(std::memory_order_relaxed); }
 void check_meta_once(const char* op, const at::Tensor& meta, const at::Tensor& mt, int64_t N, int64_t K) {
