@@ -269,10 +269,9 @@ def test_small_layers_take_the_panels_later(dense_from):
     assert not take("2:4", "float32", 255, *small, 1) and not take("2:4", "float32", 1 << 20, *tiny, 1)
     m16 = auto["2:4"]["bfloat16"]
     if _C().cpu_sparse24_pairs("bfloat16", 64):
-        # the kernel with x in pairs: never the panels on large layers, on small ones from M = 512
-        assert m16 == 512
-        assert not any(take("2:4", "bfloat16", M, *big, 1) for M in (17, 512, 2048, 1 << 20))
-        assert not take("2:4", "bfloat16", 511, *small, 1) and take("2:4", "bfloat16", 512, *small, 1)
+        # the AVX-512 BF16 kernels (window, then x in pairs): never the panels, automatically
+        assert m16 == 0
+        assert not any(take("2:4", "bfloat16", M, *shape, 1) for M in (17, 512, 1 << 20) for shape in (big, small))
     else:
         small16 = max(m16, 64 if m16 < 256 else 256)  # 64 where native bf16 makes the large-layer threshold 17
         assert take("2:4", "bfloat16", m16, *big, 1) and not take("2:4", "bfloat16", small16 - 1, *small, 1)
@@ -294,7 +293,7 @@ def test_threshold_setting_and_reading(dense_from):
     dense_from(-1)
     auto = ext.cpu_dense_min_m()
     s24, wo = auto["2:4"], auto["int8-wo"]
-    assert s24["float16"] == 0 and s24["float32"] >= 1 and s24["bfloat16"] >= 1
+    assert s24["float16"] == 0 and s24["float32"] >= 1 and s24["bfloat16"] >= 0
     assert wo["float32"] == 0 and wo["float16"] == 0 and wo["bfloat16"] >= 0
     for op in ("csr", "bitmap"):
         assert auto[op]["float16"] == 0 and auto[op]["float32"] >= 1 and auto[op]["bfloat16"] >= 1

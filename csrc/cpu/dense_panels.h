@@ -48,13 +48,14 @@ inline void set(int64_t m) {
 
 // The automatic thresholds, measured on an AMD EPYC with avx512_bf16, 2 threads, caches flushed
 // (bench/results/cpu_24_dense.md, cpu_24_pairs.md, cpu_int8wo_dense.md, cpu_sparse_dense.md):
-// - 2:4, bf16, where the op's kernel for M > 16 with x staged in pairs runs (`pairs`: AVX-512 BF16 at the
-//   instruction set in force; csrc/core/spmm_formats_avx512.cpp, sparse24_pairs): that kernel beat the panels
-//   on LLaMA-7B's layers at every M measured (17 to 2048), and on MiniLM's up to M = 256; so the panels only on
-//   layers below kMinWeights weights, from M = kPairsSmallMinM.
-// - 2:4, bf16 otherwise: from M = 17, where the AVX-512 BF16 kernel (csrc/core/spmm_formats_avx512.cpp, up to M = 16)
-//   hands over (8 layers of 4096 x 4096, 2 threads, ms, kernel / panels / dense bf16: M = 16 17.2 / 21.5 /
-//   19.4, M = 32 (the same kernel allowed) 34.0 / 31.6 / 28.8); float32: from M = 256. bf16 without
+// - 2:4, bf16, where the op's AVX-512 BF16 kernels run (`pairs`: at the instruction set in force; the window
+//   kernel up to M = 20, then the one with x staged in pairs, csrc/core/spmm_formats_avx512.cpp): they beat the
+//   panels on LLaMA-7B's and MiniLM's layers at every M measured, 1 to 2048 (bench/results/cpu_24_pairs.md, M =
+//   21-2048: the kernel faster in 46 of 48 cells; the panels by 1 and 7 % in two of MiniLM's at M = 1024, where
+//   two more runs had the kernel faster or level): never.
+// - 2:4, bf16 otherwise (native bf16 dot products with the instruction set held at AVX2: the AVX2 kernel): from
+//   M = 17 (8 layers of 4096 x 4096, 2 threads, ms, window kernel / panels / dense bf16 before the pairs kernel:
+//   M = 16 17.2 / 21.5 / 19.4, M = 32 34.0 / 31.6 / 28.8); float32: from M = 256. bf16 without
 //   native dot products (no avx512_bf16 / amx_bf16) is taken to be as fast as float32 (not measured).
 //   float16: never (ATen's float16 GEMM is ten times slower than bf16 here).
 // - int8 weight-only, bf16 x with native bf16: from M = 64; otherwise never (the int8 kernel beats a
@@ -93,9 +94,8 @@ inline const SparseRule* sparse_rule(Op op, at::ScalarType t) {
   if ((op != Op::kCsr && op != Op::kBitmap) || (t != at::kFloat && t != at::kBFloat16)) return nullptr;
   return &kSparseRules[op == Op::kBitmap][t == at::kBFloat16 && native_bf16()];
 }
-constexpr int64_t kPairsSmallMinM = 512;
 inline int64_t auto_min_m(Op op, at::ScalarType t, bool pairs) {
-  if (op == Op::kSparse24 && t == at::kBFloat16 && pairs) return kPairsSmallMinM;
+  if (op == Op::kSparse24 && t == at::kBFloat16 && pairs) return 0;
   if (op == Op::kInt8WeightOnly) return t == at::kBFloat16 && native_bf16() ? 64 : 0;
   if (op == Op::kCsr || op == Op::kBitmap) {
     const SparseRule* r = sparse_rule(op, t);
@@ -110,9 +110,8 @@ inline int64_t auto_min_m(Op op, at::ScalarType t, bool pairs) {
 
 // 2:4 and int8 weight-only on layers of kSmallMinWeights to kMinWeights weights: the M from which the panels
 // win there (at least the threshold in force).
-inline int64_t small_layer_min_m(Op op, at::ScalarType t, bool pairs) {
-  if (op == Op::kSparse24 && t == at::kBFloat16) return pairs ? kPairsSmallMinM : native_bf16() ? 64 : 256;
-  return 256;
+inline int64_t small_layer_min_m(Op op, at::ScalarType t) {
+  return op == Op::kSparse24 && t == at::kBFloat16 && native_bf16() ? 64 : 256;
 }
 
 // The threshold in force (0 = never). pairs: whether the 2:4 bf16 kernel with x in pairs runs (above).
@@ -128,9 +127,8 @@ inline bool use(Op op, at::ScalarType t, int64_t M, int64_t N, int64_t K, int64_
   if (m <= 0 || M < m || N <= 0 || K <= 0) return false;
   if (setting() > 0) return true;
   if (N * K < kSmallMinWeights) return false;
-  if (op == Op::kSparse24 && t == at::kBFloat16 && pairs) return N * K < kMinWeights;
   const SparseRule* r = sparse_rule(op, t);
-  if (!r) return N * K >= kMinWeights || M >= std::max(m, small_layer_min_m(op, t, pairs));
+  if (!r) return N * K >= kMinWeights || M >= std::max(m, small_layer_min_m(op, t));
   for (const SparseTier& tier : r->tier)
     if (tier.min_m > 0 && M >= tier.min_m && nnz * 1000 >= N * K * tier.permille) return true;
   return false;

@@ -138,8 +138,8 @@ bool x_finite(const at::Tensor& x) {
   return core::dense_x_finite(io);
 }
 
-// Whether the 2:4 op's bf16 kernel for M > 16 (x staged in pairs, core::sparse24_stages_pairs) runs on this CPU at
-// the instruction set in force: the dense panels then serve 2:4 bf16 on small layers at large M only.
+// Whether the 2:4 op's bf16 kernel with x staged in pairs (core::sparse24_stages_pairs; the window kernel below its
+// M) runs on this CPU at the instruction set in force: the dense panels then never serve 2:4 bf16 automatically.
 bool sparse24_pairs_run(at::ScalarType t) {
   return t == at::kBFloat16 && core::sparse24_stages_pairs(core::avx512::kSparse24RowsMaxMBf16 + 1, core::DType::bf16,
                                                            core::DType::bf16, current_isa());
