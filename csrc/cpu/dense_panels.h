@@ -51,8 +51,7 @@ inline void set(int64_t m) {
 // - 2:4, bf16, where the op's AVX-512 BF16 kernels run (`pairs`: at the instruction set in force; the window
 //   kernel up to M = 20, then the one with x staged in pairs, csrc/core/spmm_formats_avx512.cpp): they beat the
 //   panels on LLaMA-7B's and MiniLM's layers at every M measured, 1 to 2048 (bench/results/cpu_24_pairs.md, M =
-//   21-2048: the kernel faster in 46 of 48 cells; the panels by 1 and 7 % in two of MiniLM's at M = 1024, where
-//   two more runs had the kernel faster or level): never.
+//   21-2048: the kernel faster in 47 of 48 cells, the panels by 2 % on 384 x 1536 at M = 1024): never.
 // - 2:4, bf16 otherwise (native bf16 dot products with the instruction set held at AVX2: the AVX2 kernel): from
 //   M = 17 (8 layers of 4096 x 4096, 2 threads, ms, window kernel / panels / dense bf16 before the pairs kernel:
 //   M = 16 17.2 / 21.5 / 19.4, M = 32 34.0 / 31.6 / 28.8); float32: from M = 256. bf16 without
