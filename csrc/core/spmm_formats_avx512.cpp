@@ -674,9 +674,15 @@ inline void transpose16x16(__m512 (&t)[16]) {
   }
 }
 
-// y[m][n .. n + cols) = s[0 .. cols) plus the bias, as bf16 (rounded to nearest even as f32_to_bf16, NaN quieted).
-inline void store_y16_bf16(const DenseIo& io, int64_t m, int64_t n, int cols, __m512 s) {
+// y[m][n .. n + cols) = s[0 .. cols) plus the bias, in y's dtype: float32, or bf16 rounded to nearest even as
+// f32_to_bf16 (NaN quieted).
+inline void store_y16(const DenseIo& io, int64_t m, int64_t n, int cols, __m512 s) {
   const __mmask16 k = static_cast<__mmask16>(cols >= 16 ? 0xFFFFu : (1u << cols) - 1u);
+  if (io.out_dtype == DType::f32) {
+    if (io.bias) s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(k, static_cast<const float*>(io.bias) + n));
+    _mm512_mask_storeu_ps(static_cast<float*>(io.y) + m * io.ldy + n, k, s);
+    return;
+  }
   if (io.bias) {
     const __m256i b = _mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(io.bias) + n);
     s = _mm512_add_ps(s, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16)));
@@ -695,12 +701,17 @@ inline __m512 dpbf16_mem(__m512 acc, __m512i a, const void* p) {
   return acc;
 }
 
-// Rows v / mt (R of them: values as 32-bit pairs, meta) times the staged block pb (MTB registers of rows of x) over
-// groups q0 .. q0 + groups of a panel; partial sums in part (R x MTB x 16 floats), from zero when `first`.
-template <int MTB, int R, bool kFull>
-inline void s24p_panel(const uint32_t* const* v, const uint8_t* const* mt, int64_t q0, int groups, const char* pb,
+// Staged bytes per group of four columns and 16-row register of x: bf16 six pairs, float32 the four columns.
+template <DType VD>
+constexpr int64_t kS24pPerGroup = VD == DType::bf16 ? 6 * 64 : 4 * 64;
+
+// Rows v / mt (R of them: values, meta) times the staged block pb (MTB registers of rows of x) over groups q0 .. q0 +
+// groups of a panel; partial sums in part (R x MTB x 16 floats), from zero when `first`. bf16: per kept pair one
+// vdpbf16ps with the staged pair of its positions; float32: per kept value one FMA with its staged column.
+template <DType VD, int MTB, int R, bool kFull>
+inline void s24p_panel(const void* const* v, const uint8_t* const* mt, int64_t q0, int groups, const char* pb,
                        float* part, bool first) {
-  constexpr int64_t kPat = MTB * 64, kGrp = 6 * kPat;
+  constexpr int64_t kPat = MTB * 64, kGrp = kS24pPerGroup<VD> * MTB;
   __m512 acc[R][MTB];
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < MTB; ++m) acc[r][m] = first ? _mm512_setzero_ps() : _mm512_load_ps(part + (r * MTB + m) * 16);
@@ -708,7 +719,7 @@ inline void s24p_panel(const uint32_t* const* v, const uint8_t* const* mt, int64
   for (int r = 0; r < R; ++r) {
     bits[r] = 0;
     std::memcpy(&bits[r], mt[r] + q0 / 2, kFull ? 8 : static_cast<size_t>((groups + 1) / 2));
-    _mm_prefetch(reinterpret_cast<const char*>(v[r] + q0) + 256, _MM_HINT_T0);
+    _mm_prefetch(static_cast<const char*>(v[r]) + q0 * 4 * (VD == DType::bf16 ? 1 : 2) + 256, _MM_HINT_T0);
   }
   const int n = kFull ? static_cast<int>(kS24pGroups) : groups;
   const char* pj = pb + q0 * kGrp;
@@ -716,20 +727,33 @@ inline void s24p_panel(const uint32_t* const* v, const uint8_t* const* mt, int64
   for (int j = 0; j < n; ++j, pj += kGrp) {
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
-      const char* px = pj + kS24pPattern[bits[r] & 15u] * kPat;
+      const unsigned nib = static_cast<unsigned>(bits[r] & 15u);
       bits[r] >>= 4;
-      uint32_t w;
-      std::memcpy(&w, v[r] + q0 + j, 4);
-      const __m512i wv = _mm512_set1_epi32(static_cast<int>(w));
+      if constexpr (VD == DType::bf16) {
+        const char* px = pj + kS24pPattern[nib] * kPat;
+        uint32_t w;
+        std::memcpy(&w, static_cast<const uint32_t*>(v[r]) + q0 + j, 4);
+        const __m512i wv = _mm512_set1_epi32(static_cast<int>(w));
 #pragma GCC unroll 4
-      for (int m = 0; m < MTB; ++m) acc[r][m] = dpbf16_mem(acc[r][m], wv, px + m * 64);
+        for (int m = 0; m < MTB; ++m) acc[r][m] = dpbf16_mem(acc[r][m], wv, px + m * 64);
+      } else {
+        const float* vf = static_cast<const float*>(v[r]) + 2 * (q0 + j);
+        const char* p0 = pj + (nib & 3u) * kPat;
+        const char* p1 = pj + (nib >> 2) * kPat;
+        const __m512 w0 = _mm512_set1_ps(vf[0]), w1 = _mm512_set1_ps(vf[1]);
+#pragma GCC unroll 4
+        for (int m = 0; m < MTB; ++m)
+          acc[r][m] = _mm512_fmadd_ps(w1, _mm512_load_ps(reinterpret_cast<const float*>(p1 + m * 64)),
+                                      _mm512_fmadd_ps(w0, _mm512_load_ps(reinterpret_cast<const float*>(p0 + m * 64)),
+                                                      acc[r][m]));
+      }
     }
   }
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < MTB; ++m) _mm512_store_ps(part + (r * MTB + m) * 16, acc[r][m]);
 }
 
-template <int MTB>
+template <DType VD, int MTB>
 void s24p_block(const Sparse24Args& a, int64_t nb, int64_t ne, int64_t m0, const char* pb, float* part) {
   constexpr int R = MTB <= 2 ? 4 : 2;
   const int64_t K = a.io.K, G = K / 4, mbytes = (K + 7) / 8;
@@ -740,21 +764,21 @@ void s24p_block(const Sparse24Args& a, int64_t nb, int64_t ne, int64_t m0, const
     int64_t n = nb;
     auto run = [&](auto rows) {
       constexpr int RR = decltype(rows)::value;
-      const uint32_t* v[RR];
+      const void* v[RR];
       const uint8_t* mt[RR];
       for (int r = 0; r < RR; ++r) {
-        v[r] = reinterpret_cast<const uint32_t*>(static_cast<const uint16_t*>(a.values) + (n + r) * (K / 2));
+        v[r] = static_cast<const typename Elem<VD>::storage*>(a.values) + (n + r) * (K / 2);
         mt[r] = a.meta + (n + r) * mbytes;
       }
       float* pr = part + (n - nb) * MTB * 16;
-      if (groups == kS24pGroups) s24p_panel<MTB, RR, true>(v, mt, q0, groups, pb, pr, first);
-      else s24p_panel<MTB, RR, false>(v, mt, q0, groups, pb, pr, first);
+      if (groups == kS24pGroups) s24p_panel<VD, MTB, RR, true>(v, mt, q0, groups, pb, pr, first);
+      else s24p_panel<VD, MTB, RR, false>(v, mt, q0, groups, pb, pr, first);
     };
     for (; n + R <= ne; n += R) run(std::integral_constant<int, R>());
     for (; n < ne; ++n) run(std::integral_constant<int, 1>());
   }
   const int64_t rows = a.io.M - m0 < MTB * 16 ? a.io.M - m0 : MTB * 16;
-  if (a.io.out_dtype != DType::bf16) {
+  if (a.io.out_dtype == DType::f16) {
     for (int64_t r = 0; r < ne - nb; ++r)
       for (int64_t m = 0; m < rows; ++m) store_y(a.io, m0 + m, nb + r, part[r * MTB * 16 + m]);
     return;
@@ -769,27 +793,29 @@ void s24p_block(const Sparse24Args& a, int64_t nb, int64_t ne, int64_t m0, const
         t[i] = i < rr ? _mm512_load_ps(part + ((r0 + i) * MTB + mb) * 16) : _mm512_setzero_ps();
       transpose16x16(t);
       const int mm = static_cast<int>(rows - mb * 16 < 16 ? rows - mb * 16 : 16);
-      for (int l = 0; l < mm; ++l) store_y16_bf16(a.io, m0 + mb * 16 + l, nb + r0, rr, t[l]);
+      for (int l = 0; l < mm; ++l) store_y16(a.io, m0 + mb * 16 + l, nb + r0, rr, t[l]);
     }
   }
 }
 
-template <int MTB>
+template <DType VD, int MTB>
 void s24p_dispatch(const Sparse24Args& a, int mtb, int64_t nb, int64_t ne, int64_t m0, const char* pb, float* part) {
   if constexpr (MTB > 1) {
-    if (mtb < MTB) return s24p_dispatch<MTB - 1>(a, mtb, nb, ne, m0, pb, part);
+    if (mtb < MTB) return s24p_dispatch<VD, MTB - 1>(a, mtb, nb, ne, m0, pb, part);
   }
-  s24p_block<MTB>(a, nb, ne, m0, pb, part);
+  s24p_block<VD, MTB>(a, nb, ne, m0, pb, part);
 }
 
+template <DType VD>
 void s24p_rows(const Sparse24Args& a, int64_t r0, int64_t r1) {
   const int64_t G = a.io.K / 4, regs = a.pairs_ld / 16;
   alignas(64) float part[kS24pRows * kS24pRegs * 16];
   for (int64_t b = 0; b * kS24pRegs < regs; ++b) {
     const int mtb = static_cast<int>(regs - b * kS24pRegs < kS24pRegs ? regs - b * kS24pRegs : kS24pRegs);
-    const char* pb = reinterpret_cast<const char*>(a.xpairs) + b * G * 6 * kS24pRegs * 64;
+    const char* pb = reinterpret_cast<const char*>(a.xpairs) + b * G * kS24pPerGroup<VD> * kS24pRegs;
     for (int64_t nb = r0; nb < r1; nb += kS24pRows)
-      s24p_dispatch<kS24pRegs>(a, mtb, nb, nb + kS24pRows < r1 ? nb + kS24pRows : r1, b * kS24pRegs * 16, pb, part);
+      s24p_dispatch<VD, kS24pRegs>(a, mtb, nb, nb + kS24pRows < r1 ? nb + kS24pRows : r1, b * kS24pRegs * 16, pb,
+                                   part);
   }
 }
 
@@ -1063,11 +1089,13 @@ void sparse24_rows(const Sparse24Args& a, int64_t r0, int64_t r1) {
 }
 
 bool sparse24_pairs_supported(int64_t M, DType value_dtype, DType x_dtype) {
-  return M > kSparse24RowsMaxMBf16 && value_dtype == DType::bf16 && x_dtype == DType::bf16 && has_bf16_dot();
+  if (value_dtype != x_dtype) return false;
+  if (value_dtype == DType::f32) return M > kSparse24RowsMaxMF32;
+  return value_dtype == DType::bf16 && M > kSparse24RowsMaxMBf16 && has_bf16_dot();
 }
 
-void sparse24_stage_pairs(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, int64_t t0, int64_t t1,
-                          uint32_t* pairs) {
+namespace {
+void stage_pairs_bf16(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, int64_t t0, int64_t t1, uint32_t* pairs) {
   const int64_t G = K / 4, regs = (M + 15) / 16, chunks = (G + 7) / 8;
   // per group of four columns, as 16-bit lanes: (0, 2, 1, 3) and (0, 3, 1, 2), so that the row's 32-bit lanes
   // 2 g and 2 g + 1 hold the pairs 02 and 13, or 03 and 12 (the row itself holds 01 and 23)
@@ -1108,8 +1136,37 @@ void sparse24_stage_pairs(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, 
   }
 }
 
+
+// float32: x transposed, 16 rows per register (column c of block b at ((c * mtb + mt) * 16 floats); a task is 16
+// rows by 16 columns, one 16 x 16 transpose.
+void stage_cols_f32(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t t0, int64_t t1, float* out) {
+  const int64_t G = K / 4, regs = (M + 15) / 16, chunks = (K + 15) / 16;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t reg = t / chunks, c0 = (t % chunks) * 16, m0 = reg * 16;
+    const int64_t b = reg / kS24pRegs, mt = reg % kS24pRegs;
+    const int64_t mtb = regs - b * kS24pRegs < kS24pRegs ? regs - b * kS24pRegs : kS24pRegs;
+    float* pb = out + b * G * 4 * kS24pRegs * 16 + mt * 16;
+    const int cols = static_cast<int>(K - c0 < 16 ? K - c0 : 16);
+    const __mmask16 k = static_cast<__mmask16>(cols >= 16 ? 0xFFFFu : (1u << cols) - 1u);
+    __m512 t16[16];
+    for (int i = 0; i < 16; ++i)
+      t16[i] = m0 + i < M ? _mm512_maskz_loadu_ps(k, x + (m0 + i) * ldx + c0) : _mm512_setzero_ps();
+    transpose16x16(t16);
+    for (int j = 0; j < cols; ++j) _mm512_store_ps(pb + (c0 + j) * mtb * 16, t16[j]);
+  }
+}
+}  // namespace
+
+void sparse24_stage_pairs(const void* x, int64_t ldx, int64_t M, int64_t K, DType x_dtype, int64_t t0, int64_t t1,
+                          uint32_t* pairs) {
+  if (x_dtype == DType::f32) stage_cols_f32(static_cast<const float*>(x), ldx, M, K, t0, t1, reinterpret_cast<float*>(pairs));
+  else stage_pairs_bf16(static_cast<const uint16_t*>(x), ldx, M, K, t0, t1, pairs);
+}
+
 void sparse24_pairs(const Sparse24Args& a, int64_t r0, int64_t r1) {
-  if (r0 < r1) s24p_rows(a, r0, r1);
+  if (r0 >= r1) return;
+  if (a.value_dtype == DType::f32) s24p_rows<DType::f32>(a, r0, r1);
+  else s24p_rows<DType::bf16>(a, r0, r1);
 }
 
 }  // namespace avx512
@@ -1129,7 +1186,7 @@ void bsr_rows(const BsrArgs& a, int64_t r0, int64_t r1) { generic::bsr_spmm_rows
 void bsr_m1(const BsrArgs& a, int64_t r0, int64_t r1) { generic::bsr_spmm_rows(a, r0, r1); }
 void sparse24_rows(const Sparse24Args& a, int64_t r0, int64_t r1) { generic::sparse24_spmm_rows(a, r0, r1); }
 bool sparse24_pairs_supported(int64_t, DType, DType) { return false; }
-void sparse24_stage_pairs(const uint16_t*, int64_t, int64_t, int64_t, int64_t, int64_t, uint32_t*) {}
+void sparse24_stage_pairs(const void*, int64_t, int64_t, int64_t, DType, int64_t, int64_t, uint32_t*) {}
 void sparse24_pairs(const Sparse24Args& a, int64_t r0, int64_t r1) { generic::sparse24_spmm_rows(a, r0, r1); }
 void bitmap_rows(const BitmapArgs& a, int64_t r0, int64_t r1) { generic::bitmap_spmm_rows(a, r0, r1); }
 }  // namespace avx512

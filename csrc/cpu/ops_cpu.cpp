@@ -138,11 +138,12 @@ bool x_finite(const at::Tensor& x) {
   return core::dense_x_finite(io);
 }
 
-// Whether the 2:4 op's bf16 kernel with x staged in pairs (core::sparse24_stages_pairs; the window kernel below its
-// M) runs on this CPU at the instruction set in force: the dense panels then never serve 2:4 bf16 automatically.
+// Whether the 2:4 op's kernel with staged x (core::sparse24_stages_pairs: bf16 in pairs, float32 transposed; the
+// window kernel below its M) runs for dtype t on this CPU at the instruction set in force (dense_panels.h's `pairs`).
 bool sparse24_pairs_run(at::ScalarType t) {
-  return t == at::kBFloat16 && core::sparse24_stages_pairs(core::avx512::kSparse24RowsMaxMBf16 + 1, core::DType::bf16,
-                                                           core::DType::bf16, current_isa());
+  if (t != at::kBFloat16 && t != at::kFloat) return false;
+  const core::DType d = to_core(t);
+  return core::sparse24_stages_pairs(core::avx512::sparse24_rows_max_m(d) + 1, d, d, current_isa());
 }
 
 // Whether the CSR / bitmap / 2:4 op takes its dense-panel path for this call: the threshold in force for
@@ -285,8 +286,8 @@ at::Tensor bitmap_mm_cpu(const at::Tensor& x, const at::Tensor& bitmap, const at
   return y;
 }
 
-// Rows of x staged in pairs at a time by the 2:4 bf16 op (a multiple of 16 x kSparse24PairsRegs): the staging's
-// buffer stays at 3x these rows of x (6 MB at K = 4096).
+// Rows of x staged at a time by the 2:4 op's kernel with staged x (a multiple of 16 x kSparse24PairsRegs): the
+// staging's buffer stays at 3x these rows of x in bf16 (6 MB at K = 4096), 1x in float32.
 constexpr int64_t kPairsRows = 256;
 
 at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
@@ -317,14 +318,14 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
   a.meta = mt.data_ptr<uint8_t>();
   const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(K / 2 * M, 1));
   if (core::sparse24_stages_pairs(M, vd, to_core(x.scalar_type()), isa)) {
-    // x in pairs at the six position pairs of every group (core::avx512::sparse24_stage_pairs: 3x x's bytes),
-    // staged from x's rows kPairsRows rows at a time into a buffer kept between calls
+    // x staged for the kernel (core::avx512::sparse24_stage_pairs: bf16 in pairs at the six position pairs of
+    // every group, 3x x's bytes; float32 transposed), kPairsRows rows at a time, into a buffer kept between calls
     const at::Tensor xr = K <= 1 || x.stride(1) == 1 ? x : x.contiguous();
-    const auto* xp = reinterpret_cast<const uint16_t*>(xr.data_ptr<at::BFloat16>());
-    const int64_t ldx = xr.stride(0);
+    const char* xp = static_cast<const char*>(xr.data_ptr());
+    const int64_t ldx = xr.stride(0), es = xr.element_size();
     struct Tag {};
     auto* pw = reinterpret_cast<uint32_t*>(panels::thread_buffer<Tag>(
-        static_cast<size_t>(core::avx512::sparse24_pairs_words(std::min(M, kPairsRows), K)) * 4,
+        static_cast<size_t>(core::avx512::sparse24_pairs_words(std::min(M, kPairsRows), K, vd)) * 4,
         "sparsekit.sparse24_mm"));
     a.io = dense_io(x, Staged{at::Tensor(), 0}, b, y);
     a.io.x = nullptr;  // (read through the staging only)
@@ -332,12 +333,12 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
     auto* y0 = static_cast<char*>(a.io.y);
     for (int64_t m0 = 0; m0 < M; m0 += kPairsRows) {
       const int64_t mc = std::min(kPairsRows, M - m0);
-      const uint16_t* xm = xp + m0 * ldx;
-      at::parallel_for(0, core::avx512::sparse24_pairs_tasks(mc, K), 16, [&](int64_t t0, int64_t t1) {
-        core::avx512::sparse24_stage_pairs(xm, ldx, mc, K, t0, t1, pw);
+      const char* xm = xp + m0 * ldx * es;
+      at::parallel_for(0, core::avx512::sparse24_pairs_tasks(mc, K, vd), 16, [&](int64_t t0, int64_t t1) {
+        core::avx512::sparse24_stage_pairs(xm, ldx, mc, K, vd, t0, t1, pw);
       });
       a.io.M = mc;
-      a.io.y = y0 + m0 * a.io.ldy * 2;
+      a.io.y = y0 + m0 * a.io.ldy * es;
       a.pairs_ld = (mc + 15) / 16 * 16;
       at::parallel_for(0, N, grain, [&](int64_t r0, int64_t r1) { core::sparse24_spmm_rows(a, r0, r1, isa); });
     }
@@ -385,7 +386,7 @@ bool dense_panels_take(const char* op, const char* dtype, int64_t M, int64_t N, 
 }
 bool sparse24_pairs_kernel(const char* dtype, int64_t M) {
   const at::ScalarType t = dtype_named(dtype);
-  return M > core::avx512::kSparse24RowsMaxMBf16 && sparse24_pairs_run(t);
+  return sparse24_pairs_run(t) && M > core::avx512::sparse24_rows_max_m(to_core(t));
 }
 bool aten_index_checks() { return g_aten_index_checks.load(std::memory_order_relaxed); }
 void check_meta_once(const char* op, const at::Tensor& meta, const at::Tensor& mt, int64_t N, int64_t K) {
