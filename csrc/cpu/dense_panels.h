@@ -48,14 +48,11 @@ inline void set(int64_t m) {
 
 // The automatic thresholds, measured on an AMD EPYC with avx512_bf16, 2 threads, caches flushed
 // (bench/results/cpu_24_dense.md, cpu_24_pairs.md, cpu_int8wo_dense.md, cpu_sparse_dense.md):
-// - 2:4, bf16, where the op's AVX-512 BF16 kernels run (`pairs`: at the instruction set in force; the window
-//   kernel up to M = 20, then the one with x staged in pairs, csrc/core/spmm_formats_avx512.cpp): they beat the
-//   panels on LLaMA-7B's and MiniLM's layers at every M measured, 1 to 2048 (bench/results/cpu_24_pairs.md, M =
-//   21-2048: the kernel faster in 47 of 48 cells, the panels by 2 % on 384 x 1536 at M = 1024): never.
-// - 2:4, float32, where the op's kernel with x staged (transposed) runs (`pairs`: AVX-512 at the instruction set in
-//   force, from M = 25): on LLaMA-7B's layers from M = kPairsF32MinM (cpu_24_pairs.md: the kernel faster than the
-//   panels up to M = 256 on all three shapes, at 512 on two of them, at 1024 on none); on MiniLM's never (the kernel
-//   faster at every M to 2048, 1.1-2.3x dense).
+// - 2:4 where the op's AVX-512 kernels run for the dtype (`pairs`: at the instruction set in force; bf16 with AVX-512
+//   BF16, float32; the window kernel up to M = 20 / 24, then the one with x staged, csrc/core/spmm_formats_avx512.cpp):
+//   never. They beat the panels on LLaMA-7B's and MiniLM's layers at every M measured, 1 to 2048
+//   (bench/results/cpu_24_pairs.md and cpu_24_pairs_f32.md, M = 21 / 25 to 2048: bf16 in 47 of 48 cells, the panels
+//   2 % faster in one; float32 in all 48).
 // - 2:4, bf16 otherwise (native bf16 dot products with the instruction set held at AVX2: the AVX2 kernel): from
 //   M = 17 (8 layers of 4096 x 4096, 2 threads, ms, window kernel / panels / dense bf16 before the pairs kernel:
 //   M = 16 17.2 / 21.5 / 19.4, M = 32 34.0 / 31.6 / 28.8); float32 otherwise: from M = 256. bf16 without
@@ -97,9 +94,8 @@ inline const SparseRule* sparse_rule(Op op, at::ScalarType t) {
   if ((op != Op::kCsr && op != Op::kBitmap) || (t != at::kFloat && t != at::kBFloat16)) return nullptr;
   return &kSparseRules[op == Op::kBitmap][t == at::kBFloat16 && native_bf16()];
 }
-constexpr int64_t kPairsF32MinM = 512;
 inline int64_t auto_min_m(Op op, at::ScalarType t, bool pairs) {
-  if (op == Op::kSparse24 && pairs) return t == at::kFloat ? kPairsF32MinM : 0;
+  if (op == Op::kSparse24 && pairs) return 0;
   if (op == Op::kInt8WeightOnly) return t == at::kBFloat16 && native_bf16() ? 64 : 0;
   if (op == Op::kCsr || op == Op::kBitmap) {
     const SparseRule* r = sparse_rule(op, t);
@@ -131,7 +127,6 @@ inline bool use(Op op, at::ScalarType t, int64_t M, int64_t N, int64_t K, int64_
   if (m <= 0 || M < m || N <= 0 || K <= 0) return false;
   if (setting() > 0) return true;
   if (N * K < kSmallMinWeights) return false;
-  if (op == Op::kSparse24 && pairs) return N * K >= kMinWeights;  // (float32; bf16 never)
   const SparseRule* r = sparse_rule(op, t);
   if (!r) return N * K >= kMinWeights || M >= std::max(m, small_layer_min_m(op, t));
   for (const SparseTier& tier : r->tier)
