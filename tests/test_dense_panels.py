@@ -19,7 +19,7 @@ from sparsekit.formats.sparse24 import pack_24
 from sparsekit.ops import reference
 from sparsekit.quant import dequantize_weight, quantize_weight
 
-from helpers import assert_close_to_ref
+from helpers import assert_close_to_ref, random_24
 
 pytestmark = pytest.mark.skipif(not sparsekit._ext.available(), reason="compiled extension not built")
 
@@ -43,12 +43,7 @@ def dense_from(request):
 
 
 def _weight(N, K, dtype, gen):
-    w = torch.randn(N, K, generator=gen)
-    keep = torch.zeros(N, K // 4, 4, dtype=torch.bool)
-    keep.scatter_(2, torch.rand(N, K // 4, 4, generator=gen).topk(2, dim=-1).indices, True)
-    keep = keep.reshape(N, K)
-    w = (w * keep).to(dtype)
-    values, meta = pack_24(w, keep, "weight")
+    w, _, values, meta = random_24(N, K, gen, dtype)
     return w, values, meta
 
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import sparsekit
-from sparsekit.formats.sparse24 import pack_24
 from sparsekit.ops import reference
+
+from helpers import random_24
 
 
 def _C():
@@ -42,13 +43,7 @@ def _kernel_only():
 
 
 def _weight(N, K, gen, dtype=torch.bfloat16):
-    w = torch.randn(N, K, generator=gen)
-    keep = torch.zeros(N, K // 4, 4, dtype=torch.bool)
-    keep.scatter_(2, torch.rand(N, K // 4, 4, generator=gen).topk(2, dim=-1).indices, True)
-    keep = keep.reshape(N, K)
-    w = (w * keep).to(dtype)
-    values, meta = pack_24(w, keep, "weight")
-    return w, keep, values, meta
+    return random_24(N, K, gen, dtype)
 
 
 def _check(got, x, w, values, meta, b):
@@ -105,6 +100,18 @@ def test_around_the_window_kernels_last_m(dtype, M):
     scale = x.abs().double() @ w.abs().double().T + b.abs().double()
     tol = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -20
     assert got.dtype == dtype and ((got.double() - ref).abs() - tol * ref.abs() - 1e-5 * scale).max() <= 0
+
+
+@pytest.mark.parametrize("dtype,M", [(torch.float32, 760), pytest.param(torch.bfloat16, 513, marks=DTYPES[1].marks)])
+def test_staging_in_chunks(dtype, M):
+    """x staged 8 MB at a time (csrc/cpu/ops_cpu.cpp, pairs_rows): at K = 2804 that is 448 rows in bf16 (6 bytes an
+    element) and 704 in float32 (4), so these M take two chunks, the second short and not a multiple of 16."""
+    gen = torch.Generator().manual_seed(19)
+    N, K = 9, 2804
+    w, _, values, meta = _weight(N, K, gen, dtype)
+    x = torch.randn(M, K, generator=gen).to(dtype)
+    b = torch.randn(N, generator=gen).to(dtype)
+    _check(torch.ops.sparsekit.sparse24_mm(x, values, meta, b), x, w, values, meta, b)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

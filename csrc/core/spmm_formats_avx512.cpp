@@ -724,10 +724,12 @@ inline void s24p_panel(const void* const* v, const uint8_t* const* mt, int64_t q
   for (int r = 0; r < R; ++r) {
     bits[r] = 0;
     std::memcpy(&bits[r], mt[r] + q0 / 2, kFull ? 8 : static_cast<size_t>((groups + 1) / 2));
-    // the row's piece four panels on, from memory into L2: without it, weights in memory (caches flushed) came at
-    // the latency of each piece (bf16, 11008 x 4096, M = 21-64: 12 ms against 8-9)
+    // the row's piece four panels on: without it, weights in memory (caches flushed) came at the latency of each
+    // piece (bf16, 11008 x 4096, M = 21-64: 12 ms against 8-9). Into L1 for bf16 (into L2 only, MiniLM's 384 x 1536
+    // at M = 2048 took 8.1-8.7 ms against 5.6), into L2 for float32 (measured so; its next rows' pieces come into
+    // L1 in s24p_block).
     const char* far = static_cast<const char*>(v[r]) + (q0 + 4 * kS24pGroups) * (VD == DType::bf16 ? 4 : 8);
-    _mm_prefetch(far, _MM_HINT_T1);
+    _mm_prefetch(far, VD == DType::bf16 ? _MM_HINT_T0 : _MM_HINT_T1);
     if constexpr (VD == DType::f32) _mm_prefetch(far + 64, _MM_HINT_T1);
   }
   const int n = kFull ? static_cast<int>(kS24pGroups) : groups;

@@ -286,9 +286,14 @@ at::Tensor bitmap_mm_cpu(const at::Tensor& x, const at::Tensor& bitmap, const at
   return y;
 }
 
-// Rows of x staged at a time by the 2:4 op's kernel with staged x (a multiple of 16 x kSparse24PairsRegs): the
-// staging's buffer stays at 3x these rows of x in bf16 (6 MB at K = 4096), 1x in float32.
-constexpr int64_t kPairsRows = 256;
+// Rows of x the 2:4 op's kernel with staged x stages at a time: as many as fit kPairsBytes of staging (6 bytes per
+// element of x in bf16, 4 in float32), at least 256, a multiple of 64 (16 x kSparse24PairsRegs). Each such chunk
+// costs two parallel regions (staging, then the rows): at 256 rows a chunk of MiniLM's 384 x 384 was ~150 us of work.
+constexpr int64_t kPairsBytes = int64_t(8) << 20;
+inline int64_t pairs_rows(int64_t M, int64_t K, core::DType vd) {
+  const int64_t per_row = std::max<int64_t>(1, core::avx512::sparse24_pairs_words(64, K, vd) * 4 / 64);
+  return std::min(M, std::max<int64_t>(256, kPairsBytes / per_row / 64 * 64));
+}
 
 at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                            const std::optional<at::Tensor>& bias) {
@@ -319,20 +324,20 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
   const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(K / 2 * M, 1));
   if (core::sparse24_stages_pairs(M, vd, to_core(x.scalar_type()), isa)) {
     // x staged for the kernel (core::avx512::sparse24_stage_pairs: bf16 in pairs at the six position pairs of
-    // every group, 3x x's bytes; float32 transposed), kPairsRows rows at a time, into a buffer kept between calls
+    // every group, 3x x's bytes; float32 transposed), pairs_rows rows at a time, into a buffer kept between calls
     const at::Tensor xr = K <= 1 || x.stride(1) == 1 ? x : x.contiguous();
     const char* xp = static_cast<const char*>(xr.data_ptr());
-    const int64_t ldx = xr.stride(0), es = xr.element_size();
+    const int64_t ldx = xr.stride(0), es = xr.element_size(), chunk = pairs_rows(M, K, vd);
     struct Tag {};
     auto* pw = reinterpret_cast<uint32_t*>(panels::thread_buffer<Tag>(
-        static_cast<size_t>(core::avx512::sparse24_pairs_words(std::min(M, kPairsRows), K, vd)) * 4,
+        static_cast<size_t>(core::avx512::sparse24_pairs_words(chunk, K, vd)) * 4,
         "sparsekit.sparse24_mm"));
     a.io = dense_io(x, Staged{at::Tensor(), 0}, b, y);
     a.io.x = nullptr;  // (read through the staging only)
     a.xpairs = pw;
     auto* y0 = static_cast<char*>(a.io.y);
-    for (int64_t m0 = 0; m0 < M; m0 += kPairsRows) {
-      const int64_t mc = std::min(kPairsRows, M - m0);
+    for (int64_t m0 = 0; m0 < M; m0 += chunk) {
+      const int64_t mc = std::min(chunk, M - m0);
       const char* xm = xp + m0 * ldx * es;
       at::parallel_for(0, core::avx512::sparse24_pairs_tasks(mc, K, vd), 16, [&](int64_t t0, int64_t t1) {
         core::avx512::sparse24_stage_pairs(xm, ldx, mc, K, vd, t0, t1, pw);
