@@ -4,8 +4,8 @@ x; float32 from M = 25, x staged transposed, one FMA per kept value and 16 rows 
 panels of 64 columns, and a transposed epilogue that adds the bias (and rounds to bf16).
 
 It runs where the CPU has AVX-512 (bf16: AVX-512 BF16; the tests skip elsewhere) and must give the float64
-reference's result up to float32 sums and the output's rounding: odd sizes (M across the 16-row registers, the
-64-row blocks and the 256-row staging chunks; K across the 64-column panels, with a short last panel and a K % 8 == 4
+reference's result up to float32 sums and the output's rounding: odd sizes (M across the 16-row registers and the
+64-row blocks, and x staged in two chunks; K across the 64-column panels, with a short last panel and a K % 8 == 4
 meta row), bias, x with a leading dimension, strided, transposed or unaligned, NaN / Inf in x (pruned weights stay
 structural zeros), any number of threads (bit for bit), K = 0, and the route that says where it serves
 (`_C.cpu_sparse24_pairs`)."""
