@@ -103,7 +103,7 @@ PyObject* cpu_dense_panels(PyObject*, PyObject* args) {
 }
 
 // cpu_sparse24_pairs(dtype, M) -> bool: whether the CPU 2:4 op's kernel with staged x serves M rows of x of that dtype
-// (bf16 from M = 21 with AVX-512 BF16, float32 from M = 25 with AVX-512, at the instruction set in force), where the
+// (bf16 from M = 21 with AVX-512 BF16, float32 from M = 11 with AVX-512, at the instruction set in force), where the
 // dense panels do not.
 PyObject* cpu_sparse24_pairs(PyObject*, PyObject* args) {
   const char* dt;
@@ -166,7 +166,7 @@ PyMethodDef methods[] = {
      "cpu_dense_panels(op, dtype, M, N, K, nnz): whether the CPU op takes its dense panels for that call."},
     {"cpu_sparse24_pairs", cpu_sparse24_pairs, METH_VARARGS,
      "cpu_sparse24_pairs(dtype, M): whether the CPU 2:4 op's kernel with staged x (bf16 from M = 21 with AVX-512 "
-     "BF16, float32 from M = 25 with AVX-512) serves M rows of x of that dtype, where the dense panels do not."},
+     "BF16, float32 from M = 11 with AVX-512) serves M rows of x of that dtype, where the dense panels do not."},
 #ifdef SPARSEKIT_WITH_CUSPARSELT
     {"cusparselt_cache_stats", cusparselt_cache_stats, METH_NOARGS,
      "The cuSPARSELt plan cache: entries, capacity, plans_created, searches, hits, evictions, algs_remembered."},

@@ -1,6 +1,6 @@
 """The CPU 2:4 kernel with staged x (csrc/core/spmm_formats_avx512.cpp, `sparse24_pairs`): bfloat16 from M = 21, x
 staged in pairs at the six position pairs of every group of four columns, one vdpbf16ps per kept pair and 16 rows of
-x; float32 from M = 25, x staged transposed, one FMA per kept value and 16 rows of x. Partial sums carried over K
+x; float32 from M = 11, x staged transposed, one FMA per kept value and 16 rows of x. Partial sums carried over K
 panels of 64 columns, and a transposed epilogue that adds the bias (and rounds to bf16).
 
 It runs where the CPU has AVX-512 (bf16: AVX-512 BF16; the tests skip elsewhere) and must give the float64
@@ -59,8 +59,8 @@ def _check(got, x, w, values, meta, b):
 
 def test_route():
     C = _C()
-    assert C.cpu_sparse24_pairs("float32", 25) and C.cpu_sparse24_pairs("float32", 4096)
-    assert not C.cpu_sparse24_pairs("float32", 24)  # the window kernel (sparse24_rows) up to M = 24 in float32
+    assert C.cpu_sparse24_pairs("float32", 11) and C.cpu_sparse24_pairs("float32", 4096)
+    assert not C.cpu_sparse24_pairs("float32", 10)  # the window kernel (sparse24_rows) up to M = 10 in float32
     if _runs(torch.bfloat16):
         assert C.cpu_sparse24_pairs("bfloat16", 21) and C.cpu_sparse24_pairs("bfloat16", 4096)
         assert not C.cpu_sparse24_pairs("bfloat16", 20)  # and 20 in bfloat16
@@ -75,7 +75,7 @@ def test_route():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("M", [25, 31, 32, 33, 47, 64, 65, 100, 255, 256, 257, 300, 513])
+@pytest.mark.parametrize("M", [11, 16, 17, 25, 31, 32, 33, 47, 64, 65, 100, 255, 256, 257, 300, 513])
 @pytest.mark.parametrize("N,K", [(5, 4), (37, 52), (9, 68), (70, 100), (130, 516), (64, 1000)])
 def test_matches_reference(dtype, M, N, K):
     gen = torch.Generator().manual_seed(M * 7919 + N * 31 + K)
@@ -86,9 +86,9 @@ def test_matches_reference(dtype, M, N, K):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("M", [16, 17, 20, 21, 24, 25])
+@pytest.mark.parametrize("M", [10, 11, 16, 17, 20, 21, 24, 25])
 def test_around_the_window_kernels_last_m(dtype, M):
-    """The window kernel (sparse24_rows) takes float32 up to M = 24 and bf16 up to 20; the next M goes to this one."""
+    """The window kernel (sparse24_rows) takes float32 up to M = 10 and bf16 up to 20; the next M goes to this one."""
     gen = torch.Generator().manual_seed(M + 3)
     N, K = 45, 100
     w, _, values, meta = _weight(N, K, gen)

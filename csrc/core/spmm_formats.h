@@ -111,10 +111,10 @@ bool bitmap_rows_supported(const BitmapArgs& a);
 void bitmap_rows(const BitmapArgs& a, int64_t r0, int64_t r1);
 // 2:4 with io.x set, 1 <= M <= sparse24_rows_max_m(x's dtype), x of the values' dtype: float32, or bf16 with AVX-512
 // BF16 (AVX-512 F + BW + VL): whether this CPU runs sparse24_rows for a's arguments. Unlike the bitmap kernels above it
-// reads x only at kept columns: any x. float32 up to M = 24 (the AVX2 kernel is as fast at 28, faster at 32), bf16 up
-// to 20 (sparse24_pairs from 21; 8 layers of 4096 x 4096, 2 threads, ms, at M = 20: 21.7 against 22.8, at 24: 26.4
-// against 26.0).
-constexpr int64_t kSparse24RowsMaxMF32 = 24, kSparse24RowsMaxMBf16 = 20;
+// reads x only at kept columns: any x. float32 up to M = 10 (sparse24_pairs from 11; 8 layers of 4096 x 4096, 2
+// threads, ms, window / staged: M = 9 20.3 / 22.8, M = 12 25.8 / 22.8, M = 16 37.6 / 23.2, M = 24 50.6 / 31.5), bf16
+// up to 20 (sparse24_pairs from 21; at M = 20 21.7 / 22.8, at 24 26.4 / 26.0).
+constexpr int64_t kSparse24RowsMaxMF32 = 10, kSparse24RowsMaxMBf16 = 20;
 inline int64_t sparse24_rows_max_m(DType x_dtype) {
   return x_dtype == DType::f32 ? kSparse24RowsMaxMF32 : kSparse24RowsMaxMBf16;
 }

@@ -49,7 +49,7 @@ inline void set(int64_t m) {
 // The automatic thresholds, measured on an AMD EPYC with avx512_bf16, 2 threads, caches flushed
 // (bench/results/cpu_24_dense.md, cpu_24_pairs.md, cpu_int8wo_dense.md, cpu_sparse_dense.md):
 // - 2:4 where the op's AVX-512 kernels run for the dtype (`pairs`: at the instruction set in force; bf16 with AVX-512
-//   BF16, float32; the window kernel up to M = 20 / 24, then the one with x staged, csrc/core/spmm_formats_avx512.cpp):
+//   BF16, float32; the window kernel up to M = 20 / 10, then the one with x staged, csrc/core/spmm_formats_avx512.cpp):
 //   float32 never, bf16 only on layers of fewer than kPairsBf16PanelsMaxN rows from M = kPairsBf16PanelsMinM.
 //   The kernels beat the panels on LLaMA-7B's layers and MiniLM's 1536 x 384 at every M measured, 1 to 2048
 //   (bench/results/cpu_24_pairs.md and cpu_24_pairs_f32.md); on MiniLM's 384-row layers in bf16 from M = 512 the

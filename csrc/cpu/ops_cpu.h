@@ -32,7 +32,7 @@ int64_t dense_min_m(const char* op, const char* dtype);
 // Whether that op takes the dense panels for an M x K x of that dtype times an N x K weight that keeps
 // nnz weights (an x holding Inf or NaN keeps the op's own kernel whatever this says).
 bool dense_panels_take(const char* op, const char* dtype, int64_t M, int64_t N, int64_t K, int64_t nnz);
-// Whether the 2:4 op's kernel with staged x (bf16 from M = 21 with AVX-512 BF16, float32 from M = 25 with AVX-512)
+// Whether the 2:4 op's kernel with staged x (bf16 from M = 21 with AVX-512 BF16, float32 from M = 11 with AVX-512)
 // serves a call of M rows of x of `dtype` at the instruction set in force (when the dense panels do not).
 bool sparse24_pairs_kernel(const char* dtype, int64_t M);
 }  // namespace cpu
