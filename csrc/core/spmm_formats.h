@@ -54,10 +54,9 @@ struct Sparse24Args {
   const void* values = nullptr;    // N x K/2 of value_dtype
   const uint8_t* meta = nullptr;   // N x ceil(K / 8)
   DType value_dtype = DType::f32;
-  // bf16 x staged in pairs for avx512::sparse24_pairs (sparse24_stage_pairs), or null; pairs_ld: the staging's
-  // ldxt (M rounded up to 16).
+  // x staged for avx512::sparse24_pairs (sparse24_stage_pairs: bf16 in pairs, float32 transposed; io.M rows), or
+  // null.
   const uint32_t* xpairs = nullptr;
-  int64_t pairs_ld = 0;
 };
 
 // kBytePositions[b][i]: the position of the i-th set bit of byte b (0 past the popcount).
@@ -70,8 +69,8 @@ extern const int32_t (&kPerm24)[256][8];
 void bsr_spmm_rows(const BsrArgs& a, int64_t block_row_begin, int64_t block_row_end, Isa isa = Isa::kAuto);
 void bitmap_spmm_rows(const BitmapArgs& a, int64_t row_begin, int64_t row_end, Isa isa = Isa::kAuto);
 void sparse24_spmm_rows(const Sparse24Args& a, int64_t row_begin, int64_t row_end, Isa isa = Isa::kAuto);
-// Whether a 2:4 call of M rows with these dtypes takes x staged in pairs on this CPU at `isa`
-// (Sparse24Args::xpairs; avx512::sparse24_pairs_supported): the caller then stages them and sets xpairs.
+// Whether a 2:4 call of M rows with these dtypes takes x staged (bf16 in pairs, float32 transposed) on this CPU at
+// `isa` (Sparse24Args::xpairs; avx512::sparse24_pairs_supported): the caller then stages it and sets xpairs.
 bool sparse24_stages_pairs(int64_t M, DType value_dtype, DType x_dtype, Isa isa = Isa::kAuto);
 
 // The dense rows [row_begin, row_end) of a 2:4 weight (K % 4 == 0), written bit for bit in the
@@ -127,8 +126,8 @@ void sparse24_rows(const Sparse24Args& a, int64_t r0, int64_t r1);
 // bf16 pair (3x x's bytes); float32, the group's four columns of x (x transposed). Zero past M.
 // sparse24_stage_pairs writes tasks t0 .. t1 of sparse24_pairs_tasks (16 rows by 32 (bf16) or 16 (float32)
 // columns of x each) from x (M x ldx, unit column stride) into `pairs` (64-byte aligned, sparse24_pairs_words 32-bit
-// words); sparse24_pairs reads a.xpairs (a.pairs_ld: M rounded up to 16). Like sparse24_rows it reads x only at
-// kept columns: any x.
+// words); sparse24_pairs reads a.xpairs, staged for a.io.M rows. Like sparse24_rows it reads x only at kept columns:
+// any x.
 constexpr int kSparse24PairsRegs = 4;
 inline int64_t sparse24_pairs_words(int64_t M, int64_t K, DType x_dtype) {
   const int64_t blocks = ((M + 15) / 16 + kSparse24PairsRegs - 1) / kSparse24PairsRegs;

@@ -631,7 +631,8 @@ void s24_rows_impl(const Sparse24Args& a, int64_t r0, int64_t r1) {
   by_row_blocks(r0, r1, a.io.M, span, tile);
 }
 
-// ---- 2:4, bf16 x bf16 from M = 21: x staged in pairs (sparse24_stage_pairs). A group of four columns keeps two
+// ---- 2:4 with x staged (sparse24_stage_pairs): bf16 x bf16 from M = 21, x in pairs; float32 from M = 11, x
+// transposed (one FMA per kept value and 16 rows of x; s24p_panel). bf16: a group of four columns keeps two
 // of them, at one of six position pairs; the staging writes, for every group and every one of the six, the two
 // columns of x interleaved as bf16 pairs, 16 rows of x per 64-byte register (x pair at lane m = rows m of the two
 // columns). Per kept pair of weights the kernel then broadcasts the pair (4 bytes) and, per 16 rows of x, does
@@ -785,14 +786,13 @@ void s24p_block(const Sparse24Args& a, int64_t nb, int64_t ne, int64_t m0, const
       // whole row apart from the next row's, so the hardware prefetchers do not bring them): one thread, M = 128,
       // 4096 x 4096, 0.72 -> 0.43 ns per FMA. Not for bf16 (one line a piece): there it measured no faster on
       // LLaMA-7B's layers and 20-35 % slower on MiniLM's 384-row ones at M >= 512.
-      for (int r = 0; r < RR && VD == DType::f32; ++r) {
-        const int64_t nn = n + RR + r;
-        if (nn >= ne) break;
-        const char* p = reinterpret_cast<const char*>(static_cast<const typename Elem<VD>::storage*>(a.values) +
-                                                      nn * (K / 2) + 2 * q0);
-        _mm_prefetch(p, _MM_HINT_T0);
-        if constexpr (VD == DType::f32) _mm_prefetch(p + 64, _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(a.meta + nn * mbytes + q0 / 2), _MM_HINT_T0);
+      if constexpr (VD == DType::f32) {
+        for (int64_t nn = n + RR; nn < n + 2 * RR && nn < ne; ++nn) {
+          const char* p = reinterpret_cast<const char*>(static_cast<const float*>(a.values) + nn * (K / 2) + 2 * q0);
+          _mm_prefetch(p, _MM_HINT_T0);
+          _mm_prefetch(p + 64, _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(a.meta + nn * mbytes + q0 / 2), _MM_HINT_T0);
+        }
       }
       float* pr = part + (n - nb) * MTB * 16;
       if (groups == kS24pGroups) s24p_panel<VD, MTB, RR, true>(v, mt, q0, groups, pb, pr, first);
@@ -802,13 +802,9 @@ void s24p_block(const Sparse24Args& a, int64_t nb, int64_t ne, int64_t m0, const
     for (; n < ne; ++n) run(std::integral_constant<int, 1>());
   }
   const int64_t rows = a.io.M - m0 < MTB * 16 ? a.io.M - m0 : MTB * 16;
-  if (a.io.out_dtype == DType::f16) {
-    for (int64_t r = 0; r < ne - nb; ++r)
-      for (int64_t m = 0; m < rows; ++m) store_y(a.io, m0 + m, nb + r, part[r * MTB * 16 + m]);
-    return;
-  }
   // y[m][nb + r] = part[r][m]: 16 x 16 tiles transposed, so that each row of y is written 16 columns at a time
-  // (one float at a time, down a column of y, took as long as the products at K = 512)
+  // (one float at a time, down a column of y, took as long as the products at K = 512). y is x's dtype: float32 or
+  // bf16 (sparse24_pairs_supported).
   for (int64_t r0 = 0; r0 < ne - nb; r0 += 16) {
     const int rr = static_cast<int>(ne - nb - r0 < 16 ? ne - nb - r0 : 16);
     for (int mb = 0; mb * 16 < rows; ++mb) {
@@ -832,7 +828,7 @@ void s24p_dispatch(const Sparse24Args& a, int mtb, int64_t nb, int64_t ne, int64
 
 template <DType VD>
 void s24p_rows(const Sparse24Args& a, int64_t r0, int64_t r1) {
-  const int64_t G = a.io.K / 4, regs = a.pairs_ld / 16;
+  const int64_t G = a.io.K / 4, regs = (a.io.M + 15) / 16;
   alignas(64) float part[kS24pRows * kS24pRegs * 16];
   for (int64_t b = 0; b * kS24pRegs < regs; ++b) {
     const int mtb = static_cast<int>(regs - b * kS24pRegs < kS24pRegs ? regs - b * kS24pRegs : kS24pRegs);
@@ -1101,7 +1097,8 @@ void bsr_rows(const BsrArgs& a, int64_t br0, int64_t br1) {
 }
 
 bool sparse24_rows_supported(const Sparse24Args& a) {
-  if (!a.io.x || a.io.M < 1 || a.io.M > sparse24_rows_max_m(a.io.x_dtype) || a.io.K % 4 != 0 || a.io.x_dtype != a.value_dtype)
+  if (!a.io.x || a.io.M < 1 || a.io.M > sparse24_rows_max_m(a.io.x_dtype) || a.io.K % 4 != 0 ||
+      a.io.x_dtype != a.value_dtype)
     return false;
   return a.value_dtype == DType::f32 || (a.value_dtype == DType::bf16 && has_bf16_dot());
 }
@@ -1160,8 +1157,7 @@ void stage_pairs_bf16(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, int6
   }
 }
 
-
-// float32: x transposed, 16 rows per register (column c of block b at ((c * mtb + mt) * 16 floats); a task is 16
+// float32: x transposed, 16 rows per register (column c of block b at (c * mtb + mt) * 16 floats); a task is 16
 // rows by 16 columns, one 16 x 16 transpose.
 void stage_cols_f32(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t t0, int64_t t1, float* out) {
   const int64_t G = K / 4, regs = (M + 15) / 16, chunks = (K + 15) / 16;
@@ -1183,7 +1179,8 @@ void stage_cols_f32(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t t
 
 void sparse24_stage_pairs(const void* x, int64_t ldx, int64_t M, int64_t K, DType x_dtype, int64_t t0, int64_t t1,
                           uint32_t* pairs) {
-  if (x_dtype == DType::f32) stage_cols_f32(static_cast<const float*>(x), ldx, M, K, t0, t1, reinterpret_cast<float*>(pairs));
+  if (x_dtype == DType::f32)
+    stage_cols_f32(static_cast<const float*>(x), ldx, M, K, t0, t1, reinterpret_cast<float*>(pairs));
   else stage_pairs_bf16(static_cast<const uint16_t*>(x), ldx, M, K, t0, t1, pairs);
 }
 

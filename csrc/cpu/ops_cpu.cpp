@@ -344,7 +344,6 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
       });
       a.io.M = mc;
       a.io.y = y0 + m0 * a.io.ldy * es;
-      a.pairs_ld = (mc + 15) / 16 * 16;
       at::parallel_for(0, N, grain, [&](int64_t r0, int64_t r1) { core::sparse24_spmm_rows(a, r0, r1, isa); });
     }
     return y;
