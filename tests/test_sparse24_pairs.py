@@ -5,9 +5,9 @@ panels of 64 columns, and a transposed epilogue that adds the bias (and rounds t
 
 It runs where the CPU has AVX-512 (bf16: AVX-512 BF16; the tests skip elsewhere) and must give the float64
 reference's result up to float32 sums and the output's rounding: odd sizes (M across the 16-row registers and the
-64-row blocks, and x staged in two chunks; K across the 64-column panels, with a short last panel and a K % 8 == 4
-meta row), bias, x with a leading dimension, strided, transposed or unaligned, NaN / Inf in x (pruned weights stay
-structural zeros), any number of threads (bit for bit), K = 0, and the route that says where it serves
+64-row blocks that each thread stages for itself; K across the 64-column panels, with a short last panel and a
+K % 8 == 4 meta row), bias, x with a leading dimension, strided, transposed or unaligned, NaN / Inf in x (pruned
+weights stay structural zeros), any number of threads (bit for bit), K = 0, and the route that says where it serves
 (`_C.cpu_sparse24_pairs`)."""
 import pytest
 import torch
@@ -103,9 +103,9 @@ def test_around_the_window_kernels_last_m(dtype, M):
 
 
 @pytest.mark.parametrize("dtype,M", [(torch.float32, 760), pytest.param(torch.bfloat16, 513, marks=DTYPES[1].marks)])
-def test_staging_in_chunks(dtype, M):
-    """x staged 8 MB at a time (csrc/cpu/ops_cpu.cpp, pairs_rows): at K = 2804 that is 448 rows in bf16 (6 bytes an
-    element) and 704 in float32 (4), so these M take two chunks, the second short and not a multiple of 16."""
+def test_many_blocks_of_x_at_large_k(dtype, M):
+    """x staged 64 rows at a time into a thread's own buffer (csrc/cpu/ops_cpu.cpp, kPairsMinRows): at K = 2804 these
+    M take 9 and 12 blocks, the last short and not a multiple of 16."""
     gen = torch.Generator().manual_seed(19)
     N, K = 9, 2804
     w, _, values, meta = _weight(N, K, gen, dtype)
@@ -149,19 +149,24 @@ def test_non_finite_x_reaches_only_the_weights_kept_against_it(dtype, bad):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_threads_give_the_same_bits(dtype):
-    gen = torch.Generator().manual_seed(13)
-    M, N, K = 130, 200, 372
-    _, _, values, meta = _weight(N, K, gen, dtype)
+@pytest.mark.parametrize("M,N,K", [(130, 200, 372), (300, 257, 1000), (21, 100, 1536)])
+def test_threads_give_the_same_bits(dtype, M, N, K):
+    """1, 2 and 3 threads (each stages all of x for itself, 64 rows at a time: M = 130 and 300 end in a short block;
+    at least 32 weight rows a thread: N = 100 takes 3 threads as 34 / 34 / 32 rows): the same bits."""
+    gen = torch.Generator().manual_seed(M + N + K)
+    w, _, values, meta = _weight(N, K, gen, dtype)
     x = torch.randn(M, K, generator=gen).to(dtype)
     b = torch.randn(N, generator=gen).to(dtype)
     threads = torch.get_num_threads()
+    got = []
     try:
-        torch.set_num_threads(1)
-        one = torch.ops.sparsekit.sparse24_mm(x, values, meta, b)
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            got.append(torch.ops.sparsekit.sparse24_mm(x, values, meta, b))
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(one, torch.ops.sparsekit.sparse24_mm(x, values, meta, b))
+    _check(got[0], x, w, values, meta, b)
+    assert torch.equal(got[1], got[0]) and torch.equal(got[2], got[0])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

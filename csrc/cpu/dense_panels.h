@@ -50,10 +50,10 @@ inline void set(int64_t m) {
 // (bench/results/cpu_24_dense.md, cpu_24_pairs.md, cpu_int8wo_dense.md, cpu_sparse_dense.md):
 // - 2:4 where the op's AVX-512 kernels run for the dtype (`pairs`: at the instruction set in force; bf16 with AVX-512
 //   BF16, float32; the window kernel up to M = 20 / 10, then the one with x staged, csrc/core/spmm_formats_avx512.cpp):
-//   float32 never, bf16 only on layers of fewer than kPairsBf16PanelsMaxN rows from M = kPairsBf16PanelsMinM.
-//   The kernels beat the panels on LLaMA-7B's layers and MiniLM's 1536 x 384 at every M measured, 1 to 2048
-//   (bench/results/cpu_24_pairs.md and cpu_24_pairs_f32.md); on MiniLM's 384-row layers in bf16 from M = 512 the
-//   panels were faster in most runs (384 x 1536, M = 1024-2048: 0.76-0.93x of dense by the kernel against 0.89-0.94x).
+//   never. The kernels beat the panels on LLaMA-7B's and MiniLM's layers at every M measured, 1 to 2048
+//   (bench/results/cpu_24_pairs.md, cpu_24_pairs_f32.md and, since each thread stages x for itself,
+//   cpu_24_own_staging.md: MiniLM's 384-row layers in bf16 at M = 512-2048, where the panels had been faster in
+//   most runs before, 1.11-1.22x of dense against the panels' 0.83-0.96x).
 // - 2:4, bf16 otherwise (native bf16 dot products with the instruction set held at AVX2: the AVX2 kernel): from
 //   M = 17 (8 layers of 4096 x 4096, 2 threads, ms, window kernel / panels / dense bf16 before the pairs kernel:
 //   M = 16 17.2 / 21.5 / 19.4, M = 32 34.0 / 31.6 / 28.8); float32 otherwise: from M = 256. bf16 without
@@ -95,9 +95,8 @@ inline const SparseRule* sparse_rule(Op op, at::ScalarType t) {
   if ((op != Op::kCsr && op != Op::kBitmap) || (t != at::kFloat && t != at::kBFloat16)) return nullptr;
   return &kSparseRules[op == Op::kBitmap][t == at::kBFloat16 && native_bf16()];
 }
-constexpr int64_t kPairsBf16PanelsMinM = 512, kPairsBf16PanelsMaxN = 1024;
 inline int64_t auto_min_m(Op op, at::ScalarType t, bool pairs) {
-  if (op == Op::kSparse24 && pairs) return t == at::kBFloat16 ? kPairsBf16PanelsMinM : 0;
+  if (op == Op::kSparse24 && pairs) return 0;
   if (op == Op::kInt8WeightOnly) return t == at::kBFloat16 && native_bf16() ? 64 : 0;
   if (op == Op::kCsr || op == Op::kBitmap) {
     const SparseRule* r = sparse_rule(op, t);
@@ -129,7 +128,6 @@ inline bool use(Op op, at::ScalarType t, int64_t M, int64_t N, int64_t K, int64_
   if (m <= 0 || M < m || N <= 0 || K <= 0) return false;
   if (setting() > 0) return true;
   if (N * K < kSmallMinWeights) return false;
-  if (op == Op::kSparse24 && pairs) return N < kPairsBf16PanelsMaxN;  // (bf16 from kPairsBf16PanelsMinM)
   const SparseRule* r = sparse_rule(op, t);
   if (!r) return N * K >= kMinWeights || M >= std::max(m, small_layer_min_m(op, t));
   for (const SparseTier& tier : r->tier)

@@ -286,14 +286,17 @@ at::Tensor bitmap_mm_cpu(const at::Tensor& x, const at::Tensor& bitmap, const at
   return y;
 }
 
-// Rows of x the 2:4 op's kernel with staged x stages at a time: as many as fit kPairsBytes of staging (6 bytes per
-// element of x in bf16, 4 in float32), at least 256, a multiple of 64 (16 x kSparse24PairsRegs). Each such chunk
-// costs two parallel regions (staging, then the rows): at 256 rows a chunk of MiniLM's 384 x 384 was ~150 us of work.
-constexpr int64_t kPairsBytes = int64_t(8) << 20;
-inline int64_t pairs_rows(int64_t M, int64_t K, core::DType vd) {
-  const int64_t per_row = std::max<int64_t>(1, core::avx512::sparse24_pairs_words(64, K, vd) * 4 / 64);
-  return std::min(M, std::max<int64_t>(256, kPairsBytes / per_row / 64 * 64));
-}
+// The 2:4 kernel with staged x (core::avx512::sparse24_stage_pairs: bf16 in pairs at the six position pairs of every
+// group, 3x x's bytes; float32 transposed): in one parallel region, every thread stages x's blocks of 64 rows one at
+// a time into a buffer of its own (6 x 64 x K bytes in bf16, 4 x 64 x K in float32, kept between calls) and runs
+// its weight rows against each block. Every thread stages all of x, but reads only what it wrote itself, from its
+// own L2. Staging x once for all the threads (what this did before) made each thread read the others' pieces: on
+// this project's 2-vCPU machine that was 1.0-1.4x slower on LLaMA-7B's and MiniLM's layers and 2-4x on layers of
+// 64-128 rows, and about half of the processes that had run a larger layer first took MiniLM's 384 x 1536 at
+// M = 128 at one thread's speed (0.68-0.73 ms against 0.33-0.36; bench/results/cpu_24_own_staging.md).
+// Staging x costs about as much as 12-30 weight rows of the kernel (one thread, K = 1536 / 4096, M = 32 / 128):
+// threads take at least kPairsMinRows rows each.
+constexpr int64_t kPairsMinRows = 32;
 
 at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                            const std::optional<at::Tensor>& bias) {
@@ -323,29 +326,27 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
   a.meta = mt.data_ptr<uint8_t>();
   const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(K / 2 * M, 1));
   if (core::sparse24_stages_pairs(M, vd, to_core(x.scalar_type()), isa)) {
-    // x staged for the kernel (core::avx512::sparse24_stage_pairs: bf16 in pairs at the six position pairs of
-    // every group, 3x x's bytes; float32 transposed), pairs_rows rows at a time, into a buffer kept between calls
+    // x staged for the kernel, by each thread for itself (kPairsMinRows above)
     const at::Tensor xr = K <= 1 || x.stride(1) == 1 ? x : x.contiguous();
     const char* xp = static_cast<const char*>(xr.data_ptr());
-    const int64_t ldx = xr.stride(0), es = xr.element_size(), chunk = pairs_rows(M, K, vd);
-    struct Tag {};
-    auto* pw = reinterpret_cast<uint32_t*>(panels::thread_buffer<Tag>(
-        static_cast<size_t>(core::avx512::sparse24_pairs_words(chunk, K, vd)) * 4,
-        "sparsekit.sparse24_mm"));
+    const int64_t ldx = xr.stride(0), es = xr.element_size();
+    const int64_t rows = std::min<int64_t>(M, 16 * core::avx512::kSparse24PairsRegs);
     a.io = dense_io(x, Staged{at::Tensor(), 0}, b, y);
     a.io.x = nullptr;  // (read through the staging only)
-    a.xpairs = pw;
-    auto* y0 = static_cast<char*>(a.io.y);
-    for (int64_t m0 = 0; m0 < M; m0 += chunk) {
-      const int64_t mc = std::min(chunk, M - m0);
-      const char* xm = xp + m0 * ldx * es;
-      at::parallel_for(0, core::avx512::sparse24_pairs_tasks(mc, K, vd), 16, [&](int64_t t0, int64_t t1) {
-        core::avx512::sparse24_stage_pairs(xm, ldx, mc, K, vd, t0, t1, pw);
-      });
-      a.io.M = mc;
-      a.io.y = y0 + m0 * a.io.ldy * es;
-      at::parallel_for(0, N, grain, [&](int64_t r0, int64_t r1) { core::sparse24_spmm_rows(a, r0, r1, isa); });
-    }
+    at::parallel_for(0, N, std::max(grain, kPairsMinRows), [&](int64_t r0, int64_t r1) {
+      struct Tag {};
+      auto* own = reinterpret_cast<uint32_t*>(panels::thread_buffer<Tag>(
+          static_cast<size_t>(core::avx512::sparse24_pairs_words(rows, K, vd)) * 4, "sparsekit.sparse24_mm"));
+      core::Sparse24Args t = a;
+      t.xpairs = own;
+      for (int64_t m0 = 0; m0 < M; m0 += rows) {
+        t.io.M = std::min(rows, M - m0);
+        t.io.y = static_cast<char*>(a.io.y) + m0 * a.io.ldy * es;
+        core::avx512::sparse24_stage_pairs(xp + m0 * ldx * es, ldx, t.io.M, K, vd, 0,
+                                           core::avx512::sparse24_pairs_tasks(t.io.M, K, vd), own);
+        core::sparse24_spmm_rows(t, r0, r1, isa);
+      }
+    });
     return y;
   }
   const Staged st = stage_x(x);  // (kept alive: a.io points into it)
