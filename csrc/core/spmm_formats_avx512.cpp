@@ -782,15 +782,16 @@ void s24p_block(const Sparse24Args& a, int64_t nb, int64_t ne, int64_t m0, const
         v[r] = static_cast<const typename Elem<VD>::storage*>(a.values) + (n + r) * (K / 2);
         mt[r] = a.meta + (n + r) * mbytes;
       }
-      // float32: the next group of rows' pieces of this panel into L1 (two lines of values and 8 bytes of meta, a
-      // whole row apart from the next row's, so the hardware prefetchers do not bring them): one thread, M = 128,
-      // 4096 x 4096, 0.72 -> 0.43 ns per FMA. Not for bf16 (one line a piece): there it measured no faster on
-      // LLaMA-7B's layers and 20-35 % slower on MiniLM's 384-row ones at M >= 512.
-      if constexpr (VD == DType::f32) {
+      // the next group of rows' pieces of this panel into L1 (a line of values in bf16, two in float32, and 8 bytes
+      // of meta; a whole row apart from the next row's, so the hardware prefetchers do not bring them): float32,
+      // one thread, M = 128, 4096 x 4096, 0.72 -> 0.43 ns per FMA; bf16, 2 threads, M = 32-2048, 1.05-1.21x on
+      // LLaMA-7B's layers and 1.01-1.45x on MiniLM's (bench/results/cpu_24_bf16_next_rows.md).
+      {
+        constexpr int64_t es = VD == DType::f32 ? 4 : 2;
         for (int64_t nn = n + RR; nn < n + 2 * RR && nn < ne; ++nn) {
-          const char* p = reinterpret_cast<const char*>(static_cast<const float*>(a.values) + nn * (K / 2) + 2 * q0);
+          const char* p = static_cast<const char*>(a.values) + (nn * (K / 2) + 2 * q0) * es;
           _mm_prefetch(p, _MM_HINT_T0);
-          _mm_prefetch(p + 64, _MM_HINT_T0);
+          if constexpr (VD == DType::f32) _mm_prefetch(p + 64, _MM_HINT_T0);
           _mm_prefetch(reinterpret_cast<const char*>(a.meta + nn * mbytes + q0 / 2), _MM_HINT_T0);
         }
       }
