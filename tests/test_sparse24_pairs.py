@@ -104,8 +104,8 @@ def test_around_the_window_kernels_last_m(dtype, M):
 
 @pytest.mark.parametrize("dtype,M", [(torch.float32, 760), pytest.param(torch.bfloat16, 513, marks=DTYPES[1].marks)])
 def test_many_blocks_of_x_at_large_k(dtype, M):
-    """x staged 64 rows at a time into a thread's own buffer (csrc/cpu/ops_cpu.cpp, kPairsMinRows): at K = 2804 these
-    M take 9 and 12 blocks, the last short and not a multiple of 16."""
+    """x staged 64 rows at a time into a thread's own buffer (csrc/cpu/ops_cpu.cpp, kPairsMinRows): at K = 2804,
+    M = 760 takes 12 blocks and 513 takes 9, the last short and not a multiple of 16."""
     gen = torch.Generator().manual_seed(19)
     N, K = 9, 2804
     w, _, values, meta = _weight(N, K, gen, dtype)
