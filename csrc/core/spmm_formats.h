@@ -120,25 +120,20 @@ inline int64_t sparse24_rows_max_m(DType x_dtype) {
 bool sparse24_rows_supported(const Sparse24Args& a);
 void sparse24_rows(const Sparse24Args& a, int64_t r0, int64_t r1);
 // 2:4 past sparse24_rows' last M, x of the values' dtype (AVX-512 F + BW + VL; bf16 also AVX-512 BF16): whether this
-// CPU runs sparse24_pairs; the staging it reads; the kernel. x goes in blocks of kSparse24PairsRegs x 16 rows, 16
-// rows of x per 64-byte register; per block and group of four columns g: bf16, for each position pair p of the six
-// a 2:4 group may keep (in the order 01 02 03 12 13 23), a register holding per row x at the pair's two columns as a
-// bf16 pair (3x x's bytes); float32, the group's four columns of x (x transposed). Zero past M.
-// sparse24_stage_pairs writes tasks t0 .. t1 of sparse24_pairs_tasks (16 rows by 32 (bf16) or 16 (float32)
-// columns of x each) from x (M x ldx, unit column stride) into `pairs` (64-byte aligned, sparse24_pairs_words 32-bit
-// words); sparse24_pairs reads a.xpairs, staged for a.io.M rows. Like sparse24_rows it reads x only at kept columns:
-// any x.
+// CPU runs sparse24_pairs; the staging it reads; the kernel. x is staged kSparse24PairsRows rows at most at a time,
+// 16 rows of x per 64-byte register; per group of four columns g: bf16, for each position pair p of the six a 2:4
+// group may keep (in the order 01 02 03 12 13 23), a register holding per row x at the pair's two columns as a bf16
+// pair (3x x's bytes); float32, the group's four columns of x (x transposed). Zero past M.
+// sparse24_stage_pairs writes M <= kSparse24PairsRows rows of x (M x ldx, unit column stride) into `pairs` (64-byte
+// aligned, sparse24_pairs_words 32-bit words); sparse24_pairs reads a.xpairs, staged so for a.io.M rows. Like
+// sparse24_rows it reads x only at kept columns: any x.
 constexpr int kSparse24PairsRegs = 4;
-inline int64_t sparse24_pairs_words(int64_t M, int64_t K, DType x_dtype) {
-  const int64_t blocks = ((M + 15) / 16 + kSparse24PairsRegs - 1) / kSparse24PairsRegs;
-  return blocks * kSparse24PairsRegs * 16 * (x_dtype == DType::f32 ? 4 : 6) * (K / 4);
-}
-inline int64_t sparse24_pairs_tasks(int64_t M, int64_t K, DType x_dtype) {
-  return (M + 15) / 16 * (x_dtype == DType::f32 ? (K + 15) / 16 : (K / 4 + 7) / 8);
+constexpr int64_t kSparse24PairsRows = 16 * kSparse24PairsRegs;
+inline int64_t sparse24_pairs_words(int64_t K, DType x_dtype) {
+  return kSparse24PairsRows * (x_dtype == DType::f32 ? 4 : 6) * (K / 4);
 }
 bool sparse24_pairs_supported(int64_t M, DType value_dtype, DType x_dtype);
-void sparse24_stage_pairs(const void* x, int64_t ldx, int64_t M, int64_t K, DType x_dtype, int64_t t0, int64_t t1,
-                          uint32_t* pairs);
+void sparse24_stage_pairs(const void* x, int64_t ldx, int64_t M, int64_t K, DType x_dtype, uint32_t* pairs);
 void sparse24_pairs(const Sparse24Args& a, int64_t r0, int64_t r1);
 // BSR at M == 1 with blocks 16, 32 or 64 columns wide (AVX-512 F; 16-bit values also BW + VL): whether
 // bsr_m1 runs for a's arguments (block rows r0 .. r1, as bsr_spmm_rows), and the kernel.

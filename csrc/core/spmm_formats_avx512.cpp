@@ -4,6 +4,7 @@
 // masked load of exactly the half-word's count (AVX-512 BW + VL), widened to float32, then expanded.
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
 #include <new>
 #include <type_traits>
 
@@ -766,7 +767,7 @@ inline void s24p_panel(const void* const* v, const uint8_t* const* mt, int64_t q
 }
 
 template <DType VD, int MTB>
-void s24p_block(const Sparse24Args& a, int64_t nb, int64_t ne, int64_t m0, const char* pb, float* part) {
+void s24p_block(const Sparse24Args& a, int64_t nb, int64_t ne, const char* pb, float* part) {
   constexpr int R = MTB <= 2 ? 4 : 2;
   const int64_t K = a.io.K, G = K / 4, mbytes = (K + 7) / 8;
   if (G == 0) std::memset(part, 0, sizeof(float) * static_cast<size_t>((ne - nb) * MTB * 16));
@@ -802,7 +803,7 @@ void s24p_block(const Sparse24Args& a, int64_t nb, int64_t ne, int64_t m0, const
     for (; n + R <= ne; n += R) run(std::integral_constant<int, R>());
     for (; n < ne; ++n) run(std::integral_constant<int, 1>());
   }
-  const int64_t rows = a.io.M - m0 < MTB * 16 ? a.io.M - m0 : MTB * 16;
+  const int64_t rows = a.io.M;  // (at most MTB * 16: s24p_rows)
   // y[m][nb + r] = part[r][m]: 16 x 16 tiles transposed, so that each row of y is written 16 columns at a time
   // (one float at a time, down a column of y, took as long as the products at K = 512). y is x's dtype: float32 or
   // bf16 (sparse24_pairs_supported).
@@ -814,30 +815,27 @@ void s24p_block(const Sparse24Args& a, int64_t nb, int64_t ne, int64_t m0, const
         t[i] = i < rr ? _mm512_load_ps(part + ((r0 + i) * MTB + mb) * 16) : _mm512_setzero_ps();
       transpose16x16(t);
       const int mm = static_cast<int>(rows - mb * 16 < 16 ? rows - mb * 16 : 16);
-      for (int l = 0; l < mm; ++l) store_y16(a.io, m0 + mb * 16 + l, nb + r0, rr, t[l]);
+      for (int l = 0; l < mm; ++l) store_y16(a.io, mb * 16 + l, nb + r0, rr, t[l]);
     }
   }
 }
 
 template <DType VD, int MTB>
-void s24p_dispatch(const Sparse24Args& a, int mtb, int64_t nb, int64_t ne, int64_t m0, const char* pb, float* part) {
+void s24p_dispatch(const Sparse24Args& a, int mtb, int64_t nb, int64_t ne, const char* pb, float* part) {
   if constexpr (MTB > 1) {
-    if (mtb < MTB) return s24p_dispatch<VD, MTB - 1>(a, mtb, nb, ne, m0, pb, part);
+    if (mtb < MTB) return s24p_dispatch<VD, MTB - 1>(a, mtb, nb, ne, pb, part);
   }
-  s24p_block<VD, MTB>(a, nb, ne, m0, pb, part);
+  s24p_block<VD, MTB>(a, nb, ne, pb, part);
 }
 
+// a.io.M <= kSparse24PairsRows rows of x, staged at a.xpairs (sparse24_stage_pairs).
 template <DType VD>
 void s24p_rows(const Sparse24Args& a, int64_t r0, int64_t r1) {
-  const int64_t G = a.io.K / 4, regs = (a.io.M + 15) / 16;
+  const int mtb = static_cast<int>((a.io.M + 15) / 16);
   alignas(64) float part[kS24pRows * kS24pRegs * 16];
-  for (int64_t b = 0; b * kS24pRegs < regs; ++b) {
-    const int mtb = static_cast<int>(regs - b * kS24pRegs < kS24pRegs ? regs - b * kS24pRegs : kS24pRegs);
-    const char* pb = reinterpret_cast<const char*>(a.xpairs) + b * G * kS24pPerGroup<VD> * kS24pRegs;
-    for (int64_t nb = r0; nb < r1; nb += kS24pRows)
-      s24p_dispatch<VD, kS24pRegs>(a, mtb, nb, nb + kS24pRows < r1 ? nb + kS24pRows : r1, b * kS24pRegs * 16, pb,
-                                   part);
-  }
+  const char* pb = reinterpret_cast<const char*>(a.xpairs);
+  for (int64_t nb = r0; nb < r1; nb += kS24pRows)
+    s24p_dispatch<VD, kS24pRegs>(a, mtb, nb, nb + kS24pRows < r1 ? nb + kS24pRows : r1, pb, part);
 }
 
 // ---- BSR at M = 1, blocks 16, 32 or 64 columns wide. The portable kernel took one row of a block row at a time
@@ -1117,8 +1115,9 @@ bool sparse24_pairs_supported(int64_t M, DType value_dtype, DType x_dtype) {
 }
 
 namespace {
-void stage_pairs_bf16(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, int64_t t0, int64_t t1, uint32_t* pairs) {
-  const int64_t G = K / 4, regs = (M + 15) / 16, chunks = (G + 7) / 8;
+// bf16: a task is 16 rows by 32 columns (8 groups): three 16 x 16 transposes.
+void stage_pairs_bf16(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, uint32_t* pairs) {
+  const int64_t regs = (M + 15) / 16, chunks = (K / 4 + 7) / 8;
   // per group of four columns, as 16-bit lanes: (0, 2, 1, 3) and (0, 3, 1, 2), so that the row's 32-bit lanes
   // 2 g and 2 g + 1 hold the pairs 02 and 13, or 03 and 12 (the row itself holds 01 and 23)
   __m512i perm[2];
@@ -1135,12 +1134,10 @@ void stage_pairs_bf16(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, int6
   }
   // the position pair (01 02 03 12 13 23) of 32-bit lane 2 g + h of the row as it is, and of each permutation
   static constexpr int kPat[3][2] = {{0, 5}, {1, 4}, {2, 3}};
-  for (int64_t t = t0; t < t1; ++t) {
+  for (int64_t t = 0; t < regs * chunks; ++t) {
     const int64_t reg = t / chunks, c = t % chunks;
     const int64_t m0 = reg * 16, c0 = c * 32;
-    const int64_t b = reg / kS24pRegs, mt = reg % kS24pRegs;
-    const int64_t mtb = regs - b * kS24pRegs < kS24pRegs ? regs - b * kS24pRegs : kS24pRegs;
-    uint32_t* pb = pairs + b * G * 6 * kS24pRegs * 16 + mt * 16;
+    uint32_t* pb = pairs + reg * 16;
     const int64_t cols = K - c0 < 32 ? K - c0 : 32, groups = cols / 4;
     const __mmask32 k = cols >= 32 ? ~__mmask32(0) : static_cast<__mmask32>((uint64_t(1) << cols) - 1u);
     __m512i rows[16];
@@ -1153,39 +1150,37 @@ void stage_pairs_bf16(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, int6
       transpose16x16(t16);  // t16[2 g + h]: the pair h of group g (of this chunk), rows m0 .. m0 + 15
       for (int64_t g = 0; g < groups; ++g)
         for (int h = 0; h < 2; ++h)
-          _mm512_store_ps(reinterpret_cast<float*>(pb + ((c * 8 + g) * 6 + kPat[arr][h]) * mtb * 16), t16[2 * g + h]);
+          _mm512_store_ps(reinterpret_cast<float*>(pb + ((c * 8 + g) * 6 + kPat[arr][h]) * regs * 16), t16[2 * g + h]);
     }
   }
 }
 
-// float32: x transposed, 16 rows per register (column c of block b at (c * mtb + mt) * 16 floats); a task is 16
-// rows by 16 columns, one 16 x 16 transpose.
-void stage_cols_f32(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t t0, int64_t t1, float* out) {
-  const int64_t G = K / 4, regs = (M + 15) / 16, chunks = (K + 15) / 16;
-  for (int64_t t = t0; t < t1; ++t) {
+// float32: x transposed, 16 rows per register (column c's register of rows 16 r at (c * regs + r) * 16 floats); a
+// task is 16 rows by 16 columns, one 16 x 16 transpose.
+void stage_cols_f32(const float* x, int64_t ldx, int64_t M, int64_t K, float* out) {
+  const int64_t regs = (M + 15) / 16, chunks = (K + 15) / 16;
+  for (int64_t t = 0; t < regs * chunks; ++t) {
     const int64_t reg = t / chunks, c0 = (t % chunks) * 16, m0 = reg * 16;
-    const int64_t b = reg / kS24pRegs, mt = reg % kS24pRegs;
-    const int64_t mtb = regs - b * kS24pRegs < kS24pRegs ? regs - b * kS24pRegs : kS24pRegs;
-    float* pb = out + b * G * 4 * kS24pRegs * 16 + mt * 16;
+    float* pb = out + reg * 16;
     const int cols = static_cast<int>(K - c0 < 16 ? K - c0 : 16);
     const __mmask16 k = static_cast<__mmask16>(cols >= 16 ? 0xFFFFu : (1u << cols) - 1u);
     __m512 t16[16];
     for (int i = 0; i < 16; ++i)
       t16[i] = m0 + i < M ? _mm512_maskz_loadu_ps(k, x + (m0 + i) * ldx + c0) : _mm512_setzero_ps();
     transpose16x16(t16);
-    for (int j = 0; j < cols; ++j) _mm512_store_ps(pb + (c0 + j) * mtb * 16, t16[j]);
+    for (int j = 0; j < cols; ++j) _mm512_store_ps(pb + (c0 + j) * regs * 16, t16[j]);
   }
 }
 }  // namespace
 
-void sparse24_stage_pairs(const void* x, int64_t ldx, int64_t M, int64_t K, DType x_dtype, int64_t t0, int64_t t1,
-                          uint32_t* pairs) {
-  if (x_dtype == DType::f32)
-    stage_cols_f32(static_cast<const float*>(x), ldx, M, K, t0, t1, reinterpret_cast<float*>(pairs));
-  else stage_pairs_bf16(static_cast<const uint16_t*>(x), ldx, M, K, t0, t1, pairs);
+void sparse24_stage_pairs(const void* x, int64_t ldx, int64_t M, int64_t K, DType x_dtype, uint32_t* pairs) {
+  if (x_dtype == DType::f32) stage_cols_f32(static_cast<const float*>(x), ldx, M, K, reinterpret_cast<float*>(pairs));
+  else stage_pairs_bf16(static_cast<const uint16_t*>(x), ldx, M, K, pairs);
 }
 
 void sparse24_pairs(const Sparse24Args& a, int64_t r0, int64_t r1) {
+  if (a.io.M > kSparse24PairsRows)
+    throw std::logic_error("sparsekit: sparse24_pairs got more rows of x staged than kSparse24PairsRows");
   if (r0 >= r1) return;
   if (a.value_dtype == DType::f32) s24p_rows<DType::f32>(a, r0, r1);
   else s24p_rows<DType::bf16>(a, r0, r1);
@@ -1208,7 +1203,7 @@ void bsr_rows(const BsrArgs& a, int64_t r0, int64_t r1) { generic::bsr_spmm_rows
 void bsr_m1(const BsrArgs& a, int64_t r0, int64_t r1) { generic::bsr_spmm_rows(a, r0, r1); }
 void sparse24_rows(const Sparse24Args& a, int64_t r0, int64_t r1) { generic::sparse24_spmm_rows(a, r0, r1); }
 bool sparse24_pairs_supported(int64_t, DType, DType) { return false; }
-void sparse24_stage_pairs(const void*, int64_t, int64_t, int64_t, DType, int64_t, int64_t, uint32_t*) {}
+void sparse24_stage_pairs(const void*, int64_t, int64_t, int64_t, DType, uint32_t*) {}
 void sparse24_pairs(const Sparse24Args& a, int64_t r0, int64_t r1) { generic::sparse24_spmm_rows(a, r0, r1); }
 void bitmap_rows(const BitmapArgs& a, int64_t r0, int64_t r1) { generic::bitmap_spmm_rows(a, r0, r1); }
 }  // namespace avx512

@@ -330,20 +330,19 @@ at::Tensor sparse24_mm_cpu(const at::Tensor& x, const at::Tensor& values, const 
     const at::Tensor xr = K <= 1 || x.stride(1) == 1 ? x : x.contiguous();
     const char* xp = static_cast<const char*>(xr.data_ptr());
     const int64_t ldx = xr.stride(0), es = xr.element_size();
-    const int64_t rows = std::min<int64_t>(M, 16 * core::avx512::kSparse24PairsRegs);
+    const int64_t rows = std::min(M, core::avx512::kSparse24PairsRows);
     a.io = dense_io(x, Staged{at::Tensor(), 0}, b, y);
     a.io.x = nullptr;  // (read through the staging only)
     at::parallel_for(0, N, std::max(grain, kPairsMinRows), [&](int64_t r0, int64_t r1) {
       struct Tag {};
       auto* own = reinterpret_cast<uint32_t*>(panels::thread_buffer<Tag>(
-          static_cast<size_t>(core::avx512::sparse24_pairs_words(rows, K, vd)) * 4, "sparsekit.sparse24_mm"));
+          static_cast<size_t>(core::avx512::sparse24_pairs_words(K, vd)) * 4, "sparsekit.sparse24_mm"));
       core::Sparse24Args t = a;
       t.xpairs = own;
       for (int64_t m0 = 0; m0 < M; m0 += rows) {
         t.io.M = std::min(rows, M - m0);
         t.io.y = static_cast<char*>(a.io.y) + m0 * a.io.ldy * es;
-        core::avx512::sparse24_stage_pairs(xp + m0 * ldx * es, ldx, t.io.M, K, vd, 0,
-                                           core::avx512::sparse24_pairs_tasks(t.io.M, K, vd), own);
+        core::avx512::sparse24_stage_pairs(xp + m0 * ldx * es, ldx, t.io.M, K, vd, own);
         core::sparse24_spmm_rows(t, r0, r1, isa);
       }
     });
