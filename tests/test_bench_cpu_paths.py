@@ -34,3 +34,22 @@ def test_cpu_paths_table(op, cols, monkeypatch, capsys):
         cells = [c.strip() for c in r.strip("|").split("|")][-cols:]
         assert all(float(c) >= 0 for c in cells), r
     assert (C.cpu_isa(), C.cpu_dense_min_m()) == before
+
+
+@pytest.mark.parametrize("op", ["csr", "bitmap", "bsr"])
+def test_cpu_kept_ns_lines(op, capsys):
+    """bench/cpu_kept_ns.py prints one line per dtype, sparsity and M, and leaves the thread count as it was."""
+    import torch
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "cpu_kept_ns.py"
+    spec = importlib.util.spec_from_file_location("cpu_kept_ns", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    threads = torch.get_num_threads()
+    mod.main(["--op", op, "--shape", "64x64", "--layers", "2", "--m", "1,17", "--sparsity", "0.5",
+              "--dtypes", "float32,bfloat16", "--threads", "1", "--reps", "1"])
+    lines = [r for r in capsys.readouterr().out.splitlines() if r.startswith(op + " ")]
+    assert len(lines) == 4  # two dtypes x two M
+    for r in lines:
+        assert float(r.split()[-2]) > 0, r
+    assert torch.get_num_threads() == threads

@@ -49,6 +49,23 @@ def test_bf16_long_rows(cpu_isa, M, K, density):
     run_and_check(19, K, M, density, torch.bfloat16)
 
 
+# From M = 9 the AVX-512 core stores a block's sums by activation row (one run of the block's output columns per
+# row of y): blocks of 64 weight rows in panels of K (from M = 49; 16 rows below), groups of 16 rows without panels
+# (sparse rows, or K within one panel). N = 150 leaves a short block and a short group; M = 128 / 130 / 200 the
+# last register part full and a second tile of activation rows; 2 threads split the rows off a block boundary.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M", [9, 40, 64, 100, 130, 200])
+@pytest.mark.parametrize("K,density", [(1500, 0.3), (2100, 0.05), (150, 0.5)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_blocks_stored_by_activation_row(cpu_isa, dtype, M, K, density, bias):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_and_check(150, K, M, density, dtype, bias=bias, empty_rows=(0, 63, 64, 149))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_large_rows_and_threads(cpu_isa):
     # enough work to be split across threads, with rows of very different lengths
     N, K = 300, 1000

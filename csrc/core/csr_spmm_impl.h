@@ -72,12 +72,9 @@ inline void store_tile(const CsrSpmmArgs& a, int64_t n, int64_t m0, int mt, cons
 
 template <DType VD, DType OD, int NV>
 void tile_rows(const CsrSpmmArgs& a, int64_t r0, int64_t r1, int64_t m0) {
-  alignas(64) float acc[8 * NV];
   const int mt = static_cast<int>(a.M - m0 < 8 * NV ? a.M - m0 : 8 * NV);
-  for (int64_t n = r0; n < r1; ++n) {
-    row_tile<VD, NV>(a, n, m0, acc);
-    store_tile<OD>(a, n, m0, mt, acc);
-  }
+  ColumnRuns<OD, 8 * NV> runs(a.y, a.ldy, a.bias, m0, mt);
+  for (int64_t n = r0; n < r1; ++n) row_tile<VD, NV>(a, n, m0, runs.slot(n));
 }
 
 template <DType VD, DType OD>

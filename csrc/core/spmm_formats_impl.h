@@ -54,7 +54,7 @@ void bsr_tile(const BsrArgs& a, int64_t br0, int64_t br1, int64_t m0) {
   const V* vals = static_cast<const V*>(a.values);
   const DenseIo& io = a.io;
   const int mt = static_cast<int>(io.M - m0 < 8 * NV ? io.M - m0 : 8 * NV);
-  alignas(64) float out[8 * NV];
+  ColumnRuns<OD, 8 * NV> runs(io.y, io.ldy, io.bias, m0, mt);
   for (int64_t br = br0; br < br1; ++br) {
     for (int64_t r = 0; r < a.R; ++r) {
       Acc<NV> acc;
@@ -68,8 +68,7 @@ void bsr_tile(const BsrArgs& a, int64_t br0, int64_t br1, int64_t m0) {
         }
         if (c < a.C) acc.add_a(Elem<VD>::load(v, c), xb + c * io.ldxt);
       }
-      acc.out(out);
-      store_io<OD>(io, br * a.R + r, m0, mt, out);
+      acc.out(runs.slot(br * a.R + r));
     }
   }
 }
@@ -130,7 +129,7 @@ void bitmap_tile(const BitmapArgs& a, int64_t r0, int64_t r1, int64_t m0, int32_
   const DenseIo& io = a.io;
   const int64_t words = (io.K + 31) / 32;
   const int mt = static_cast<int>(io.M - m0 < 8 * NV ? io.M - m0 : 8 * NV);
-  alignas(64) float out[8 * NV];
+  ColumnRuns<OD, 8 * NV> runs(io.y, io.ldy, io.bias, m0, mt);
   for (int64_t n = r0; n < r1; ++n) {
     const int64_t cnt = decode_row(a.bitmap + n * words, words, cols);
     const V* v = vals + (words ? a.word_offsets[n * words] : 0);
@@ -141,8 +140,7 @@ void bitmap_tile(const BitmapArgs& a, int64_t r0, int64_t r1, int64_t m0, int32_
       acc.add_b(Elem<VD>::load(v, j + 1), io.xt + static_cast<int64_t>(cols[j + 1]) * io.ldxt + m0);
     }
     if (j < cnt) acc.add_a(Elem<VD>::load(v, j), io.xt + static_cast<int64_t>(cols[j]) * io.ldxt + m0);
-    acc.out(out);
-    store_io<OD>(io, n, m0, mt, out);
+    acc.out(runs.slot(n));
   }
 }
 
@@ -254,7 +252,7 @@ void sparse24_tile(const Sparse24Args& a, int64_t r0, int64_t r1, int64_t m0) {
   const DenseIo& io = a.io;
   const int64_t groups = io.K / 4, mbytes = (io.K + 7) / 8;
   const int mt = static_cast<int>(io.M - m0 < 8 * NV ? io.M - m0 : 8 * NV);
-  alignas(64) float out[8 * NV];
+  ColumnRuns<OD, 8 * NV> runs(io.y, io.ldy, io.bias, m0, mt);
   for (int64_t n = r0; n < r1; ++n) {
     const V* v = static_cast<const V*>(a.values) + n * (io.K / 2);
     const uint8_t* meta = a.meta + n * mbytes;
@@ -265,8 +263,7 @@ void sparse24_tile(const Sparse24Args& a, int64_t r0, int64_t r1, int64_t m0) {
       acc.add_a(Elem<VD>::load(v, 2 * g), xg + (nib & 3u) * io.ldxt);
       acc.add_b(Elem<VD>::load(v, 2 * g + 1), xg + (nib >> 2) * io.ldxt);
     }
-    acc.out(out);
-    store_io<OD>(io, n, m0, mt, out);
+    acc.out(runs.slot(n));
   }
 }
 

@@ -30,6 +30,59 @@ inline void store_column(void* y_, int64_t ldy, const void* bias, int64_t n, int
   for (int mm = 0; mm < mt; ++mm) Elem<OD>::store(y, (m0 + mm) * ldy + n, acc[mm] + b);
 }
 
+// The sums of `cols` consecutive output columns n0 .. n0 + cols (column i's for activation rows m0 .. m0 + mt at
+// sums + i * stride) (+ bias) written row by row of y: one run of `cols` values per activation row, the same
+// values as store_column's. Stored a column at a time, the mt values of a column lie ldy apart; with ldy a
+// multiple of 1024 floats (N = 4096) they all fall into one set of L1 and of L2 and evict each other.
+template <DType OD>
+inline void store_columns(void* y_, int64_t ldy, const void* bias, int64_t n0, int cols, int64_t m0, int mt,
+                          const float* sums, int64_t stride) {
+  using O = typename Elem<OD>::storage;
+  O* y = static_cast<O*>(y_) + n0;
+  const O* b = bias ? static_cast<const O*>(bias) + n0 : nullptr;
+  for (int mm = 0; mm < mt; ++mm) {
+    O* yr = y + (m0 + mm) * ldy;
+    const float* s = sums + mm;
+    if (b) {
+      for (int i = 0; i < cols; ++i) Elem<OD>::store(yr, i, s[i * stride] + Elem<OD>::load(b, i));
+    } else {
+      for (int i = 0; i < cols; ++i) Elem<OD>::store(yr, i, s[i * stride] + 0.f);
+    }
+  }
+}
+
+// Collects the sums of consecutive output columns (kW floats each, the first mt of them activation rows m0 ..)
+// and stores them 16 columns at a time with store_columns; the rest when it goes out of scope.
+template <DType OD, int kW>
+class ColumnRuns {
+ public:
+  ColumnRuns(void* y, int64_t ldy, const void* bias, int64_t m0, int mt) : y_(y), ldy_(ldy), bias_(bias), m0_(m0), mt_(mt) {}
+  ColumnRuns(const ColumnRuns&) = delete;
+  ColumnRuns& operator=(const ColumnRuns&) = delete;
+  ~ColumnRuns() { flush(); }
+  // Where column n's sums go; n follows the column before it.
+  float* slot(int64_t n) {
+    if (count_ == kCols) flush();
+    if (count_ == 0) n0_ = n;
+    return sums_[count_++];
+  }
+  void flush() {
+    if (count_) store_columns<OD>(y_, ldy_, bias_, n0_, count_, m0_, mt_, sums_[0], kW);
+    count_ = 0;
+  }
+
+ private:
+  static constexpr int kCols = 16;
+  alignas(64) float sums_[kCols][kW];
+  void* y_;
+  int64_t ldy_;
+  const void* bias_;
+  int64_t m0_;
+  int mt_;
+  int64_t n0_ = 0;
+  int count_ = 0;
+};
+
 #ifdef SK_HAVE_AVX2
 // Eight values at v as float32 (bf16: the high half of a float; f16: vcvtph2ps).
 template <DType VD>
