@@ -118,6 +118,15 @@ PyObject* cpu_sparse24_pairs(PyObject*, PyObject* args) {
   }
 }
 
+// cpu_bitmap_csr(M) -> bool: whether the CPU bitmap op runs M rows of x as CSR (its rows decoded into column lists, the
+// CSR core's AVX-512 kernels: from M = 9 with AVX-512, at the instruction set in force), where the dense panels do not.
+PyObject* cpu_bitmap_csr(PyObject*, PyObject* args) {
+  long long M;
+  if (!PyArg_ParseTuple(args, "L", &M)) return nullptr;
+  if (sparsekit::cpu::bitmap_csr_kernel(M)) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
+}
+
 #ifdef SPARSEKIT_WITH_CUSPARSELT
 // A C++ exception must not cross into Python: report it as a RuntimeError.
 template <typename F>
@@ -167,6 +176,9 @@ PyMethodDef methods[] = {
     {"cpu_sparse24_pairs", cpu_sparse24_pairs, METH_VARARGS,
      "cpu_sparse24_pairs(dtype, M): whether the CPU 2:4 op's kernel with staged x (bf16 from M = 21 with AVX-512 "
      "BF16, float32 from M = 11 with AVX-512) serves M rows of x of that dtype, where the dense panels do not."},
+    {"cpu_bitmap_csr", cpu_bitmap_csr, METH_VARARGS,
+     "cpu_bitmap_csr(M): whether the CPU bitmap op runs M rows of x as CSR (its rows decoded into column lists, the CSR "
+     "core's AVX-512 kernels: from M = 9 with AVX-512), where the dense panels do not."},
 #ifdef SPARSEKIT_WITH_CUSPARSELT
     {"cusparselt_cache_stats", cusparselt_cache_stats, METH_NOARGS,
      "The cuSPARSELt plan cache: entries, capacity, plans_created, searches, hits, evictions, algs_remembered."},

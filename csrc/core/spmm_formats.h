@@ -72,6 +72,10 @@ void sparse24_spmm_rows(const Sparse24Args& a, int64_t row_begin, int64_t row_en
 // Whether a 2:4 call of M rows with these dtypes takes x staged (bf16 in pairs, float32 transposed) on this CPU at
 // `isa` (Sparse24Args::xpairs; avx512::sparse24_pairs_supported): the caller then stages it and sets xpairs.
 bool sparse24_stages_pairs(int64_t M, DType value_dtype, DType x_dtype, Isa isa = Isa::kAuto);
+// Whether a bitmap call of M rows runs as CSR on this CPU at `isa`: the caller decodes its rows into column lists
+// (avx512::bitmap_decode_rows) and runs csr_spmm_rows on them with the bitmap's values, from M = 9 (past
+// avx512::kBitmapRowsMaxM) where the CSR core's AVX-512 kernels run.
+bool bitmap_as_csr(int64_t M, Isa isa = Isa::kAuto);
 
 // The dense rows [row_begin, row_end) of a 2:4 weight (K % 4 == 0), written bit for bit in the
 // values' own dtype (pruned entries +0.0) to `out`, one row of K elements after another. The CPU
@@ -108,6 +112,13 @@ void bitmap_m1(const BitmapArgs& a, int64_t r0, int64_t r1);
 constexpr int64_t kBitmapRowsMaxM = 8;
 bool bitmap_rows_supported(const BitmapArgs& a);
 void bitmap_rows(const BitmapArgs& a, int64_t r0, int64_t r1);
+// The kept columns of bitmap rows [r0, r1) (N x words) as CSR: crow[i] for i <= r1 - r0 where row r0 + i starts,
+// counted from row r0's first kept value (the bitmap's values are stored in that order), col the columns in
+// order. Returns the count. Throws std::logic_error once the count passes max_count (checked before each row and
+// at the end): col needs room for max_count + bitmap_decode_slack(words) entries. AVX-512 F (bitmap_as_csr).
+inline int64_t bitmap_decode_slack(int64_t words) { return 32 * words + 16; }
+int64_t bitmap_decode_rows(const uint32_t* bitmap, int64_t words, int64_t r0, int64_t r1, int64_t max_count,
+                           int32_t* crow, int32_t* col);
 // 2:4 with io.x set, 1 <= M <= sparse24_rows_max_m(x's dtype), x of the values' dtype: float32, or bf16 with AVX-512
 // BF16 (AVX-512 F + BW + VL): whether this CPU runs sparse24_rows for a's arguments. Unlike the bitmap kernels above it
 // reads x only at kept columns: any x. float32 up to M = 10 (sparse24_pairs from 11; 8 layers of 4096 x 4096, 2

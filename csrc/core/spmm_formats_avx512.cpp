@@ -1186,6 +1186,35 @@ void sparse24_pairs(const Sparse24Args& a, int64_t r0, int64_t r1) {
   else s24p_rows<DType::bf16>(a, r0, r1);
 }
 
+int64_t bitmap_decode_rows(const uint32_t* bitmap, int64_t words, int64_t r0, int64_t r1, int64_t max_count,
+                           int32_t* crow, int32_t* col) {
+  // A byte of the bitmap at a time: its set bits' positions from kBytePositions (widened to 32 bits), plus the
+  // byte's first column, stored as 8 columns (one ymm store), and the count advanced by the byte's popcount. No
+  // branch on the bits. One thread, 4096 x 4096: 1.2 ms a layer at any density; vpcompressd of 16 columns at a
+  // time into a register, then a zmm store, took 1.6 ms, and of 8 columns into a ymm 2.4 ms.
+  const __m256i eight = _mm256_set1_epi32(8);
+  int64_t cnt = 0;
+  for (int64_t n = r0; n < r1; ++n) {
+    if (cnt > max_count) throw std::logic_error("sparsekit: bitmap_decode_rows found more kept weights than max_count");
+    crow[n - r0] = static_cast<int32_t>(cnt);
+    const uint32_t* bm = bitmap + n * words;
+    __m256i base = _mm256_setzero_si256();
+    for (int64_t w = 0; w < words; ++w) {
+      const uint32_t word = bm[w];
+      for (int q = 0; q < 4; ++q) {
+        const unsigned b = (word >> (8 * q)) & 0xFFu;
+        const __m256i pos = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(kBytePositions[b])));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(col + cnt), _mm256_add_epi32(base, pos));
+        cnt += __builtin_popcount(b);
+        base = _mm256_add_epi32(base, eight);
+      }
+    }
+  }
+  if (cnt > max_count) throw std::logic_error("sparsekit: bitmap_decode_rows found more kept weights than max_count");
+  crow[r1 - r0] = static_cast<int32_t>(cnt);
+  return cnt;
+}
+
 }  // namespace avx512
 }  // namespace core
 }  // namespace sparsekit
@@ -1206,6 +1235,9 @@ bool sparse24_pairs_supported(int64_t, DType, DType) { return false; }
 void sparse24_stage_pairs(const void*, int64_t, int64_t, int64_t, DType, uint32_t*) {}
 void sparse24_pairs(const Sparse24Args& a, int64_t r0, int64_t r1) { generic::sparse24_spmm_rows(a, r0, r1); }
 void bitmap_rows(const BitmapArgs& a, int64_t r0, int64_t r1) { generic::bitmap_spmm_rows(a, r0, r1); }
+int64_t bitmap_decode_rows(const uint32_t*, int64_t, int64_t, int64_t, int64_t, int32_t*, int32_t*) {
+  throw std::logic_error("sparsekit: bitmap_decode_rows needs AVX-512 (core::bitmap_as_csr is false here)");
+}
 }  // namespace avx512
 }  // namespace core
 }  // namespace sparsekit

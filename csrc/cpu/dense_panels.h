@@ -83,7 +83,9 @@ struct SparseTier {
 struct SparseRule {
   SparseTier tier[3];  // by increasing M
 };
-// {CSR, bitmap} x {float32 (and bfloat16 without native dot products), native bfloat16}. float16: never.
+// {CSR, bitmap} x {float32 (and bfloat16 without native dot products), native bfloat16}. float16: never. Bitmap where
+// it runs as CSR (AVX-512, core::bitmap_as_csr) takes CSR's tiers: with them the automatic choice was off by more than
+// 5 % in 3 of 48 bitmap cells, as in 2 of 48 for CSR (bench/results/cpu_bitmap_as_csr_dense.md).
 constexpr SparseRule kSparseRules[2][2] = {
     {{{{256, 650}, {1024, 450}, {0, 0}}}, {{{256, 450}, {512, 250}, {0, 0}}}},        // CSR
     {{{{256, 450}, {512, 250}, {1024, 50}}}, {{{64, 650}, {128, 450}, {256, 50}}}}};  // bitmap
@@ -91,15 +93,16 @@ inline bool native_bf16() {
   static const bool yes = __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
   return yes;
 }
-inline const SparseRule* sparse_rule(Op op, at::ScalarType t) {
+// own (bitmap): whether the op runs as CSR (core::bitmap_as_csr); it then takes CSR's tiers.
+inline const SparseRule* sparse_rule(Op op, at::ScalarType t, bool own) {
   if ((op != Op::kCsr && op != Op::kBitmap) || (t != at::kFloat && t != at::kBFloat16)) return nullptr;
-  return &kSparseRules[op == Op::kBitmap][t == at::kBFloat16 && native_bf16()];
+  return &kSparseRules[op == Op::kBitmap && !own][t == at::kBFloat16 && native_bf16()];
 }
-inline int64_t auto_min_m(Op op, at::ScalarType t, bool pairs) {
-  if (op == Op::kSparse24 && pairs) return 0;
+inline int64_t auto_min_m(Op op, at::ScalarType t, bool own) {
+  if (op == Op::kSparse24 && own) return 0;
   if (op == Op::kInt8WeightOnly) return t == at::kBFloat16 && native_bf16() ? 64 : 0;
   if (op == Op::kCsr || op == Op::kBitmap) {
-    const SparseRule* r = sparse_rule(op, t);
+    const SparseRule* r = sparse_rule(op, t, own);
     return r ? r->tier[0].min_m : 0;
   }
   switch (t) {
@@ -115,20 +118,21 @@ inline int64_t small_layer_min_m(Op op, at::ScalarType t) {
   return op == Op::kSparse24 && t == at::kBFloat16 && native_bf16() ? 64 : 256;
 }
 
-// The threshold in force (0 = never). pairs: whether the 2:4 kernel with staged x runs for dtype t (above).
-inline int64_t min_m(Op op, at::ScalarType t, bool pairs) {
+// The threshold in force (0 = never). own: whether the op's own AVX-512 kernel for large M runs for dtype t at the
+// instruction set in force: 2:4's with staged x, bitmap's as CSR (above).
+inline int64_t min_m(Op op, at::ScalarType t, bool own) {
   const int64_t set = setting();
-  return set >= 0 ? set : auto_min_m(op, t, pairs);
+  return set >= 0 ? set : auto_min_m(op, t, own);
 }
 
 // A threshold set by hand applies to every layer; the automatic one to large enough layers, and for CSR
 // and bitmap to those that keep enough weights (nnz of N x K).
-inline bool use(Op op, at::ScalarType t, int64_t M, int64_t N, int64_t K, int64_t nnz, bool pairs) {
-  const int64_t m = min_m(op, t, pairs);
+inline bool use(Op op, at::ScalarType t, int64_t M, int64_t N, int64_t K, int64_t nnz, bool own) {
+  const int64_t m = min_m(op, t, own);
   if (m <= 0 || M < m || N <= 0 || K <= 0) return false;
   if (setting() > 0) return true;
   if (N * K < kSmallMinWeights) return false;
-  const SparseRule* r = sparse_rule(op, t);
+  const SparseRule* r = sparse_rule(op, t, own);
   if (!r) return N * K >= kMinWeights || M >= std::max(m, small_layer_min_m(op, t));
   for (const SparseTier& tier : r->tier)
     if (tier.min_m > 0 && M >= tier.min_m && nnz * 1000 >= N * K * tier.permille) return true;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 
 #include "checked_once.h"
@@ -146,12 +147,18 @@ bool sparse24_pairs_run(at::ScalarType t) {
   return core::sparse24_stages_pairs(core::avx512::sparse24_rows_max_m(d) + 1, d, d, current_isa());
 }
 
+// Whether op's own AVX-512 kernel for large M runs for dtype t at the instruction set in force (dense_panels.h's
+// `own`): 2:4's with staged x, bitmap's as CSR.
+bool own_kernel_runs(panels::Op op, at::ScalarType t) {
+  if (op == panels::Op::kSparse24) return sparse24_pairs_run(t);
+  return op == panels::Op::kBitmap && core::bitmap_as_csr(core::avx512::kBitmapRowsMaxM + 1, current_isa());
+}
+
 // Whether the CSR / bitmap / 2:4 op takes its dense-panel path for this call: the threshold in force for
 // its dtype and density, and an x without Inf or NaN (the check reads x once, at large M only).
 bool take_dense_panels(panels::Op op, const at::Tensor& x, int64_t N, int64_t nnz) {
   const int64_t M = x.size(0), K = x.size(1);
-  const bool pairs = op == panels::Op::kSparse24 && sparse24_pairs_run(x.scalar_type());
-  return panels::use(op, x.scalar_type(), M, N, K, nnz, pairs) && x_finite(x);
+  return panels::use(op, x.scalar_type(), M, N, K, nnz, own_kernel_runs(op, x.scalar_type())) && x_finite(x);
 }
 
 at::Tensor csr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const at::Tensor& col_indices,
@@ -239,6 +246,59 @@ at::Tensor bsr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const
   return y;
 }
 
+// Bitmap as CSR (core::bitmap_as_csr: from M = 9 where the CSR core's AVX-512 kernels run). Each thread decodes its
+// rows into column lists in a buffer of its own (core::avx512::bitmap_decode_rows: 1.2 ms a 4096 x 4096 layer, one
+// thread), in chunks of whole 64-row blocks of about kBitmapCsrKept kept weights, and runs the CSR core on each chunk
+// with the bitmap's values, which lie in the same order. The CSR core prefetches a block's weights while the block
+// before it runs, so a chunk's first block streams unprefetched: chunks of 128 rows were up to 1.4x slower than
+// chunks of 2^18-2^20 kept weights (90 %, M = 64, float32), which ran as fast as one chunk per thread. The bitmap's
+// own kernel for these M (a column list per row, then 32 activation rows of x transposed per pass over the weights)
+// was 1.5-5x slower (bench/results/cpu_bitmap_as_csr.md).
+constexpr int64_t kBitmapCsrKept = int64_t(1) << 20, kBitmapCsrMinRows = 64;
+
+void bitmap_mm_as_csr(const at::Tensor& x, const uint32_t* bits, const int32_t* wo, int64_t words,
+                      const at::Tensor& vals, const at::Tensor& b, at::Tensor& y, core::Isa isa) {
+  const int64_t M = x.size(0), K = x.size(1), N = y.size(1), nnz = vals.numel();
+  const core::DType vd = to_core(vals.scalar_type());
+  const bool x16 = core::csr_spmm_bf16_xt(M, vd, to_core(x.scalar_type()), isa);
+  const Staged st = stage_x(x, x16);
+  core::CsrSpmmArgs a;
+  a.M = M; a.K = K;
+  a.value_dtype = vd;
+  if (x16) a.xt16 = reinterpret_cast<const uint16_t*>(st.xt.data_ptr<at::BFloat16>());
+  else a.xt = st.xt.data_ptr<float>();
+  a.ldxt = st.ld;
+  a.ldy = N;
+  a.out_dtype = to_core(y.scalar_type());
+  const int64_t ves = vals.element_size(), yes = y.element_size();
+  const char* v = static_cast<const char*>(vals.data_ptr());
+  const char* bias = b.defined() ? static_cast<const char*>(b.data_ptr()) : nullptr;
+  char* out = static_cast<char*>(y.data_ptr());
+  auto row_start = [=](int64_t n) -> int64_t { return n == N ? nnz : wo[n * words]; };
+  parallel_rows_by_nnz(row_start, N, M, [&](int64_t r0, int64_t r1) {
+    for (int64_t c0 = r0, c1; c0 < r1; c0 = c1) {
+      const int64_t v0 = row_start(c0);
+      c1 = std::min(r1, c0 + kBitmapCsrMinRows);
+      while (c1 < r1 && row_start(c1) - v0 < kBitmapCsrKept) c1 = std::min(r1, c1 + kBitmapCsrMinRows);
+      const int64_t rows = c1 - c0, kept = row_start(c1) - v0;
+      struct Tag {};
+      const size_t ints = static_cast<size_t>(rows + 1 + kept + core::avx512::bitmap_decode_slack(words));
+      auto* crow = reinterpret_cast<int32_t*>(panels::thread_buffer<Tag>(ints * 4, "sparsekit.bitmap_mm"));
+      int32_t* col = crow + rows + 1;
+      if (core::avx512::bitmap_decode_rows(bits, words, c0, c1, kept, crow, col) != kept)
+        throw std::logic_error("sparsekit.bitmap_mm: the bitmap's kept weights and word_offsets disagree");
+      core::CsrSpmmArgs t = a;
+      t.N = rows;
+      t.crow = crow;
+      t.col = col;
+      t.values = v + v0 * ves;
+      t.bias = bias ? bias + c0 * yes : nullptr;
+      t.y = out + c0 * yes;
+      core::csr_spmm_rows(t, 0, rows, isa);
+    }
+  });
+}
+
 at::Tensor bitmap_mm_cpu(const at::Tensor& x, const at::Tensor& bitmap, const at::Tensor& word_offsets,
                          const at::Tensor& values, const std::optional<at::Tensor>& bias) {
   check_bitmap_mm_args(x, bitmap, word_offsets, values, bias);
@@ -269,6 +329,11 @@ at::Tensor bitmap_mm_cpu(const at::Tensor& x, const at::Tensor& bitmap, const at
     });
     return y;
   }
+  const auto isa = current_isa();
+  if (words > 0 && core::bitmap_as_csr(M, isa)) {
+    bitmap_mm_as_csr(x, bits, wo_p, words, vals, b, y, isa);
+    return y;
+  }
   // Row starts for load balance: a row's first word offset.
   auto row_start = [=](int64_t n) -> int64_t { return n == N ? nnz : (words ? wo_p[n * words] : 0); };
   const Staged st = stage_x(x);
@@ -279,7 +344,6 @@ at::Tensor bitmap_mm_cpu(const at::Tensor& x, const at::Tensor& bitmap, const at
   a.values = vals.data_ptr(); a.nnz = nnz; a.value_dtype = to_core(vals.scalar_type());
   // once, not in every thread's call: the kernels that multiply x by pruned weights' zeros need x finite
   if (M <= core::avx512::kBitmapRowsMaxM) a.io.x_finite = core::dense_x_finite(a.io) ? 1 : 0;
-  const auto isa = current_isa();
   parallel_rows_by_nnz(row_start, N, M + 1, [&](int64_t r0, int64_t r1) {
     core::bitmap_spmm_rows(a, r0, r1, isa);
   });
@@ -381,17 +445,18 @@ panels::Op op_named(const char* op) {
 int64_t dense_min_m(const char* op, const char* dtype) {
   const panels::Op o = op_named(op);
   const at::ScalarType t = dtype_named(dtype);
-  return panels::min_m(o, t, o == panels::Op::kSparse24 && sparse24_pairs_run(t));
+  return panels::min_m(o, t, own_kernel_runs(o, t));
 }
 bool dense_panels_take(const char* op, const char* dtype, int64_t M, int64_t N, int64_t K, int64_t nnz) {
   const panels::Op o = op_named(op);
   const at::ScalarType t = dtype_named(dtype);
-  return panels::use(o, t, M, N, K, nnz, o == panels::Op::kSparse24 && sparse24_pairs_run(t));
+  return panels::use(o, t, M, N, K, nnz, own_kernel_runs(o, t));
 }
 bool sparse24_pairs_kernel(const char* dtype, int64_t M) {
   const at::ScalarType t = dtype_named(dtype);
   return sparse24_pairs_run(t) && M > core::avx512::sparse24_rows_max_m(to_core(t));
 }
+bool bitmap_csr_kernel(int64_t M) { return core::bitmap_as_csr(M, current_isa()); }
 bool aten_index_checks() { return g_aten_index_checks.load(std::memory_order_relaxed); }
 void check_meta_once(const char* op, const at::Tensor& meta, const at::Tensor& mt, int64_t N, int64_t K) {
   CheckedOnce::run(op, {&meta}, {N, K}, [&] {

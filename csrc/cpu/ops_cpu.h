@@ -35,5 +35,8 @@ bool dense_panels_take(const char* op, const char* dtype, int64_t M, int64_t N, 
 // Whether the 2:4 op's kernel with staged x (bf16 from M = 21 with AVX-512 BF16, float32 from M = 11 with AVX-512)
 // serves a call of M rows of x of `dtype` at the instruction set in force (when the dense panels do not).
 bool sparse24_pairs_kernel(const char* dtype, int64_t M);
+// Whether the bitmap op runs a call of M rows as CSR (decoded column lists, the CSR core's AVX-512 kernels: from
+// M = 9 with AVX-512) at the instruction set in force (when the dense panels do not).
+bool bitmap_csr_kernel(int64_t M);
 }  // namespace cpu
 }  // namespace sparsekit
