@@ -4,6 +4,7 @@
 #include <functional>
 #include <cstdio>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
 #include "core/spmm_formats.h"
@@ -268,6 +269,46 @@ int main() {
           }
           ++cases;
         }
+      }
+  }
+  // ---- bitmap rows decoded into CSR column lists (avx512::bitmap_decode_rows, bitmap_as_csr): against a scalar
+  // decode, into a buffer of exactly count + bitmap_decode_slack(words) entries (ASan: no write past it), rows from
+  // an offset; and a max_count below the count throws
+  if (resolve_isa(Isa::kAvx512) == Isa::kAvx512) {
+    for (int64_t K : {int64_t(1), int64_t(31), int64_t(32), int64_t(77), int64_t(300)})
+      for (double density : {0.0, 0.3, 1.0}) {
+        const int64_t N = 9, words = (K + 31) / 32, r0 = 2;
+        std::vector<uint32_t> bm(N * words, 0u);
+        std::vector<int32_t> want_crow{0}, want_col;
+        std::bernoulli_distribution keep(density);
+        for (int64_t n = 0; n < N; ++n) {
+          for (int64_t k = 0; k < K; ++k)
+            if (keep(rng)) bm[n * words + k / 32] |= 1u << (k % 32);
+          if (n < r0) continue;
+          for (int64_t k = 0; k < K; ++k)
+            if (bm[n * words + k / 32] >> (k % 32) & 1u) want_col.push_back(int32_t(k));
+          want_crow.push_back(int32_t(want_col.size()));
+        }
+        const int64_t count = int64_t(want_col.size());
+        std::vector<int32_t> crow(N - r0 + 1), col(count + avx512::bitmap_decode_slack(words));
+        const int64_t got = avx512::bitmap_decode_rows(bm.data(), words, r0, N, count, crow.data(), col.data());
+        col.resize(count);
+        if (got != count || crow != want_crow || col != want_col) {
+          ++g_fail;
+          std::printf("FAIL bitmap_decode_rows K=%lld density=%.1f\n", (long long)K, density);
+        }
+        bool threw = false;
+        try {
+          std::vector<int32_t> small(count + avx512::bitmap_decode_slack(words));
+          avx512::bitmap_decode_rows(bm.data(), words, r0, N, count - 1, crow.data(), small.data());
+        } catch (const std::logic_error&) {
+          threw = true;
+        }
+        if (!threw) {  // count > count - 1 (also at count 0)
+          ++g_fail;
+          std::printf("FAIL bitmap_decode_rows max_count K=%lld density=%.1f\n", (long long)K, density);
+        }
+        cases += 2;
       }
   }
   std::printf("test_spmm_formats: %d cases, %d failures\n", cases, g_fail);
