@@ -161,6 +161,26 @@ bool take_dense_panels(panels::Op op, const at::Tensor& x, int64_t N, int64_t nn
   return panels::use(op, x.scalar_type(), M, N, K, nnz, own_kernel_runs(op, x.scalar_type())) && x_finite(x);
 }
 
+// The CSR core's arguments for x (M x K) against values of vals' dtype into y (M x N): x staged for the core (as bf16
+// where core::csr_spmm_bf16_xt says so), its pointer and leading dimension, y's and the dtypes. The weight's rows,
+// values, bias and y's first column are the caller's. `st` keeps the staged x alive.
+core::CsrSpmmArgs csr_core_args(const at::Tensor& x, const at::Tensor& vals, const at::Tensor& y, core::Isa isa,
+                                Staged& st) {
+  core::CsrSpmmArgs a;
+  a.M = x.size(0); a.N = y.size(1); a.K = x.size(1);
+  a.value_dtype = to_core(vals.scalar_type());
+  const bool x16 = core::csr_spmm_bf16_xt(a.M, a.value_dtype, to_core(x.scalar_type()), isa);
+  st = stage_x(x, x16);
+  if (x16) a.xt16 = reinterpret_cast<const uint16_t*>(st.xt.data_ptr<at::BFloat16>());
+  else a.xt = st.xt.data_ptr<float>();
+  a.ldxt = st.ld;
+  a.values = vals.data_ptr();
+  a.y = y.data_ptr();
+  a.ldy = y.size(1);
+  a.out_dtype = to_core(y.scalar_type());
+  return a;
+}
+
 at::Tensor csr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const at::Tensor& col_indices,
                       const at::Tensor& values, int64_t out_features, const std::optional<at::Tensor>& bias) {
   check_csr_mm_args(x, crow_indices, col_indices, values, out_features, bias);
@@ -192,22 +212,11 @@ at::Tensor csr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const
     return y;
   }
   const auto isa = current_isa();
-  const bool x16 = core::csr_spmm_bf16_xt(M, to_core(vals.scalar_type()), to_core(x.scalar_type()), isa);
-  const Staged st = stage_x(x, x16);
-
-  core::CsrSpmmArgs a;
-  a.M = M; a.N = N; a.K = K;
+  Staged st;
+  core::CsrSpmmArgs a = csr_core_args(x, vals, y, isa, st);
   a.crow = crow_p;
   a.col = col.data_ptr<int32_t>();
-  a.values = vals.data_ptr();
-  a.value_dtype = to_core(vals.scalar_type());
-  if (x16) a.xt16 = reinterpret_cast<const uint16_t*>(st.xt.data_ptr<at::BFloat16>());
-  else a.xt = st.xt.data_ptr<float>();
-  a.ldxt = st.ld;
   a.bias = b.defined() ? b.data_ptr() : nullptr;
-  a.y = y.data_ptr();
-  a.ldy = N;
-  a.out_dtype = to_core(y.scalar_type());
   auto row_start = [crow_p](int64_t n) -> int64_t { return crow_p[n]; };
   parallel_rows_by_nnz(row_start, N, M, [&](int64_t r0, int64_t r1) { core::csr_spmm_rows(a, r0, r1, isa); });
   return y;
@@ -256,26 +265,17 @@ at::Tensor bsr_mm_cpu(const at::Tensor& x, const at::Tensor& crow_indices, const
 // was 1.5-5x slower (bench/results/cpu_bitmap_as_csr.md).
 constexpr int64_t kBitmapCsrKept = int64_t(1) << 20, kBitmapCsrMinRows = 64;
 
-void bitmap_mm_as_csr(const at::Tensor& x, const uint32_t* bits, const int32_t* wo, int64_t words,
+// row_start(n): row n's first value (n in [0, N]), as bitmap_mm_cpu's.
+template <typename Start>
+void bitmap_mm_as_csr(const at::Tensor& x, const uint32_t* bits, Start&& row_start, int64_t words,
                       const at::Tensor& vals, const at::Tensor& b, at::Tensor& y, core::Isa isa) {
-  const int64_t M = x.size(0), K = x.size(1), N = y.size(1), nnz = vals.numel();
-  const core::DType vd = to_core(vals.scalar_type());
-  const bool x16 = core::csr_spmm_bf16_xt(M, vd, to_core(x.scalar_type()), isa);
-  const Staged st = stage_x(x, x16);
-  core::CsrSpmmArgs a;
-  a.M = M; a.K = K;
-  a.value_dtype = vd;
-  if (x16) a.xt16 = reinterpret_cast<const uint16_t*>(st.xt.data_ptr<at::BFloat16>());
-  else a.xt = st.xt.data_ptr<float>();
-  a.ldxt = st.ld;
-  a.ldy = N;
-  a.out_dtype = to_core(y.scalar_type());
+  Staged st;
+  const core::CsrSpmmArgs a = csr_core_args(x, vals, y, isa, st);
   const int64_t ves = vals.element_size(), yes = y.element_size();
-  const char* v = static_cast<const char*>(vals.data_ptr());
+  const char* v = static_cast<const char*>(a.values);
   const char* bias = b.defined() ? static_cast<const char*>(b.data_ptr()) : nullptr;
-  char* out = static_cast<char*>(y.data_ptr());
-  auto row_start = [=](int64_t n) -> int64_t { return n == N ? nnz : wo[n * words]; };
-  parallel_rows_by_nnz(row_start, N, M, [&](int64_t r0, int64_t r1) {
+  char* out = static_cast<char*>(a.y);
+  parallel_rows_by_nnz(row_start, a.N, a.M, [&](int64_t r0, int64_t r1) {
     for (int64_t c0 = r0, c1; c0 < r1; c0 = c1) {
       const int64_t v0 = row_start(c0);
       c1 = std::min(r1, c0 + kBitmapCsrMinRows);
@@ -329,13 +329,13 @@ at::Tensor bitmap_mm_cpu(const at::Tensor& x, const at::Tensor& bitmap, const at
     });
     return y;
   }
-  const auto isa = current_isa();
-  if (words > 0 && core::bitmap_as_csr(M, isa)) {
-    bitmap_mm_as_csr(x, bits, wo_p, words, vals, b, y, isa);
-    return y;
-  }
   // Row starts for load balance: a row's first word offset.
   auto row_start = [=](int64_t n) -> int64_t { return n == N ? nnz : (words ? wo_p[n * words] : 0); };
+  const auto isa = current_isa();
+  if (words > 0 && core::bitmap_as_csr(M, isa)) {
+    bitmap_mm_as_csr(x, bits, row_start, words, vals, b, y, isa);
+    return y;
+  }
   const Staged st = stage_x(x);
   core::BitmapArgs a;
   a.io = dense_io(x, st, b, y);
