@@ -66,6 +66,23 @@ def test_blocks_stored_by_activation_row(cpu_isa, dtype, M, K, density, bias):
         torch.set_num_threads(threads)
 
 
+# From M = 49 with x staged as float32 the panels of K widen with the density of a thread's rows (about 25 kept
+# weights a row per panel, up to 384 KiB of x), below 13.5 % the blocks take 128 weight rows, and only rows sparser
+# than 1 in 64 (K > 1024) go to the AVX2 tiles. N = 333 on one thread: two blocks of 128 and a short one; on two, a
+# block each cut short; K = 3001 a short last panel at every width.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M", [49, 64, 128, 130])
+@pytest.mark.parametrize("density", [0.012, 0.03, 0.1, 0.14, 0.3])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_panels_follow_density(cpu_isa, dtype, M, density, threads):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run_and_check(333, 3001, M, density, dtype, empty_rows=(0, 127, 128, 332))
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_large_rows_and_threads(cpu_isa):
     # enough work to be split across threads, with rows of very different lengths
     N, K = 300, 1000
@@ -92,7 +109,9 @@ def test_strided_and_batched_inputs(cpu_isa):
     w, mask, csr = random_csr(21, 40, 0.4)
     wm = w * mask
     base = torch.randn(40, 30)
-    for x in (base.t(), base.t()[::3], torch.randn(6, 80)[:, ::2], torch.randn(1, 40).expand(4, 40)):
+    # rows apart by more than K with unit column stride (and an odd offset): x staged from its rows as they lie
+    for x in (base.t(), base.t()[::3], torch.randn(6, 80)[:, ::2], torch.randn(1, 40).expand(4, 40),
+              torch.randn(23, 47)[:, 5:45], torch.randn(3, 41)[:, 1:]):
         assert not x.is_contiguous() or x.stride(0) == 0
         assert_close_to_ref(csr.matmul(x), x.double() @ wm.double().T, x, wm, torch.float32)
     x3 = torch.randn(2, 3, 40)

@@ -311,22 +311,40 @@ struct Stream {
 // times as many kept weights. One thread, 4096 x 4096 at 70 %, ns per kept weight: M = 64 2.55 -> 2.35,
 // M = 128 (one tile of R = 8 instead of two of R = 4) 6.3 -> 4.6; at 90 % (then in panels, below) M = 64
 // 3.95 -> 3.2, M = 128 7.8 -> 7.0. bf16 pairs (xt16), 8 layers of 4096 x 4096, 2 threads, 70 %: M = 64 46 -> 43 ms.
+//
+// From R = 4 with float32 x, the panel and the block also follow the density of the thread's rows (`density`, kept
+// weights over rows x K; 1 where not given): a row's piece of a 48 KiB panel at M = 128 (96 columns) holds 29 kept
+// weights at 70 % but 5 at 95 %, too few to pay for its fixed costs. So the panel widens to about kPieceKept kept
+// weights a row (up to kMaxPanelBytes of xt, which L2 holds; the slice no longer fits L1, but at these M it did not
+// before either), and below 13.5 % density the blocks take 128 rows, which halves the passes over the panels. One
+// thread, 8 layers of 4096 x 4096, ns per kept weight (medians of 13 calls alternating with the fixed blocking in one
+// process): 90 % M = 64 / 96 / 128 3.25 / 4.79 / 5.94 -> 2.91 / 4.35 / 5.65; 95 % 4.29 / 5.95 / 8.69 -> 3.77 / 4.97 /
+// 6.91; 97 % 4.97 / 6.68 / 10.38 -> 4.69 / 5.71 / 8.50; 80 % within 2 %. Blocks of 256 rows were no faster than 128.
 template <int R>
 struct Blocking {
   static constexpr bool kWide = R >= 4;
   static constexpr int64_t kRows = kWide ? 64 : 16;
+  static constexpr int64_t kMaxRows = kWide ? 128 : 16;  // the block's accumulators live on the stack
   static constexpr int64_t kPanelBytes = (kWide ? 48 : 32) * 1024;
+  static constexpr int64_t kMaxPanelBytes = 384 * 1024;
+  static constexpr double kPieceKept = 25;
   static constexpr int64_t kMinCols = kWide ? 32 : 128;
   // Columns per panel; bytes: what a kept weight's reads of one column cover (with the rest of their lines).
-  static int64_t panel_cols(int64_t bytes) {
-    const int64_t c = kPanelBytes / bytes;
+  static int64_t panel_cols(int64_t bytes, double density) {
+    int64_t c = kPanelBytes / bytes;
+    if (kWide && density > 0) {
+      const double piece = kPieceKept / density, most = static_cast<double>(kMaxPanelBytes / bytes);
+      const int64_t wide = static_cast<int64_t>(piece < most ? piece : most);
+      if (wide > c) c = wide;
+    }
     return c < kMinCols ? kMinCols : c;
   }
+  static int64_t rows(double density) { return kWide && density < 0.135 ? kMaxRows : kRows; }
 };
-// Rows sparser than 1 in this many kept weights (K > 1024) go without panels: M <= 48 (and bf16 xt16) 8,
-// float32 x with M > 48 16 (panels of 64 rows measured faster at 90 %, slower at 95 %: M = 128 11.1 against
-// 8.8 ns per kept weight).
-inline int64_t min_density(int64_t M, bool dp) { return M > 48 && !dp ? 16 : 8; }
+// Rows sparser than 1 in this many kept weights (K > 1024) go without panels (`direct`, or the AVX2 tiles): M <= 48
+// (and bf16 xt16) 8; float32 x with M > 48 64, where the panels follow the density (above): at 95 % (1 in 20) they
+// now run 1.14-1.26x as fast as the AVX2 tiles, at 99 % as fast.
+inline int64_t min_density(int64_t M, bool dp) { return M > 48 && !dp ? 64 : 8; }
 
 // Rows in blocks (Blocking), K in panels of panel_cols columns: every row of the block takes its
 // kept weights of one panel before the next panel, so that the panel's slice of xt stays in L1
@@ -339,7 +357,7 @@ inline int64_t min_density(int64_t M, bool dp) { return M > 48 && !dp ? 16 : 8; 
 // kDp: bf16 values times xt16 (accumulate_dp, W = 16), and `direct` (rows sparser than min_density): no
 // panels, the AVX2 tiles' job in the float32 path, which xt16 does not have.
 template <DType VD, DType OD, int W, int R, bool kDp = false>
-void rows_w(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct = false) {
+void rows_w(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct = false, double density = 1) {
   using V = typename Elem<VD>::storage;
   static_assert(!kDp || (VD == DType::bf16 && W == 16), "pairs of bf16 kept weights, 16 rows per register");
   const V* __restrict vals = static_cast<const V*>(a.values);
@@ -353,9 +371,9 @@ void rows_w(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct = false) {
     else accumulate<VD, W, R>(vals, col, a.xt, ld, j, end, last, acc);
   };
   using B = Blocking<R>;
-  constexpr int64_t kRowBlock = B::kRows;
+  const int64_t kRowBlock = B::rows(density);
   const int64_t width = ld < 16 * R ? ld : 16 * R;
-  const int64_t panel = B::panel_cols(width * (kDp ? 2 : 4));
+  const int64_t panel = B::panel_cols(width * (kDp ? 2 : 4), density);
   // the rows' sums go out 16 rows at a time, one run of 16 values per activation row (ColumnRuns): stored a row at
   // a time, storing cost as much as 10-27 % of the kernel at M = 64-128 on 4096 x 4096 (one thread)
   ColumnRuns<OD, 16 * R> runs(a.y, a.ldy, a.bias, 0, static_cast<int>(a.M));
@@ -368,8 +386,8 @@ void rows_w(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct = false) {
     return;
   }
   const int64_t panels = (a.K + panel - 1) / panel;
-  Acc<R> acc[kRowBlock];
-  int64_t cur[kRowBlock];
+  Acc<R> acc[B::kMaxRows];
+  int64_t cur[B::kMaxRows];
   for (int64_t nb = r0; nb < r1; nb += kRowBlock) {
     const int rows = static_cast<int>(r1 - nb < kRowBlock ? r1 - nb : kRowBlock);
     const int64_t nn0 = nb + rows, nn1 = r1 - nn0 < kRowBlock ? r1 : nn0 + kRowBlock;
@@ -405,26 +423,26 @@ void rows_w(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct = false) {
 
 // rows_w with R = ceil(M / 16) registers of 16 activation rows per kept weight (t.M <= 128).
 template <DType VD, DType OD, bool kDp = false>
-void by_registers(const CsrSpmmArgs& t, int64_t r0, int64_t r1, bool direct = false) {
+void by_registers(const CsrSpmmArgs& t, int64_t r0, int64_t r1, bool direct = false, double density = 1) {
   switch ((t.M + 15) / 16) {
-    case 1: return rows_w<VD, OD, 16, 1, kDp>(t, r0, r1, direct);
-    case 2: return rows_w<VD, OD, 16, 2, kDp>(t, r0, r1, direct);
-    case 3: return rows_w<VD, OD, 16, 3, kDp>(t, r0, r1, direct);
-    case 4: return rows_w<VD, OD, 16, 4, kDp>(t, r0, r1, direct);
-    case 5: return rows_w<VD, OD, 16, 5, kDp>(t, r0, r1, direct);
-    case 6: return rows_w<VD, OD, 16, 6, kDp>(t, r0, r1, direct);
-    case 7: return rows_w<VD, OD, 16, 7, kDp>(t, r0, r1, direct);
-    default: return rows_w<VD, OD, 16, 8, kDp>(t, r0, r1, direct);
+    case 1: return rows_w<VD, OD, 16, 1, kDp>(t, r0, r1, direct, density);
+    case 2: return rows_w<VD, OD, 16, 2, kDp>(t, r0, r1, direct, density);
+    case 3: return rows_w<VD, OD, 16, 3, kDp>(t, r0, r1, direct, density);
+    case 4: return rows_w<VD, OD, 16, 4, kDp>(t, r0, r1, direct, density);
+    case 5: return rows_w<VD, OD, 16, 5, kDp>(t, r0, r1, direct, density);
+    case 6: return rows_w<VD, OD, 16, 6, kDp>(t, r0, r1, direct, density);
+    case 7: return rows_w<VD, OD, 16, 7, kDp>(t, r0, r1, direct, density);
+    default: return rows_w<VD, OD, 16, 8, kDp>(t, r0, r1, direct, density);
   }
 }
 
 // One tile of at most kTileRows activation rows (a.M): up to 8 rows several kept weights per register (W = 4
 // or 8), beyond that by registers per kept weight.
 template <DType VD, DType OD>
-void run_tile(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
+void run_tile(const CsrSpmmArgs& a, int64_t r0, int64_t r1, double density) {
   if (a.M <= 4) return rows_w<VD, OD, 4, 1>(a, r0, r1);
   if (a.M <= 8) return rows_w<VD, OD, 8, 1>(a, r0, r1);
-  by_registers<VD, OD>(a, r0, r1);
+  by_registers<VD, OD>(a, r0, r1, false, density);
 }
 
 // Activation rows per tile: up to 8 registers per kept weight, one pass over the weights for M = 128 (float32
@@ -459,17 +477,17 @@ void run_dp(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct) {
 
 // Activation rows in tiles of kTileRows (each reads its own rows of xt and writes its own rows of y).
 template <DType VD, DType OD>
-void run(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
-  if (a.M <= kTileRows) return run_tile<VD, OD>(a, r0, r1);
-  for (int64_t m0 = 0; m0 < a.M; m0 += kTileRows) run_tile<VD, OD>(tile_at<OD>(a, m0), r0, r1);
+void run(const CsrSpmmArgs& a, int64_t r0, int64_t r1, double density) {
+  if (a.M <= kTileRows) return run_tile<VD, OD>(a, r0, r1, density);
+  for (int64_t m0 = 0; m0 < a.M; m0 += kTileRows) run_tile<VD, OD>(tile_at<OD>(a, m0), r0, r1, density);
 }
 
 template <DType VD>
-void run_out(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
+void run_out(const CsrSpmmArgs& a, int64_t r0, int64_t r1, double density) {
   switch (a.out_dtype) {
-    case DType::f32: run<VD, DType::f32>(a, r0, r1); break;
-    case DType::bf16: run<VD, DType::bf16>(a, r0, r1); break;
-    case DType::f16: run<VD, DType::f16>(a, r0, r1); break;
+    case DType::f32: run<VD, DType::f32>(a, r0, r1, density); break;
+    case DType::bf16: run<VD, DType::bf16>(a, r0, r1, density); break;
+    case DType::f16: run<VD, DType::f16>(a, r0, r1, density); break;
   }
 }
 
@@ -478,7 +496,9 @@ void run_out(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
 void csr_spmm_rows(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
   if (a.M < 2 || r0 >= r1) return;
   const bool dp = a.xt16 != nullptr;
-  const bool sparse_rows = a.K > 1024 && (a.crow[r1] - a.crow[r0]) * min_density(a.M, dp) < (r1 - r0) * a.K;
+  const int64_t kept = a.crow[r1] - a.crow[r0];
+  const bool sparse_rows = a.K > 1024 && kept * min_density(a.M, dp) < (r1 - r0) * a.K;
+  const double density = a.K > 0 ? static_cast<double>(kept) / static_cast<double>((r1 - r0) * a.K) : 1.0;
   if (dp) {
     switch (a.out_dtype) {
       case DType::f32: run_dp<DType::f32>(a, r0, r1, sparse_rows); break;
@@ -489,15 +509,16 @@ void csr_spmm_rows(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
   }
   // Panels pay while a row's piece of one panel is long enough. In rows sparser than min_density (K > 1024)
   // the AVX2 tiles, which prefetch xt ahead, are as fast or faster: 8 layers of 4096 x 4096, 2 threads, at
-  // 95 % M = 4 3.7 against 4.0 ms, M = 64 15.7 against 21.0 ms (blocks of 16 rows); at 90 % within noise.
+  // 95 % M = 4 3.7 against 4.0 ms, M = 64 15.7 against 21.0 ms (blocks of 16 rows); at 90 % within noise. From
+  // M = 49 the panels widen with the density instead (Blocking), down to 1 in 64.
   if (sparse_rows) {
     avx2::csr_spmm_rows(a, r0, r1);
     return;
   }
   switch (a.value_dtype) {
-    case DType::f32: run_out<DType::f32>(a, r0, r1); break;
-    case DType::bf16: run_out<DType::bf16>(a, r0, r1); break;
-    case DType::f16: run_out<DType::f16>(a, r0, r1); break;
+    case DType::f32: run_out<DType::f32>(a, r0, r1, density); break;
+    case DType::bf16: run_out<DType::bf16>(a, r0, r1, density); break;
+    case DType::f16: run_out<DType::f16>(a, r0, r1, density); break;
   }
 }
 

@@ -184,7 +184,15 @@ int main() {
     run_case({128, 70, 2100, 0.3, DType::bf16, DType::f32, true, 0, 1}, isa, rng);
     run_case({112, 65, 700, 0.4, DType::f32, DType::f32, false, 5, 0}, isa, rng);
     run_case({77, 66, 1100, 0.2, DType::f32, DType::bf16, true, 0, 0}, isa, rng);
-    cases += 24;
+    // from M = 49 with xt as float32 the panels widen with the density (up to 384 KiB of xt), and below 13.5 % the
+    // blocks take 128 rows (here two, then one cut short); 1 in 10 and 1 in 30 kept in panels, 1 in 80 (below 1 in
+    // 64, K > 1024) in the AVX2 tiles; a panel wider than K (700 at 1 in 10: no panels)
+    run_case({64, 300, 3000, 0.1, DType::f32, DType::f32, true, 0, 3}, isa, rng);
+    run_case({128, 290, 2500, 0.033, DType::f16, DType::bf16, false, 3, 0}, isa, rng);
+    run_case({100, 260, 4100, 0.0125, DType::f32, DType::f32, true, 0, 0}, isa, rng);
+    run_case({130, 270, 1500, 0.12, DType::bf16, DType::f32, true, 0, 1}, isa, rng);
+    run_case({80, 140, 700, 0.1, DType::f32, DType::f16, false, 0, 0}, isa, rng);
+    cases += 29;
     // bf16 values times x as bf16 (AVX-512 BF16: pairs of kept weights, vdpbf16ps): every register count and a
     // last tile of 1..8 rows (odd: a pair half in the padding), odd kept counts per row (one left over), rows
     // in panels (K past one) and sparse rows without panels (density below 1 / 8, K > 1024)
