@@ -126,6 +126,7 @@ void bitmap_spmm_rows(const BitmapArgs& a, int64_t r0, int64_t r1, Isa isa) {
   }
 }
 bool bitmap_as_csr(int64_t M, Isa isa) { return M > avx512::kBitmapRowsMaxM && resolve_isa(isa) == Isa::kAvx512; }
+bool stages_xt(Isa isa) { return resolve_isa(isa) == Isa::kAvx512 && avx512_bw_vl(); }
 bool sparse24_stages_pairs(int64_t M, DType value_dtype, DType x_dtype, Isa isa) {
   return resolve_isa(isa) == Isa::kAvx512 && avx512_bw_vl() &&
          avx512::sparse24_pairs_supported(M, value_dtype, x_dtype);

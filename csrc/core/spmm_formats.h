@@ -76,6 +76,9 @@ bool sparse24_stages_pairs(int64_t M, DType value_dtype, DType x_dtype, Isa isa 
 // (avx512::bitmap_decode_rows) and runs csr_spmm_rows on them with the bitmap's values, from M = 9 (past
 // avx512::kBitmapRowsMaxM) where the CSR core's AVX-512 kernels run.
 bool bitmap_as_csr(int64_t M, Isa isa = Isa::kAuto);
+// Whether avx512::stage_xt runs on this CPU at `isa` (AVX-512 F, BW and VL); elsewhere the caller transposes x its
+// own way.
+bool stages_xt(Isa isa = Isa::kAuto);
 
 // The dense rows [row_begin, row_end) of a 2:4 weight (K % 4 == 0), written bit for bit in the
 // values' own dtype (pruned entries +0.0) to `out`, one row of K elements after another. The CPU
@@ -145,6 +148,11 @@ inline int64_t sparse24_pairs_words(int64_t K, DType x_dtype) {
 }
 bool sparse24_pairs_supported(int64_t M, DType value_dtype, DType x_dtype);
 void sparse24_stage_pairs(const void* x, int64_t ldx, int64_t M, int64_t K, DType x_dtype, uint32_t* pairs);
+// x (M x K of x_dtype, rows ldx elements apart) at columns [k0, k1) transposed into xt: column k's M values at
+// xt + k * ldxt, the lanes from M to ldxt zero (ldxt >= M; the CSR core's xt with csr_spmm_ldxt(M)); as float32, or
+// with xt16 as bf16 (x bf16 only: its bits as they are). AVX-512 F + BW + VL.
+void stage_xt(const void* x, DType x_dtype, int64_t ldx, int64_t M, int64_t k0, int64_t k1, void* xt, bool xt16,
+              int64_t ldxt);
 void sparse24_pairs(const Sparse24Args& a, int64_t r0, int64_t r1);
 // BSR at M == 1 with blocks 16, 32 or 64 columns wide (AVX-512 F; 16-bit values also BW + VL): whether
 // bsr_m1 runs for a's arguments (block rows r0 .. r1, as bsr_spmm_rows), and the kernel.

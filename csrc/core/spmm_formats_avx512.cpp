@@ -1155,23 +1155,62 @@ void stage_pairs_bf16(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, uint
   }
 }
 
-// float32: x transposed, 16 rows per register (column c's register of rows 16 r at (c * regs + r) * 16 floats); a
-// task is 16 rows by 16 columns, one 16 x 16 transpose.
+// float32: x transposed, 16 rows per register (column c's register of rows 16 r at (c * regs + r) * 16 floats).
 void stage_cols_f32(const float* x, int64_t ldx, int64_t M, int64_t K, float* out) {
-  const int64_t regs = (M + 15) / 16, chunks = (K + 15) / 16;
-  for (int64_t t = 0; t < regs * chunks; ++t) {
-    const int64_t reg = t / chunks, c0 = (t % chunks) * 16, m0 = reg * 16;
-    float* pb = out + reg * 16;
-    const int cols = static_cast<int>(K - c0 < 16 ? K - c0 : 16);
-    const __mmask16 k = static_cast<__mmask16>(cols >= 16 ? 0xFFFFu : (1u << cols) - 1u);
-    __m512 t16[16];
-    for (int i = 0; i < 16; ++i)
-      t16[i] = m0 + i < M ? _mm512_maskz_loadu_ps(k, x + (m0 + i) * ldx + c0) : _mm512_setzero_ps();
-    transpose16x16(t16);
-    for (int j = 0; j < cols; ++j) _mm512_store_ps(pb + (c0 + j) * regs * 16, t16[j]);
+  stage_xt(x, DType::f32, ldx, M, 0, K, out, false, (M + 15) / 16 * 16);
+}
+}  // namespace
+
+namespace {
+// 16 elements of x from p (the first `cols`, the rest zero) as float32 (bf16 bits shifted, f16 converted: exact).
+template <DType XD>
+inline __m512 load_x16_f32(const void* p, __mmask16 cols) {
+  if constexpr (XD == DType::f32) return _mm512_maskz_loadu_ps(cols, p);
+  const __m256i h = _mm256_maskz_loadu_epi16(cols, p);
+  if constexpr (XD == DType::bf16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  else return _mm512_cvtph_ps(h);
+}
+
+// A task is 16 rows by 16 columns, one 16 x 16 transpose; each column's 16 rows stored under a mask (ldxt - m0 lanes
+// where fewer than 16 are left: ldxt = 8 for M <= 8). kOut16: stored as bf16 bits (x bf16: its own bits back).
+template <DType XD, bool kOut16>
+void stage_xt_t(const void* x, int64_t ldx, int64_t M, int64_t k0, int64_t k1, void* xt, int64_t ldxt) {
+  using X = typename Elem<XD>::storage;
+  const X* xs = static_cast<const X*>(x);
+  for (int64_t m0 = 0; m0 < ldxt; m0 += 16) {
+    const int64_t lanes = ldxt - m0 < 16 ? ldxt - m0 : 16;
+    const __mmask16 store = static_cast<__mmask16>(lanes >= 16 ? 0xFFFFu : (1u << lanes) - 1u);
+    for (int64_t c0 = k0; c0 < k1; c0 += 16) {
+      const int cols = static_cast<int>(k1 - c0 < 16 ? k1 - c0 : 16);
+      const __mmask16 k = static_cast<__mmask16>(cols >= 16 ? 0xFFFFu : (1u << cols) - 1u);
+      __m512 t16[16];
+      for (int i = 0; i < 16; ++i)
+        t16[i] = m0 + i < M ? load_x16_f32<XD>(xs + (m0 + i) * ldx + c0, k) : _mm512_setzero_ps();
+      transpose16x16(t16);
+      for (int j = 0; j < cols; ++j) {
+        const int64_t at = (c0 + j) * ldxt + m0;
+        if constexpr (kOut16)
+          _mm256_mask_storeu_epi16(static_cast<uint16_t*>(xt) + at, store,
+                                   _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(t16[j]), 16)));
+        else
+          _mm512_mask_storeu_ps(static_cast<float*>(xt) + at, store, t16[j]);
+      }
+    }
   }
 }
 }  // namespace
+
+void stage_xt(const void* x, DType x_dtype, int64_t ldx, int64_t M, int64_t k0, int64_t k1, void* xt, bool xt16,
+              int64_t ldxt) {
+  if (xt16 && x_dtype != DType::bf16) throw std::logic_error("sparsekit: stage_xt stages bf16 only from bf16 x");
+  switch (x_dtype) {
+    case DType::f32: return stage_xt_t<DType::f32, false>(x, ldx, M, k0, k1, xt, ldxt);
+    case DType::bf16:
+      return xt16 ? stage_xt_t<DType::bf16, true>(x, ldx, M, k0, k1, xt, ldxt)
+                  : stage_xt_t<DType::bf16, false>(x, ldx, M, k0, k1, xt, ldxt);
+    case DType::f16: return stage_xt_t<DType::f16, false>(x, ldx, M, k0, k1, xt, ldxt);
+  }
+}
 
 void sparse24_stage_pairs(const void* x, int64_t ldx, int64_t M, int64_t K, DType x_dtype, uint32_t* pairs) {
   if (x_dtype == DType::f32) stage_cols_f32(static_cast<const float*>(x), ldx, M, K, reinterpret_cast<float*>(pairs));
@@ -1237,6 +1276,9 @@ void sparse24_pairs(const Sparse24Args& a, int64_t r0, int64_t r1) { generic::sp
 void bitmap_rows(const BitmapArgs& a, int64_t r0, int64_t r1) { generic::bitmap_spmm_rows(a, r0, r1); }
 int64_t bitmap_decode_rows(const uint32_t*, int64_t, int64_t, int64_t, int64_t, int32_t*, int32_t*) {
   throw std::logic_error("sparsekit: bitmap_decode_rows needs AVX-512 (core::bitmap_as_csr is false here)");
+}
+void stage_xt(const void*, DType, int64_t, int64_t, int64_t, int64_t, void*, bool, int64_t) {
+  throw std::logic_error("sparsekit: stage_xt needs AVX-512 (core::stage_xt returns false here)");
 }
 }  // namespace avx512
 }  // namespace core

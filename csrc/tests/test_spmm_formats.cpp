@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <random>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "core/spmm_formats.h"
@@ -309,6 +310,52 @@ int main() {
           std::printf("FAIL bitmap_decode_rows max_count K=%lld density=%.1f\n", (long long)K, density);
         }
         cases += 2;
+      }
+  }
+  // ---- x transposed for the CSR core (avx512::stage_xt): a column range [k0, k1) of x (rows ldx apart), float32,
+  // bf16 and f16, against a scalar transpose, as float32 and (bf16 x) as bf16 bits, into a buffer of exactly k1 x
+  // ldxt (ASan: nothing past it; nothing outside the range written); ldxt = 8 (M <= 8) and multiples of 16, the
+  // lanes from M to ldxt zero; bf16 bits kept as they are (a NaN payload, -0)
+  if (stages_xt()) {
+    for (DType xd : {DType::f32, DType::bf16, DType::f16})
+      for (bool out16 : {false, true}) {
+        if (out16 && xd != DType::bf16) continue;
+        for (int64_t M : {int64_t(2), int64_t(5), int64_t(8), int64_t(9), int64_t(16), int64_t(17), int64_t(40), int64_t(128)})
+          for (auto [k0, k1] : {std::pair<int64_t, int64_t>{0, 1}, {0, 16}, {16, 61}, {3, 100}}) {
+            const int64_t ldxt = csr_spmm_ldxt(M), ldx = k1 + 3;
+            std::uniform_real_distribution<float> U(-1.f, 1.f);
+            std::vector<float> xf(M * ldx);
+            std::vector<uint16_t> xh(M * ldx);
+            for (size_t i = 0; i < xf.size(); ++i) {
+              xf[i] = U(rng);
+              xh[i] = xd == DType::f32 ? 0 : to16(xd, xf[i]);
+            }
+            if (xd == DType::bf16) { xh[0] = 0x7fc1; xh[1] = 0x8000; }  // a NaN with a payload, -0
+            const void* xp = xd == DType::f32 ? static_cast<const void*>(xf.data()) : xh.data();
+            std::vector<float> xt(k1 * ldxt, -7.f);
+            std::vector<uint16_t> xt16(k1 * ldxt, 0x1234);
+            avx512::stage_xt(xp, xd, ldx, M, k0, k1, out16 ? static_cast<void*>(xt16.data()) : xt.data(), out16, ldxt);
+            bool ok = true;
+            for (int64_t k = 0; k < k1 && ok; ++k)
+              for (int64_t m = 0; m < ldxt; ++m) {
+                const size_t src = m * ldx + k;
+                if (out16) {
+                  const uint16_t want = k < k0 ? 0x1234 : m < M ? xh[src] : 0;
+                  if (xt16[k * ldxt + m] != want) ok = false;
+                } else {
+                  const float v = m < M ? (xd == DType::f32 ? xf[src] : from16(xd, xh[src])) : 0.f;
+                  const float want = k < k0 ? -7.f : v;
+                  const float got = xt[k * ldxt + m];
+                  if (!(got == want || (std::isnan(got) && std::isnan(want)))) ok = false;
+                }
+              }
+            if (!ok) {
+              ++g_fail;
+              std::printf("FAIL stage_xt x=%d out16=%d M=%lld k0=%lld k1=%lld\n", int(xd), int(out16), (long long)M,
+                          (long long)k0, (long long)k1);
+            }
+            ++cases;
+          }
       }
   }
   std::printf("test_spmm_formats: %d cases, %d failures\n", cases, g_fail);
