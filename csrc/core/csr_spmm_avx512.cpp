@@ -371,7 +371,7 @@ void rows_w(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct = false, d
     else accumulate<VD, W, R>(vals, col, a.xt, ld, j, end, last, acc);
   };
   using B = Blocking<R>;
-  const int64_t kRowBlock = B::rows(density);
+  const int64_t block_rows = B::rows(density);
   const int64_t width = ld < 16 * R ? ld : 16 * R;
   const int64_t panel = B::panel_cols(width * (kDp ? 2 : 4), density);
   // the rows' sums go out 16 rows at a time, one run of 16 values per activation row (ColumnRuns): stored a row at
@@ -388,9 +388,9 @@ void rows_w(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct = false, d
   const int64_t panels = (a.K + panel - 1) / panel;
   Acc<R> acc[B::kMaxRows];
   int64_t cur[B::kMaxRows];
-  for (int64_t nb = r0; nb < r1; nb += kRowBlock) {
-    const int rows = static_cast<int>(r1 - nb < kRowBlock ? r1 - nb : kRowBlock);
-    const int64_t nn0 = nb + rows, nn1 = r1 - nn0 < kRowBlock ? r1 : nn0 + kRowBlock;
+  for (int64_t nb = r0; nb < r1; nb += block_rows) {
+    const int rows = static_cast<int>(r1 - nb < block_rows ? r1 - nb : block_rows);
+    const int64_t nn0 = nb + rows, nn1 = r1 - nn0 < block_rows ? r1 : nn0 + block_rows;
     const int64_t steps = rows * panels;
     Stream<B::kWide> pv, pc;
     if (nn0 < nn1) {
