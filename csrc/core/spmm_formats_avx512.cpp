@@ -1159,9 +1159,7 @@ void stage_pairs_bf16(const uint16_t* x, int64_t ldx, int64_t M, int64_t K, uint
 void stage_cols_f32(const float* x, int64_t ldx, int64_t M, int64_t K, float* out) {
   stage_xt(x, DType::f32, ldx, M, 0, K, out, false, (M + 15) / 16 * 16);
 }
-}  // namespace
 
-namespace {
 // 16 elements of x from p (the first `cols`, the rest zero) as float32 (bf16 bits shifted, f16 converted: exact).
 template <DType XD>
 inline __m512 load_x16_f32(const void* p, __mmask16 cols) {
@@ -1278,7 +1276,7 @@ int64_t bitmap_decode_rows(const uint32_t*, int64_t, int64_t, int64_t, int64_t, 
   throw std::logic_error("sparsekit: bitmap_decode_rows needs AVX-512 (core::bitmap_as_csr is false here)");
 }
 void stage_xt(const void*, DType, int64_t, int64_t, int64_t, int64_t, void*, bool, int64_t) {
-  throw std::logic_error("sparsekit: stage_xt needs AVX-512 (core::stage_xt returns false here)");
+  throw std::logic_error("sparsekit: stage_xt needs AVX-512 (core::stages_xt is false here)");
 }
 }  // namespace avx512
 }  // namespace core
