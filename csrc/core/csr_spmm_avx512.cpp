@@ -11,9 +11,10 @@
 //  - K is walked in panels (rows_w), a block of 16 rows at a time, so that the panel's slice of xt
 //    (32 KiB, at least 128 columns) stays in L1; the next block's weights are prefetched into L2
 //    meanwhile, since a block read piece by piece does not stream by itself. A row's piece of a panel
-//    is found by a forward scan, 16 columns per compare. Rows sparser than 1 in 8 (K > 1024; 1 in 16
-//    from M = 49) give pieces too short to pay for it, and go to the AVX2 tiles instead (csr_spmm_rows).
-//    From M = 49 the blocks are 64 rows and the panels larger (Blocking).
+//    is found by a forward scan, 16 columns per compare. Rows sparser than 1 in 8 (K > 1024) give pieces
+//    too short to pay for it, and go to the AVX2 tiles instead (csr_spmm_rows). From M = 49 the blocks
+//    are 64 rows and the panels larger, and with float32 x both follow the density, down to 1 in 64
+//    (Blocking).
 //  - from M = 17, R = ceil(M / 16) registers per kept weight (the last one loaded under a mask), in
 //    tiles of up to 128 rows.
 // 8 layers of 4096 x 4096 at 70 %, 2 threads, AVX2 tiles -> this: M = 4 24.7 -> 16.5 ms, M = 16 25.9 ->
