@@ -314,7 +314,7 @@ struct Stream {
 // 3.95 -> 3.2, M = 128 7.8 -> 7.0. bf16 pairs (xt16), 8 layers of 4096 x 4096, 2 threads, 70 %: M = 64 46 -> 43 ms.
 //
 // From R = 4 with float32 x, the panel and the block also follow the density of the thread's rows (`density`, kept
-// weights over rows x K; 1 where not given): a row's piece of a 48 KiB panel at M = 128 (96 columns) holds 29 kept
+// weights over rows x K, as rows_w reads it from crow; 1 for the bf16 pairs): a row's piece of a 48 KiB panel at M = 128 (96 columns) holds 29 kept
 // weights at 70 % but 5 at 95 %, too few to pay for its fixed costs. So the panel widens to about kPieceKept kept
 // weights a row (up to kMaxPanelBytes of xt, which L2 holds; the slice no longer fits L1, but at these M it did not
 // before either), and below 13.5 % density the blocks take 128 rows, which halves the passes over the panels. One
@@ -358,7 +358,7 @@ inline int64_t min_density(int64_t M, bool dp) { return M > 48 && !dp ? 64 : 8; 
 // kDp: bf16 values times xt16 (accumulate_dp, W = 16), and `direct` (rows sparser than min_density): no
 // panels, the AVX2 tiles' job in the float32 path, which xt16 does not have.
 template <DType VD, DType OD, int W, int R, bool kDp = false>
-void rows_w(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct = false, double density = 1) {
+void rows_w(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct = false) {
   using V = typename Elem<VD>::storage;
   static_assert(!kDp || (VD == DType::bf16 && W == 16), "pairs of bf16 kept weights, 16 rows per register");
   const V* __restrict vals = static_cast<const V*>(a.values);
@@ -372,6 +372,8 @@ void rows_w(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct = false, d
     else accumulate<VD, W, R>(vals, col, a.xt, ld, j, end, last, acc);
   };
   using B = Blocking<R>;
+  const double density =
+      kDp || a.K <= 0 ? 1.0 : static_cast<double>(a.crow[r1] - a.crow[r0]) / static_cast<double>((r1 - r0) * a.K);
   const int64_t block_rows = B::rows(density);
   const int64_t width = ld < 16 * R ? ld : 16 * R;
   const int64_t panel = B::panel_cols(width * (kDp ? 2 : 4), density);
@@ -424,26 +426,26 @@ void rows_w(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct = false, d
 
 // rows_w with R = ceil(M / 16) registers of 16 activation rows per kept weight (t.M <= 128).
 template <DType VD, DType OD, bool kDp = false>
-void by_registers(const CsrSpmmArgs& t, int64_t r0, int64_t r1, bool direct = false, double density = 1) {
+void by_registers(const CsrSpmmArgs& t, int64_t r0, int64_t r1, bool direct = false) {
   switch ((t.M + 15) / 16) {
-    case 1: return rows_w<VD, OD, 16, 1, kDp>(t, r0, r1, direct, density);
-    case 2: return rows_w<VD, OD, 16, 2, kDp>(t, r0, r1, direct, density);
-    case 3: return rows_w<VD, OD, 16, 3, kDp>(t, r0, r1, direct, density);
-    case 4: return rows_w<VD, OD, 16, 4, kDp>(t, r0, r1, direct, density);
-    case 5: return rows_w<VD, OD, 16, 5, kDp>(t, r0, r1, direct, density);
-    case 6: return rows_w<VD, OD, 16, 6, kDp>(t, r0, r1, direct, density);
-    case 7: return rows_w<VD, OD, 16, 7, kDp>(t, r0, r1, direct, density);
-    default: return rows_w<VD, OD, 16, 8, kDp>(t, r0, r1, direct, density);
+    case 1: return rows_w<VD, OD, 16, 1, kDp>(t, r0, r1, direct);
+    case 2: return rows_w<VD, OD, 16, 2, kDp>(t, r0, r1, direct);
+    case 3: return rows_w<VD, OD, 16, 3, kDp>(t, r0, r1, direct);
+    case 4: return rows_w<VD, OD, 16, 4, kDp>(t, r0, r1, direct);
+    case 5: return rows_w<VD, OD, 16, 5, kDp>(t, r0, r1, direct);
+    case 6: return rows_w<VD, OD, 16, 6, kDp>(t, r0, r1, direct);
+    case 7: return rows_w<VD, OD, 16, 7, kDp>(t, r0, r1, direct);
+    default: return rows_w<VD, OD, 16, 8, kDp>(t, r0, r1, direct);
   }
 }
 
 // One tile of at most kTileRows activation rows (a.M): up to 8 rows several kept weights per register (W = 4
 // or 8), beyond that by registers per kept weight.
 template <DType VD, DType OD>
-void run_tile(const CsrSpmmArgs& a, int64_t r0, int64_t r1, double density) {
+void run_tile(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
   if (a.M <= 4) return rows_w<VD, OD, 4, 1>(a, r0, r1);
   if (a.M <= 8) return rows_w<VD, OD, 8, 1>(a, r0, r1);
-  by_registers<VD, OD>(a, r0, r1, false, density);
+  by_registers<VD, OD>(a, r0, r1);
 }
 
 // Activation rows per tile: up to 8 registers per kept weight, one pass over the weights for M = 128 (float32
@@ -478,17 +480,17 @@ void run_dp(const CsrSpmmArgs& a, int64_t r0, int64_t r1, bool direct) {
 
 // Activation rows in tiles of kTileRows (each reads its own rows of xt and writes its own rows of y).
 template <DType VD, DType OD>
-void run(const CsrSpmmArgs& a, int64_t r0, int64_t r1, double density) {
-  if (a.M <= kTileRows) return run_tile<VD, OD>(a, r0, r1, density);
-  for (int64_t m0 = 0; m0 < a.M; m0 += kTileRows) run_tile<VD, OD>(tile_at<OD>(a, m0), r0, r1, density);
+void run(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
+  if (a.M <= kTileRows) return run_tile<VD, OD>(a, r0, r1);
+  for (int64_t m0 = 0; m0 < a.M; m0 += kTileRows) run_tile<VD, OD>(tile_at<OD>(a, m0), r0, r1);
 }
 
 template <DType VD>
-void run_out(const CsrSpmmArgs& a, int64_t r0, int64_t r1, double density) {
+void run_out(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
   switch (a.out_dtype) {
-    case DType::f32: run<VD, DType::f32>(a, r0, r1, density); break;
-    case DType::bf16: run<VD, DType::bf16>(a, r0, r1, density); break;
-    case DType::f16: run<VD, DType::f16>(a, r0, r1, density); break;
+    case DType::f32: run<VD, DType::f32>(a, r0, r1); break;
+    case DType::bf16: run<VD, DType::bf16>(a, r0, r1); break;
+    case DType::f16: run<VD, DType::f16>(a, r0, r1); break;
   }
 }
 
@@ -499,7 +501,6 @@ void csr_spmm_rows(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
   const bool dp = a.xt16 != nullptr;
   const int64_t kept = a.crow[r1] - a.crow[r0];
   const bool sparse_rows = a.K > 1024 && kept * min_density(a.M, dp) < (r1 - r0) * a.K;
-  const double density = a.K > 0 ? static_cast<double>(kept) / static_cast<double>((r1 - r0) * a.K) : 1.0;
   if (dp) {
     switch (a.out_dtype) {
       case DType::f32: run_dp<DType::f32>(a, r0, r1, sparse_rows); break;
@@ -517,9 +518,9 @@ void csr_spmm_rows(const CsrSpmmArgs& a, int64_t r0, int64_t r1) {
     return;
   }
   switch (a.value_dtype) {
-    case DType::f32: run_out<DType::f32>(a, r0, r1, density); break;
-    case DType::bf16: run_out<DType::bf16>(a, r0, r1, density); break;
-    case DType::f16: run_out<DType::f16>(a, r0, r1, density); break;
+    case DType::f32: run_out<DType::f32>(a, r0, r1); break;
+    case DType::bf16: run_out<DType::bf16>(a, r0, r1); break;
+    case DType::f16: run_out<DType::f16>(a, r0, r1); break;
   }
 }
 
